@@ -1,0 +1,48 @@
+/* arena.c - 64-byte aligned bump allocation over one reservation. */
+#include "arena.h"
+#include "error.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+int dl_arena_init(dl_arena *a, const char *name, size_t cap)
+{
+    memset(a, 0, sizeof *a);
+    a->name = name;
+    cap = (cap + 63) & ~(size_t)63;
+    if (cap == 0) return DL_OK;
+    a->base = aligned_alloc(64, cap);
+    if (!a->base) return dl_error_set("out of memory reserving %zu bytes for the %s arena", cap, name);
+    a->cap = cap;
+    return DL_OK;
+}
+
+void dl_arena_free(dl_arena *a)
+{
+    free(a->base);
+    memset(a, 0, sizeof *a);
+}
+
+void *dl_arena_alloc(dl_arena *a, size_t bytes)
+{
+    size_t need = (bytes + 63) & ~(size_t)63;
+    if (need < bytes || a->used + need > a->cap || a->used + need < a->used) {
+        dl_error_set("the %s arena is full: %zu bytes requested, %zu of %zu in use", a->name, bytes, a->used, a->cap);
+        return NULL;
+    }
+    void *p = a->base + a->used;
+    a->used += need;
+    if (a->used > a->peak) a->peak = a->used;
+    return p;
+}
+
+void *dl_arena_calloc(dl_arena *a, size_t bytes)
+{
+    void *p = dl_arena_alloc(a, bytes);
+    if (p) memset(p, 0, bytes);
+    return p;
+}
+
+size_t dl_arena_mark(const dl_arena *a) { return a->used; }
+void dl_arena_release(dl_arena *a, size_t mark) { DL_ASSERT(mark <= a->used); a->used = mark; }
+void dl_arena_reset(dl_arena *a) { a->used = 0; }

@@ -1,0 +1,35 @@
+/* arena.h - bump allocators, one per lifetime class (frozen weights; LoRA parameters,
+ * gradients and optimizer moments; activations; scratch). Allocation is a pointer bump with
+ * 64-byte alignment; reset frees everything at once. An arena never grows: its capacity is
+ * sized once (e.g. from the first training step), so nothing is allocated in the steady state. */
+#ifndef DANLU_ARENA_H
+#define DANLU_ARENA_H
+
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct dl_arena {
+    const char *name;   /* for messages: "weights", "activations", ... */
+    char *base;
+    size_t cap, used, peak;
+} dl_arena;
+
+/* Reserve cap bytes. Returns DL_OK, or DL_ERR with a message naming the arena. */
+int dl_arena_init(dl_arena *a, const char *name, size_t cap);
+void dl_arena_free(dl_arena *a);
+/* 64-byte aligned, uninitialised; NULL (with a message) when the arena is full. */
+void *dl_arena_alloc(dl_arena *a, size_t bytes);
+/* Same, zero-filled. */
+void *dl_arena_calloc(dl_arena *a, size_t bytes);
+/* Current mark, and release back to it (stack discipline for scratch). */
+size_t dl_arena_mark(const dl_arena *a);
+void dl_arena_release(dl_arena *a, size_t mark);
+void dl_arena_reset(dl_arena *a);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

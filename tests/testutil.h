@@ -1,0 +1,56 @@
+/* testutil.h - shared helpers for the Criterion suite: golden data, comparisons, random
+ * inputs, finite differences. Every comparison rejects NaN and prints the seed it used. */
+#ifndef DANLU_TESTUTIL_H
+#define DANLU_TESTUTIL_H
+
+#include "core/ctx.h"
+#include "io/safetensors.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Absolute path of a file in the source tree (DANLU_SOURCE_DIR/rel). Static buffer per call
+ * slot: valid until the 8th following call. */
+const char *tu_path(const char *rel);
+/* Absolute path of a file in ../shared/data (beside the checkout), e.g. "clip/bpe_...gz". */
+const char *tu_shared_path(const char *rel);
+
+/* Open tests/golden/<name>.safetensors; fails the test if it cannot. */
+void tu_golden_open(dl_st_file *f, const char *name);
+/* malloc'd fp32 copy of tensor `tensor` (any float dtype); *numel set if non-NULL. Fails the
+ * test when missing. */
+float *tu_golden_f32(const dl_st_file *f, const char *tensor, int64_t *numel);
+/* Same, and asserts the golden shape equals (ndim, shape). */
+float *tu_golden_f32_shape(const dl_st_file *f, const char *tensor, int ndim, const int64_t *shape);
+/* Read an integer scalar or 1-element tensor (I64/I32/F32) from the golden file. */
+int64_t tu_golden_int(const dl_st_file *f, const char *tensor);
+
+/* Relative error in the L2 (Frobenius) norm: ||got - ref|| / max(||ref||, 1e-30), computed in
+ * double. Returns +inf if any element of got is NaN or inf. */
+double tu_rel_l2(const float *got, const float *ref, size_t n);
+/* Assert tu_rel_l2(got, ref) <= tol; the message names label, the error, the worst index. */
+void tu_expect_close(const float *got, const float *ref, size_t n, double tol, const char *label);
+/* Same against a double reference (for float64 finite differences). */
+void tu_expect_close_d(const float *got, const double *ref, size_t n, double tol, const char *label);
+
+/* Deterministic uniform [lo, hi) fill (xorshift; seed printed on failure by callers). */
+void tu_fill_uniform(float *x, size_t n, uint64_t seed, float lo, float hi);
+/* malloc'd array of n floats pre-filled with NaN (poisoned outputs). */
+float *tu_alloc_nan(size_t n);
+
+/* A CPU context for tests (2 threads unless DANLU_THREADS says otherwise). */
+dl_ctx *tu_ctx(void);
+
+/* Central finite differences in double precision of a scalar function f(params) with respect
+ * to x[0..n): grad[i] = (f(x+h e_i) - f(x-h e_i)) / 2h. x is restored on return. */
+typedef double (*tu_scalar_fn)(void *user, const double *x);
+void tu_fd_grad(tu_scalar_fn f, void *user, double *x, size_t n, double h, double *grad);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
