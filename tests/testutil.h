@@ -4,6 +4,7 @@
 #define DANLU_TESTUTIL_H
 
 #include "core/ctx.h"
+#include "core/error.h"
 #include "io/safetensors.h"
 
 #include <stddef.h>

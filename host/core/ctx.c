@@ -2,6 +2,8 @@
 #include "ctx.h"
 #include "error.h"
 
+#include <stddef.h>
+
 int dl_ctx_init(dl_ctx *ctx, int nthreads)
 {
     ctx->pool = dl_pool_create(nthreads);

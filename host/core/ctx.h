@@ -5,6 +5,8 @@
 
 #include "threadpool.h"
 
+#include <stddef.h>
+
 #ifdef __cplusplus
 extern "C" {
 #endif

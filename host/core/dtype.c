@@ -22,9 +22,10 @@ int dl_convert_to_f32(float *dst, const void *src, dl_dtype t, size_t n)
 {
     switch (t) {
     case DL_F32: memmove(dst, src, n * 4); return 0;
-    case DL_F16: { const uint16_t *s = src; for (size_t i = 0; i < n; i++) dst[i] = dl_f16_to_f32(s[i]); return 0; }
-    case DL_BF16: { const uint16_t *s = src; for (size_t i = 0; i < n; i++) dst[i] = dl_bf16_to_f32(s[i]); return 0; }
-    case DL_F64: { const double *s = src; for (size_t i = 0; i < n; i++) dst[i] = (float)s[i]; return 0; }
+    /* sources may be unaligned (safetensors does not promise alignment): load through memcpy */
+    case DL_F16: { const char *s = src; for (size_t i = 0; i < n; i++) { uint16_t h; memcpy(&h, s + 2 * i, 2); dst[i] = dl_f16_to_f32(h); } return 0; }
+    case DL_BF16: { const char *s = src; for (size_t i = 0; i < n; i++) { uint16_t h; memcpy(&h, s + 2 * i, 2); dst[i] = dl_bf16_to_f32(h); } return 0; }
+    case DL_F64: { const char *s = src; for (size_t i = 0; i < n; i++) { double d; memcpy(&d, s + 8 * i, 8); dst[i] = (float)d; } return 0; }
     default: return -1;
     }
 }

@@ -43,7 +43,8 @@ typedef struct dl_st_file {
  * problem (truncated, header not JSON, offsets out of range or overlapping, size not matching
  * shape x dtype, unknown dtype, duplicate names, absurd header, bad shapes). */
 int dl_st_open(dl_st_file *f, const char *path);
-/* Validate an in-memory image (not copied: buf must outlive f). label names it in messages. */
+/* Validate an in-memory image (not copied: buf must outlive f); f must be zero-initialised.
+ * label names it in messages. On error, dl_st_close(f) still releases what was kept. */
 int dl_st_parse(dl_st_file *f, const void *buf, size_t size, const char *label);
 void dl_st_close(dl_st_file *f);
 

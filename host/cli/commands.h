@@ -1,0 +1,11 @@
+/* commands.h - the subcommands of the `danlu` binary. Each returns the process exit code
+ * (0 success, 1 user error with a message already printed to stderr, 2 usage error). */
+#ifndef DANLU_COMMANDS_H
+#define DANLU_COMMANDS_H
+
+#include <stdio.h>
+
+/* danlu inspect FILE...: tensors (name, dtype, shape, bytes) and metadata, written to out. */
+int dl_cmd_inspect(int argc, char **argv, FILE *out);
+
+#endif

@@ -1,0 +1,34 @@
+/* main.c - the `danlu` binary: dispatches to subcommands. */
+#include "cli/commands.h"
+
+#include <stdio.h>
+#include <string.h>
+
+typedef struct {
+    const char *name;
+    int (*run)(int argc, char **argv, FILE *out);
+    const char *help;
+} command;
+
+static const command k_commands[] = {
+    {"inspect", dl_cmd_inspect, "list the tensors and metadata of .safetensors files"},
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f, "danlu - LoRA training and sampling for Stable Diffusion\n\nusage: danlu <command> [options]\n\ncommands:\n");
+    for (size_t i = 0; i < sizeof k_commands / sizeof *k_commands; i++)
+        fprintf(f, "  %-10s %s\n", k_commands[i].name, k_commands[i].help);
+    fprintf(f, "\n'danlu <command> --help' describes a command.\n");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) { usage(stderr); return 2; }
+    if (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0) { usage(stdout); return 0; }
+    for (size_t i = 0; i < sizeof k_commands / sizeof *k_commands; i++)
+        if (strcmp(argv[1], k_commands[i].name) == 0) return k_commands[i].run(argc - 1, argv + 1, stdout);
+    fprintf(stderr, "danlu: unknown command '%s'\n", argv[1]);
+    usage(stderr);
+    return 2;
+}

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# scripts/test.sh - the README's test command and CI's entry point.
+# Installs what is missing (Debian packages), configures, builds and runs every test; then the
+# same suite under AddressSanitizer + UndefinedBehaviorSanitizer, and the safetensors fuzz target
+# for a bounded time. CUDA is built when nvcc is present (kernels compile for sm_80/86/89/90a);
+# every test runs on the CPU (kernels through the SIMT emulator).
+#
+# Environment: DANLU_TEST_JOBS (parallel test processes, default: cores), DANLU_FUZZ_SECONDS
+# (default 60), DANLU_TEST_SKIP_ASAN=1 / DANLU_TEST_SKIP_FUZZ=1 to shorten a local run,
+# DANLU_CUDA=OFF to force the CPU-only build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+jobs=$(nproc)
+test_jobs=${DANLU_TEST_JOBS:-$jobs}
+fuzz_seconds=${DANLU_FUZZ_SECONDS:-60}
+
+step() { printf '\n==== %s\n' "$*"; }
+
+# ---- 1. dependencies -------------------------------------------------------------------
+packages=(cmake make gcc g++ pkg-config libcriterion-dev libstb-dev libcjson-dev zlib1g-dev
+          libwebp-dev clang libclang-rt-14-dev)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  step "installing ${missing[*]}"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+cuda_flag=()
+[ "${DANLU_CUDA:-ON}" = OFF ] && cuda_flag=(-DDANLU_CUDA=OFF)
+
+# ---- 2. release build and tests --------------------------------------------------------
+step "configure and build (release)"
+cmake -S . -B build/release -DCMAKE_BUILD_TYPE=Release "${cuda_flag[@]}" >build/release.configure.log 2>&1 ||
+  { cat build/release.configure.log; exit 1; }
+grep -E "danlu: CUDA backend" build/release.configure.log || true
+cmake --build build/release -j"$jobs"
+
+step "tests (release)"
+build/release/tests/danlu_tests --jobs "$test_jobs"
+
+# ---- 3. sanitizers ---------------------------------------------------------------------
+if [ "${DANLU_TEST_SKIP_ASAN:-0}" != 1 ]; then
+  step "configure and build (AddressSanitizer + UndefinedBehaviorSanitizer, CPU only)"
+  cmake -S . -B build/asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DDANLU_SANITIZE=ON -DDANLU_CUDA=OFF \
+    >build/asan.configure.log 2>&1 || { cat build/asan.configure.log; exit 1; }
+  cmake --build build/asan -j"$jobs"
+fi
+
+if [ "${DANLU_TEST_SKIP_FUZZ:-0}" != 1 ]; then
+  step "fuzzing the safetensors reader for ${fuzz_seconds}s (libFuzzer + ASan + UBSan)"
+  mkdir -p build/fuzz
+  clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -D_GNU_SOURCE \
+    -Ihost -I/usr/include/cjson tests/fuzz/fuzz_safetensors.c host/io/safetensors.c host/core/error.c \
+    host/core/dtype.c host/core/tensor.c -lcjson -o build/fuzz/fuzz_safetensors
+  rm -rf build/fuzz/corpus && cp -r tests/fuzz/corpus build/fuzz/corpus
+  build/fuzz/fuzz_safetensors -max_total_time="$fuzz_seconds" -max_len=4096 -print_final_stats=1 \
+    build/fuzz/corpus 2>build/fuzz/log.txt || { tail -50 build/fuzz/log.txt; exit 1; }
+  grep -E "stat::number_of_executed_units|Done" build/fuzz/log.txt | tail -2
+fi
+
+if [ "${DANLU_TEST_SKIP_ASAN:-0}" != 1 ]; then
+  step "tests (AddressSanitizer + UndefinedBehaviorSanitizer)"
+  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+    build/asan/tests/danlu_tests --jobs "$test_jobs"
+fi

@@ -1,0 +1,149 @@
+/* testutil.c - golden-data access, comparisons, random fills and finite differences for tests. */
+#include "testutil.h"
+
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+const char *tu_path(const char *rel)
+{
+    static _Thread_local char bufs[8][1024];
+    static _Thread_local int slot;
+    char *b = bufs[slot++ & 7];
+    snprintf(b, 1024, "%s/%s", DANLU_SOURCE_DIR, rel);
+    return b;
+}
+
+const char *tu_shared_path(const char *rel)
+{
+    static _Thread_local char bufs[8][1024];
+    static _Thread_local int slot;
+    char *b = bufs[slot++ & 7];
+    snprintf(b, 1024, "%s/../shared/data/%s", DANLU_SOURCE_DIR, rel);
+    return b;
+}
+
+void tu_golden_open(dl_st_file *f, const char *name)
+{
+    char rel[512];
+    snprintf(rel, sizeof rel, "tests/golden/%s.safetensors", name);
+    if (dl_st_open(f, tu_path(rel)) != DL_OK) cr_assert_fail("golden data: %s", dl_error_msg());
+}
+
+float *tu_golden_f32(const dl_st_file *f, const char *tensor, int64_t *numel)
+{
+    const dl_st_tensor *t = dl_st_find(f, tensor);
+    if (!t) cr_assert_fail("golden data %s: no tensor '%s'", f->path, tensor);
+    int64_t n = dl_st_numel(t);
+    float *x = malloc((size_t)(n ? n : 1) * sizeof *x);
+    if (dl_st_read_f32(f, t, x) != DL_OK) cr_assert_fail("%s", dl_error_msg());
+    if (numel) *numel = n;
+    return x;
+}
+
+float *tu_golden_f32_shape(const dl_st_file *f, const char *tensor, int ndim, const int64_t *shape)
+{
+    const dl_st_tensor *t = dl_st_find(f, tensor);
+    if (!t) cr_assert_fail("golden data %s: no tensor '%s'", f->path, tensor);
+    if (!dl_shape_eq(t->shape, t->ndim, shape, ndim)) {
+        char a[128], b[128];
+        cr_assert_fail("golden tensor '%s' has shape %s, test expects %s", tensor, dl_shape_str(t->shape, t->ndim, a, 128),
+                 dl_shape_str(shape, ndim, b, 128));
+    }
+    return tu_golden_f32(f, tensor, NULL);
+}
+
+int64_t tu_golden_int(const dl_st_file *f, const char *tensor)
+{
+    const dl_st_tensor *t = dl_st_find(f, tensor);
+    if (!t || dl_st_numel(t) != 1) cr_assert_fail("golden data %s: no scalar '%s'", f->path, tensor);
+    switch (t->dtype) {
+    case DL_I64: { int64_t v; memcpy(&v, t->data, 8); return v; }
+    case DL_I32: { int32_t v; memcpy(&v, t->data, 4); return v; }
+    case DL_F32: { float v; memcpy(&v, t->data, 4); return (int64_t)v; }
+    default: cr_assert_fail("golden scalar '%s' has dtype %s", tensor, dl_dtype_name(t->dtype));
+    }
+    return 0;
+}
+
+static double rel_l2_worst(const float *got, const float *refF, const double *refD, size_t n, size_t *worst)
+{
+    double num = 0, den = 0, wmax = -1;
+    *worst = 0;
+    for (size_t i = 0; i < n; i++) {
+        double g = got[i], r = refF ? (double)refF[i] : refD[i];
+        if (!isfinite(g)) { *worst = i; return INFINITY; }
+        double d = g - r;
+        num += d * d;
+        den += r * r;
+        if (fabs(d) > wmax) { wmax = fabs(d); *worst = i; }
+    }
+    return sqrt(num) / fmax(sqrt(den), 1e-30);
+}
+
+double tu_rel_l2(const float *got, const float *ref, size_t n)
+{
+    size_t w;
+    return rel_l2_worst(got, ref, NULL, n, &w);
+}
+
+void tu_expect_close(const float *got, const float *ref, size_t n, double tol, const char *label)
+{
+    size_t w;
+    double e = rel_l2_worst(got, ref, NULL, n, &w);
+    cr_expect(e <= tol, "%s: relative L2 error %.3g > %.3g (worst element %zu: got %.9g, want %.9g)", label, e,
+              tol, w, n ? got[w] : 0.0, n ? ref[w] : 0.0);
+}
+
+void tu_expect_close_d(const float *got, const double *ref, size_t n, double tol, const char *label)
+{
+    size_t w;
+    double e = rel_l2_worst(got, NULL, ref, n, &w);
+    cr_expect(e <= tol, "%s: relative L2 error %.3g > %.3g (worst element %zu: got %.9g, want %.9g)", label, e,
+              tol, w, n ? got[w] : 0.0, n ? ref[w] : 0.0);
+}
+
+void tu_fill_uniform(float *x, size_t n, uint64_t seed, float lo, float hi)
+{
+    uint64_t s = seed * 0x9E3779B97F4A7C15ull + 1;
+    for (size_t i = 0; i < n; i++) {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        x[i] = lo + (hi - lo) * (float)((s >> 40) * (1.0 / 16777216.0));
+    }
+}
+
+float *tu_alloc_nan(size_t n)
+{
+    float *x = malloc((n ? n : 1) * sizeof *x);
+    for (size_t i = 0; i < n; i++) x[i] = NAN;
+    return x;
+}
+
+dl_ctx *tu_ctx(void)
+{
+    static dl_ctx ctx;
+    static int init;
+    if (!init) {
+        const char *env = getenv("DANLU_THREADS");
+        if (dl_ctx_init(&ctx, env && *env ? 0 : 2) != DL_OK) cr_assert_fail("%s", dl_error_msg());
+        init = 1;
+    }
+    return &ctx;
+}
+
+void tu_fd_grad(tu_scalar_fn f, void *user, double *x, size_t n, double h, double *grad)
+{
+    for (size_t i = 0; i < n; i++) {
+        double keep = x[i];
+        x[i] = keep + h;
+        double fp = f(user, x);
+        x[i] = keep - h;
+        double fm = f(user, x);
+        x[i] = keep;
+        grad[i] = (fp - fm) / (2 * h);
+    }
+}
