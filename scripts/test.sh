@@ -31,6 +31,7 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
+mkdir -p build
 cuda_flag=()
 [ "${DANLU_CUDA:-ON}" = OFF ] && cuda_flag=(-DDANLU_CUDA=OFF)
 
