@@ -139,7 +139,7 @@ Test(safetensors, reads_empty_and_scalar_tensors, .init = make_dir, .fini = remo
 
 Test(safetensors, truncated_files)
 {
-    uint8_t buf[256];
+    uint8_t buf[256] = {0};
     expect_bad(buf, 0, "truncated");
     expect_bad(buf, 5, "truncated");
     size_t n = build(buf, sizeof buf, "{\"a\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[0,16]}}", 16);
