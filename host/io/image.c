@@ -1,0 +1,252 @@
+/* image.c - image decoding (stb_image, libwebp) and a PNG writer with text chunks (zlib). */
+#include "image.h"
+#include "core/error.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <webp/decode.h>
+#include <zlib.h>
+
+#include <stb_image.h>
+
+static int read_file(const char *path, uint8_t **out, size_t *n)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return dl_error_set("%s: cannot open: %s", path, strerror(errno));
+    if (fseek(f, 0, SEEK_END) != 0) { fclose(f); return dl_error_set("%s: cannot seek", path); }
+    long len = ftell(f);
+    rewind(f);
+    if (len < 0) { fclose(f); return dl_error_set("%s: cannot read its size", path); }
+    uint8_t *buf = malloc((size_t)len + 1);
+    if (!buf) { fclose(f); return dl_error_set("%s: out of memory (%ld bytes)", path, len); }
+    if (fread(buf, 1, (size_t)len, f) != (size_t)len) {
+        fclose(f);
+        free(buf);
+        return dl_error_set("%s: read error", path);
+    }
+    fclose(f);
+    *out = buf;
+    *n = (size_t)len;
+    return DL_OK;
+}
+
+int dl_image_decode(dl_image *img, const uint8_t *bytes, size_t n, const char *label)
+{
+    memset(img, 0, sizeof *img);
+    if (n == 0) return dl_error_set("%s: empty file, not an image", label);
+    if (n >= 12 && memcmp(bytes, "RIFF", 4) == 0 && memcmp(bytes + 8, "WEBP", 4) == 0) {
+        int w, h;
+        uint8_t *rgb = WebPDecodeRGB(bytes, n, &w, &h);
+        if (!rgb) return dl_error_set("%s: corrupt or unsupported WebP image", label);
+        img->w = w;
+        img->h = h;
+        img->data = malloc((size_t)w * h * 3);
+        memcpy(img->data, rgb, (size_t)w * h * 3);
+        WebPFree(rgb);
+        return DL_OK;
+    }
+    if (n > 0x7fffffff) return dl_error_set("%s: file too large to decode", label);
+    int w, h, c;
+    uint8_t *px = stbi_load_from_memory(bytes, (int)n, &w, &h, &c, 3);
+    if (!px) return dl_error_set("%s: cannot decode image: %s", label, stbi_failure_reason());
+    img->w = w;
+    img->h = h;
+    img->data = px; /* stb allocates with malloc */
+    return DL_OK;
+}
+
+int dl_image_load(dl_image *img, const char *path)
+{
+    uint8_t *bytes;
+    size_t n;
+    memset(img, 0, sizeof *img);
+    DL_TRY(read_file(path, &bytes, &n));
+    int rc = dl_image_decode(img, bytes, n, path);
+    free(bytes);
+    return rc;
+}
+
+void dl_image_free(dl_image *img)
+{
+    free(img->data);
+    memset(img, 0, sizeof *img);
+}
+
+/* ---------------------------------------------------------------- PNG writing */
+
+typedef struct { uint8_t *p; size_t n, cap; int oom; } bytebuf;
+
+static void bb_put(bytebuf *b, const void *src, size_t n)
+{
+    if (b->oom) return;
+    if (b->n + n > b->cap) {
+        size_t cap = b->cap ? b->cap * 2 : 4096;
+        while (cap < b->n + n) cap *= 2;
+        uint8_t *p = realloc(b->p, cap);
+        if (!p) { b->oom = 1; return; }
+        b->p = p;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->n, src, n);
+    b->n += n;
+}
+
+static void put_u32(bytebuf *b, uint32_t v)
+{
+    uint8_t x[4] = {(uint8_t)(v >> 24), (uint8_t)(v >> 16), (uint8_t)(v >> 8), (uint8_t)v};
+    bb_put(b, x, 4);
+}
+
+static void put_chunk(bytebuf *b, const char type[4], const uint8_t *data, size_t n)
+{
+    put_u32(b, (uint32_t)n);
+    size_t start = b->n;
+    bb_put(b, type, 4);
+    if (n) bb_put(b, data, n);
+    if (b->oom) return;
+    put_u32(b, (uint32_t)crc32(0, b->p + start, (uInt)(n + 4)));
+}
+
+static int is_plain_ascii(const char *s)
+{
+    for (; *s; s++)
+        if ((unsigned char)*s >= 0x80) return 0;
+    return 1;
+}
+
+int dl_png_save(const char *path, const dl_image *img, const char *const *text, int n_text)
+{
+    bytebuf b = {0};
+    static const uint8_t sig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+    bb_put(&b, sig, 8);
+    uint8_t ihdr[13];
+    uint32_t w = (uint32_t)img->w, h = (uint32_t)img->h;
+    for (int i = 0; i < 4; i++) { ihdr[i] = (uint8_t)(w >> (24 - 8 * i)); ihdr[4 + i] = (uint8_t)(h >> (24 - 8 * i)); }
+    ihdr[8] = 8; ihdr[9] = 2; ihdr[10] = 0; ihdr[11] = 0; ihdr[12] = 0; /* 8-bit RGB */
+    put_chunk(&b, "IHDR", ihdr, 13);
+    for (int i = 0; i < n_text; i++) {
+        const char *key = text[2 * i], *val = text[2 * i + 1];
+        bytebuf t = {0};
+        bb_put(&t, key, strlen(key) + 1);
+        if (is_plain_ascii(val)) {
+            bb_put(&t, val, strlen(val));
+            put_chunk(&b, "tEXt", t.p, t.n);
+        } else {
+            static const uint8_t flags[4] = {0, 0, 0, 0}; /* uncompressed, no language, no translated key */
+            bb_put(&t, flags, 4);
+            bb_put(&t, val, strlen(val));
+            put_chunk(&b, "iTXt", t.p, t.n);
+        }
+        free(t.p);
+    }
+    /* image data: each row prefixed with filter type 1 (Sub), zlib-compressed */
+    size_t row = (size_t)w * 3, raw_n = (row + 1) * h;
+    uint8_t *raw = malloc(raw_n ? raw_n : 1);
+    uLongf zcap = compressBound((uLong)raw_n);
+    uint8_t *z = malloc(zcap);
+    if (!raw || !z) { free(raw); free(z); free(b.p); return dl_error_set("%s: out of memory encoding PNG", path); }
+    for (uint32_t y = 0; y < h; y++) {
+        uint8_t *dst = raw + y * (row + 1);
+        const uint8_t *src = img->data + y * row;
+        dst[0] = 1;
+        for (size_t x = 0; x < row; x++) dst[1 + x] = (uint8_t)(src[x] - (x >= 3 ? src[x - 3] : 0));
+    }
+    int zrc = compress2(z, &zcap, raw, (uLong)raw_n, 6);
+    free(raw);
+    if (zrc != Z_OK) { free(z); free(b.p); return dl_error_set("%s: zlib compression failed", path); }
+    put_chunk(&b, "IDAT", z, zcap);
+    free(z);
+    put_chunk(&b, "IEND", NULL, 0);
+    if (b.oom) { free(b.p); return dl_error_set("%s: out of memory encoding PNG", path); }
+
+    size_t plen = strlen(path);
+    char *tmp = malloc(plen + 16);
+    snprintf(tmp, plen + 16, "%s.tmp.XXXXXX", path);
+    int fd = mkstemp(tmp);
+    if (fd < 0) {
+        int e = errno;
+        free(tmp);
+        free(b.p);
+        return dl_error_set("%s: cannot create a file in its directory: %s", path, strerror(e));
+    }
+    size_t off = 0;
+    int bad = 0, e = 0;
+    while (off < b.n) {
+        ssize_t k = write(fd, b.p + off, b.n - off);
+        if (k < 0) { if (errno == EINTR) continue; bad = 1; e = errno; break; }
+        off += (size_t)k;
+    }
+    free(b.p);
+    if (!bad && fsync(fd) != 0) { bad = 1; e = errno; }
+    if (close(fd) != 0 && !bad) { bad = 1; e = errno; }
+    if (!bad && rename(tmp, path) != 0) { bad = 1; e = errno; }
+    if (bad) unlink(tmp);
+    free(tmp);
+    if (bad) return dl_error_set("%s: write failed: %s (nothing was written)", path, strerror(e));
+    return DL_OK;
+}
+
+/* ---------------------------------------------------------------- PNG text reading */
+
+static uint32_t be32(const uint8_t *p) { return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3]; }
+
+static char *inflate_text(const uint8_t *z, size_t n)
+{
+    size_t cap = n * 4 + 64;
+    for (int tries = 0; tries < 12; tries++, cap *= 4) {
+        char *out = malloc(cap + 1);
+        uLongf got = cap;
+        int rc = uncompress((Bytef *)out, &got, z, (uLong)n);
+        if (rc == Z_OK) { out[got] = 0; return out; }
+        free(out);
+        if (rc != Z_BUF_ERROR) return NULL;
+    }
+    return NULL;
+}
+
+int dl_png_read_text(const char *path, const char *keyword, char **out)
+{
+    uint8_t *buf;
+    size_t n;
+    *out = NULL;
+    DL_TRY(read_file(path, &buf, &n));
+    int rc = DL_ERR;
+    if (n < 8 || memcmp(buf, "\x89PNG\r\n\x1a\n", 8) != 0) { dl_error_set("%s: not a PNG file", path); goto done; }
+    size_t klen = strlen(keyword);
+    for (size_t p = 8; p + 12 <= n;) {
+        uint32_t len = be32(buf + p);
+        if (len > n - p - 12) { dl_error_set("%s: truncated PNG chunk", path); goto done; }
+        const uint8_t *type = buf + p + 4, *d = buf + p + 8;
+        int is_t = !memcmp(type, "tEXt", 4), is_z = !memcmp(type, "zTXt", 4), is_i = !memcmp(type, "iTXt", 4);
+        if ((is_t || is_z || is_i) && len > klen && memcmp(d, keyword, klen) == 0 && d[klen] == 0) {
+            const uint8_t *v = d + klen + 1, *end = d + len;
+            if (is_t) {
+                *out = strndup((const char *)v, (size_t)(end - v));
+            } else if (is_z) {
+                if (v < end) *out = inflate_text(v + 1, (size_t)(end - v - 1));
+            } else {
+                if (end - v < 2) { dl_error_set("%s: malformed iTXt chunk", path); goto done; }
+                int compressed = v[0];
+                v += 2;
+                for (int skip = 0; skip < 2 && v < end; skip++) { /* language tag, translated keyword */
+                    while (v < end && *v) v++;
+                    v++;
+                }
+                if (v > end) { dl_error_set("%s: malformed iTXt chunk", path); goto done; }
+                *out = compressed ? inflate_text(v, (size_t)(end - v)) : strndup((const char *)v, (size_t)(end - v));
+            }
+            if (!*out) { dl_error_set("%s: cannot decode the '%s' text chunk", path, keyword); goto done; }
+            rc = DL_OK;
+            goto done;
+        }
+        if (!memcmp(type, "IEND", 4)) break;
+        p += 12 + (size_t)len;
+    }
+    dl_error_set("%s: no '%s' text chunk", path, keyword);
+done:
+    free(buf);
+    return rc;
+}

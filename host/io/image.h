@@ -1,0 +1,39 @@
+/* image.h - reading training/init images (PNG, JPEG, BMP via stb_image; WebP via libwebp) and
+ * writing PNGs that carry A1111's "parameters" text chunk. Pixels are 8-bit RGB, row-major,
+ * interleaved ([H, W, 3]). */
+#ifndef DANLU_IMAGE_H
+#define DANLU_IMAGE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct dl_image {
+    int w, h;          /* pixels */
+    uint8_t *data;     /* [h, w, 3], malloc'd */
+} dl_image;
+
+/* Decode path (format from its bytes, not its name) into RGB; an alpha channel is dropped as
+ * PIL's convert("RGB") does. Returns DL_OK, or DL_ERR with a message naming the file and the
+ * problem (missing, not an image, corrupt, unsupported). */
+int dl_image_load(dl_image *img, const char *path);
+/* Decode an in-memory file; label names it in messages. */
+int dl_image_decode(dl_image *img, const uint8_t *bytes, size_t n, const char *label);
+void dl_image_free(dl_image *img);
+
+/* Write img as an 8-bit RGB PNG with text chunks (text[2i] = keyword, text[2i+1] = value;
+ * tEXt when the value is Latin-1-safe ASCII, iTXt (UTF-8) otherwise). Atomic: temporary file,
+ * fsync, rename; on failure nothing is left behind. */
+int dl_png_save(const char *path, const dl_image *img, const char *const *text, int n_text);
+
+/* Read the text chunk `keyword` (tEXt, zTXt or iTXt) of a PNG file into a malloc'd string.
+ * Returns DL_OK (and *out), or DL_ERR when the file is unreadable, not a PNG, or lacks it. */
+int dl_png_read_text(const char *path, const char *keyword, char **out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
