@@ -1,0 +1,153 @@
+/* module.c - loading and CPU forward of linear / conv / norm layers with optional LoRA. */
+#include "model/module.h"
+#include "core/error.h"
+#include "ops/cpu/conv2d.h"
+#include "ops/cpu/groupnorm.h"
+#include "ops/cpu/layernorm.h"
+#include "ops/cpu/linear.h"
+#include "ops/cpu/lora.h"
+
+#include <stdio.h>
+#include <string.h>
+
+float *dl_alloc_f32(dl_arena *a, int64_t n)
+{
+    float *p = dl_arena_alloc(a, (size_t)(n > 0 ? n : 1) * sizeof(float));
+    DL_ASSERTF(p, "%s", dl_error_msg());
+    return p;
+}
+
+static float *load_tensor(const dl_loader *ld, const char *name, const char *suffix, int ndim, const int64_t *shape)
+{
+    char full[512];
+    snprintf(full, sizeof full, "%s.%s", name, suffix);
+    int64_t n = 1;
+    for (int i = 0; i < ndim; i++) n *= shape[i];
+    float *p = dl_arena_alloc(ld->arena, (size_t)n * sizeof(float));
+    if (!p) return NULL;
+    if (dl_ckpt_load(ld->ck, ld->part, full, ndim, shape, p) != DL_OK) return NULL;
+    return p;
+}
+
+int dl_linear_load(dl_linear *m, const dl_loader *ld, const char *name, int in, int out, int bias)
+{
+    memset(m, 0, sizeof *m);
+    m->name = name;
+    m->in = in;
+    m->out = out;
+    int64_t ws[2] = {out, in}, bs[1] = {out};
+    if (!(m->w = load_tensor(ld, name, "weight", 2, ws))) return DL_ERR;
+    if (bias && !(m->b = load_tensor(ld, name, "bias", 1, bs))) return DL_ERR;
+    return DL_OK;
+}
+
+int dl_linear_load_any(dl_linear *m, const dl_loader *ld, const char *name, int in, int out, int bias)
+{
+    char full[512];
+    snprintf(full, sizeof full, "%s.weight", name);
+    int nd = 0;
+    int64_t shape[DL_MAX_DIMS];
+    if (dl_ckpt_shape(ld->ck, ld->part, full, &nd, shape) == DL_OK && nd == 4) {
+        memset(m, 0, sizeof *m);
+        m->name = name;
+        m->in = in;
+        m->out = out;
+        int64_t ws[4] = {out, in, 1, 1}, bs[1] = {out};
+        if (!(m->w = load_tensor(ld, name, "weight", 4, ws))) return DL_ERR;
+        if (bias && !(m->b = load_tensor(ld, name, "bias", 1, bs))) return DL_ERR;
+        return DL_OK;
+    }
+    return dl_linear_load(m, ld, name, in, out, bias);
+}
+
+int dl_conv_load(dl_conv *m, const dl_loader *ld, const char *name, int cin, int cout, int k, int stride, int pad)
+{
+    memset(m, 0, sizeof *m);
+    m->name = name;
+    m->cin = cin;
+    m->cout = cout;
+    m->k = k;
+    m->stride = stride;
+    m->pad_top = m->pad_left = m->pad_bottom = m->pad_right = pad;
+    char full[512];
+    snprintf(full, sizeof full, "%s.weight", name);
+    m->w = dl_arena_alloc(ld->arena, (size_t)cout * k * k * cin * sizeof(float));
+    if (!m->w) return DL_ERR;
+    DL_TRY(dl_ckpt_load_conv(ld->ck, ld->part, full, cout, cin, k, k, m->w));
+    int64_t bs[1] = {cout};
+    if (!(m->b = load_tensor(ld, name, "bias", 1, bs))) return DL_ERR;
+    return DL_OK;
+}
+
+int dl_norm_load(dl_norm *m, const dl_loader *ld, const char *name, int C, int G, float eps)
+{
+    memset(m, 0, sizeof *m);
+    m->name = name;
+    m->C = C;
+    m->G = G;
+    m->eps = eps;
+    int64_t s[1] = {C};
+    if (!(m->gamma = load_tensor(ld, name, "weight", 1, s))) return DL_ERR;
+    if (!(m->beta = load_tensor(ld, name, "bias", 1, s))) return DL_ERR;
+    return DL_OK;
+}
+
+void dl_linear_fwd(const dl_ctx *ctx, const dl_linear *m, int64_t M, const float *x, float *y, dl_arena *scratch)
+{
+    const dl_lora *l = m->lora;
+    if (!l || l->merged) {
+        dl_cpu_linear_forward(ctx, M, m->in, m->out, x, m->w, m->b, y);
+        return;
+    }
+    size_t mark = dl_arena_mark(scratch);
+    float *h = dl_alloc_f32(scratch, M * l->r); // [M, r]
+    dl_cpu_lora_linear_forward(ctx, M, m->in, m->out, l->r, l->scale, x, m->w, m->b, l->A, l->B, h, y);
+    dl_arena_release(scratch, mark);
+}
+
+static dl_conv2d_shape conv_shape(const dl_conv *m, int N, int H, int W)
+{
+    dl_conv2d_shape s = dl_conv2d_shape_make(N, H, W, m->cin, m->cout, m->k, m->stride, 0);
+    s.pad_top = m->pad_top;
+    s.pad_left = m->pad_left;
+    s.pad_bottom = m->pad_bottom;
+    s.pad_right = m->pad_right;
+    return s;
+}
+
+void dl_conv_fwd(const dl_ctx *ctx, const dl_conv *m, int N, int H, int W, const float *x, float *y,
+                 int *Ho, int *Wo, dl_arena *scratch)
+{
+    dl_conv2d_shape s = conv_shape(m, N, H, W);
+    int ho = dl_conv2d_out_h(&s), wo = dl_conv2d_out_w(&s);
+    if (Ho) *Ho = ho;
+    if (Wo) *Wo = wo;
+    const dl_lora *l = m->lora;
+    if (!l || l->merged) {
+        dl_cpu_conv2d_forward(ctx, &s, x, m->w, m->b, y);
+        return;
+    }
+    size_t mark = dl_arena_mark(scratch);
+    float *h = dl_alloc_f32(scratch, (int64_t)N * ho * wo * l->r); // [N, Ho, Wo, r]
+    dl_cpu_lora_conv_forward(ctx, &s, l->r, l->scale, x, m->w, m->b, l->A, l->B, h, y);
+    dl_arena_release(scratch, mark);
+}
+
+void dl_groupnorm_fwd(const dl_ctx *ctx, const dl_norm *m, int N, int64_t HW, const float *x, float *y, int silu,
+                      dl_arena *scratch)
+{
+    DL_ASSERT(m->G > 0);
+    size_t mark = dl_arena_mark(scratch);
+    float *mean = dl_alloc_f32(scratch, (int64_t)N * m->G), *rstd = dl_alloc_f32(scratch, (int64_t)N * m->G);
+    dl_groupnorm_shape s = {.N = N, .HW = (int)HW, .C = m->C, .G = m->G, .eps = m->eps, .silu = silu};
+    dl_cpu_groupnorm_forward(ctx, s, x, m->gamma, m->beta, y, mean, rstd);
+    dl_arena_release(scratch, mark);
+}
+
+void dl_layernorm_fwd(const dl_ctx *ctx, const dl_norm *m, int64_t M, const float *x, float *y, dl_arena *scratch)
+{
+    size_t mark = dl_arena_mark(scratch);
+    float *mean = dl_alloc_f32(scratch, M), *rstd = dl_alloc_f32(scratch, M);
+    dl_cpu_layernorm_forward(ctx, M, m->C, m->eps, x, m->gamma, m->beta, y, mean, rstd);
+    dl_arena_release(scratch, mark);
+}

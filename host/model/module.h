@@ -1,0 +1,87 @@
+/* module.h - the layers networks are built from (linear, conv, group/layer norm), each holding
+ * its weights by checkpoint name and an optional LoRA, with loading and forward on the CPU
+ * backend. Networks (clip.c, vae.c, unet.c) are written against these, never against raw ops,
+ * so LoRA injection and the backend stay in one place. */
+#ifndef DANLU_MODEL_MODULE_H
+#define DANLU_MODEL_MODULE_H
+
+#include "core/arena.h"
+#include "core/ctx.h"
+#include "model/checkpoint.h"
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* A LoRA adapter on one linear or conv layer: y += scale * B·(A·x).
+ * A [r, K] with K = in (linear) or k*k*Cin (conv, [r, k, k, Cin]); B [out, r]. */
+typedef struct dl_lora {
+    int r;
+    float scale;        /* alpha / r × multiplier */
+    float *A, *B;
+    int merged;         /* 1 while A·B is folded into the base weight */
+} dl_lora;
+
+typedef struct dl_linear {
+    const char *name;   /* diffusers name without ".weight" (static or owned by the network) */
+    int in, out;
+    float *w;           /* [out, in] */
+    float *b;           /* [out] or NULL */
+    dl_lora *lora;      /* NULL: none */
+} dl_linear;
+
+typedef struct dl_conv {
+    const char *name;
+    int cin, cout, k, stride;
+    int pad_top, pad_left, pad_bottom, pad_right;
+    float *w;           /* [cout, k, k, cin] */
+    float *b;           /* [cout] or NULL */
+    dl_lora *lora;
+} dl_conv;
+
+typedef struct dl_norm {
+    const char *name;
+    int C, G;           /* G = 0: layer norm over C */
+    float eps;
+    float *gamma, *beta;/* [C] */
+} dl_norm;
+
+/* Where weights come from and where they go: the frozen-weights arena. */
+typedef struct dl_loader {
+    dl_checkpoint *ck;
+    dl_part part;
+    dl_arena *arena;
+} dl_loader;
+
+/* Load "<name>.weight" (and "<name>.bias" when bias) for a linear [out, in]. DL_ERR names the
+ * tensor and the shapes (from the checkpoint) or the full arena. name must outlive m. */
+int dl_linear_load(dl_linear *m, const dl_loader *ld, const char *name, int in, int out, int bias);
+/* A 1x1 conv in the checkpoint ([out, in, 1, 1]) loaded as a linear (SD1 proj_in/proj_out,
+ * VAE mid attention in ldm files), or a real linear when the checkpoint has [out, in]. */
+int dl_linear_load_any(dl_linear *m, const dl_loader *ld, const char *name, int in, int out, int bias);
+/* Load a kxk conv with symmetric padding pad. */
+int dl_conv_load(dl_conv *m, const dl_loader *ld, const char *name, int cin, int cout, int k, int stride, int pad);
+/* Load group norm (G groups) or layer norm (G = 0): "<name>.weight", "<name>.bias". */
+int dl_norm_load(dl_norm *m, const dl_loader *ld, const char *name, int C, int G, float eps);
+
+/* y [M, out] = x [M, in] · wᵀ + b (+ LoRA). scratch holds LoRA's [M, r] temporary. */
+void dl_linear_fwd(const dl_ctx *ctx, const dl_linear *m, int64_t M, const float *x, float *y, dl_arena *scratch);
+/* y [N, Ho, Wo, cout] from x [N, H, W, cin]; *Ho, *Wo set when non-NULL. */
+void dl_conv_fwd(const dl_ctx *ctx, const dl_conv *m, int N, int H, int W, const float *x, float *y,
+                 int *Ho, int *Wo, dl_arena *scratch);
+/* Group norm (+ SiLU when silu) over x [N, HW, C] into y. */
+void dl_groupnorm_fwd(const dl_ctx *ctx, const dl_norm *m, int N, int64_t HW, const float *x, float *y, int silu,
+                      dl_arena *scratch);
+/* Layer norm over rows x [M, C] into y. */
+void dl_layernorm_fwd(const dl_ctx *ctx, const dl_norm *m, int64_t M, const float *x, float *y, dl_arena *scratch);
+
+/* Allocate floats from an arena or abort with the arena's message (networks size their
+ * arenas beforehand; running out is a programming error). */
+float *dl_alloc_f32(dl_arena *a, int64_t n);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
