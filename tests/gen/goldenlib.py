@@ -28,7 +28,7 @@ class Golden:
         t = t.detach()
         if t.is_floating_point():
             t = t.to(torch.float32)
-        self.tensors[key] = t.contiguous().cpu()
+        self.tensors[key] = t.contiguous().cpu().clone()
 
     def save(self):
         os.makedirs(GOLDEN_DIR, exist_ok=True)

@@ -1,0 +1,127 @@
+/* config.h - architecture configs of the SD 1.x/2.x networks (UNet, VAE, CLIP text encoder):
+ * presets, diffusers config.json parsing (cJSON) and writing, validation.
+ *
+ * Field meanings follow diffusers/transformers. One trap kept explicit here: diffusers'
+ * UNet "attention_head_dim" is really the number of heads (SD1: 8 heads everywhere; SD2:
+ * [5, 10, 20, 20] heads, i.e. head dim 64); we store heads per block in num_heads[]. Detection of
+ * a config from the tensors of a single-file checkpoint lives in checkpoint.c. */
+#ifndef DANLU_MODEL_CONFIG_H
+#define DANLU_MODEL_CONFIG_H
+
+#include "ops/cpu/activation.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define DL_MAX_BLOCKS 8
+
+typedef enum { DL_PRED_EPSILON = 0, DL_PRED_V = 1 } dl_prediction;
+/* The text encoder's activation is one of the CPU op set's (DL_ACT_QUICK_GELU or DL_ACT_GELU). */
+typedef dl_act dl_clip_act;
+
+/* UNet2DConditionModel with CrossAttnDownBlock2D/DownBlock2D, UNetMidBlock2DCrossAttn,
+ * UpBlock2D/CrossAttnUpBlock2D. Block arrays are indexed in diffusers order: down block i,
+ * up block i (up block i mirrors down block n_blocks-1-i). */
+typedef struct dl_unet_config {
+    int in_channels, out_channels;             /* 4, 4 (9 in for inpainting) */
+    int n_blocks;                              /* len(block_out_channels) */
+    int block_out_channels[DL_MAX_BLOCKS];     /* SD: 320, 640, 1280, 1280 */
+    int down_cross_attn[DL_MAX_BLOCKS];        /* 1: CrossAttnDownBlock2D, 0: DownBlock2D */
+    int up_cross_attn[DL_MAX_BLOCKS];          /* 1: CrossAttnUpBlock2D, 0: UpBlock2D */
+    int layers_per_block;                      /* resnets per down block (up blocks: +1) */
+    int num_heads[DL_MAX_BLOCKS];              /* heads at down block i; up block i uses
+                                                  num_heads[n-1-i], the mid block num_heads[n-1] */
+    int transformer_layers[DL_MAX_BLOCKS];     /* transformer blocks per attention, same indexing */
+    int cross_attention_dim;                   /* 768 (SD1), 1024 (SD2) */
+    int use_linear_projection;                 /* proj_in/proj_out: 0 = 1x1 conv (SD1), 1 = linear (SD2) */
+    int upcast_attention;                      /* compute attention softmax in fp32 (SD2.1) */
+    int norm_num_groups;                       /* 32 */
+    float norm_eps;                            /* 1e-5 */
+    int time_embed_dim;                        /* 4 * block_out_channels[0] */
+    int flip_sin_to_cos;                       /* 1 */
+    int freq_shift;                            /* 0 */
+    int sample_size;                           /* latent size the model was trained at: 64 / 96 */
+    dl_prediction prediction;                  /* from the scheduler config, or a flag */
+} dl_unet_config;
+
+/* AutoencoderKL with DownEncoderBlock2D / UpDecoderBlock2D blocks. Decoder up block i mirrors
+ * encoder down block n_blocks-1-i and has layers_per_block+1 resnets. */
+typedef struct dl_vae_config {
+    int in_channels, out_channels;             /* 3, 3 */
+    int latent_channels;                       /* 4 */
+    int n_blocks;
+    int block_out_channels[DL_MAX_BLOCKS];     /* 128, 256, 512, 512 */
+    int layers_per_block;                      /* 2 */
+    int norm_num_groups;                       /* 32 */
+    int mid_attention;                         /* mid_block_add_attention: 1 */
+    int use_quant_conv, use_post_quant_conv;   /* 1, 1 */
+    float scaling_factor;                      /* 0.18215 */
+    int sample_size;                           /* 512 / 768 (informational) */
+} dl_vae_config;
+
+/* CLIPTextModel (transformers). SD2's OpenCLIP ViT-H text tower maps to hidden 1024, 16 heads,
+ * 23 layers (the 24th is never used by SD2), GELU. */
+typedef struct dl_clip_config {
+    int vocab_size;                            /* 49408 */
+    int hidden_size;                           /* 768 / 1024 */
+    int intermediate_size;                     /* 3072 / 4096 */
+    int num_layers;                            /* 12 / 23 */
+    int num_heads;                             /* 12 / 16 */
+    int max_positions;                         /* 77 */
+    dl_clip_act act;                           /* quick_gelu (SD1) / gelu (SD2) */
+    float layer_norm_eps;                      /* 1e-5 */
+    int bos_token_id, eos_token_id, pad_token_id;
+} dl_clip_config;
+
+typedef struct dl_model_config {
+    dl_unet_config unet;
+    dl_vae_config vae;
+    dl_clip_config text;
+} dl_model_config;
+
+/* Fill cfg with a named preset: "sd15" (SD 1.x), "sd21" (SD 2.x 768-v, v-prediction),
+ * "sd21-base" (SD 2.x 512, epsilon), "tiny" (the tiny test model of tests/gen/gen_checkpoint.py).
+ * Returns DL_OK, or DL_ERR naming the unknown preset. */
+int dl_model_config_preset(dl_model_config *cfg, const char *name);
+
+/* Parse a diffusers unet/config.json text (label names it in messages). Unknown keys whose
+ * value is null or false are ignored (absent features); any other unknown key, an architecture
+ * other than UNet2DConditionModel, or a feature we do not support (e.g. SDXL's
+ * addition_embed_type, class embeddings, dual cross attention) is DL_ERR naming the key. */
+int dl_unet_config_parse(dl_unet_config *cfg, const char *json, const char *label);
+/* Same for vae/config.json (AutoencoderKL). */
+int dl_vae_config_parse(dl_vae_config *cfg, const char *json, const char *label);
+/* Same for text_encoder/config.json (transformers CLIPTextConfig; generic transformers keys are
+ * ignored, model_type must be clip_text_model, hidden_act quick_gelu or gelu). */
+int dl_clip_config_parse(dl_clip_config *cfg, const char *json, const char *label);
+/* prediction_type of a scheduler/scheduler_config.json ("epsilon" or "v_prediction"). */
+int dl_prediction_parse(dl_prediction *pred, const char *json, const char *label);
+
+/* The same, reading the file at path. DL_ERR names the file when it cannot be read. */
+int dl_unet_config_load(dl_unet_config *cfg, const char *path);
+int dl_vae_config_load(dl_vae_config *cfg, const char *path);
+int dl_clip_config_load(dl_clip_config *cfg, const char *path);
+int dl_prediction_load(dl_prediction *pred, const char *path);
+
+/* Check internal consistency (channels divisible by groups and heads, sizes > 0, ...).
+ * DL_OK, or DL_ERR naming the field (label: the file or "preset sd15"). */
+int dl_unet_config_validate(const dl_unet_config *cfg, const char *label);
+int dl_vae_config_validate(const dl_vae_config *cfg, const char *label);
+int dl_clip_config_validate(const dl_clip_config *cfg, const char *label);
+
+/* Serialise as diffusers / transformers config.json text (malloc'd; free()). */
+char *dl_unet_config_to_json(const dl_unet_config *cfg);
+char *dl_vae_config_to_json(const dl_vae_config *cfg);
+char *dl_clip_config_to_json(const dl_clip_config *cfg);
+char *dl_scheduler_config_to_json(dl_prediction pred);
+
+/* NULL when equal, else the name of the first differing field (static string). */
+const char *dl_unet_config_diff(const dl_unet_config *a, const dl_unet_config *b);
+const char *dl_vae_config_diff(const dl_vae_config *a, const dl_vae_config *b);
+const char *dl_clip_config_diff(const dl_clip_config *a, const dl_clip_config *b);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

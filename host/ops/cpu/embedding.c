@@ -1,0 +1,49 @@
+/* embedding.c - sinusoidal timestep embedding (CPU reference). */
+#include "embedding.h"
+
+#include "core/error.h"
+
+#include <math.h>
+
+typedef struct {
+    int64_t dim, half;
+    int flip;
+    float shift, scale, neg_log_period;
+    const float *t;
+    float *out;
+} emb_job;
+
+static void emb_rows(void *arg, int64_t n0, int64_t n1, int tid)
+{
+    const emb_job *j = arg;
+    const int64_t half = j->half;
+    const float denom = (float)half - j->shift;
+    for (int64_t n = n0; n < n1; n++) {
+        float *o = j->out + n * j->dim; // [dim]
+        float *os = j->flip ? o + half : o, *oc = j->flip ? o : o + half;
+        for (int64_t i = 0; i < half; i++) {
+            /* the same fp32 roundings as torch: exponent, division, exp, product, scale */
+            float e = j->neg_log_period * (float)i;
+            e = e / denom;
+            float freq = (float)exp((double)e);
+            float a = j->t[n] * freq;
+            a = j->scale * a;
+            os[i] = (float)sin((double)a);
+            oc[i] = (float)cos((double)a);
+        }
+        if (j->dim % 2) o[j->dim - 1] = 0.0f;
+    }
+}
+
+void dl_cpu_timestep_embedding(const dl_ctx *ctx, int64_t N, int64_t dim, const float *t,
+                               int flip_sin_to_cos, float downscale_freq_shift, float scale,
+                               float max_period, float *out)
+{
+    DL_ASSERT(N >= 0 && dim > 0 && max_period > 0);
+    DL_ASSERT(N == 0 || (t && out));
+    DL_ASSERTF(dim / 2 == 0 || (float)(dim / 2) - downscale_freq_shift != 0.0f,
+               "half dim %lld equals downscale_freq_shift", (long long)(dim / 2));
+    emb_job j = {dim, dim / 2, flip_sin_to_cos, downscale_freq_shift, scale,
+                 (float)(-log((double)max_period)), t, out};
+    dl_parallel_for(ctx ? ctx->pool : NULL, N, (1024 + dim - 1) / dim, emb_rows, &j);
+}
