@@ -1,0 +1,121 @@
+/* clip.c - CLIP text encoder: loading by transformers names and the CPU forward. */
+#include "model/clip.h"
+#include "core/error.h"
+#include "ops/cpu/activation.h"
+#include "ops/cpu/attention.h"
+#include "ops/cpu/elementwise.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define NAME_LEN 96
+enum { NAMES_PER_LAYER = 8 };
+
+size_t dl_clip_weights_bytes(const dl_clip_config *c)
+{
+    size_t C = (size_t)c->hidden_size, I = (size_t)c->intermediate_size, L = (size_t)c->num_layers;
+    size_t per_layer = 4 * (C * C + C) + (I * C + I) + (C * I + C) + 4 * C;
+    size_t floats = (size_t)c->vocab_size * C + (size_t)c->max_positions * C + L * per_layer + 2 * C;
+    /* every tensor is rounded up to 64 bytes: at most 16 tensors per layer + 4 */
+    return floats * sizeof(float) + (L * 16 + 4) * 64 + L * sizeof(dl_clip_layer) + 64;
+}
+
+size_t dl_clip_scratch_bytes(const dl_clip_config *c, int N, int T)
+{
+    size_t M = (size_t)N * T, C = (size_t)c->hidden_size, I = (size_t)c->intermediate_size;
+    /* x, h, q, k, v, a + the MLP's two [M, I] + lse + norm stats + LoRA temporaries */
+    return (6 * M * C + 2 * M * I + (size_t)N * c->num_heads * T + 2 * M + M * 128) * sizeof(float) + 16 * 64;
+}
+
+int dl_clip_load(dl_clip *m, dl_checkpoint *ck, dl_arena *weights)
+{
+    memset(m, 0, sizeof *m);
+    m->cfg = ck->cfg.text;
+    const dl_clip_config *c = &m->cfg;
+    int C = c->hidden_size, I = c->intermediate_size, L = c->num_layers;
+    dl_loader ld = {ck, DL_PART_TEXT, weights};
+    int64_t ts[2] = {c->vocab_size, C}, ps[2] = {c->max_positions, C};
+    m->tok_emb = dl_arena_alloc(weights, (size_t)c->vocab_size * C * sizeof(float));
+    m->pos_emb = dl_arena_alloc(weights, (size_t)c->max_positions * C * sizeof(float));
+    m->layers = dl_arena_calloc(weights, (size_t)L * sizeof *m->layers);
+    if (!m->tok_emb || !m->pos_emb || !m->layers) return DL_ERR;
+    DL_TRY(dl_ckpt_load(ck, DL_PART_TEXT, "text_model.embeddings.token_embedding.weight", 2, ts, m->tok_emb));
+    DL_TRY(dl_ckpt_load(ck, DL_PART_TEXT, "text_model.embeddings.position_embedding.weight", 2, ps, m->pos_emb));
+    m->names = calloc((size_t)L * NAMES_PER_LAYER, NAME_LEN);
+    if (!m->names) return dl_error_set("out of memory loading the text encoder");
+    for (int l = 0; l < L; l++) {
+        dl_clip_layer *y = &m->layers[l];
+        char *nm = m->names + (size_t)l * NAMES_PER_LAYER * NAME_LEN;
+        static const char *const parts[NAMES_PER_LAYER] = {"layer_norm1", "layer_norm2", "self_attn.q_proj",
+                                                           "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj",
+                                                           "mlp.fc1", "mlp.fc2"};
+        for (int p = 0; p < NAMES_PER_LAYER; p++)
+            snprintf(nm + p * NAME_LEN, NAME_LEN, "text_model.encoder.layers.%d.%s", l, parts[p]);
+        DL_TRY(dl_norm_load(&y->ln1, &ld, nm + 0 * NAME_LEN, C, 0, c->layer_norm_eps));
+        DL_TRY(dl_norm_load(&y->ln2, &ld, nm + 1 * NAME_LEN, C, 0, c->layer_norm_eps));
+        DL_TRY(dl_linear_load(&y->q, &ld, nm + 2 * NAME_LEN, C, C, 1));
+        DL_TRY(dl_linear_load(&y->k, &ld, nm + 3 * NAME_LEN, C, C, 1));
+        DL_TRY(dl_linear_load(&y->v, &ld, nm + 4 * NAME_LEN, C, C, 1));
+        DL_TRY(dl_linear_load(&y->o, &ld, nm + 5 * NAME_LEN, C, C, 1));
+        DL_TRY(dl_linear_load(&y->fc1, &ld, nm + 6 * NAME_LEN, C, I, 1));
+        DL_TRY(dl_linear_load(&y->fc2, &ld, nm + 7 * NAME_LEN, I, C, 1));
+    }
+    DL_TRY(dl_norm_load(&m->final_ln, &ld, "text_model.final_layer_norm", C, 0, c->layer_norm_eps));
+    return DL_OK;
+}
+
+void dl_clip_free(dl_clip *m)
+{
+    free(m->names);
+    m->names = NULL;
+}
+
+void dl_clip_forward(const dl_ctx *ctx, const dl_clip *m, int N, int T, const int32_t *ids, int layers,
+                     int final_ln, float *out, dl_arena *scratch)
+{
+    const dl_clip_config *c = &m->cfg;
+    const int C = c->hidden_size, I = c->intermediate_size, H = c->num_heads, d = C / H;
+    const int64_t M = (int64_t)N * T;
+    DL_ASSERTF(T >= 1 && T <= c->max_positions, "T = %d", T);
+    DL_ASSERTF(layers >= 1 && layers <= c->num_layers, "layers = %d of %d", layers, c->num_layers);
+    size_t mark = dl_arena_mark(scratch);
+    float *x = dl_alloc_f32(scratch, M * C);   // [N, T, C] residual stream
+    float *h = dl_alloc_f32(scratch, M * C);   // [N, T, C] normed input of a sublayer
+    float *q = dl_alloc_f32(scratch, M * C);   // [N, T, H*d]
+    float *k = dl_alloc_f32(scratch, M * C);   // [N, T, H*d]
+    float *v = dl_alloc_f32(scratch, M * C);   // [N, T, H*d]
+    float *a = dl_alloc_f32(scratch, M * C);   // [N, T, H*d] attention output
+    float *f1 = dl_alloc_f32(scratch, M * I);  // [N, T, I]
+    float *f2 = dl_alloc_f32(scratch, M * I);  // [N, T, I]
+    float *lse = dl_alloc_f32(scratch, (int64_t)N * H * T); // [N, H, T]
+
+    for (int n = 0; n < N; n++) // x = token_embedding[ids] + position_embedding[0:T]
+        for (int t = 0; t < T; t++) {
+            int id = ids[n * T + t];
+            DL_ASSERTF(id >= 0 && id < c->vocab_size, "token id %d outside the vocabulary", id);
+            const float *te = m->tok_emb + (size_t)id * C, *pe = m->pos_emb + (size_t)t * C;
+            float *xr = x + ((size_t)n * T + t) * C;
+            for (int i = 0; i < C; i++) xr[i] = te[i] + pe[i];
+        }
+    dl_attention_shape as = {.N = N, .Tq = T, .Tk = T, .H = H, .d = d, .scale = 1.0f / sqrtf((float)d), .causal = 1};
+    for (int l = 0; l < layers; l++) {
+        const dl_clip_layer *y = &m->layers[l];
+        dl_layernorm_fwd(ctx, &y->ln1, M, x, h, scratch);     // [M, C]
+        dl_linear_fwd(ctx, &y->q, M, h, q, scratch);          // [M, C]
+        dl_linear_fwd(ctx, &y->k, M, h, k, scratch);          // [M, C]
+        dl_linear_fwd(ctx, &y->v, M, h, v, scratch);          // [M, C]
+        dl_cpu_attention_forward(ctx, as, q, k, v, a, lse);   // [N, T, H*d], causal
+        dl_linear_fwd(ctx, &y->o, M, a, h, scratch);          // [M, C]
+        dl_cpu_add_forward(ctx, M * C, x, h, x);              // x += attn
+        dl_layernorm_fwd(ctx, &y->ln2, M, x, h, scratch);     // [M, C]
+        dl_linear_fwd(ctx, &y->fc1, M, h, f1, scratch);       // [M, I]
+        dl_cpu_act_forward(ctx, c->act, M * I, f1, f2);       // [M, I]
+        dl_linear_fwd(ctx, &y->fc2, M, f2, h, scratch);       // [M, C]
+        dl_cpu_add_forward(ctx, M * C, x, h, x);              // x += mlp
+    }
+    if (final_ln) dl_layernorm_fwd(ctx, &m->final_ln, M, x, out, scratch);
+    else memcpy(out, x, (size_t)M * C * sizeof(float));
+    dl_arena_release(scratch, mark);
+}
