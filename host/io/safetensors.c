@@ -204,7 +204,6 @@ out:
 int dl_st_open(dl_st_file *f, const char *path)
 {
     memset(f, 0, sizeof *f);
-    f->path = strdup(path);
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return dl_error_set("%s: cannot open: %s", path, strerror(errno));
     struct stat st;
@@ -217,11 +216,12 @@ int dl_st_open(dl_st_file *f, const char *path)
         if (map == MAP_FAILED) { close(fd); return dl_error_set("%s: cannot map: %s", path, strerror(errno)); }
     }
     close(fd);
+    f->path = strdup(path);
     f->mapped = size > 0;
     if (dl_st_parse(f, map ? map : "", size, path) != DL_OK) {
         if (map) munmap(map, size);
-        f->base = NULL;
-        f->mapped = 0;
+        free(f->path);
+        memset(f, 0, sizeof *f);
         return DL_ERR;
     }
     return DL_OK;

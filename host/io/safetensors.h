@@ -41,7 +41,8 @@ typedef struct dl_st_file {
 
 /* Map and validate path. Returns DL_OK, or DL_ERR with a message naming the file and the
  * problem (truncated, header not JSON, offsets out of range or overlapping, size not matching
- * shape x dtype, unknown dtype, duplicate names, absurd header, bad shapes). */
+ * shape x dtype, unknown dtype, duplicate names, absurd header, bad shapes); on error f is left
+ * zeroed with nothing to release (dl_st_close on it is a harmless no-op). */
 int dl_st_open(dl_st_file *f, const char *path);
 /* Validate an in-memory image (not copied: buf must outlive f); f must be zero-initialised.
  * label names it in messages. On error, dl_st_close(f) still releases what was kept. */

@@ -1,0 +1,983 @@
+/* checkpoint.c - open SD checkpoints (single file or diffusers folder), map diffusers names to
+ * ldm keys, detect the config from a single file's tensors, load weights to fp32. */
+#include "model/checkpoint.h"
+#include "core/error.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+
+#define P_UNET "model.diffusion_model."
+#define P_VAE "first_stage_model."
+#define P_TEXT_HF "cond_stage_model.transformer."
+#define P_TEXT_OC "cond_stage_model.model."
+
+const char *dl_part_name(dl_part part)
+{
+    switch (part) {
+    case DL_PART_UNET: return "unet";
+    case DL_PART_VAE: return "vae";
+    case DL_PART_TEXT: return "text_encoder";
+    default: return "?";
+    }
+}
+
+/* ---------------------------------------------------------------- the weights of a config */
+
+typedef struct emitter {
+    dl_weight_fn fn;
+    void *user;
+    dl_part part;
+    int err;
+} emitter;
+
+/* Emit one weight: ndim dims from d[], name from fmt. */
+static void emit(emitter *e, int ndim, int64_t d0, int64_t d1, int64_t d2, int64_t d3, const char *fmt, ...)
+    __attribute__((format(printf, 7, 8)));
+static void emit(emitter *e, int ndim, int64_t d0, int64_t d1, int64_t d2, int64_t d3, const char *fmt, ...)
+{
+    if (e->err) return;
+    char name[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(name, sizeof name, fmt, ap);
+    va_end(ap);
+    int64_t shape[4] = {d0, d1, d2, d3};
+    if (e->fn(e->user, e->part, name, ndim, shape) != DL_OK) e->err = 1;
+}
+
+static void emit_norm(emitter *e, const char *pre, const char *n, int64_t c)
+{
+    emit(e, 1, c, 0, 0, 0, "%s%s.weight", pre, n);
+    emit(e, 1, c, 0, 0, 0, "%s%s.bias", pre, n);
+}
+
+static void emit_conv(emitter *e, const char *pre, const char *n, int64_t cout, int64_t cin, int k)
+{
+    emit(e, 4, cout, cin, k, k, "%s%s.weight", pre, n);
+    emit(e, 1, cout, 0, 0, 0, "%s%s.bias", pre, n);
+}
+
+static void emit_linear(emitter *e, const char *pre, const char *n, int64_t out, int64_t in, int bias)
+{
+    emit(e, 2, out, in, 0, 0, "%s%s.weight", pre, n);
+    if (bias) emit(e, 1, out, 0, 0, 0, "%s%s.bias", pre, n);
+}
+
+/* A resnet block; temb = 0 for the VAE (no time embedding). */
+static void emit_resnet(emitter *e, const char *pre, int64_t cin, int64_t cout, int64_t temb)
+{
+    emit_norm(e, pre, "norm1", cin);
+    emit_conv(e, pre, "conv1", cout, cin, 3);
+    if (temb) emit_linear(e, pre, "time_emb_proj", cout, temb, 1);
+    emit_norm(e, pre, "norm2", cout);
+    emit_conv(e, pre, "conv2", cout, cout, 3);
+    if (cin != cout) emit_conv(e, pre, "conv_shortcut", cout, cin, 1);
+}
+
+/* A Transformer2DModel (SpatialTransformer) of c channels. */
+static void emit_transformer(emitter *e, const char *pre, const dl_unet_config *u, int64_t c, int layers)
+{
+    char p[200];
+    emit_norm(e, pre, "norm", c);
+    if (u->use_linear_projection) emit_linear(e, pre, "proj_in", c, c, 1);
+    else emit_conv(e, pre, "proj_in", c, c, 1);
+    for (int t = 0; t < layers; t++) {
+        snprintf(p, sizeof p, "%stransformer_blocks.%d.", pre, t);
+        emit_norm(e, p, "norm1", c);
+        emit_linear(e, p, "attn1.to_q", c, c, 0);
+        emit_linear(e, p, "attn1.to_k", c, c, 0);
+        emit_linear(e, p, "attn1.to_v", c, c, 0);
+        emit_linear(e, p, "attn1.to_out.0", c, c, 1);
+        emit_norm(e, p, "norm2", c);
+        emit_linear(e, p, "attn2.to_q", c, c, 0);
+        emit_linear(e, p, "attn2.to_k", c, u->cross_attention_dim, 0);
+        emit_linear(e, p, "attn2.to_v", c, u->cross_attention_dim, 0);
+        emit_linear(e, p, "attn2.to_out.0", c, c, 1);
+        emit_norm(e, p, "norm3", c);
+        emit_linear(e, p, "ff.net.0.proj", 8 * c, c, 1); /* GEGLU: value and gate */
+        emit_linear(e, p, "ff.net.2", c, 4 * c, 1);
+    }
+    if (u->use_linear_projection) emit_linear(e, pre, "proj_out", c, c, 1);
+    else emit_conv(e, pre, "proj_out", c, c, 1);
+}
+
+static void emit_unet(emitter *e, const dl_unet_config *u)
+{
+    char p[200];
+    const int n = u->n_blocks, L = u->layers_per_block, T = u->time_embed_dim;
+    const int *C = u->block_out_channels;
+    emit_conv(e, "", "conv_in", C[0], u->in_channels, 3);
+    emit_linear(e, "", "time_embedding.linear_1", T, C[0], 1);
+    emit_linear(e, "", "time_embedding.linear_2", T, T, 1);
+    for (int i = 0; i < n; i++) {
+        int cin = i == 0 ? C[0] : C[i - 1];
+        for (int j = 0; j < L; j++) {
+            snprintf(p, sizeof p, "down_blocks.%d.resnets.%d.", i, j);
+            emit_resnet(e, p, j == 0 ? cin : C[i], C[i], T);
+            if (u->down_cross_attn[i]) {
+                snprintf(p, sizeof p, "down_blocks.%d.attentions.%d.", i, j);
+                emit_transformer(e, p, u, C[i], u->transformer_layers[i]);
+            }
+        }
+        if (i < n - 1) {
+            snprintf(p, sizeof p, "down_blocks.%d.downsamplers.0.", i);
+            emit_conv(e, p, "conv", C[i], C[i], 3);
+        }
+    }
+    const int cm = C[n - 1];
+    emit_resnet(e, "mid_block.resnets.0.", cm, cm, T);
+    emit_transformer(e, "mid_block.attentions.0.", u, cm, u->transformer_layers[n - 1]);
+    emit_resnet(e, "mid_block.resnets.1.", cm, cm, T);
+    int out = C[n - 1];
+    for (int i = 0; i < n; i++) { /* up block i mirrors down block n-1-i */
+        int prev_out = out;
+        out = C[n - 1 - i];
+        int in = C[n - 1 - (i + 1 < n ? i + 1 : n - 1)];
+        for (int j = 0; j <= L; j++) {
+            int skip = j == L ? in : out;
+            snprintf(p, sizeof p, "up_blocks.%d.resnets.%d.", i, j);
+            emit_resnet(e, p, (j == 0 ? prev_out : out) + skip, out, T);
+            if (u->up_cross_attn[i]) {
+                snprintf(p, sizeof p, "up_blocks.%d.attentions.%d.", i, j);
+                emit_transformer(e, p, u, out, u->transformer_layers[n - 1 - i]);
+            }
+        }
+        if (i < n - 1) {
+            snprintf(p, sizeof p, "up_blocks.%d.upsamplers.0.", i);
+            emit_conv(e, p, "conv", out, out, 3);
+        }
+    }
+    emit_norm(e, "", "conv_norm_out", C[0]);
+    emit_conv(e, "", "conv_out", u->out_channels, C[0], 3);
+}
+
+static void emit_vae_mid(emitter *e, const char *side, const dl_vae_config *v)
+{
+    char p[200];
+    const int c = v->block_out_channels[v->n_blocks - 1];
+    snprintf(p, sizeof p, "%s.mid_block.resnets.0.", side);
+    emit_resnet(e, p, c, c, 0);
+    if (v->mid_attention) {
+        snprintf(p, sizeof p, "%s.mid_block.attentions.0.", side);
+        emit_norm(e, p, "group_norm", c);
+        emit_linear(e, p, "to_q", c, c, 1);
+        emit_linear(e, p, "to_k", c, c, 1);
+        emit_linear(e, p, "to_v", c, c, 1);
+        emit_linear(e, p, "to_out.0", c, c, 1);
+    }
+    snprintf(p, sizeof p, "%s.mid_block.resnets.1.", side);
+    emit_resnet(e, p, c, c, 0);
+}
+
+static void emit_vae(emitter *e, const dl_vae_config *v)
+{
+    char p[200];
+    const int n = v->n_blocks, L = v->layers_per_block, Z = v->latent_channels;
+    const int *C = v->block_out_channels;
+    emit_conv(e, "", "encoder.conv_in", C[0], v->in_channels, 3);
+    for (int i = 0; i < n; i++) {
+        int cin = i == 0 ? C[0] : C[i - 1];
+        for (int j = 0; j < L; j++) {
+            snprintf(p, sizeof p, "encoder.down_blocks.%d.resnets.%d.", i, j);
+            emit_resnet(e, p, j == 0 ? cin : C[i], C[i], 0);
+        }
+        if (i < n - 1) {
+            snprintf(p, sizeof p, "encoder.down_blocks.%d.downsamplers.0.", i);
+            emit_conv(e, p, "conv", C[i], C[i], 3);
+        }
+    }
+    emit_vae_mid(e, "encoder", v);
+    emit_norm(e, "", "encoder.conv_norm_out", C[n - 1]);
+    emit_conv(e, "", "encoder.conv_out", 2 * Z, C[n - 1], 3);
+    emit_conv(e, "", "decoder.conv_in", C[n - 1], Z, 3);
+    emit_vae_mid(e, "decoder", v);
+    int out = C[n - 1];
+    for (int i = 0; i < n; i++) {
+        int prev_out = out;
+        out = C[n - 1 - i];
+        for (int j = 0; j <= L; j++) {
+            snprintf(p, sizeof p, "decoder.up_blocks.%d.resnets.%d.", i, j);
+            emit_resnet(e, p, j == 0 ? prev_out : out, out, 0);
+        }
+        if (i < n - 1) {
+            snprintf(p, sizeof p, "decoder.up_blocks.%d.upsamplers.0.", i);
+            emit_conv(e, p, "conv", out, out, 3);
+        }
+    }
+    emit_norm(e, "", "decoder.conv_norm_out", C[0]);
+    emit_conv(e, "", "decoder.conv_out", v->out_channels, C[0], 3);
+    if (v->use_quant_conv) emit_conv(e, "", "quant_conv", 2 * Z, 2 * Z, 1);
+    if (v->use_post_quant_conv) emit_conv(e, "", "post_quant_conv", Z, Z, 1);
+}
+
+static void emit_text(emitter *e, const dl_clip_config *t)
+{
+    char p[200];
+    const int H = t->hidden_size, I = t->intermediate_size;
+    emit(e, 2, t->vocab_size, H, 0, 0, "text_model.embeddings.token_embedding.weight");
+    emit(e, 2, t->max_positions, H, 0, 0, "text_model.embeddings.position_embedding.weight");
+    for (int l = 0; l < t->num_layers; l++) {
+        snprintf(p, sizeof p, "text_model.encoder.layers.%d.", l);
+        emit_linear(e, p, "self_attn.k_proj", H, H, 1);
+        emit_linear(e, p, "self_attn.v_proj", H, H, 1);
+        emit_linear(e, p, "self_attn.q_proj", H, H, 1);
+        emit_linear(e, p, "self_attn.out_proj", H, H, 1);
+        emit_norm(e, p, "layer_norm1", H);
+        emit_linear(e, p, "mlp.fc1", I, H, 1);
+        emit_linear(e, p, "mlp.fc2", H, I, 1);
+        emit_norm(e, p, "layer_norm2", H);
+    }
+    emit_norm(e, "", "text_model.final_layer_norm", H);
+}
+
+int dl_model_weights(const dl_model_config *cfg, dl_part part, dl_weight_fn fn, void *user)
+{
+    emitter e = {fn, user, part, 0};
+    switch (part) {
+    case DL_PART_UNET: emit_unet(&e, &cfg->unet); break;
+    case DL_PART_VAE: emit_vae(&e, &cfg->vae); break;
+    case DL_PART_TEXT: emit_text(&e, &cfg->text); break;
+    default: return dl_error_set("dl_model_weights: bad part %d", (int)part);
+    }
+    return e.err ? DL_ERR : DL_OK;
+}
+
+/* ---------------------------------------------------------------- diffusers -> ldm names */
+
+/* Parse "<word>.<int>." at *s; advances *s past it. */
+static int take_index(const char **s, const char *word, int *idx)
+{
+    size_t n = strlen(word);
+    if (strncmp(*s, word, n) || (*s)[n] != '.') return 0;
+    char *end;
+    long v = strtol(*s + n + 1, &end, 10);
+    if (end == *s + n + 1 || *end != '.' || v < 0 || v > 1000) return 0;
+    *idx = (int)v;
+    *s = end + 1;
+    return 1;
+}
+
+static int take(const char **s, const char *word)
+{
+    size_t n = strlen(word);
+    if (strncmp(*s, word, n)) return 0;
+    *s += n;
+    return 1;
+}
+
+/* Resnet parameter names: diffusers -> ldm UNet. */
+static const char *unet_res_name(const char **rest)
+{
+    static const char *const map[][2] = {{"norm1.", "in_layers.0."},        {"conv1.", "in_layers.2."},
+                                         {"time_emb_proj.", "emb_layers.1."}, {"norm2.", "out_layers.0."},
+                                         {"conv2.", "out_layers.3."},       {"conv_shortcut.", "skip_connection."}};
+    for (size_t i = 0; i < sizeof map / sizeof map[0]; i++)
+        if (take(rest, map[i][0])) return map[i][1];
+    return NULL;
+}
+
+static int fmt_key(dl_ckpt_key *k, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int fmt_key(dl_ckpt_key *k, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(k->key, sizeof k->key, fmt, ap);
+    va_end(ap);
+    return n > 0 && (size_t)n < sizeof k->key ? DL_OK : DL_ERR;
+}
+
+static int map_unet(const dl_unet_config *u, const char *name, dl_ckpt_key *k)
+{
+    static const char *const fixed[][2] = {
+        {"time_embedding.linear_1.", "time_embed.0."}, {"time_embedding.linear_2.", "time_embed.2."},
+        {"conv_in.", "input_blocks.0.0."},            {"conv_norm_out.", "out.0."},
+        {"conv_out.", "out.2."}};
+    const int L = u->layers_per_block, n = u->n_blocks;
+    const char *s = name, *r;
+    int i, j;
+    for (size_t f = 0; f < sizeof fixed / sizeof fixed[0]; f++)
+        if (take(&s, fixed[f][0])) return fmt_key(k, P_UNET "%s%s", fixed[f][1], s);
+    if (take_index(&s, "down_blocks", &i) && i < n) {
+        if (take_index(&s, "resnets", &j) && j < L && (r = unet_res_name(&s)))
+            return fmt_key(k, P_UNET "input_blocks.%d.0.%s%s", 1 + i * (L + 1) + j, r, s);
+        if (take_index(&s, "attentions", &j) && j < L && u->down_cross_attn[i])
+            return fmt_key(k, P_UNET "input_blocks.%d.1.%s", 1 + i * (L + 1) + j, s);
+        if (take(&s, "downsamplers.0.conv.") && i < n - 1)
+            return fmt_key(k, P_UNET "input_blocks.%d.0.op.%s", 1 + i * (L + 1) + L, s);
+        return DL_ERR;
+    }
+    if (take(&s, "mid_block.")) {
+        if (take_index(&s, "resnets", &j) && j < 2 && (r = unet_res_name(&s)))
+            return fmt_key(k, P_UNET "middle_block.%d.%s%s", 2 * j, r, s);
+        if (take(&s, "attentions.0.")) return fmt_key(k, P_UNET "middle_block.1.%s", s);
+        return DL_ERR;
+    }
+    if (take_index(&s, "up_blocks", &i) && i < n) {
+        if (take_index(&s, "resnets", &j) && j <= L && (r = unet_res_name(&s)))
+            return fmt_key(k, P_UNET "output_blocks.%d.0.%s%s", i * (L + 1) + j, r, s);
+        if (take_index(&s, "attentions", &j) && j <= L && u->up_cross_attn[i])
+            return fmt_key(k, P_UNET "output_blocks.%d.1.%s", i * (L + 1) + j, s);
+        if (take(&s, "upsamplers.0.conv.") && i < n - 1)
+            return fmt_key(k, P_UNET "output_blocks.%d.%d.conv.%s", i * (L + 1) + L, u->up_cross_attn[i] ? 2 : 1, s);
+    }
+    return DL_ERR;
+}
+
+/* VAE resnet rest: conv_shortcut -> nin_shortcut, everything else unchanged. */
+static int vae_res(dl_ckpt_key *k, const char *pre, const char *s)
+{
+    const char *t = s;
+    if (take(&t, "conv_shortcut.")) return fmt_key(k, P_VAE "%snin_shortcut.%s", pre, t);
+    return fmt_key(k, P_VAE "%s%s", pre, s);
+}
+
+static int map_vae(const dl_vae_config *v, const char *name, dl_ckpt_key *k)
+{
+    const int n = v->n_blocks;
+    const char *s = name;
+    char pre[96];
+    int i, j, enc;
+    if (take(&s, "quant_conv.") || take(&s, "post_quant_conv.")) return fmt_key(k, P_VAE "%s", name);
+    if (take(&s, "encoder.")) enc = 1;
+    else if (take(&s, "decoder.")) enc = 0;
+    else return DL_ERR;
+    const char *side = enc ? "encoder" : "decoder";
+    if (take(&s, "conv_in.") || take(&s, "conv_out.")) return fmt_key(k, P_VAE "%s", name);
+    if (take(&s, "conv_norm_out.")) return fmt_key(k, P_VAE "%s.norm_out.%s", side, s);
+    if (enc && take_index(&s, "down_blocks", &i) && i < n) {
+        if (take_index(&s, "resnets", &j) && j < v->layers_per_block) {
+            snprintf(pre, sizeof pre, "encoder.down.%d.block.%d.", i, j);
+            return vae_res(k, pre, s);
+        }
+        if (take(&s, "downsamplers.0.conv.") && i < n - 1) return fmt_key(k, P_VAE "encoder.down.%d.downsample.conv.%s", i, s);
+        return DL_ERR;
+    }
+    if (!enc && take_index(&s, "up_blocks", &i) && i < n) {
+        if (take_index(&s, "resnets", &j) && j <= v->layers_per_block) {
+            snprintf(pre, sizeof pre, "decoder.up.%d.block.%d.", n - 1 - i, j);
+            return vae_res(k, pre, s);
+        }
+        if (take(&s, "upsamplers.0.conv.") && i < n - 1)
+            return fmt_key(k, P_VAE "decoder.up.%d.upsample.conv.%s", n - 1 - i, s);
+        return DL_ERR;
+    }
+    if (take(&s, "mid_block.")) {
+        if (take_index(&s, "resnets", &j) && j < 2) {
+            snprintf(pre, sizeof pre, "%s.mid.block_%d.", side, j + 1);
+            return vae_res(k, pre, s);
+        }
+        if (take(&s, "attentions.0.")) {
+            static const char *const map[][2] = {{"group_norm.", "norm."}, {"to_q.", "q."}, {"to_k.", "k."},
+                                                 {"to_v.", "v."},          {"to_out.0.", "proj_out."}};
+            for (size_t m = 0; m < sizeof map / sizeof map[0]; m++)
+                if (take(&s, map[m][0])) {
+                    k->conv1x1 = m > 0 && !strcmp(s, "weight");
+                    return fmt_key(k, P_VAE "%s.mid.attn_1.%s%s", side, map[m][1], s);
+                }
+        }
+    }
+    return DL_ERR;
+}
+
+static int map_text(dl_text_layout tl, const char *name, dl_ckpt_key *k)
+{
+    const char *s = name;
+    if (tl == DL_TEXT_HF) return fmt_key(k, P_TEXT_HF "%s", name);
+    if (!take(&s, "text_model.")) return DL_ERR;
+    if (tl == DL_TEXT_HF_OLD) return fmt_key(k, P_TEXT_HF "%s", s);
+    /* OpenCLIP */
+    if (!strcmp(s, "embeddings.token_embedding.weight")) return fmt_key(k, P_TEXT_OC "token_embedding.weight");
+    if (!strcmp(s, "embeddings.position_embedding.weight")) return fmt_key(k, P_TEXT_OC "positional_embedding");
+    if (take(&s, "final_layer_norm.")) return fmt_key(k, P_TEXT_OC "ln_final.%s", s);
+    int l;
+    if (!take(&s, "encoder.") || !take_index(&s, "layers", &l)) return DL_ERR;
+    static const char *const qkv[3] = {"self_attn.q_proj.", "self_attn.k_proj.", "self_attn.v_proj."};
+    for (int q = 0; q < 3; q++)
+        if (take(&s, qkv[q])) {
+            k->split = q;
+            return fmt_key(k, P_TEXT_OC "transformer.resblocks.%d.attn.in_proj_%s", l, s);
+        }
+    static const char *const map[][2] = {{"self_attn.out_proj.", "attn.out_proj."}, {"layer_norm1.", "ln_1."},
+                                         {"layer_norm2.", "ln_2."},             {"mlp.fc1.", "mlp.c_fc."},
+                                         {"mlp.fc2.", "mlp.c_proj."}};
+    for (size_t m = 0; m < sizeof map / sizeof map[0]; m++)
+        if (take(&s, map[m][0])) return fmt_key(k, P_TEXT_OC "transformer.resblocks.%d.%s%s", l, map[m][1], s);
+    return DL_ERR;
+}
+
+int dl_ckpt_map_single(const dl_model_config *cfg, dl_text_layout tl, dl_part part, const char *name, dl_ckpt_key *out)
+{
+    out->key[0] = 0;
+    out->split = -1;
+    out->conv1x1 = 0;
+    int r = DL_ERR;
+    switch (part) {
+    case DL_PART_UNET: r = map_unet(&cfg->unet, name, out); break;
+    case DL_PART_VAE: r = map_vae(&cfg->vae, name, out); break;
+    case DL_PART_TEXT: r = map_text(tl, name, out); break;
+    default: break;
+    }
+    if (r != DL_OK) return dl_error_set("'%s' is not a %s tensor name of this architecture", name, dl_part_name(part));
+    return DL_OK;
+}
+
+/* ---------------------------------------------------------------- opening */
+
+static int file_exists(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+static int ends_with(const char *s, const char *suf)
+{
+    size_t a = strlen(s), b = strlen(suf);
+    return a >= b && strcasecmp(s + a - b, suf) == 0;
+}
+
+static int refuse_pickle(const char *path)
+{
+    return dl_error_set(
+        "%s: a PyTorch pickle checkpoint; danlu never loads pickles because unpickling can run arbitrary code. "
+        "Convert it once to .safetensors, e.g.\n"
+        "  python -c \"import torch, safetensors.torch as st; sd = torch.load('IN.ckpt', map_location='cpu', "
+        "weights_only=True); sd = sd.get('state_dict', sd); st.save_file({k: v.contiguous().clone() for k, v in "
+        "sd.items() if isinstance(v, torch.Tensor)}, 'OUT.safetensors')\"\n"
+        "or to a diffusers folder with diffusers' scripts/convert_original_stable_diffusion_to_diffusers.py "
+        "--checkpoint_path IN.ckpt --dump_path OUT_DIR --to_safetensors",
+        path);
+}
+
+/* 1 if the file starts like a pickle (protocol 2+) or a zip (torch.save's format). */
+static int looks_like_pickle(const char *path)
+{
+    unsigned char b[4] = {0};
+    FILE *fp = fopen(path, "rb");
+    if (!fp) return 0;
+    size_t n = fread(b, 1, 4, fp);
+    fclose(fp);
+    if (n < 2) return 0;
+    return (b[0] == 0x80 && b[1] >= 2 && b[1] <= 5) || (n == 4 && !memcmp(b, "PK\x03\x04", 4));
+}
+
+static char *join(const char *a, const char *b)
+{
+    size_t n = strlen(a) + strlen(b) + 2;
+    char *s = malloc(n);
+    if (s) snprintf(s, n, "%s/%s", a, b);
+    return s;
+}
+
+static int open_file(dl_checkpoint *ck, int idx, const char *full, const char *label)
+{
+    if (dl_st_open(&ck->files[idx], full) != DL_OK) {
+        dl_st_close(&ck->files[idx]); /* frees what a failed open kept (its path) */
+        return DL_ERR;
+    }
+    ck->n_files = idx + 1;
+    ck->file_label[idx] = strdup(label);
+    ck->used[idx] = calloc((size_t)ck->files[idx].n_tensors + 1, 1);
+    if (!ck->file_label[idx] || !ck->used[idx]) return dl_error_set("%s: out of memory", full);
+    return DL_OK;
+}
+
+/* One component of a diffusers folder: sub/<names...>.safetensors. */
+static int open_part(dl_checkpoint *ck, dl_part part, const char *sub, const char *base)
+{
+    char rel[160], *full = NULL;
+    static const char *const variants[] = {"", ".fp16"};
+    for (int v = 0; v < 2; v++) {
+        snprintf(rel, sizeof rel, "%s/%s%s.safetensors", sub, base, variants[v]);
+        full = join(ck->path, rel);
+        if (full && file_exists(full)) break;
+        free(full);
+        full = NULL;
+    }
+    if (!full) {
+        snprintf(rel, sizeof rel, "%s/%s.safetensors.index.json", sub, base);
+        char *idx = join(ck->path, rel);
+        int sharded = idx && file_exists(idx);
+        free(idx);
+        if (sharded) return dl_error_set("%s/%s: sharded weights (%s) are not supported", ck->path, sub, rel);
+        snprintf(rel, sizeof rel, "%s/%s.bin", sub, base);
+        char *bin = join(ck->path, rel);
+        int pickle = bin && file_exists(bin);
+        if (pickle) {
+            refuse_pickle(bin);
+            free(bin);
+            return DL_ERR;
+        }
+        free(bin);
+        return dl_error_set("%s: no %s/%s.safetensors (the %s of a diffusers folder)", ck->path, sub, base,
+                            dl_part_name(part));
+    }
+    int r = open_file(ck, (int)part, full, rel);
+    free(full);
+    ck->part_file[part] = (int)part;
+    return r;
+}
+
+static int open_diffusers(dl_checkpoint *ck, const dl_ckpt_options *opt)
+{
+    char *p;
+    int r;
+#define LOAD_CFG(rel, fn, dst)                                                          \
+    do {                                                                                \
+        p = join(ck->path, rel);                                                        \
+        if (!p) return dl_error_set("out of memory");                                   \
+        if (!file_exists(p)) {                                                          \
+            r = dl_error_set("%s: no %s (not a diffusers Stable Diffusion folder)", ck->path, rel); \
+        } else r = fn(dst, p);                                                          \
+        free(p);                                                                        \
+        DL_TRY(r);                                                                      \
+    } while (0)
+    LOAD_CFG("unet/config.json", dl_unet_config_load, &ck->cfg.unet);
+    LOAD_CFG("vae/config.json", dl_vae_config_load, &ck->cfg.vae);
+    LOAD_CFG("text_encoder/config.json", dl_clip_config_load, &ck->cfg.text);
+#undef LOAD_CFG
+    DL_TRY(open_part(ck, DL_PART_UNET, "unet", "diffusion_pytorch_model"));
+    DL_TRY(open_part(ck, DL_PART_VAE, "vae", "diffusion_pytorch_model"));
+    DL_TRY(open_part(ck, DL_PART_TEXT, "text_encoder", "model"));
+    if (opt->prediction < 0) {
+        p = join(ck->path, "scheduler/scheduler_config.json");
+        r = DL_OK;
+        if (p && file_exists(p)) r = dl_prediction_load(&ck->cfg.unet.prediction, p);
+        free(p);
+        DL_TRY(r);
+    }
+    char *v = join(ck->path, "tokenizer/vocab.json"), *m = join(ck->path, "tokenizer/merges.txt");
+    if (v && m && file_exists(v) && file_exists(m)) ck->tokenizer_dir = join(ck->path, "tokenizer");
+    free(v);
+    free(m);
+    ck->sd2 = ck->cfg.unet.use_linear_projection || ck->cfg.text.act == DL_ACT_GELU;
+    return DL_OK;
+}
+
+/* ---------------------------------------------------------------- detection from a single file */
+
+static const dl_st_tensor *findf(const dl_checkpoint *ck, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static const dl_st_tensor *findf(const dl_checkpoint *ck, const char *fmt, ...)
+{
+    char name[300];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(name, sizeof name, fmt, ap);
+    va_end(ap);
+    return dl_st_find(&ck->files[0], name);
+}
+
+/* Largest index k over keys "<prefix>k." (-1 if none). */
+static int max_index(const dl_st_file *f, const char *prefix)
+{
+    size_t n = strlen(prefix);
+    int best = -1;
+    for (int i = 0; i < f->n_tensors; i++) {
+        const char *s = f->tensors[i].name;
+        if (strncmp(s, prefix, n)) continue;
+        char *end;
+        long v = strtol(s + n, &end, 10);
+        if (end != s + n && *end == '.' && v > best && v < 100000) best = (int)v;
+    }
+    return best;
+}
+
+static int has_prefix(const dl_st_file *f, const char *prefix)
+{
+    size_t n = strlen(prefix);
+    for (int i = 0; i < f->n_tensors; i++)
+        if (!strncmp(f->tensors[i].name, prefix, n)) return 1;
+    return 0;
+}
+
+/* Transformer blocks in the attention at <prefix> (0 when there is none). */
+static int count_tblocks(const dl_checkpoint *ck, const char *prefix)
+{
+    char p[200];
+    snprintf(p, sizeof p, "%stransformer_blocks.", prefix);
+    return max_index(&ck->files[0], p) + 1;
+}
+
+static int detect_unet(dl_checkpoint *ck)
+{
+    dl_unet_config *u = &ck->cfg.unet;
+    const dl_st_file *f = &ck->files[0];
+    const char *path = ck->path;
+    const dl_st_tensor *t = findf(ck, P_UNET "input_blocks.0.0.weight");
+    if (!t || t->ndim != 4) return dl_error_set("%s: no UNet (" P_UNET "input_blocks.0.0.weight)", path);
+    if (has_prefix(f, P_UNET "label_emb."))
+        return dl_error_set("%s: UNet with class/added embeddings (" P_UNET "label_emb.*: SDXL or unCLIP) is "
+                            "not supported: SD 1.x and 2.x only", path);
+    u->in_channels = (int)t->shape[1];
+    int c0 = (int)t->shape[0];
+    if (!(t = findf(ck, P_UNET "out.2.weight"))) return dl_error_set("%s: no " P_UNET "out.2.weight", path);
+    u->out_channels = (int)t->shape[0];
+    if (!(t = findf(ck, P_UNET "time_embed.0.weight"))) return dl_error_set("%s: no " P_UNET "time_embed.0.weight", path);
+    u->time_embed_dim = (int)t->shape[0];
+    int max_in = max_index(f, P_UNET "input_blocks.");
+    int L = -1;
+    for (int k = 1; k <= max_in; k++)
+        if (findf(ck, P_UNET "input_blocks.%d.0.op.weight", k)) { L = k - 1; break; }
+    if (L < 0) L = max_in; /* a single block: no downsampler */
+    if (L < 1 || max_in % (L + 1) != L) return dl_error_set("%s: cannot make out the UNet's input blocks", path);
+    int n = max_in / (L + 1) + 1;
+    if (n > DL_MAX_BLOCKS) return dl_error_set("%s: %d UNet blocks (at most %d)", path, n, DL_MAX_BLOCKS);
+    if (max_index(f, P_UNET "output_blocks.") != n * (L + 1) - 1)
+        return dl_error_set("%s: UNet output blocks do not mirror the %d input blocks", path, max_in);
+    u->n_blocks = n;
+    u->layers_per_block = L;
+    memset(u->block_out_channels, 0, sizeof u->block_out_channels);
+    memset(u->down_cross_attn, 0, sizeof u->down_cross_attn);
+    memset(u->up_cross_attn, 0, sizeof u->up_cross_attn);
+    memset(u->num_heads, 0, sizeof u->num_heads);
+    memset(u->transformer_layers, 0, sizeof u->transformer_layers);
+    const dl_st_tensor *proj = findf(ck, P_UNET "middle_block.1.proj_in.weight");
+    if (!proj) return dl_error_set("%s: no UNet mid-block attention (" P_UNET "middle_block.1.proj_in.weight)", path);
+    u->use_linear_projection = proj->ndim == 2;
+    if (!(t = findf(ck, P_UNET "middle_block.1.transformer_blocks.0.attn2.to_k.weight")) || t->ndim != 2)
+        return dl_error_set("%s: no " P_UNET "middle_block.1.transformer_blocks.0.attn2.to_k.weight", path);
+    u->cross_attention_dim = (int)t->shape[1];
+    ck->sd2 = ck->text_layout == DL_TEXT_OPENCLIP || u->use_linear_projection;
+    char pre[128];
+    for (int i = 0; i < n; i++) {
+        if (!(t = findf(ck, P_UNET "input_blocks.%d.0.out_layers.3.weight", 1 + i * (L + 1))))
+            return dl_error_set("%s: no " P_UNET "input_blocks.%d.0.out_layers.3.weight", path, 1 + i * (L + 1));
+        u->block_out_channels[i] = (int)t->shape[0];
+        u->down_cross_attn[i] = findf(ck, P_UNET "input_blocks.%d.1.proj_in.weight", 1 + i * (L + 1)) != NULL;
+        u->up_cross_attn[i] = findf(ck, P_UNET "output_blocks.%d.1.proj_in.weight", i * (L + 1)) != NULL;
+    }
+    for (int i = 0; i < n; i++) {
+        int ch = u->block_out_channels[i];
+        /* Heads are not in the weights: SD1 uses 8 heads, SD2 a head dim of 64. */
+        u->num_heads[i] = ck->sd2 ? (ch % 64 ? 0 : ch / 64) : 8;
+        int tl = 0, up = n - 1 - i;
+        if (u->down_cross_attn[i]) snprintf(pre, sizeof pre, P_UNET "input_blocks.%d.1.", 1 + i * (L + 1));
+        else if (u->up_cross_attn[up]) snprintf(pre, sizeof pre, P_UNET "output_blocks.%d.1.", up * (L + 1));
+        else if (i == n - 1) snprintf(pre, sizeof pre, P_UNET "middle_block.1.");
+        else pre[0] = 0;
+        tl = pre[0] ? count_tblocks(ck, pre) : 1;
+        u->transformer_layers[i] = tl;
+    }
+    if (u->block_out_channels[0] != c0) return dl_error_set("%s: conv_in width %d differs from block 0 (%d)", path, c0, u->block_out_channels[0]);
+    return dl_unet_config_validate(u, path);
+}
+
+static int detect_vae(dl_checkpoint *ck)
+{
+    dl_vae_config *v = &ck->cfg.vae;
+    const char *path = ck->path;
+    const dl_st_tensor *t = findf(ck, P_VAE "encoder.conv_in.weight");
+    if (!t || t->ndim != 4) return dl_error_set("%s: no VAE (" P_VAE "encoder.conv_in.weight)", path);
+    v->in_channels = (int)t->shape[1];
+    int n = max_index(&ck->files[0], P_VAE "encoder.down.") + 1;
+    if (n < 1 || n > DL_MAX_BLOCKS) return dl_error_set("%s: cannot make out the VAE's encoder blocks", path);
+    v->n_blocks = n;
+    v->layers_per_block = max_index(&ck->files[0], P_VAE "encoder.down.0.block.") + 1;
+    memset(v->block_out_channels, 0, sizeof v->block_out_channels);
+    for (int i = 0; i < n; i++) {
+        if (!(t = findf(ck, P_VAE "encoder.down.%d.block.0.conv2.weight", i)))
+            return dl_error_set("%s: no " P_VAE "encoder.down.%d.block.0.conv2.weight", path, i);
+        v->block_out_channels[i] = (int)t->shape[0];
+    }
+    if (!(t = findf(ck, P_VAE "decoder.conv_in.weight"))) return dl_error_set("%s: no " P_VAE "decoder.conv_in.weight", path);
+    v->latent_channels = (int)t->shape[1];
+    if (!(t = findf(ck, P_VAE "decoder.conv_out.weight"))) return dl_error_set("%s: no " P_VAE "decoder.conv_out.weight", path);
+    v->out_channels = (int)t->shape[0];
+    v->use_quant_conv = findf(ck, P_VAE "quant_conv.weight") != NULL;
+    v->use_post_quant_conv = findf(ck, P_VAE "post_quant_conv.weight") != NULL;
+    v->mid_attention = findf(ck, P_VAE "encoder.mid.attn_1.q.weight") != NULL;
+    return dl_vae_config_validate(v, path);
+}
+
+static int detect_text(dl_checkpoint *ck)
+{
+    dl_clip_config *c = &ck->cfg.text;
+    const char *path = ck->path;
+    const dl_st_tensor *tok, *pos, *fc;
+    int layers;
+    if (ck->text_layout == DL_TEXT_OPENCLIP) {
+        tok = findf(ck, P_TEXT_OC "token_embedding.weight");
+        pos = findf(ck, P_TEXT_OC "positional_embedding");
+        fc = findf(ck, P_TEXT_OC "transformer.resblocks.0.mlp.c_fc.weight");
+        /* SD2 never uses the last of OpenCLIP's layers (diffusers' config drops it too). */
+        layers = max_index(&ck->files[0], P_TEXT_OC "transformer.resblocks.");
+        c->act = DL_ACT_GELU;
+    } else {
+        const char *p = ck->text_layout == DL_TEXT_HF ? P_TEXT_HF "text_model." : P_TEXT_HF;
+        tok = findf(ck, "%sembeddings.token_embedding.weight", p);
+        pos = findf(ck, "%sembeddings.position_embedding.weight", p);
+        fc = findf(ck, "%sencoder.layers.0.mlp.fc1.weight", p);
+        char q[128];
+        snprintf(q, sizeof q, "%sencoder.layers.", p);
+        layers = max_index(&ck->files[0], q) + 1;
+        c->act = DL_ACT_QUICK_GELU;
+    }
+    if (!tok || !pos || !fc || tok->ndim != 2 || pos->ndim != 2 || fc->ndim != 2 || layers < 1)
+        return dl_error_set("%s: incomplete text encoder (token/position embeddings, layers)", path);
+    c->vocab_size = (int)tok->shape[0];
+    c->hidden_size = (int)tok->shape[1];
+    c->max_positions = (int)pos->shape[0];
+    c->intermediate_size = (int)fc->shape[0];
+    c->num_layers = layers;
+    if (c->hidden_size % 64)
+        return dl_error_set("%s: text encoder width %d is not a multiple of 64: its head count cannot be inferred "
+                            "(use a diffusers folder with text_encoder/config.json)", path, c->hidden_size);
+    c->num_heads = c->hidden_size / 64; /* CLIP ViT-L and OpenCLIP ViT-H: head dim 64 */
+    c->layer_norm_eps = 1e-5f;
+    c->bos_token_id = c->vocab_size - 2; /* 49406, 49407 for CLIP's vocabulary */
+    c->eos_token_id = c->vocab_size - 1;
+    c->pad_token_id = 1;
+    return dl_clip_config_validate(c, path);
+}
+
+static int open_single(dl_checkpoint *ck, const dl_ckpt_options *opt)
+{
+    if (open_file(ck, 0, ck->path, ck->path) != DL_OK) {
+        if (looks_like_pickle(ck->path)) return refuse_pickle(ck->path);
+        return DL_ERR;
+    }
+    for (int p = 0; p < DL_PART_COUNT; p++) ck->part_file[p] = 0;
+    const dl_st_file *f = &ck->files[0];
+    if (has_prefix(f, "conditioner.embedders."))
+        return dl_error_set("%s: an SDXL checkpoint (conditioner.embedders.* text encoders) is not supported: "
+                            "SD 1.x and 2.x only", ck->path);
+    if (!has_prefix(f, P_UNET) && (dl_st_find(f, "conv_in.weight") || dl_st_find(f, "encoder.conv_in.weight") ||
+                                   has_prefix(f, "text_model.")))
+        return dl_error_set("%s: a single diffusers component, not a full checkpoint; give the diffusers folder "
+                            "or an original-SD single file", ck->path);
+    if (dl_st_find(f, P_TEXT_HF "text_model.embeddings.token_embedding.weight")) ck->text_layout = DL_TEXT_HF;
+    else if (dl_st_find(f, P_TEXT_HF "embeddings.token_embedding.weight")) ck->text_layout = DL_TEXT_HF_OLD;
+    else if (dl_st_find(f, P_TEXT_OC "token_embedding.weight")) ck->text_layout = DL_TEXT_OPENCLIP;
+    else
+        return dl_error_set("%s: no text encoder (" P_TEXT_HF "* or " P_TEXT_OC "*): not an SD 1.x/2.x checkpoint",
+                            ck->path);
+    dl_model_config_preset(&ck->cfg, "sd15");
+    DL_TRY(detect_text(ck));
+    DL_TRY(detect_unet(ck));
+    DL_TRY(detect_vae(ck));
+    /* Not in the weights: epsilon unless told (SD 2.x 768-v models need the v-prediction flag). */
+    ck->cfg.unet.prediction = DL_PRED_EPSILON;
+    if (ck->sd2 && opt->prediction == 1) {
+        ck->cfg.unet.sample_size = 96;
+        ck->cfg.vae.sample_size = 768;
+    }
+    return DL_OK;
+}
+
+int dl_ckpt_open(dl_checkpoint *ck, const char *path, const dl_ckpt_options *opt)
+{
+    static const dl_ckpt_options defaults = {-1};
+    if (!opt) opt = &defaults;
+    memset(ck, 0, sizeof *ck);
+    ck->path = strdup(path);
+    if (!ck->path) return dl_error_set("out of memory");
+    struct stat st;
+    if (stat(path, &st) != 0) return dl_error_set("%s: no such file or folder", path);
+    int r;
+    if (S_ISDIR(st.st_mode)) {
+        ck->layout = DL_LAYOUT_DIFFUSERS;
+        r = open_diffusers(ck, opt);
+    } else {
+        ck->layout = DL_LAYOUT_SINGLE;
+        if (ends_with(path, ".ckpt") || ends_with(path, ".pt") || ends_with(path, ".pth") || ends_with(path, ".bin"))
+            r = refuse_pickle(path);
+        else r = open_single(ck, opt);
+    }
+    if (r == DL_OK && opt->prediction >= 0) ck->cfg.unet.prediction = opt->prediction ? DL_PRED_V : DL_PRED_EPSILON;
+    if (r != DL_OK) {
+        char *msg = strdup(dl_error_msg());
+        dl_ckpt_close(ck);
+        dl_error_set("%s", msg ? msg : "out of memory");
+        free(msg);
+        return DL_ERR;
+    }
+    return DL_OK;
+}
+
+void dl_ckpt_close(dl_checkpoint *ck)
+{
+    for (int i = 0; i < ck->n_files; i++) {
+        dl_st_close(&ck->files[i]);
+        free(ck->file_label[i]);
+        free(ck->used[i]);
+    }
+    free(ck->path);
+    free(ck->tokenizer_dir);
+    memset(ck, 0, sizeof *ck);
+}
+
+/* ---------------------------------------------------------------- reading */
+
+typedef struct ref {
+    int file;
+    const dl_st_tensor *t;
+    dl_ckpt_key k;
+    int ndim;
+    int64_t shape[DL_MAX_DIMS]; /* in the diffusers convention */
+} ref;
+
+/* Find name; 1 found, 0 missing (r->k.key holds the key looked for), DL_ERR for a bad name. */
+static int resolve(const dl_checkpoint *ck, dl_part part, const char *name, ref *r)
+{
+    memset(r, 0, sizeof *r);
+    r->k.split = -1;
+    if ((int)part < 0 || part >= DL_PART_COUNT) return dl_error_set("bad model part %d", (int)part);
+    r->file = ck->part_file[part];
+    const dl_st_file *f = &ck->files[r->file];
+    if (ck->layout == DL_LAYOUT_SINGLE) {
+        if (dl_ckpt_map_single(&ck->cfg, ck->text_layout, part, name, &r->k) != DL_OK)
+            return dl_error_prefix("%s: ", ck->path);
+        r->t = dl_st_find(f, r->k.key);
+    } else {
+        snprintf(r->k.key, sizeof r->k.key, "%s", name);
+        r->t = dl_st_find(f, name);
+        if (!r->t && part == DL_PART_TEXT && !strncmp(name, "text_model.", 11)) {
+            /* transformers >= 5 saves CLIPTextModel without the "text_model." prefix */
+            r->t = dl_st_find(f, name + 11);
+            if (r->t) snprintf(r->k.key, sizeof r->k.key, "%s", name + 11);
+        }
+        if (!r->t && part == DL_PART_VAE && strstr(name, "mid_block.attentions.0.")) {
+            /* older diffusers VAEs: query/key/value/proj_attn */
+            static const char *const old[][2] = {{".to_q.", ".query."}, {".to_k.", ".key."}, {".to_v.", ".value."},
+                                                 {".to_out.0.", ".proj_attn."}};
+            for (int i = 0; i < 4 && !r->t; i++) {
+                const char *at = strstr(name, old[i][0]);
+                if (!at) continue;
+                char alt[256];
+                snprintf(alt, sizeof alt, "%.*s%s%s", (int)(at - name), name, old[i][1], at + strlen(old[i][0]));
+                r->t = dl_st_find(f, alt);
+            }
+        }
+    }
+    if (!r->t) return 0;
+    r->ndim = r->t->ndim;
+    memcpy(r->shape, r->t->shape, sizeof r->shape);
+    if (r->k.split >= 0) {
+        if (r->ndim < 1 || r->shape[0] % 3)
+            return dl_error_set("%s: fused tensor %s has shape[0] = %lld, not a multiple of 3", ck->path, r->k.key,
+                                (long long)r->shape[0]);
+        r->shape[0] /= 3;
+    }
+    if (r->ndim == 4 && r->shape[2] == 1 && r->shape[3] == 1 && r->k.conv1x1) r->ndim = 2;
+    return 1;
+}
+
+int dl_ckpt_has(const dl_checkpoint *ck, dl_part part, const char *name)
+{
+    ref r;
+    return resolve(ck, part, name, &r) == 1;
+}
+
+static const char *where(const dl_checkpoint *ck, const ref *r, char *buf, size_t cap)
+{
+    if (ck->layout == DL_LAYOUT_SINGLE) snprintf(buf, cap, "%s, key %s", ck->path, r->k.key);
+    else snprintf(buf, cap, "%s/%s", ck->path, ck->file_label[r->file]);
+    return buf;
+}
+
+int dl_ckpt_shape(const dl_checkpoint *ck, dl_part part, const char *name, int *ndim, int64_t shape[DL_MAX_DIMS])
+{
+    ref r;
+    int f = resolve(ck, part, name, &r);
+    if (f < 0) return DL_ERR;
+    char w[600];
+    if (f == 0) return dl_error_set("%s tensor %s not found (%s)", dl_part_name(part), name, where(ck, &r, w, sizeof w));
+    *ndim = r.ndim;
+    memcpy(shape, r.shape, sizeof r.shape);
+    return DL_OK;
+}
+
+int dl_ckpt_load(dl_checkpoint *ck, dl_part part, const char *name, int ndim, const int64_t *shape, float *dst)
+{
+    ref r;
+    char w[600], se[128], sf[128];
+    int f = resolve(ck, part, name, &r);
+    if (f < 0) return DL_ERR;
+    dl_shape_str(shape, ndim, se, sizeof se);
+    if (f == 0)
+        return dl_error_set("%s tensor %s not found (%s); expected shape %s", dl_part_name(part), name,
+                            where(ck, &r, w, sizeof w), se);
+    int ok = dl_shape_eq(r.shape, r.ndim, shape, ndim);
+    /* a [C, C] linear asked for, stored as a [C, C, 1, 1] conv (ldm VAE attention) */
+    if (!ok && ndim == 2 && r.ndim == 4 && r.shape[2] == 1 && r.shape[3] == 1) ok = dl_shape_eq(r.shape, 2, shape, 2);
+    if (!ok)
+        return dl_error_set("%s tensor %s (%s): expected shape %s, found %s", dl_part_name(part), name,
+                            where(ck, &r, w, sizeof w), se, dl_shape_str(r.shape, r.ndim, sf, sizeof sf));
+    const dl_st_file *file = &ck->files[r.file];
+    int rc;
+    if (r.k.split >= 0) {
+        size_t n = (size_t)dl_st_numel(r.t) / 3, es = dl_dtype_size(r.t->dtype);
+        rc = dl_convert_to_f32(dst, (const char *)r.t->data + (size_t)r.k.split * n * es, r.t->dtype, n) == 0
+                 ? DL_OK
+                 : dl_error_set("%s tensor %s (%s): dtype %s is not a float type", dl_part_name(part), name,
+                                where(ck, &r, w, sizeof w), dl_dtype_name(r.t->dtype));
+    } else {
+        rc = dl_st_read_f32(file, r.t, dst);
+        if (rc != DL_OK) dl_error_prefix("%s tensor %s: ", dl_part_name(part), name);
+    }
+    if (rc == DL_OK) ck->used[r.file][r.t - file->tensors] = 1;
+    return rc;
+}
+
+int dl_ckpt_load_conv(dl_checkpoint *ck, dl_part part, const char *name, int cout, int cin, int kh, int kw, float *dst)
+{
+    const int64_t shape[4] = {cout, cin, kh, kw};
+    const size_t n = (size_t)cout * cin * kh * kw;
+    if (kh == 1 && kw == 1) return dl_ckpt_load(ck, part, name, 4, shape, dst); /* same memory order */
+    float *tmp = malloc(n * sizeof *tmp);
+    if (!tmp) return dl_error_set("%s: out of memory reading %s", ck->path, name);
+    int r = dl_ckpt_load(ck, part, name, 4, shape, tmp);
+    if (r == DL_OK) {
+        for (int o = 0; o < cout; o++)  /* [Cout, Cin, kh, kw] -> [Cout, kh, kw, Cin] */
+            for (int i = 0; i < cin; i++)
+                for (int y = 0; y < kh; y++)
+                    for (int x = 0; x < kw; x++)
+                        dst[(((size_t)o * kh + y) * kw + x) * cin + i] = tmp[(((size_t)o * cin + i) * kh + y) * kw + x];
+    }
+    free(tmp);
+    return r;
+}
+
+/* The part a single file's key belongs to (DL_PART_COUNT: none). */
+static dl_part key_part(const char *key)
+{
+    if (!strncmp(key, P_UNET, strlen(P_UNET))) return DL_PART_UNET;
+    if (!strncmp(key, P_VAE, strlen(P_VAE))) return DL_PART_VAE;
+    if (!strncmp(key, "cond_stage_model.", 17)) return DL_PART_TEXT;
+    return DL_PART_COUNT;
+}
+
+char **dl_ckpt_unused(const dl_checkpoint *ck, dl_part part, int *n)
+{
+    int cap = 16, cnt = 0;
+    char **out = malloc((size_t)cap * sizeof *out);
+    for (int fi = 0; fi < ck->n_files && out; fi++) {
+        const dl_st_file *f = &ck->files[fi];
+        for (int i = 0; i < f->n_tensors; i++) {
+            const char *key = f->tensors[i].name;
+            if (ck->used[fi][i] || ends_with(key, "position_ids")) continue;
+            dl_part kp = ck->layout == DL_LAYOUT_SINGLE ? key_part(key) : (dl_part)fi;
+            if (part != DL_PART_COUNT && kp != part) continue;
+            if (cnt == cap) {
+                char **grown = realloc(out, (size_t)(cap *= 2) * sizeof *out);
+                if (!grown) break;
+                out = grown;
+            }
+            size_t len = strlen(ck->file_label[fi]) + strlen(key) + 3;
+            out[cnt] = malloc(len);
+            if (!out[cnt]) break;
+            snprintf(out[cnt++], len, "%s: %s", ck->file_label[fi], key);
+        }
+    }
+    *n = cnt;
+    return out;
+}
+
+void dl_ckpt_free_names(char **names, int n)
+{
+    for (int i = 0; i < n; i++) free(names[i]);
+    free(names);
+}
