@@ -1,0 +1,67 @@
+/* vae.h - the SD AutoencoderKL: encoder (image -> latent mean / logvar, sampled with a given
+ * noise), decoder (latent -> image), both with the mid-block self-attention. Numerically as
+ * diffusers' AutoencoderKL. Images are [N, H, W, 3] in [-1, 1]; latents [N, H/8, W/8, 4]
+ * (for 4 blocks), unscaled: callers multiply by scaling_factor (0.18215 for SD1.x) after
+ * encoding and divide before decoding, as diffusers' pipelines do. */
+#ifndef DANLU_MODEL_VAE_H
+#define DANLU_MODEL_VAE_H
+
+#include "model/module.h"
+#include "model/unet.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Mid-block attention: GroupNorm, one head over C channels, q/k/v/out with bias, residual. */
+typedef struct dl_vae_attn {
+    dl_norm norm;                        /* group_norm: GroupNorm(G, C), eps 1e-6 */
+    dl_linear q, k, v, out;              /* to_q, to_k, to_v, to_out.0: [C, C] + bias */
+} dl_vae_attn;
+
+typedef struct dl_vae_block {
+    int cin, cout, n_res;
+    dl_unet_resnet res[DL_UNET_MAX_LAYERS + 1]; /* ResnetBlock2D without time embedding */
+    int has_sample;                      /* encoder: downsample (k3 s2, pad 0,1,0,1); decoder: upsample */
+    dl_conv sample;                      /* [cout, 3, 3, cout] */
+} dl_vae_block;
+
+typedef struct dl_vae_coder {
+    dl_conv conv_in;                     /* encoder: [c0, 3, 3, 3]; decoder: [c_last, 3, 3, latent] */
+    dl_vae_block blocks[DL_MAX_BLOCKS];  /* encoder down_blocks / decoder up_blocks */
+    dl_unet_resnet mid_res0, mid_res1;   /* mid_block.resnets.{0,1} */
+    dl_vae_attn mid_attn;                /* mid_block.attentions.0 */
+    dl_norm norm_out;                    /* conv_norm_out: GroupNorm(G, c) + SiLU */
+    dl_conv conv_out;                    /* encoder: [2*latent, 3, 3, c_last]; decoder: [3, 3, 3, c0] */
+} dl_vae_coder;
+
+typedef struct dl_vae {
+    dl_vae_config cfg;
+    dl_vae_coder enc, dec;
+    dl_linear quant_conv;                /* 1x1 conv [2*latent, 2*latent] as a linear */
+    dl_linear post_quant_conv;           /* 1x1 conv [latent, latent] as a linear */
+    char *names;                         /* storage for layer names */
+} dl_vae;
+
+/* Bytes of weights the VAE of cfg needs in the weights arena (encoder + decoder). */
+size_t dl_vae_weights_bytes(const dl_vae_config *cfg);
+/* Load encoder and decoder from ck. DL_ERR names a missing or mis-shaped tensor. */
+int dl_vae_load(dl_vae *m, dl_checkpoint *ck, dl_arena *weights);
+void dl_vae_free(dl_vae *m);
+/* Scratch bytes for encoding or decoding N images of H x W pixels. */
+size_t dl_vae_scratch_bytes(const dl_vae_config *cfg, int N, int H, int W);
+
+/* img [N, H, W, 3] -> mean, logvar [N, H/f, W/f, latent] (f = 2^(n_blocks-1)); logvar is
+ * clamped to [-30, 20] as diffusers does. Either output may be NULL. */
+void dl_vae_encode(const dl_ctx *ctx, const dl_vae *m, int N, int H, int W, const float *img, float *mean,
+                   float *logvar, dl_arena *scratch);
+/* latent = mean + exp(0.5 logvar) * noise (all [n] elements); may alias mean. */
+void dl_vae_sample(int64_t n, const float *mean, const float *logvar, const float *noise, float *latent);
+/* z [N, h, w, latent] -> img [N, h*f, w*f, 3]. */
+void dl_vae_decode(const dl_ctx *ctx, const dl_vae *m, int N, int h, int w, const float *z, float *img,
+                   dl_arena *scratch);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
