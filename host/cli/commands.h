@@ -8,4 +8,9 @@
 /* danlu inspect FILE...: tensors (name, dtype, shape, bytes) and metadata, written to out. */
 int dl_cmd_inspect(int argc, char **argv, FILE *out);
 
+/* danlu run --model PATH --component C --inputs IN --out OUT: one network on given tensors. */
+int dl_cmd_run(int argc, char **argv, FILE *out);
+/* danlu tokenize (--model PATH | --tokenizer PATH) "prompt": CLIP token ids. */
+int dl_cmd_tokenize(int argc, char **argv, FILE *out);
+
 #endif

@@ -12,6 +12,8 @@ typedef struct {
 
 static const command k_commands[] = {
     {"inspect", dl_cmd_inspect, "list the tensors and metadata of .safetensors files"},
+    {"run", dl_cmd_run, "run one model component (text encoder, UNet, VAE) on tensors from a file"},
+    {"tokenize", dl_cmd_tokenize, "print the CLIP token ids of a prompt"},
 };
 
 static void usage(FILE *f)

@@ -1,0 +1,299 @@
+/* cmd_run.c - `danlu run`: one model component of a checkpoint on tensors from a .safetensors
+ * file, outputs to another, in the reference implementation's conventions (NCHW images), so
+ * any implementation can be compared with danlu on any weights. */
+#include "cli/commands.h"
+#include "core/ctx.h"
+#include "core/error.h"
+#include "io/safetensors.h"
+#include "model/clip.h"
+#include "model/unet.h"
+#include "model/vae.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: danlu run --model PATH --component COMPONENT --inputs IN.safetensors --out OUT.safetensors\n"
+            "                 [--threads N]\n"
+            "  Runs one component of a checkpoint (single .safetensors file or diffusers folder).\n"
+            "  Tensors use diffusers/transformers conventions (images NCHW, float32/16/bf16 in, float32 out):\n"
+            "    text-encoder  input_ids [N, T] (int64 or int32)\n"
+            "                  -> last_hidden_state [N, T, C], penultimate_hidden_state [N, T, C]\n"
+            "                     (hidden_states[-2], before the final layer norm)\n"
+            "    unet          sample [N, 4, H, W], timestep [N] or [], encoder_hidden_states [N, T, D]\n"
+            "                  -> out [N, 4, H, W]\n"
+            "    vae-encode    image [N, 3, H, W] in [-1, 1], optional noise [N, 4, H/8, W/8]\n"
+            "                  -> mean, logvar [N, 4, H/8, W/8] (and latent = mean + std * noise)\n"
+            "    vae-decode    latent [N, 4, H/8, W/8] (unscaled) -> image [N, 3, H, W]\n");
+}
+
+/* A float input as fp32, with its shape checked against the rank wanted. */
+static float *input_f32(const dl_st_file *in, const char *name, int ndim, int64_t *shape)
+{
+    const dl_st_tensor *t = dl_st_find(in, name);
+    if (!t) {
+        dl_error_set("%s: no tensor '%s' (see danlu run --help)", in->path, name);
+        return NULL;
+    }
+    if (t->ndim != ndim) {
+        char s[128];
+        dl_error_set("%s: tensor '%s' has shape %s, expected %d dimensions", in->path, name,
+                     dl_shape_str(t->shape, t->ndim, s, sizeof s), ndim);
+        return NULL;
+    }
+    for (int i = 0; i < ndim; i++) shape[i] = t->shape[i];
+    float *x = malloc((size_t)(dl_st_numel(t) ? dl_st_numel(t) : 1) * sizeof *x);
+    if (dl_st_read_f32(in, t, x) != DL_OK) { free(x); return NULL; }
+    return x;
+}
+
+/* [N, C, H, W] <-> [N, H, W, C] */
+static float *nchw_to_nhwc(const float *x, int64_t N, int64_t C, int64_t H, int64_t W)
+{
+    float *y = malloc((size_t)(N * C * H * W) * sizeof *y);
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t c = 0; c < C; c++)
+            for (int64_t p = 0; p < H * W; p++) y[(n * H * W + p) * C + c] = x[(n * C + c) * H * W + p];
+    return y;
+}
+
+static float *nhwc_to_nchw(const float *x, int64_t N, int64_t H, int64_t W, int64_t C)
+{
+    float *y = malloc((size_t)(N * C * H * W) * sizeof *y);
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t c = 0; c < C; c++)
+            for (int64_t p = 0; p < H * W; p++) y[(n * C + c) * H * W + p] = x[(n * H * W + p) * C + c];
+    return y;
+}
+
+typedef struct {
+    dl_ctx ctx;
+    dl_checkpoint ck;
+    dl_arena weights, scratch;
+    dl_st_entry out[4];
+    float *owned[16];
+    int n_out, n_owned;
+} run_state;
+
+static float *keep(run_state *s, float *p)
+{
+    DL_ASSERT(s->n_owned < (int)(sizeof s->owned / sizeof *s->owned));
+    s->owned[s->n_owned++] = p;
+    return p;
+}
+
+static void add_out(run_state *s, const char *name, float *data, int ndim, const int64_t *shape)
+{
+    dl_st_entry *e = &s->out[s->n_out++];
+    e->name = name;
+    e->dtype = DL_F32;
+    e->ndim = ndim;
+    for (int i = 0; i < ndim; i++) e->shape[i] = shape[i];
+    e->data = data;
+}
+
+static int run_text(run_state *s, const dl_st_file *in)
+{
+    const dl_st_tensor *t = dl_st_find(in, "input_ids");
+    if (!t) return dl_error_set("%s: no tensor 'input_ids' (see danlu run --help)", in->path);
+    if (t->ndim != 2 || (t->dtype != DL_I64 && t->dtype != DL_I32))
+        return dl_error_set("%s: 'input_ids' must be int64 or int32 [N, T]", in->path);
+    int N = (int)t->shape[0], T = (int)t->shape[1];
+    const dl_clip_config *c = &s->ck.cfg.text;
+    if (T < 1 || T > c->max_positions || N < 1)
+        return dl_error_set("%s: 'input_ids' is [%d, %d]; T must be 1..%d", in->path, N, T, c->max_positions);
+    int32_t *ids = malloc(sizeof *ids * (size_t)N * T);
+    for (int64_t i = 0; i < (int64_t)N * T; i++) {
+        int64_t v;
+        if (t->dtype == DL_I64) memcpy(&v, (const char *)t->data + 8 * i, 8);
+        else { int32_t w; memcpy(&w, (const char *)t->data + 4 * i, 4); v = w; }
+        if (v < 0 || v >= c->vocab_size) {
+            free(ids);
+            return dl_error_set("%s: input_ids[%lld] = %lld is outside the vocabulary (0..%d)", in->path, (long long)i,
+                                (long long)v, c->vocab_size - 1);
+        }
+        ids[i] = (int32_t)v;
+    }
+    dl_clip m;
+    if (dl_arena_init(&s->weights, "weights", dl_clip_weights_bytes(c)) != DL_OK ||
+        dl_clip_load(&m, &s->ck, &s->weights) != DL_OK ||
+        dl_arena_init(&s->scratch, "scratch", dl_clip_scratch_bytes(c, N, T)) != DL_OK) {
+        free(ids);
+        return DL_ERR;
+    }
+    int64_t shape[3] = {N, T, c->hidden_size};
+    float *last = keep(s, malloc(sizeof(float) * (size_t)(N * T * c->hidden_size)));
+    float *pen = keep(s, malloc(sizeof(float) * (size_t)(N * T * c->hidden_size)));
+    dl_clip_forward(&s->ctx, &m, N, T, ids, c->num_layers, 1, last, &s->scratch);
+    dl_clip_forward(&s->ctx, &m, N, T, ids, c->num_layers > 1 ? c->num_layers - 1 : 1, 0, pen, &s->scratch);
+    add_out(s, "last_hidden_state", last, 3, shape);
+    add_out(s, "penultimate_hidden_state", pen, 3, shape);
+    dl_clip_free(&m);
+    free(ids);
+    return DL_OK;
+}
+
+static int run_unet(run_state *s, const dl_st_file *in)
+{
+    int64_t xs[4], cs[3], ts[1] = {1};
+    float *x = keep(s, input_f32(in, "sample", 4, xs));
+    if (!x) return DL_ERR;
+    float *cond = keep(s, input_f32(in, "encoder_hidden_states", 3, cs));
+    if (!cond) return DL_ERR;
+    const dl_st_tensor *tt = dl_st_find(in, "timestep");
+    if (!tt) return dl_error_set("%s: no tensor 'timestep' (see danlu run --help)", in->path);
+    int64_t N = xs[0], C = xs[1], H = xs[2], W = xs[3], nt = dl_st_numel(tt);
+    const dl_unet_config *u = &s->ck.cfg.unet;
+    if (C != u->in_channels) return dl_error_set("%s: 'sample' has %lld channels, the UNet takes %d", in->path, (long long)C, u->in_channels);
+    if (cs[0] != N || cs[2] != u->cross_attention_dim)
+        return dl_error_set("%s: 'encoder_hidden_states' must be [%lld, T, %d]", in->path, (long long)N, u->cross_attention_dim);
+    int f = 1 << (u->n_blocks - 1);
+    if (H % f || W % f) return dl_error_set("%s: 'sample' is %lldx%lld; H and W must be multiples of %d", in->path, (long long)H, (long long)W, f);
+    if (nt != 1 && nt != N) return dl_error_set("%s: 'timestep' must hold 1 or N = %lld values", in->path, (long long)N);
+    float *tv = keep(s, malloc(sizeof(float) * (size_t)N)), *t1 = malloc(sizeof(float) * (size_t)nt);
+    if (tt->dtype == DL_I64 || tt->dtype == DL_I32) {
+        for (int64_t i = 0; i < nt; i++) {
+            int64_t v;
+            if (tt->dtype == DL_I64) memcpy(&v, (const char *)tt->data + 8 * i, 8);
+            else { int32_t w; memcpy(&w, (const char *)tt->data + 4 * i, 4); v = w; }
+            t1[i] = (float)v;
+        }
+    } else if (dl_st_read_f32(in, tt, t1) != DL_OK) {
+        free(t1);
+        return DL_ERR;
+    }
+    for (int64_t i = 0; i < N; i++) tv[i] = t1[nt == 1 ? 0 : i];
+    free(t1);
+    (void)ts;
+    dl_unet m;
+    if (dl_arena_init(&s->weights, "weights", dl_unet_weights_bytes(u)) != DL_OK || dl_unet_load(&m, &s->ck, &s->weights) != DL_OK)
+        return DL_ERR;
+    if (dl_arena_init(&s->scratch, "scratch", dl_unet_scratch_bytes(&m, (int)N, (int)H, (int)W, (int)cs[1])) != DL_OK)
+        return DL_ERR;
+    float *xn = keep(s, nchw_to_nhwc(x, N, C, H, W));
+    float *y = keep(s, malloc(sizeof(float) * (size_t)(N * H * W * u->out_channels)));
+    dl_unet_forward(&s->ctx, &m, (int)N, (int)H, (int)W, xn, tv, cond, (int)cs[1], y, &s->scratch);
+    int64_t os[4] = {N, u->out_channels, H, W};
+    add_out(s, "out", keep(s, nhwc_to_nchw(y, N, H, W, u->out_channels)), 4, os);
+    dl_unet_free(&m);
+    return DL_OK;
+}
+
+static int load_vae(run_state *s, dl_vae *m, int N, int H, int W)
+{
+    if (dl_arena_init(&s->weights, "weights", dl_vae_weights_bytes(&s->ck.cfg.vae)) != DL_OK ||
+        dl_vae_load(m, &s->ck, &s->weights) != DL_OK ||
+        dl_arena_init(&s->scratch, "scratch", dl_vae_scratch_bytes(&s->ck.cfg.vae, N, H, W)) != DL_OK)
+        return DL_ERR;
+    return DL_OK;
+}
+
+static int run_vae_encode(run_state *s, const dl_st_file *in)
+{
+    int64_t is[4];
+    float *img = keep(s, input_f32(in, "image", 4, is));
+    if (!img) return DL_ERR;
+    const dl_vae_config *c = &s->ck.cfg.vae;
+    int64_t N = is[0], H = is[2], W = is[3], f = 1 << (c->n_blocks - 1), L = c->latent_channels;
+    if (is[1] != c->in_channels) return dl_error_set("%s: 'image' must have %d channels", in->path, c->in_channels);
+    if (H % f || W % f) return dl_error_set("%s: 'image' is %lldx%lld; H and W must be multiples of %lld", in->path, (long long)H, (long long)W, (long long)f);
+    dl_vae m;
+    if (load_vae(s, &m, (int)N, (int)H, (int)W) != DL_OK) return DL_ERR;
+    int64_t h = H / f, w = W / f, nl = N * h * w * L, ls[4] = {N, L, h, w};
+    float *mean = keep(s, malloc(sizeof(float) * (size_t)nl)), *logvar = keep(s, malloc(sizeof(float) * (size_t)nl));
+    dl_vae_encode(&s->ctx, &m, (int)N, (int)H, (int)W, keep(s, nchw_to_nhwc(img, N, 3, H, W)), mean, logvar, &s->scratch);
+    add_out(s, "mean", keep(s, nhwc_to_nchw(mean, N, h, w, L)), 4, ls);
+    add_out(s, "logvar", keep(s, nhwc_to_nchw(logvar, N, h, w, L)), 4, ls);
+    if (dl_st_find(in, "noise")) {
+        int64_t ns[4];
+        float *noise = keep(s, input_f32(in, "noise", 4, ns));
+        if (!noise) return DL_ERR;
+        if (!dl_shape_eq(ns, 4, ls, 4)) return dl_error_set("%s: 'noise' must have the latent's shape", in->path);
+        float *nn = keep(s, nchw_to_nhwc(noise, N, L, h, w)), *lat = keep(s, malloc(sizeof(float) * (size_t)nl));
+        dl_vae_sample(nl, mean, logvar, nn, lat);
+        add_out(s, "latent", keep(s, nhwc_to_nchw(lat, N, h, w, L)), 4, ls);
+    }
+    dl_vae_free(&m);
+    return DL_OK;
+}
+
+static int run_vae_decode(run_state *s, const dl_st_file *in)
+{
+    int64_t zs[4];
+    float *z = keep(s, input_f32(in, "latent", 4, zs));
+    if (!z) return DL_ERR;
+    const dl_vae_config *c = &s->ck.cfg.vae;
+    int64_t N = zs[0], h = zs[2], w = zs[3], f = 1 << (c->n_blocks - 1);
+    if (zs[1] != c->latent_channels) return dl_error_set("%s: 'latent' must have %d channels", in->path, c->latent_channels);
+    dl_vae m;
+    if (load_vae(s, &m, (int)N, (int)(h * f), (int)(w * f)) != DL_OK) return DL_ERR;
+    float *img = keep(s, malloc(sizeof(float) * (size_t)(N * h * f * w * f * c->out_channels)));
+    dl_vae_decode(&s->ctx, &m, (int)N, (int)h, (int)w, keep(s, nchw_to_nhwc(z, N, zs[1], h, w)), img, &s->scratch);
+    int64_t os[4] = {N, c->out_channels, h * f, w * f};
+    add_out(s, "image", keep(s, nhwc_to_nchw(img, N, h * f, w * f, c->out_channels)), 4, os);
+    dl_vae_free(&m);
+    return DL_OK;
+}
+
+int dl_cmd_run(int argc, char **argv, FILE *out)
+{
+    const char *model = NULL, *component = NULL, *inputs = NULL, *outp = NULL;
+    int threads = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(out); return 0; }
+        const char **slot = !strcmp(a, "--model") ? &model : !strcmp(a, "--component") ? &component
+                          : !strcmp(a, "--inputs") ? &inputs : !strcmp(a, "--out") ? &outp : NULL;
+        if ((slot || !strcmp(a, "--threads")) && i + 1 >= argc) {
+            fprintf(stderr, "danlu run: %s needs a value\n", a);
+            return 2;
+        }
+        if (slot) *slot = argv[++i];
+        else if (!strcmp(a, "--threads")) threads = atoi(argv[++i]);
+        else {
+            fprintf(stderr, "danlu run: unknown option '%s'\n", a);
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (!model || !component || !inputs || !outp) {
+        fprintf(stderr, "danlu run: --model, --component, --inputs and --out are required\n");
+        usage(stderr);
+        return 2;
+    }
+    int (*fn)(run_state *, const dl_st_file *) = !strcmp(component, "text-encoder") ? run_text
+                                               : !strcmp(component, "unet")         ? run_unet
+                                               : !strcmp(component, "vae-encode")   ? run_vae_encode
+                                               : !strcmp(component, "vae-decode")   ? run_vae_decode : NULL;
+    if (!fn) {
+        fprintf(stderr, "danlu run: unknown component '%s' (text-encoder, unet, vae-encode, vae-decode)\n", component);
+        return 2;
+    }
+    run_state s;
+    memset(&s, 0, sizeof s);
+    dl_st_file in;
+    int rc = 1;
+    if (dl_st_open(&in, inputs) != DL_OK) {
+        fprintf(stderr, "danlu run: %s\n", dl_error_msg());
+        return 1;
+    }
+    if (dl_ctx_init(&s.ctx, threads) != DL_OK || dl_ckpt_open(&s.ck, model, NULL) != DL_OK || fn(&s, &in) != DL_OK ||
+        dl_st_save(outp, s.out, s.n_out, NULL, 0) != DL_OK) {
+        fprintf(stderr, "danlu run: %s\n", dl_error_msg());
+    } else {
+        rc = 0;
+        for (int i = 0; i < s.n_out; i++) {
+            char sh[96];
+            fprintf(out, "%s %s\n", s.out[i].name, dl_shape_str(s.out[i].shape, s.out[i].ndim, sh, sizeof sh));
+        }
+    }
+    for (int i = 0; i < s.n_owned; i++) free(s.owned[i]);
+    dl_st_close(&in);
+    dl_ckpt_close(&s.ck);
+    dl_arena_free(&s.weights);
+    dl_arena_free(&s.scratch);
+    if (s.ctx.pool) dl_ctx_free(&s.ctx);
+    return rc;
+}
