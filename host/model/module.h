@@ -21,6 +21,7 @@ typedef struct dl_lora {
     int r;
     float scale;        /* alpha / r × multiplier */
     float *A, *B;
+    float *dA, *dB;     /* gradients, same shapes (training only; backward accumulates into them) */
     int merged;         /* 1 while A·B is folded into the base weight */
 } dl_lora;
 
