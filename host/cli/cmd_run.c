@@ -237,6 +237,20 @@ static int run_vae_decode(run_state *s, const dl_st_file *in)
     return DL_OK;
 }
 
+/* Tensors of the component's file(s) that the network never read: a sign of a mismatched
+ * architecture or a layout we do not understand. Reported, not fatal. */
+static void report_unused(const dl_checkpoint *ck, dl_part part)
+{
+    int n = 0;
+    char **names = dl_ckpt_unused(ck, part, &n);
+    if (n > 0) {
+        fprintf(stderr, "danlu run: note: %d tensor%s of %s not used:", n, n == 1 ? "" : "s", ck->path);
+        for (int i = 0; i < n && i < 5; i++) fprintf(stderr, " %s", names[i]);
+        fprintf(stderr, "%s\n", n > 5 ? " ..." : "");
+    }
+    dl_ckpt_free_names(names, n);
+}
+
 int dl_cmd_run(int argc, char **argv, FILE *out)
 {
     const char *model = NULL, *component = NULL, *inputs = NULL, *outp = NULL;
@@ -263,6 +277,7 @@ int dl_cmd_run(int argc, char **argv, FILE *out)
         usage(stderr);
         return 2;
     }
+    dl_part part = !strcmp(component, "text-encoder") ? DL_PART_TEXT : !strcmp(component, "unet") ? DL_PART_UNET : DL_PART_VAE;
     int (*fn)(run_state *, const dl_st_file *) = !strcmp(component, "text-encoder") ? run_text
                                                : !strcmp(component, "unet")         ? run_unet
                                                : !strcmp(component, "vae-encode")   ? run_vae_encode
@@ -284,6 +299,7 @@ int dl_cmd_run(int argc, char **argv, FILE *out)
         fprintf(stderr, "danlu run: %s\n", dl_error_msg());
     } else {
         rc = 0;
+        report_unused(&s.ck, part);
         for (int i = 0; i < s.n_out; i++) {
             char sh[96];
             fprintf(out, "%s %s\n", s.out[i].name, dl_shape_str(s.out[i].shape, s.out[i].ndim, sh, sizeof sh));
