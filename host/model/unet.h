@@ -140,8 +140,10 @@ size_t dl_unet_scratch_bytes(const dl_unet *u, int N, int H, int W, int T);
 
 /* eps/v prediction: out [N, H, W, out_channels] from the latents x [N, H, W, in_channels],
  * timesteps t [N] (may be fractional) and the text context ctx [N, T, cross_attention_dim].
- * H and W must be divisible by 2^(n_blocks-1) (DL_ASSERT). scratch needs
- * dl_unet_scratch_bytes(u, N, H, W, T) free; it is released back on return. */
+ * H and W must be divisible by 2^(n_blocks-1) (DL_ASSERT; diffusers' upsample_size path for
+ * other sizes is not implemented). upcast_attention has no effect here: the CPU path is fp32
+ * throughout. scratch needs dl_unet_scratch_bytes(u, N, H, W, T) free; it is released back on
+ * return. */
 void dl_unet_forward(const dl_ctx *ctx, const dl_unet *u, int N, int H, int W, const float *x, const float *t,
                      const float *ctx_emb, int T, float *out, dl_arena *scratch);
 
