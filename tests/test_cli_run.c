@@ -139,3 +139,23 @@ Test(cli_tokenize, prints_ids_from_the_clip_vocabulary)
     fclose(o2);
     cr_expect(strstr(dl_error_msg(), "/nonexistent/tok"), "%s", dl_error_msg());
 }
+
+Test(cli_run, unet_matches_diffusers_in_nchw, .init = mk, .fini = rm)
+{
+    dl_st_file g;
+    tu_golden_open(&g, "unet");
+    const dl_st_tensor *tx = dl_st_find(&g, "sd15_1.x"), *tc = dl_st_find(&g, "sd15_1.ctx");
+    int N = (int)tx->shape[0], H = (int)tx->shape[1], W = (int)tx->shape[2], C = (int)tx->shape[3];
+    float *x = tu_golden_f32(&g, "sd15_1.x", NULL), *xc = to_nchw(x, N, H, W, C);
+    float *ctx = tu_golden_f32(&g, "sd15_1.ctx", NULL), *t = tu_golden_f32(&g, "sd15_1.t", NULL);
+    dl_st_entry e[3] = {{"sample", DL_F32, 4, {N, C, H, W}, xc},
+                        {"timestep", DL_F32, 1, {N}, t},
+                        {"encoder_hidden_states", DL_F32, 3, {tc->shape[0], tc->shape[1], tc->shape[2]}, ctx}};
+    cr_assert_eq(dl_st_save(at("in.safetensors"), e, 3, NULL, 0), DL_OK);
+    cr_assert_eq(run(tu_path("tests/golden/tiny_sd15.safetensors"), "unet", at("in.safetensors"), at("out.safetensors")), 0,
+                 "%s", dl_error_msg());
+    float *ref = tu_golden_f32(&g, "sd15_1.out", NULL), *refc = to_nchw(ref, N, H, W, C);
+    expect_output(at("out.safetensors"), "out", refc, (size_t)N * H * W * C, 1e-5);
+    free(x); free(xc); free(ctx); free(t); free(ref); free(refc);
+    dl_st_close(&g);
+}
