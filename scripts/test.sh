@@ -45,7 +45,30 @@ cmake --build build/release -j"$jobs"
 step "tests (release)"
 build/release/tests/danlu_tests --jobs "$test_jobs"
 
-# ---- 3. sanitizers ---------------------------------------------------------------------
+# ---- 3. the same without a CUDA toolkit ------------------------------------------------
+# A machine with no toolkit must configure, build and pass: hide it in a private mount
+# namespace (tmpfs over /usr/local/cuda*, nvcc off PATH) and build with the default options.
+if [ "${DANLU_TEST_SKIP_NOCUDA:-0}" != 1 ] && ls -d /usr/local/cuda* >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && unshare -m true 2>/dev/null; then
+    step "configure, build and test with the CUDA toolkit hidden"
+    unshare -m bash -c '
+      set -euo pipefail
+      for d in /usr/local/cuda*; do [ -d "$d" ] && mount -t tmpfs none "$d"; done
+      PATH=$(printf %s "$PATH" | tr : "\n" | grep -v cuda | paste -sd:)
+      unset CUDACXX CUDA_HOME CUDA_PATH
+      cmake -S . -B build/nocuda -DCMAKE_BUILD_TYPE=Release >build/nocuda.configure.log 2>&1 ||
+        { cat build/nocuda.configure.log; exit 1; }
+      grep -q "danlu: CUDA backend OFF" build/nocuda.configure.log
+      cmake --build build/nocuda -j'"$jobs"' >build/nocuda.build.log 2>&1 || { tail -50 build/nocuda.build.log; exit 1; }
+      build/nocuda/tests/danlu_tests --jobs '"$test_jobs"' >build/nocuda.tests.log 2>&1 ||
+        { tail -80 build/nocuda.tests.log; exit 1; }
+      tail -1 build/nocuda.tests.log'
+  else
+    echo "(skipping the hidden-toolkit build: needs root and unshare)"
+  fi
+fi
+
+# ---- 4. sanitizers ---------------------------------------------------------------------
 if [ "${DANLU_TEST_SKIP_ASAN:-0}" != 1 ]; then
   step "configure and build (AddressSanitizer + UndefinedBehaviorSanitizer, CPU only)"
   cmake -S . -B build/asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DDANLU_SANITIZE=ON -DDANLU_CUDA=OFF \
