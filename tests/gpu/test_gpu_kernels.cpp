@@ -1,0 +1,125 @@
+/* test_gpu_kernels.cpp - the kernel cases of tests/kernels/kcase_*.h on a real GPU against the
+ * CPU reference: the emulator's tiny shapes plus SD-sized ones, LoRA with and without cuBLAS.
+ * Prints one line per check and a summary; exits 1 if any check fails. `--quick` runs only the
+ * tiny shapes (for compute-sanitizer). Built only when CUDA is on (tests/gpu/CMakeLists.txt). */
+#define KC_HAVE_ATTENTION_TC 1 // kernels/attention_tc.cu is part of danlu_kernels on a GPU
+#include "kcase_attention.h"
+#include "kcase_groupnorm.h"
+#include "kcase_lora.h"
+
+#include "core/error.h"
+
+#include <cublas_v2.h>
+
+typedef struct gpu_report {
+    const char *name;
+    int printed_fail;
+} gpu_report;
+
+static void report(void *user, const char *label, double err, double tol)
+{
+    gpu_report *r = (gpu_report *)user;
+    int ok = err <= tol;
+    printf("%-4s %-34s %-28s err %-10.3g tol %.0e\n", ok ? "ok" : "FAIL", r->name, label, err,
+           tol);
+}
+
+static const char *dtn(dl_dtype t) { return t == DL_BF16 ? "bf16" : "f32"; }
+
+int main(int argc, char **argv)
+{
+    int quick = argc > 1 && strcmp(argv[1], "--quick") == 0;
+    dl_ctx ctx;
+    if (dl_ctx_init(&ctx, 0) != DL_OK) return 2;
+    int dev = 0;
+    cudaDeviceProp prop;
+    if (cudaGetDevice(&dev) != cudaSuccess || cudaGetDeviceProperties(&prop, dev) != cudaSuccess) {
+        fprintf(stderr, "no CUDA device\n");
+        return 2;
+    }
+    printf("device: %s (sm_%d%d)\n", prop.name, prop.major, prop.minor);
+    cublasHandle_t blas;
+    if (cublasCreate(&blas) != CUBLAS_STATUS_SUCCESS) return 2;
+
+    kc_env e;
+    memset(&e, 0, sizeof e);
+    e.cpu = &ctx;
+    e.report = report;
+    cudaStreamCreate(&e.stream);
+    gpu_report rep = {"", 0};
+    e.user = &rep;
+    char name[128];
+
+    // {N, H, Tq, Tk, d, dtype, seed}
+    const kc_attention_case att_small[] = {
+        {1, 2, 37, 37, 40, DL_F32, 11},   {2, 1, 20, 77, 64, DL_F32, 12},
+        {1, 1, 33, 45, 80, DL_F32, 13},   {1, 1, 19, 40, 160, DL_F32, 14},
+        {1, 1, 5, 3, 40, DL_F32, 15},     {1, 2, 24, 77, 40, DL_BF16, 16},
+        {1, 1, 9, 33, 160, DL_BF16, 17},  {1, 1, 40, 70, 80, DL_BF16, 18},
+        {2, 1, 17, 33, 64, DL_BF16, 19},
+    };
+    const kc_attention_case att_big[] = {
+        {2, 8, 1024, 1024, 40, DL_F32, 41},  {2, 8, 1000, 77, 40, DL_BF16, 42},
+        {1, 5, 4096, 154, 64, DL_BF16, 43},  {2, 8, 1024, 231, 80, DL_F32, 44},
+        {1, 2, 1024, 1024, 160, DL_BF16, 45}, {1, 4, 2500, 2500, 64, DL_F32, 46},
+        {1, 8, 4096, 4096, 64, DL_BF16, 47},
+    };
+    // {N, HW, C, G, silu, dtype, seed, offset}
+    const kc_groupnorm_case gn_small[] = {
+        {2, 37, 64, 32, 0, DL_F32, 21, 0.0f},   {1, 300, 160, 32, 1, DL_F32, 22, 3.0f},
+        {2, 45, 36, 4, 0, DL_F32, 23, 0.0f},    {1, 7, 6, 2, 1, DL_F32, 24, -1.0f},
+        {2, 50, 96, 32, 1, DL_BF16, 25, 0.5f},  {1, 129, 64, 32, 0, DL_BF16, 26, 0.0f},
+        {1, 33000, 8, 2, 1, DL_F32, 27, 1.0f},
+    };
+    const kc_groupnorm_case gn_big[] = {
+        {2, 4096, 320, 32, 1, DL_F32, 51, 0.0f},   {1, 65536, 128, 32, 1, DL_BF16, 52, 1.0f},
+        {2, 1024, 640, 32, 0, DL_BF16, 53, 0.0f},  {2, 64, 2560, 32, 1, DL_F32, 54, 0.0f},
+    };
+    // {M, in, out, rank, s, bias, conv, dtype, seed}
+    const kc_lora_case lora_small[] = {
+        {37, 40, 48, 4, 0.5f, 1, 0, DL_F32, 31},     {19, 33, 17, 1, 2.0f, 0, 0, DL_F32, 32},
+        {65, 70, 130, 128, 0.125f, 1, 1, DL_F32, 33}, {40, 64, 80, 16, 1.0f, 1, 0, DL_BF16, 34},
+        {33, 20, 36, 8, 0.75f, 0, 1, DL_BF16, 35},   {1100, 24, 20, 4, 1.5f, 1, 0, DL_F32, 36},
+        {1030, 16, 40, 2, 1.0f, 0, 1, DL_BF16, 37},
+    };
+    const kc_lora_case lora_big[] = {
+        {4096, 320, 320, 16, 1.0f, 1, 0, DL_F32, 61},  {4096, 640, 640, 128, 0.5f, 0, 0, DL_BF16, 62},
+        {1024, 768, 320, 4, 1.0f, 1, 0, DL_BF16, 63},  {8192, 1280, 1280, 32, 0.25f, 1, 1, DL_BF16, 64},
+    };
+
+    for (int big = 0; big <= !quick; big++) {
+        size_t na = big ? sizeof att_big / sizeof *att_big : sizeof att_small / sizeof *att_small;
+        for (size_t i = 0; i < na; i++) {
+            const kc_attention_case *c = big ? &att_big[i] : &att_small[i];
+            snprintf(name, sizeof name, "attn %s N%d H%d %dx%d d%d", dtn(c->dt), c->N, c->H, c->Tq,
+                     c->Tk, c->d);
+            rep.name = name;
+            kc_run_attention(&e, c);
+        }
+        size_t ng = big ? sizeof gn_big / sizeof *gn_big : sizeof gn_small / sizeof *gn_small;
+        for (size_t i = 0; i < ng; i++) {
+            const kc_groupnorm_case *c = big ? &gn_big[i] : &gn_small[i];
+            snprintf(name, sizeof name, "gn %s %dx%dx%d g%d%s", dtn(c->dt), c->N, c->HW, c->C,
+                     c->G, c->silu ? " silu" : "");
+            rep.name = name;
+            kc_run_groupnorm(&e, c);
+        }
+        size_t nl = big ? sizeof lora_big / sizeof *lora_big : sizeof lora_small / sizeof *lora_small;
+        for (size_t i = 0; i < nl; i++) {
+            const kc_lora_case *c = big ? &lora_big[i] : &lora_small[i];
+            for (int useblas = 0; useblas <= 1; useblas++) {
+                e.blas = useblas ? (struct cublasContext *)blas : NULL;
+                snprintf(name, sizeof name, "lora %s %dx%d->%d r%d%s%s", dtn(c->dt), c->M, c->in,
+                         c->out, c->rank, c->conv ? " conv" : "", useblas ? " cublas" : "");
+                rep.name = name;
+                kc_run_lora(&e, c);
+            }
+            e.blas = NULL;
+        }
+    }
+    printf("summary: %d checks, %d failed\n", e.checks, e.failures);
+    cublasDestroy(blas);
+    cudaStreamDestroy(e.stream);
+    dl_ctx_free(&ctx);
+    return e.failures ? 1 : 0;
+}
