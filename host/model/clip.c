@@ -72,6 +72,21 @@ void dl_clip_free(dl_clip *m)
     m->names = NULL;
 }
 
+dl_linear *dl_clip_find(const dl_clip *m, const char *name)
+{
+    static const char prefix[] = "text_model.encoder.layers.";
+    if (!m->layers || strncmp(name, prefix, sizeof prefix - 1) != 0) return NULL;
+    const char *p = name + sizeof prefix - 1;
+    char *end;
+    long l = strtol(p, &end, 10);
+    if (end == p || *end != '.' || l < 0 || l >= m->cfg.num_layers) return NULL;
+    dl_clip_layer *y = &m->layers[l];
+    dl_linear *all[6] = {&y->q, &y->k, &y->v, &y->o, &y->fc1, &y->fc2};
+    for (int i = 0; i < 6; i++)
+        if (all[i]->name && strcmp(all[i]->name, name) == 0) return all[i];
+    return NULL;
+}
+
 void dl_clip_forward(const dl_ctx *ctx, const dl_clip *m, int N, int T, const int32_t *ids, int layers,
                      int final_ln, float *out, dl_arena *scratch)
 {

@@ -30,6 +30,9 @@ size_t dl_clip_weights_bytes(const dl_clip_config *cfg);
 /* Load the text encoder of ck into weights. DL_ERR names a missing or mis-shaped tensor. */
 int dl_clip_load(dl_clip *m, dl_checkpoint *ck, dl_arena *weights);
 void dl_clip_free(dl_clip *m);
+/* The linear layer called name (transformers name without ".weight", e.g.
+ * "text_model.encoder.layers.0.self_attn.q_proj", "...mlp.fc1"), or NULL: for LoRA injection. */
+dl_linear *dl_clip_find(const dl_clip *m, const char *name);
 /* Bytes of scratch dl_clip_forward needs for N sequences of T tokens. */
 size_t dl_clip_scratch_bytes(const dl_clip_config *cfg, int N, int T);
 

@@ -1,0 +1,150 @@
+/* lora_net.h - a LoRA network: the set of adapters on the UNet and the text encoder, chosen
+ * by module name from the model config (sd-scripts' target rules and presets), with every A
+ * and B in one contiguous fp32 allocation beside a matching gradient allocation, Kaiming init,
+ * and attaching to (run time) or merging into (weights) a loaded UNet and text encoder.
+ *
+ * Target rules (kohya-ss/sd-scripts networks/lora.py, SD 1.x/2.x):
+ *   default    every Linear / Conv2d inside a Transformer2DModel: proj_in, proj_out and per
+ *              transformer block attn1/attn2 to_q, to_k, to_v, to_out.0, ff.net.0.proj,
+ *              ff.net.2 (192 modules for SD 1.5); with conv_rank > 0 also everything inside
+ *              ResnetBlock2D / Downsample2D / Upsample2D: 3x3 convs get conv_rank/conv_alpha,
+ *              time_emb_proj and the 1x1 conv_shortcut get rank/alpha (sd-scripts' LoCon).
+ *   attn-only  attn1/attn2 to_q, to_k, to_v, to_out.0 only (+ conv rule when conv_rank > 0).
+ *   attn-mlp   attn-only + ff.net.0.proj, ff.net.2.
+ *   full       default + conv_in, conv_out, time_embedding.linear_1/2 (LyCORIS' "full"); kxk
+ *              convs only when conv_rank > 0.
+ *   text       CLIPAttention q/k/v/out_proj and CLIPMLP fc1/fc2 of every layer (72 for SD 1.5);
+ *              attn-only keeps q/k/v/out_proj.
+ * Names: the diffusers / transformers module name, and the kohya name "lora_unet_" or
+ * "lora_te_" + name with '.' -> '_'. */
+#ifndef DANLU_LORA_NET_H
+#define DANLU_LORA_NET_H
+
+#include "core/ctx.h"
+#include "model/clip.h"
+#include "model/config.h"
+#include "model/module.h"
+#include "model/unet.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum { DL_LORA_UNET = 0, DL_LORA_TEXT = 1 } dl_lora_part;
+
+typedef enum {
+    DL_LORA_PRESET_DEFAULT = 0, /* sd-scripts' default (transformer modules) */
+    DL_LORA_PRESET_ATTN_ONLY,
+    DL_LORA_PRESET_ATTN_MLP,
+    DL_LORA_PRESET_FULL,
+    DL_LORA_PRESET_ALL          /* internal: every linear/conv (candidates when reading files) */
+} dl_lora_preset;
+
+/* "default" (also "" and "transformer"), "attn-only", "attn-mlp", "full". DL_ERR names an
+ * unknown preset. */
+int dl_lora_preset_parse(const char *s, dl_lora_preset *out);
+const char *dl_lora_preset_name(dl_lora_preset p);
+
+/* What to create (sd-scripts' network_dim, network_alpha, conv_dim, conv_alpha). */
+typedef struct dl_lora_spec {
+    dl_lora_preset preset;
+    int rank;               /* network_dim, >= 1 */
+    float alpha;            /* network_alpha; <= 0 means alpha = rank (scale 1) */
+    int conv_rank;          /* conv_dim; 0: no kxk conv adapters */
+    float conv_alpha;       /* conv_alpha; <= 0 means alpha (sd-scripts: conv_alpha = alpha) */
+    int unet, text;         /* 1: adapters on that part */
+    float multiplier;       /* scale = alpha / rank x multiplier (1 when training) */
+    uint64_t seed;          /* Kaiming init of A */
+} dl_lora_spec;
+
+/* One adapter. A [r, k, k, in] (k = 1: [r, in]), B [out, r]; gradients dA, dB alike. */
+typedef struct dl_lora_module {
+    char name[160];         /* "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q" */
+    char kohya[192];        /* "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q" */
+    dl_lora_part part;
+    int is_conv;            /* 1: a conv (dl_conv) in danlu, 0: a linear (dl_linear) */
+    int k;                  /* kernel size (1 for linears) */
+    int in, out;            /* in = Cin for convs */
+    int conv1x1_on_disk;    /* a linear stored as a 1x1 conv in the checkpoint (SD1 proj_in/out):
+                               LoRA files hold its down/up as [r, in, 1, 1] / [out, r, 1, 1] */
+    float alpha;
+    dl_lora lora;           /* r, scale, A, B (slices of net->params), dA, dB (the same slices of
+                               net->grads), merged */
+    int64_t offset;         /* of A in params (B follows at offset + r*k*k*in) */
+} dl_lora_module;
+
+typedef struct dl_lora_net {
+    int n, n_unet;          /* modules; the UNet's come first [0, n_unet), then the text encoder's */
+    dl_lora_module *mods;   /* [n] (malloc'd) */
+    float multiplier;
+    int64_t n_params;       /* floats in params (and grads) */
+    int64_t n_params_unet;  /* params[0, n_params_unet) belong to the UNet: two optimizer groups */
+    float *params;          /* [n_params] every A and B, 64-byte aligned */
+    float *grads;           /* [n_params] matching gradients (zeroed at creation) */
+} dl_lora_net;
+
+/* Build the network for cfg and spec: modules in forward order (UNet, then text encoder), A
+ * Kaiming-uniform from spec->seed, B zero. DL_ERR (message) on a bad spec or no memory; on
+ * error net holds nothing to free. */
+int dl_lora_net_create(dl_lora_net *net, const dl_model_config *cfg, const dl_lora_spec *spec);
+
+/* Create an empty network from an explicit module list (each with name, kohya, part, is_conv,
+ * k, in, out, conv1x1_on_disk, alpha and lora.r set); allocates and zeroes params and grads
+ * (A and B zero: call dl_lora_net_init_weights for Kaiming). Used by the file reader. */
+int dl_lora_net_from_modules(dl_lora_net *net, const dl_lora_module *mods, int n, float multiplier);
+
+void dl_lora_net_free(dl_lora_net *net);
+
+/* The module that holds adapter l (a dl_lora of some net, as attached to a dl_linear / dl_conv):
+ * how training code finds the module (name, part, alpha) of an adapter it meets. */
+static inline dl_lora_module *dl_lora_module_of(const dl_lora *l)
+{
+    return (dl_lora_module *)(void *)((char *)(void *)(uintptr_t)l - offsetof(dl_lora_module, lora));
+}
+
+/* grads <- 0 (all of them, padding included). */
+void dl_lora_net_zero_grads(dl_lora_net *net);
+
+/* Every module the preset targets in cfg (no allocation of weights): *out malloc'd array of
+ * modules with names, shapes, alpha and lora.r filled; *n set. With DL_LORA_PRESET_ALL every
+ * linear and conv of the UNet (rank/alpha as 0) and every text-encoder linear. */
+int dl_lora_targets(const dl_model_config *cfg, const dl_lora_spec *spec, dl_lora_module **out, int *n);
+
+/* torch.nn.init.kaiming_uniform_(A, a=sqrt(5)) bound for fan_in = k*k*in: 1/sqrt(fan_in). */
+double dl_lora_kaiming_bound(int64_t fan_in);
+
+/* A <- U(-b, b) with b = dl_lora_kaiming_bound, B <- 0 for every module. Module i draws its A
+ * in torch's layout ([r, in] or [r, Cin, k, k]) from torch's generator seeded with seed + i, so
+ * module i equals torch.manual_seed(seed + i); kaiming_uniform_(w, a=math.sqrt(5)). */
+void dl_lora_net_init_weights(dl_lora_net *net, uint64_t seed);
+
+/* Set the multiplier: scale = alpha / r x multiplier on every module. Not while merged. */
+void dl_lora_net_set_multiplier(dl_lora_net *net, float multiplier);
+
+/* The module called name (diffusers/transformers name or kohya name), or NULL. */
+dl_lora_module *dl_lora_net_find(const dl_lora_net *net, const char *name);
+
+/* Attach every adapter to its layer in u / te (either may be NULL when the net has no module
+ * for that part) so dl_linear_fwd / dl_conv_fwd apply it at run time. DL_ERR names a module the
+ * model does not have, or both shapes when they differ; on error nothing stays attached. */
+int dl_lora_net_attach(dl_lora_net *net, dl_unet *u, dl_clip *te);
+/* Remove this net's adapters from the layers they are attached to. */
+void dl_lora_net_detach(dl_lora_net *net, dl_unet *u, dl_clip *te);
+
+/* Fold scale x B·A into the weights of u / te (W [out, k, k, in] += s B A). Several nets may be
+ * merged one after another (each with its multiplier); unmerge them in reverse order. DL_ERR
+ * as dl_lora_net_attach (nothing merged on error). */
+int dl_lora_net_merge(const dl_ctx *ctx, dl_lora_net *net, dl_unet *u, dl_clip *te);
+/* Subtract what dl_lora_net_merge added (weights restored up to fp32 rounding). */
+void dl_lora_net_unmerge(const dl_ctx *ctx, dl_lora_net *net, dl_unet *u, dl_clip *te);
+
+/* "lora_unet_" / "lora_te_" + name with '.' -> '_' into out (cap bytes). */
+void dl_lora_kohya_name(dl_lora_part part, const char *name, char *out, size_t cap);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
