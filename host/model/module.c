@@ -1,7 +1,8 @@
-/* module.c - loading and CPU forward of linear / conv / norm layers with optional LoRA. */
+/* module.c - loading, CPU forward and backward of linear / conv / norm layers with optional LoRA. */
 #include "model/module.h"
 #include "core/error.h"
 #include "ops/cpu/conv2d.h"
+#include "ops/cpu/elementwise.h"
 #include "ops/cpu/groupnorm.h"
 #include "ops/cpu/layernorm.h"
 #include "ops/cpu/linear.h"
@@ -150,4 +151,97 @@ void dl_layernorm_fwd(const dl_ctx *ctx, const dl_norm *m, int64_t M, const floa
     float *mean = dl_alloc_f32(scratch, M), *rstd = dl_alloc_f32(scratch, M);
     dl_cpu_layernorm_forward(ctx, M, m->C, m->eps, x, m->gamma, m->beta, y, mean, rstd);
     dl_arena_release(scratch, mark);
+}
+
+/* ================================================================ backward */
+
+static size_t al64(int64_t n) { return ((size_t)(n > 0 ? n : 1) * sizeof(float) + 63) & ~(size_t)63; }
+
+static int lora_active(const dl_lora *l)
+{
+    if (!l) return 0;
+    DL_ASSERTF(!l->merged, "backward through a layer whose LoRA is merged into the base weight");
+    return 1;
+}
+
+size_t dl_linear_bwd_scratch_bytes(const dl_linear *m, int64_t M)
+{
+    const dl_lora *l = m->lora;
+    if (!l) return 0;
+    return 2 * al64(M * l->r) + al64((int64_t)l->r * m->in) + al64((int64_t)m->out * l->r);
+}
+
+void dl_linear_bwd(const dl_ctx *ctx, const dl_linear *m, int64_t M, const float *x, const float *dy, float *dx,
+                   dl_arena *scratch)
+{
+    const dl_lora *l = m->lora;
+    if (!lora_active(l)) {
+        if (dx) dl_cpu_linear_backward(ctx, M, m->in, m->out, x, m->w, dy, dx, NULL, NULL);
+        return;
+    }
+    DL_ASSERT(x && dy);
+    const int64_t r = l->r;
+    size_t mark = dl_arena_mark(scratch);
+    float *h = dl_alloc_f32(scratch, M * r);                                         // [M, r]
+    float *dh = dl_alloc_f32(scratch, M * r);                                        // [M, r]
+    float *dA = l->dA ? dl_alloc_f32(scratch, r * m->in) : NULL;                     // [r, in]
+    float *dB = l->dB ? dl_alloc_f32(scratch, (int64_t)m->out * r) : NULL;           // [out, r]
+    dl_cpu_linear_forward(ctx, M, m->in, r, x, l->A, NULL, h);                       // h = x Aᵀ [M, r]
+    dl_cpu_lora_linear_backward(ctx, M, m->in, m->out, r, l->scale, x, m->w, l->A, l->B, h, dy, dh, dx, dA, dB);
+    if (dA) dl_cpu_axpy(ctx, r * m->in, 1.0f, dA, l->dA);                            // accumulate
+    if (dB) dl_cpu_axpy(ctx, (int64_t)m->out * r, 1.0f, dB, l->dB);
+    dl_arena_release(scratch, mark);
+}
+
+size_t dl_conv_bwd_scratch_bytes(const dl_conv *m, int N, int H, int W)
+{
+    const dl_lora *l = m->lora;
+    if (!l) return 0;
+    dl_conv2d_shape s = conv_shape(m, N, H, W);
+    const int64_t P = (int64_t)N * dl_conv2d_out_h(&s) * dl_conv2d_out_w(&s);
+    return 2 * al64(P * l->r) + al64((int64_t)N * H * W * m->cin) + al64((int64_t)l->r * m->k * m->k * m->cin) +
+           al64((int64_t)m->cout * l->r);
+}
+
+void dl_conv_bwd(const dl_ctx *ctx, const dl_conv *m, int N, int H, int W, const float *x, const float *dy,
+                 float *dx, dl_arena *scratch)
+{
+    dl_conv2d_shape s = conv_shape(m, N, H, W);
+    const dl_lora *l = m->lora;
+    if (!lora_active(l)) {
+        if (dx) dl_cpu_conv2d_backward(ctx, &s, x, m->w, dy, dx, NULL, NULL);
+        return;
+    }
+    DL_ASSERT(x && dy);
+    const int64_t r = l->r, KK = (int64_t)m->k * m->k * m->cin;
+    const int64_t P = (int64_t)N * dl_conv2d_out_h(&s) * dl_conv2d_out_w(&s);
+    size_t mark = dl_arena_mark(scratch);
+    float *h = dl_alloc_f32(scratch, P * r);                                         // [N, Ho, Wo, r]
+    float *dh = dl_alloc_f32(scratch, P * r);                                        // [N, Ho, Wo, r]
+    float *dxs = dx ? dl_alloc_f32(scratch, (int64_t)N * H * W * m->cin) : NULL;     // [N, H, W, cin]
+    float *dA = l->dA ? dl_alloc_f32(scratch, r * KK) : NULL;                        // [r, k, k, cin]
+    float *dB = l->dB ? dl_alloc_f32(scratch, (int64_t)m->cout * r) : NULL;          // [cout, r]
+    dl_conv2d_shape sa = s;
+    sa.Cout = (int)r;
+    dl_cpu_conv2d_forward(ctx, &sa, x, l->A, NULL, h);                               // h = conv(x, A)
+    dl_cpu_lora_conv_backward(ctx, &s, r, l->scale, x, m->w, l->A, l->B, h, dy, dh, dxs, dx, dA, dB);
+    if (dA) dl_cpu_axpy(ctx, r * KK, 1.0f, dA, l->dA);                               // accumulate
+    if (dB) dl_cpu_axpy(ctx, (int64_t)m->cout * r, 1.0f, dB, l->dB);
+    dl_arena_release(scratch, mark);
+}
+
+void dl_groupnorm_bwd(const dl_ctx *ctx, const dl_norm *m, int N, int64_t HW, const float *x, const float *mean,
+                      const float *rstd, const float *dy, float *dx, int silu)
+{
+    DL_ASSERT(m->G > 0);
+    if (!dx) return;
+    dl_groupnorm_shape s = {.N = N, .HW = (int)HW, .C = m->C, .G = m->G, .eps = m->eps, .silu = silu};
+    dl_cpu_groupnorm_backward(ctx, s, x, m->gamma, m->beta, mean, rstd, dy, dx, NULL, NULL);
+}
+
+void dl_layernorm_bwd(const dl_ctx *ctx, const dl_norm *m, int64_t M, const float *x, const float *mean,
+                      const float *rstd, const float *dy, float *dx)
+{
+    if (!dx) return;
+    dl_cpu_layernorm_backward(ctx, M, m->C, x, m->gamma, mean, rstd, dy, dx, NULL, NULL);
 }

@@ -78,6 +78,33 @@ void dl_groupnorm_fwd(const dl_ctx *ctx, const dl_norm *m, int N, int64_t HW, co
 /* Layer norm over rows x [M, C] into y. */
 void dl_layernorm_fwd(const dl_ctx *ctx, const dl_norm *m, int64_t M, const float *x, float *y, dl_arena *scratch);
 
+/* ---- backward (training): activation gradients, and LoRA gradients accumulated (+=) into
+ * lora->dA / lora->dB when the layer has an unmerged LoRA with those buffers set (the base
+ * weights are frozen: no dW, db). A merged LoRA is a programming error here (DL_ASSERT). The
+ * LoRA's forward temporary h = x·Aᵀ is recomputed from x, so the forward need not keep it.
+ * Scratch comes from `scratch` and is released on return; *_bwd_scratch_bytes gives the most
+ * it takes. */
+
+/* Bytes of scratch dl_linear_bwd takes for M rows. */
+size_t dl_linear_bwd_scratch_bytes(const dl_linear *m, int64_t M);
+/* dx [M, in] = dy [M, out] · w (+ the LoRA path) overwritten (NULL: skipped); x [M, in] is the
+ * forward input (needed only with a LoRA; may be NULL without). */
+void dl_linear_bwd(const dl_ctx *ctx, const dl_linear *m, int64_t M, const float *x, const float *dy, float *dx,
+                   dl_arena *scratch);
+/* Bytes of scratch dl_conv_bwd takes for an input [N, H, W, cin]. */
+size_t dl_conv_bwd_scratch_bytes(const dl_conv *m, int N, int H, int W);
+/* dx [N, H, W, cin] from dy [N, Ho, Wo, cout] overwritten (NULL: skipped); x is the forward
+ * input (needed only with a LoRA). */
+void dl_conv_bwd(const dl_ctx *ctx, const dl_conv *m, int N, int H, int W, const float *x, const float *dy,
+                 float *dx, dl_arena *scratch);
+/* Group norm (+ SiLU) backward: dx [N, HW, C] overwritten from the forward input x, its saved
+ * mean, rstd [N, G] and dy. gamma/beta are frozen (no gradients). */
+void dl_groupnorm_bwd(const dl_ctx *ctx, const dl_norm *m, int N, int64_t HW, const float *x, const float *mean,
+                      const float *rstd, const float *dy, float *dx, int silu);
+/* Layer norm backward: dx [M, C] overwritten from x, the saved mean, rstd [M] and dy. */
+void dl_layernorm_bwd(const dl_ctx *ctx, const dl_norm *m, int64_t M, const float *x, const float *mean,
+                      const float *rstd, const float *dy, float *dx);
+
 /* Allocate floats from an arena or abort with the arena's message (networks size their
  * arenas beforehand; running out is a programming error). */
 float *dl_alloc_f32(dl_arena *a, int64_t n);

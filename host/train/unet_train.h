@@ -1,0 +1,107 @@
+/* unet_train.h - the UNet's training pass on the CPU backend: a forward recorded block by block
+ * on a tape (conv_in, resnets, transformers, down/up-samplers, the output head), and its
+ * backward replaying the tape in reverse: activation gradients through every op, weight
+ * gradients only for the LoRA adapters attached to the UNet's modules (accumulated into
+ * lora->dA / lora->dB), optionally the gradient w.r.t. the text context (encoder_hidden_states).
+ *
+ * Memory: the tape's activations live in an `act` arena, temporaries in a `scratch` arena; both
+ * are sized once by dl_unet_train_act_bytes / dl_unet_train_scratch_bytes (attach the LoRAs
+ * first: what is saved depends on them), so a training step allocates nothing (except inside
+ * the CPU conv2d backward op, which mallocs its own packing buffers).
+ *
+ * Gradient checkpointing (checkpoint != 0): the forward keeps only each block's input and output;
+ * the backward recomputes a block's internals into scratch just before its backward. The result
+ * is bit-identical to the stored-activation path (the ops are deterministic).
+ *
+ * Blocks whose backward cannot reach a LoRA (everything before the first block holding one, and
+ * before the first transformer when d(context) is asked for) are not back-propagated at all. */
+#ifndef DANLU_TRAIN_UNET_TRAIN_H
+#define DANLU_TRAIN_UNET_TRAIN_H
+
+#include "core/arena.h"
+#include "core/ctx.h"
+#include "model/unet.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define DL_UNET_TAPE_MAX_OPS 192
+
+typedef enum {
+    DL_TAPE_CONV_IN = 0, /* conv_in */
+    DL_TAPE_RESNET,      /* ResnetBlock2D (in the up path on concat(x, skip)) */
+    DL_TAPE_TRANSFORMER, /* Transformer2DModel */
+    DL_TAPE_DOWNSAMPLE,  /* downsamplers.0 */
+    DL_TAPE_UPSAMPLE,    /* upsamplers.0 */
+    DL_TAPE_OUT          /* conv_norm_out + SiLU -> conv_out */
+} dl_tape_kind;
+
+/* One recorded block. Buffers are valid from dl_unet_train_forward until the caller releases
+ * the act arena. */
+typedef struct dl_tape_op {
+    dl_tape_kind kind;
+    const void *block;  /* dl_unet_resnet / dl_unet_transformer / dl_conv (samplers) / dl_unet */
+    int h, w;           /* spatial size of the input */
+    int cin, cout;      /* channels in (incl. a concatenated skip) and out */
+    int cskip;          /* channels of the skip concatenated after x (up-path resnets), else 0 */
+    int x_op, skip_op;  /* ops producing x and the skip (-1: the network input / none) */
+    int is_skip;        /* the output is also a skip connection of the up path */
+    int needs_bwd;      /* holds a LoRA (its backward has weight gradients to produce) */
+    const float *x;     /* [N, h, w, cin - cskip] */
+    const float *skip;  /* [N, h, w, cskip] */
+    float *y;           /* [N, ho, wo, cout] */
+    int64_t y_numel;
+    int recompute;      /* checkpointed: only x and y kept, internals recomputed in the backward
+                           (per block, so a policy may choose; today all or none) */
+    void *saved;        /* the block's saved internals (NULL when recomputed) */
+} dl_tape_op;
+
+typedef struct dl_unet_tape {
+    const dl_unet *u;
+    int N, H, W, T;
+    int checkpoint;
+    int n_ops;
+    dl_tape_op ops[DL_UNET_TAPE_MAX_OPS];
+    const float *x;       /* [N, H, W, in_channels] the caller's latents */
+    const float *context; /* [N, T, cross_attention_dim] the caller's */
+    float *temb_act;      /* [N, Td] SiLU(time embedding), in the act arena */
+} dl_unet_tape;
+
+/* Bytes of the act arena a training forward takes for (N, H, W, T) with the LoRAs now attached
+ * to u; checkpoint as for dl_unet_train_forward. Both sizes grow with N*H*W (every level's
+ * buffers are N*H*W/4^i pixels) and T only, so with aspect-ratio buckets size once for the
+ * largest N*H*W and the longest T. */
+size_t dl_unet_train_act_bytes(const dl_unet *u, int N, int H, int W, int T, int checkpoint);
+/* Bytes of scratch the forward and the backward take (the larger of the two); want_dcontext
+ * as the backward's dcontext != NULL. */
+size_t dl_unet_train_scratch_bytes(const dl_unet *u, int N, int H, int W, int T, int checkpoint,
+                                   int want_dcontext);
+
+/* The UNet forward (same result as dl_unet_forward) recorded on tape: out [N, H, W, out_ch]
+ * from x [N, H, W, in_ch], timesteps t [N] and context [N, T, Dc]. x and context are
+ * referenced, not copied: they must stay unchanged until the backward. Saved activations are
+ * taken from act (dl_unet_train_act_bytes free) and stay there for the backward (the caller
+ * gives them back, e.g. dl_arena_reset, before the next forward); scratch is released on
+ * return. H and W divisible by 2^(n_blocks-1). The tape is plain memory the caller owns
+ * (sizeof(dl_unet_tape) ~ 20 KB: keep it off small stacks); dl_unet_train_forward fills it. */
+void dl_unet_train_forward(const dl_ctx *ctx, const dl_unet *u, dl_unet_tape *tape, int N, int H, int W,
+                           const float *x, const float *t, const float *context, int T, float *out,
+                           int checkpoint, dl_arena *act, dl_arena *scratch);
+
+/* The backward of the recorded forward from dout [N, H, W, out_ch] (d loss / d out; may alias
+ * the forward's out): every unmerged LoRA with dA/dB set gets its gradients ADDED (+=), so
+ * several calls accumulate; dcontext [N, T, Dc], if not NULL, is overwritten with d loss /
+ * d context (through every cross-attention to_k / to_v). Nothing else is differentiated (base
+ * weights, norms and the time embedding are frozen; no dx for the latents). scratch needs
+ * dl_unet_train_scratch_bytes free and is released on return; the act arena is left as it is. */
+void dl_unet_backward(const dl_ctx *ctx, const dl_unet_tape *tape, const float *dout, float *dcontext,
+                      dl_arena *scratch);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
