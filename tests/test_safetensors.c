@@ -95,6 +95,11 @@ Test(safetensors, roundtrip_dtypes_and_metadata, .init = make_dir, .fini = remov
     const char *path = in_dir("x.safetensors");
     cr_assert_eq(dl_st_save(path, e, 4, meta, 2), DL_OK, "%s", dl_error_msg());
     cr_expect_eq(count_files(g_dir), 1, "no temporary file may be left behind");
+    struct stat sb;
+    mode_t um = umask(022);
+    cr_assert_eq(stat(path, &sb), 0);
+    cr_expect_eq(sb.st_mode & 0777, 0666 & ~um, "a saved file is readable as any other (mode %o)", sb.st_mode & 0777);
+    umask(um);
 
     dl_st_file f;
     cr_assert_eq(dl_st_open(&f, path), DL_OK, "%s", dl_error_msg());

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <webp/decode.h>
 #include <zlib.h>
@@ -166,6 +167,11 @@ int dl_png_save(const char *path, const dl_image *img, const char *const *text, 
     char *tmp = malloc(plen + 16);
     snprintf(tmp, plen + 16, "%s.tmp.XXXXXX", path);
     int fd = mkstemp(tmp);
+    if (fd >= 0) { /* mkstemp makes 0600: give the file the usual umask-filtered 0666 */
+        mode_t um = umask(0);
+        umask(um);
+        fchmod(fd, 0666 & ~um);
+    }
     if (fd < 0) {
         int e = errno;
         free(tmp);

@@ -317,6 +317,11 @@ int dl_st_save(const char *path, const dl_st_entry *entries, int n, const char *
     char *tmp = malloc(plen + 16);
     snprintf(tmp, plen + 16, "%s.tmp.XXXXXX", path);
     int fd = mkstemp(tmp);
+    if (fd >= 0) { /* mkstemp makes 0600: give the file the usual umask-filtered 0666 */
+        mode_t um = umask(0);
+        umask(um);
+        fchmod(fd, 0666 & ~um);
+    }
     if (fd < 0) {
         int e = errno;
         free(json);

@@ -775,7 +775,11 @@ int dl_ckpt_open(dl_checkpoint *ck, const char *path, const dl_ckpt_options *opt
     ck->path = strdup(path);
     if (!ck->path) return dl_error_set("out of memory");
     struct stat st;
-    if (stat(path, &st) != 0) return dl_error_set("%s: no such file or folder", path);
+    if (stat(path, &st) != 0) {
+        free(ck->path);
+        ck->path = NULL;
+        return dl_error_set("%s: no such file or folder", path);
+    }
     int r;
     if (S_ISDIR(st.st_mode)) {
         ck->layout = DL_LAYOUT_DIFFUSERS;
