@@ -13,4 +13,12 @@ int dl_cmd_run(int argc, char **argv, FILE *out);
 /* danlu tokenize (--model PATH | --tokenizer PATH) "prompt": CLIP token ids. */
 int dl_cmd_tokenize(int argc, char **argv, FILE *out);
 
+/* danlu sample --model PATH --prompt TEXT [...]: txt2img / img2img to A1111-tagged PNGs. */
+int dl_cmd_sample(int argc, char **argv, FILE *out);
+/* danlu grid --model PATH --x KIND:V1,V2.. [--y KIND:..]: one labelled X/Y grid PNG. */
+int dl_cmd_grid(int argc, char **argv, FILE *out);
+
+/* danlu train [--config FILE.json] [--option value ...]: LoRA training (sd-scripts option names). */
+int dl_cmd_train(int argc, char **argv, FILE *out);
+
 #endif

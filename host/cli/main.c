@@ -14,6 +14,9 @@ static const command k_commands[] = {
     {"inspect", dl_cmd_inspect, "list the tensors and metadata of .safetensors files"},
     {"run", dl_cmd_run, "run one model component (text encoder, UNet, VAE) on tensors from a file"},
     {"tokenize", dl_cmd_tokenize, "print the CLIP token ids of a prompt"},
+    {"train", dl_cmd_train, "train a LoRA on a folder of images and captions (sd-scripts options)"},
+    {"sample", dl_cmd_sample, "generate images (txt2img / img2img) with samplers, CFG and LoRAs"},
+    {"grid", dl_cmd_grid, "an X/Y grid of images (LoRA files, weights, prompts, CFG) in one PNG"},
 };
 
 static void usage(FILE *f)

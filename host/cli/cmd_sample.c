@@ -1,0 +1,125 @@
+/* cmd_sample.c - `danlu sample`: txt2img / img2img to PNG files with A1111's parameters chunk. */
+#include "cli/commands.h"
+#include "cli/sample_args.h"
+#include "core/error.h"
+#include "sample/infotext.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: danlu sample --model PATH --prompt TEXT [options]\n"
+               "  Text-to-image (or image-to-image with --init-image) on the CPU, numerically as diffusers.\n"
+               "  Writes OUT_DIR/NNNNN-SEED.png with A1111's \"parameters\" text chunk.\n\n");
+    dl_sa_usage(f);
+    fprintf(f, "  --batch-size N          images per sampling run (1)\n"
+               "  --batch-count N         runs (1); seeds continue: image i of the whole job has seed + i\n");
+}
+
+static void progress(void *user, int call, int total)
+{
+    const int *quiet = user;
+    if (!*quiet) fprintf(stderr, "\r  step %d/%d", call, total);
+    if (!*quiet && call == total) fprintf(stderr, "\n");
+}
+
+/* A1111's hash of a single-file model; NULL for a folder (no one file to hash). */
+int dl_sample_model_hash(const char *model, char out[11]);
+int dl_sample_model_hash(const char *model, char out[11])
+{
+    struct stat st;
+    if (stat(model, &st) != 0 || !S_ISREG(st.st_mode)) return DL_ERR;
+    return dl_a1111_model_hash(model, out);
+}
+
+int dl_cmd_sample(int argc, char **argv, FILE *out)
+{
+    dl_sample_args a;
+    dl_sa_defaults(&a, "sample");
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
+            usage(out);
+            return 0;
+        }
+        int r = dl_sa_parse(&a, argc, argv, &i);
+        if (r < 0) return 2;
+        if (r == 0) {
+            fprintf(stderr, "danlu sample: unknown option '%s'\n", argv[i]);
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (dl_sa_finish(&a) != 0) {
+        dl_sa_free(&a);
+        return 1;
+    }
+    int rc = 1, B = a.batch_size;
+    dl_ctx ctx = {0};
+    dl_sd *sd = NULL;
+    float *imgs = NULL;
+    uint8_t *px = NULL;
+    char hash[11], *hashp = NULL;
+    if (dl_ctx_init(&ctx, a.threads) != DL_OK) {
+        fprintf(stderr, "danlu sample: %s\n", dl_error_msg());
+        goto done;
+    }
+    if (dl_sa_open_model(&a, &ctx, &sd) != 0 || dl_sa_merge(&a, sd, a.loras, a.n_loras) != 0) goto done;
+    if (dl_sample_model_hash(a.model, hash) == DL_OK) hashp = hash;
+    if (dl_sa_mkdir(a.out_dir) != 0) goto done;
+    size_t npx = (size_t)a.gp.width * a.gp.height * 3;
+    imgs = malloc(sizeof(float) * npx * B);
+    px = malloc(npx);
+    if (!imgs || !px) {
+        fprintf(stderr, "danlu sample: out of memory\n");
+        goto done;
+    }
+    int index = dl_sa_next_index(a.out_dir, a.overwrite);
+    for (int bc = 0; bc < a.batch_count; bc++) {
+        uint64_t seeds[64];
+        for (int b = 0; b < B; b++) seeds[b] = (uint64_t)a.seed + (uint64_t)(bc * B + b);
+        if (!a.quiet) fprintf(stderr, "danlu sample: batch %d/%d, seed %llu\n", bc + 1, a.batch_count, (unsigned long long)seeds[0]);
+        if (dl_pipeline_generate(sd, &a.gp, B, seeds, a.seed_mode, imgs, NULL, progress, &a.quiet) != DL_OK) {
+            fprintf(stderr, "danlu sample: %s\n", dl_error_msg());
+            goto done;
+        }
+        for (int b = 0; b < B; b++) {
+            /* batch mode: every image of the batch comes from seeds[0]'s generator */
+            uint64_t seed = a.seed_mode == DL_SEED_BATCH ? seeds[0] : seeds[b];
+            dl_pipeline_to_u8(imgs + npx * b, (int64_t)npx, px);
+            dl_image im = {a.gp.width, a.gp.height, px};
+            char *info = dl_sa_infotext(&a, a.prompt, a.gp.cfg_scale, seed, a.loras, a.n_loras, hashp);
+            char *path = malloc(strlen(a.out_dir) + 48);
+            if (!info || !path) {
+                free(info);
+                free(path);
+                fprintf(stderr, "danlu sample: out of memory\n");
+                goto done;
+            }
+            sprintf(path, "%s/%05d-%llu.png", a.out_dir, index++, (unsigned long long)seed);
+            struct stat st;
+            if (!a.overwrite && stat(path, &st) == 0) {
+                fprintf(stderr, "danlu sample: %s exists (use --overwrite)\n", path);
+                free(info);
+                free(path);
+                goto done;
+            }
+            const char *text[2] = {"parameters", info};
+            int ok = dl_png_save(path, &im, text, 1) == DL_OK;
+            if (ok) fprintf(out, "%s\n", path);
+            else fprintf(stderr, "danlu sample: %s\n", dl_error_msg());
+            free(info);
+            free(path);
+            if (!ok) goto done;
+        }
+    }
+    rc = 0;
+done:
+    free(imgs);
+    free(px);
+    dl_sd_close(sd);
+    if (ctx.pool) dl_ctx_free(&ctx);
+    dl_sa_free(&a);
+    return rc;
+}

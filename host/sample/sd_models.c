@@ -1,0 +1,174 @@
+/* sd_models.c - one SD checkpoint's tokenizer, text encoder, UNet and VAE loaded for sampling. */
+#include "sample/sd_models.h"
+
+#include "core/arena.h"
+#include "core/error.h"
+#include "model/checkpoint.h"
+#include "model/clip.h"
+#include "model/tokenizer.h"
+#include "model/unet.h"
+#include "model/vae.h"
+#include "lora/lora_io.h"
+#include "lora/lora_net.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+struct dl_sd {
+    const dl_ctx *ctx;
+    dl_checkpoint ck;
+    int ck_open;
+    dl_tokenizer *tok;
+    dl_clip clip;
+    dl_unet unet;
+    dl_vae vae;
+    int have_clip, have_unet, have_vae;
+    dl_arena weights;
+    dl_arena scratch;   /* grown on demand (re-created when a call needs more) */
+    int n_lora;
+    dl_lora_net *loras; /* [n_lora] merged, in merge order */
+};
+
+/* Make sure the scratch arena has at least bytes of room. */
+static int ensure_scratch(dl_sd *sd, size_t bytes)
+{
+    if (sd->scratch.base && sd->scratch.cap >= bytes) return DL_OK;
+    dl_arena_free(&sd->scratch);
+    return dl_arena_init(&sd->scratch, "scratch", bytes);
+}
+
+int dl_sd_open(dl_sd **out, const char *path, const char *tokenizer, const dl_ctx *ctx)
+{
+    *out = NULL;
+    dl_sd *sd = calloc(1, sizeof *sd);
+    if (!sd) return dl_error_set("out of memory");
+    sd->ctx = ctx;
+    if (dl_ckpt_open(&sd->ck, path, NULL) != DL_OK) {
+        free(sd);
+        return DL_ERR;
+    }
+    sd->ck_open = 1;
+    const char *tp = tokenizer ? tokenizer : sd->ck.tokenizer_dir;
+    if (!tp) {
+        dl_sd_close(sd);
+        return dl_error_set("%s: the model has no tokenizer/ folder; give one with --tokenizer "
+                            "(a tokenizer folder or CLIP's bpe_simple_vocab_16e6.txt.gz)", path);
+    }
+    if (dl_tokenizer_load(&sd->tok, tp) != DL_OK) {
+        dl_sd_close(sd);
+        return DL_ERR;
+    }
+    const dl_model_config *c = &sd->ck.cfg;
+    if (dl_tokenizer_vocab_size(sd->tok) > c->text.vocab_size) {
+        int v = dl_tokenizer_vocab_size(sd->tok);
+        dl_sd_close(sd);
+        return dl_error_set("%s: the tokenizer has %d tokens but the text encoder only %d", tp, v, c->text.vocab_size);
+    }
+    size_t wb = dl_clip_weights_bytes(&c->text) + dl_unet_weights_bytes(&c->unet) + dl_vae_weights_bytes(&c->vae);
+    if (dl_arena_init(&sd->weights, "weights", wb) != DL_OK) goto fail;
+    if (dl_clip_load(&sd->clip, &sd->ck, &sd->weights) != DL_OK) goto fail;
+    sd->have_clip = 1;
+    if (dl_unet_load(&sd->unet, &sd->ck, &sd->weights) != DL_OK) goto fail;
+    sd->have_unet = 1;
+    if (dl_vae_load(&sd->vae, &sd->ck, &sd->weights) != DL_OK) goto fail;
+    sd->have_vae = 1;
+    *out = sd;
+    return DL_OK;
+fail:
+    dl_error_prefix("%s: ", path);
+    dl_sd_close(sd);
+    return DL_ERR;
+}
+
+void dl_sd_close(dl_sd *sd)
+{
+    if (!sd) return;
+    dl_sd_lora_clear(sd);
+    if (sd->have_clip) dl_clip_free(&sd->clip);
+    if (sd->have_unet) dl_unet_free(&sd->unet);
+    if (sd->have_vae) dl_vae_free(&sd->vae);
+    if (sd->tok) dl_tokenizer_free(sd->tok);
+    if (sd->ck_open) dl_ckpt_close(&sd->ck);
+    dl_arena_free(&sd->weights);
+    dl_arena_free(&sd->scratch);
+    free(sd);
+}
+
+const struct dl_tokenizer *dl_sd_tokenizer(const dl_sd *sd) { return sd->tok; }
+int dl_sd_hidden(const dl_sd *sd) { return sd->ck.cfg.text.hidden_size; }
+int dl_sd_text_layers(const dl_sd *sd) { return sd->ck.cfg.text.num_layers; }
+int dl_sd_latent_channels(const dl_sd *sd) { return sd->ck.cfg.vae.latent_channels; }
+int dl_sd_vae_factor(const dl_sd *sd) { return 1 << (sd->ck.cfg.vae.n_blocks - 1); }
+int dl_sd_unet_multiple(const dl_sd *sd) { return 1 << (sd->ck.cfg.unet.n_blocks - 1); }
+float dl_sd_scaling_factor(const dl_sd *sd) { return sd->ck.cfg.vae.scaling_factor; }
+int dl_sd_v_prediction(const dl_sd *sd) { return sd->ck.cfg.unet.prediction == DL_PRED_V; }
+int dl_sd_is_sd2(const dl_sd *sd) { return sd->ck.sd2; }
+int dl_sd_lora_count(const dl_sd *sd) { return sd->n_lora; }
+
+int dl_sd_lora_add(dl_sd *sd, const char *path, float te_w, float unet_w, int verbose)
+{
+    dl_lora_net *v = realloc(sd->loras, sizeof *v * (size_t)(sd->n_lora + 1));
+    if (!v) return dl_error_set("out of memory loading %s", path);
+    sd->loras = v;
+    dl_lora_net *net = &sd->loras[sd->n_lora];
+    dl_lora_report rep;
+    DL_TRY(dl_lora_load(path, &sd->ck.cfg, 1.0f, net, &rep));
+    if (verbose) dl_lora_report_print(&rep, path);
+    for (int i = 0; i < net->n; i++) {
+        dl_lora_module *m = &net->mods[i];
+        float mult = m->part == DL_LORA_UNET ? unet_w : te_w;
+        m->lora.scale = m->alpha / (float)m->lora.r * mult;
+    }
+    if (dl_lora_net_merge(sd->ctx, net, net->n_unet > 0 ? &sd->unet : NULL, net->n > net->n_unet ? &sd->clip : NULL) !=
+        DL_OK) {
+        dl_lora_net_free(net);
+        return dl_error_prefix("%s: ", path);
+    }
+    sd->n_lora++;
+    return DL_OK;
+}
+
+void dl_sd_lora_clear(dl_sd *sd)
+{
+    for (int k = sd->n_lora - 1; k >= 0; k--) {
+        dl_lora_net *net = &sd->loras[k];
+        dl_lora_net_unmerge(sd->ctx, net, net->n_unet > 0 ? &sd->unet : NULL, net->n > net->n_unet ? &sd->clip : NULL);
+        dl_lora_net_free(net);
+    }
+    free(sd->loras);
+    sd->loras = NULL;
+    sd->n_lora = 0;
+}
+
+int dl_sd_encode_text(dl_sd *sd, int N, const int32_t *ids, int clip_skip, float *out)
+{
+    const dl_clip_config *c = &sd->ck.cfg.text;
+    if (clip_skip < 1 || clip_skip > c->num_layers)
+        return dl_error_set("clip skip %d is outside 1..%d (the text encoder's layers)", clip_skip, c->num_layers);
+    DL_TRY(ensure_scratch(sd, dl_clip_scratch_bytes(c, N, DL_TOK_CONTEXT)));
+    dl_clip_forward(sd->ctx, &sd->clip, N, DL_TOK_CONTEXT, ids, c->num_layers - clip_skip + 1, 1, out, &sd->scratch);
+    return DL_OK;
+}
+
+int dl_sd_unet(dl_sd *sd, int N, int h, int w, const float *x, const float *t, const float *context, int T,
+               float *out)
+{
+    DL_TRY(ensure_scratch(sd, dl_unet_scratch_bytes(&sd->unet, N, h, w, T)));
+    dl_unet_forward(sd->ctx, &sd->unet, N, h, w, x, t, context, T, out, &sd->scratch);
+    return DL_OK;
+}
+
+int dl_sd_vae_encode(dl_sd *sd, int N, int H, int W, const float *img, float *mean, float *logvar)
+{
+    DL_TRY(ensure_scratch(sd, dl_vae_scratch_bytes(&sd->ck.cfg.vae, N, H, W)));
+    dl_vae_encode(sd->ctx, &sd->vae, N, H, W, img, mean, logvar, &sd->scratch);
+    return DL_OK;
+}
+
+int dl_sd_vae_decode(dl_sd *sd, int N, int h, int w, const float *z, float *img)
+{
+    int f = dl_sd_vae_factor(sd);
+    DL_TRY(ensure_scratch(sd, dl_vae_scratch_bytes(&sd->ck.cfg.vae, N, h * f, w * f)));
+    dl_vae_decode(sd->ctx, &sd->vae, N, h, w, z, img, &sd->scratch);
+    return DL_OK;
+}

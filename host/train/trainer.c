@@ -1,0 +1,1096 @@
+/* trainer.c - the LoRA training loop (CPU backend): load, data, network, objective, AdamW,
+ * schedules, logs, atomic saves with ss_* metadata, states, Ctrl-C and resume. */
+#include "train/trainer.h"
+#include "train/train_sample.h"
+
+#include "core/arena.h"
+#include "core/ctx.h"
+#include "core/error.h"
+#include "core/rng.h"
+#include "io/image.h"
+#include "lora/lora_io.h"
+#include "lora/lora_net.h"
+#include "model/checkpoint.h"
+#include "model/clip.h"
+#include "model/tokenizer.h"
+#include "model/unet.h"
+#include "model/vae.h"
+#include "ops/cpu/adamw.h"
+#include "ops/cpu/elementwise.h"
+#include "ops/cpu/loss.h"
+#include "train/batcher.h"
+#include "train/clip_train.h"
+#include "train/dataset.h"
+#include "train/image_prep.h"
+#include "train/latent_cache.h"
+#include "train/lr_schedule.h"
+#include "train/objective.h"
+#include "train/plot.h"
+#include "train/progress.h"
+#include "train/state.h"
+#include "train/unet_train.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define CTX_T 77 /* text context tokens (one 77-token window) */
+
+/* ---- metadata pairs ---- */
+typedef struct kv_list {
+    int n, cap;
+    char **kv; /* [2n] */
+} kv_list;
+
+static void kv_add(kv_list *l, const char *key, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void kv_add(kv_list *l, const char *key, const char *fmt, ...)
+{
+    if (l->n == l->cap) {
+        int cap = l->cap ? 2 * l->cap : 64;
+        char **nk = realloc(l->kv, sizeof *nk * 2 * (size_t)cap);
+        if (!nk) return;
+        l->kv = nk;
+        l->cap = cap;
+    }
+    va_list ap;
+    va_start(ap, fmt);
+    char *v = NULL;
+    if (vasprintf(&v, fmt, ap) < 0) v = NULL;
+    va_end(ap);
+    char *k = strdup(key);
+    if (!v || !k) { free(v); free(k); return; }
+    l->kv[2 * l->n] = k;
+    l->kv[2 * l->n + 1] = v;
+    l->n++;
+}
+
+/* Replace a key's value (or add it). */
+static void kv_set(kv_list *l, const char *key, const char *val)
+{
+    for (int i = 0; i < l->n; i++)
+        if (!strcmp(l->kv[2 * i], key)) {
+            char *v = strdup(val);
+            if (v) { free(l->kv[2 * i + 1]); l->kv[2 * i + 1] = v; }
+            return;
+        }
+    kv_add(l, key, "%s", val);
+}
+
+static void kv_free(kv_list *l)
+{
+    for (int i = 0; i < 2 * l->n; i++) free(l->kv[i]);
+    free(l->kv);
+    memset(l, 0, sizeof *l);
+}
+
+/* ---- the trainer ---- */
+typedef struct trainer {
+    const dl_train_config *cfg;
+    const dl_trainer_opts *opts;
+    FILE *log;
+    dl_ctx ctx;
+    int ctx_ok;
+    uint64_t seed;
+    dl_checkpoint ck;
+    int ck_ok;
+    dl_tokenizer *tok;
+    dl_arena weights;
+    dl_clip clip;
+    dl_unet unet;
+    dl_vae vae;
+    int have_clip, have_unet, have_vae;
+    int v_pred;
+    float scaling;
+    int vae_f, C;                 /* latent factor and channels */
+    int clip_layers;              /* layers to run for clip skip */
+    dl_dataset ds;
+    int ds_ok;
+    dl_lora_net net;
+    int net_ok, attached;
+    int train_te;
+    dl_objective *obj;
+    dl_batcher batcher;
+    int batcher_ok;
+    dl_augment_cfg aug;
+    int static_captions;          /* captions never change: text embeddings cached per item */
+    float *emb_cache;             /* [n_items, 77, Ctx] when static_captions && !train_te */
+    dl_latent_cache lc;
+    int lc_ok;
+    /* sizes */
+    int B;                        /* batch size */
+    int max_lat_hw;               /* max h*w of a latent over the buckets */
+    int max_img_hw;               /* max H*W of an image */
+    int Dc;                       /* context width */
+    /* arenas and buffers (sized once) */
+    dl_arena act, scratch, te_arena;
+    float *img;                   /* [B, H, W, 3] */
+    float *mean, *logvar, *vnoise;/* [h, w, C] one sample's VAE outputs */
+    float *latents, *noise, *noisy, *target, *pred, *dpred, *tmp; /* [B, h, w, C] */
+    float *context, *dcontext;    /* [B, 77, Dc] */
+    float *tf;                    /* [B] timesteps as floats */
+    int64_t *t;                   /* [B] */
+    float *w;                     /* [B] loss weights */
+    int32_t *ids;                 /* [B, 77] */
+    float *m, *v;                 /* AdamW moments [n_params] */
+    dl_batch batch;
+    int batch_ok;
+    dl_unet_tape tape;            /* the UNet forward's record (in the trainer: no per-step malloc) */
+    /* schedule */
+    dl_lr_schedule lrs;
+    int total_steps, steps_per_epoch, num_epochs, batches_per_epoch;
+    double unet_lr, te_lr;
+    /* bookkeeping */
+    dl_rng rng;
+    dl_torch_rng noise_rng;
+    char *signature;
+    char *config_json;
+    kv_list meta;
+    char started_at[64];
+    dl_progress prog;
+    int prog_ok;
+    /* sample images */
+    dl_train_prompt *prompts;
+    int n_prompts;
+    dl_train_sampler *sampler;
+} trainer;
+
+static void say(trainer *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void say(trainer *t, const char *fmt, ...)
+{
+    if (!t->log) return;
+    char buf[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    if (t->prog_ok) dl_progress_note(&t->prog, "%s", buf);
+    else { fprintf(t->log, "%s\n", buf); fflush(t->log); }
+}
+
+static char *path_join(const char *dir, const char *name)
+{
+    char *p = NULL;
+    if (asprintf(&p, "%s/%s", dir, name) < 0) return NULL;
+    return p;
+}
+
+static int mkdir_p(const char *path)
+{
+    char buf[4096];
+    snprintf(buf, sizeof buf, "%s", path);
+    for (char *p = buf + 1; *p; p++)
+        if (*p == '/') {
+            *p = 0;
+            if (mkdir(buf, 0777) != 0 && errno != EEXIST) return dl_error_set("%s: cannot create: %s", buf, strerror(errno));
+            *p = '/';
+        }
+    if (mkdir(buf, 0777) != 0 && errno != EEXIST) return dl_error_set("%s: cannot create: %s", buf, strerror(errno));
+    struct stat st;
+    if (stat(buf, &st) != 0 || !S_ISDIR(st.st_mode)) return dl_error_set("%s: not a directory", buf);
+    if (access(buf, W_OK) != 0) return dl_error_set("output_dir %s: not writable: %s", buf, strerror(errno));
+    return DL_OK;
+}
+
+/* ---- latents ---- */
+/* Encode one prepared image into scaled latents: mean + exp(logvar / 2) noise with the noise
+ * drawn from a generator seeded by (seed, item), so cached and uncached runs agree. */
+static int encode_item(void *user, int item, int H, int W, const float *img, float *latent)
+{
+    trainer *t = user;
+    size_t mark = dl_arena_mark(&t->scratch);
+    dl_vae_encode(&t->ctx, &t->vae, 1, H, W, img, t->mean, t->logvar, &t->scratch);
+    dl_arena_release(&t->scratch, mark);
+    int64_t n = (int64_t)(H / t->vae_f) * (W / t->vae_f) * t->C;
+    dl_torch_rng g;
+    dl_torch_rng_seed(&g, t->seed * 1000003ull + (uint64_t)item + 1);
+    /* torch.randn of the NCHW latent (diffusers' latent_dist.sample(generator)), to NHWC */
+    const int64_t HW = n / t->C;
+    dl_torch_randn(&g, t->tmp, (size_t)n);
+    for (int c = 0; c < t->C; c++)
+        for (int64_t p = 0; p < HW; p++) t->vnoise[p * t->C + c] = t->tmp[c * HW + p];
+    dl_vae_sample(n, t->mean, t->logvar, t->vnoise, latent);
+    for (int64_t i = 0; i < n; i++) latent[i] *= t->scaling;
+    return DL_OK;
+}
+
+/* Latents of the batch into t->latents ([n, h, w, C]). */
+static int batch_latents(trainer *t, const dl_batch *b)
+{
+    const int H = b->reso.h, W = b->reso.w;
+    const int64_t D = (int64_t)(H / t->vae_f) * (W / t->vae_f) * t->C;
+    for (int i = 0; i < b->n; i++) {
+        const dl_dataset_item *it = &t->ds.items[b->items[i]];
+        if (t->lc_ok) {
+            const float *l = dl_latent_cache_get(&t->lc, b->items[i], b->flip[i]);
+            memcpy(t->latents + i * D, l, sizeof(float) * (size_t)D);
+            continue;
+        }
+        dl_image img = {0};
+        DL_TRY(dl_image_load(&img, it->image_path));
+        dl_image_prep(t->ctx.pool, &img, it->resized, b->reso, b->crop_x[i], b->crop_y[i], b->flip[i], t->img);
+        dl_image_free(&img);
+        DL_TRY(encode_item(t, b->items[i], H, W, t->img, t->latents + i * D));
+    }
+    return DL_OK;
+}
+
+/* Context [n, 77, Dc] of the batch (text encoder frozen). */
+static int batch_context_frozen(trainer *t, const dl_batch *b)
+{
+    const int64_t E = (int64_t)CTX_T * t->Dc;
+    if (t->emb_cache) {
+        for (int i = 0; i < b->n; i++)
+            memcpy(t->context + i * E, t->emb_cache + (int64_t)b->items[i] * E, sizeof(float) * (size_t)E);
+        return DL_OK;
+    }
+    for (int i = 0; i < b->n; i++)
+        if (dl_tokenizer_encode_padded(t->tok, b->captions[i], t->ids + i * CTX_T) != DL_OK)
+            return dl_error_prefix("caption of %s: ", t->ds.items[b->items[i]].image_path);
+    size_t mark = dl_arena_mark(&t->scratch);
+    dl_clip_forward(&t->ctx, &t->clip, b->n, CTX_T, t->ids, t->clip_layers, 1, t->context, &t->scratch);
+    dl_arena_release(&t->scratch, mark);
+    return DL_OK;
+}
+
+/* ---- network signature (must match on resume) ---- */
+static char *net_signature(const dl_lora_net *net)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (int i = 0; i < net->n; i++) {
+        const dl_lora_module *m = &net->mods[i];
+        char buf[256];
+        int len = snprintf(buf, sizeof buf, "%s|%d|%d|%d|%d|%g;", m->name, m->lora.r, m->k, m->in, m->out, m->alpha);
+        for (int j = 0; j < len; j++) { h ^= (unsigned char)buf[j]; h *= 1099511628211ull; }
+    }
+    char *s = NULL;
+    if (asprintf(&s, "modules=%d params=%lld fnv=%016" PRIx64, net->n, (long long)net->n_params, h) < 0) return NULL;
+    return s;
+}
+
+/* ---- ss_* metadata ---- */
+static void fmt_py_float(char *buf, size_t cap, double v)
+{
+    /* Python's str(float) for the usual values: shortest repr */
+    for (int p = 1; p <= 17; p++) {
+        snprintf(buf, cap, "%.*g", p, v);
+        if (strtod(buf, NULL) == v) break;
+    }
+    if (!strchr(buf, '.') && !strchr(buf, 'e') && !strchr(buf, 'n') && !strchr(buf, 'i')) strncat(buf, ".0", cap - strlen(buf) - 1);
+}
+
+static const char *py_bool(int b) { return b ? "True" : "False"; }
+
+static void build_metadata(trainer *t)
+{
+    const dl_train_config *c = t->cfg;
+    kv_list *m = &t->meta;
+    char f1[64];
+    time_t now = time(NULL);
+    snprintf(t->started_at, sizeof t->started_at, "%.6f", (double)now);
+    kv_add(m, "ss_session_id", "%u", (unsigned)(t->seed * 2654435761u) & 0x7fffffff);
+    kv_add(m, "ss_training_started_at", "%s", t->started_at);
+    kv_add(m, "ss_output_name", "%s", c->output_name);
+    fmt_py_float(f1, sizeof f1, c->learning_rate);
+    kv_add(m, "ss_learning_rate", "%s", f1);
+    if (isnan(c->text_encoder_lr)) kv_add(m, "ss_text_encoder_lr", "None");
+    else { fmt_py_float(f1, sizeof f1, c->text_encoder_lr); kv_add(m, "ss_text_encoder_lr", "%s", f1); }
+    if (isnan(c->unet_lr)) kv_add(m, "ss_unet_lr", "None");
+    else { fmt_py_float(f1, sizeof f1, c->unet_lr); kv_add(m, "ss_unet_lr", "%s", f1); }
+    kv_add(m, "ss_num_train_images", "%lld", (long long)t->ds.num_train_images);
+    kv_add(m, "ss_num_reg_images", "0");
+    kv_add(m, "ss_num_batches_per_epoch", "%d", t->batches_per_epoch);
+    kv_add(m, "ss_num_epochs", "%d", t->num_epochs);
+    kv_add(m, "ss_gradient_checkpointing", "%s", py_bool(c->gradient_checkpointing));
+    kv_add(m, "ss_gradient_accumulation_steps", "%d", c->gradient_accumulation_steps);
+    kv_add(m, "ss_max_train_steps", "%d", t->total_steps);
+    kv_add(m, "ss_lr_warmup_steps", "%d", c->lr_warmup_steps);
+    kv_add(m, "ss_lr_scheduler", "%s", c->lr_scheduler);
+    kv_add(m, "ss_network_module", "networks.lora");
+    kv_add(m, "ss_network_dim", "%d", c->network_dim);
+    fmt_py_float(f1, sizeof f1, c->network_alpha);
+    kv_add(m, "ss_network_alpha", "%s", f1);
+    kv_add(m, "ss_network_dropout", "None");
+    {
+        cJSON *o = cJSON_CreateObject();
+        for (int i = 0; i < c->network_args.n; i++) {
+            char key[64];
+            const char *eq = strchr(c->network_args.v[i], '=');
+            if (!eq) continue;
+            snprintf(key, sizeof key, "%.*s", (int)(eq - c->network_args.v[i]), c->network_args.v[i]);
+            cJSON_AddStringToObject(o, key, eq + 1);
+        }
+        char *s = cJSON_PrintUnformatted(o);
+        if (c->network_args.n) kv_add(m, "ss_network_args", "%s", s ? s : "{}");
+        free(s);
+        cJSON_Delete(o);
+    }
+    kv_add(m, "ss_network_train_unet_only", "%s", py_bool(!t->train_te));
+    kv_add(m, "ss_mixed_precision", "no");
+    kv_add(m, "ss_full_fp16", "False");
+    kv_add(m, "ss_v2", "%s", py_bool(t->ck.sd2));
+    kv_add(m, "ss_base_model_version", "%s", t->ck.sd2 ? (t->v_pred ? "sd_v2_768_v" : "sd_v2_512") : "sd_v1");
+    kv_add(m, "ss_v_parameterization", "%s", py_bool(t->v_pred));
+    kv_add(m, "ss_resolution", "(%d, %d)", c->res_w, c->res_h);
+    kv_add(m, "ss_clip_skip", "%d", c->clip_skip);
+    kv_add(m, "ss_max_token_length", "None");
+    kv_add(m, "ss_cache_latents", "%s", py_bool(c->cache_latents));
+    kv_add(m, "ss_seed", "%" PRIu64, t->seed);
+    kv_add(m, "ss_lowram", "False");
+    if (isnan(c->noise_offset)) kv_add(m, "ss_noise_offset", "None");
+    else { fmt_py_float(f1, sizeof f1, c->noise_offset); kv_add(m, "ss_noise_offset", "%s", f1); }
+    if (isnan(c->min_snr_gamma)) kv_add(m, "ss_min_snr_gamma", "None");
+    else { fmt_py_float(f1, sizeof f1, c->min_snr_gamma); kv_add(m, "ss_min_snr_gamma", "%s", f1); }
+    kv_add(m, "ss_multires_noise_iterations", "None");
+    kv_add(m, "ss_adaptive_noise_scale", "None");
+    kv_add(m, "ss_zero_terminal_snr", "False");
+    kv_add(m, "ss_training_comment", "%s", c->training_comment ? c->training_comment : "None");
+    {
+        char wd[64], e[64], b1[64], b2[64];
+        fmt_py_float(wd, sizeof wd, c->weight_decay);
+        fmt_py_float(e, sizeof e, c->adam_eps);
+        fmt_py_float(b1, sizeof b1, c->adam_beta1);
+        fmt_py_float(b2, sizeof b2, c->adam_beta2);
+        kv_add(m, "ss_optimizer", "torch.optim.adamw.AdamW(weight_decay=%s,betas=(%s, %s),eps=%s)", wd, b1, b2, e);
+    }
+    fmt_py_float(f1, sizeof f1, c->max_grad_norm);
+    kv_add(m, "ss_max_grad_norm", "%s", f1);
+    fmt_py_float(f1, sizeof f1, c->caption_dropout_rate);
+    kv_add(m, "ss_caption_dropout_rate", "%s", f1);
+    kv_add(m, "ss_caption_dropout_every_n_epochs", "%d", c->caption_dropout_every_n_epochs);
+    fmt_py_float(f1, sizeof f1, c->caption_tag_dropout_rate);
+    kv_add(m, "ss_caption_tag_dropout_rate", "%s", f1);
+    kv_add(m, "ss_face_crop_aug_range", "None");
+    kv_add(m, "ss_prior_loss_weight", "1.0");
+    kv_add(m, "ss_loss_type", "l2");
+    kv_add(m, "ss_enable_bucket", "%s", py_bool(c->enable_bucket));
+    kv_add(m, "ss_min_bucket_reso", "%d", c->min_bucket_reso);
+    kv_add(m, "ss_max_bucket_reso", "%d", c->max_bucket_reso);
+    kv_add(m, "ss_keep_tokens", "%d", c->keep_tokens);
+    kv_add(m, "ss_shuffle_caption", "%s", py_bool(c->shuffle_caption));
+    kv_add(m, "ss_color_aug", "False");
+    kv_add(m, "ss_flip_aug", "%s", py_bool(c->flip_aug));
+    kv_add(m, "ss_random_crop", "%s", py_bool(c->random_crop));
+    kv_add(m, "ss_bucket_no_upscale", "%s", py_bool(c->bucket_no_upscale));
+    kv_add(m, "ss_total_batch_size", "%d", c->train_batch_size * c->gradient_accumulation_steps);
+    kv_add(m, "ss_batch_size_per_device", "%d", c->train_batch_size);
+    kv_add(m, "ss_reg_dataset_dirs", "{}");
+    {
+        const char *base = strrchr(c->pretrained_model_name_or_path, '/');
+        base = base && base[1] ? base + 1 : c->pretrained_model_name_or_path;
+        kv_add(m, "ss_sd_model_name", "%s", base);
+    }
+    /* dataset dirs, tag frequency, buckets */
+    {
+        cJSON *dirs = cJSON_CreateObject(), *freq = cJSON_CreateObject();
+        for (int s = 0; s < t->ds.n_subsets; s++) {
+            const dl_dataset_subset *sub = &t->ds.subsets[s];
+            const char *name = strrchr(sub->dir, '/');
+            name = name && name[1] ? name + 1 : sub->dir;
+            cJSON *d = cJSON_CreateObject();
+            cJSON_AddNumberToObject(d, "n_repeats", sub->num_repeats);
+            cJSON_AddNumberToObject(d, "img_count", sub->n_images);
+            cJSON_AddItemToObject(dirs, name, d);
+            cJSON *tf = cJSON_CreateObject();
+            for (int i = 0; i < t->ds.n_items; i++) {
+                if (t->ds.items[i].subset != s || !t->ds.items[i].caption) continue;
+                char *cap = strdup(t->ds.items[i].caption);
+                if (!cap) continue;
+                for (char *tok = strtok(cap, ","); tok; tok = strtok(NULL, ",")) {
+                    while (*tok == ' ') tok++;
+                    char *e = tok + strlen(tok);
+                    while (e > tok && e[-1] == ' ') *--e = 0;
+                    if (!*tok) continue;
+                    cJSON *cnt = cJSON_GetObjectItemCaseSensitive(tf, tok);
+                    if (cnt) cJSON_SetNumberValue(cnt, cnt->valuedouble + 1);
+                    else cJSON_AddNumberToObject(tf, tok, 1);
+                }
+                free(cap);
+            }
+            cJSON_AddItemToObject(freq, name, tf);
+        }
+        char *s1 = cJSON_PrintUnformatted(dirs), *s2 = cJSON_PrintUnformatted(freq);
+        kv_add(m, "ss_dataset_dirs", "%s", s1 ? s1 : "{}");
+        kv_add(m, "ss_tag_frequency", "%s", s2 ? s2 : "{}");
+        free(s1);
+        free(s2);
+        cJSON_Delete(dirs);
+        cJSON_Delete(freq);
+        cJSON *bi = cJSON_CreateObject(), *bk = cJSON_CreateObject();
+        int64_t *counts = calloc((size_t)t->ds.buckets.n_used + 1, sizeof *counts);
+        if (counts) dl_dataset_bucket_counts(&t->ds, counts);
+        for (int i = 0; i < t->ds.buckets.n_used; i++) {
+            char key[16];
+            snprintf(key, sizeof key, "%d", i);
+            cJSON *e = cJSON_CreateObject();
+            cJSON *r = cJSON_CreateArray();
+            cJSON_AddItemToArray(r, cJSON_CreateNumber(t->ds.buckets.used[i].w));
+            cJSON_AddItemToArray(r, cJSON_CreateNumber(t->ds.buckets.used[i].h));
+            cJSON_AddItemToObject(e, "resolution", r);
+            cJSON_AddNumberToObject(e, "count", counts ? (double)counts[i] : 0);
+            cJSON_AddItemToObject(bk, key, e);
+        }
+        free(counts);
+        cJSON_AddItemToObject(bi, "buckets", bk);
+        char *s3 = cJSON_PrintUnformatted(bi);
+        if (c->enable_bucket) kv_add(m, "ss_bucket_info", "%s", s3 ? s3 : "{}");
+        free(s3);
+        cJSON_Delete(bi);
+    }
+    /* modelspec (Stability AI model spec 1.0.0) */
+    kv_add(m, "modelspec.sai_model_spec", "1.0.0");
+    kv_add(m, "modelspec.architecture", "%s",
+           t->ck.sd2 ? (t->v_pred ? "stable-diffusion-v2-768-v/lora" : "stable-diffusion-v2-512/lora")
+                     : "stable-diffusion-v1/lora");
+    kv_add(m, "modelspec.implementation", "diffusers");
+    kv_add(m, "modelspec.title", "%s", c->output_name);
+    kv_add(m, "modelspec.resolution", "%dx%d", c->res_w, c->res_h);
+    kv_add(m, "modelspec.prediction_type", "%s", t->v_pred ? "v" : "epsilon");
+    {
+        struct tm tmv;
+        char d[64];
+        gmtime_r(&now, &tmv);
+        strftime(d, sizeof d, "%Y-%m-%dT%H:%M:%S", &tmv);
+        kv_add(m, "modelspec.date", "%s", d);
+    }
+    if (c->training_comment) kv_add(m, "modelspec.description", "%s", c->training_comment);
+    kv_add(m, "danlu.config", "%s", t->config_json ? t->config_json : "{}");
+}
+
+/* ---- saving ---- */
+static int save_lora(trainer *t, const char *path, int step, int epoch)
+{
+    char buf[64];
+    snprintf(buf, sizeof buf, "%.6f", (double)time(NULL));
+    kv_set(&t->meta, "ss_training_finished_at", buf);
+    snprintf(buf, sizeof buf, "%d", step);
+    kv_set(&t->meta, "ss_steps", buf);
+    snprintf(buf, sizeof buf, "%d", epoch);
+    kv_set(&t->meta, "ss_epoch", buf);
+    dl_dtype dt = t->cfg->save_dtype == DL_SAVE_FP16 ? DL_F16 : t->cfg->save_dtype == DL_SAVE_BF16 ? DL_BF16 : DL_F32;
+    dl_lora_format fmt = strcmp(t->cfg->lora_format, "peft") == 0 ? DL_LORA_FMT_PEFT : DL_LORA_FMT_KOHYA;
+    return dl_lora_save(path, &t->net, fmt, dt, (const char *const *)t->meta.kv, t->meta.n);
+}
+
+static int save_state(trainer *t, const char *path, int step, int epoch, int64_t micro)
+{
+    uint64_t words[DL_BATCHER_STATE_WORDS];
+    dl_batcher_state bs;
+    dl_batcher_get_state(&t->batcher, &bs);
+    dl_batcher_state_pack(&bs, words);
+    dl_train_state s = {
+        .step = step, .epoch = epoch, .micro_step = micro, .n_params = t->net.n_params,
+        .params = t->net.params, .m = t->m, .v = t->v, .rng = t->rng, .noise_rng = t->noise_rng,
+        .data_state = (uint8_t *)words, .data_state_len = sizeof words, .signature = t->signature,
+        .config_json = t->config_json,
+    };
+    const char *meta[] = {"ss_output_name", t->cfg->output_name};
+    return dl_train_state_save(path, &s, meta, 1);
+}
+
+static char *out_file(trainer *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static char *out_file(trainer *t, const char *fmt, ...)
+{
+    char name[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(name, sizeof name, fmt, ap);
+    va_end(ap);
+    return path_join(t->cfg->output_dir, name);
+}
+
+static void write_plot(trainer *t)
+{
+    char *png = out_file(t, "%s_loss.png", t->cfg->output_name);
+    if (png && dl_plot_loss_png(png, t->prog.loss, t->prog.n_loss) != DL_OK)
+        say(t, "warning: loss plot: %s", dl_error_msg());
+    free(png);
+}
+
+/* A step save (and its state), removing the one save_last_n_steps leaves behind. */
+static int save_step(trainer *t, int step, int epoch, int64_t micro, char **state_path)
+{
+    const dl_train_config *c = t->cfg;
+    char *p = out_file(t, "%s-step%08d.safetensors", c->output_name, step);
+    if (!p) return dl_error_set("out of memory");
+    int rc = save_lora(t, p, step, epoch);
+    if (rc == DL_OK) say(t, "saved %s", p);
+    free(p);
+    DL_TRY(rc);
+    if (c->save_state) {
+        char *sp = out_file(t, "%s-step%08d-state.safetensors", c->output_name, step);
+        if (!sp) return dl_error_set("out of memory");
+        if (save_state(t, sp, step, epoch, micro) != DL_OK) { free(sp); return DL_ERR; }
+        free(*state_path);
+        *state_path = sp;
+    }
+    if (c->save_last_n_steps > 0 && c->save_every_n_steps > 0) {
+        int rm = step - c->save_last_n_steps - 1;
+        rm -= rm % c->save_every_n_steps;
+        if (rm > 0) {
+            char *old = out_file(t, "%s-step%08d.safetensors", c->output_name, rm);
+            char *olds = out_file(t, "%s-step%08d-state.safetensors", c->output_name, rm);
+            if (old && unlink(old) == 0) say(t, "removed %s", old);
+            if (olds) unlink(olds);
+            free(old);
+            free(olds);
+        }
+    }
+    write_plot(t);
+    return DL_OK;
+}
+
+static int save_epoch(trainer *t, int step, int epoch, int64_t micro, char **state_path)
+{
+    const dl_train_config *c = t->cfg;
+    char *p = out_file(t, "%s-%06d.safetensors", c->output_name, epoch);
+    if (!p) return dl_error_set("out of memory");
+    int rc = save_lora(t, p, step, epoch);
+    if (rc == DL_OK) say(t, "saved %s", p);
+    free(p);
+    DL_TRY(rc);
+    if (c->save_state) {
+        char *sp = out_file(t, "%s-%06d-state.safetensors", c->output_name, epoch);
+        if (!sp) return dl_error_set("out of memory");
+        if (save_state(t, sp, step, epoch, micro) != DL_OK) { free(sp); return DL_ERR; }
+        free(*state_path);
+        *state_path = sp;
+    }
+    if (c->save_last_n_epochs > 0 && c->save_every_n_epochs > 0) {
+        int rm = epoch - c->save_every_n_epochs * c->save_last_n_epochs;
+        if (rm > 0) {
+            char *old = out_file(t, "%s-%06d.safetensors", c->output_name, rm);
+            char *olds = out_file(t, "%s-%06d-state.safetensors", c->output_name, rm);
+            if (old && unlink(old) == 0) say(t, "removed %s", old);
+            if (olds) unlink(olds);
+            free(old);
+            free(olds);
+        }
+    }
+    write_plot(t);
+    return DL_OK;
+}
+
+/* ---- sample images with the LoRA as it is now ---- */
+static int sample_now(trainer *t, int step, int epoch, int by_epoch)
+{
+    const dl_train_config *c = t->cfg;
+    char *dir = path_join(c->output_dir, "sample");
+    char *tmp = dir ? out_file(t, "sample/.%s-sampling.safetensors", c->output_name) : NULL;
+    int rc = DL_ERR;
+    if (!dir || !tmp) { dl_error_set("out of memory"); goto done; }
+    if (mkdir_p(dir) != DL_OK) goto done;
+    dl_lora_format fmt = DL_LORA_FMT_KOHYA;
+    if (dl_lora_save(tmp, &t->net, fmt, DL_F32, NULL, 0) != DL_OK) goto done;
+    char prefix[1200];
+    if (by_epoch) snprintf(prefix, sizeof prefix, "%s_e%06d", c->output_name, epoch);
+    else snprintf(prefix, sizeof prefix, "%s_%06d", c->output_name, step);
+    if (t->prog_ok && t->log) dl_progress_note(&t->prog, "sampling %d prompt(s) at step %d", t->n_prompts, step);
+    rc = dl_train_sample(t->sampler, tmp, t->prompts, t->n_prompts, c->sample_sampler, t->seed, c->clip_skip, dir,
+                         prefix, NULL);
+    if (rc != DL_OK) dl_error_prefix("sampling at step %d: ", step);
+done:
+    if (tmp) unlink(tmp);
+    free(tmp);
+    free(dir);
+    return rc;
+}
+
+/* ---- setup ---- */
+static int setup_model(trainer *t)
+{
+    const dl_train_config *c = t->cfg;
+    dl_ckpt_options opt = {.prediction = c->v_parameterization ? 1 : -1};
+    struct stat st;
+    if (stat(c->pretrained_model_name_or_path, &st) != 0)
+        return dl_error_set("pretrained_model_name_or_path: %s: %s", c->pretrained_model_name_or_path, strerror(errno));
+    if (dl_ckpt_open(&t->ck, c->pretrained_model_name_or_path, &opt) != DL_OK)
+        return dl_error_prefix("pretrained_model_name_or_path: ");
+    t->ck_ok = 1;
+    const char *tp = c->tokenizer ? c->tokenizer : t->ck.tokenizer_dir;
+    if (!tp)
+        return dl_error_set("%s: the model has no tokenizer/ folder; give one with --tokenizer (a tokenizer folder "
+                            "or CLIP's bpe_simple_vocab_16e6.txt.gz)", c->pretrained_model_name_or_path);
+    DL_TRY(dl_tokenizer_load(&t->tok, tp));
+    const dl_model_config *mc = &t->ck.cfg;
+    if (dl_tokenizer_vocab_size(t->tok) > mc->text.vocab_size)
+        return dl_error_set("%s: the tokenizer has %d tokens but the text encoder only %d", tp,
+                            dl_tokenizer_vocab_size(t->tok), mc->text.vocab_size);
+    size_t wb = dl_clip_weights_bytes(&mc->text) + dl_unet_weights_bytes(&mc->unet) + dl_vae_weights_bytes(&mc->vae);
+    DL_TRY(dl_arena_init(&t->weights, "weights", wb));
+    if (dl_clip_load(&t->clip, &t->ck, &t->weights) != DL_OK) goto fail;
+    t->have_clip = 1;
+    if (dl_unet_load(&t->unet, &t->ck, &t->weights) != DL_OK) goto fail;
+    t->have_unet = 1;
+    if (dl_vae_load(&t->vae, &t->ck, &t->weights) != DL_OK) goto fail;
+    t->have_vae = 1;
+    t->v_pred = c->v_parameterization || mc->unet.prediction == DL_PRED_V;
+    t->scaling = mc->vae.scaling_factor;
+    t->vae_f = 1 << (mc->vae.n_blocks - 1);
+    t->C = mc->vae.latent_channels;
+    t->Dc = mc->text.hidden_size;
+    if (c->clip_skip > mc->text.num_layers)
+        return dl_error_set("clip_skip: %d is more than the text encoder's %d layers", c->clip_skip, mc->text.num_layers);
+    t->clip_layers = mc->text.num_layers - c->clip_skip + 1;
+    return DL_OK;
+fail:
+    return dl_error_prefix("%s: ", c->pretrained_model_name_or_path);
+}
+
+static int setup_data(trainer *t)
+{
+    const dl_train_config *c = t->cfg;
+    dl_dataset_cfg dc = {.train_data_dir = c->train_data_dir, .caption_extension = c->caption_extension,
+                         .warn = t->log};
+    dl_bucket_cfg_default(&dc.bucket, c->res_w, c->res_h);
+    dc.bucket.enable = c->enable_bucket;
+    dc.bucket.min_reso = c->min_bucket_reso;
+    dc.bucket.max_reso = c->max_bucket_reso;
+    dc.bucket.steps = c->bucket_reso_steps;
+    dc.bucket.no_upscale = c->bucket_no_upscale;
+    DL_TRY(dl_bucket_cfg_check(&dc.bucket));
+    DL_TRY(dl_dataset_scan(&t->ds, &dc));
+    t->ds_ok = 1;
+    if (t->log) dl_dataset_print_summary(&t->ds, t->log);
+    int mult = t->vae_f * (1 << (t->ck.cfg.unet.n_blocks - 1));
+    t->max_lat_hw = 0;
+    t->max_img_hw = 0;
+    for (int i = 0; i < t->ds.buckets.n_used; i++) {
+        dl_reso r = t->ds.buckets.used[i];
+        if (r.w % mult || r.h % mult)
+            return dl_error_set("bucket %dx%d: sides must be multiples of %d for this model (resolution / "
+                                "bucket_reso_steps)", r.w, r.h, mult);
+        int hw = (r.w / t->vae_f) * (r.h / t->vae_f);
+        if (hw > t->max_lat_hw) t->max_lat_hw = hw;
+        if (r.w * r.h > t->max_img_hw) t->max_img_hw = r.w * r.h;
+    }
+    dl_caption_cfg_default(&t->aug.caption);
+    t->aug.caption.shuffle_caption = c->shuffle_caption;
+    t->aug.caption.keep_tokens = c->keep_tokens;
+    t->aug.caption.caption_dropout_rate = c->caption_dropout_rate;
+    t->aug.caption.caption_tag_dropout_rate = c->caption_tag_dropout_rate;
+    t->aug.flip_aug = c->flip_aug;
+    t->aug.random_crop = c->random_crop;
+    t->static_captions = !c->shuffle_caption && c->caption_dropout_rate == 0 && c->caption_tag_dropout_rate == 0;
+    t->B = c->train_batch_size;
+    dl_batcher_init(&t->batcher, &t->ds, t->B, t->seed);
+    t->batcher_ok = 1;
+    dl_batch_init(&t->batch, t->B);
+    t->batch_ok = 1;
+    return DL_OK;
+}
+
+static int setup_network(trainer *t)
+{
+    const dl_train_config *c = t->cfg;
+    dl_lora_spec spec = {0};
+    DL_TRY(dl_lora_preset_parse(c->preset, &spec.preset));
+    spec.rank = c->network_dim;
+    spec.alpha = (float)c->network_alpha;
+    spec.conv_rank = c->conv_dim;
+    spec.conv_alpha = (float)c->conv_alpha;
+    t->train_te = !c->network_train_unet_only;
+    spec.unet = !c->network_train_text_encoder_only;
+    spec.text = t->train_te;
+    spec.multiplier = 1.0f;
+    spec.seed = t->seed;
+    DL_TRY(dl_lora_net_create(&t->net, &t->ck.cfg, &spec));
+    t->net_ok = 1;
+    if (c->network_weights) {
+        dl_lora_report rep;
+        if (dl_lora_load_into(c->network_weights, &t->net, &rep) != DL_OK) return dl_error_prefix("network_weights: ");
+        if (t->log) dl_lora_report_print(&rep, c->network_weights);
+    }
+    DL_TRY(dl_lora_net_attach(&t->net, &t->unet, t->train_te ? &t->clip : NULL));
+    t->attached = 1;
+    t->signature = net_signature(&t->net);
+    say(t, "network: %d modules (%d UNet, %d text encoder), %lld parameters, rank %d alpha %g%s", t->net.n,
+        t->net.n_unet, t->net.n - t->net.n_unet, (long long)t->net.n_params, c->network_dim, c->network_alpha,
+        c->conv_dim ? " + conv" : "");
+    return DL_OK;
+}
+
+static void *xcalloc(size_t n, size_t sz, int *fail)
+{
+    void *p = calloc(n ? n : 1, sz);
+    if (!p) *fail = 1;
+    return p;
+}
+
+static int setup_buffers(trainer *t)
+{
+    const int B = t->B, C = t->C, T = CTX_T;
+    const int ckp = t->cfg->gradient_checkpointing;
+    size_t act = 0, scr = 0, te = 0;
+    for (int i = 0; i < t->ds.buckets.n_used; i++) {
+        dl_reso r = t->ds.buckets.used[i];
+        int h = r.h / t->vae_f, w = r.w / t->vae_f;
+        size_t a = dl_unet_train_act_bytes(&t->unet, B, h, w, T, ckp);
+        size_t s = dl_unet_train_scratch_bytes(&t->unet, B, h, w, T, ckp, t->train_te);
+        size_t v = dl_vae_scratch_bytes(&t->ck.cfg.vae, 1, r.h, r.w);
+        if (a > act) act = a;
+        if (s > scr) scr = s;
+        if (v > scr) scr = v;
+    }
+    size_t cs = dl_clip_scratch_bytes(&t->ck.cfg.text, B, T);
+    if (cs > scr) scr = cs;
+    if (t->train_te) {
+        size_t cb = dl_clip_backward_scratch_bytes(&t->clip, B, T);
+        if (cb > scr) scr = cb;
+        te = dl_clip_saved_bytes(&t->ck.cfg.text, B, T, t->clip_layers);
+    }
+    DL_TRY(dl_arena_init(&t->act, "activations", act + 4096));
+    DL_TRY(dl_arena_init(&t->scratch, "scratch", scr + 4096));
+    if (te) DL_TRY(dl_arena_init(&t->te_arena, "text encoder activations", te + 4096));
+    int fail = 0;
+    size_t L = (size_t)B * t->max_lat_hw * C, one = (size_t)t->max_lat_hw * C;
+    t->img = xcalloc((size_t)t->max_img_hw * 3, sizeof(float), &fail);
+    t->mean = xcalloc(one, sizeof(float), &fail);
+    t->logvar = xcalloc(one, sizeof(float), &fail);
+    t->vnoise = xcalloc(one, sizeof(float), &fail);
+    t->latents = xcalloc(L, sizeof(float), &fail);
+    t->noise = xcalloc(L, sizeof(float), &fail);
+    t->noisy = xcalloc(L, sizeof(float), &fail);
+    t->target = xcalloc(L, sizeof(float), &fail);
+    t->pred = xcalloc(L, sizeof(float), &fail);
+    t->dpred = xcalloc(L, sizeof(float), &fail);
+    t->tmp = xcalloc(L, sizeof(float), &fail);
+    t->context = xcalloc((size_t)B * T * t->Dc, sizeof(float), &fail);
+    t->dcontext = t->train_te ? xcalloc((size_t)B * T * t->Dc, sizeof(float), &fail) : NULL;
+    t->tf = xcalloc((size_t)B, sizeof(float), &fail);
+    t->t = xcalloc((size_t)B, sizeof(int64_t), &fail);
+    t->w = xcalloc((size_t)B, sizeof(float), &fail);
+    t->ids = xcalloc((size_t)B * T, sizeof(int32_t), &fail);
+    t->m = xcalloc((size_t)t->net.n_params, sizeof(float), &fail);
+    t->v = xcalloc((size_t)t->net.n_params, sizeof(float), &fail);
+    if (fail) return dl_error_set("out of memory allocating training buffers");
+    return DL_OK;
+}
+
+static int setup_caches(trainer *t)
+{
+    const dl_train_config *c = t->cfg;
+    if (c->cache_latents) {
+        dl_latent_cache_cfg lc = {.flip_aug = c->flip_aug, .random_crop = c->random_crop, .latent_channels = t->C,
+                                  .downscale = t->vae_f, .vae_fingerprint = dl_vae_fingerprint(&t->vae),
+                                  .pool = t->ctx.pool, .log = t->log};
+        char *dir = NULL;
+        if (c->cache_latents_to_disk) {
+            dir = path_join(c->output_dir, "latent_cache");
+            lc.disk_dir = dir;
+        }
+        /* the cache encodes at the key of (seed, item): a run with another seed re-encodes */
+        lc.vae_fingerprint ^= t->seed * 0x9E3779B97F4A7C15ull;
+        int rc = dl_latent_cache_build(&t->lc, &t->ds, &lc, encode_item, t);
+        free(dir);
+        DL_TRY(rc);
+        t->lc_ok = 1;
+    }
+    if (!t->train_te && t->static_captions) {
+        const int64_t E = (int64_t)CTX_T * t->Dc;
+        t->emb_cache = malloc(sizeof(float) * (size_t)(E * t->ds.n_items));
+        if (!t->emb_cache) return dl_error_set("out of memory caching text embeddings");
+        for (int i = 0; i < t->ds.n_items; i++) {
+            if (dl_tokenizer_encode_padded(t->tok, t->ds.items[i].caption, t->ids) != DL_OK)
+                return dl_error_prefix("caption of %s: ", t->ds.items[i].image_path);
+            size_t mark = dl_arena_mark(&t->scratch);
+            dl_clip_forward(&t->ctx, &t->clip, 1, CTX_T, t->ids, t->clip_layers, 1, t->emb_cache + i * E, &t->scratch);
+            dl_arena_release(&t->scratch, mark);
+        }
+        say(t, "cached the text embeddings of %d captions", t->ds.n_items);
+    }
+    return DL_OK;
+}
+
+static void teardown(trainer *t)
+{
+    if (t->prog_ok) dl_progress_finish(&t->prog);
+    dl_train_prompts_free(t->prompts, t->n_prompts);
+    dl_train_sampler_free(t->sampler);
+    if (t->attached) dl_lora_net_detach(&t->net, &t->unet, t->train_te ? &t->clip : NULL);
+    if (t->net_ok) dl_lora_net_free(&t->net);
+    if (t->lc_ok) dl_latent_cache_free(&t->lc);
+    if (t->batch_ok) dl_batch_free(&t->batch);
+    if (t->batcher_ok) dl_batcher_free(&t->batcher);
+    if (t->ds_ok) dl_dataset_free(&t->ds);
+    if (t->obj) dl_objective_free(t->obj);
+    if (t->have_clip) dl_clip_free(&t->clip);
+    if (t->have_unet) dl_unet_free(&t->unet);
+    if (t->have_vae) dl_vae_free(&t->vae);
+    if (t->tok) dl_tokenizer_free(t->tok);
+    if (t->ck_ok) dl_ckpt_close(&t->ck);
+    dl_arena_free(&t->weights);
+    dl_arena_free(&t->act);
+    dl_arena_free(&t->scratch);
+    dl_arena_free(&t->te_arena);
+    void *bufs[] = {t->img, t->mean, t->logvar, t->vnoise, t->latents, t->noise, t->noisy, t->target, t->pred,
+                    t->dpred, t->tmp, t->context, t->dcontext, t->tf, t->t, t->w, t->ids, t->m, t->v,
+                    t->emb_cache, t->signature, t->config_json};
+    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) free(bufs[i]);
+    kv_free(&t->meta);
+    if (t->ctx_ok) dl_ctx_free(&t->ctx);
+}
+
+/* ---- one micro-batch: forward, loss, backward (gradients added into net.grads) ---- */
+static int micro_step(trainer *t, float dloss, double *loss_out, int *epoch_out, int *epoch_end)
+{
+    dl_batch *b = &t->batch;
+    dl_batcher_next(&t->batcher, &t->aug, b);
+    *epoch_out = (int)t->batcher.st.epoch + 1;
+    *epoch_end = t->batcher.st.pos >= t->batcher.n_batches;
+    const int n = b->n, h = b->reso.h / t->vae_f, w = b->reso.w / t->vae_f, C = t->C;
+    const int64_t D = (int64_t)h * w * C;
+    DL_TRY(batch_latents(t, b));
+    dl_clip_saved saved;
+    size_t te_mark = 0;
+    if (t->train_te) {
+        for (int i = 0; i < n; i++)
+            if (dl_tokenizer_encode_padded(t->tok, b->captions[i], t->ids + i * CTX_T) != DL_OK)
+                return dl_error_prefix("caption of %s: ", t->ds.items[b->items[i]].image_path);
+        te_mark = dl_arena_mark(&t->te_arena);
+        DL_TRY(dl_clip_saved_init(&saved, &t->ck.cfg.text, n, CTX_T, t->clip_layers, &t->te_arena));
+        size_t mark = dl_arena_mark(&t->scratch);
+        dl_clip_train_forward(&t->ctx, &t->clip, &saved, t->ids, t->clip_layers, 1, t->context, &t->scratch);
+        dl_arena_release(&t->scratch, mark);
+    } else {
+        DL_TRY(batch_context_frozen(t, b));
+    }
+    dl_objective_batch(t->obj, &t->noise_rng, n, h, w, C, t->latents, t->t, t->noise, t->noisy, t->target, t->w,
+                       t->tmp);
+    for (int i = 0; i < n; i++) t->tf[i] = (float)t->t[i];
+    size_t act_mark = dl_arena_mark(&t->act);
+    dl_unet_tape *tape = &t->tape;
+    dl_unet_train_forward(&t->ctx, &t->unet, tape, n, h, w, t->noisy, t->tf, t->context, CTX_T, t->pred,
+                          t->cfg->gradient_checkpointing, &t->act, &t->scratch);
+    const float *wts = dl_objective_weighted(t->obj) ? t->w : NULL;
+    double loss = dl_cpu_mse_loss_forward(&t->ctx, n, D, t->pred, t->target, wts, NULL);
+    dl_cpu_mse_loss_backward(&t->ctx, n, D, t->pred, t->target, wts, dloss, t->dpred, NULL);
+    dl_unet_backward(&t->ctx, tape, t->dpred, t->train_te ? t->dcontext : NULL, &t->scratch);
+    dl_arena_release(&t->act, act_mark);
+    if (t->train_te) {
+        dl_clip_backward(&t->ctx, &t->clip, &saved, t->dcontext, &t->scratch);
+        dl_arena_release(&t->te_arena, te_mark);
+    }
+    if (!isfinite(loss)) return dl_error_set("the loss became %g at a batch of %s: lower the learning rate", loss,
+                                             t->ds.items[b->items[0]].image_path);
+    *loss_out = loss;
+    return DL_OK;
+}
+
+int dl_train_run(const dl_train_config *cfg, const dl_trainer_opts *opts, dl_train_result *res)
+{
+    static const dl_trainer_opts k_default = {.log = NULL, .tty = -1};
+    if (!opts) opts = &k_default;
+    memset(res, 0, sizeof *res);
+    trainer *t = calloc(1, sizeof *t);
+    if (!t) return dl_error_set("out of memory");
+    t->cfg = cfg;
+    t->opts = opts;
+    t->log = opts->log;
+    int rc = DL_ERR;
+    char *state_path = NULL;
+    dl_train_state rs = {0};
+    int have_rs = 0;
+
+    if (dl_ctx_init(&t->ctx, cfg->threads) != DL_OK) goto out;
+    t->ctx_ok = 1;
+    t->seed = cfg->seed >= 0 ? (uint64_t)cfg->seed : ((uint64_t)time(NULL) ^ ((uint64_t)getpid() << 16)) & 0xffffffffu;
+    if (cfg->seed < 0) say(t, "seed: %" PRIu64 " (none given)", t->seed);
+    t->config_json = dl_train_config_to_json(cfg);
+    if (mkdir_p(cfg->output_dir) != DL_OK) goto out;
+    if (cfg->resume) {
+        if (dl_train_state_load(cfg->resume, &rs) != DL_OK) { dl_error_prefix("resume: "); goto out; }
+        have_rs = 1;
+    }
+    if (setup_model(t) != DL_OK) goto out;
+    if (setup_data(t) != DL_OK) goto out;
+    if (setup_network(t) != DL_OK) goto out;
+    {
+        dl_objective_cfg oc;
+        dl_objective_cfg_sd15(&oc);
+        oc.v_prediction = t->v_pred;
+        oc.noise_offset = isnan(cfg->noise_offset) ? 0 : cfg->noise_offset;
+        oc.min_snr_gamma = isnan(cfg->min_snr_gamma) ? 0 : cfg->min_snr_gamma;
+        if (dl_objective_create(&t->obj, &oc) != DL_OK) goto out;
+    }
+    if (setup_buffers(t) != DL_OK) goto out;
+    if (setup_caches(t) != DL_OK) goto out;
+    if (cfg->sample_prompts) {
+        if (dl_train_sampler_check(cfg->sample_sampler) != DL_OK) goto out;
+        if (dl_train_prompts_load(cfg->sample_prompts, &t->prompts, &t->n_prompts) != DL_OK) goto out;
+        if (dl_train_sampler_create(&t->sampler, cfg->pretrained_model_name_or_path, cfg->tokenizer, &t->ctx) != DL_OK)
+            goto out;
+    }
+
+    /* steps and epochs as sd-scripts */
+    t->batches_per_epoch = dl_batcher_batches_per_epoch(&t->batcher);
+    const int accum = cfg->gradient_accumulation_steps;
+    t->steps_per_epoch = (t->batches_per_epoch + accum - 1) / accum;
+    t->total_steps = cfg->max_train_epochs > 0 ? cfg->max_train_epochs * t->steps_per_epoch : cfg->max_train_steps;
+    t->num_epochs = (t->total_steps + t->steps_per_epoch - 1) / t->steps_per_epoch;
+    {
+        dl_lr_kind kind;
+        if (dl_lr_kind_parse(cfg->lr_scheduler, &kind) != DL_OK) goto out;
+        dl_lr_schedule_init(&t->lrs, kind, cfg->lr_warmup_steps, t->total_steps, cfg->lr_scheduler_num_cycles,
+                            cfg->lr_scheduler_power);
+    }
+    t->unet_lr = dl_train_config_unet_lr(cfg);
+    t->te_lr = dl_train_config_te_lr(cfg);
+    dl_rng_seed(&t->rng, t->seed);
+    dl_torch_rng_seed(&t->noise_rng, t->seed);
+    build_metadata(t);
+
+    int step = 0, epoch = 0;
+    int64_t micro = 0;
+    if (have_rs) {
+        if (rs.n_params != t->net.n_params || strcmp(rs.signature, t->signature ? t->signature : "") != 0) {
+            dl_error_set("resume: %s: the state's network (%s) differs from this configuration's (%s)", cfg->resume,
+                         rs.signature, t->signature ? t->signature : "?");
+            goto out;
+        }
+        if (rs.data_state_len != sizeof(uint64_t) * DL_BATCHER_STATE_WORDS) {
+            dl_error_set("resume: %s: data loader state of %zu bytes, expected %zu", cfg->resume, rs.data_state_len,
+                         sizeof(uint64_t) * DL_BATCHER_STATE_WORDS);
+            goto out;
+        }
+        uint64_t words[DL_BATCHER_STATE_WORDS];
+        memcpy(words, rs.data_state, sizeof words);
+        dl_batcher_state bs;
+        dl_batcher_state_unpack(&bs, words);
+        if (dl_batcher_set_state(&t->batcher, &bs) != DL_OK) { dl_error_prefix("resume: %s: ", cfg->resume); goto out; }
+        memcpy(t->net.params, rs.params, sizeof(float) * (size_t)rs.n_params);
+        memcpy(t->m, rs.m, sizeof(float) * (size_t)rs.n_params);
+        memcpy(t->v, rs.v, sizeof(float) * (size_t)rs.n_params);
+        t->rng = rs.rng;
+        t->noise_rng = rs.noise_rng;
+        step = (int)rs.step;
+        epoch = (int)rs.epoch;
+        micro = rs.micro_step;
+        say(t, "resumed from %s at step %d (epoch %d)", cfg->resume, step, epoch);
+        if (step >= t->total_steps) say(t, "warning: the state is already at step %d of %d", step, t->total_steps);
+    }
+    res->start_step = step;
+    res->total_steps = t->total_steps;
+    res->losses = calloc((size_t)(t->total_steps > step ? t->total_steps - step : 0) + 1, sizeof(double));
+    if (!res->losses) { dl_error_set("out of memory"); goto out; }
+    {
+        char *csv = out_file(t, "%s_log.csv", cfg->output_name);
+        int prc = csv ? dl_progress_init(&t->prog, t->log, opts->tty, t->total_steps, step, csv) : DL_ERR;
+        free(csv);
+        if (prc != DL_OK) goto out;
+        t->prog_ok = 1;
+    }
+    say(t, "training: %d steps (%d epochs of %d batches, batch %d, accumulation %d), %d images with repeats",
+        t->total_steps, t->num_epochs, t->batches_per_epoch, t->B, accum, (int)t->ds.num_train_images);
+
+    dl_train_signal_install();
+    const int64_t n_unet = t->net.n_params_unet, n_all = t->net.n_params;
+    const float dloss = 1.0f / (float)accum;
+    int interrupted = 0;
+    while (step < t->total_steps) {
+        memset(t->net.grads, 0, sizeof(float) * (size_t)n_all);
+        double loss_sum = 0;
+        int cur_epoch = epoch + 1, epoch_end = 0;
+        for (int a = 0; a < accum; a++) {
+            double l = 0;
+            int ee = 0;
+            if (micro_step(t, dloss, &l, &cur_epoch, &ee) != DL_OK) goto out_sig;
+            micro++;
+            loss_sum += l;
+            if (ee) { epoch_end = 1; break; } /* the epoch's last batch ends an accumulation early */
+        }
+        double norm = sqrt(dl_cpu_sumsq(&t->ctx, n_all, t->net.grads));
+        if (cfg->max_grad_norm > 0) {
+            double coef = cfg->max_grad_norm / (norm + 1e-6);
+            if (coef < 1.0) dl_cpu_scale_forward(&t->ctx, n_all, (float)coef, t->net.grads, t->net.grads);
+        }
+        /* LambdaLR: one multiplier for every group (polynomial's lr_end is relative to the
+         * optimizer's default lr, sd-scripts' learning_rate) */
+        double mult = dl_lr_multiplier(&t->lrs, step, cfg->learning_rate);
+        dl_adamw_hparams hp = {.lr = t->unet_lr * mult, .beta1 = cfg->adam_beta1, .beta2 = cfg->adam_beta2,
+                               .eps = cfg->adam_eps, .weight_decay = cfg->weight_decay};
+        if (n_unet > 0) dl_cpu_adamw_step(&t->ctx, n_unet, &hp, step + 1, t->net.params, t->net.grads, t->m, t->v);
+        if (n_all > n_unet) {
+            dl_adamw_hparams ht = hp;
+            ht.lr = t->te_lr * mult;
+            dl_cpu_adamw_step(&t->ctx, n_all - n_unet, &ht, step + 1, t->net.params + n_unet, t->net.grads + n_unet,
+                              t->m + n_unet, t->v + n_unet);
+        }
+        step++;
+        if (epoch_end) epoch = cur_epoch;
+        double loss = loss_sum / accum; /* the step's loss: mean over its micro-batches */
+        res->losses[step - 1 - res->start_step] = loss;
+        res->steps_done = step;
+        dl_progress_step(&t->prog, step, cur_epoch, loss, hp.lr);
+        if (step < t->total_steps) {
+            if (cfg->save_every_n_steps > 0 && step % cfg->save_every_n_steps == 0 &&
+                save_step(t, step, epoch, micro, &state_path) != DL_OK)
+                goto out_sig;
+            if (epoch_end && cfg->save_every_n_epochs > 0 && epoch % cfg->save_every_n_epochs == 0 &&
+                save_epoch(t, step, epoch, micro, &state_path) != DL_OK)
+                goto out_sig;
+        }
+        if (t->sampler && cfg->sample_every_n_steps > 0 && step % cfg->sample_every_n_steps == 0 &&
+            sample_now(t, step, epoch, 0) != DL_OK)
+            goto out_sig;
+        if (t->sampler && epoch_end && cfg->sample_every_n_epochs > 0 && epoch % cfg->sample_every_n_epochs == 0 &&
+            (cfg->sample_every_n_steps <= 0 || step % cfg->sample_every_n_steps != 0) && sample_now(t, step, epoch, 1) != DL_OK)
+            goto out_sig;
+        if (opts->stop_after > 0 && step - res->start_step >= opts->stop_after && step < t->total_steps)
+            dl_train_set_interrupted(1);
+        if (dl_train_interrupted() && step < t->total_steps) { interrupted = 1; break; }
+    }
+    if (interrupted) {
+        char *sp = out_file(t, "%s-state.safetensors", cfg->output_name);
+        if (!sp || save_state(t, sp, step, epoch, micro) != DL_OK) { free(sp); goto out_sig; }
+        say(t, "interrupted at step %d: state saved to %s (continue with --resume %s)", step, sp, sp);
+        free(state_path);
+        state_path = sp;
+        res->output_path = strdup(sp);
+        res->interrupted = 1;
+        write_plot(t);
+    } else {
+        char *p = out_file(t, "%s.safetensors", cfg->output_name);
+        if (!p || save_lora(t, p, step, epoch > 0 ? epoch : 1) != DL_OK) { free(p); goto out_sig; }
+        say(t, "saved %s", p);
+        res->output_path = p;
+        if (cfg->save_state) {
+            char *sp = out_file(t, "%s-state.safetensors", cfg->output_name);
+            if (!sp || save_state(t, sp, step, epoch, micro) != DL_OK) { free(sp); goto out_sig; }
+            free(state_path);
+            state_path = sp;
+        }
+        write_plot(t);
+    }
+    res->state_path = state_path;
+    state_path = NULL;
+    rc = DL_OK;
+out_sig:
+    dl_train_set_interrupted(0);
+    dl_train_signal_restore();
+out:
+    if (have_rs) dl_train_state_free(&rs);
+    free(state_path);
+    teardown(t);
+    free(t);
+    if (rc != DL_OK) {
+        free(res->losses);
+        free(res->output_path);
+        memset(res, 0, sizeof *res);
+    }
+    return rc;
+}
+
+void dl_train_result_free(dl_train_result *res)
+{
+    free(res->losses);
+    free(res->output_path);
+    free(res->state_path);
+    memset(res, 0, sizeof *res);
+}

@@ -1,0 +1,39 @@
+/* trainer.h - the LoRA training loop on the CPU backend: model, dataset, network, objective,
+ * optimizer, schedules, logs, saves, states and resume, driven by a dl_train_config. */
+#ifndef DANLU_TRAIN_TRAINER_H
+#define DANLU_TRAIN_TRAINER_H
+
+#include "train/config.h"
+
+#include <stdio.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct dl_trainer_opts {
+    FILE *log;          /* messages and progress (stderr in the CLI; NULL: silent) */
+    int tty;            /* -1: detect from log; 0/1: force the live line off/on */
+    int stop_after;     /* test hook: behave as if Ctrl-C came after this many steps (0: off) */
+} dl_trainer_opts;
+
+typedef struct dl_train_result {
+    int steps_done;     /* optimizer steps done in total (including a resumed run's earlier ones) */
+    int start_step;     /* steps already done when this run started (resume) */
+    int total_steps;    /* max_train_steps in effect */
+    int interrupted;    /* 1: stopped by Ctrl-C (state saved) */
+    double *losses;     /* [steps_done - start_step] loss of each step of this run (malloc'd) */
+    char *output_path;  /* the final LoRA (or the interrupted run's state) (malloc'd) */
+    char *state_path;   /* the last state written, or NULL (malloc'd) */
+} dl_train_result;
+
+/* Train. cfg must have passed dl_train_config_finish. Returns DL_OK (res filled; free it with
+ * dl_train_result_free) or DL_ERR with a message naming the file or key and the problem; no
+ * half-written file is ever left (every output is written atomically). */
+int dl_train_run(const dl_train_config *cfg, const dl_trainer_opts *opts, dl_train_result *res);
+void dl_train_result_free(dl_train_result *res);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
