@@ -91,5 +91,6 @@ fi
 if [ "${DANLU_TEST_SKIP_ASAN:-0}" != 1 ]; then
   step "tests (AddressSanitizer + UndefinedBehaviorSanitizer)"
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+    LSAN_OPTIONS=suppressions="$root/tests/lsan.supp" \
     build/asan/tests/danlu_tests --jobs "$test_jobs"
 fi
