@@ -1,6 +1,7 @@
 /* image.c - image decoding (stb_image, libwebp) and a PNG writer with text chunks (zlib). */
 #include "image.h"
 #include "core/error.h"
+#include "io/atomic_file.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -163,36 +164,14 @@ int dl_png_save(const char *path, const dl_image *img, const char *const *text, 
     put_chunk(&b, "IEND", NULL, 0);
     if (b.oom) { free(b.p); return dl_error_set("%s: out of memory encoding PNG", path); }
 
-    size_t plen = strlen(path);
-    char *tmp = malloc(plen + 16);
-    snprintf(tmp, plen + 16, "%s.tmp.XXXXXX", path);
-    int fd = mkstemp(tmp);
-    if (fd >= 0) { /* mkstemp makes 0600: give the file the usual umask-filtered 0666 */
-        mode_t um = umask(0);
-        umask(um);
-        fchmod(fd, 0666 & ~um);
-    }
-    if (fd < 0) {
-        int e = errno;
-        free(tmp);
+    dl_atomic_file af;
+    if (dl_atomic_begin(&af, path) != DL_OK) {
         free(b.p);
-        return dl_error_set("%s: cannot create a file in its directory: %s", path, strerror(e));
+        return DL_ERR;
     }
-    size_t off = 0;
-    int bad = 0, e = 0;
-    while (off < b.n) {
-        ssize_t k = write(fd, b.p + off, b.n - off);
-        if (k < 0) { if (errno == EINTR) continue; bad = 1; e = errno; break; }
-        off += (size_t)k;
-    }
+    dl_atomic_write(&af, b.p, b.n);
     free(b.p);
-    if (!bad && fsync(fd) != 0) { bad = 1; e = errno; }
-    if (close(fd) != 0 && !bad) { bad = 1; e = errno; }
-    if (!bad && rename(tmp, path) != 0) { bad = 1; e = errno; }
-    if (bad) unlink(tmp);
-    free(tmp);
-    if (bad) return dl_error_set("%s: write failed: %s (nothing was written)", path, strerror(e));
-    return DL_OK;
+    return dl_atomic_commit(&af);
 }
 
 /* ---------------------------------------------------------------- PNG text reading */

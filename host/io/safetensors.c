@@ -1,6 +1,7 @@
 /* safetensors.c - validating mmap reader and atomic writer for .safetensors files. */
 #include "safetensors.h"
 #include "core/error.h"
+#include "io/atomic_file.h"
 
 #include <cJSON.h>
 #include <errno.h>
@@ -266,21 +267,6 @@ int dl_st_read_f32(const dl_st_file *f, const dl_st_tensor *t, float *dst)
 
 /* ---------------------------------------------------------------- writing */
 
-static int write_all(int fd, const void *buf, size_t n)
-{
-    const char *p = buf;
-    while (n > 0) {
-        ssize_t w = write(fd, p, n > (1u << 30) ? (1u << 30) : n);
-        if (w < 0) {
-            if (errno == EINTR) continue;
-            return -1;
-        }
-        p += w;
-        n -= (size_t)w;
-    }
-    return 0;
-}
-
 int dl_st_save(const char *path, const dl_st_entry *entries, int n, const char *const *meta, int n_meta)
 {
     cJSON *root = cJSON_CreateObject();
@@ -312,47 +298,22 @@ int dl_st_save(const char *path, const dl_st_entry *entries, int n, const char *
     if (!json) return dl_error_set("%s: out of memory printing the header", path);
     size_t jlen = strlen(json), hlen = (jlen + 7) & ~(size_t)7;
 
-    /* temporary file beside the target so rename() is atomic */
-    size_t plen = strlen(path);
-    char *tmp = malloc(plen + 16);
-    snprintf(tmp, plen + 16, "%s.tmp.XXXXXX", path);
-    int fd = mkstemp(tmp);
-    if (fd >= 0) { /* mkstemp makes 0600: give the file the usual umask-filtered 0666 */
-        mode_t um = umask(0);
-        umask(um);
-        fchmod(fd, 0666 & ~um);
-    }
-    if (fd < 0) {
-        int e = errno;
+    dl_atomic_file af;
+    if (dl_atomic_begin(&af, path) != DL_OK) {
         free(json);
-        free(tmp);
-        return dl_error_set("%s: cannot create a file in its directory: %s", path, strerror(e));
+        return DL_ERR;
     }
     uint8_t len8[8];
     for (int i = 0; i < 8; i++) len8[i] = (uint8_t)((uint64_t)hlen >> (8 * i));
-    int bad = write_all(fd, len8, 8) || write_all(fd, json, jlen);
-    for (size_t i = jlen; i < hlen && !bad; i++) bad = write_all(fd, " ", 1);
+    dl_atomic_write(&af, len8, 8);
+    dl_atomic_write(&af, json, jlen);
+    for (size_t i = jlen; i < hlen; i++) dl_atomic_write(&af, " ", 1);
     free(json);
-    for (int i = 0; i < n && !bad; i++) {
+    for (int i = 0; i < n; i++) {
         const dl_st_entry *e = &entries[i];
         size_t nb = dl_dtype_size(e->dtype);
         for (int d = 0; d < e->ndim; d++) nb *= (size_t)e->shape[d];
-        bad = write_all(fd, e->data, nb);
+        dl_atomic_write(&af, e->data, nb);
     }
-    int e = errno;
-    if (!bad && fsync(fd) != 0) { bad = 1; e = errno; }
-    if (close(fd) != 0 && !bad) { bad = 1; e = errno; }
-    if (!bad && rename(tmp, path) != 0) { bad = 1; e = errno; }
-    if (bad) {
-        unlink(tmp);
-        free(tmp);
-        return dl_error_set("%s: write failed: %s (nothing was written)", path, strerror(e));
-    }
-    /* make the rename durable */
-    char *dcopy = strdup(path);
-    int dfd = open(dirname(dcopy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) { fsync(dfd); close(dfd); }
-    free(dcopy);
-    free(tmp);
-    return DL_OK;
+    return dl_atomic_commit(&af);
 }
