@@ -32,6 +32,7 @@ void dl_sa_defaults(dl_sample_args *a, const char *cmd)
     a->strength = 0.75;
     a->seed = -1;
     a->seed_mode = DL_SEED_PER_IMAGE;
+    a->rng = DL_RNG_TORCH_CPU;
 }
 
 void dl_sa_usage(FILE *f)
@@ -52,6 +53,9 @@ void dl_sa_usage(FILE *f)
             "  --seed-mode per-image|batch  per-image (default): image i uses seed + i and equals a\n"
             "                          batch-1 run of that seed (A1111-like); batch: one torch generator\n"
             "                          per batch as diffusers with num_images_per_prompt\n"
+            "  --rng torch-cpu|nv      noise source: torch-cpu (default) = torch's CPU generator, same\n"
+            "                          seeds as diffusers/ComfyUI on CPU; nv = A1111's NV source (Philox,\n"
+            "                          what torch.randn gives on an NVIDIA GPU): A1111's GPU/NV seeds\n"
             "  --clip-skip N           (1 = last layer; 2 = A1111's clip skip 2)\n"
             "  --init-image PATH       img2img from any PNG/JPEG/BMP/WebP (resized to --width/--height\n"
             "                          or to its size rounded down to the model's multiple)\n"
@@ -119,8 +123,8 @@ int dl_sa_parse(dl_sample_args *a, int argc, char **argv, int *i)
         {"--threads", &a->threads, 0, 1024},
     };
     struct { const char *name; float *p; } floats[] = {{"--cfg-scale", &a->cfg_scale}, {"--eta", &a->eta}};
-    int known = str || !strcmp(o, "--seed") || !strcmp(o, "--seed-mode") || !strcmp(o, "--strength") ||
-                !strcmp(o, "--lora");
+    int known = str || !strcmp(o, "--seed") || !strcmp(o, "--seed-mode") || !strcmp(o, "--rng") ||
+                !strcmp(o, "--strength") || !strcmp(o, "--lora");
     for (size_t k = 0; k < sizeof ints / sizeof *ints; k++) known |= !strcmp(o, ints[k].name);
     for (size_t k = 0; k < sizeof floats / sizeof *floats; k++) known |= !strcmp(o, floats[k].name);
     if (!known) return 0;
@@ -160,6 +164,15 @@ int dl_sa_parse(dl_sample_args *a, int argc, char **argv, int *i)
         else if (!strcmp(v, "batch")) a->seed_mode = DL_SEED_BATCH;
         else {
             fprintf(stderr, "danlu %s: --seed-mode '%s': use per-image or batch\n", a->cmd, v);
+            return -1;
+        }
+        return 1;
+    }
+    if (!strcmp(o, "--rng")) {
+        if (!strcmp(v, "torch-cpu")) a->rng = DL_RNG_TORCH_CPU;
+        else if (!strcmp(v, "nv")) a->rng = DL_RNG_NV;
+        else {
+            fprintf(stderr, "danlu %s: --rng '%s': use torch-cpu or nv\n", a->cmd, v);
             return -1;
         }
         return 1;
@@ -259,6 +272,7 @@ int dl_sa_finish(dl_sample_args *a)
         return -1;
     }
     g->steps = a->steps;
+    g->rng = a->rng;
     g->cfg_scale = a->cfg_scale;
     g->clip_skip = a->clip_skip;
     g->emphasis = !a->no_emphasis;

@@ -29,6 +29,7 @@ typedef struct dl_sample_args {
     double strength;
     int64_t seed;                    /* -1: random */
     dl_seed_mode seed_mode;
+    dl_rng_source rng;               /* --rng torch-cpu (default) | nv */
     const char *lora_cli[DL_SA_MAX_LORAS];  /* --lora PATH[:WEIGHT] as given */
     int n_lora_cli;
     /* after dl_sa_finish */

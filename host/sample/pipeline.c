@@ -2,6 +2,7 @@
 #include "sample/pipeline.h"
 
 #include "core/error.h"
+#include "core/philox.h"
 #include "core/rng.h"
 #include "model/tokenizer.h"
 #include "sample/prompt.h"
@@ -58,8 +59,10 @@ int dl_pipeline_encode_prompt(dl_sd *sd, const char *text, int clip_skip, int em
 
 typedef struct {
     dl_seed_mode mode;
+    dl_rng_source rng;
     int n, C, h, w;
-    dl_torch_rng *gens;  /* [n] (per image) or [1] (batch) */
+    dl_torch_rng *gens;  /* [n] (per image) or [1] (batch); DL_RNG_TORCH_CPU */
+    dl_philox_rng *pgens; /* the same for DL_RNG_NV */
     float *tmp;          /* [n, C, h, w] */
 } noise_src;
 
@@ -77,10 +80,47 @@ static void nchw_to_nhwc(const float *x, int n, int C, int h, int w, float *y)
 static void noise_draw(noise_src *ns, int count, float *out)
 {
     size_t per = (size_t)ns->C * ns->h * ns->w;
-    if (ns->mode == DL_SEED_BATCH) dl_torch_randn(&ns->gens[0], ns->tmp, per * (size_t)count);
+    if (ns->rng == DL_RNG_NV) {
+        if (ns->mode == DL_SEED_BATCH) dl_philox_randn(&ns->pgens[0], ns->tmp, per * (size_t)count);
+        else
+            for (int b = 0; b < count; b++) dl_philox_randn(&ns->pgens[b], ns->tmp + per * b, per);
+    } else if (ns->mode == DL_SEED_BATCH) dl_torch_randn(&ns->gens[0], ns->tmp, per * (size_t)count);
     else
         for (int b = 0; b < count; b++) dl_torch_randn(&ns->gens[b], ns->tmp + per * b, per);
     nchw_to_nhwc(ns->tmp, count, ns->C, ns->h, ns->w, out);
+}
+
+/* Allocate and seed the generators of ns (its mode, rng, n, C, h, w set) and its buffer. */
+static int noise_open(noise_src *ns, const uint64_t *seeds)
+{
+    int ngen = ns->mode == DL_SEED_BATCH ? 1 : ns->n;
+    if (ns->rng == DL_RNG_NV) ns->pgens = malloc(sizeof *ns->pgens * (size_t)ngen);
+    else ns->gens = malloc(sizeof *ns->gens * (size_t)ngen);
+    ns->tmp = malloc(sizeof(float) * (size_t)ns->n * ns->C * ns->h * ns->w);
+    if (!(ns->gens || ns->pgens) || !ns->tmp) return dl_error_set("out of memory for the noise of %d images", ns->n);
+    for (int g = 0; g < ngen; g++) {
+        if (ns->rng == DL_RNG_NV) dl_philox_seed(&ns->pgens[g], seeds[g]);
+        else dl_torch_rng_seed(&ns->gens[g], seeds[g]);
+    }
+    return DL_OK;
+}
+
+static void noise_close(noise_src *ns)
+{
+    free(ns->gens);
+    free(ns->pgens);
+    free(ns->tmp);
+}
+
+int dl_pipeline_initial_noise(dl_rng_source rng, dl_seed_mode mode, int n, const uint64_t *seeds, int C, int h, int w,
+                              float *out)
+{
+    DL_ASSERT(n >= 1 && C >= 1 && h >= 1 && w >= 1 && seeds && out);
+    noise_src ns = {.mode = mode, .rng = rng, .n = n, .C = C, .h = h, .w = w};
+    int rc = noise_open(&ns, seeds);
+    if (rc == DL_OK) noise_draw(&ns, n, out);
+    noise_close(&ns);
+    return rc;
 }
 
 static int noise_cb(void *user, float *out, int64_t n)
@@ -154,7 +194,7 @@ int dl_pipeline_generate(dl_sd *sd, const dl_gen_params *p, int n, const uint64_
     if (!p->init) so.strength = 1.0;
 
     guided m = {.sd = sd, .n = n, .h = h, .w = w, .C = C, .g = p->cfg_scale, .D = D};
-    noise_src ns = {.mode = mode, .n = n, .C = C, .h = h, .w = w};
+    noise_src ns = {.mode = mode, .rng = p->rng, .n = n, .C = C, .h = h, .w = w};
     dl_sampler s;
     memset(&s, 0, sizeof s);
     float *cond = NULL, *uncond = NULL, *x = NULL, *x0 = NULL, *nz = NULL, *out = NULL, *img = NULL;
@@ -169,9 +209,7 @@ int dl_pipeline_generate(dl_sd *sd, const dl_gen_params *p, int n, const uint64_
     m.cond = cond;
     m.uncond = uncond;
     int Tmax = m.Tc > m.Tu ? m.Tc : m.Tu;
-    int ngen = mode == DL_SEED_BATCH ? 1 : n;
-    ns.gens = malloc(sizeof *ns.gens * (size_t)ngen);
-    ns.tmp = malloc(sizeof(float) * nx);
+    if (noise_open(&ns, seeds) != DL_OK) goto done;
     x = malloc(sizeof(float) * nx);
     nz = malloc(sizeof(float) * nx);
     out = malloc(sizeof(float) * nx);
@@ -179,11 +217,10 @@ int dl_pipeline_generate(dl_sd *sd, const dl_gen_params *p, int n, const uint64_
     m.ob = malloc(sizeof(float) * 2 * nx);
     m.tb = malloc(sizeof(float) * 2 * (size_t)n);
     m.ctx = malloc(sizeof(float) * 2 * (size_t)n * Tmax * D);
-    if (!ns.gens || !ns.tmp || !x || !nz || !out || !m.xb || !m.ob || !m.tb || !m.ctx) {
+    if (!x || !nz || !out || !m.xb || !m.ob || !m.tb || !m.ctx) {
         dl_error_set("out of memory for a batch of %d at %dx%d", n, p->width, p->height);
         goto done;
     }
-    for (int g = 0; g < ngen; g++) dl_torch_rng_seed(&ns.gens[g], seeds[g]);
 
     if (!p->init) {
         noise_draw(&ns, n, nz);
@@ -250,8 +287,7 @@ done:
     dl_sampler_free(&s);
     free(cond);
     free(uncond);
-    free(ns.gens);
-    free(ns.tmp);
+    noise_close(&ns);
     free(x);
     free(x0);
     free(nz);

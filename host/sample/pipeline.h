@@ -11,7 +11,15 @@
  * num_images_per_prompt = n and generator = torch.Generator("cpu").manual_seed(seeds[0]).
  * Every tensor is drawn in torch's [N, C, H, W] order and permuted to channels-last. img2img
  * draws the VAE posterior sample first, then the noise added to it (per image, or for batch
- * mode: one posterior [1, ...] repeated n times, as diffusers encodes the image once). */
+ * mode: one posterior [1, ...] repeated n times, as diffusers encodes the image once).
+ *
+ * Random source. DL_RNG_TORCH_CPU (the default): torch's CPU generator, as above. DL_RNG_NV:
+ * A1111's "NV" source (core/philox.h, what torch.randn gives on an NVIDIA GPU): per image, a
+ * Philox generator seeded seeds[i] draws the initial latents [C, h, w] on its first call and
+ * each ancestral step's noise [C, h, w] on the next ones (A1111's ImageRNG first()/next(),
+ * eta noise seed delta 0), so a txt2img seed gives A1111's GPU/NV latents. With DL_SEED_BATCH
+ * one Philox generator seeded seeds[0] draws [n, C, h, w] per call; img2img draws its posterior
+ * sample and its noise from the same generators in the order above (not A1111's order). */
 #ifndef DANLU_SAMPLE_PIPELINE_H
 #define DANLU_SAMPLE_PIPELINE_H
 
@@ -25,6 +33,7 @@ extern "C" {
 #endif
 
 typedef enum { DL_SEED_PER_IMAGE = 0, DL_SEED_BATCH = 1 } dl_seed_mode;
+typedef enum { DL_RNG_TORCH_CPU = 0, DL_RNG_NV = 1 } dl_rng_source;
 
 typedef struct dl_gen_params {
     const char *prompt;          /* LoRA tags already removed */
@@ -38,6 +47,7 @@ typedef struct dl_gen_params {
     dl_sampler_kind sampler;
     dl_sampler_opts sopts;       /* spacing, karras, eta, strength (img2img) */
     const float *init;           /* img2img: [height, width, 3] in [-1, 1], or NULL (txt2img) */
+    dl_rng_source rng;           /* noise source (DL_RNG_TORCH_CPU by default) */
 } dl_gen_params;
 
 /* Defaults: 512x512, 20 steps, CFG 7, clip skip 1, emphasis on, 8 chunks, Euler a, no init. */
@@ -56,6 +66,12 @@ int dl_pipeline_encode_prompt(dl_sd *sd, const char *text, int clip_skip, int em
 int dl_pipeline_generate(dl_sd *sd, const dl_gen_params *p, int n, const uint64_t *seeds, dl_seed_mode mode,
                          float *images, float *latents, void (*progress)(void *user, int call, int total),
                          void *progress_user);
+
+/* The first noise draw of a txt2img run, before the sampler's initial sigma scaling: out
+ * [n, h, w, C] channels-last for n images with seeds (n, or one with DL_SEED_BATCH) from
+ * the random source rng. Returns DL_OK or DL_ERR (out of memory). */
+int dl_pipeline_initial_noise(dl_rng_source rng, dl_seed_mode mode, int n, const uint64_t *seeds, int C, int h, int w,
+                              float *out);
 
 /* 8-bit RGB [h, w, 3] -> float [H, W, 3] in [-1, 1] as diffusers' VaeImageProcessor
  * (x / 255 * 2 - 1). When the size changes it is resampled first with a triangle (bilinear)
