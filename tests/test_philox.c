@@ -6,6 +6,7 @@
  * log/sqrt/sin rounded to float32, as numpy; in practice it is bit-exact, checked too). */
 #include "cli/sample_args.h"
 #include "core/philox.h"
+#include "sample/infotext.h"
 #include "sample/pipeline.h"
 #include "sample/schedule.h"
 #include "testutil.h"
@@ -202,4 +203,18 @@ Test(philox, cli_rng_option)
     i = 0;
     cr_expect_eq(dl_sa_parse(&a, 2, bad, &i), -1);
     dl_sa_free(&a);
+}
+
+Test(philox, infotext_names_the_rng_source)
+{
+    dl_infotext it = {.prompt = "a cat", .steps = 20, .sampler = "Euler a", .cfg_scale = 7, .seed = 42,
+                      .width = 512, .height = 512, .strength = -1, .clip_skip = 1, .rng = "NV"};
+    char *s = dl_infotext_format(&it);
+    cr_assert_not_null(s);
+    cr_expect(strstr(s, ", RNG: NV") != NULL, "%s", s);
+    free(s);
+    it.rng = NULL;
+    s = dl_infotext_format(&it);
+    cr_expect(strstr(s, "RNG") == NULL, "the default source is not written: %s", s);
+    free(s);
 }

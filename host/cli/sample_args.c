@@ -409,6 +409,7 @@ char *dl_sa_infotext(const dl_sample_args *a, const char *prompt, float cfg, uin
         .cfg_scale = cfg, .seed = seed, .width = g->width, .height = g->height, .model_hash = model_hash,
         .model_name = model_name, .strength = g->init ? g->sopts.strength : -1, .clip_skip = g->clip_skip,
         .n_loras = n, .lora_names = names, .lora_hashes = hashes,
+        .rng = g->rng == DL_RNG_NV ? "NV" : NULL,
     };
     char *s = dl_infotext_format(&it);
     free(model_name);

@@ -176,6 +176,7 @@ char *dl_infotext_format(const dl_infotext *it)
         sb_printf(&b, ", Denoising strength: %s", num);
     }
     if (it->clip_skip > 1) sb_printf(&b, ", Clip skip: %d", it->clip_skip);
+    if (it->rng) sb_printf(&b, ", RNG: %s", it->rng);
     if (it->n_loras > 0) {
         sb_printf(&b, ", Lora hashes: \"");
         for (int i = 0; i < it->n_loras; i++)

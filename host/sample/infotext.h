@@ -42,6 +42,7 @@ typedef struct dl_infotext {
     const char *model_name;   /* or NULL */
     double strength;          /* img2img denoising strength, < 0: none */
     int clip_skip;            /* written when > 1 */
+    const char *rng;          /* "NV" for A1111's NV seeds, NULL for the default (not written) */
     int n_loras;
     const char *const *lora_names;
     const char *const *lora_hashes;
