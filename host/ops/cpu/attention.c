@@ -216,14 +216,9 @@ typedef struct {
     int dp;               /* d padded to the vector width */
     float *dq_part;       // [N, H, nsplit, Tq, dp] backward dQ partials (nsplit > 1)
     float *dq, *dk, *dv;
+    const dl_ctx *ctx;    /* workspace owner: per-thread tiles */
 } attn_job;
 
-static float *scratch(size_t nfloats, const char *what)
-{
-    float *p = aligned_alloc(64, (size_t)round_up((int64_t)(nfloats * sizeof(float)), 64));
-    DL_ASSERTF(p, "attention %s: out of memory (%zu floats)", what, nfloats);
-    return p;
-}
 
 /* Row stride of a transposed head [d, T]: T padded, plus one cache line so that the d rows
  * do not alias in the L1 when T is a power of two. */
@@ -248,15 +243,15 @@ static void pack_kv(const dl_attention_shape *s, int dp, int64_t n, int64_t h, c
     }
 }
 
-AI void fwd_items_impl(const int W, const attn_job *j, int64_t it0, int64_t it1,
+AI void fwd_items_impl(const int W, const attn_job *j, int64_t it0, int64_t it1, int tid,
                        tile_gemm_fn gemm)
 {
     const dl_attention_shape s = j->s;
     const int d = s.d, dp = j->dp, H = s.H, Tkp = (int)round_up(s.Tk, PADW), ldt = trans_ld(s.Tk);
     const int64_t ld = (int64_t)H * d;
     /* per-thread scratch; the packed keys/values serve every query tile of a head */
-    float *buf = scratch((size_t)d * ldt + (size_t)Tkp * dp + (size_t)BQ * d + (size_t)BQ * BK +
-                         (size_t)BQ * dp + 2 * BQ, "forward");
+    float *buf = dl_ws_thread(j->ctx, tid, ((size_t)d * ldt + (size_t)Tkp * dp + (size_t)BQ * d + (size_t)BQ * BK +
+                                            (size_t)BQ * dp + 2 * BQ) * sizeof(float));
     float *Kt = buf;                         // [d, ldt] keys of the head, transposed
     float *Vp = Kt + (size_t)d * ldt;        // [Tkp, dp] values of the head, zero-padded
     float *Qs = Vp + (size_t)Tkp * dp;       // [BQ, d] scaled queries
@@ -306,21 +301,21 @@ AI void fwd_items_impl(const int W, const attn_job *j, int64_t it0, int64_t it1,
             if (j->out_lse) j->out_lse[nh * s.Tq + q0 + i] = mrow[i] + logf(lrow[i]);
         }
     }
-    free(buf);
+    dl_ws_release(j->ctx, buf);
 }
 
 /* ---- backward -------------------------------------------------------------------------- */
 
-AI void bwd_items_impl(const int W, const attn_job *j, int64_t it0, int64_t it1,
+AI void bwd_items_impl(const int W, const attn_job *j, int64_t it0, int64_t it1, int tid,
                        tile_gemm_fn gemm)
 {
     const dl_attention_shape s = j->s;
     const int d = s.d, dp = j->dp, H = s.H, ns = j->nsplit;
     const int Tqp = (int)round_up(s.Tq, PADW), ldt = trans_ld(s.Tq);
     const int64_t ld = (int64_t)H * d;
-    float *buf = scratch(2 * (size_t)d * ldt + 2 * (size_t)Tqp * dp + 2 * (size_t)Tqp +
-                         2 * (size_t)BK * dp + 2 * (size_t)BK * BQ +
-                         2 * (size_t)BK * dp + (ns == 1 ? (size_t)s.Tq * dp : 0), "backward");
+    float *buf = dl_ws_thread(j->ctx, tid, (2 * (size_t)d * ldt + 2 * (size_t)Tqp * dp + 2 * (size_t)Tqp +
+                                            2 * (size_t)BK * dp + 2 * (size_t)BK * BQ +
+                                            2 * (size_t)BK * dp + (ns == 1 ? (size_t)s.Tq * dp : 0)) * sizeof(float));
     float *Qt = buf;                        // [d, ldt] scaled queries of the head, transposed
     float *dOt = Qt + (size_t)d * ldt;      // [d, ldt] output gradient, transposed
     float *Qr = dOt + (size_t)d * ldt;      // [Tqp, dp] queries (unscaled), zero-padded
@@ -417,7 +412,7 @@ AI void bwd_items_impl(const int W, const attn_job *j, int64_t it0, int64_t it1,
             for (int t = 0; t < s.Tq; t++)
                 memcpy(j->dq + ((int64_t)n * s.Tq + t) * ld + h * d, dQa + (int64_t)t * dp, (size_t)d * sizeof(float));
     }
-    free(buf);
+    dl_ws_release(j->ctx, buf);
 }
 
 /* dq[n, t, h*d + c] = sum over splits of the partials. Items: (n, h). */
@@ -450,8 +445,8 @@ static void gemm_avx2(int ta, int m, int ncols, int K, const float *A, int64_t l
     if (ta) tile_gemm_impl(8, 2, 1, m, ncols, K, A, lda, B, ldb, C, ldc, accumulate);
     else tile_gemm_impl(8, 2, 0, m, ncols, K, A, lda, B, ldb, C, ldc, accumulate);
 }
-static void fwd_avx2(void *arg, int64_t b, int64_t e, int tid) { fwd_items_impl(8, arg, b, e, gemm_avx2); }
-static void bwd_avx2(void *arg, int64_t b, int64_t e, int tid) { bwd_items_impl(8, arg, b, e, gemm_avx2); }
+static void fwd_avx2(void *arg, int64_t b, int64_t e, int tid) { fwd_items_impl(8, arg, b, e, tid, gemm_avx2); }
+static void bwd_avx2(void *arg, int64_t b, int64_t e, int tid) { bwd_items_impl(8, arg, b, e, tid, gemm_avx2); }
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #define DL_HAVE_AVX512_PATH 1
@@ -463,8 +458,8 @@ TGT512 static void gemm_avx512(int ta, int m, int ncols, int K, const float *A, 
     if (ta) tile_gemm_impl(16, 4, 1, m, ncols, K, A, lda, B, ldb, C, ldc, accumulate);
     else tile_gemm_impl(16, 4, 0, m, ncols, K, A, lda, B, ldb, C, ldc, accumulate);
 }
-TGT512 static void fwd_avx512(void *arg, int64_t b, int64_t e, int tid) { fwd_items_impl(16, arg, b, e, gemm_avx512); }
-TGT512 static void bwd_avx512(void *arg, int64_t b, int64_t e, int tid) { bwd_items_impl(16, arg, b, e, gemm_avx512); }
+TGT512 static void fwd_avx512(void *arg, int64_t b, int64_t e, int tid) { fwd_items_impl(16, arg, b, e, tid, gemm_avx512); }
+TGT512 static void bwd_avx512(void *arg, int64_t b, int64_t e, int tid) { bwd_items_impl(16, arg, b, e, tid, gemm_avx512); }
 #endif
 
 /* Vector width of the kernel to run: 16 when the CPU has AVX-512 (and DANLU_CPU_ISA is not
@@ -496,7 +491,7 @@ void dl_cpu_attention_forward(const dl_ctx *ctx, dl_attention_shape s, const flo
     attn_check(s);
     DL_ASSERT(q && k && v && o);
     attn_job j = {.s = s, .q = q, .k = k, .v = v, .out = o, .out_lse = lse,
-                  .nqb = (s.Tq + BQ - 1) / BQ};
+                  .nqb = (s.Tq + BQ - 1) / BQ, .ctx = ctx};
     const int W = vector_width();
     j.dp = (int)round_up(s.d, W);
     dl_range_fn fn = fwd_avx2;
@@ -524,16 +519,15 @@ void dl_cpu_attention_backward(const dl_ctx *ctx, dl_attention_shape s, const fl
     const int W = vector_width(), dp = (int)round_up(s.d, W);
     float *part = NULL;
     if (nsplit > 1) {
-        part = malloc((size_t)nh * nsplit * s.Tq * dp * sizeof *part);
-        DL_ASSERTF(part, "attention backward: out of memory");
+        part = dl_ws_shared(ctx, DL_WS_ATTN_DQ, (size_t)nh * nsplit * s.Tq * dp * sizeof *part); // [N, H, nsplit, Tq, dp]
     }
     attn_job j = {.s = s, .q = q, .k = k, .v = v, .o = o, .lse = lse, .dout = dout,
-                  .nsplit = nsplit, .dp = dp, .dq_part = part, .dq = dq, .dk = dk, .dv = dv};
+                  .nsplit = nsplit, .dp = dp, .dq_part = part, .dq = dq, .dk = dk, .dv = dv, .ctx = ctx};
     dl_range_fn fn = bwd_avx2;
 #ifdef DL_HAVE_AVX512_PATH
     if (W == 16) fn = bwd_avx512;
 #endif
     dl_parallel_for(pool, nh * nsplit, 1, fn, &j);
     if (dq && nsplit > 1) dl_parallel_for(pool, nh, 1, bwd_reduce_dq, &j);
-    free(part);
+    if (part) dl_ws_release(ctx, part);
 }

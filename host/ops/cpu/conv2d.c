@@ -233,8 +233,7 @@ static void conv2d_dx(const dl_ctx *ctx, const dl_conv2d_shape *s, int Ho, int W
     float *tmp = NULL;
     if (st > 1) {
         int64_t hp = (s->H + st - 1) / st, wp = (s->W + st - 1) / st;
-        tmp = malloc((size_t)(s->N * hp * wp * Cin) * sizeof(float));
-        DL_ASSERTF(tmp, "conv2d backward: out of memory");
+        tmp = dl_ws_shared(ctx, DL_WS_CONV_DX, (size_t)(s->N * hp * wp * Cin) * sizeof(float)); // [N, hp, wp, Cin]
     }
     for (int ph = 0; ph < st && ph < s->H; ph++) {
         for (int pw = 0; pw < st && pw < s->W; pw++) {
@@ -265,7 +264,7 @@ static void conv2d_dx(const dl_ctx *ctx, const dl_conv2d_shape *s, int Ho, int W
             }
         }
     }
-    free(tmp);
+    if (tmp) dl_ws_release(ctx, tmp);
 }
 
 typedef struct { const float *dy; int64_t C; } dyt_src;
@@ -324,13 +323,12 @@ void dl_cpu_conv2d_backward(const dl_ctx *ctx, const dl_conv2d_shape *s, const f
             dl_sgemm_cb(ctx, Cout, KK, P, 1.f, pack_dyt, &d, 1, pack_col_cols, &c, 1, 0.f, dw, KK);
         } else {
             // dwT[KK, Cout] = col(x)^T[KK, P] · dy[P, Cout], then dw[Cout, KK] = dwT^T
-            float *dwt = malloc((size_t)(KK * Cout) * sizeof(float));
-            DL_ASSERTF(dwt, "conv2d backward: out of memory");
+            float *dwt = dl_ws_shared(ctx, DL_WS_CONV_DW, (size_t)(KK * Cout) * sizeof(float)); // [KK, Cout]
             col_src c = {s, Ho, Wo, x};
             dl_sgemm_packed_a(ctx, KK, Cout, P, 1.f, pack_col_cols, &c, 1, 0, dy, Cout, 0.f, dwt, Cout);
             transpose_job tj = {dwt, dw, KK, Cout};
             dl_parallel_for(ctx ? ctx->pool : NULL, Cout, 8, transpose_rows, &tj);
-            free(dwt);
+            dl_ws_release(ctx, dwt);
         }
     }
 }

@@ -45,8 +45,8 @@ void dl_cpu_conv2d_forward(const dl_ctx *ctx, const dl_conv2d_shape *s, const fl
 /* Gradients of conv2d_forward given dy [N, Ho, Wo, Cout]: dx [N, H, W, Cin], dw [Cout, k, k, Cin],
  * db [Cout]; each overwritten, NULL skipped. dx is a gather-form transposed convolution split
  * by stride phase (no wasted multiplications at stride 2), reading the weights in place; dw is
- * col^T · dy (transposed into place) or, with few pixels, dy^T · col. Scratch is malloc'd per
- * call. */
+ * col^T · dy (transposed into place) or, with few pixels, dy^T · col. Scratch comes from the
+ * ctx workspace (slots DL_WS_CONV_DX, DL_WS_CONV_DW; the gemm it calls uses its own). */
 void dl_cpu_conv2d_backward(const dl_ctx *ctx, const dl_conv2d_shape *s, const float *x,
                             const float *w, const float *dy, float *dx, float *dw, float *db);
 

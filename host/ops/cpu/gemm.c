@@ -334,7 +334,7 @@ static void scale_rows(void *arg, int64_t m0, int64_t m1, int tid)
 }
 
 /* C = alpha * op(A) · op(B) + beta * C with op(A) from pack_a and op(B)^T from pack_bt. */
-static void gemm_core(dl_pool *pool, int nt, const gemm_kernel *kr, int64_t M, int64_t N, int64_t K,
+static void gemm_core(const dl_ctx *ctx, dl_pool *pool, int nt, const gemm_kernel *kr, int64_t M, int64_t N, int64_t K,
                       float alpha, dl_gemm_pack_a_fn pack_a, const void *user, int a_kmajor,
                       dl_gemm_pack_a_fn pack_bt, const void *ub, float beta, float *C, int64_t ldc)
 {
@@ -344,8 +344,7 @@ static void gemm_core(dl_pool *pool, int nt, const gemm_kernel *kr, int64_t M, i
     int npanels = (int)((N + NR - 1) / NR);
     int64_t Npad = (int64_t)npanels * NR;
 
-    float *Bp = aligned_alloc(64, (size_t)(K * Npad) * sizeof(float));
-    DL_ASSERTF(Bp, "sgemm: out of memory packing B (%lld x %lld)", (long long)K, (long long)Npad);
+    float *Bp = dl_ws_shared(ctx, DL_WS_GEMM_B, (size_t)(K * Npad) * sizeof(float)); // [nkb, npanels, KCb, NR]
     packb_job pj = {0};
     pj.cb = pack_bt; pj.cbu = ub;
     pj.N = N; pj.K = K; pj.Npad = Npad; pj.KCb = KCb; pj.NR = NR; pj.npanels = npanels; pj.nkb = nkb;
@@ -376,7 +375,7 @@ static void gemm_core(dl_pool *pool, int nt, const gemm_kernel *kr, int64_t M, i
     int64_t nitems = (int64_t)g.nmb * ((npanels + g.pb_panels - 1) / g.pb_panels);
     if (nt > 1) dl_parallel_for(pool, nitems, 1, gemm_items, &g);
     else gemm_items(&g, 0, nitems, 0);
-    free(Bp);
+    dl_ws_release(ctx, Bp);
 }
 
 typedef struct { const float *T; int64_t M, N; float beta; float *C; int64_t ldc; } untranspose_job;
@@ -419,16 +418,15 @@ void dl_sgemm_cb(const dl_ctx *ctx, int64_t M, int64_t N, int64_t K, float alpha
      * by strip on the A side and only K*M floats plus a transpose of M*N are moved. */
     const double cost = (double)K * (double)N, cost_swapped = (double)K * (double)M + 2.0 * (double)M * (double)N;
     if (cost_swapped < 0.5 * cost) {
-        float *T = aligned_alloc(64, ((size_t)(N * M) * sizeof(float) + 63) / 64 * 64);
-        DL_ASSERTF(T, "sgemm: out of memory (%lld x %lld)", (long long)N, (long long)M);
-        gemm_core(pool, nt, kr, N, M, K, alpha, pack_bt, ub, bt_kmajor, pack_a, ua, 0.f, T, M);
+        float *T = dl_ws_shared(ctx, DL_WS_GEMM_T, (size_t)(N * M) * sizeof(float)); // [N, M]
+        gemm_core(ctx, pool, nt, kr, N, M, K, alpha, pack_bt, ub, bt_kmajor, pack_a, ua, 0.f, T, M);
         untranspose_job uj = {T, M, N, beta, C, ldc};
         if (nt > 1) dl_parallel_for(pool, M, 4, untranspose_rows, &uj);
         else untranspose_rows(&uj, 0, M, 0);
-        free(T);
+        dl_ws_release(ctx, T);
         return;
     }
-    gemm_core(pool, nt, kr, M, N, K, alpha, pack_a, ua, a_kmajor, pack_bt, ub, beta, C, ldc);
+    gemm_core(ctx, pool, nt, kr, M, N, K, alpha, pack_a, ua, a_kmajor, pack_bt, ub, beta, C, ldc);
 }
 
 void dl_sgemm_packed_a(const dl_ctx *ctx, int64_t M, int64_t N, int64_t K, float alpha,

@@ -93,9 +93,8 @@ void dl_cpu_groupnorm_forward(const dl_ctx *ctx, dl_groupnorm_shape s, const flo
     DL_ASSERT(x && y);
     if (s.N == 0) return;
     const int64_t N = s.N, C = s.C, G = s.G, Cg = C / G, nblk = gn_blocks(s.HW);
-    double *part = malloc((size_t)(N * nblk) * 2 * (size_t)C * sizeof *part);
-    float *coef = malloc(2 * (size_t)(N * C) * sizeof *coef);
-    DL_ASSERTF(part && coef, "groupnorm forward: out of memory");
+    double *part = dl_ws_shared(ctx, DL_WS_GN_PART, (size_t)(N * nblk) * 2 * (size_t)C * sizeof *part); // [N, nblk, 2, C]
+    float *coef = dl_ws_shared(ctx, DL_WS_GN_COEF, 2 * (size_t)(N * C) * sizeof *coef); // ca, cb
     gn_job j = {.s = s, .nblk = nblk, .x = x, .gamma = gamma, .beta = beta, .y = y,
                 .part = part, .ca = coef, .cb = coef + N * C};
     dl_pool *pool = ctx ? ctx->pool : NULL;
@@ -121,8 +120,8 @@ void dl_cpu_groupnorm_forward(const dl_ctx *ctx, dl_groupnorm_shape s, const flo
             }
         }
     dl_parallel_for(pool, N * nblk, 1, gn_fwd_apply, &j);
-    free(part);
-    free(coef);
+    dl_ws_release(ctx, part);
+    dl_ws_release(ctx, coef);
 }
 
 /* Backward pass 1: per-channel partial sums of dz and dz * xhat over one row block, where
@@ -200,9 +199,8 @@ void dl_cpu_groupnorm_backward(const dl_ctx *ctx, dl_groupnorm_shape s, const fl
         }
         return;
     }
-    double *part = malloc((size_t)(N * nblk) * 2 * (size_t)C * sizeof *part);
-    float *coef = malloc(6 * (size_t)(N * C) * sizeof *coef); // ca, cb, cm, cr, k1, k2
-    DL_ASSERTF(part && coef, "groupnorm backward: out of memory");
+    double *part = dl_ws_shared(ctx, DL_WS_GN_PART, (size_t)(N * nblk) * 2 * (size_t)C * sizeof *part); // [N, nblk, 2, C]
+    float *coef = dl_ws_shared(ctx, DL_WS_GN_COEF, 6 * (size_t)(N * C) * sizeof *coef); // ca, cb, cm, cr, k1, k2
     float *ca = coef, *cb = coef + N * C, *cm = coef + 2 * N * C, *cr = coef + 3 * N * C;
     float *k1 = coef + 4 * N * C, *k2 = coef + 5 * N * C;
     for (int64_t n = 0; n < N; n++)
@@ -257,6 +255,6 @@ void dl_cpu_groupnorm_backward(const dl_ctx *ctx, dl_groupnorm_shape s, const fl
             }
         dl_parallel_for(pool, N * nblk, 1, gn_bwd_dx, &j);
     }
-    free(part);
-    free(coef);
+    dl_ws_release(ctx, part);
+    dl_ws_release(ctx, coef);
 }

@@ -129,8 +129,7 @@ void dl_cpu_layernorm_backward(const dl_ctx *ctx, int64_t M, int64_t C, const fl
     const int64_t nblk = (M + LN_ROWS_PER_BLOCK - 1) / LN_ROWS_PER_BLOCK;
     double *part = NULL;
     if ((dgamma || dbeta) && nblk > 0) {
-        part = malloc((size_t)nblk * 2 * (size_t)C * sizeof *part);
-        DL_ASSERTF(part, "layernorm backward: out of memory (%lld x %lld)", (long long)nblk, (long long)C);
+        part = dl_ws_shared(ctx, DL_WS_LN_PART, (size_t)nblk * 2 * (size_t)C * sizeof *part); // [nblk, 2, C]
     }
     ln_job j = {.C = C, .x = x, .gamma = gamma, .mean_in = mean, .rstd_in = rstd, .dy = dy,
                 .dx = dx, .part = part, .M = M};
@@ -146,5 +145,5 @@ void dl_cpu_layernorm_backward(const dl_ctx *ctx, int64_t M, int64_t C, const fl
             if (dbeta) dbeta[c] = (float)sb;
         }
     }
-    free(part);
+    if (part) dl_ws_release(ctx, part);
 }

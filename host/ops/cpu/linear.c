@@ -56,8 +56,8 @@ void dl_cpu_bias_grad(const dl_ctx *ctx, int64_t M, int64_t C, const float *dy, 
     dl_pool *pool = ctx ? ctx->pool : NULL;
     int nt = dl_pool_nthreads(pool);
     /* fixed chunking (grain) so the summation order does not depend on timing */
-    float *part = calloc((size_t)nt * (size_t)C, sizeof(float));
-    DL_ASSERTF(part, "bias_grad: out of memory");
+    float *part = dl_ws_shared(ctx, DL_WS_BIAS_PART, (size_t)nt * (size_t)C * sizeof(float)); // [nt, C]
+    memset(part, 0, (size_t)nt * (size_t)C * sizeof(float));
     bgrad_job j = {dy, M, C, part, nt};
     dl_parallel_for(pool, M, 256, bgrad_rows, &j);
     for (int64_t c = 0; c < C; c++) {
@@ -65,7 +65,7 @@ void dl_cpu_bias_grad(const dl_ctx *ctx, int64_t M, int64_t C, const float *dy, 
         for (int t = 0; t < nt; t++) s += part[(int64_t)t * C + c];
         db[c] = s;
     }
-    free(part);
+    dl_ws_release(ctx, part);
 }
 
 void dl_cpu_linear_backward(const dl_ctx *ctx, int64_t M, int64_t in, int64_t out,
