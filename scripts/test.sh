@@ -80,7 +80,7 @@ if [ "${DANLU_TEST_SKIP_FUZZ:-0}" != 1 ]; then
   step "fuzzing the safetensors reader for ${fuzz_seconds}s (libFuzzer + ASan + UBSan)"
   mkdir -p build/fuzz
   clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -D_GNU_SOURCE \
-    -Ihost -I/usr/include/cjson tests/fuzz/fuzz_safetensors.c host/io/safetensors.c host/core/error.c \
+    -Ihost -I/usr/include/cjson tests/fuzz/fuzz_safetensors.c host/io/safetensors.c host/io/atomic_file.c host/core/error.c \
     host/core/dtype.c host/core/tensor.c -lcjson -o build/fuzz/fuzz_safetensors
   rm -rf build/fuzz/corpus && cp -r tests/fuzz/corpus build/fuzz/corpus
   build/fuzz/fuzz_safetensors -max_total_time="$fuzz_seconds" -max_len=4096 -print_final_stats=1 \
