@@ -513,68 +513,62 @@ static void write_plot(trainer *t)
     free(png);
 }
 
-/* A step save (and its state), removing the one save_last_n_steps leaves behind. */
-static int save_step(trainer *t, int step, int epoch, int64_t micro, char **state_path)
+/* Save <stem>.safetensors (and <stem>-state.safetensors with save_state), then remove the save
+ * named old_stem (NULL: none) that the keep-last-N rule drops. */
+static int save_numbered(trainer *t, const char *stem, const char *old_stem, int step, int epoch, int64_t micro,
+                         char **state_path)
 {
-    const dl_train_config *c = t->cfg;
-    char *p = out_file(t, "%s-step%08d.safetensors", c->output_name, step);
+    char *p = out_file(t, "%s.safetensors", stem);
     if (!p) return dl_error_set("out of memory");
     int rc = save_lora(t, p, step, epoch);
     if (rc == DL_OK) say(t, "saved %s", p);
     free(p);
     DL_TRY(rc);
-    if (c->save_state) {
-        char *sp = out_file(t, "%s-step%08d-state.safetensors", c->output_name, step);
+    if (t->cfg->save_state) {
+        char *sp = out_file(t, "%s-state.safetensors", stem);
         if (!sp) return dl_error_set("out of memory");
         if (save_state(t, sp, step, epoch, micro) != DL_OK) { free(sp); return DL_ERR; }
         free(*state_path);
         *state_path = sp;
     }
-    if (c->save_last_n_steps > 0 && c->save_every_n_steps > 0) {
-        int rm = step - c->save_last_n_steps - 1;
-        rm -= rm % c->save_every_n_steps;
-        if (rm > 0) {
-            char *old = out_file(t, "%s-step%08d.safetensors", c->output_name, rm);
-            char *olds = out_file(t, "%s-step%08d-state.safetensors", c->output_name, rm);
-            if (old && unlink(old) == 0) say(t, "removed %s", old);
-            if (olds) unlink(olds);
-            free(old);
-            free(olds);
-        }
+    if (old_stem) {
+        char *old = out_file(t, "%s.safetensors", old_stem);
+        char *olds = out_file(t, "%s-state.safetensors", old_stem);
+        if (old && unlink(old) == 0) say(t, "removed %s", old);
+        if (olds) unlink(olds);
+        free(old);
+        free(olds);
     }
     write_plot(t);
     return DL_OK;
 }
 
+/* A step save: <name>-stepNNNNNNNN, keeping the last save_last_n_steps steps' worth. */
+static int save_step(trainer *t, int step, int epoch, int64_t micro, char **state_path)
+{
+    const dl_train_config *c = t->cfg;
+    char stem[600], old[600];
+    snprintf(stem, sizeof stem, "%s-step%08d", c->output_name, step);
+    int rm = 0;
+    if (c->save_last_n_steps > 0 && c->save_every_n_steps > 0) {
+        rm = step - c->save_last_n_steps - 1;
+        rm -= rm % c->save_every_n_steps;
+    }
+    snprintf(old, sizeof old, "%s-step%08d", c->output_name, rm);
+    return save_numbered(t, stem, rm > 0 ? old : NULL, step, epoch, micro, state_path);
+}
+
+/* An epoch save: <name>-NNNNNN, keeping the last save_last_n_epochs saves. */
 static int save_epoch(trainer *t, int step, int epoch, int64_t micro, char **state_path)
 {
     const dl_train_config *c = t->cfg;
-    char *p = out_file(t, "%s-%06d.safetensors", c->output_name, epoch);
-    if (!p) return dl_error_set("out of memory");
-    int rc = save_lora(t, p, step, epoch);
-    if (rc == DL_OK) say(t, "saved %s", p);
-    free(p);
-    DL_TRY(rc);
-    if (c->save_state) {
-        char *sp = out_file(t, "%s-%06d-state.safetensors", c->output_name, epoch);
-        if (!sp) return dl_error_set("out of memory");
-        if (save_state(t, sp, step, epoch, micro) != DL_OK) { free(sp); return DL_ERR; }
-        free(*state_path);
-        *state_path = sp;
-    }
-    if (c->save_last_n_epochs > 0 && c->save_every_n_epochs > 0) {
-        int rm = epoch - c->save_every_n_epochs * c->save_last_n_epochs;
-        if (rm > 0) {
-            char *old = out_file(t, "%s-%06d.safetensors", c->output_name, rm);
-            char *olds = out_file(t, "%s-%06d-state.safetensors", c->output_name, rm);
-            if (old && unlink(old) == 0) say(t, "removed %s", old);
-            if (olds) unlink(olds);
-            free(old);
-            free(olds);
-        }
-    }
-    write_plot(t);
-    return DL_OK;
+    char stem[600], old[600];
+    snprintf(stem, sizeof stem, "%s-%06d", c->output_name, epoch);
+    int rm = 0;
+    if (c->save_last_n_epochs > 0 && c->save_every_n_epochs > 0)
+        rm = epoch - c->save_every_n_epochs * c->save_last_n_epochs;
+    snprintf(old, sizeof old, "%s-%06d", c->output_name, rm);
+    return save_numbered(t, stem, rm > 0 ? old : NULL, step, epoch, micro, state_path);
 }
 
 /* ---- sample images with the LoRA as it is now ---- */
