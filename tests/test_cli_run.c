@@ -10,10 +10,6 @@
 #include <string.h>
 #include <unistd.h>
 
-static char g_dir[64];
-static void mk(void) { strcpy(g_dir, "/tmp/danlu-run-XXXXXX"); cr_assert_not_null(mkdtemp(g_dir)); }
-static void rm(void) { char c[128]; snprintf(c, sizeof c, "rm -rf %s", g_dir); cr_assert_eq(system(c), 0); }
-static const char *at(const char *n) { static char b[4][160]; static int k; char *s = b[k++ & 3]; snprintf(s, 160, "%s/%s", g_dir, n); return s; }
 
 static int run(const char *model, const char *comp, const char *in, const char *out)
 {
@@ -45,26 +41,26 @@ static void expect_output(const char *path, const char *name, const float *ref, 
     dl_st_close(&f);
 }
 
-Test(cli_run, text_encoder_matches_transformers, .init = mk, .fini = rm)
+Test(cli_run, text_encoder_matches_transformers, .init = tu_tmpdir_init, .fini = tu_tmpdir_fini)
 {
     dl_st_file g;
     tu_golden_open(&g, "clip");
     const dl_st_tensor *ids = dl_st_find(&g, "quick_gelu_h1.input_ids");
     dl_st_entry e = {"input_ids", DL_I64, 2, {ids->shape[0], ids->shape[1]}, ids->data};
-    cr_assert_eq(dl_st_save(at("in.safetensors"), &e, 1, NULL, 0), DL_OK);
-    cr_assert_eq(run(tu_path("tests/golden/tiny_sd15"), "text-encoder", at("in.safetensors"), at("out.safetensors")), 0,
+    cr_assert_eq(dl_st_save(tu_tmp("in.safetensors"), &e, 1, NULL, 0), DL_OK);
+    cr_assert_eq(run(tu_path("tests/golden/tiny_sd15"), "text-encoder", tu_tmp("in.safetensors"), tu_tmp("out.safetensors")), 0,
                  "%s", dl_error_msg());
     int64_t n;
     float *last = tu_golden_f32(&g, "quick_gelu_h1.last_hidden_state", &n);
     float *pen = tu_golden_f32(&g, "quick_gelu_h1.penultimate_hidden_state", NULL);
-    expect_output(at("out.safetensors"), "last_hidden_state", last, (size_t)n, 1e-5);
-    expect_output(at("out.safetensors"), "penultimate_hidden_state", pen, (size_t)n, 1e-5);
+    expect_output(tu_tmp("out.safetensors"), "last_hidden_state", last, (size_t)n, 1e-5);
+    expect_output(tu_tmp("out.safetensors"), "penultimate_hidden_state", pen, (size_t)n, 1e-5);
     free(last);
     free(pen);
     dl_st_close(&g);
 }
 
-Test(cli_run, vae_encode_and_decode_in_nchw, .init = mk, .fini = rm)
+Test(cli_run, vae_encode_and_decode_in_nchw, .init = tu_tmpdir_init, .fini = tu_tmpdir_fini)
 {
     dl_st_file g;
     tu_golden_open(&g, "vae");
@@ -74,49 +70,49 @@ Test(cli_run, vae_encode_and_decode_in_nchw, .init = mk, .fini = rm)
     float *img = tu_golden_f32(&g, "tiny_vae2.image", NULL), *noise = tu_golden_f32(&g, "tiny_vae2.noise", NULL);
     float *img_c = to_nchw(img, N, H, W, 3), *noise_c = to_nchw(noise, N, h, w, L);
     dl_st_entry e[2] = {{"image", DL_F32, 4, {N, 3, H, W}, img_c}, {"noise", DL_F32, 4, {N, L, h, w}, noise_c}};
-    cr_assert_eq(dl_st_save(at("enc.safetensors"), e, 2, NULL, 0), DL_OK);
+    cr_assert_eq(dl_st_save(tu_tmp("enc.safetensors"), e, 2, NULL, 0), DL_OK);
     const char *model = tu_path("tests/golden/tiny_vae2");
-    cr_assert_eq(run(model, "vae-encode", at("enc.safetensors"), at("enc_out.safetensors")), 0, "%s", dl_error_msg());
+    cr_assert_eq(run(model, "vae-encode", tu_tmp("enc.safetensors"), tu_tmp("enc_out.safetensors")), 0, "%s", dl_error_msg());
     size_t nl = (size_t)N * h * w * L;
     const char *names[3] = {"mean", "logvar", "latent"};
     for (int i = 0; i < 3; i++) {
         char gname[64];
         snprintf(gname, sizeof gname, "tiny_vae2.%s", names[i]);
         float *r = tu_golden_f32(&g, gname, NULL), *rc = to_nchw(r, N, h, w, L);
-        expect_output(at("enc_out.safetensors"), names[i], rc, nl, 1e-5);
+        expect_output(tu_tmp("enc_out.safetensors"), names[i], rc, nl, 1e-5);
         free(r);
         free(rc);
     }
     float *lat = tu_golden_f32(&g, "tiny_vae2.latent", NULL), *lat_c = to_nchw(lat, N, h, w, L);
     dl_st_entry d = {"latent", DL_F32, 4, {N, L, h, w}, lat_c};
-    cr_assert_eq(dl_st_save(at("dec.safetensors"), &d, 1, NULL, 0), DL_OK);
-    cr_assert_eq(run(model, "vae-decode", at("dec.safetensors"), at("dec_out.safetensors")), 0, "%s", dl_error_msg());
+    cr_assert_eq(dl_st_save(tu_tmp("dec.safetensors"), &d, 1, NULL, 0), DL_OK);
+    cr_assert_eq(run(model, "vae-decode", tu_tmp("dec.safetensors"), tu_tmp("dec_out.safetensors")), 0, "%s", dl_error_msg());
     float *dec = tu_golden_f32(&g, "tiny_vae2.decoded", NULL), *dec_c = to_nchw(dec, N, H, W, 3);
-    expect_output(at("dec_out.safetensors"), "image", dec_c, (size_t)N * H * W * 3, 1e-5);
+    expect_output(tu_tmp("dec_out.safetensors"), "image", dec_c, (size_t)N * H * W * 3, 1e-5);
     free(img); free(noise); free(img_c); free(noise_c); free(lat); free(lat_c); free(dec); free(dec_c);
     dl_st_close(&g);
 }
 
-Test(cli_run, bad_inputs_are_named, .init = mk, .fini = rm)
+Test(cli_run, bad_inputs_are_named, .init = tu_tmpdir_init, .fini = tu_tmpdir_fini)
 {
     float x[4] = {0};
     dl_st_entry e = {"wrong_name", DL_F32, 1, {4}, x};
-    cr_assert_eq(dl_st_save(at("in.safetensors"), &e, 1, NULL, 0), DL_OK);
+    cr_assert_eq(dl_st_save(tu_tmp("in.safetensors"), &e, 1, NULL, 0), DL_OK);
     const char *model = tu_path("tests/golden/tiny_sd15");
-    cr_expect_eq(run(model, "unet", at("in.safetensors"), at("o.safetensors")), 1);
+    cr_expect_eq(run(model, "unet", tu_tmp("in.safetensors"), tu_tmp("o.safetensors")), 1);
     cr_expect(strstr(dl_error_msg(), "in.safetensors") && strstr(dl_error_msg(), "'sample'"), "%s", dl_error_msg());
-    cr_expect_eq(run(model, "text-encoder", at("in.safetensors"), at("o.safetensors")), 1);
+    cr_expect_eq(run(model, "text-encoder", tu_tmp("in.safetensors"), tu_tmp("o.safetensors")), 1);
     cr_expect(strstr(dl_error_msg(), "'input_ids'"), "%s", dl_error_msg());
-    cr_expect_eq(run(model, "vae-decode", at("missing.safetensors"), at("o.safetensors")), 1);
-    cr_expect_eq(run(at("no-model"), "vae-decode", at("in.safetensors"), at("o.safetensors")), 1);
+    cr_expect_eq(run(model, "vae-decode", tu_tmp("missing.safetensors"), tu_tmp("o.safetensors")), 1);
+    cr_expect_eq(run(tu_tmp("no-model"), "vae-decode", tu_tmp("in.safetensors"), tu_tmp("o.safetensors")), 1);
     cr_expect(strstr(dl_error_msg(), "no-model"), "%s", dl_error_msg());
-    cr_expect_eq(run(model, "teapot", at("in.safetensors"), at("o.safetensors")), 2);
-    cr_expect_eq(access(at("o.safetensors"), F_OK), -1, "no output may be written on error");
+    cr_expect_eq(run(model, "teapot", tu_tmp("in.safetensors"), tu_tmp("o.safetensors")), 2);
+    cr_expect_eq(access(tu_tmp("o.safetensors"), F_OK), -1, "no output may be written on error");
     /* a latent with the wrong channel count */
     float z[2 * 3 * 3] = {0};
     dl_st_entry l = {"latent", DL_F32, 4, {1, 2, 3, 3}, z};
-    cr_assert_eq(dl_st_save(at("lat.safetensors"), &l, 1, NULL, 0), DL_OK);
-    cr_expect_eq(run(model, "vae-decode", at("lat.safetensors"), at("o.safetensors")), 1);
+    cr_assert_eq(dl_st_save(tu_tmp("lat.safetensors"), &l, 1, NULL, 0), DL_OK);
+    cr_expect_eq(run(model, "vae-decode", tu_tmp("lat.safetensors"), tu_tmp("o.safetensors")), 1);
     cr_expect(strstr(dl_error_msg(), "channels"), "%s", dl_error_msg());
 }
 
@@ -140,7 +136,7 @@ Test(cli_tokenize, prints_ids_from_the_clip_vocabulary)
     cr_expect(strstr(dl_error_msg(), "/nonexistent/tok"), "%s", dl_error_msg());
 }
 
-Test(cli_run, unet_matches_diffusers_in_nchw, .init = mk, .fini = rm)
+Test(cli_run, unet_matches_diffusers_in_nchw, .init = tu_tmpdir_init, .fini = tu_tmpdir_fini)
 {
     dl_st_file g;
     tu_golden_open(&g, "unet");
@@ -151,11 +147,11 @@ Test(cli_run, unet_matches_diffusers_in_nchw, .init = mk, .fini = rm)
     dl_st_entry e[3] = {{"sample", DL_F32, 4, {N, C, H, W}, xc},
                         {"timestep", DL_F32, 1, {N}, t},
                         {"encoder_hidden_states", DL_F32, 3, {tc->shape[0], tc->shape[1], tc->shape[2]}, ctx}};
-    cr_assert_eq(dl_st_save(at("in.safetensors"), e, 3, NULL, 0), DL_OK);
-    cr_assert_eq(run(tu_path("tests/golden/tiny_sd15.safetensors"), "unet", at("in.safetensors"), at("out.safetensors")), 0,
+    cr_assert_eq(dl_st_save(tu_tmp("in.safetensors"), e, 3, NULL, 0), DL_OK);
+    cr_assert_eq(run(tu_path("tests/golden/tiny_sd15.safetensors"), "unet", tu_tmp("in.safetensors"), tu_tmp("out.safetensors")), 0,
                  "%s", dl_error_msg());
     float *ref = tu_golden_f32(&g, "sd15_1.out", NULL), *refc = to_nchw(ref, N, H, W, C);
-    expect_output(at("out.safetensors"), "out", refc, (size_t)N * H * W * C, 1e-5);
+    expect_output(tu_tmp("out.safetensors"), "out", refc, (size_t)N * H * W * C, 1e-5);
     free(x); free(xc); free(ctx); free(t); free(ref); free(refc);
     dl_st_close(&g);
 }

@@ -15,32 +15,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static char g_dir[64];
-
-static int rm_one(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb; (void)flag; (void)ftw;
-    return remove(p);
-}
-static void setup_dir(void)
-{
-    strcpy(g_dir, "/tmp/danlu-ds-XXXXXX");
-    cr_assert_not_null(mkdtemp(g_dir));
-}
-static void teardown_dir(void) { nftw(g_dir, rm_one, 16, FTW_DEPTH | FTW_PHYS); }
-
-static const char *P(const char *rel)
-{
-    static char buf[8][512];
-    static int k;
-    char *b = buf[k++ & 7];
-    snprintf(b, 512, "%s/%s", g_dir, rel);
-    return b;
-}
-static void mk(const char *rel) { cr_assert_eq(mkdir(P(rel), 0777), 0, "mkdir %s", rel); }
+static void mk(const char *rel) { cr_assert_eq(mkdir(tu_tmp(rel), 0777), 0, "mkdir %s", rel); }
 static void put(const char *rel, const void *data, size_t n)
 {
-    FILE *f = fopen(P(rel), "wb");
+    FILE *f = fopen(tu_tmp(rel), "wb");
     cr_assert_not_null(f, "cannot write %s", rel);
     fwrite(data, 1, n, f);
     fclose(f);
@@ -50,7 +28,7 @@ static void put_png(const char *rel, int w, int h)
 {
     dl_image img = {w, h, malloc((size_t)w * h * 3)};
     for (int i = 0; i < w * h * 3; i++) img.data[i] = (uint8_t)(i * 7 + w);
-    cr_assert_eq(dl_png_save(P(rel), &img, NULL, 0), DL_OK, "%s", dl_error_msg());
+    cr_assert_eq(dl_png_save(tu_tmp(rel), &img, NULL, 0), DL_OK, "%s", dl_error_msg());
     free(img.data);
 }
 static void copy_fixture(const char *fixture, const char *rel)
@@ -68,7 +46,7 @@ static void copy_fixture(const char *fixture, const char *rel)
 static void small_cfg(dl_dataset_cfg *c)
 {
     memset(c, 0, sizeof *c);
-    c->train_data_dir = g_dir;
+    c->train_data_dir = tu_tmpdir();
     dl_bucket_cfg_default(&c->bucket, 128, 128);
     c->bucket.min_reso = 64;
     c->bucket.max_reso = 256;
@@ -89,7 +67,7 @@ static int warned(const dl_dataset *ds, const char *a, const char *b)
     return 0;
 }
 
-TestSuite(dataset, .init = setup_dir, .fini = teardown_dir);
+TestSuite(dataset, .init = tu_tmpdir_init, .fini = tu_tmpdir_fini);
 
 Test(dataset, layout_repeats_and_captions)
 {
@@ -196,17 +174,17 @@ Test(dataset, missing_and_empty_dirs)
     small_cfg(&cfg);
     dl_dataset ds;
     cr_expect_eq(dl_dataset_scan(&ds, &cfg), DL_ERR, "empty directory is an error");
-    cr_expect_not_null(strstr(dl_error_msg(), g_dir), "%s", dl_error_msg());
+    cr_expect_not_null(strstr(dl_error_msg(), tu_tmpdir()), "%s", dl_error_msg());
     cr_expect_not_null(strstr(dl_error_msg(), "no usable training images"), "%s", dl_error_msg());
     mk("5_empty");
     cr_expect_eq(dl_dataset_scan(&ds, &cfg), DL_ERR);
     char missing[128];
-    snprintf(missing, sizeof missing, "%s/nope", g_dir);
+    snprintf(missing, sizeof missing, "%s/nope", tu_tmpdir());
     cfg.train_data_dir = missing;
     cr_expect_eq(dl_dataset_scan(&ds, &cfg), DL_ERR);
     cr_expect_not_null(strstr(dl_error_msg(), missing), "%s", dl_error_msg());
     put_str("file", "x");
-    cfg.train_data_dir = P("file");
+    cfg.train_data_dir = tu_tmp("file");
     cr_expect_eq(dl_dataset_scan(&ds, &cfg), DL_ERR);
     cr_expect_not_null(strstr(dl_error_msg(), "not a directory"), "%s", dl_error_msg());
 }

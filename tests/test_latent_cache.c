@@ -17,31 +17,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static char g_dir[64];
-static int rm_one(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb; (void)flag; (void)ftw;
-    return remove(p);
-}
-static void setup_dir(void)
-{
-    strcpy(g_dir, "/tmp/danlu-lc-XXXXXX");
-    cr_assert_not_null(mkdtemp(g_dir));
-}
-static void teardown_dir(void) { nftw(g_dir, rm_one, 16, FTW_DEPTH | FTW_PHYS); }
-static const char *P(const char *rel)
-{
-    static char buf[8][512];
-    static int k;
-    char *b = buf[k++ & 7];
-    snprintf(b, 512, "%s/%s", g_dir, rel);
-    return b;
-}
 static void put_png(const char *rel, int w, int h, int seed)
 {
     dl_image img = {w, h, malloc((size_t)w * h * 3)};
     for (int i = 0; i < w * h * 3; i++) img.data[i] = (uint8_t)(i * 13 + seed * 31 + (i / (3 * w)) * 5);
-    cr_assert_eq(dl_png_save(P(rel), &img, NULL, 0), DL_OK, "%s", dl_error_msg());
+    cr_assert_eq(dl_png_save(tu_tmp(rel), &img, NULL, 0), DL_OK, "%s", dl_error_msg());
     free(img.data);
 }
 
@@ -66,7 +46,7 @@ static int pool_encode(void *user, int item, int H, int W, const float *img, flo
 static void scan(dl_dataset *ds)
 {
     dl_dataset_cfg cfg = {0};
-    cfg.train_data_dir = P("data");
+    cfg.train_data_dir = tu_tmp("data");
     dl_bucket_cfg_default(&cfg.bucket, 64, 64);
     cfg.bucket.min_reso = 64;
     cfg.bucket.max_reso = 128;
@@ -75,8 +55,8 @@ static void scan(dl_dataset *ds)
 
 static void make_data(void)
 {
-    cr_assert_eq(mkdir(P("data"), 0777), 0);
-    cr_assert_eq(mkdir(P("data/2_x"), 0777), 0);
+    cr_assert_eq(mkdir(tu_tmp("data"), 0777), 0);
+    cr_assert_eq(mkdir(tu_tmp("data/2_x"), 0777), 0);
     put_png("data/2_x/a.png", 64, 64, 1);
     put_png("data/2_x/b.png", 140, 70, 2);  /* 2:1, resized and cropped */
     put_png("data/2_x/c.png", 50, 100, 3);  /* upscaled */
@@ -91,7 +71,7 @@ static void cache_cfg(dl_latent_cache_cfg *c, const char *disk)
     c->vae_fingerprint = 0x1234;
 }
 
-TestSuite(latent_cache, .init = setup_dir, .fini = teardown_dir);
+TestSuite(latent_cache, .init = tu_tmpdir_init, .fini = tu_tmpdir_fini);
 
 Test(latent_cache, memory_cache_matches_direct_encoding)
 {
@@ -137,7 +117,7 @@ Test(latent_cache, memory_cache_matches_direct_encoding)
 Test(latent_cache, disk_hits_misses_and_invalidation)
 {
     make_data();
-    const char *dir = P("cache");
+    const char *dir = tu_tmp("cache");
     dl_dataset ds;
     scan(&ds);
     int n = ds.n_items;
@@ -225,10 +205,10 @@ Test(latent_cache, unwritable_cache_dir_is_an_error)
     make_data();
     dl_dataset ds;
     scan(&ds);
-    FILE *f = fopen(P("afile"), "w");
+    FILE *f = fopen(tu_tmp("afile"), "w");
     fclose(f);
     dl_latent_cache_cfg cfg;
-    cache_cfg(&cfg, P("afile"));
+    cache_cfg(&cfg, tu_tmp("afile"));
     enc_ctx e = {0};
     dl_latent_cache c;
     cr_expect_eq(dl_latent_cache_build(&c, &ds, &cfg, pool_encode, &e), DL_ERR);

@@ -14,30 +14,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static char g_dir[256];
-
-static void make_dir(void)
-{
-    snprintf(g_dir, sizeof g_dir, "/tmp/danlu-st-XXXXXX");
-    cr_assert_not_null(mkdtemp(g_dir));
-}
-
-static void remove_dir(void)
-{
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
-    cr_assert_eq(system(cmd), 0);
-}
-
-static const char *in_dir(const char *name)
-{
-    static char buf[4][512];
-    static int slot;
-    char *b = buf[slot++ & 3];
-    snprintf(b, 512, "%s/%s", g_dir, name);
-    return b;
-}
-
 static int count_files(const char *dir)
 {
     DIR *d = opendir(dir);
@@ -79,7 +55,7 @@ static void expect_bad_header(const char *header, size_t data_len, const char *w
     expect_bad(buf, build(buf, sizeof buf, header, data_len), want);
 }
 
-Test(safetensors, roundtrip_dtypes_and_metadata, .init = make_dir, .fini = remove_dir)
+Test(safetensors, roundtrip_dtypes_and_metadata, .init = tu_tmpdir_init, .fini = tu_tmpdir_fini)
 {
     float a[6] = {1, -2, 3.5f, 1e-3f, 0, 65504};
     uint16_t h[3] = {dl_f32_to_f16(1.5f), dl_f32_to_f16(-0.25f), dl_f32_to_f16(1e-6f)};
@@ -92,9 +68,9 @@ Test(safetensors, roundtrip_dtypes_and_metadata, .init = make_dir, .fini = remov
         {"ids", DL_I64, 1, {4}, ids},
     };
     const char *meta[] = {"ss_network_dim", "16", "note", "unicode \xe4\xb8\xb9 \"quoted\""};
-    const char *path = in_dir("x.safetensors");
+    const char *path = tu_tmp("x.safetensors");
     cr_assert_eq(dl_st_save(path, e, 4, meta, 2), DL_OK, "%s", dl_error_msg());
-    cr_expect_eq(count_files(g_dir), 1, "no temporary file may be left behind");
+    cr_expect_eq(count_files(tu_tmpdir()), 1, "no temporary file may be left behind");
     struct stat sb;
     mode_t um = umask(022);
     cr_assert_eq(stat(path, &sb), 0);
@@ -129,13 +105,13 @@ Test(safetensors, roundtrip_dtypes_and_metadata, .init = make_dir, .fini = remov
     dl_st_close(&f);
 }
 
-Test(safetensors, reads_empty_and_scalar_tensors, .init = make_dir, .fini = remove_dir)
+Test(safetensors, reads_empty_and_scalar_tensors, .init = tu_tmpdir_init, .fini = tu_tmpdir_fini)
 {
     float s = 7;
     dl_st_entry e[2] = {{"scalar", DL_F32, 0, {0}, &s}, {"empty", DL_F32, 2, {0, 5}, &s}};
-    cr_assert_eq(dl_st_save(in_dir("s.safetensors"), e, 2, NULL, 0), DL_OK, "%s", dl_error_msg());
+    cr_assert_eq(dl_st_save(tu_tmp("s.safetensors"), e, 2, NULL, 0), DL_OK, "%s", dl_error_msg());
     dl_st_file f;
-    cr_assert_eq(dl_st_open(&f, in_dir("s.safetensors")), DL_OK, "%s", dl_error_msg());
+    cr_assert_eq(dl_st_open(&f, tu_tmp("s.safetensors")), DL_OK, "%s", dl_error_msg());
     cr_expect_eq(dl_st_numel(dl_st_find(&f, "scalar")), 1);
     cr_expect_eq(*(const float *)dl_st_find(&f, "scalar")->data, 7.0f);
     cr_expect_eq(dl_st_numel(dl_st_find(&f, "empty")), 0);
@@ -228,31 +204,31 @@ Test(safetensors, bad_metadata)
     expect_bad_header("{\"__metadata__\":[1]}", 0, "\"__metadata__\" is not a JSON object");
 }
 
-Test(safetensors, open_errors_name_the_file, .init = make_dir, .fini = remove_dir)
+Test(safetensors, open_errors_name_the_file, .init = tu_tmpdir_init, .fini = tu_tmpdir_fini)
 {
     dl_st_file f;
-    cr_expect_eq(dl_st_open(&f, in_dir("missing.safetensors")), DL_ERR);
+    cr_expect_eq(dl_st_open(&f, tu_tmp("missing.safetensors")), DL_ERR);
     cr_expect(strstr(dl_error_msg(), "missing.safetensors") && strstr(dl_error_msg(), "cannot open"), "%s",
               dl_error_msg());
     dl_st_close(&f);
-    cr_expect_eq(dl_st_open(&f, g_dir), DL_ERR);
+    cr_expect_eq(dl_st_open(&f, tu_tmpdir()), DL_ERR);
     cr_expect(strstr(dl_error_msg(), "directory"), "%s", dl_error_msg());
     dl_st_close(&f);
-    FILE *e = fopen(in_dir("empty.safetensors"), "wb");
+    FILE *e = fopen(tu_tmp("empty.safetensors"), "wb");
     fclose(e);
-    cr_expect_eq(dl_st_open(&f, in_dir("empty.safetensors")), DL_ERR);
+    cr_expect_eq(dl_st_open(&f, tu_tmp("empty.safetensors")), DL_ERR);
     cr_expect(strstr(dl_error_msg(), "empty.safetensors") && strstr(dl_error_msg(), "truncated"), "%s",
               dl_error_msg());
     dl_st_close(&f);
 }
 
-Test(safetensors, writer_refuses_duplicates, .init = make_dir, .fini = remove_dir)
+Test(safetensors, writer_refuses_duplicates, .init = tu_tmpdir_init, .fini = tu_tmpdir_fini)
 {
     float x = 1;
     dl_st_entry e[2] = {{"a", DL_F32, 1, {1}, &x}, {"a", DL_F32, 1, {1}, &x}};
-    cr_expect_eq(dl_st_save(in_dir("d.safetensors"), e, 2, NULL, 0), DL_ERR);
+    cr_expect_eq(dl_st_save(tu_tmp("d.safetensors"), e, 2, NULL, 0), DL_ERR);
     cr_expect(strstr(dl_error_msg(), "given twice"), "%s", dl_error_msg());
-    cr_expect_eq(count_files(g_dir), 0);
+    cr_expect_eq(count_files(tu_tmpdir()), 0);
 }
 
 Test(safetensors, unwritable_directory_leaves_nothing)
@@ -265,11 +241,11 @@ Test(safetensors, unwritable_directory_leaves_nothing)
 
 /* A full disk, simulated with a file-size limit: the write fails, the old file survives intact
  * and no temporary is left behind. */
-Test(safetensors, disk_full_keeps_the_old_file, .init = make_dir, .fini = remove_dir)
+Test(safetensors, disk_full_keeps_the_old_file, .init = tu_tmpdir_init, .fini = tu_tmpdir_fini)
 {
     float small = 42;
     dl_st_entry e = {"a", DL_F32, 1, {1}, &small};
-    const char *path = in_dir("keep.safetensors");
+    const char *path = tu_tmp("keep.safetensors");
     cr_assert_eq(dl_st_save(path, &e, 1, NULL, 0), DL_OK, "%s", dl_error_msg());
 
     enum { N = 1 << 16 };
@@ -282,21 +258,21 @@ Test(safetensors, disk_full_keeps_the_old_file, .init = make_dir, .fini = remove
     cr_expect(strstr(dl_error_msg(), "write failed") && strstr(dl_error_msg(), "keep.safetensors"), "%s",
               dl_error_msg());
     free(big);
-    cr_expect_eq(count_files(g_dir), 1, "the temporary must be removed");
+    cr_expect_eq(count_files(tu_tmpdir()), 1, "the temporary must be removed");
     dl_st_file f;
     cr_assert_eq(dl_st_open(&f, path), DL_OK, "old file damaged: %s", dl_error_msg());
     cr_expect_eq(*(const float *)dl_st_find(&f, "a")->data, 42.0f);
     dl_st_close(&f);
 }
 
-Test(inspect, lists_tensors_and_metadata, .init = make_dir, .fini = remove_dir)
+Test(inspect, lists_tensors_and_metadata, .init = tu_tmpdir_init, .fini = tu_tmpdir_fini)
 {
     float w[6] = {0};
     dl_st_entry e = {"lora_unet_x.lora_down.weight", DL_F32, 2, {2, 3}, w};
     const char *meta[] = {"ss_network_alpha", "8"};
-    cr_assert_eq(dl_st_save(in_dir("l.safetensors"), &e, 1, meta, 1), DL_OK);
+    cr_assert_eq(dl_st_save(tu_tmp("l.safetensors"), &e, 1, meta, 1), DL_OK);
     FILE *out = tmpfile();
-    char *argv[] = {"inspect", (char *)in_dir("l.safetensors"), NULL};
+    char *argv[] = {"inspect", (char *)tu_tmp("l.safetensors"), NULL};
     cr_expect_eq(dl_cmd_inspect(2, argv, out), 0);
     rewind(out);
     char text[4096] = {0};
@@ -309,13 +285,13 @@ Test(inspect, lists_tensors_and_metadata, .init = make_dir, .fini = remove_dir)
     cr_expect(strstr(text, "ss_network_alpha = 8"), "%s", text);
 }
 
-Test(inspect, bad_file_exits_nonzero, .init = make_dir, .fini = remove_dir)
+Test(inspect, bad_file_exits_nonzero, .init = tu_tmpdir_init, .fini = tu_tmpdir_fini)
 {
-    FILE *bad = fopen(in_dir("bad.safetensors"), "wb");
+    FILE *bad = fopen(tu_tmp("bad.safetensors"), "wb");
     fputs("garbage!garbage!", bad);
     fclose(bad);
     FILE *out = tmpfile();
-    char *argv[] = {"inspect", (char *)in_dir("bad.safetensors"), NULL};
+    char *argv[] = {"inspect", (char *)tu_tmp("bad.safetensors"), NULL};
     cr_expect_eq(dl_cmd_inspect(2, argv, out), 1);
     char *argv2[] = {"inspect", "--bogus", NULL};
     cr_expect_eq(dl_cmd_inspect(2, argv2, out), 2);

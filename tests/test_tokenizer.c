@@ -15,29 +15,6 @@
 
 #define BPE_GZ "clip/bpe_simple_vocab_16e6.txt.gz"
 
-static char g_dir[256];
-
-static void make_dir(void)
-{
-    snprintf(g_dir, sizeof g_dir, "/tmp/danlu-tok-XXXXXX");
-    cr_assert_not_null(mkdtemp(g_dir));
-}
-
-static void remove_dir(void)
-{
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
-    cr_assert_eq(system(cmd), 0);
-}
-
-static const char *in_dir(const char *name)
-{
-    static char buf[4][512];
-    static int slot;
-    char *b = buf[slot++ & 3];
-    snprintf(b, 512, "%s/%s", g_dir, name);
-    return b;
-}
 
 static void write_text(const char *path, const char *text, size_t len)
 {
@@ -136,17 +113,17 @@ Test(tokenizer, gz_matches_transformers)
     cJSON_Delete(root);
 }
 
-Test(tokenizer, folder_roundtrip_and_config, .init = make_dir, .fini = remove_dir)
+Test(tokenizer, folder_roundtrip_and_config, .init = tu_tmpdir_init, .fini = tu_tmpdir_fini)
 {
     cJSON *root = golden();
     dl_tokenizer *gz = load_or_fail(tu_shared_path(BPE_GZ));
     /* a model folder: <dir>/tokenizer/{vocab.json, merges.txt}, written by our writer */
     char sub[600];
-    snprintf(sub, sizeof sub, "%s/tokenizer", g_dir);
+    snprintf(sub, sizeof sub, "%s/tokenizer", tu_tmpdir());
     cr_assert_eq(mkdir(sub, 0755), 0);
     if (dl_tokenizer_save(gz, sub) != DL_OK) cr_assert_fail("save: %s", dl_error_msg());
     dl_tokenizer_free(gz);
-    dl_tokenizer *t = load_or_fail(g_dir);           /* the model folder */
+    dl_tokenizer *t = load_or_fail(tu_tmpdir());           /* the model folder */
     cr_assert_eq(dl_tokenizer_vocab_size(t), 49408);
     cr_assert_eq(dl_tokenizer_pad(t), 49407);
     check_cases(t, root, 0, 0);
@@ -172,19 +149,19 @@ Test(tokenizer, folder_roundtrip_and_config, .init = make_dir, .fini = remove_di
     cJSON_Delete(root);
 }
 
-Test(tokenizer, tiny_vocab_json, .init = make_dir, .fini = remove_dir)
+Test(tokenizer, tiny_vocab_json, .init = tu_tmpdir_init, .fini = tu_tmpdir_fini)
 {
     cJSON *root = golden();
     const cJSON *tiny = cJSON_GetObjectItem(root, "tiny");
     char *vocab = cJSON_PrintUnformatted(cJSON_GetObjectItem(tiny, "vocab"));
-    write_text(in_dir("vocab.json"), vocab, strlen(vocab));
+    write_text(tu_tmp("vocab.json"), vocab, strlen(vocab));
     free(vocab);
-    FILE *f = fopen(in_dir("merges.txt"), "wb");
+    FILE *f = fopen(tu_tmp("merges.txt"), "wb");
     fputs("#version: 0.2\n", f);
     for (const cJSON *m = cJSON_GetObjectItem(tiny, "merges")->child; m; m = m->next)
         fprintf(f, "%s\n", m->valuestring);
     fclose(f);
-    dl_tokenizer *t = load_or_fail(g_dir);
+    dl_tokenizer *t = load_or_fail(tu_tmpdir());
     for (const cJSON *c = cJSON_GetObjectItem(tiny, "cases")->child; c; c = c->next) {
         const char *p = cJSON_GetObjectItem(c, "prompt")->valuestring;
         int32_t *ids = NULL;
@@ -209,32 +186,32 @@ static void expect_load_error(const char *path, const char *needle1, const char 
               "message \"%s\" should name \"%s\" and \"%s\"", msg, needle1, needle2);
 }
 
-Test(tokenizer, bad_input, .init = make_dir, .fini = remove_dir)
+Test(tokenizer, bad_input, .init = tu_tmpdir_init, .fini = tu_tmpdir_fini)
 {
-    expect_load_error(in_dir("nope"), in_dir("nope"), "no such tokenizer");
+    expect_load_error(tu_tmp("nope"), tu_tmp("nope"), "no such tokenizer");
     /* a folder with vocab.json only */
     const char *vocab = "{\"a\": 0, \"b\": 1, \"ab\": 2, \"<|startoftext|>\": 3, \"<|endoftext|>\": 4}";
-    write_text(in_dir("vocab.json"), vocab, strlen(vocab));
-    expect_load_error(g_dir, "merges.txt", g_dir);
+    write_text(tu_tmp("vocab.json"), vocab, strlen(vocab));
+    expect_load_error(tu_tmpdir(), "merges.txt", tu_tmpdir());
     /* a merge line with three tokens, one naming an unknown token, an unknown result */
-    write_text(in_dir("merges.txt"), "#version: 0.2\na b c\n", 20);
-    expect_load_error(g_dir, in_dir("merges.txt"), ":2: bad merge line");
-    write_text(in_dir("merges.txt"), "a b\na q\n", 8);
-    expect_load_error(g_dir, in_dir("merges.txt"), ":2: merge \"a q\": token \"q\"");
-    write_text(in_dir("merges.txt"), "b a\n", 4);
-    expect_load_error(g_dir, in_dir("merges.txt"), "result \"ba\" is not in the vocabulary");
+    write_text(tu_tmp("merges.txt"), "#version: 0.2\na b c\n", 20);
+    expect_load_error(tu_tmpdir(), tu_tmp("merges.txt"), ":2: bad merge line");
+    write_text(tu_tmp("merges.txt"), "a b\na q\n", 8);
+    expect_load_error(tu_tmpdir(), tu_tmp("merges.txt"), ":2: merge \"a q\": token \"q\"");
+    write_text(tu_tmp("merges.txt"), "b a\n", 4);
+    expect_load_error(tu_tmpdir(), tu_tmp("merges.txt"), "result \"ba\" is not in the vocabulary");
     /* vocab.json that is not an object, or with a non-integer id, or without the specials */
-    write_text(in_dir("merges.txt"), "a b\n", 4);
-    write_text(in_dir("vocab.json"), "[1, 2", 5);
-    expect_load_error(g_dir, in_dir("vocab.json"), "not a JSON object");
-    write_text(in_dir("vocab.json"), "{\"a\": 0.5}", 10);
-    expect_load_error(g_dir, in_dir("vocab.json"), "not a non-negative integer");
-    write_text(in_dir("vocab.json"), "{\"a\": 0, \"b\": 1, \"ab\": 2}", 26);
-    expect_load_error(g_dir, in_dir("vocab.json"), "<|startoftext|>");
+    write_text(tu_tmp("merges.txt"), "a b\n", 4);
+    write_text(tu_tmp("vocab.json"), "[1, 2", 5);
+    expect_load_error(tu_tmpdir(), tu_tmp("vocab.json"), "not a JSON object");
+    write_text(tu_tmp("vocab.json"), "{\"a\": 0.5}", 10);
+    expect_load_error(tu_tmpdir(), tu_tmp("vocab.json"), "not a non-negative integer");
+    write_text(tu_tmp("vocab.json"), "{\"a\": 0, \"b\": 1, \"ab\": 2}", 26);
+    expect_load_error(tu_tmpdir(), tu_tmp("vocab.json"), "<|startoftext|>");
     /* a pad token the vocabulary lacks */
-    write_text(in_dir("vocab.json"), vocab, strlen(vocab));
-    write_text(in_dir("special_tokens_map.json"), "{\"pad_token\": \"zz\"}", 19);
-    expect_load_error(g_dir, in_dir("special_tokens_map.json"), "pad_token \"zz\"");
+    write_text(tu_tmp("vocab.json"), vocab, strlen(vocab));
+    write_text(tu_tmp("special_tokens_map.json"), "{\"pad_token\": \"zz\"}", 19);
+    expect_load_error(tu_tmpdir(), tu_tmp("special_tokens_map.json"), "pad_token \"zz\"");
     /* CLIP's .gz cut short: corrupt gzip or too few merges, naming the file */
     FILE *f = fopen(tu_shared_path(BPE_GZ), "rb");
     cr_assert_not_null(f);
@@ -242,13 +219,13 @@ Test(tokenizer, bad_input, .init = make_dir, .fini = remove_dir)
     size_t n = fread(buf, 1, 200000, f);
     fclose(f);
     cr_assert_eq(n, 200000);
-    write_text(in_dir("cut.txt.gz"), buf, n);
-    expect_load_error(in_dir("cut.txt.gz"), in_dir("cut.txt.gz"), "truncated or corrupt gzip");
+    write_text(tu_tmp("cut.txt.gz"), buf, n);
+    expect_load_error(tu_tmp("cut.txt.gz"), tu_tmp("cut.txt.gz"), "truncated or corrupt gzip");
     free(buf);
-    write_text(in_dir("plain.txt.gz"), "not gzip\n", 9);
-    expect_load_error(in_dir("plain.txt.gz"), in_dir("plain.txt.gz"), "not gzip data");
-    write_text(in_dir("short.txt"), "header\na b\n", 11);
-    expect_load_error(in_dir("short.txt"), in_dir("short.txt"), "truncated");
+    write_text(tu_tmp("plain.txt.gz"), "not gzip\n", 9);
+    expect_load_error(tu_tmp("plain.txt.gz"), tu_tmp("plain.txt.gz"), "not gzip data");
+    write_text(tu_tmp("short.txt"), "header\na b\n", 11);
+    expect_load_error(tu_tmp("short.txt"), tu_tmp("short.txt"), "truncated");
 }
 
 Test(tokenizer, invalid_utf8_prompt)

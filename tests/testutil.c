@@ -1,7 +1,10 @@
 /* testutil.c - golden-data access, comparisons, random fills and finite differences for tests. */
+#define _XOPEN_SOURCE 700
 #include "testutil.h"
 
 #include <criterion/criterion.h>
+#include <ftw.h>
+#include <sys/stat.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,6 +25,37 @@ const char *tu_shared_path(const char *rel)
     static _Thread_local int slot;
     char *b = bufs[slot++ & 7];
     snprintf(b, 1024, "%s/../shared/data/%s", DANLU_SOURCE_DIR, rel);
+    return b;
+}
+
+static char g_tmpdir[64];
+
+static int tmp_rm_one(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb; (void)flag; (void)ftw;
+    return remove(p);
+}
+
+void tu_tmpdir_init(void)
+{
+    strcpy(g_tmpdir, "/tmp/danlu-test-XXXXXX");
+    cr_assert_not_null(mkdtemp(g_tmpdir), "cannot create a temporary directory");
+}
+
+void tu_tmpdir_fini(void)
+{
+    if (g_tmpdir[0]) nftw(g_tmpdir, tmp_rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    g_tmpdir[0] = 0;
+}
+
+const char *tu_tmpdir(void) { return g_tmpdir; }
+
+const char *tu_tmp(const char *rel)
+{
+    static _Thread_local char bufs[8][1024];
+    static _Thread_local int slot;
+    char *b = bufs[slot++ & 7];
+    snprintf(b, 1024, "%s/%s", g_tmpdir, rel);
     return b;
 }
 

@@ -20,6 +20,14 @@ const char *tu_path(const char *rel);
 /* Absolute path of a file in ../shared/data (beside the checkout), e.g. "clip/bpe_...gz". */
 const char *tu_shared_path(const char *rel);
 
+/* A fresh temporary directory for the current test (Criterion runs each test in its own
+ * process): use tu_tmpdir_init / tu_tmpdir_fini as .init / .fini. tu_tmp(rel) is a path inside
+ * it (static buffer per call slot: valid until the 8th following call). */
+void tu_tmpdir_init(void);
+void tu_tmpdir_fini(void);
+const char *tu_tmpdir(void);
+const char *tu_tmp(const char *rel);
+
 /* Open tests/golden/<name>.safetensors; fails the test if it cannot. */
 void tu_golden_open(dl_st_file *f, const char *name);
 /* malloc'd fp32 copy of tensor `tensor` (any float dtype); *numel set if non-NULL. Fails the
