@@ -8,6 +8,7 @@
 #ifndef DANLU_MODEL_CONFIG_H
 #define DANLU_MODEL_CONFIG_H
 
+#include "model/prediction.h"
 #include "ops/cpu/activation.h"
 
 #ifdef __cplusplus
@@ -16,7 +17,6 @@ extern "C" {
 
 #define DL_MAX_BLOCKS 8
 
-typedef enum { DL_PRED_EPSILON = 0, DL_PRED_V = 1 } dl_prediction;
 /* The text encoder's activation is one of the CPU op set's (DL_ACT_QUICK_GELU or DL_ACT_GELU). */
 typedef dl_act dl_clip_act;
 

@@ -5,6 +5,8 @@
 #ifndef DANLU_SCHEDULE_H
 #define DANLU_SCHEDULE_H
 
+#include "model/prediction.h"
+
 #include <stddef.h>
 #include <stdint.h>
 
@@ -17,11 +19,6 @@ typedef enum dl_beta_schedule {
     DL_BETA_SCALED_LINEAR,      /* linspace(sqrt(beta_start), sqrt(beta_end), T)^2 (SD1.x, SD2.x) */
     DL_BETA_SQUAREDCOS_CAP_V2,  /* cosine alpha_bar (Nichol & Dhariwal), betas capped at 0.999 */
 } dl_beta_schedule;
-
-typedef enum dl_prediction {
-    DL_PRED_EPSILON = 0,  /* the model predicts the noise */
-    DL_PRED_V,            /* v = sqrt(acp) eps - sqrt(1 - acp) x0 (SD2.x 768-v) */
-} dl_prediction;
 
 /* The fields of a diffusers scheduler_config.json that the schedules and samplers read. */
 typedef struct dl_schedule_config {

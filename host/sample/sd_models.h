@@ -1,7 +1,6 @@
 /* sd_models.h - the networks of one SD checkpoint bundled for sampling (tokenizer, text
- * encoder, UNet, VAE, their arenas), behind an opaque handle. Kept apart from pipeline.c
- * because model/config.h and sample/schedule.h both define dl_prediction; this header includes
- * neither, so the pipeline can use the sampler and the networks side by side. */
+ * encoder, UNet, VAE, their arenas), behind an opaque handle, so the pipeline sees what it
+ * samples with and none of the networks' internals. */
 #ifndef DANLU_SAMPLE_SD_MODELS_H
 #define DANLU_SAMPLE_SD_MODELS_H
 
