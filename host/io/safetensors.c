@@ -228,6 +228,17 @@ int dl_st_open(dl_st_file *f, const char *path)
     return DL_OK;
 }
 
+void dl_st_drop_pages(const dl_st_file *f, const dl_st_tensor *t)
+{
+    if (!f->mapped || !f->base || t->end <= t->begin) return;
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    const uintptr_t lo = (uintptr_t)t->data & ~(page - 1);
+    const uintptr_t hi = ((uintptr_t)t->data + (t->end - t->begin) + page - 1) & ~(page - 1);
+    const uintptr_t end = ((uintptr_t)f->base + f->size + page - 1) & ~(page - 1);
+    /* read-only private file mapping never written: dropped pages read back from the file */
+    madvise((void *)lo, (hi < end ? hi : end) - lo, MADV_DONTNEED);
+}
+
 void dl_st_close(dl_st_file *f)
 {
     st_free_contents(f);

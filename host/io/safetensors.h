@@ -57,6 +57,11 @@ const char *dl_st_meta(const dl_st_file *f, const char *key);
 int64_t dl_st_numel(const dl_st_tensor *t);
 /* Convert t (F32/F16/BF16/F64) into dst (numel floats). DL_ERR (message) for other dtypes. */
 int dl_st_read_f32(const dl_st_file *f, const dl_st_tensor *t, float *dst);
+/* Give back the resident pages of t's bytes in a mapped file (madvise MADV_DONTNEED): after a
+ * tensor is converted into its own buffer its file pages need not count in the process's memory.
+ * The mapping stays valid: a later read faults the bytes in again from the file. No-op for a
+ * file that is not mapped. */
+void dl_st_drop_pages(const dl_st_file *f, const dl_st_tensor *t);
 
 /* One tensor to write. */
 typedef struct dl_st_entry {

@@ -923,6 +923,9 @@ int dl_ckpt_load(dl_checkpoint *ck, dl_part part, const char *name, int ndim, co
         if (rc != DL_OK) dl_error_prefix("%s tensor %s: ", dl_part_name(part), name);
     }
     if (rc == DL_OK) ck->used[r.file][r.t - file->tensors] = 1;
+    /* converted: its fp16/bf16 file pages need not stay resident beside the fp32 copy (a fused
+     * q/k/v read three times faults them back from the page cache) */
+    dl_st_drop_pages(file, r.t);
     return rc;
 }
 
