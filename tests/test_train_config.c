@@ -216,3 +216,33 @@ Test(train_config, file_errors_name_file_and_key)
     cr_expect(strstr(dl_error_msg(), "/nonexistent/x.json") != NULL, "%s", dl_error_msg());
     dl_train_config_free(&c);
 }
+
+/* resolution in JSON as a number or a [W, H] pair as well as sd-scripts' string; other shapes
+ * are errors naming the key */
+Test(train_config, resolution_json_forms)
+{
+    static const struct { const char *v; int ok, w, h; } cases[] = {
+        {"768", 1, 768, 768}, {"[768, 512]", 1, 768, 512}, {"\"640\"", 1, 640, 640},
+        {"[512]", 1, 512, 512}, {"[512, 512, 3]", 0, 0, 0}, {"512.5", 0, 0, 0}, {"true", 0, 0, 0},
+        {"[\"512\", 512]", 0, 0, 0},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        char json[200];
+        snprintf(json, sizeof json,
+                 "{\"pretrained_model_name_or_path\": \"m\", \"train_data_dir\": \"d\", \"output_dir\": \"o\", "
+                 "\"resolution\": %s}", cases[i].v);
+        dl_train_config c;
+        dl_train_config_defaults(&c);
+        int rc = dl_train_config_apply_json_text(&c, json, "r.json");
+        if (rc == DL_OK) rc = dl_train_config_finish(&c);
+        if (cases[i].ok) {
+            cr_expect_eq(rc, DL_OK, "%s: %s", cases[i].v, dl_error_msg());
+            cr_expect_eq(c.res_w, cases[i].w, "%s", cases[i].v);
+            cr_expect_eq(c.res_h, cases[i].h, "%s", cases[i].v);
+        } else {
+            cr_expect_eq(rc, DL_ERR, "%s accepted", cases[i].v);
+            cr_expect(strstr(dl_error_msg(), "resolution") != NULL, "%s: %s", cases[i].v, dl_error_msg());
+        }
+        dl_train_config_free(&c);
+    }
+}

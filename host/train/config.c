@@ -268,6 +268,20 @@ static int apply_json_value(dl_train_config *c, const key_def *k, const cJSON *v
     }
     switch (k->kind) {
     case K_STR:
+        if (!strcmp(k->name, "resolution") && !cJSON_IsString(v)) {
+            /* JSON users write 512 or [768, 512] as often as sd-scripts' "512" / "768,512" */
+            char buf[64];
+            const cJSON *w = cJSON_IsArray(v) ? cJSON_GetArrayItem(v, 0) : v;
+            const cJSON *h = cJSON_IsArray(v) ? cJSON_GetArrayItem(v, 1) : NULL;
+            const int n = cJSON_IsArray(v) ? cJSON_GetArraySize(v) : 1;
+            if ((n != 1 && n != 2) || !cJSON_IsNumber(w) || (h && !cJSON_IsNumber(h)) || w->valuedouble != (int)w->valuedouble ||
+                (h && h->valuedouble != (int)h->valuedouble))
+                return dl_error_set("%s%s: expected a size (512), a pair ([768, 512]) or a string (\"768,512\")", where,
+                                    k->name);
+            if (h) snprintf(buf, sizeof buf, "%d,%d", (int)w->valuedouble, (int)h->valuedouble);
+            else snprintf(buf, sizeof buf, "%d", (int)w->valuedouble);
+            return set_text(c, k, buf, where);
+        }
         if (!cJSON_IsString(v)) return dl_error_set("%s%s: expected a string", where, k->name);
         return set_text(c, k, v->valuestring, where);
     case K_BOOL:
