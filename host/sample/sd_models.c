@@ -16,13 +16,20 @@
 
 struct dl_sd {
     const dl_ctx *ctx;
+    dl_model_config cfg;
+    int sd2;
     dl_checkpoint ck;
     int ck_open;
-    dl_tokenizer *tok;
-    dl_clip clip;
-    dl_unet unet;
-    dl_vae vae;
+    dl_tokenizer *tok;        /* owned unless view */
+    const dl_tokenizer *tokv; /* what is used: tok, or the viewed one */
+    dl_clip *clip;            /* &clip_own, or the viewed network */
+    dl_unet *unet;
+    dl_vae *vae;
+    dl_clip clip_own;
+    dl_unet unet_own;
+    dl_vae vae_own;
     int have_clip, have_unet, have_vae;
+    int view;                 /* 1: networks borrowed (dl_sd_view): nothing merged, nothing freed */
     dl_arena weights;
     dl_arena scratch;   /* grown on demand (re-created when a call needs more) */
     int n_lora;
@@ -48,6 +55,11 @@ int dl_sd_open(dl_sd **out, const char *path, const char *tokenizer, const dl_ct
         return DL_ERR;
     }
     sd->ck_open = 1;
+    sd->cfg = sd->ck.cfg;
+    sd->sd2 = sd->ck.sd2;
+    sd->clip = &sd->clip_own;
+    sd->unet = &sd->unet_own;
+    sd->vae = &sd->vae_own;
     const char *tp = tokenizer ? tokenizer : sd->ck.tokenizer_dir;
     if (!tp) {
         dl_sd_close(sd);
@@ -58,6 +70,7 @@ int dl_sd_open(dl_sd **out, const char *path, const char *tokenizer, const dl_ct
         dl_sd_close(sd);
         return DL_ERR;
     }
+    sd->tokv = sd->tok;
     const dl_model_config *c = &sd->ck.cfg;
     if (dl_tokenizer_vocab_size(sd->tok) > c->text.vocab_size) {
         int v = dl_tokenizer_vocab_size(sd->tok);
@@ -66,11 +79,11 @@ int dl_sd_open(dl_sd **out, const char *path, const char *tokenizer, const dl_ct
     }
     size_t wb = dl_clip_weights_bytes(&c->text) + dl_unet_weights_bytes(&c->unet) + dl_vae_weights_bytes(&c->vae);
     if (dl_arena_init(&sd->weights, "weights", wb) != DL_OK) goto fail;
-    if (dl_clip_load(&sd->clip, &sd->ck, &sd->weights) != DL_OK) goto fail;
+    if (dl_clip_load(sd->clip, &sd->ck, &sd->weights) != DL_OK) goto fail;
     sd->have_clip = 1;
-    if (dl_unet_load(&sd->unet, &sd->ck, &sd->weights) != DL_OK) goto fail;
+    if (dl_unet_load(sd->unet, &sd->ck, &sd->weights) != DL_OK) goto fail;
     sd->have_unet = 1;
-    if (dl_vae_load(&sd->vae, &sd->ck, &sd->weights) != DL_OK) goto fail;
+    if (dl_vae_load(sd->vae, &sd->ck, &sd->weights) != DL_OK) goto fail;
     sd->have_vae = 1;
     *out = sd;
     return DL_OK;
@@ -80,13 +93,31 @@ fail:
     return DL_ERR;
 }
 
+int dl_sd_view(dl_sd **out, const dl_model_config *cfg, int sd2, const dl_tokenizer *tok, dl_clip *clip,
+               dl_unet *unet, dl_vae *vae, const dl_ctx *ctx)
+{
+    *out = NULL;
+    dl_sd *sd = calloc(1, sizeof *sd);
+    if (!sd) return dl_error_set("out of memory");
+    sd->ctx = ctx;
+    sd->cfg = *cfg;
+    sd->sd2 = sd2;
+    sd->tokv = tok;
+    sd->clip = clip;
+    sd->unet = unet;
+    sd->vae = vae;
+    sd->view = 1;
+    *out = sd;
+    return DL_OK;
+}
+
 void dl_sd_close(dl_sd *sd)
 {
     if (!sd) return;
     dl_sd_lora_clear(sd);
-    if (sd->have_clip) dl_clip_free(&sd->clip);
-    if (sd->have_unet) dl_unet_free(&sd->unet);
-    if (sd->have_vae) dl_vae_free(&sd->vae);
+    if (sd->have_clip) dl_clip_free(sd->clip);
+    if (sd->have_unet) dl_unet_free(sd->unet);
+    if (sd->have_vae) dl_vae_free(sd->vae);
     if (sd->tok) dl_tokenizer_free(sd->tok);
     if (sd->ck_open) dl_ckpt_close(&sd->ck);
     dl_arena_free(&sd->weights);
@@ -94,32 +125,33 @@ void dl_sd_close(dl_sd *sd)
     free(sd);
 }
 
-const struct dl_tokenizer *dl_sd_tokenizer(const dl_sd *sd) { return sd->tok; }
-int dl_sd_hidden(const dl_sd *sd) { return sd->ck.cfg.text.hidden_size; }
-int dl_sd_text_layers(const dl_sd *sd) { return sd->ck.cfg.text.num_layers; }
-int dl_sd_latent_channels(const dl_sd *sd) { return sd->ck.cfg.vae.latent_channels; }
-int dl_sd_vae_factor(const dl_sd *sd) { return 1 << (sd->ck.cfg.vae.n_blocks - 1); }
-int dl_sd_unet_multiple(const dl_sd *sd) { return 1 << (sd->ck.cfg.unet.n_blocks - 1); }
-float dl_sd_scaling_factor(const dl_sd *sd) { return sd->ck.cfg.vae.scaling_factor; }
-int dl_sd_v_prediction(const dl_sd *sd) { return sd->ck.cfg.unet.prediction == DL_PRED_V; }
-int dl_sd_is_sd2(const dl_sd *sd) { return sd->ck.sd2; }
+const struct dl_tokenizer *dl_sd_tokenizer(const dl_sd *sd) { return sd->tokv; }
+int dl_sd_hidden(const dl_sd *sd) { return sd->cfg.text.hidden_size; }
+int dl_sd_text_layers(const dl_sd *sd) { return sd->cfg.text.num_layers; }
+int dl_sd_latent_channels(const dl_sd *sd) { return sd->cfg.vae.latent_channels; }
+int dl_sd_vae_factor(const dl_sd *sd) { return 1 << (sd->cfg.vae.n_blocks - 1); }
+int dl_sd_unet_multiple(const dl_sd *sd) { return 1 << (sd->cfg.unet.n_blocks - 1); }
+float dl_sd_scaling_factor(const dl_sd *sd) { return sd->cfg.vae.scaling_factor; }
+int dl_sd_v_prediction(const dl_sd *sd) { return sd->cfg.unet.prediction == DL_PRED_V; }
+int dl_sd_is_sd2(const dl_sd *sd) { return sd->sd2; }
 int dl_sd_lora_count(const dl_sd *sd) { return sd->n_lora; }
 
 int dl_sd_lora_add(dl_sd *sd, const char *path, float te_w, float unet_w, int verbose)
 {
+    if (sd->view) return dl_error_set("%s: LoRA files are not merged into borrowed networks", path);
     dl_lora_net *v = realloc(sd->loras, sizeof *v * (size_t)(sd->n_lora + 1));
     if (!v) return dl_error_set("out of memory loading %s", path);
     sd->loras = v;
     dl_lora_net *net = &sd->loras[sd->n_lora];
     dl_lora_report rep;
-    DL_TRY(dl_lora_load(path, &sd->ck.cfg, 1.0f, net, &rep));
+    DL_TRY(dl_lora_load(path, &sd->cfg, 1.0f, net, &rep));
     if (verbose) dl_lora_report_print(&rep, path);
     for (int i = 0; i < net->n; i++) {
         dl_lora_module *m = &net->mods[i];
         float mult = m->part == DL_LORA_UNET ? unet_w : te_w;
         m->lora.scale = m->alpha / (float)m->lora.r * mult;
     }
-    if (dl_lora_net_merge(sd->ctx, net, net->n_unet > 0 ? &sd->unet : NULL, net->n > net->n_unet ? &sd->clip : NULL) !=
+    if (dl_lora_net_merge(sd->ctx, net, net->n_unet > 0 ? sd->unet : NULL, net->n > net->n_unet ? sd->clip : NULL) !=
         DL_OK) {
         dl_lora_net_free(net);
         return dl_error_prefix("%s: ", path);
@@ -132,7 +164,7 @@ void dl_sd_lora_clear(dl_sd *sd)
 {
     for (int k = sd->n_lora - 1; k >= 0; k--) {
         dl_lora_net *net = &sd->loras[k];
-        dl_lora_net_unmerge(sd->ctx, net, net->n_unet > 0 ? &sd->unet : NULL, net->n > net->n_unet ? &sd->clip : NULL);
+        dl_lora_net_unmerge(sd->ctx, net, net->n_unet > 0 ? sd->unet : NULL, net->n > net->n_unet ? sd->clip : NULL);
         dl_lora_net_free(net);
     }
     free(sd->loras);
@@ -142,33 +174,33 @@ void dl_sd_lora_clear(dl_sd *sd)
 
 int dl_sd_encode_text(dl_sd *sd, int N, const int32_t *ids, int clip_skip, float *out)
 {
-    const dl_clip_config *c = &sd->ck.cfg.text;
+    const dl_clip_config *c = &sd->cfg.text;
     if (clip_skip < 1 || clip_skip > c->num_layers)
         return dl_error_set("clip skip %d is outside 1..%d (the text encoder's layers)", clip_skip, c->num_layers);
     DL_TRY(ensure_scratch(sd, dl_clip_scratch_bytes(c, N, DL_TOK_CONTEXT)));
-    dl_clip_forward(sd->ctx, &sd->clip, N, DL_TOK_CONTEXT, ids, c->num_layers - clip_skip + 1, 1, out, &sd->scratch);
+    dl_clip_forward(sd->ctx, sd->clip, N, DL_TOK_CONTEXT, ids, c->num_layers - clip_skip + 1, 1, out, &sd->scratch);
     return DL_OK;
 }
 
 int dl_sd_unet(dl_sd *sd, int N, int h, int w, const float *x, const float *t, const float *context, int T,
                float *out)
 {
-    DL_TRY(ensure_scratch(sd, dl_unet_scratch_bytes(&sd->unet, N, h, w, T)));
-    dl_unet_forward(sd->ctx, &sd->unet, N, h, w, x, t, context, T, out, &sd->scratch);
+    DL_TRY(ensure_scratch(sd, dl_unet_scratch_bytes(sd->unet, N, h, w, T)));
+    dl_unet_forward(sd->ctx, sd->unet, N, h, w, x, t, context, T, out, &sd->scratch);
     return DL_OK;
 }
 
 int dl_sd_vae_encode(dl_sd *sd, int N, int H, int W, const float *img, float *mean, float *logvar)
 {
-    DL_TRY(ensure_scratch(sd, dl_vae_scratch_bytes(&sd->ck.cfg.vae, N, H, W)));
-    dl_vae_encode(sd->ctx, &sd->vae, N, H, W, img, mean, logvar, &sd->scratch);
+    DL_TRY(ensure_scratch(sd, dl_vae_scratch_bytes(&sd->cfg.vae, N, H, W)));
+    dl_vae_encode(sd->ctx, sd->vae, N, H, W, img, mean, logvar, &sd->scratch);
     return DL_OK;
 }
 
 int dl_sd_vae_decode(dl_sd *sd, int N, int h, int w, const float *z, float *img)
 {
     int f = dl_sd_vae_factor(sd);
-    DL_TRY(ensure_scratch(sd, dl_vae_scratch_bytes(&sd->ck.cfg.vae, N, h * f, w * f)));
-    dl_vae_decode(sd->ctx, &sd->vae, N, h, w, z, img, &sd->scratch);
+    DL_TRY(ensure_scratch(sd, dl_vae_scratch_bytes(&sd->cfg.vae, N, h * f, w * f)));
+    dl_vae_decode(sd->ctx, sd->vae, N, h, w, z, img, &sd->scratch);
     return DL_OK;
 }

@@ -14,12 +14,22 @@ extern "C" {
 
 typedef struct dl_sd dl_sd;
 struct dl_tokenizer;
+struct dl_model_config;
+struct dl_clip;
+struct dl_unet;
+struct dl_vae;
 
 /* Open the checkpoint at path (diffusers folder or single .safetensors) and load its text
  * encoder, UNet and VAE. tokenizer: a tokenizer folder / vocab.json / CLIP bpe .txt.gz, or NULL
  * for the checkpoint's tokenizer/ folder (a single file needs one: DL_ERR says so). ctx is
  * borrowed. Returns DL_OK (*out set) or DL_ERR with a message. */
 int dl_sd_open(dl_sd **out, const char *path, const char *tokenizer, const dl_ctx *ctx);
+/* A view on networks loaded elsewhere, e.g. the trainer's, with its LoRA adapters attached and
+ * live: nothing is loaded or copied (cfg is copied; tok, clip, unet, vae and ctx must outlive the
+ * view). dl_sd_lora_add refuses a view (DL_ERR); dl_sd_close frees only the view's scratch. */
+int dl_sd_view(dl_sd **out, const struct dl_model_config *cfg, int sd2, const struct dl_tokenizer *tok,
+               struct dl_clip *clip, struct dl_unet *unet, struct dl_vae *vae, const dl_ctx *ctx);
+/* Frees what dl_sd_open loaded (or a view's scratch); NULL is fine. */
 void dl_sd_close(dl_sd *sd);
 
 /* Facts about the model. */

@@ -171,6 +171,15 @@ int dl_train_sampler_create(dl_train_sampler **out, const char *model, const cha
     return DL_OK;
 }
 
+int dl_train_sampler_create_view(dl_train_sampler **out, dl_sd *view)
+{
+    dl_train_sampler *s = calloc(1, sizeof *s);
+    if (!s) return dl_error_set("out of memory");
+    s->sd = view;
+    *out = s;
+    return DL_OK;
+}
+
 void dl_train_sampler_free(dl_train_sampler *s)
 {
     if (!s) return;
@@ -185,8 +194,10 @@ int dl_train_sample(dl_train_sampler *s, const char *lora_path, const dl_train_p
                     const char *prefix, FILE *log)
 {
     if (!s->sd) DL_TRY(dl_sd_open(&s->sd, s->model, s->tokenizer, s->ctx));
-    dl_sd_lora_clear(s->sd);
-    DL_TRY(dl_sd_lora_add(s->sd, lora_path, 1.0f, 1.0f, 0));
+    if (lora_path) {
+        dl_sd_lora_clear(s->sd);
+        DL_TRY(dl_sd_lora_add(s->sd, lora_path, 1.0f, 1.0f, 0));
+    }
     const int mult = dl_sd_vae_factor(s->sd) * dl_sd_unet_multiple(s->sd);
     int rc = DL_OK;
     for (int i = 0; i < n && rc == DL_OK; i++) {

@@ -41,9 +41,15 @@ typedef struct dl_train_sampler dl_train_sampler;
 /* A sampler for model (loaded on first use: a second copy of the weights), tokenizer as
  * dl_sd_open. ctx borrowed. */
 int dl_train_sampler_create(dl_train_sampler **out, const char *model, const char *tokenizer, const dl_ctx *ctx);
+/* A sampler on a dl_sd view of the trainer's own networks (sample/sd_models.h dl_sd_view), the
+ * LoRA being trained attached and live: no second copy of the weights. Takes ownership of view
+ * (closed by dl_train_sampler_free). */
+struct dl_sd;
+int dl_train_sampler_create_view(dl_train_sampler **out, struct dl_sd *view);
 void dl_train_sampler_free(dl_train_sampler *s);
 
-/* Generate every prompt with the LoRA file lora_path merged (weight 1), writing
+/* Generate every prompt with the LoRA file lora_path merged (weight 1; NULL: the networks as
+ * they are, e.g. a view with the LoRA attached), writing
  * out_dir/<prefix>_<idx:02d>.png (A1111 "parameters" text chunk). default_sampler: the run's
  * sample_sampler; seed for prompts without --d; clip_skip as training. log may be NULL. */
 int dl_train_sample(dl_train_sampler *s, const char *lora_path, const dl_train_prompt *p, int n,
