@@ -1,6 +1,7 @@
 /* lora_io.c - reading and writing LoRA files (kohya / LyCORIS LoCon / diffusers PEFT). */
 #include "lora/lora_io.h"
 #include "core/error.h"
+#include "lora/addnet_hash.h"
 #include "io/safetensors.h"
 #include "model/checkpoint.h"
 
@@ -10,6 +11,33 @@
 #include <string.h>
 
 /* ------------------------------------------------------------------ writing */
+
+/* dl_st_save, adding sd-scripts' "sshs_model_hash" / "sshs_legacy_hash" (computed from the tensors
+ * and the ss_* keys alone, as sd-scripts does) to a kohya file whose metadata has ss_* keys; any
+ * such keys the caller passed are replaced. */
+static int save_with_hashes(const char *path, dl_lora_format fmt, const dl_st_entry *e, int ne,
+                            const char *const *meta, int n_meta)
+{
+    if (fmt != DL_LORA_FMT_KOHYA || !dl_addnet_has_ss(meta, n_meta)) return dl_st_save(path, e, ne, meta, n_meta);
+    char model[65], legacy[9];
+    if (dl_addnet_hashes(e, ne, meta, n_meta, model, legacy) != DL_OK) return dl_error_prefix("%s: ", path);
+    const char **m = malloc((size_t)(n_meta + 2) * 2 * sizeof *m);
+    if (!m) return dl_error_set("%s: out of memory saving the LoRA", path);
+    int nm = 0;
+    for (int i = 0; i < n_meta; i++) {
+        if (strcmp(meta[2 * i], "sshs_model_hash") == 0 || strcmp(meta[2 * i], "sshs_legacy_hash") == 0) continue;
+        m[2 * nm] = meta[2 * i];
+        m[2 * nm + 1] = meta[2 * i + 1];
+        nm++;
+    }
+    m[2 * nm] = "sshs_model_hash";
+    m[2 * nm + 1] = model;
+    m[2 * nm + 2] = "sshs_legacy_hash";
+    m[2 * nm + 3] = legacy;
+    int ret = dl_st_save(path, e, ne, m, nm + 2);
+    free(m);
+    return ret;
+}
 
 int dl_lora_save(const char *path, const dl_lora_net *net, dl_lora_format fmt, dl_dtype dtype,
                  const char *const *meta, int n_meta)
@@ -103,7 +131,7 @@ int dl_lora_save(const char *path, const dl_lora_net *net, dl_lora_format fmt, d
             ne++;
         }
     }
-    ret = dl_st_save(path, e, ne, meta, n_meta);
+    ret = save_with_hashes(path, fmt, e, ne, meta, n_meta);
 done:
     free(tmp);
     free(data);

@@ -30,7 +30,9 @@ typedef enum { DL_LORA_FMT_KOHYA = 0, DL_LORA_FMT_PEFT = 1 } dl_lora_format;
 
 /* Write net to path in format fmt with tensors of dtype (DL_F32, DL_F16 or DL_BF16) and the
  * caller's metadata pairs (meta[2i] key, meta[2i+1] value: the ss_* / modelspec.* keys),
- * atomically (temporary file + rename). DL_ERR names the file (not writable, disk full). */
+ * atomically (temporary file + rename). A kohya file whose metadata has ss_* keys also gets
+ * sd-scripts' "sshs_model_hash" and "sshs_legacy_hash" (lora/addnet_hash.h), replacing any the
+ * caller passed. DL_ERR names the file (not writable, disk full). */
 int dl_lora_save(const char *path, const dl_lora_net *net, dl_lora_format fmt, dl_dtype dtype,
                  const char *const *meta, int n_meta);
 
