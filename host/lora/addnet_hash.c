@@ -1,7 +1,7 @@
 /* addnet_hash.c - sd-scripts' sshs_model_hash / sshs_legacy_hash of a LoRA's tensors and ss_* metadata. */
 #include "lora/addnet_hash.h"
 #include "core/error.h"
-#include "sample/infotext.h"
+#include "core/sha256.h"
 
 #include <stdint.h>
 #include <stdio.h>

@@ -4,6 +4,8 @@
 #ifndef DANLU_SAMPLE_INFOTEXT_H
 #define DANLU_SAMPLE_INFOTEXT_H
 
+#include "core/sha256.h"
+
 #include <stddef.h>
 #include <stdint.h>
 
@@ -11,19 +13,6 @@
 extern "C" {
 #endif
 
-typedef struct dl_sha256 {
-    uint32_t h[8];
-    uint64_t len;
-    uint8_t buf[64];
-    size_t nbuf;
-} dl_sha256;
-
-void dl_sha256_init(dl_sha256 *s);
-void dl_sha256_update(dl_sha256 *s, const void *data, size_t n);
-void dl_sha256_final(dl_sha256 *s, uint8_t out[32]);
-/* Lower-case hex of the digest of bytes [offset, end) of the file at path into hex[65].
- * Returns DL_OK or DL_ERR (message names the file). */
-int dl_sha256_file(const char *path, uint64_t offset, char hex[65]);
 /* A1111's model hash: SHA-256 of the whole file, first 10 hex. */
 int dl_a1111_model_hash(const char *path, char out[11]);
 /* A1111's LoRA hash (AddNet): SHA-256 of a .safetensors file past its 8 + N header, first 12 hex. */

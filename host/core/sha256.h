@@ -1,0 +1,30 @@
+/* sha256.h - SHA-256 of memory and of files (incremental), for the model and LoRA hashes
+ * front ends compare (A1111 shorthash, AddNet / sd-scripts sshs_* hashes). */
+#ifndef DANLU_CORE_SHA256_H
+#define DANLU_CORE_SHA256_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct dl_sha256 {
+    uint32_t h[8];
+    uint64_t len;
+    uint8_t buf[64];
+    size_t nbuf;
+} dl_sha256;
+
+void dl_sha256_init(dl_sha256 *s);
+void dl_sha256_update(dl_sha256 *s, const void *data, size_t n);
+void dl_sha256_final(dl_sha256 *s, uint8_t out[32]);
+/* Lower-case hex of the digest of bytes [offset, end) of the file at path into hex[65].
+ * Returns DL_OK or DL_ERR (message names the file). */
+int dl_sha256_file(const char *path, uint64_t offset, char hex[65]);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
