@@ -1,6 +1,7 @@
 /* testutil.c - golden-data access, comparisons, random fills and finite differences for tests. */
 #define _XOPEN_SOURCE 700
 #include "testutil.h"
+#include "backend/backend.h"
 
 #include <criterion/criterion.h>
 #include <ftw.h>
@@ -181,3 +182,84 @@ void tu_fd_grad(tu_scalar_fn f, void *user, double *x, size_t n, double h, doubl
         grad[i] = (fp - fm) / (2 * h);
     }
 }
+
+/* ---- UNet training rig ---- */
+
+/* tiny_unet_sd1x with a rank-2 LoRA on every linear and conv, inputs from the unet_train golden. */
+void tu_unet_rig_open(tu_unet_rig *r)
+{
+    memset(r, 0, sizeof *r);
+    cr_assert_eq(dl_ckpt_open(&r->ck, tu_path("tests/golden/tiny_unet_sd1x"), NULL), DL_OK, "%s", dl_error_msg());
+    cr_assert_eq(dl_arena_init(&r->w, "weights", dl_unet_weights_bytes(&r->ck.cfg.unet)), DL_OK);
+    cr_assert_eq(dl_unet_load(&r->u, &r->ck, &r->w), DL_OK, "%s", dl_error_msg());
+    tu_golden_open(&r->g, "unet_train");
+    const dl_st_tensor *tx = dl_st_find(&r->g, "sd1x.x"), *tc = dl_st_find(&r->g, "sd1x.ctx");
+    cr_assert(tx && tc);
+    r->N = (int)tx->shape[0], r->H = (int)tx->shape[1], r->W = (int)tx->shape[2], r->T = (int)tc->shape[1];
+    r->C_out = r->u.cfg.out_channels;
+    r->x = tu_golden_f32(&r->g, "sd1x.x", NULL);
+    r->t = tu_golden_f32(&r->g, "sd1x.t", NULL);
+    r->cond = tu_golden_f32(&r->g, "sd1x.ctx", NULL);
+    r->target = tu_golden_f32(&r->g, "sd1x.target", NULL);
+    int nm = 0;
+    const dl_unet_module *mods = dl_unet_modules(&r->u, &nm);
+    r->l = calloc((size_t)nm, sizeof *r->l);
+    r->nA = calloc((size_t)nm, sizeof *r->nA);
+    r->nB = calloc((size_t)nm, sizeof *r->nB);
+    for (int i = 0; i < nm; i++) {
+        dl_lora *l = &r->l[i];
+        const int64_t K = mods[i].kind == DL_MODULE_LINEAR ? mods[i].linear->in
+                                                           : (int64_t)mods[i].conv->k * mods[i].conv->k * mods[i].conv->cin;
+        const int64_t out = mods[i].kind == DL_MODULE_LINEAR ? mods[i].linear->out : mods[i].conv->cout;
+        l->r = 2, l->scale = 0.5f;
+        r->nA[i] = 2 * K, r->nB[i] = out * 2;
+        l->A = malloc((size_t)r->nA[i] * sizeof(float)), l->B = malloc((size_t)r->nB[i] * sizeof(float));
+        l->dA = calloc((size_t)r->nA[i], sizeof(float)), l->dB = calloc((size_t)r->nB[i], sizeof(float));
+        tu_fill_uniform(l->A, (size_t)r->nA[i], 7 + (uint64_t)i, -0.1f, 0.1f);
+        tu_fill_uniform(l->B, (size_t)r->nB[i], 9000 + (uint64_t)i, -0.1f, 0.1f);
+        if (mods[i].kind == DL_MODULE_LINEAR) mods[i].linear->lora = l;
+        else mods[i].conv->lora = l;
+    }
+    r->n = nm;
+    cr_assert_eq(dl_arena_init(&r->act, "activations", dl_unet_train_act_bytes(&r->u, r->N, r->H, r->W, r->T, 0)),
+                 DL_OK);
+    cr_assert_eq(dl_arena_init(&r->scratch, "scratch",
+                               dl_unet_train_scratch_bytes(&r->u, r->N, r->H, r->W, r->T, 0, 1)),
+                 DL_OK);
+}
+
+void tu_unet_rig_close(tu_unet_rig *r)
+{
+    for (int i = 0; i < r->n; i++) free(r->l[i].A), free(r->l[i].B), free(r->l[i].dA), free(r->l[i].dB);
+    free(r->l), free(r->nA), free(r->nB);
+    free(r->x), free(r->t), free(r->cond), free(r->target);
+    dl_arena_free(&r->act);
+    dl_arena_free(&r->scratch);
+    dl_st_close(&r->g);
+    dl_unet_free(&r->u);
+    dl_arena_free(&r->w);
+    dl_ckpt_close(&r->ck);
+}
+
+double tu_unet_rig_step(const dl_ctx *c, tu_unet_rig *r, dl_unet_tape *tape, float *out, float *dout, float *dctx,
+                         float *grads)
+{
+    const int64_t D = (int64_t)r->H * r->W * r->C_out;
+    for (int i = 0; i < r->n; i++) {
+        memset(r->l[i].dA, 0, (size_t)r->nA[i] * sizeof(float));
+        memset(r->l[i].dB, 0, (size_t)r->nB[i] * sizeof(float));
+    }
+    dl_arena_reset(&r->act);
+    dl_unet_train_forward(c, &r->u, tape, r->N, r->H, r->W, r->x, r->t, r->cond, r->T, out, 0, &r->act, &r->scratch);
+    const double loss = dl_be(c)->mse_loss_forward(c, r->N, D, out, r->target, NULL, NULL);
+    dl_be(c)->mse_loss_backward(c, r->N, D, out, r->target, NULL, 1.0f, dout, NULL);
+    dl_unet_backward(c, tape, dout, dctx, &r->scratch);
+    size_t k = 0;
+    for (int i = 0; i < r->n; i++) {
+        memcpy(grads + k, r->l[i].dA, (size_t)r->nA[i] * sizeof(float)), k += (size_t)r->nA[i];
+        memcpy(grads + k, r->l[i].dB, (size_t)r->nB[i] * sizeof(float)), k += (size_t)r->nB[i];
+    }
+    memcpy(grads + k, dctx, (size_t)r->N * r->T * r->u.cfg.cross_attention_dim * sizeof(float));
+    return loss;
+}
+

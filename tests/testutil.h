@@ -6,6 +6,9 @@
 #include "core/ctx.h"
 #include "core/error.h"
 #include "io/safetensors.h"
+#include "model/checkpoint.h"
+#include "model/unet.h"
+#include "train/unet_train.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -58,6 +61,27 @@ dl_ctx *tu_ctx(void);
  * to x[0..n): grad[i] = (f(x+h e_i) - f(x-h e_i)) / 2h. x is restored on return. */
 typedef double (*tu_scalar_fn)(void *user, const double *x);
 void tu_fd_grad(tu_scalar_fn f, void *user, double *x, size_t n, double h, double *grad);
+
+/* A UNet training rig: tests/golden/tiny_unet_sd1x with a rank-2 LoRA (scale 0.5, random A
+ * and B) on every linear and conv, inputs x, t, ctx and target from the unet_train golden,
+ * activation and scratch arenas sized for them. */
+typedef struct tu_unet_rig {
+    dl_checkpoint ck;
+    dl_unet u;
+    dl_arena w, act, scratch;
+    dl_st_file g;
+    int N, H, W, T, C_out, n;
+    float *x, *t, *cond, *target;
+    dl_lora *l;
+    int64_t *nA, *nB;
+} tu_unet_rig;
+void tu_unet_rig_open(tu_unet_rig *r);
+void tu_unet_rig_close(tu_unet_rig *r);
+/* One step through dl_be(c): zeroed LoRA grads, tape forward, MSE, backward; every gradient
+ * (dA, dB of each module, then d context) copied to grads. tape, out, dout, dctx are the
+ * caller's. Returns the loss. */
+double tu_unet_rig_step(const dl_ctx *c, tu_unet_rig *r, dl_unet_tape *tape, float *out, float *dout, float *dctx,
+                        float *grads);
 
 #ifdef __cplusplus
 }

@@ -1,5 +1,6 @@
 /* ctx.c - execution context setup and its reusable scratch workspace. */
 #include "ctx.h"
+#include "backend/backend.h"
 #include "error.h"
 
 #include <stdatomic.h>
@@ -21,6 +22,7 @@ struct dl_workspace {
 int dl_ctx_init(dl_ctx *ctx, int nthreads)
 {
     ctx->ws = NULL;
+    ctx->be = &dl_backend_cpu;
     ctx->pool = dl_pool_create(nthreads);
     if (!ctx->pool) return dl_error_set("cannot start the CPU thread pool");
     dl_workspace *ws = calloc(1, sizeof *ws);
@@ -52,6 +54,18 @@ void dl_ctx_free(dl_ctx *ctx)
         free(ws);
     }
     ctx->ws = NULL;
+}
+
+int dl_ctx_init_backend(dl_ctx *ctx, int nthreads, const struct dl_backend *be)
+{
+    DL_TRY(dl_ctx_init(ctx, nthreads));
+    if (be) ctx->be = be;
+    return DL_OK;
+}
+
+const struct dl_backend *dl_be(const dl_ctx *ctx)
+{
+    return ctx && ctx->be ? ctx->be : &dl_backend_cpu;
 }
 
 static size_t round64(size_t n) { return (n + 63) / 64 * 64; }

@@ -1,5 +1,6 @@
 /* ctx.h - the execution context passed to every op: no global state.
  * CPU ops use pool for threads; CUDA ops take a stream as an explicit argument beside it.
+ * Networks reach the ops through the backend table of the context: dl_be(ctx)->op(ctx, ...).
  *
  * Workspace: the context owns reusable scratch memory so that ops allocate nothing once they
  * have run at their largest shapes (the steady state of a training step). There is one
@@ -32,10 +33,12 @@ extern "C" {
 #endif
 
 typedef struct dl_workspace dl_workspace;
+struct dl_backend;
 
 typedef struct dl_ctx {
     dl_pool *pool;     /* CPU threads (may be NULL: run on the caller) */
     dl_workspace *ws;  /* reusable scratch (may be NULL: ops malloc their scratch) */
+    const struct dl_backend *be; /* the op table networks call (backend/backend.h); NULL: CPU */
 } dl_ctx;
 
 /* Shared workspace slots, one per (op, buffer). Callers of other ops in brackets. */
@@ -52,10 +55,16 @@ enum {
     DL_WS_NSLOTS
 };
 
-/* nthreads <= 0: DANLU_THREADS or every core. Returns DL_OK or DL_ERR. */
+/* nthreads <= 0: DANLU_THREADS or every core; the backend is the CPU one (dl_backend_cpu).
+ * Returns DL_OK or DL_ERR. */
 int dl_ctx_init(dl_ctx *ctx, int nthreads);
+/* dl_ctx_init with the op table be (backend/backend.h: dl_backend_cpu, dl_backend_find). */
+int dl_ctx_init_backend(dl_ctx *ctx, int nthreads, const struct dl_backend *be);
 /* Stops the pool and frees the workspace. */
 void dl_ctx_free(dl_ctx *ctx);
+/* The op table of ctx: ctx->be, or the CPU backend when ctx or ctx->be is NULL (a ctx built
+ * as {0} or {pool, ws}). Never NULL. */
+const struct dl_backend *dl_be(const dl_ctx *ctx);
 
 /* At least `bytes` of 64-byte aligned scratch private to thread tid (0 <= tid < pool
  * threads), valid until the next dl_ws_thread call for the same tid or dl_ctx_free. */

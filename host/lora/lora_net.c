@@ -1,10 +1,10 @@
 /* lora_net.c - LoRA network: target selection by module name, one parameter allocation,
  * Kaiming init, attach / merge into the UNet and text encoder. */
 #include "lora/lora_net.h"
+#include "backend/backend.h"
 #include "core/error.h"
 #include "core/rng.h"
 #include "model/checkpoint.h"
-#include "ops/cpu/lora.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -359,8 +359,8 @@ static void merge_one(const dl_ctx *ctx, dl_lora_module *m, dl_linear *lin, dl_c
 {
     float *W = lin ? lin->w : conv->w; // [out, k, k, in]
     const int64_t K = (int64_t)m->k * m->k * m->in;
-    if (sign > 0) dl_cpu_lora_merge(ctx, m->out, K, m->lora.r, m->lora.scale, m->lora.A, m->lora.B, W);
-    else dl_cpu_lora_unmerge(ctx, m->out, K, m->lora.r, m->lora.scale, m->lora.A, m->lora.B, W);
+    if (sign > 0) dl_be(ctx)->lora_merge(ctx, m->out, K, m->lora.r, m->lora.scale, m->lora.A, m->lora.B, W);
+    else dl_be(ctx)->lora_unmerge(ctx, m->out, K, m->lora.r, m->lora.scale, m->lora.A, m->lora.B, W);
 }
 
 int dl_lora_net_merge(const dl_ctx *ctx, dl_lora_net *net, dl_unet *u, dl_clip *te)

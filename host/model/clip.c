@@ -1,9 +1,7 @@
 /* clip.c - CLIP text encoder: loading by transformers names and the CPU forward. */
 #include "model/clip.h"
+#include "backend/backend.h"
 #include "core/error.h"
-#include "ops/cpu/activation.h"
-#include "ops/cpu/attention.h"
-#include "ops/cpu/elementwise.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -121,14 +119,14 @@ void dl_clip_forward(const dl_ctx *ctx, const dl_clip *m, int N, int T, const in
         dl_linear_fwd(ctx, &y->q, M, h, q, scratch);          // [M, C]
         dl_linear_fwd(ctx, &y->k, M, h, k, scratch);          // [M, C]
         dl_linear_fwd(ctx, &y->v, M, h, v, scratch);          // [M, C]
-        dl_cpu_attention_forward(ctx, as, q, k, v, a, lse);   // [N, T, H*d], causal
+        dl_be(ctx)->attention_forward(ctx, as, q, k, v, a, lse);   // [N, T, H*d], causal
         dl_linear_fwd(ctx, &y->o, M, a, h, scratch);          // [M, C]
-        dl_cpu_add_forward(ctx, M * C, x, h, x);              // x += attn
+        dl_be(ctx)->add_forward(ctx, M * C, x, h, x);         // x += attn
         dl_layernorm_fwd(ctx, &y->ln2, M, x, h, scratch);     // [M, C]
         dl_linear_fwd(ctx, &y->fc1, M, h, f1, scratch);       // [M, I]
-        dl_cpu_act_forward(ctx, c->act, M * I, f1, f2);       // [M, I]
+        dl_be(ctx)->act_forward(ctx, c->act, M * I, f1, f2);  // [M, I]
         dl_linear_fwd(ctx, &y->fc2, M, f2, h, scratch);       // [M, C]
-        dl_cpu_add_forward(ctx, M * C, x, h, x);              // x += mlp
+        dl_be(ctx)->add_forward(ctx, M * C, x, h, x);         // x += mlp
     }
     if (final_ln) dl_layernorm_fwd(ctx, &m->final_ln, M, x, out, scratch);
     else memcpy(out, x, (size_t)M * C * sizeof(float));

@@ -1,12 +1,7 @@
 /* module.c - loading, CPU forward and backward of linear / conv / norm layers with optional LoRA. */
 #include "model/module.h"
+#include "backend/backend.h"
 #include "core/error.h"
-#include "ops/cpu/conv2d.h"
-#include "ops/cpu/elementwise.h"
-#include "ops/cpu/groupnorm.h"
-#include "ops/cpu/layernorm.h"
-#include "ops/cpu/linear.h"
-#include "ops/cpu/lora.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -97,12 +92,12 @@ void dl_linear_fwd(const dl_ctx *ctx, const dl_linear *m, int64_t M, const float
 {
     const dl_lora *l = m->lora;
     if (!l || l->merged) {
-        dl_cpu_linear_forward(ctx, M, m->in, m->out, x, m->w, m->b, y);
+        dl_be(ctx)->linear_forward(ctx, M, m->in, m->out, x, m->w, m->b, y);
         return;
     }
     size_t mark = dl_arena_mark(scratch);
     float *h = dl_alloc_f32(scratch, M * l->r); // [M, r]
-    dl_cpu_lora_linear_forward(ctx, M, m->in, m->out, l->r, l->scale, x, m->w, m->b, l->A, l->B, h, y);
+    dl_be(ctx)->lora_linear_forward(ctx, M, m->in, m->out, l->r, l->scale, x, m->w, m->b, l->A, l->B, h, y);
     dl_arena_release(scratch, mark);
 }
 
@@ -125,12 +120,12 @@ void dl_conv_fwd(const dl_ctx *ctx, const dl_conv *m, int N, int H, int W, const
     if (Wo) *Wo = wo;
     const dl_lora *l = m->lora;
     if (!l || l->merged) {
-        dl_cpu_conv2d_forward(ctx, &s, x, m->w, m->b, y);
+        dl_be(ctx)->conv2d_forward(ctx, &s, x, m->w, m->b, y);
         return;
     }
     size_t mark = dl_arena_mark(scratch);
     float *h = dl_alloc_f32(scratch, (int64_t)N * ho * wo * l->r); // [N, Ho, Wo, r]
-    dl_cpu_lora_conv_forward(ctx, &s, l->r, l->scale, x, m->w, m->b, l->A, l->B, h, y);
+    dl_be(ctx)->lora_conv_forward(ctx, &s, l->r, l->scale, x, m->w, m->b, l->A, l->B, h, y);
     dl_arena_release(scratch, mark);
 }
 
@@ -141,7 +136,7 @@ void dl_groupnorm_fwd(const dl_ctx *ctx, const dl_norm *m, int N, int64_t HW, co
     size_t mark = dl_arena_mark(scratch);
     float *mean = dl_alloc_f32(scratch, (int64_t)N * m->G), *rstd = dl_alloc_f32(scratch, (int64_t)N * m->G);
     dl_groupnorm_shape s = {.N = N, .HW = (int)HW, .C = m->C, .G = m->G, .eps = m->eps, .silu = silu};
-    dl_cpu_groupnorm_forward(ctx, s, x, m->gamma, m->beta, y, mean, rstd);
+    dl_be(ctx)->groupnorm_forward(ctx, s, x, m->gamma, m->beta, y, mean, rstd);
     dl_arena_release(scratch, mark);
 }
 
@@ -149,7 +144,7 @@ void dl_layernorm_fwd(const dl_ctx *ctx, const dl_norm *m, int64_t M, const floa
 {
     size_t mark = dl_arena_mark(scratch);
     float *mean = dl_alloc_f32(scratch, M), *rstd = dl_alloc_f32(scratch, M);
-    dl_cpu_layernorm_forward(ctx, M, m->C, m->eps, x, m->gamma, m->beta, y, mean, rstd);
+    dl_be(ctx)->layernorm_forward(ctx, M, m->C, m->eps, x, m->gamma, m->beta, y, mean, rstd);
     dl_arena_release(scratch, mark);
 }
 
@@ -176,7 +171,7 @@ void dl_linear_bwd(const dl_ctx *ctx, const dl_linear *m, int64_t M, const float
 {
     const dl_lora *l = m->lora;
     if (!lora_active(l)) {
-        if (dx) dl_cpu_linear_backward(ctx, M, m->in, m->out, x, m->w, dy, dx, NULL, NULL);
+        if (dx) dl_be(ctx)->linear_backward(ctx, M, m->in, m->out, x, m->w, dy, dx, NULL, NULL);
         return;
     }
     DL_ASSERT(x && dy);
@@ -186,10 +181,10 @@ void dl_linear_bwd(const dl_ctx *ctx, const dl_linear *m, int64_t M, const float
     float *dh = dl_alloc_f32(scratch, M * r);                                        // [M, r]
     float *dA = l->dA ? dl_alloc_f32(scratch, r * m->in) : NULL;                     // [r, in]
     float *dB = l->dB ? dl_alloc_f32(scratch, (int64_t)m->out * r) : NULL;           // [out, r]
-    dl_cpu_linear_forward(ctx, M, m->in, r, x, l->A, NULL, h);                       // h = x Aᵀ [M, r]
-    dl_cpu_lora_linear_backward(ctx, M, m->in, m->out, r, l->scale, x, m->w, l->A, l->B, h, dy, dh, dx, dA, dB);
-    if (dA) dl_cpu_axpy(ctx, r * m->in, 1.0f, dA, l->dA);                            // accumulate
-    if (dB) dl_cpu_axpy(ctx, (int64_t)m->out * r, 1.0f, dB, l->dB);
+    dl_be(ctx)->linear_forward(ctx, M, m->in, r, x, l->A, NULL, h);                  // h = x Aᵀ [M, r]
+    dl_be(ctx)->lora_linear_backward(ctx, M, m->in, m->out, r, l->scale, x, m->w, l->A, l->B, h, dy, dh, dx, dA, dB);
+    if (dA) dl_be(ctx)->axpy(ctx, r * m->in, 1.0f, dA, l->dA);                       // accumulate
+    if (dB) dl_be(ctx)->axpy(ctx, (int64_t)m->out * r, 1.0f, dB, l->dB);
     dl_arena_release(scratch, mark);
 }
 
@@ -209,7 +204,7 @@ void dl_conv_bwd(const dl_ctx *ctx, const dl_conv *m, int N, int H, int W, const
     dl_conv2d_shape s = conv_shape(m, N, H, W);
     const dl_lora *l = m->lora;
     if (!lora_active(l)) {
-        if (dx) dl_cpu_conv2d_backward(ctx, &s, x, m->w, dy, dx, NULL, NULL);
+        if (dx) dl_be(ctx)->conv2d_backward(ctx, &s, x, m->w, dy, dx, NULL, NULL);
         return;
     }
     DL_ASSERT(x && dy);
@@ -223,10 +218,10 @@ void dl_conv_bwd(const dl_ctx *ctx, const dl_conv *m, int N, int H, int W, const
     float *dB = l->dB ? dl_alloc_f32(scratch, (int64_t)m->cout * r) : NULL;          // [cout, r]
     dl_conv2d_shape sa = s;
     sa.Cout = (int)r;
-    dl_cpu_conv2d_forward(ctx, &sa, x, l->A, NULL, h);                               // h = conv(x, A)
-    dl_cpu_lora_conv_backward(ctx, &s, r, l->scale, x, m->w, l->A, l->B, h, dy, dh, dxs, dx, dA, dB);
-    if (dA) dl_cpu_axpy(ctx, r * KK, 1.0f, dA, l->dA);                               // accumulate
-    if (dB) dl_cpu_axpy(ctx, (int64_t)m->cout * r, 1.0f, dB, l->dB);
+    dl_be(ctx)->conv2d_forward(ctx, &sa, x, l->A, NULL, h);                          // h = conv(x, A)
+    dl_be(ctx)->lora_conv_backward(ctx, &s, r, l->scale, x, m->w, l->A, l->B, h, dy, dh, dxs, dx, dA, dB);
+    if (dA) dl_be(ctx)->axpy(ctx, r * KK, 1.0f, dA, l->dA);                          // accumulate
+    if (dB) dl_be(ctx)->axpy(ctx, (int64_t)m->cout * r, 1.0f, dB, l->dB);
     dl_arena_release(scratch, mark);
 }
 
@@ -236,12 +231,12 @@ void dl_groupnorm_bwd(const dl_ctx *ctx, const dl_norm *m, int N, int64_t HW, co
     DL_ASSERT(m->G > 0);
     if (!dx) return;
     dl_groupnorm_shape s = {.N = N, .HW = (int)HW, .C = m->C, .G = m->G, .eps = m->eps, .silu = silu};
-    dl_cpu_groupnorm_backward(ctx, s, x, m->gamma, m->beta, mean, rstd, dy, dx, NULL, NULL);
+    dl_be(ctx)->groupnorm_backward(ctx, s, x, m->gamma, m->beta, mean, rstd, dy, dx, NULL, NULL);
 }
 
 void dl_layernorm_bwd(const dl_ctx *ctx, const dl_norm *m, int64_t M, const float *x, const float *mean,
                       const float *rstd, const float *dy, float *dx)
 {
     if (!dx) return;
-    dl_cpu_layernorm_backward(ctx, M, m->C, x, m->gamma, mean, rstd, dy, dx, NULL, NULL);
+    dl_be(ctx)->layernorm_backward(ctx, M, m->C, x, m->gamma, mean, rstd, dy, dx, NULL, NULL);
 }

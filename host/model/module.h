@@ -1,7 +1,8 @@
 /* module.h - the layers networks are built from (linear, conv, group/layer norm), each holding
- * its weights by checkpoint name and an optional LoRA, with loading and forward on the CPU
- * backend. Networks (clip.c, vae.c, unet.c) are written against these, never against raw ops,
- * so LoRA injection and the backend stay in one place. */
+ * its weights by checkpoint name and an optional LoRA, with loading, forward and backward through
+ * the op table of the ctx (backend/backend.h: dl_be(ctx)->op). Networks (clip.c, vae.c, unet.c)
+ * are written against these and the table, never against a backend's functions, so LoRA
+ * injection stays in one place and the backend is the ctx's choice. */
 #ifndef DANLU_MODEL_MODULE_H
 #define DANLU_MODEL_MODULE_H
 

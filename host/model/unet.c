@@ -1,12 +1,8 @@
 /* unet.c - SD 1.x/2.x UNet (diffusers UNet2DConditionModel): loading by diffusers name and the
  * CPU forward, block by block on explicit channels-last buffers. */
 #include "model/unet.h"
+#include "backend/backend.h"
 #include "core/error.h"
-#include "ops/cpu/activation.h"
-#include "ops/cpu/attention.h"
-#include "ops/cpu/elementwise.h"
-#include "ops/cpu/embedding.h"
-#include "ops/cpu/upsample.h"
 
 #include <math.h>
 #include <stdarg.h>
@@ -403,11 +399,11 @@ void dl_unet_time_embed_fwd(const dl_ctx *ctx, const dl_unet *u, int N, const fl
     const int C0 = c->block_out_channels[0], Td = c->time_embed_dim;
     size_t mark = dl_arena_mark(scratch);
     float *sinus = dl_alloc_f32(scratch, (int64_t)N * C0);                           // [N, C0]
-    dl_cpu_timestep_embedding(ctx, N, C0, t, c->flip_sin_to_cos, (float)c->freq_shift, 1.0f, 10000.0f,
-                              sinus);                                                 // [N, C0]
+    dl_be(ctx)->timestep_embedding(ctx, N, C0, t, c->flip_sin_to_cos, (float)c->freq_shift, 1.0f, 10000.0f,
+                                   sinus);                                                 // [N, C0]
     float *h = dl_alloc_f32(scratch, (int64_t)N * Td);                               // [N, Td]
     dl_linear_fwd(ctx, &u->time_linear_1, N, sinus, h, scratch);                     // [N, Td]
-    dl_cpu_act_forward(ctx, DL_ACT_SILU, (int64_t)N * Td, h, h);                     // [N, Td]
+    dl_be(ctx)->act_forward(ctx, DL_ACT_SILU, (int64_t)N * Td, h, h);                // [N, Td]
     dl_linear_fwd(ctx, &u->time_linear_2, N, h, temb, scratch);                      // temb [N, Td]
     dl_arena_release(scratch, mark);
 }
@@ -425,15 +421,15 @@ void dl_unet_resnet_fwd(const dl_ctx *ctx, const dl_unet_resnet *r, int N, int H
     dl_conv_fwd(ctx, &r->conv1, N, H, W, a, y, NULL, NULL, scratch);                 // y [N, H, W, cout]
     if (temb_act) { /* NULL: a resnet without time embedding (the VAE's) */
         dl_linear_fwd(ctx, &r->time_emb_proj, N, temb_act, tp, scratch);             // tp [N, cout]
-        dl_cpu_add_bcast_forward(ctx, N, HW, cout, 1, y, tp, y);                     // y [N, H, W, cout]
+        dl_be(ctx)->add_bcast_forward(ctx, N, HW, cout, 1, y, tp, y);                // y [N, H, W, cout]
     }
     dl_groupnorm_fwd(ctx, &r->norm2, N, HW, y, a, 1, scratch);                       // a [N, H, W, cout]
     dl_conv_fwd(ctx, &r->conv2, N, H, W, a, y, NULL, NULL, scratch);                 // y [N, H, W, cout]
     if (r->has_shortcut) {
         dl_conv_fwd(ctx, &r->conv_shortcut, N, H, W, x, a, NULL, NULL, scratch);     // a [N, H, W, cout]
-        dl_cpu_add_forward(ctx, P * cout, a, y, y);                                  // y [N, H, W, cout]
+        dl_be(ctx)->add_forward(ctx, P * cout, a, y, y);                             // y [N, H, W, cout]
     } else {
-        dl_cpu_add_forward(ctx, P * cout, x, y, y);                                  // y [N, H, W, cout]
+        dl_be(ctx)->add_forward(ctx, P * cout, x, y, y);                             // y [N, H, W, cout]
     }
     dl_arena_release(scratch, mark);
 }
@@ -454,7 +450,7 @@ static void attn_fwd(const dl_ctx *ctx, const dl_unet_attn *at, int N, int Tq, c
     dl_linear_fwd(ctx, &at->to_v, Mk, xkv, v, scratch);                              // v [N, Tk, heads*d]
     dl_attention_shape s = {.N = N, .Tq = Tq, .Tk = Tk, .H = at->heads, .d = at->dim_head,
                             .scale = (float)(1.0 / sqrt((double)at->dim_head)), .causal = 0};
-    dl_cpu_attention_forward(ctx, s, q, k, v, o, NULL);                              // o [N, Tq, heads*d]
+    dl_be(ctx)->attention_forward(ctx, s, q, k, v, o, NULL);                         // o [N, Tq, heads*d]
     dl_linear_fwd(ctx, &at->to_out, Mq, o, out, scratch);                            // out [N, Tq, C]
     dl_arena_release(scratch, mark);
 }
@@ -468,19 +464,19 @@ void dl_unet_tblock_fwd(const dl_ctx *ctx, const dl_unet_tblock *b, int N, int S
     float *a = dl_alloc_f32(scratch, M * C);                                         // [N, S, C]
     dl_layernorm_fwd(ctx, &b->norm1, M, h, n, scratch);                              // n [N, S, C]
     attn_fwd(ctx, &b->attn1, N, S, n, S, n, a, scratch);                             // a [N, S, C] self
-    dl_cpu_add_forward(ctx, M * C, h, a, h);                                         // h [N, S, C]
+    dl_be(ctx)->add_forward(ctx, M * C, h, a, h);                                    // h [N, S, C]
     dl_layernorm_fwd(ctx, &b->norm2, M, h, n, scratch);                              // n [N, S, C]
     attn_fwd(ctx, &b->attn2, N, S, n, T, context, a, scratch);                       // a [N, S, C] cross
-    dl_cpu_add_forward(ctx, M * C, h, a, h);                                         // h [N, S, C]
+    dl_be(ctx)->add_forward(ctx, M * C, h, a, h);                                    // h [N, S, C]
     dl_layernorm_fwd(ctx, &b->norm3, M, h, n, scratch);                              // n [N, S, C]
     size_t mark_ff = dl_arena_mark(scratch);
     float *g = dl_alloc_f32(scratch, M * 8 * C);                                     // [N, S, 8C]
     float *f = dl_alloc_f32(scratch, M * 4 * C);                                     // [N, S, 4C]
     dl_linear_fwd(ctx, &b->ff_proj, M, n, g, scratch);                               // g [N, S, 4C | 4C]
-    dl_cpu_geglu_forward(ctx, M, 4 * C, g, f);                                       // f [N, S, 4C]
+    dl_be(ctx)->geglu_forward(ctx, M, 4 * C, g, f);                                  // f [N, S, 4C]
     dl_linear_fwd(ctx, &b->ff_out, M, f, a, scratch);                                // a [N, S, C]
     dl_arena_release(scratch, mark_ff);
-    dl_cpu_add_forward(ctx, M * C, h, a, h);                                         // h [N, S, C]
+    dl_be(ctx)->add_forward(ctx, M * C, h, a, h);                                    // h [N, S, C]
     dl_arena_release(scratch, mark);
 }
 
@@ -497,7 +493,7 @@ void dl_unet_transformer_fwd(const dl_ctx *ctx, const dl_unet_transformer *tr, i
     for (int i = 0; i < tr->n_blocks; i++)
         dl_unet_tblock_fwd(ctx, &tr->blocks[i], N, S, C, y, context, T, scratch);    // h [N, S, C]
     dl_linear_fwd(ctx, &tr->proj_out, M, y, a, scratch);                             // a [N, S, C]
-    dl_cpu_add_forward(ctx, M * C, a, x, y);                                         // y [N, H, W, C]
+    dl_be(ctx)->add_forward(ctx, M * C, a, x, y);                                    // y [N, H, W, C]
     dl_arena_release(scratch, mark);
 }
 
@@ -514,7 +510,7 @@ void dl_unet_upsample_fwd(const dl_ctx *ctx, const dl_conv *conv, int N, int H, 
     const int C = conv->cin;
     size_t mark = dl_arena_mark(scratch);
     float *up = dl_alloc_f32(scratch, (int64_t)N * 4 * H * W * C);                   // [N, 2H, 2W, C]
-    dl_cpu_upsample_nearest2x_forward(ctx, N, H, W, C, x, up);                       // up [N, 2H, 2W, C]
+    dl_be(ctx)->upsample_nearest2x_forward(ctx, N, H, W, C, x, up);                  // up [N, 2H, 2W, C]
     dl_conv_fwd(ctx, conv, N, 2 * H, 2 * W, up, y, NULL, NULL, scratch);             // y [N, 2H, 2W, C]
     dl_arena_release(scratch, mark);
 }
@@ -541,7 +537,7 @@ void dl_unet_forward(const dl_ctx *ctx, const dl_unet *u, int N, int H, int W, c
     float *B = dl_alloc_f32(scratch, pl.act);                                        // pong
     float *cat = dl_alloc_f32(scratch, pl.cat);                                      // up-block resnet input
     dl_unet_time_embed_fwd(ctx, u, N, t, temb, scratch);                             // temb [N, Td]
-    dl_cpu_act_forward(ctx, DL_ACT_SILU, (int64_t)N * Td, temb, temb_act);           // [N, Td]
+    dl_be(ctx)->act_forward(ctx, DL_ACT_SILU, (int64_t)N * Td, temb, temb_act);      // [N, Td]
 
     /* ---- down: every output is a skip, written straight into its own buffer */
     float *skip[MAX_SKIPS];
@@ -589,7 +585,7 @@ void dl_unet_forward(const dl_ctx *ctx, const dl_unet *u, int N, int H, int W, c
             const float *sk = skip[--ns];
             const int cs = skip_c[ns];
             DL_ASSERT(cc + cs == rs->cin);
-            dl_cpu_concat_channels_forward(ctx, P, cc, cs, cur, sk, cat);            // cat [N, h, w, cc + cs]
+            dl_be(ctx)->concat_channels_forward(ctx, P, cc, cs, cur, sk, cat);       // cat [N, h, w, cc + cs]
             float *o = cur == A ? B : A;
             dl_unet_resnet_fwd(ctx, rs, N, h, w, cat, temb_act, o, scratch);         // o [N, h, w, cout]
             cur = o;

@@ -1,8 +1,7 @@
 /* vae.c - AutoencoderKL encoder and decoder on the CPU backend, loaded by diffusers names. */
 #include "model/vae.h"
+#include "backend/backend.h"
 #include "core/error.h"
-#include "ops/cpu/attention.h"
-#include "ops/cpu/elementwise.h"
 
 #include <math.h>
 #include <stdarg.h>
@@ -206,9 +205,9 @@ static void mid_attention(const dl_ctx *ctx, const dl_vae_attn *a, int N, int S,
     dl_linear_fwd(ctx, &a->k, M, h, k, scratch);
     dl_linear_fwd(ctx, &a->v, M, h, v, scratch);
     dl_attention_shape as = {.N = N, .Tq = S, .Tk = S, .H = 1, .d = C, .scale = 1.0f / sqrtf((float)C), .causal = 0};
-    dl_cpu_attention_forward(ctx, as, q, k, v, h, lse); // [N, S, C]
+    dl_be(ctx)->attention_forward(ctx, as, q, k, v, h, lse); // [N, S, C]
     dl_linear_fwd(ctx, &a->out, M, h, q, scratch);      // [N, S, C]
-    dl_cpu_add_forward(ctx, M * C, x, q, x);            // residual
+    dl_be(ctx)->add_forward(ctx, M * C, x, q, x);       // residual
     dl_arena_release(scratch, mark);
 }
 

@@ -1,10 +1,7 @@
 /* clip_train.c - CLIP text encoder training forward (saving activations) and LoRA backward. */
 #include "train/clip_train.h"
+#include "backend/backend.h"
 #include "core/error.h"
-#include "ops/cpu/activation.h"
-#include "ops/cpu/attention.h"
-#include "ops/cpu/elementwise.h"
-#include "ops/cpu/layernorm.h"
 
 #include <math.h>
 #include <string.h>
@@ -108,24 +105,24 @@ void dl_clip_train_forward(const dl_ctx *ctx, const dl_clip *m, dl_clip_saved *s
         const dl_clip_layer *y = &m->layers[l];
         dl_clip_layer_saved *v = &s->l[l];
         float *x_next = l + 1 < layers ? s->l[l + 1].x_in : s->x_out;   // [M, C] the layer's output
-        dl_cpu_layernorm_forward(ctx, M, C, y->ln1.eps, v->x_in, y->ln1.gamma, y->ln1.beta, v->h1, v->mean1,
-                                 v->rstd1);                              // [M, C]
+        dl_be(ctx)->layernorm_forward(ctx, M, C, y->ln1.eps, v->x_in, y->ln1.gamma, y->ln1.beta, v->h1, v->mean1,
+                                      v->rstd1);                              // [M, C]
         dl_linear_fwd(ctx, &y->q, M, v->h1, v->q, scratch);             // [M, C]
         dl_linear_fwd(ctx, &y->k, M, v->h1, v->k, scratch);             // [M, C]
         dl_linear_fwd(ctx, &y->v, M, v->h1, v->v, scratch);             // [M, C]
-        dl_cpu_attention_forward(ctx, as, v->q, v->k, v->v, v->a, v->lse); // [N, T, H*d], causal
+        dl_be(ctx)->attention_forward(ctx, as, v->q, v->k, v->v, v->a, v->lse); // [N, T, H*d], causal
         dl_linear_fwd(ctx, &y->o, M, v->a, v->x_mid, scratch);          // [M, C] attn
-        dl_cpu_add_forward(ctx, M * C, v->x_in, v->x_mid, v->x_mid);    // x_mid = x_in + attn
-        dl_cpu_layernorm_forward(ctx, M, C, y->ln2.eps, v->x_mid, y->ln2.gamma, y->ln2.beta, v->h2, v->mean2,
-                                 v->rstd2);                              // [M, C]
+        dl_be(ctx)->add_forward(ctx, M * C, v->x_in, v->x_mid, v->x_mid);    // x_mid = x_in + attn
+        dl_be(ctx)->layernorm_forward(ctx, M, C, y->ln2.eps, v->x_mid, y->ln2.gamma, y->ln2.beta, v->h2, v->mean2,
+                                      v->rstd2);                              // [M, C]
         dl_linear_fwd(ctx, &y->fc1, M, v->h2, v->f1, scratch);          // [M, I]
-        dl_cpu_act_forward(ctx, c->act, M * I, v->f1, v->f2);           // [M, I]
+        dl_be(ctx)->act_forward(ctx, c->act, M * I, v->f1, v->f2);      // [M, I]
         dl_linear_fwd(ctx, &y->fc2, M, v->f2, x_next, scratch);         // [M, C] mlp
-        dl_cpu_add_forward(ctx, M * C, v->x_mid, x_next, x_next);       // x_next = x_mid + mlp
+        dl_be(ctx)->add_forward(ctx, M * C, v->x_mid, x_next, x_next);  // x_next = x_mid + mlp
     }
     if (final_ln)
-        dl_cpu_layernorm_forward(ctx, M, C, m->final_ln.eps, s->x_out, m->final_ln.gamma, m->final_ln.beta, out,
-                                 s->meanf, s->rstdf);                    // [M, C]
+        dl_be(ctx)->layernorm_forward(ctx, M, C, m->final_ln.eps, s->x_out, m->final_ln.gamma, m->final_ln.beta, out,
+                                      s->meanf, s->rstdf);                    // [M, C]
     else
         memcpy(out, s->x_out, (size_t)M * C * sizeof(float));
 }
@@ -195,24 +192,24 @@ void dl_clip_backward(const dl_ctx *ctx, const dl_clip *m, const dl_clip_saved *
         /* MLP branch: x_next = x_mid + fc2(act(fc1(ln2(x_mid)))); dx is d x_next */
         dl_linear_bwd(ctx, &y->fc2, M, v->f2, dx, fc1 ? df : NULL, scratch);   // [M, I] d f2
         if (fc1) {
-            dl_cpu_act_backward(ctx, c->act, M * I, v->f1, df, df);             // [M, I] d f1
+            dl_be(ctx)->act_backward(ctx, c->act, M * I, v->f1, df, df);        // [M, I] d f1
             dl_linear_bwd(ctx, &y->fc1, M, v->h2, df, attn ? g : NULL, scratch); // [M, C] d h2
         }
         if (!attn) break;
         dl_layernorm_bwd(ctx, &y->ln2, M, v->x_mid, v->mean2, v->rstd2, g, t); // [M, C]
-        dl_cpu_axpy(ctx, M * C, 1.0f, t, dx);                                  // dx = d x_mid
+        dl_be(ctx)->axpy(ctx, M * C, 1.0f, t, dx);                             // dx = d x_mid
         /* attention branch: x_mid = x_in + out_proj(attn(q, k, v of ln1(x_in))) */
         dl_linear_bwd(ctx, &y->o, M, v->a, dx, qkv ? g : NULL, scratch);      // [M, C] d a
         if (!qkv) break;
-        dl_cpu_attention_backward(ctx, as, v->q, v->k, v->v, v->a, v->lse, g, dq, dk, dv);
+        dl_be(ctx)->attention_backward(ctx, as, v->q, v->k, v->v, v->a, v->lse, g, dq, dk, dv);
         dl_linear_bwd(ctx, &y->q, M, v->h1, dq, below ? g : NULL, scratch);   // [M, C] d h1
         dl_linear_bwd(ctx, &y->k, M, v->h1, dk, below ? t : NULL, scratch);
-        if (below) dl_cpu_axpy(ctx, M * C, 1.0f, t, g);
+        if (below) dl_be(ctx)->axpy(ctx, M * C, 1.0f, t, g);
         dl_linear_bwd(ctx, &y->v, M, v->h1, dv, below ? t : NULL, scratch);
         if (!below) break;
-        dl_cpu_axpy(ctx, M * C, 1.0f, t, g);
+        dl_be(ctx)->axpy(ctx, M * C, 1.0f, t, g);
         dl_layernorm_bwd(ctx, &y->ln1, M, v->x_in, v->mean1, v->rstd1, g, t); // [M, C]
-        dl_cpu_axpy(ctx, M * C, 1.0f, t, dx);                                  // dx = d x_in
+        dl_be(ctx)->axpy(ctx, M * C, 1.0f, t, dx);                             // dx = d x_in
     }
     dl_arena_release(scratch, mark);
 }

@@ -1,14 +1,8 @@
 /* unet_train.c - the UNet training forward on a tape of blocks and its backward (LoRA gradients,
  * optional d(context)), with per-block gradient checkpointing and exact memory sizing. */
 #include "train/unet_train.h"
+#include "backend/backend.h"
 #include "core/error.h"
-#include "ops/cpu/activation.h"
-#include "ops/cpu/attention.h"
-#include "ops/cpu/conv2d.h"
-#include "ops/cpu/elementwise.h"
-#include "ops/cpu/groupnorm.h"
-#include "ops/cpu/layernorm.h"
-#include "ops/cpu/upsample.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -118,7 +112,7 @@ static void conv_bwd(const dl_ctx *ctx, mem *s, const dl_conv *m, int N, int H, 
 /* dst = src (threaded: a scale by exactly 1). */
 static void copy_f32(const dl_ctx *ctx, mem *s, int64_t n, const float *src, float *dst)
 {
-    RUN(s) dl_cpu_scale_forward(ctx, n, 1.0f, src, dst);
+    RUN(s) dl_be(ctx)->scale_forward(ctx, n, 1.0f, src, dst);
 }
 
 /* ================================================================ blocks
@@ -146,7 +140,7 @@ static resnet_saved *resnet_fwd(const dl_ctx *ctx, const dl_unet_resnet *r, int 
     sv->cat = NULL;
     if (cskip) {
         sv->cat = take(save, P * cin);                                               // [N, H, W, cin]
-        RUN(save) dl_cpu_concat_channels_forward(ctx, P, cin - cskip, cskip, x, skip, sv->cat);
+        RUN(save) dl_be(ctx)->concat_channels_forward(ctx, P, cin - cskip, cskip, x, skip, sv->cat);
         xin = sv->cat;
     }
     sv->mean1 = take(save, (int64_t)N * G1), sv->rstd1 = take(save, (int64_t)N * G1);
@@ -157,18 +151,18 @@ static resnet_saved *resnet_fwd(const dl_ctx *ctx, const dl_unet_resnet *r, int 
     float *tp = take(s, (int64_t)N * cout);                                          // [N, cout]
     dl_groupnorm_shape g1 = {.N = N, .HW = (int)HW, .C = cin, .G = G1, .eps = r->norm1.eps, .silu = 1};
     dl_groupnorm_shape g2 = {.N = N, .HW = (int)HW, .C = cout, .G = G2, .eps = r->norm2.eps, .silu = 1};
-    RUN(s) dl_cpu_groupnorm_forward(ctx, g1, xin, r->norm1.gamma, r->norm1.beta, sv->a1, sv->mean1, sv->rstd1);
+    RUN(s) dl_be(ctx)->groupnorm_forward(ctx, g1, xin, r->norm1.gamma, r->norm1.beta, sv->a1, sv->mean1, sv->rstd1);
     conv_fwd(ctx, s, &r->conv1, N, H, W, sv->a1, sv->y1);                            // y1 [N, H, W, cout]
     lin_fwd(ctx, s, &r->time_emb_proj, N, temb_act, tp);                             // tp [N, cout]
-    RUN(s) dl_cpu_add_bcast_forward(ctx, N, HW, cout, 1, sv->y1, tp, sv->y1);        // y1 += tp
-    RUN(s) dl_cpu_groupnorm_forward(ctx, g2, sv->y1, r->norm2.gamma, r->norm2.beta, sv->a2, sv->mean2, sv->rstd2);
+    RUN(s) dl_be(ctx)->add_bcast_forward(ctx, N, HW, cout, 1, sv->y1, tp, sv->y1);   // y1 += tp
+    RUN(s) dl_be(ctx)->groupnorm_forward(ctx, g2, sv->y1, r->norm2.gamma, r->norm2.beta, sv->a2, sv->mean2, sv->rstd2);
     conv_fwd(ctx, s, &r->conv2, N, H, W, sv->a2, y);                                 // y [N, H, W, cout]
     if (r->has_shortcut) {
         float *sc = take(s, P * cout);                                               // [N, H, W, cout]
         conv_fwd(ctx, s, &r->conv_shortcut, N, H, W, xin, sc);
-        RUN(s) dl_cpu_add_forward(ctx, P * cout, sc, y, y);                          // y += shortcut(x)
+        RUN(s) dl_be(ctx)->add_forward(ctx, P * cout, sc, y, y);                     // y += shortcut(x)
     } else {
-        RUN(s) dl_cpu_add_forward(ctx, P * cout, xin, y, y);                         // y += x
+        RUN(s) dl_be(ctx)->add_forward(ctx, P * cout, xin, y, y);                    // y += x
     }
     if (!r->conv1.lora) sv->a1 = NULL;
     if (!r->conv2.lora) sv->a2 = NULL;
@@ -196,13 +190,13 @@ static void resnet_bwd(const dl_ctx *ctx, const dl_unet_resnet *r, int N, int H,
     RUN(s) dl_groupnorm_bwd(ctx, &r->norm2, N, HW, sv->y1, sv->mean2, sv->rstd2, t1, t2, 1); // t2 = d y1
     if (r->time_emb_proj.lora) { /* not a default target, but supported */
         float *dtp = take(s, (int64_t)N * cout);                                     // [N, cout]
-        RUN(s) dl_cpu_add_bcast_backward(ctx, N, HW, cout, 1, t2, NULL, dtp);
+        RUN(s) dl_be(ctx)->add_bcast_backward(ctx, N, HW, cout, 1, t2, NULL, dtp);
         lin_bwd(ctx, s, &r->time_emb_proj, N, temb_act, dtp, NULL);
     }
     conv_bwd(ctx, s, &r->conv1, N, H, W, sv->a1, t2, dx ? t3 : NULL);               // t3 = d a1
     if (dx) {
         RUN(s) dl_groupnorm_bwd(ctx, &r->norm1, N, HW, xin, sv->mean1, sv->rstd1, t3, t2, 1); // t2 = d x
-        RUN(s) dl_cpu_axpy(ctx, P * cin, 1.0f, t2, dx);
+        RUN(s) dl_be(ctx)->axpy(ctx, P * cin, 1.0f, t2, dx);
     }
     mem_release(s, k);
 }
@@ -233,7 +227,7 @@ static void attn_fwd(const dl_ctx *ctx, const dl_unet_attn *at, int N, int Tq, c
     lin_fwd(ctx, s, &at->to_q, Mq, xq, sv->q);
     lin_fwd(ctx, s, &at->to_k, Mk, xkv, sv->k);
     lin_fwd(ctx, s, &at->to_v, Mk, xkv, sv->v);
-    RUN(s) dl_cpu_attention_forward(ctx, attn_shape(at, N, Tq, Tk), sv->q, sv->k, sv->v, sv->o, sv->lse);
+    RUN(s) dl_be(ctx)->attention_forward(ctx, attn_shape(at, N, Tq, Tk), sv->q, sv->k, sv->v, sv->o, sv->lse);
     lin_fwd(ctx, s, &at->to_out, Mq, sv->o, out);                                    // out [N, Tq, C]
 }
 
@@ -250,20 +244,20 @@ static void attn_bwd(const dl_ctx *ctx, const dl_unet_attn *at, int N, int Tq, c
     float *dq = take(s, Mq * C);                                                     // [N, Tq, C]
     float *dk = take(s, Mk * C), *dv = take(s, Mk * C);                              // [N, Tk, C]
     lin_bwd(ctx, s, &at->to_out, Mq, sv->o, dout, dout_o);
-    RUN(s) dl_cpu_attention_backward(ctx, attn_shape(at, N, Tq, Tk), sv->q, sv->k, sv->v, sv->o, sv->lse, dout_o,
-                                     dq, dk, dv);
+    RUN(s) dl_be(ctx)->attention_backward(ctx, attn_shape(at, N, Tq, Tk), sv->q, sv->k, sv->v, sv->o, sv->lse, dout_o,
+                                          dq, dk, dv);
     lin_bwd(ctx, s, &at->to_q, Mq, xq, dq, dxq);
     if (self) {
         float *t = take(s, Mq * C);                                                  // [N, Tq, C]
         lin_bwd(ctx, s, &at->to_k, Mk, xkv, dk, dxq ? t : NULL);
-        if (dxq) RUN(s) dl_cpu_axpy(ctx, Mq * C, 1.0f, t, dxq);
+        if (dxq) RUN(s) dl_be(ctx)->axpy(ctx, Mq * C, 1.0f, t, dxq);
         lin_bwd(ctx, s, &at->to_v, Mk, xkv, dv, dxq ? t : NULL);
-        if (dxq) RUN(s) dl_cpu_axpy(ctx, Mq * C, 1.0f, t, dxq);
+        if (dxq) RUN(s) dl_be(ctx)->axpy(ctx, Mq * C, 1.0f, t, dxq);
     } else {
         float *t = dxkv ? take(s, Mk * Dkv) : NULL;                                  // [N, Tk, Dkv]
         lin_bwd(ctx, s, &at->to_k, Mk, xkv, dk, dxkv);
         lin_bwd(ctx, s, &at->to_v, Mk, xkv, dv, t);
-        if (dxkv) RUN(s) dl_cpu_axpy(ctx, Mk * Dkv, 1.0f, t, dxkv);
+        if (dxkv) RUN(s) dl_be(ctx)->axpy(ctx, Mk * Dkv, 1.0f, t, dxkv);
     }
     mem_release(s, k);
 }
@@ -282,7 +276,7 @@ typedef struct tblock_saved {
 static void ln_fwd(const dl_ctx *ctx, mem *s, const dl_norm *m, int64_t M, const float *x, float *y, float *mean,
                    float *rstd)
 {
-    RUN(s) dl_cpu_layernorm_forward(ctx, M, m->C, m->eps, x, m->gamma, m->beta, y, mean, rstd);
+    RUN(s) dl_be(ctx)->layernorm_forward(ctx, M, m->C, m->eps, x, m->gamma, m->beta, y, mean, rstd);
 }
 
 /* h [N, S, C] in place, as dl_unet_tblock_fwd. */
@@ -300,17 +294,17 @@ static void tblock_fwd(const dl_ctx *ctx, const dl_unet_tblock *b, int N, int S,
     copy_f32(ctx, s, M * C, h, sv->h0);
     ln_fwd(ctx, s, &b->norm1, M, h, n, sv->mean1, sv->rstd1);                        // n = LN1(h)
     attn_fwd(ctx, &b->attn1, N, S, n, S, n, a, &sv->a1, save, s);                    // a self
-    RUN(s) dl_cpu_add_forward(ctx, M * C, h, a, h);
+    RUN(s) dl_be(ctx)->add_forward(ctx, M * C, h, a, h);
     copy_f32(ctx, s, M * C, h, sv->h1);
     ln_fwd(ctx, s, &b->norm2, M, h, n, sv->mean2, sv->rstd2);                        // n = LN2(h)
     attn_fwd(ctx, &b->attn2, N, S, n, T, context, a, &sv->a2, save, s);              // a cross
-    RUN(s) dl_cpu_add_forward(ctx, M * C, h, a, h);
+    RUN(s) dl_be(ctx)->add_forward(ctx, M * C, h, a, h);
     copy_f32(ctx, s, M * C, h, sv->h2);
     ln_fwd(ctx, s, &b->norm3, M, h, n, sv->mean3, sv->rstd3);                        // n = LN3(h)
     lin_fwd(ctx, s, &b->ff_proj, M, n, sv->g);                                       // g [N, S, 8C]
-    RUN(s) dl_cpu_geglu_forward(ctx, M, 4 * C, sv->g, f);                            // f [N, S, 4C]
+    RUN(s) dl_be(ctx)->geglu_forward(ctx, M, 4 * C, sv->g, f);                       // f [N, S, 4C]
     lin_fwd(ctx, s, &b->ff_out, M, f, a);                                            // a [N, S, C]
-    RUN(s) dl_cpu_add_forward(ctx, M * C, h, a, h);
+    RUN(s) dl_be(ctx)->add_forward(ctx, M * C, h, a, h);
 }
 
 /* LN(h) [M, C] recomputed into n when need (a LoRA reads it), else NULL. */
@@ -337,30 +331,30 @@ static void tblock_bwd(const dl_ctx *ctx, const dl_unet_tblock *b, int N, int S,
         float *f = NULL;
         if (b->ff_out.lora) {
             f = take(s, M * 4 * C);                                                  // [N, S, 4C] again
-            RUN(s) dl_cpu_geglu_forward(ctx, M, 4 * C, sv->g, f);
+            RUN(s) dl_be(ctx)->geglu_forward(ctx, M, 4 * C, sv->g, f);
         }
         lin_bwd(ctx, s, &b->ff_out, M, f, dh, df);
-        RUN(s) dl_cpu_geglu_backward(ctx, M, 4 * C, sv->g, df, dg);
+        RUN(s) dl_be(ctx)->geglu_backward(ctx, M, 4 * C, sv->g, df, dg);
         lin_bwd(ctx, s, &b->ff_proj, M, ln_again(ctx, s, &b->norm3, M, sv->h2, nb, b->ff_proj.lora != NULL), dg,
                 dn);
         mem_release(s, kf);
     }
     RUN(s) dl_layernorm_bwd(ctx, &b->norm3, M, sv->h2, sv->mean3, sv->rstd3, dn, dt);
-    RUN(s) dl_cpu_axpy(ctx, M * C, 1.0f, dt, dh);
+    RUN(s) dl_be(ctx)->axpy(ctx, M * C, 1.0f, dt, dh);
     {   /* cross-attention */
         mmark kc = mem_mark(s);
         float *dkv = dctx ? take(s, Mk * b->attn2.to_k.in) : NULL;                   // [N, T, Dc]
         const float *n2 = ln_again(ctx, s, &b->norm2, M, sv->h1, nb, b->attn2.to_q.lora != NULL);
         attn_bwd(ctx, &b->attn2, N, S, n2, T, context, &sv->a2, dh, dn, dkv, 0, s);
-        if (dctx) RUN(s) dl_cpu_axpy(ctx, Mk * b->attn2.to_k.in, 1.0f, dkv, dctx);
+        if (dctx) RUN(s) dl_be(ctx)->axpy(ctx, Mk * b->attn2.to_k.in, 1.0f, dkv, dctx);
         mem_release(s, kc);
     }
     RUN(s) dl_layernorm_bwd(ctx, &b->norm2, M, sv->h1, sv->mean2, sv->rstd2, dn, dt);
-    RUN(s) dl_cpu_axpy(ctx, M * C, 1.0f, dt, dh);
+    RUN(s) dl_be(ctx)->axpy(ctx, M * C, 1.0f, dt, dh);
     const float *n1 = ln_again(ctx, s, &b->norm1, M, sv->h0, nb, a1->to_q.lora || a1->to_k.lora || a1->to_v.lora);
     attn_bwd(ctx, a1, N, S, n1, S, n1, &sv->a1, dh, dn, NULL, 1, s);                 // self
     RUN(s) dl_layernorm_bwd(ctx, &b->norm1, M, sv->h0, sv->mean1, sv->rstd1, dn, dt);
-    RUN(s) dl_cpu_axpy(ctx, M * C, 1.0f, dt, dh);
+    RUN(s) dl_be(ctx)->axpy(ctx, M * C, 1.0f, dt, dh);
     mem_release(s, k);
 }
 
@@ -392,12 +386,12 @@ static transformer_saved *transformer_fwd(const dl_ctx *ctx, const dl_unet_trans
         DL_ASSERTF(sv->blocks, "%s", dl_error_msg());
     }
     dl_groupnorm_shape g = {.N = N, .HW = S, .C = C, .G = G, .eps = tr->norm.eps, .silu = 0};
-    RUN(s) dl_cpu_groupnorm_forward(ctx, g, x, tr->norm.gamma, tr->norm.beta, sv->a, sv->mean, sv->rstd);
+    RUN(s) dl_be(ctx)->groupnorm_forward(ctx, g, x, tr->norm.gamma, tr->norm.beta, sv->a, sv->mean, sv->rstd);
     lin_fwd(ctx, s, &tr->proj_in, M, sv->a, sv->hs);                                 // hs [N, S, C]
     for (int i = 0; i < tr->n_blocks; i++)
         tblock_fwd(ctx, &tr->blocks[i], N, S, C, sv->hs, context, T, save->a ? &sv->blocks[i] : &stand_in, save, s);
     lin_fwd(ctx, s, &tr->proj_out, M, sv->hs, y);                                    // y [N, S, C]
-    RUN(s) dl_cpu_add_forward(ctx, M * C, y, x, y);                                  // y += x
+    RUN(s) dl_be(ctx)->add_forward(ctx, M * C, y, x, y);                             // y += x
     return sv;
 }
 
@@ -417,7 +411,7 @@ static void transformer_bwd(const dl_ctx *ctx, const dl_unet_transformer *tr, in
     lin_bwd(ctx, s, &tr->proj_in, M, sv->a, dh, dx ? da : NULL);                     // da = d a
     if (dx) {
         RUN(s) dl_groupnorm_bwd(ctx, &tr->norm, N, S, x, sv->mean, sv->rstd, da, dh, 0); // dh = d x (norm path)
-        RUN(s) dl_cpu_add_forward(ctx, M * C, dh, dy, dx);                           // + the residual
+        RUN(s) dl_be(ctx)->add_forward(ctx, M * C, dh, dy, dx);                      // + the residual
     }
     mem_release(s, k);
 }
@@ -434,7 +428,7 @@ static upsample_saved *upsample_fwd(const dl_ctx *ctx, const dl_conv *conv, int 
     const int C = conv->cin;
     upsample_saved *sv = take_struct(save, sizeof *sv);
     sv->up = take(conv->lora ? save : s, (int64_t)N * 4 * H * W * C);               // [N, 2H, 2W, C]
-    RUN(s) dl_cpu_upsample_nearest2x_forward(ctx, N, H, W, C, x, sv->up);
+    RUN(s) dl_be(ctx)->upsample_nearest2x_forward(ctx, N, H, W, C, x, sv->up);
     conv_fwd(ctx, s, conv, N, 2 * H, 2 * W, sv->up, y);                              // y [N, 2H, 2W, C]
     if (!conv->lora) sv->up = NULL;
     return sv;
@@ -447,7 +441,7 @@ static void upsample_bwd(const dl_ctx *ctx, const dl_conv *conv, int N, int H, i
     mmark k = mem_mark(s);
     float *dup = dx ? take(s, (int64_t)N * 4 * H * W * C) : NULL;                    // [N, 2H, 2W, C]
     conv_bwd(ctx, s, conv, N, 2 * H, 2 * W, sv->up, dy, dup);
-    if (dx) RUN(s) dl_cpu_upsample_nearest2x_backward(ctx, N, H, W, C, dup, dx);
+    if (dx) RUN(s) dl_be(ctx)->upsample_nearest2x_backward(ctx, N, H, W, C, dup, dx);
     mem_release(s, k);
 }
 
@@ -465,7 +459,7 @@ static out_saved *out_fwd(const dl_ctx *ctx, const dl_unet *u, int N, int H, int
     sv->mean = take(save, (int64_t)N * nm->G), sv->rstd = take(save, (int64_t)N * nm->G);
     sv->a = take(u->conv_out.lora ? save : s, P * nm->C);                            // [N, H, W, C0]
     dl_groupnorm_shape g = {.N = N, .HW = H * W, .C = nm->C, .G = nm->G, .eps = nm->eps, .silu = 1};
-    RUN(s) dl_cpu_groupnorm_forward(ctx, g, x, nm->gamma, nm->beta, sv->a, sv->mean, sv->rstd);
+    RUN(s) dl_be(ctx)->groupnorm_forward(ctx, g, x, nm->gamma, nm->beta, sv->a, sv->mean, sv->rstd);
     conv_fwd(ctx, s, &u->conv_out, N, H, W, sv->a, y);                               // y [N, H, W, out_ch]
     if (!u->conv_out.lora) sv->a = NULL;
     return sv;
@@ -649,7 +643,7 @@ static void train_forward(const dl_ctx *ctx, const dl_unet *u, dl_unet_tape *tp,
         if (u->time_linear_2.lora) te += al((int64_t)N * u->time_linear_2.lora->r);
         transient(s, te);
         RUN(s) dl_unet_time_embed_fwd(ctx, u, N, t, temb, s->a);
-        RUN(s) dl_cpu_act_forward(ctx, DL_ACT_SILU, (int64_t)N * Td, temb, tp->temb_act);
+        RUN(s) dl_be(ctx)->act_forward(ctx, DL_ACT_SILU, (int64_t)N * Td, temb, tp->temb_act);
         mem_release(s, k);
     }
     for (int i = 0; i < tp->n_ops; i++) {
@@ -702,7 +696,7 @@ static void backward(const dl_ctx *ctx, const dl_unet_tape *tp, const float *dou
         const dl_tape_op *op = &tp->ops[i];
         DL_ASSERT(op->x_op == i - 1); /* a chain: dx of op i is the gradient of op i-1's output */
         if (op->is_skip) { /* the chain consumer's gradient (in dy) joins the up path's */
-            RUN(s) dl_cpu_axpy(ctx, op->y_numel, 1.0f, dy, dskip[i]);
+            RUN(s) dl_be(ctx)->axpy(ctx, op->y_numel, 1.0f, dy, dskip[i]);
             dy = dskip[i];
         }
         float *dx = i == first ? NULL : (dy == pp[0] ? pp[1] : pp[0]);
@@ -721,8 +715,8 @@ static void backward(const dl_ctx *ctx, const dl_unet_tape *tp, const float *dou
             mmark ks = mem_mark(s);
             float *dsk = take(s, P * op->cskip);                                     // [P, cskip]
             float *dxa = dx == pp[0] ? pp[1] : pp[0];                                // [P, c1]
-            RUN(s) dl_cpu_concat_channels_backward(ctx, P, c1, op->cskip, dx, dxa, dsk);
-            if (dskip[op->skip_op]) RUN(s) dl_cpu_axpy(ctx, P * op->cskip, 1.0f, dsk, dskip[op->skip_op]);
+            RUN(s) dl_be(ctx)->concat_channels_backward(ctx, P, c1, op->cskip, dx, dxa, dsk);
+            if (dskip[op->skip_op]) RUN(s) dl_be(ctx)->axpy(ctx, P * op->cskip, 1.0f, dsk, dskip[op->skip_op]);
             mem_release(s, ks);
             dx = dxa;
         }
