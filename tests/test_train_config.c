@@ -246,3 +246,27 @@ Test(train_config, resolution_json_forms)
         dl_train_config_free(&c);
     }
 }
+
+/* the backend is a parameter of the run: "cpu" by default, others refused by name */
+Test(train_config, backend_key)
+{
+    static const struct { const char *v; int ok; } cases[] = {{"\"cpu\"", 1}, {"\"cuda\"", 0}, {"\"metal\"", 0}};
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        char json[200];
+        snprintf(json, sizeof json,
+                 "{\"pretrained_model_name_or_path\": \"m\", \"train_data_dir\": \"d\", \"output_dir\": \"o\", "
+                 "\"backend\": %s}", cases[i].v);
+        dl_train_config c;
+        dl_train_config_defaults(&c);
+        int rc = dl_train_config_apply_json_text(&c, json, "b.json");
+        if (rc == DL_OK) rc = dl_train_config_finish(&c);
+        if (cases[i].ok) {
+            cr_expect_eq(rc, DL_OK, "%s: %s", cases[i].v, dl_error_msg());
+            cr_expect_str_eq(c.backend, "cpu");
+        } else {
+            cr_expect_eq(rc, DL_ERR, "%s accepted", cases[i].v);
+            cr_expect(strstr(dl_error_msg(), "backend") != NULL, "%s: %s", cases[i].v, dl_error_msg());
+        }
+        dl_train_config_free(&c);
+    }
+}

@@ -1,6 +1,7 @@
 /* config.c - the `danlu train` configuration: a table of sd-scripts keys with types, defaults
  * and ranges, applied from JSON (cJSON) and from command-line flags, checked and serialised. */
 #include "train/config.h"
+#include "backend/backend.h"
 
 #include "core/error.h"
 
@@ -91,6 +92,7 @@ static const key_def k_keys[] = {
     {"flip_aug", K_BOOL, OFF(flip_aug), "false", 0, 1, 0},
     {"random_crop", K_BOOL, OFF(random_crop), "false", 0, 1, 0},
     {"threads", K_INT, OFF(threads), "0", 0, 4096, 0},
+    {"backend", K_STR, OFF(backend), "cpu", 0, 0, 0},
     {"tokenizer", K_STR, OFF(tokenizer), NULL, 0, 0, 0},
 };
 #define N_KEYS ((int)(sizeof k_keys / sizeof *k_keys))
@@ -512,6 +514,7 @@ int dl_train_config_finish(dl_train_config *c)
     }
     if (c->network_train_unet_only && c->network_train_text_encoder_only)
         return dl_error_set("network_train_unet_only and network_train_text_encoder_only: both set");
+    if (!dl_backend_find(c->backend)) return dl_error_prefix("backend: ");
     if (strcmp(c->lora_format, "kohya") && strcmp(c->lora_format, "peft"))
         return dl_error_set("lora_format: expected 'kohya' or 'peft', got '%s'", c->lora_format);
 

@@ -90,6 +90,7 @@ typedef struct dl_train_config {
     int bucket_no_upscale;
     int flip_aug, random_crop;
     int threads;                         /* danlu: CPU threads (0: DANLU_THREADS or all cores) */
+    char *backend;                       /* danlu: op backend, "cpu" (default; backend/backend.h) */
     char *tokenizer;                     /* danlu: tokenizer folder / CLIP bpe file when the model
                                             has no tokenizer/ (a single .safetensors file) */
 } dl_train_config;
