@@ -5,6 +5,7 @@
 #include "testutil.h"
 #include "core/dtype.h"
 #include "core/error.h"
+#include "core/sha256.h"
 #include "lora/addnet_hash.h"
 #include "lora/lora_io.h"
 #include "lora/lora_net.h"
@@ -263,4 +264,21 @@ Test(addnet_hash, bad_dtype_names_tensor)
     char mh[65], lh[9];
     cr_assert_eq(dl_addnet_hashes(&e, 1, NULL, 0, mh, lh), DL_ERR);
     cr_expect(strstr(dl_error_msg(), "odd.weight") != NULL, "%s", dl_error_msg());
+}
+
+/* sd-scripts' base-model hashes (ss_sd_model_hash: A1111's legacy 8 hex of SHA-256 over 64 KiB at
+ * 1 MiB; ss_new_sd_model_hash: SHA-256 of the file), against hashlib on a committed file; a
+ * window past the end hashes nothing, as Python's read() returns b"". */
+Test(addnet_hash, base_model_hashes)
+{
+    const char *path = tu_path("tests/golden/tiny_sd15.safetensors");
+    char hex[65];
+    cr_assert_eq(dl_sha256_range(path, 0x100000, 0x10000, hex), DL_OK, "%s", dl_error_msg());
+    cr_expect(strncmp(hex, "8d9377d5", 8) == 0, "legacy hash %.8s", hex);
+    cr_assert_eq(dl_sha256_file(path, 0, hex), DL_OK, "%s", dl_error_msg());
+    cr_expect_str_eq(hex, "d5028c8d0eec208b6a24e93e4c56721983a12a4dbf3c2c83978c69577318428f");
+    cr_assert_eq(dl_sha256_range(path, 0x300000, 0x10000, hex), DL_OK, "%s", dl_error_msg());
+    cr_expect(strncmp(hex, "e3b0c442", 8) == 0, "past the end: %.8s", hex);
+    cr_expect_eq(dl_sha256_range(tu_path("tests/golden/no-such-file"), 0, 1, hex), DL_ERR);
+    cr_expect(strstr(dl_error_msg(), "no-such-file") != NULL, "%s", dl_error_msg());
 }

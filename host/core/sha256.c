@@ -78,7 +78,7 @@ void dl_sha256_final(dl_sha256 *s, uint8_t out[32])
         for (int j = 0; j < 4; j++) out[4 * i + j] = (uint8_t)(s->h[i] >> (24 - 8 * j));
 }
 
-int dl_sha256_file(const char *path, uint64_t offset, char hex[65])
+int dl_sha256_range(const char *path, uint64_t offset, uint64_t len, char hex[65])
 {
     FILE *f = fopen(path, "rb");
     if (!f) return dl_error_set("%s: cannot open: %s", path, strerror(errno));
@@ -95,7 +95,10 @@ int dl_sha256_file(const char *path, uint64_t offset, char hex[65])
         return dl_error_set("out of memory hashing %s", path);
     }
     size_t k;
-    while ((k = fread(buf, 1, BUF, f)) > 0) dl_sha256_update(&s, buf, k);
+    while (len > 0 && (k = fread(buf, 1, len < BUF ? (size_t)len : BUF, f)) > 0) {
+        dl_sha256_update(&s, buf, k);
+        len -= k;
+    }
     int err = ferror(f);
     free(buf);
     fclose(f);
@@ -105,3 +108,5 @@ int dl_sha256_file(const char *path, uint64_t offset, char hex[65])
     for (int i = 0; i < 32; i++) sprintf(hex + 2 * i, "%02x", d[i]);
     return DL_OK;
 }
+
+int dl_sha256_file(const char *path, uint64_t offset, char hex[65]) { return dl_sha256_range(path, offset, UINT64_MAX, hex); }

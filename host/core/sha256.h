@@ -23,6 +23,9 @@ void dl_sha256_final(dl_sha256 *s, uint8_t out[32]);
 /* Lower-case hex of the digest of bytes [offset, end) of the file at path into hex[65].
  * Returns DL_OK or DL_ERR (message names the file). */
 int dl_sha256_file(const char *path, uint64_t offset, char hex[65]);
+/* The same over at most len bytes from offset (fewer where the file ends first; none past its end:
+ * the digest of nothing), e.g. A1111's legacy model hash over 0x10000 bytes at 0x100000. */
+int dl_sha256_range(const char *path, uint64_t offset, uint64_t len, char hex[65]);
 
 #ifdef __cplusplus
 }
