@@ -45,6 +45,10 @@ cmake --build build/release -j"$jobs"
 step "tests (release)"
 build/release/tests/danlu_tests --jobs "$test_jobs"
 
+# a plain program with a counting malloc (not built with DANLU_SANITIZE: ASan owns malloc)
+step "steady-state training step allocates nothing (release)"
+DANLU_THREADS=2 build/release/tests/danlu_alloc_test
+
 # ---- 3. the same without a CUDA toolkit ------------------------------------------------
 # A machine with no toolkit must configure, build and pass: hide it in a private mount
 # namespace (tmpfs over /usr/local/cuda*, nvcc off PATH) and build with the default options.

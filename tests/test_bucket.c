@@ -217,3 +217,46 @@ Test(prep, random_crop_covers_the_range)
     for (int i = 0; i < 5; i++) cr_expect_gt(seen_x[i], 40, "x offset %d drawn %d times of 400", i, seen_x[i]);
     for (int i = 0; i < 3; i++) cr_expect_gt(seen_y[i], 80, "y offset %d drawn %d times of 400", i, seen_y[i]);
 }
+
+/* dl_image_prep_w with one reused work (pool or serial) gives dl_image_prep's floats bit for bit
+ * over downscales, upscales, crops and flips; a second pass over the same cases grows nothing. */
+Test(prep, work_reuse_matches_and_stops_growing)
+{
+    static const struct { int w, h, rw, rh, bw, bh; } cases[] = {
+        {40, 30, 32, 24, 32, 16}, {17, 23, 34, 46, 32, 32}, {64, 40, 48, 30, 32, 30}, {9, 9, 16, 16, 16, 16},
+    };
+    dl_pool *pool = dl_pool_create(2);
+    dl_prep_work w = {0};
+    for (int pass = 0; pass < 2; pass++) {
+        dl_prep_work before = w;
+        for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+            dl_image img = {cases[i].w, cases[i].h, malloc((size_t)cases[i].w * cases[i].h * 3)};
+            for (int j = 0; j < img.w * img.h * 3; j++) img.data[j] = (uint8_t)(j * 29 + (int)i * 7);
+            dl_reso rz = {cases[i].rw, cases[i].rh}, b = {cases[i].bw, cases[i].bh};
+            size_t n = (size_t)b.w * b.h * 3;
+            float *ref = malloc(n * sizeof *ref), *got = malloc(n * sizeof *got);
+            int x0 = rz.w - b.w, y0 = (rz.h - b.h) / 2, flip = (int)i & 1;
+            dl_image_prep(NULL, &img, rz, b, x0, y0, flip, ref);
+            dl_image_prep_w(pass ? pool : NULL, &w, &img, rz, b, x0, y0, flip, got);
+            cr_expect(memcmp(ref, got, n * sizeof *ref) == 0, "case %zu pass %d: prepared pixels differ", i, pass);
+            free(ref);
+            free(got);
+            free(img.data);
+        }
+        /* the pooled pass needs rows for 2 threads: it may grow once; a third pass must not */
+        if (pass == 1) {
+            before = w;
+            for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+                dl_image img = {cases[i].w, cases[i].h, calloc((size_t)cases[i].w * cases[i].h * 3, 1)};
+                dl_reso rz = {cases[i].rw, cases[i].rh}, b = {cases[i].bw, cases[i].bh};
+                float *got = malloc((size_t)b.w * b.h * 3 * sizeof *got);
+                dl_image_prep_w(pool, &w, &img, rz, b, 0, 0, 0, got);
+                free(got);
+                free(img.data);
+            }
+            cr_expect(w.mem == before.mem && w.cap == before.cap, "a repeated pass grew the work");
+        }
+    }
+    dl_prep_work_free(&w);
+    dl_pool_destroy(pool);
+}

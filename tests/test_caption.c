@@ -155,3 +155,45 @@ Test(caption, dropout_every_n_epochs_and_static)
     c.caption_tag_dropout_rate = 0.1;
     cr_expect(!dl_caption_is_static(&c));
 }
+
+/* dl_caption_process_into with one work reserved for the longest caption and exact-size output
+ * buffers gives dl_caption_process's captions and draws, including worst cases for the output
+ * bound (one-byte tags, empty tags, separators only). */
+Test(caption, into_matches_process_with_exact_buffers)
+{
+    static const char *caps[] = {"a,b,c,d,e,f,g", ",,,,,", "x", "", "long tag one, b ,c,, d, e e e", "p ||| q, r ||| s",
+                                 "a, b ||| c ||| d", "   ,  "};
+    const int n = (int)(sizeof caps / sizeof *caps);
+    for (int mode = 0; mode < 4; mode++) {
+        dl_caption_cfg c;
+        dl_caption_cfg_default(&c);
+        c.shuffle_caption = mode & 1;
+        c.caption_tag_dropout_rate = mode & 2 ? 0.3 : 0;
+        c.keep_tokens = mode == 3 ? 1 : 0;
+        c.keep_tokens_separator = mode == 2 ? "|||" : NULL;
+        c.caption_prefix = mode == 1 ? "pre" : NULL;
+        size_t longest = 0;
+        for (int i = 0; i < n; i++) {
+            size_t l = dl_caption_full_len(&c, strlen(caps[i]));
+            if (l > longest) longest = l;
+        }
+        dl_caption_work w = {0};
+        cr_assert_eq(dl_caption_work_reserve(&w, longest), DL_OK);
+        dl_rng r1, r2;
+        dl_rng_seed(&r1, 5 + (uint64_t)mode);
+        dl_rng_seed(&r2, 5 + (uint64_t)mode);
+        for (int rep = 0; rep < 20; rep++)
+            for (int i = 0; i < n; i++) {
+                char *ref = dl_caption_process(&c, caps[i], &r1);
+                size_t oc = dl_caption_out_cap(dl_caption_full_len(&c, strlen(caps[i])));
+                char *out = malloc(oc);
+                dl_caption_process_into(&c, caps[i], &r2, &w, out, oc);
+                cr_expect_str_eq(out, ref, "mode %d caption '%s'", mode, caps[i]);
+                cr_expect_leq(strlen(out) + 1, oc);
+                free(out);
+                free(ref);
+            }
+        cr_expect_eq(r1.s[0], r2.s[0], "mode %d: the draws diverged", mode);
+        dl_caption_work_free(&w);
+    }
+}

@@ -43,6 +43,42 @@ Test(image, png_bmp_webp_exact)
     expect_pixels("png_named.jpg", 0); /* format from the bytes, not the name */
 }
 
+/* A reader gives the pixels dl_image_load gives, for every format, reusing its buffers; once it
+ * has read the largest image, reading any of them again grows nothing. */
+Test(image, reader_matches_load_and_stops_growing)
+{
+    static const char *names[] = {"rgb.png", "rgba.png", "gray.png", "rgb.bmp", "rgb.webp", "rgba.webp", "rgb.jpg",
+                                  "png_named.jpg"};
+    const int n = (int)(sizeof names / sizeof *names);
+    dl_image_reader r = {0};
+    for (int pass = 0; pass < 2; pass++) {
+        dl_image_reader before = r;
+        for (int i = 0; i < n; i++) {
+            char rel[256];
+            snprintf(rel, sizeof rel, "tests/golden/images/%s", names[i]);
+            dl_image a, b;
+            cr_assert_eq(dl_image_load(&a, tu_path(rel)), DL_OK, "%s", dl_error_msg());
+            cr_assert_eq(dl_image_read(&r, tu_path(rel), &b), DL_OK, "%s", dl_error_msg());
+            cr_expect(a.w == b.w && a.h == b.h, "%s: %dx%d read, %dx%d loaded", names[i], b.w, b.h, a.w, a.h);
+            cr_expect(memcmp(a.data, b.data, (size_t)a.w * a.h * 3) == 0, "%s: pixels differ", names[i]);
+            cr_expect(b.data == r.px, "%s: the pixels must live in the reader", names[i]);
+            dl_image_free(&a);
+        }
+        if (pass == 1)
+            cr_expect(r.file == before.file && r.heap == before.heap && r.px == before.px &&
+                          r.heap_cap == before.heap_cap && r.file_cap == before.file_cap && r.px_cap == before.px_cap,
+                      "the second pass over the same images grew the reader's buffers");
+    }
+    cr_expect(r.heap_cap > 0, "stb_image's allocations did not go through the reader's heap");
+    /* errors name the file, as dl_image_load's */
+    dl_image img;
+    cr_expect_eq(dl_image_read(&r, tu_path("tests/golden/images/not_an_image.png"), &img), DL_ERR);
+    cr_expect(strstr(dl_error_msg(), "not_an_image.png") != NULL, "%s", dl_error_msg());
+    cr_expect_eq(dl_image_read(&r, tu_path("tests/golden/images/missing.png"), &img), DL_ERR);
+    cr_expect(strstr(dl_error_msg(), "missing.png") && strstr(dl_error_msg(), "cannot open"), "%s", dl_error_msg());
+    dl_image_reader_free(&r);
+}
+
 Test(image, jpeg_close_to_libjpeg)
 {
     /* stb_image's JPEG decoder upsamples chroma differently from libjpeg: allow a few levels */

@@ -71,6 +71,7 @@ static int check_cases(const dl_tokenizer *t, const cJSON *root, int sd2, int ra
     const cJSON *cases = cJSON_GetObjectItem(root, "cases");
     cr_assert(cJSON_GetArraySize(cases) > 100);
     int count = 0;
+    dl_tok_work shared = {0}; /* reused over every prompt: buffers grow and are reused */
     for (const cJSON *c = cases->child; c; c = c->next, count++) {
         const char *p = cJSON_GetObjectItem(c, "prompt")->valuestring;
         int32_t *ids = NULL;
@@ -90,7 +91,23 @@ static int check_cases(const dl_tokenizer *t, const cJSON *root, int sd2, int ra
         for (int k = 0; k < 3; k++)
             expect_ids(win + k * DL_TOK_CONTEXT, DL_TOK_CONTEXT, cJSON_GetArrayItem(w, k), p,
                        k == 0 ? "window 0" : k == 1 ? "window 1" : "window 2");
+        /* the working-memory variants: same ids with a reused work, and a work reserved for
+         * the prompt's length never grows while encoding it */
+        int32_t padded_w[DL_TOK_CONTEXT], win_w[3 * DL_TOK_CONTEXT];
+        cr_assert_eq(dl_tokenizer_encode_padded_w(t, &shared, p, padded_w), DL_OK);
+        cr_assert(memcmp(padded, padded_w, sizeof padded) == 0, "padded_w of \"%s\" differs", p);
+        dl_tok_work r = {0};
+        cr_assert_eq(dl_tok_work_reserve(&r, strlen(p)), DL_OK);
+        dl_tok_work before = r;
+        cr_assert_eq(dl_tokenizer_encode_windows_w(t, &r, p, 3, win_w), DL_OK);
+        cr_assert(memcmp(win, win_w, sizeof win) == 0, "windows_w of \"%s\" differs", p);
+        cr_expect(r.cp == before.cp && r.nf == before.nf && r.low == before.low && r.piece == before.piece &&
+                      r.bpe == before.bpe && r.ids == before.ids &&
+                      r.ids_cap == before.ids_cap && r.bpe_cap == before.bpe_cap && r.low_cap == before.low_cap,
+                  "encoding \"%s\" grew a work reserved for its %zu bytes", p, strlen(p));
+        dl_tok_work_free(&r);
     }
+    dl_tok_work_free(&shared);
     return count;
 }
 

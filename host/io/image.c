@@ -12,7 +12,90 @@
 #include <webp/decode.h>
 #include <zlib.h>
 
+#include <fcntl.h>
+
+/* stb_image compiled here (static, so it cannot clash with a shared libstb) with its
+ * allocations routed through heap_*: the plain C heap, or a dl_image_reader's bump heap while
+ * that reader decodes on this thread. */
+static void *heap_malloc(size_t n);
+static void *heap_realloc(void *p, size_t n);
+static void heap_free(void *p);
+#define STBI_MALLOC(n) heap_malloc(n)
+#define STBI_REALLOC(p, n) heap_realloc(p, n)
+#define STBI_FREE(p) heap_free(p)
+#define STB_IMAGE_STATIC
+#define STB_IMAGE_IMPLEMENTATION
+/* file-wide: GCC reports stb's declared-but-unused statics at the end of the file */
+#pragma GCC diagnostic ignored "-Wunused-function"
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wunused-parameter"
+#pragma GCC diagnostic ignored "-Wsign-compare"
+#pragma GCC diagnostic ignored "-Wimplicit-fallthrough"
+#pragma GCC diagnostic ignored "-Wmissing-field-initializers"
+#pragma GCC diagnostic ignored "-Wtype-limits"
+#pragma GCC diagnostic ignored "-Wshadow"
+#pragma GCC diagnostic ignored "-Wconversion"
+#pragma GCC diagnostic ignored "-Wdouble-promotion"
+#pragma GCC diagnostic ignored "-Wcast-qual"
 #include <stb_image.h>
+#pragma GCC diagnostic pop
+
+static _Thread_local dl_image_reader *t_reader; /* the reader decoding on this thread, or NULL */
+
+enum { HEAP_HDR = 16 }; /* each bump block: its size in a 16-byte header, then the bytes */
+
+static size_t heap_round(size_t n) { return (n + 15) & ~(size_t)15; }
+
+static int in_heap(const dl_image_reader *r, const void *p)
+{
+    const uint8_t *b = p;
+    return r->heap && b >= r->heap && b < r->heap + r->heap_cap;
+}
+
+static void *heap_malloc(size_t n)
+{
+    dl_image_reader *r = t_reader;
+    if (!r) return malloc(n);
+    size_t need = HEAP_HDR + heap_round(n);
+    r->heap_demand += need; /* an upper bound of what a bump heap needs for this image */
+    if (r->heap_used + need > r->heap_cap) return malloc(n); /* grown after this image */
+    uint8_t *b = r->heap + r->heap_used;
+    memcpy(b, &n, sizeof n);
+    r->heap_used += need;
+    return b + HEAP_HDR;
+}
+
+static void *heap_realloc(void *p, size_t n)
+{
+    dl_image_reader *r = t_reader;
+    if (!r) return realloc(p, n);
+    if (!p) return heap_malloc(n);
+    if (!in_heap(r, p)) {
+        r->heap_demand += HEAP_HDR + heap_round(n);
+        return realloc(p, n);
+    }
+    uint8_t *b = (uint8_t *)p - HEAP_HDR;
+    size_t old;
+    memcpy(&old, b, sizeof old);
+    if (b + HEAP_HDR + heap_round(old) == r->heap + r->heap_used &&
+        (size_t)(b - r->heap) + HEAP_HDR + heap_round(n) <= r->heap_cap) {
+        /* the last block: grow or shrink in place */
+        r->heap_demand += HEAP_HDR + heap_round(n);
+        r->heap_used = (size_t)(b - r->heap) + HEAP_HDR + heap_round(n);
+        memcpy(b, &n, sizeof n);
+        return p;
+    }
+    void *q = heap_malloc(n);
+    if (q) memcpy(q, p, old < n ? old : n);
+    return q;
+}
+
+static void heap_free(void *p)
+{
+    dl_image_reader *r = t_reader;
+    if (r && in_heap(r, p)) return; /* bump blocks go when the image is done */
+    free(p);
+}
 
 static int read_file(const char *path, uint8_t **out, size_t *n)
 {
@@ -75,6 +158,101 @@ void dl_image_free(dl_image *img)
 {
     free(img->data);
     memset(img, 0, sizeof *img);
+}
+
+/* Grow a buffer to at least n bytes (contents dropped). */
+static int grow(uint8_t **buf, size_t *cap, size_t n, const char *label)
+{
+    if (n <= *cap && *buf) return DL_OK;
+    uint8_t *b = malloc(n ? n : 1);
+    if (!b) return dl_error_set("%s: out of memory (%zu bytes)", label, n);
+    free(*buf);
+    *buf = b;
+    *cap = n;
+    return DL_OK;
+}
+
+/* The file into r->file with open/read (no stdio buffers to allocate). */
+static int reader_file(dl_image_reader *r, const char *path, size_t *n)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return dl_error_set("%s: cannot open: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0 || st.st_size < 0) { close(fd); return dl_error_set("%s: cannot read its size", path); }
+    size_t len = (size_t)st.st_size;
+    if (grow(&r->file, &r->file_cap, len + 1, path) != DL_OK) { close(fd); return DL_ERR; }
+    size_t got = 0;
+    while (got < len) {
+        ssize_t k = read(fd, r->file + got, len - got);
+        if (k < 0 && errno == EINTR) continue;
+        if (k <= 0) { close(fd); return dl_error_set("%s: read error", path); }
+        got += (size_t)k;
+    }
+    close(fd);
+    *n = len;
+    return DL_OK;
+}
+
+int dl_image_read(dl_image_reader *r, const char *path, dl_image *img)
+{
+    memset(img, 0, sizeof *img);
+    size_t n = 0;
+    DL_TRY(reader_file(r, path, &n));
+    const uint8_t *bytes = r->file;
+    if (n == 0) return dl_error_set("%s: empty file, not an image", path);
+    if (n >= 12 && memcmp(bytes, "RIFF", 4) == 0 && memcmp(bytes + 8, "WEBP", 4) == 0) {
+        int w, h;
+        if (!WebPGetInfo(bytes, n, &w, &h)) return dl_error_set("%s: corrupt or unsupported WebP image", path);
+        size_t sz = (size_t)w * h * 3;
+        DL_TRY(grow(&r->px, &r->px_cap, sz, path));
+        if (!WebPDecodeRGBInto(bytes, n, r->px, sz, w * 3))
+            return dl_error_set("%s: corrupt or unsupported WebP image", path);
+        img->w = w;
+        img->h = h;
+        img->data = r->px;
+        return DL_OK;
+    }
+    if (n > 0x7fffffff) return dl_error_set("%s: file too large to decode", path);
+    int w, h, c;
+    r->heap_used = 0;
+    r->heap_demand = 0;
+    t_reader = r;
+    uint8_t *px = stbi_load_from_memory(bytes, (int)n, &w, &h, &c, 3);
+    t_reader = NULL;
+    int rc = DL_OK;
+    if (!px) rc = dl_error_set("%s: cannot decode image: %s", path, stbi_failure_reason());
+    else {
+        size_t sz = (size_t)w * h * 3;
+        rc = grow(&r->px, &r->px_cap, sz, path);
+        if (rc == DL_OK) {
+            memcpy(r->px, px, sz);
+            img->w = w;
+            img->h = h;
+            img->data = r->px;
+        }
+    }
+    if (px && !in_heap(r, px)) free(px);
+    /* stb's own blocks that spilled out of the bump heap were freed by stb (heap_free); make
+     * the heap big enough for this image so the next one like it stays inside */
+    if (r->heap_demand > r->heap_cap) {
+        size_t cap = r->heap_demand + r->heap_demand / 4;
+        uint8_t *hp = malloc(cap);
+        if (hp) {
+            free(r->heap);
+            r->heap = hp;
+            r->heap_cap = cap;
+        }
+    }
+    r->heap_used = 0;
+    return rc;
+}
+
+void dl_image_reader_free(dl_image_reader *r)
+{
+    free(r->file);
+    free(r->heap);
+    free(r->px);
+    memset(r, 0, sizeof *r);
 }
 
 /* ---------------------------------------------------------------- PNG writing */

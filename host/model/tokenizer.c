@@ -35,6 +35,49 @@ static int ivec_push(ivec *a, int32_t x)
 
 typedef struct { char *word; int32_t *ids; int n; } cache_entry;
 
+/* *p of at least n bytes (contents dropped; grow-only). */
+static int wgrow(void **p, size_t *cap, size_t n)
+{
+    if (*p && n <= *cap) return DL_OK;
+    void *q = malloc(n ? n : 1);
+    if (!q) return dl_error_set("tokenizer: out of memory");
+    free(*p);
+    *p = q;
+    *cap = n;
+    return DL_OK;
+}
+
+int dl_tok_work_reserve(dl_tok_work *w, size_t len)
+{
+    /* encode_span's bounds: NFC at most quadruples the code points, lower casing triples them,
+     * a code point is at most 4 UTF-8 bytes; a piece of n bytes has at most n ids */
+    size_t m = 4 * len;
+    DL_TRY(wgrow(&w->cp, &w->cp_cap, (len + 1) * sizeof(uint32_t)));
+    DL_TRY(wgrow(&w->nf, &w->nf_cap, (4 * len + 1) * sizeof(uint32_t)));
+    DL_TRY(wgrow(&w->low, &w->low_cap, (3 * m + 1) * sizeof(uint32_t)));
+    DL_TRY(wgrow(&w->piece, &w->piece_cap, 4 * 3 * m + 8));
+    size_t piece = 4 * 3 * m + 8;
+    DL_TRY(wgrow(&w->bpe, &w->bpe_cap, piece * (3 * sizeof(int32_t) + 3 * 3 * sizeof(int32_t))));
+    if (!w->ids || w->ids_cap < 4 * 3 * m + 64) {
+        int32_t *v = realloc(w->ids, (4 * 3 * m + 64) * sizeof *v);
+        if (!v) return dl_error_set("tokenizer: out of memory");
+        w->ids = v;
+        w->ids_cap = 4 * 3 * m + 64;
+    }
+    return DL_OK;
+}
+
+void dl_tok_work_free(dl_tok_work *w)
+{
+    free(w->cp);
+    free(w->nf);
+    free(w->low);
+    free(w->piece);
+    free(w->bpe);
+    free(w->ids);
+    memset(w, 0, sizeof *w);
+}
+
 struct dl_tokenizer {
     int32_t n_vocab;
     char **tokens;             /* [n_vocab] token strings; NULL for unused ids */
@@ -813,11 +856,9 @@ static uint32_t compose(uint32_t a, uint32_t b)
     return 0;
 }
 
-/* NFC of s[0..n) in place-free form: returns a malloc'd array in *out (*nout code points). */
-static int nfc(const uint32_t *s, size_t n, uint32_t **out, size_t *nout)
+/* NFC of s[0..n) into d (room for 4n + 1 code points; *nout of them used). */
+static void nfc(const uint32_t *s, size_t n, uint32_t *d, size_t *nout)
 {
-    uint32_t *d = malloc((4 * n + 1) * sizeof *d);
-    if (!d) return dl_error_set("tokenizer: out of memory");
     size_t m = 0;
     for (size_t i = 0; i < n; i++) {
         uint32_t o[4];
@@ -849,9 +890,7 @@ static int nfc(const uint32_t *s, size_t n, uint32_t **out, size_t *nout)
         else last_cc = cc;
         d[w++] = c;
     }
-    *out = d;
     *nout = w;
-    return DL_OK;
 }
 
 /* Decode strict UTF-8 (no overlongs, surrogates or values past U+10FFFF). Returns the number
@@ -929,7 +968,7 @@ static void push_pair(const dl_tokenizer *t, merge_item *h, int *nh, const int32
 /* BPE of one pre-tokenized piece (its UTF-8 bytes b[0..n)), appended to out. Follows
  * tokenizers' Word::merge_all: a heap of (rank, position), lowest rank first, ties to the
  * left; stale entries (a side already merged, or the pair changed) are skipped. */
-static int bpe_piece(const dl_tokenizer *t, const uint8_t *b, int n, ivec *out)
+static int bpe_piece(const dl_tokenizer *t, const uint8_t *b, int n, ivec *out, dl_tok_work *wk)
 {
     int32_t sym_s[64];
     int prev_s[64], next_s[64];
@@ -938,14 +977,12 @@ static int bpe_piece(const dl_tokenizer *t, const uint8_t *b, int n, ivec *out)
     int *prev = prev_s, *next = next_s;
     merge_item *heap = heap_s;
     if (n > 64) {
-        sym = malloc((size_t)n * sizeof *sym);
-        prev = malloc((size_t)n * sizeof *prev);
-        next = malloc((size_t)n * sizeof *next);
-        heap = malloc((size_t)n * 3 * sizeof *heap);
-        if (!sym || !prev || !next || !heap) {
-            free(sym); free(prev); free(next); free(heap);
-            return dl_error_set("tokenizer: out of memory");
-        }
+        /* [n] symbols, [n] prev, [n] next, [3n] heap items from the work */
+        DL_TRY(wgrow(&wk->bpe, &wk->bpe_cap, (size_t)n * (3 * sizeof(int32_t) + 3 * sizeof(merge_item))));
+        heap = wk->bpe;
+        sym = (int32_t *)(heap + 3 * n);
+        prev = sym + n;
+        next = prev + n;
     }
     for (int i = 0; i < n; i++) {
         int32_t id = i == n - 1 ? t->byte_end_id[b[i]] : t->byte_id[b[i]];
@@ -972,14 +1009,13 @@ static int bpe_piece(const dl_tokenizer *t, const uint8_t *b, int n, ivec *out)
     int rc = DL_OK;
     for (int i = 0; i < n && rc == DL_OK; i++)
         if (sym[i] >= 0) rc = ivec_push(out, sym[i]);
-    if (n > 64) { free(sym); free(prev); free(next); free(heap); }
     return rc;
 }
 
 /* BPE with the cache for short pieces. */
-static int bpe_cached(dl_tokenizer *t, const uint8_t *b, int n, ivec *out)
+static int bpe_cached(dl_tokenizer *t, const uint8_t *b, int n, ivec *out, dl_tok_work *wk)
 {
-    if (n > CACHE_MAX_WORD) return bpe_piece(t, b, n, out);
+    if (n > CACHE_MAX_WORD) return bpe_piece(t, b, n, out, wk);
     uint32_t mask = CACHE_SLOTS - 1, slot = (uint32_t)hash_bytes(b, (size_t)n) & mask;
     pthread_mutex_lock(&t->cache_mu);
     for (uint32_t i = slot; t->cache[i].word; i = (i + 1) & mask) {
@@ -993,7 +1029,7 @@ static int bpe_cached(dl_tokenizer *t, const uint8_t *b, int n, ivec *out)
     }
     pthread_mutex_unlock(&t->cache_mu);
     size_t start = out->n;
-    DL_TRY(bpe_piece(t, b, n, out));
+    DL_TRY(bpe_piece(t, b, n, out, wk));
     int cnt = (int)(out->n - start);
     char *word = malloc((size_t)n + 1);
     int32_t *ids = malloc((size_t)(cnt ? cnt : 1) * sizeof *ids);
@@ -1026,11 +1062,11 @@ static int bpe_cached(dl_tokenizer *t, const uint8_t *b, int n, ivec *out)
 /* ---------------------------------------------------------------- encoding */
 
 /* Emit the UTF-8 of cps[0..n) as one piece through BPE. */
-static int emit_piece(dl_tokenizer *t, const uint32_t *cps, size_t n, ivec *out, uint8_t *buf)
+static int emit_piece(dl_tokenizer *t, const uint32_t *cps, size_t n, ivec *out, uint8_t *buf, dl_tok_work *wk)
 {
     int len = 0;
     for (size_t i = 0; i < n; i++) len += utf8_put(cps[i], (char *)buf + len);
-    return bpe_cached(t, buf, len, out);
+    return bpe_cached(t, buf, len, out, wk);
 }
 
 static int is_literal(const uint32_t *s, size_t n, const char *lit)
@@ -1044,30 +1080,28 @@ static int is_literal(const uint32_t *s, size_t n, const char *lit)
 
 /* Normalize and pre-tokenize the span text[0..len) (no special tokens inside), BPE each
  * piece and append the ids. */
-static int encode_span(dl_tokenizer *t, const char *text, size_t len, ivec *out)
+static int encode_span(dl_tokenizer *t, const char *text, size_t len, ivec *out, dl_tok_work *wk)
 {
     if (len == 0) return DL_OK;
-    uint32_t *cp = malloc((len + 1) * sizeof *cp);
-    if (!cp) return dl_error_set("tokenizer: out of memory");
+    DL_TRY(wgrow(&wk->cp, &wk->cp_cap, (len + 1) * sizeof(uint32_t)));
+    uint32_t *cp = wk->cp;
     long n = utf8_decode((const uint8_t *)text, len, cp);
-    if (n < 0) {
-        free(cp);
-        return dl_error_set("prompt is not valid UTF-8 (bad byte sequence at offset %ld)", -1 - n);
-    }
+    if (n < 0) return dl_error_set("prompt is not valid UTF-8 (bad byte sequence at offset %ld)", -1 - n);
     uint32_t *c = NULL;
     size_t m = 0;
     int all_ascii = 1;
     for (long i = 0; i < n; i++) all_ascii &= cp[i] < 0x80;
-    if (all_ascii) { c = cp; m = (size_t)n; cp = NULL; }   /* NFC is the identity on ASCII */
+    if (all_ascii) { c = cp; m = (size_t)n; }   /* NFC is the identity on ASCII */
     else {
-        int rc = nfc(cp, (size_t)n, &c, &m);
-        free(cp);
-        DL_TRY(rc);
+        DL_TRY(wgrow(&wk->nf, &wk->nf_cap, (4 * (size_t)n + 1) * sizeof(uint32_t)));
+        c = wk->nf;
+        nfc(cp, (size_t)n, c, &m);
     }
     /* whitespace runs -> ' ', then per-character lower case (up to 3 code points each) */
-    uint32_t *s = malloc((3 * m + 1) * sizeof *s);
-    uint8_t *buf = malloc(4 * m + 8);
-    if (!s || !buf) { free(c); free(s); free(buf); return dl_error_set("tokenizer: out of memory"); }
+    DL_TRY(wgrow(&wk->low, &wk->low_cap, (3 * m + 1) * sizeof(uint32_t)));
+    DL_TRY(wgrow(&wk->piece, &wk->piece_cap, 4 * m + 8));
+    uint32_t *s = wk->low;
+    uint8_t *buf = wk->piece;
     size_t k = 0;
     for (size_t i = 0; i < m;) {
         if (is_space(c[i])) {
@@ -1077,7 +1111,6 @@ static int encode_span(dl_tokenizer *t, const char *text, size_t len, ivec *out)
         }
         k += (size_t)lower_of(c[i++], s + k);
     }
-    free(c);
     /* CLIP's pattern, alternatives in order; whitespace between matches is dropped. */
     int rc = DL_OK;
     static const char *const contractions[] = {"'s", "'t", "'re", "'ve", "'m", "'ll", "'d"};
@@ -1092,9 +1125,9 @@ static int encode_span(dl_tokenizer *t, const char *text, size_t len, ivec *out)
         if (lit >= 0) {
             /* the byte-level pre-tokenizer's GPT-2 pattern splits it: "<|", name, "|>" */
             size_t L = strlen(literals[lit]);
-            rc = emit_piece(t, s + i, 2, out, buf);
-            if (rc == DL_OK) rc = emit_piece(t, s + i + 2, L - 4, out, buf);
-            if (rc == DL_OK) rc = emit_piece(t, s + i + L - 2, 2, out, buf);
+            rc = emit_piece(t, s + i, 2, out, buf, wk);
+            if (rc == DL_OK) rc = emit_piece(t, s + i + 2, L - 4, out, buf, wk);
+            if (rc == DL_OK) rc = emit_piece(t, s + i + L - 2, 2, out, buf, wk);
             i += L;
             continue;
         }
@@ -1107,15 +1140,13 @@ static int encode_span(dl_tokenizer *t, const char *text, size_t len, ivec *out)
             else if (is_number(ch)) j = i + 1;
             else while (j < k && !is_space(s[j]) && !is_letter(s[j]) && !is_number(s[j])) j++;
         }
-        rc = emit_piece(t, s + i, j - i, out, buf);
+        rc = emit_piece(t, s + i, j - i, out, buf, wk);
         i = j;
     }
-    free(s);
-    free(buf);
     return rc;
 }
 
-static int encode_vec(const dl_tokenizer *ctok, const char *text, ivec *out)
+static int encode_vec(const dl_tokenizer *ctok, const char *text, ivec *out, dl_tok_work *wk)
 {
     dl_tokenizer *t = (dl_tokenizer *)ctok;   /* only the mutex-guarded cache changes */
     size_t len = strlen(text), start = 0;
@@ -1132,53 +1163,69 @@ static int encode_vec(const dl_tokenizer *ctok, const char *text, ivec *out)
             }
         }
         if (best < 0) { i++; continue; }
-        DL_TRY(encode_span(t, text + start, i - start, out));
+        DL_TRY(encode_span(t, text + start, i - start, out, wk));
         DL_TRY(ivec_push(out, t->special[best]));
         i += best_len;
         start = i;
     }
-    return encode_span(t, text + start, len - start, out);
+    return encode_span(t, text + start, len - start, out, wk);
 }
 
 int dl_tokenizer_encode(const dl_tokenizer *tok, const char *text, int32_t **ids, int *n)
 {
     ivec v = {0};
-    if (encode_vec(tok, text, &v) != DL_OK) { free(v.v); *ids = NULL; *n = 0; return DL_ERR; }
+    dl_tok_work wk = {0};
+    int rc = encode_vec(tok, text, &v, &wk);
+    dl_tok_work_free(&wk);
+    if (rc != DL_OK) { free(v.v); *ids = NULL; *n = 0; return DL_ERR; }
     if (!v.v && !(v.v = malloc(sizeof *v.v))) return dl_error_set("tokenizer: out of memory");
     *ids = v.v;
     *n = (int)v.n;
     return DL_OK;
 }
 
-int dl_tokenizer_encode_windows(const dl_tokenizer *tok, const char *text, int n_windows,
-                                int32_t *out)
+int dl_tokenizer_encode_windows_w(const dl_tokenizer *tok, dl_tok_work *wk, const char *text, int n_windows,
+                                  int32_t *out)
 {
     DL_ASSERT(n_windows >= 1);
-    ivec v = {0};
-    if (encode_vec(tok, text, &v) != DL_OK) { free(v.v); return DL_ERR; }
-    /* the sd-scripts sequence: BOS, tokens truncated to 75 * n_windows, EOS, pad */
+    ivec v = {wk->ids, 0, wk->ids_cap};
+    int rc = encode_vec(tok, text, &v, wk);
+    wk->ids = v.v;   /* keep the (possibly grown) buffer */
+    wk->ids_cap = v.cap;
+    DL_TRY(rc);
+    /* the sd-scripts sequence seq: BOS, tokens truncated to 75 * n_windows, EOS, pad (read in
+     * place: seq[i] is seq_at(i)) */
     int body = DL_TOK_WINDOW * n_windows, total = body + 2;
-    int32_t *seq = malloc((size_t)total * sizeof *seq);
-    if (!seq) { free(v.v); return dl_error_set("tokenizer: out of memory"); }
     int nt = (int)v.n < body ? (int)v.n : body;
-    seq[0] = tok->bos;
-    if (nt > 0) memcpy(seq + 1, v.v, (size_t)nt * sizeof *seq);
-    seq[1 + nt] = tok->eos;
-    for (int i = 2 + nt; i < total; i++) seq[i] = tok->pad;
-    free(v.v);
+#define seq_at(i) ((i) == 0 ? tok->bos : (i) <= nt ? v.v[(i) - 1] : (i) == nt + 1 ? tok->eos : tok->pad)
     for (int w = 0; w < n_windows; w++) {
         int32_t *o = out + (size_t)w * DL_TOK_CONTEXT;   // [77]
-        o[0] = seq[0];
-        memcpy(o + 1, seq + 1 + w * DL_TOK_WINDOW, DL_TOK_WINDOW * sizeof *o);
-        o[DL_TOK_CONTEXT - 1] = seq[total - 1];
+        o[0] = seq_at(0);
+        for (int k = 0; k < DL_TOK_WINDOW; k++) o[1 + k] = seq_at(1 + w * DL_TOK_WINDOW + k);
+        o[DL_TOK_CONTEXT - 1] = seq_at(total - 1);
         if (n_windows > 1 && tok->pad != tok->eos) {
             if (o[DL_TOK_CONTEXT - 2] != tok->eos && o[DL_TOK_CONTEXT - 2] != tok->pad)
                 o[DL_TOK_CONTEXT - 1] = tok->eos;
             if (o[1] == tok->pad) o[1] = tok->eos;
         }
     }
-    free(seq);
+#undef seq_at
     return DL_OK;
+}
+
+int dl_tokenizer_encode_windows(const dl_tokenizer *tok, const char *text, int n_windows,
+                                int32_t *out)
+{
+    dl_tok_work wk = {0};
+    int rc = dl_tokenizer_encode_windows_w(tok, &wk, text, n_windows, out);
+    dl_tok_work_free(&wk);
+    return rc;
+}
+
+int dl_tokenizer_encode_padded_w(const dl_tokenizer *tok, dl_tok_work *wk, const char *text,
+                                 int32_t out[DL_TOK_CONTEXT])
+{
+    return dl_tokenizer_encode_windows_w(tok, wk, text, 1, out);
 }
 
 int dl_tokenizer_encode_padded(const dl_tokenizer *tok, const char *text,

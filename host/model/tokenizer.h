@@ -20,7 +20,14 @@
  * it: 256 byte symbols, the same with </w>, 48894 merges, <|startoftext|>, <|endoftext|>).
  *
  * Thread safety: encoding is safe from several threads on one tokenizer (the BPE cache is
- * guarded by a mutex). */
+ * guarded by a mutex; each thread passes its own dl_tok_work to the _w functions).
+ *
+ * Allocations: the _w functions keep their working memory in a caller's dl_tok_work whose
+ * buffers only grow, and the BPE cache allocates only for a word it has not seen before (it is
+ * cleared, and refilled, only when it holds 4096 words). So once w is reserved for the longest
+ * text and every word has been seen, encoding allocates nothing: a trainer encodes each caption
+ * once at setup, and shuffled or tag-dropped captions (made of the same words) then allocate
+ * nothing, unless the captions hold more than 4096 distinct words. */
 #ifndef DANLU_TOKENIZER_H
 #define DANLU_TOKENIZER_H
 
@@ -74,6 +81,24 @@ int dl_tokenizer_encode(const dl_tokenizer *tok, const char *text, int32_t **ids
  * truncation=True)): out[77] = BOS, the first 75 ids, EOS, then pad. */
 int dl_tokenizer_encode_padded(const dl_tokenizer *tok, const char *text,
                                int32_t out[DL_TOK_CONTEXT]);
+
+/* Working memory of encoding (grow-only buffers). Zero-initialise; free with dl_tok_work_free. */
+typedef struct dl_tok_work {
+    void *cp, *nf, *low, *piece, *bpe;       /* code points, NFC, lower-cased, one piece, BPE */
+    size_t cp_cap, nf_cap, low_cap, piece_cap, bpe_cap;   /* bytes */
+    int32_t *ids;                            /* raw ids */
+    size_t ids_cap;                          /* entries */
+} dl_tok_work;
+void dl_tok_work_free(dl_tok_work *w);
+/* Grow w for texts of up to len bytes (then encoding them needs no more working memory). */
+int dl_tok_work_reserve(dl_tok_work *w, size_t len);
+
+/* dl_tokenizer_encode_padded / _windows with working memory from w: identical ids, and no
+ * allocation once w and the BPE cache have seen text like this (see the file comment). */
+int dl_tokenizer_encode_padded_w(const dl_tokenizer *tok, dl_tok_work *w, const char *text,
+                                 int32_t out[DL_TOK_CONTEXT]);
+int dl_tokenizer_encode_windows_w(const dl_tokenizer *tok, dl_tok_work *w, const char *text,
+                                  int n_windows, int32_t *out);
 
 /* Long prompts, as sd-scripts does for max_token_length = 75 * n_windows: the text is encoded
  * with BOS/EOS and padded/truncated to 75 * n_windows + 2 ids, then cut into n_windows windows

@@ -81,6 +81,10 @@ void dl_batcher_init(dl_batcher *b, const dl_dataset *ds, int batch_size, uint64
         fp = fnv1a(fp, &it->num_repeats, sizeof it->num_repeats);
         fp = fnv1a(fp, &it->reso, sizeof it->reso);
     }
+    for (int i = 0; i < ds->n_items; i++) {
+        size_t l = strlen(ds->items[i].caption);
+        if (l > b->max_caption) b->max_caption = l;
+    }
     fp = fnv1a(fp, &batch_size, sizeof batch_size);
     fp = fnv1a(fp, &seed, sizeof seed);
     b->batch_bucket = malloc((size_t)b->n_batches * sizeof(int));
@@ -117,21 +121,28 @@ void dl_batch_init(dl_batch *bt, int batch_size) {
     DL_ASSERT(bt->items && bt->flip && bt->crop_x && bt->crop_y && bt->captions);
 }
 
-static void batch_clear_captions(dl_batch *bt) {
-    for (int i = 0; i < bt->n; i++) {
-        free(bt->captions[i]);
-        bt->captions[i] = NULL;
-    }
-}
-
 void dl_batch_free(dl_batch *bt) {
-    batch_clear_captions(bt);
     free(bt->items);
     free(bt->flip);
     free(bt->crop_x);
     free(bt->crop_y);
     free(bt->captions);
+    free(bt->caption_text);
+    dl_caption_work_free(&bt->caption_work);
     memset(bt, 0, sizeof *bt);
+}
+
+/* Caption buffers of bt ([batch_size] slots) for captions of up to len bytes; grow-only. */
+static void batch_reserve_captions(dl_batch *bt, int batch_size, size_t len) {
+    size_t slot = dl_caption_out_cap(len);
+    if (slot > bt->caption_slot) {
+        free(bt->caption_text);
+        bt->caption_text = malloc(slot * (size_t)batch_size);
+        DL_ASSERT(bt->caption_text);
+        bt->caption_slot = slot;
+        for (int j = 0; j < batch_size; j++) bt->captions[j] = bt->caption_text + (size_t)j * slot;
+    }
+    DL_ASSERT(dl_caption_work_reserve(&bt->caption_work, len) == DL_OK);
 }
 
 void dl_batcher_next(dl_batcher *b, const dl_augment_cfg *aug, dl_batch *out) {
@@ -144,17 +155,17 @@ void dl_batcher_next(dl_batcher *b, const dl_augment_cfg *aug, dl_batch *out) {
     int k = b->batch_bucket[i], s = b->batch_start[i];
     int n = b->bucket_len[k] - s;
     if (n > b->batch_size) n = b->batch_size;
-    batch_clear_captions(out);
     out->n = n;
     out->bucket = k;
     out->reso = b->ds->buckets.used[k];
     dl_caption_cfg cc = aug->caption;
     cc.epoch = b->st.epoch + 1; /* sd-scripts counts epochs from 1 */
+    batch_reserve_captions(out, b->batch_size, dl_caption_full_len(&cc, b->max_caption));
     for (int j = 0; j < n; j++) {
         int item = b->bucket_items[k][s + j];
         const dl_dataset_item *it = &b->ds->items[item];
         out->items[j] = item;
-        out->captions[j] = dl_caption_process(&cc, it->caption, &b->st.rng);
+        dl_caption_process_into(&cc, it->caption, &b->st.rng, &out->caption_work, out->captions[j], out->caption_slot);
         out->flip[j] = aug->flip_aug ? dl_rng_uniform(&b->st.rng) < 0.5 : 0;
         dl_prep_crop_offsets(it->resized, it->reso, aug->random_crop, &b->st.rng, &out->crop_x[j], &out->crop_y[j]);
     }

@@ -35,7 +35,11 @@ typedef struct dl_batch {
     int *items;          /* [n] indices into ds->items */
     int *flip;           /* [n] 1: mirror left-right */
     int *crop_x, *crop_y;/* [n] crop offsets into the resized image */
-    char **captions;     /* [n] processed captions (malloc'd, owned by the batch) */
+    char **captions;     /* [n] processed captions (slices of caption_text, owned by the batch) */
+    char *caption_text;  /* [batch_size, caption_slot] caption storage, sized on the first batch
+                          * for the dataset's longest caption: later batches allocate nothing */
+    size_t caption_slot; /* bytes per caption */
+    dl_caption_work caption_work;
 } dl_batch;
 
 /* The serialisable position. */
@@ -59,6 +63,7 @@ typedef struct dl_batcher {
     int n_batches;        /* batches per epoch */
     int *batch_bucket;    /* [n_batches] this epoch's order: bucket of batch i */
     int *batch_start;     /* [n_batches] offset of batch i in its bucket */
+    size_t max_caption;   /* bytes of the dataset's longest caption (sizes the batch's buffers) */
     dl_batcher_state st;
 } dl_batcher;
 
@@ -73,7 +78,8 @@ int dl_batcher_batches_per_epoch(const dl_batcher *b);
 /* The next batch: when the epoch is exhausted the next epoch starts (reshuffled) first. Draws
  * the batch's augmentations from the state's RNG, in sample order: caption (dl_caption_process),
  * then flip (one draw when flip_aug), then crop offsets (when random_crop). out must be
- * initialised with dl_batch_init(out, batch_size) and is overwritten. */
+ * initialised with dl_batch_init(out, batch_size) and is overwritten. Allocates only on the first
+ * call for a batch (its caption buffers, for the longest caption of the dataset). */
 void dl_batcher_next(dl_batcher *b, const dl_augment_cfg *aug, dl_batch *out);
 
 /* Current state / restore one. DL_ERR when the state is from another dataset, batch size or

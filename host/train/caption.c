@@ -10,30 +10,53 @@ void dl_caption_cfg_default(dl_caption_cfg *c) {
     memset(c, 0, sizeof *c);
 }
 
-static char *xstrdup(const char *s) {
-    size_t n = strlen(s);
-    char *d = malloc(n + 1);
-    DL_ASSERT(d);
-    memcpy(d, s, n + 1);
-    return d;
+int dl_caption_work_reserve(dl_caption_work *w, size_t len) {
+    if (w->text && len <= w->len_cap) return DL_OK;
+    char *text = malloc(2 * (len + 1));
+    char **tags = malloc(4 * (len + 2) * sizeof *tags);
+    if (!text || !tags) {
+        free(text);
+        free(tags);
+        return dl_error_set("out of memory (caption buffers of %zu bytes)", len);
+    }
+    free(w->text);
+    free(w->tags);
+    w->text = text;
+    w->tags = tags;
+    w->len_cap = len;
+    return DL_OK;
+}
+
+void dl_caption_work_free(dl_caption_work *w) {
+    free(w->text);
+    free(w->tags);
+    memset(w, 0, sizeof *w);
+}
+
+size_t dl_caption_full_len(const dl_caption_cfg *c, size_t caption_len) {
+    size_t n = caption_len;
+    if (c->caption_prefix && *c->caption_prefix) n += strlen(c->caption_prefix) + 1;
+    if (c->caption_suffix && *c->caption_suffix) n += strlen(c->caption_suffix) + 1;
+    return n;
+}
+
+size_t dl_caption_out_cap(size_t len) {
+    /* at most len + 1 tags (separators are >= 1 byte), each followed by ", " */
+    return 3 * len + 4;
 }
 
 static int is_space(char ch) {
     return ch == ' ' || ch == '\t' || ch == '\n' || ch == '\r' || ch == '\f' || ch == '\v';
 }
 
-/* A list of trimmed tags (pointers into a private copy). */
+/* A list of trimmed tags (pointers into the working copy), in a slice of the work's array. */
 typedef struct tags {
     int n, cap;
     char **v;
 } tags;
 
 static void tags_push(tags *t, char *s) {
-    if (t->n == t->cap) {
-        t->cap = t->cap ? 2 * t->cap : 16;
-        t->v = realloc(t->v, (size_t)t->cap * sizeof *t->v);
-        DL_ASSERT(t->v);
-    }
+    DL_ASSERT(t->n < t->cap);
     t->v[t->n++] = s;
 }
 
@@ -53,30 +76,46 @@ static void split_tags(tags *t, char *s, const char *sep, int skip_empty) {
     }
 }
 
-char *dl_caption_process(const dl_caption_cfg *c, const char *caption, dl_rng *rng) {
-    DL_ASSERT(c && caption);
+/* Append s to out (length *len, capacity cap). */
+static void put(char *out, size_t cap, size_t *len, const char *s) {
+    size_t n = strlen(s);
+    DL_ASSERT(*len + n < cap);
+    memcpy(out + *len, s, n + 1);
+    *len += n;
+}
+
+void dl_caption_process_into(const dl_caption_cfg *c, const char *caption, dl_rng *rng, dl_caption_work *w,
+                             char *out, size_t out_cap) {
+    DL_ASSERT(c && caption && w && out);
     const char *pre = c->caption_prefix && *c->caption_prefix ? c->caption_prefix : NULL;
     const char *suf = c->caption_suffix && *c->caption_suffix ? c->caption_suffix : NULL;
-    size_t len = strlen(caption) + (pre ? strlen(pre) + 1 : 0) + (suf ? strlen(suf) + 1 : 0);
-    char *cap = malloc(len + 1);
-    DL_ASSERT(cap);
+    size_t len = dl_caption_full_len(c, strlen(caption));
+    DL_ASSERT(w->text && len <= w->len_cap && out_cap >= dl_caption_out_cap(len));
+    char *cap = w->text;
+    size_t cl = 0;
     cap[0] = 0;
-    if (pre) { strcat(cap, pre); strcat(cap, " "); }
-    strcat(cap, caption);
-    if (suf) { strcat(cap, " "); strcat(cap, suf); }
+    if (pre) { put(cap, len + 1, &cl, pre); put(cap, len + 1, &cl, " "); }
+    put(cap, len + 1, &cl, caption);
+    if (suf) { put(cap, len + 1, &cl, " "); put(cap, len + 1, &cl, suf); }
 
     int drop = c->caption_dropout_rate > 0 && dl_rng_uniform(rng) < c->caption_dropout_rate;
     if (c->caption_dropout_every_n_epochs > 0 && c->epoch % c->caption_dropout_every_n_epochs == 0) drop = 1;
     if (drop) {
-        cap[0] = 0;
-        return cap;
+        out[0] = 0;
+        return;
     }
-    if (!c->shuffle_caption && c->caption_tag_dropout_rate <= 0) return cap;
+    if (!c->shuffle_caption && c->caption_tag_dropout_rate <= 0) {
+        memcpy(out, cap, cl + 1);
+        return;
+    }
 
     const char *sep = c->caption_separator && *c->caption_separator ? c->caption_separator : ",";
-    tags fixed = {0}, flex = {0}, suffix = {0};
+    const int tcap = (int)w->len_cap + 2;
+    tags all = {0, tcap, w->tags}, fixed = {0, tcap, w->tags + tcap}, flex = {0, tcap, w->tags + 2 * tcap},
+         suffix = {0, tcap, w->tags + 3 * tcap};
     const char *kts = c->keep_tokens_separator;
-    char *work = xstrdup(cap);
+    char *work = w->text + w->len_cap + 1;
+    memcpy(work, cap, cl + 1);
     char *split = kts && *kts ? strstr(work, kts) : NULL;
     if (split) {
         /* "fixed ||| flex ||| fixed suffix": empty tags dropped in this form */
@@ -91,11 +130,9 @@ char *dl_caption_process(const dl_caption_cfg *c, const char *caption, dl_rng *r
         split_tags(&flex, flexp, sep, 1);
     } else {
         /* caption.strip().split(sep), each tag stripped; empties kept as sd-scripts does */
-        tags all = {0};
         split_tags(&all, work, sep, 0);
         int k = c->keep_tokens > 0 ? (c->keep_tokens < all.n ? c->keep_tokens : all.n) : 0;
         for (int i = 0; i < all.n; i++) tags_push(i < k ? &fixed : &flex, all.v[i]);
-        free(all.v);
     }
     if (c->shuffle_caption)
         for (int i = flex.n - 1; i > 0; i--) {
@@ -110,25 +147,26 @@ char *dl_caption_process(const dl_caption_cfg *c, const char *caption, dl_rng *r
             if (dl_rng_uniform(rng) >= c->caption_tag_dropout_rate) flex.v[m++] = flex.v[i];
         flex.n = m;
     }
-    size_t out_len = 1;
-    tags *parts[3] = {&fixed, &flex, &suffix};
-    for (int p = 0; p < 3; p++)
-        for (int i = 0; i < parts[p]->n; i++) out_len += strlen(parts[p]->v[i]) + 2;
-    char *out = malloc(out_len);
-    DL_ASSERT(out);
+    size_t ol = 0;
     out[0] = 0;
     int first = 1;
+    tags *parts[3] = {&fixed, &flex, &suffix};
     for (int p = 0; p < 3; p++)
         for (int i = 0; i < parts[p]->n; i++) {
-            if (!first) strcat(out, ", ");
-            strcat(out, parts[p]->v[i]);
+            if (!first) put(out, out_cap, &ol, ", ");
+            put(out, out_cap, &ol, parts[p]->v[i]);
             first = 0;
         }
-    free(fixed.v);
-    free(flex.v);
-    free(suffix.v);
-    free(work);
-    free(cap);
+}
+
+char *dl_caption_process(const dl_caption_cfg *c, const char *caption, dl_rng *rng) {
+    DL_ASSERT(c && caption);
+    size_t len = dl_caption_full_len(c, strlen(caption)), oc = dl_caption_out_cap(len);
+    dl_caption_work w = {0};
+    char *out = malloc(oc);
+    DL_ASSERT(out && dl_caption_work_reserve(&w, len) == DL_OK);
+    dl_caption_process_into(c, caption, rng, &w, out, oc);
+    dl_caption_work_free(&w);
     return out;
 }
 

@@ -29,13 +29,30 @@ typedef struct taps {
 } taps;
 
 /* Weights of output positions [o0, o0 + dn) of an axis resized from sn to rn samples. */
-static void make_taps(taps *t, int sn, int rn, int o0, int dn) {
+static int taps_maxn(int sn, int rn) {
+    return rn < sn ? (int)ceil((double)sn / rn) + 2 : 2;
+}
+
+static size_t align64(size_t n) {
+    return (n + 63) & ~(size_t)63;
+}
+
+/* Bytes of the taps of dn outputs (first, n, weights). */
+static size_t taps_bytes(int sn, int rn, int dn) {
+    return 2 * align64((size_t)dn * sizeof(int)) + align64((size_t)dn * taps_maxn(sn, rn) * sizeof(float));
+}
+
+/* Taps carved from *mem (advanced past them; taps_bytes long). */
+static void make_taps(taps *t, int sn, int rn, int o0, int dn, uint8_t **mem) {
     double scale = (double)sn / rn;
-    t->maxn = rn < sn ? (int)ceil(scale) + 2 : 2;
-    t->first = malloc((size_t)dn * sizeof(int));
-    t->n = malloc((size_t)dn * sizeof(int));
-    t->w = calloc((size_t)dn * t->maxn, sizeof(float));
-    DL_ASSERT(t->first && t->n && t->w);
+    t->maxn = taps_maxn(sn, rn);
+    t->first = (int *)*mem;
+    *mem += align64((size_t)dn * sizeof(int));
+    t->n = (int *)*mem;
+    *mem += align64((size_t)dn * sizeof(int));
+    t->w = (float *)*mem;
+    *mem += align64((size_t)dn * t->maxn * sizeof(float));
+    memset(t->w, 0, (size_t)dn * t->maxn * sizeof(float));
     for (int i = 0; i < dn; i++) {
         int o = o0 + i;
         float *w = t->w + (size_t)i * t->maxn;
@@ -84,27 +101,20 @@ static void make_taps(taps *t, int sn, int rn, int o0, int dn) {
     }
 }
 
-static void free_taps(taps *t) {
-    free(t->first);
-    free(t->n);
-    free(t->w);
-}
-
 typedef struct resize_job {
     const dl_image *src;
     taps tx, ty;
     int ow;
     uint8_t *dst;
+    float *rows;      /* [nthreads, 2, ow * 3] each thread's filtered row and accumulator */
 } resize_job;
 
 /* Output rows [begin, end): vertical taps over source rows, each filtered horizontally. */
 static void resize_rows(void *arg, int64_t begin, int64_t end, int tid) {
-    (void)tid;
     resize_job *j = arg;
     int sw = j->src->w, ow = j->ow;
-    float *row = malloc((size_t)ow * 3 * sizeof(float)); /* one horizontally filtered row */
-    float *acc = malloc((size_t)ow * 3 * sizeof(float));
-    DL_ASSERT(row && acc);
+    float *row = j->rows + (size_t)tid * 2 * ow * 3; /* one horizontally filtered row */
+    float *acc = row + (size_t)ow * 3;
     for (int64_t y = begin; y < end; y++) {
         memset(acc, 0, (size_t)ow * 3 * sizeof(float));
         const float *wy = j->ty.w + (size_t)y * j->ty.maxn;
@@ -131,32 +141,61 @@ static void resize_rows(void *arg, int64_t begin, int64_t end, int tid) {
             d[i] = (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v);
         }
     }
-    free(row);
-    free(acc);
 }
 
-void dl_image_resize_crop_u8(dl_pool *pool, const dl_image *src, dl_reso resized, int x0, int y0, dl_reso out,
-                             uint8_t *dst) {
+void dl_prep_work_free(dl_prep_work *w) {
+    free(w->mem);
+    memset(w, 0, sizeof *w);
+}
+
+/* Bytes of the resize's working memory (without the 8-bit crop). */
+static size_t resize_bytes(dl_pool *pool, const dl_image *src, dl_reso resized, dl_reso out) {
+    return taps_bytes(src->w, resized.w, out.w) + taps_bytes(src->h, resized.h, out.h) +
+           (size_t)dl_pool_nthreads(pool) * 2 * out.w * 3 * sizeof(float);
+}
+
+/* w->mem of at least n bytes (grow-only). */
+static void work_reserve(dl_prep_work *w, size_t n) {
+    if (n <= w->cap && w->mem) return;
+    free(w->mem);
+    w->mem = malloc(n);
+    DL_ASSERT(w->mem);
+    w->cap = n;
+}
+
+static void resize_crop(dl_pool *pool, uint8_t *mem, const dl_image *src, dl_reso resized, int x0, int y0,
+                        dl_reso out, uint8_t *dst) {
     DL_ASSERT(src && src->data && src->w > 0 && src->h > 0);
     DL_ASSERT(resized.w > 0 && resized.h > 0 && out.w > 0 && out.h > 0);
     DL_ASSERT(x0 >= 0 && y0 >= 0 && x0 + out.w <= resized.w && y0 + out.h <= resized.h);
     resize_job j = {.src = src, .ow = out.w, .dst = dst};
-    make_taps(&j.tx, src->w, resized.w, x0, out.w);
-    make_taps(&j.ty, src->h, resized.h, y0, out.h);
+    make_taps(&j.tx, src->w, resized.w, x0, out.w, &mem);
+    make_taps(&j.ty, src->h, resized.h, y0, out.h, &mem);
+    j.rows = (float *)mem; // [nthreads, 2, ow * 3]
     if (pool)
         dl_parallel_for(pool, out.h, 8, resize_rows, &j);
     else
         resize_rows(&j, 0, out.h, 0);
-    free_taps(&j.tx);
-    free_taps(&j.ty);
 }
 
-void dl_image_prep(dl_pool *pool, const dl_image *src, dl_reso resized, dl_reso bucket, int x0, int y0, int flip,
-                   float *out) {
-    size_t n = (size_t)bucket.w * bucket.h * 3;
-    uint8_t *u8 = malloc(n);
-    DL_ASSERT(u8);
-    dl_image_resize_crop_u8(pool, src, resized, x0, y0, bucket, u8); // [bh, bw, 3]
+void dl_image_resize_crop_u8(dl_pool *pool, const dl_image *src, dl_reso resized, int x0, int y0, dl_reso out,
+                             uint8_t *dst) {
+    DL_ASSERT(out.w > 0 && out.h > 0 && src && src->w > 0 && src->h > 0 && resized.w > 0 && resized.h > 0);
+    dl_prep_work w = {0};
+    work_reserve(&w, resize_bytes(pool, src, resized, out));
+    resize_crop(pool, w.mem, src, resized, x0, y0, out, dst);
+    dl_prep_work_free(&w);
+}
+
+void dl_image_prep_w(dl_pool *pool, dl_prep_work *work, const dl_image *src, dl_reso resized, dl_reso bucket, int x0,
+                     int y0, int flip, float *out) {
+    DL_ASSERT(bucket.w > 0 && bucket.h > 0 && src && src->w > 0 && src->h > 0 && resized.w > 0 && resized.h > 0);
+    dl_prep_work local = {0};
+    dl_prep_work *w = work ? work : &local;
+    size_t n = (size_t)bucket.w * bucket.h * 3, rb = align64(resize_bytes(pool, src, resized, bucket));
+    work_reserve(w, rb + n);
+    uint8_t *u8 = (uint8_t *)w->mem + rb;
+    resize_crop(pool, w->mem, src, resized, x0, y0, bucket, u8); // [bh, bw, 3]
     for (int y = 0; y < bucket.h; y++)
         for (int x = 0; x < bucket.w; x++) {
             int sx = flip ? bucket.w - 1 - x : x;
@@ -164,5 +203,10 @@ void dl_image_prep(dl_pool *pool, const dl_image *src, dl_reso resized, dl_reso 
             float *o = out + ((size_t)y * bucket.w + x) * 3;
             for (int c = 0; c < 3; c++) o[c] = p[c] / 127.5f - 1.0f;
         }
-    free(u8);
+    if (!work) dl_prep_work_free(&local);
+}
+
+void dl_image_prep(dl_pool *pool, const dl_image *src, dl_reso resized, dl_reso bucket, int x0, int y0, int flip,
+                   float *out) {
+    dl_image_prep_w(pool, NULL, src, resized, bucket, x0, y0, flip, out);
 }

@@ -27,6 +27,15 @@ extern "C" {
  * unless random_crop. */
 void dl_prep_crop_offsets(dl_reso resized, dl_reso bucket, int random_crop, dl_rng *rng, int *x0, int *y0);
 
+/* Working memory of the resampling (taps, per-thread rows, the 8-bit crop), grow-only: once it
+ * has served the largest case, preparing allocates nothing. Zero-initialise; one per thread
+ * calling dl_image_prep_w (the pool's tasks take their rows from it by thread index). */
+typedef struct dl_prep_work {
+    void *mem;
+    size_t cap;
+} dl_prep_work;
+void dl_prep_work_free(dl_prep_work *w);
+
 /* Resize src ([h, w, 3] RGB8) to resized, then cut the out.w x out.h window at (x0, y0) into dst
  * ([out.h, out.w, 3] RGB8). Only the window is computed. pool may be NULL (serial). */
 void dl_image_resize_crop_u8(dl_pool *pool, const dl_image *src, dl_reso resized, int x0, int y0, dl_reso out,
@@ -36,6 +45,11 @@ void dl_image_resize_crop_u8(dl_pool *pool, const dl_image *src, dl_reso resized
  * flip, and write out = pixel / 127.5 - 1 as [bucket.h, bucket.w, 3] floats. */
 void dl_image_prep(dl_pool *pool, const dl_image *src, dl_reso resized, dl_reso bucket, int x0, int y0, int flip,
                    float *out);
+
+/* dl_image_prep with its working memory from w (grown when too small; NULL: allocated and
+ * freed inside, as dl_image_prep). Identical output. */
+void dl_image_prep_w(dl_pool *pool, dl_prep_work *w, const dl_image *src, dl_reso resized, dl_reso bucket, int x0,
+                     int y0, int flip, float *out);
 
 #ifdef __cplusplus
 }

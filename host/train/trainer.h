@@ -15,6 +15,11 @@ typedef struct dl_trainer_opts {
     FILE *log;          /* messages and progress (stderr in the CLI; NULL: silent) */
     int tty;            /* -1: detect from log; 0/1: force the live line off/on */
     int stop_after;     /* test hook: behave as if Ctrl-C came after this many steps (0: off) */
+    /* test hook (NULL: off): called after every optimizer step of this run with the step number
+     * (1-based), once the step's periodic saves and samples are done and before the final save
+     * (tests/alloc counts heap allocations between calls) */
+    void (*on_step)(void *user, int step);
+    void *on_step_user;
 } dl_trainer_opts;
 
 typedef struct dl_train_result {
