@@ -3,7 +3,9 @@
 #include "train/trainer.h"
 #include "train/train_sample.h"
 
+#include "backend/backend.h"
 #include "core/arena.h"
+#include "core/sha256.h"
 #include "core/ctx.h"
 #include "core/error.h"
 #include "core/rng.h"
@@ -15,9 +17,7 @@
 #include "model/tokenizer.h"
 #include "model/unet.h"
 #include "model/vae.h"
-#include "ops/cpu/adamw.h"
-#include "ops/cpu/elementwise.h"
-#include "ops/cpu/loss.h"
+#include "sample/sd_models.h"
 #include "train/batcher.h"
 #include "train/clip_train.h"
 #include "train/dataset.h"
@@ -101,7 +101,7 @@ typedef struct trainer {
     dl_checkpoint ck;
     int ck_ok;
     dl_tokenizer *tok;
-    dl_arena weights;
+    dl_arena w_clip, w_unet, w_vae; /* frozen weights, one arena per network (freed apart) */
     dl_clip clip;
     dl_unet unet;
     dl_vae vae;
@@ -142,6 +142,9 @@ typedef struct trainer {
     dl_batch batch;
     int batch_ok;
     dl_unet_tape tape;            /* the UNet forward's record (in the trainer: no per-step malloc) */
+    dl_image_reader reader;       /* image decoding without per-step allocations (latents not cached) */
+    dl_prep_work prep;            /* resize working memory */
+    dl_tok_work tok_work;         /* tokenizer working memory (captions change every step) */
     /* schedule */
     dl_lr_schedule lrs;
     int total_steps, steps_per_epoch, num_epochs, batches_per_epoch;
@@ -232,10 +235,10 @@ static int batch_latents(trainer *t, const dl_batch *b)
             memcpy(t->latents + i * D, l, sizeof(float) * (size_t)D);
             continue;
         }
-        dl_image img = {0};
-        DL_TRY(dl_image_load(&img, it->image_path));
-        dl_image_prep(t->ctx.pool, &img, it->resized, b->reso, b->crop_x[i], b->crop_y[i], b->flip[i], t->img);
-        dl_image_free(&img);
+        dl_image img; /* borrowed from the reader */
+        DL_TRY(dl_image_read(&t->reader, it->image_path, &img));
+        dl_image_prep_w(t->ctx.pool, &t->prep, &img, it->resized, b->reso, b->crop_x[i], b->crop_y[i], b->flip[i],
+                        t->img);
         DL_TRY(encode_item(t, b->items[i], H, W, t->img, t->latents + i * D));
     }
     return DL_OK;
@@ -251,7 +254,7 @@ static int batch_context_frozen(trainer *t, const dl_batch *b)
         return DL_OK;
     }
     for (int i = 0; i < b->n; i++)
-        if (dl_tokenizer_encode_padded(t->tok, b->captions[i], t->ids + i * CTX_T) != DL_OK)
+        if (dl_tokenizer_encode_padded_w(t->tok, &t->tok_work, b->captions[i], t->ids + i * CTX_T) != DL_OK)
             return dl_error_prefix("caption of %s: ", t->ds.items[b->items[i]].image_path);
     size_t mark = dl_arena_mark(&t->scratch);
     dl_clip_forward(&t->ctx, &t->clip, b->n, CTX_T, t->ids, t->clip_layers, 1, t->context, &t->scratch);
@@ -385,6 +388,18 @@ static void build_metadata(trainer *t)
         const char *base = strrchr(c->pretrained_model_name_or_path, '/');
         base = base && base[1] ? base + 1 : c->pretrained_model_name_or_path;
         kv_add(m, "ss_sd_model_name", "%s", base);
+        /* sd-scripts: the A1111 legacy hash (8 hex of SHA-256 over 64 KiB at 1 MiB) and the
+         * full-file SHA-256 of a single-file base model */
+        struct stat st;
+        if (stat(c->pretrained_model_name_or_path, &st) == 0 && S_ISREG(st.st_mode)) {
+            char hex[65];
+            if (dl_sha256_file(c->pretrained_model_name_or_path, 0, hex) == DL_OK)
+                kv_add(m, "ss_new_sd_model_hash", "%s", hex);
+            if (dl_sha256_range(c->pretrained_model_name_or_path, 0x100000, 0x10000, hex) == DL_OK) {
+                hex[8] = 0;
+                kv_add(m, "ss_sd_model_hash", "%s", hex);
+            }
+        }
     }
     /* dataset dirs, tag frequency, buckets */
     {
@@ -576,27 +591,42 @@ static int sample_now(trainer *t, int step, int epoch, int by_epoch)
 {
     const dl_train_config *c = t->cfg;
     char *dir = path_join(c->output_dir, "sample");
-    char *tmp = dir ? out_file(t, "sample/.%s-sampling.safetensors", c->output_name) : NULL;
     int rc = DL_ERR;
-    if (!dir || !tmp) { dl_error_set("out of memory"); goto done; }
+    if (!dir) { dl_error_set("out of memory"); goto done; }
     if (mkdir_p(dir) != DL_OK) goto done;
-    dl_lora_format fmt = DL_LORA_FMT_KOHYA;
-    if (dl_lora_save(tmp, &t->net, fmt, DL_F32, NULL, 0) != DL_OK) goto done;
     char prefix[1200];
     if (by_epoch) snprintf(prefix, sizeof prefix, "%s_e%06d", c->output_name, epoch);
     else snprintf(prefix, sizeof prefix, "%s_%06d", c->output_name, step);
     if (t->prog_ok && t->log) dl_progress_note(&t->prog, "sampling %d prompt(s) at step %d", t->n_prompts, step);
-    rc = dl_train_sample(t->sampler, tmp, t->prompts, t->n_prompts, c->sample_sampler, t->seed, c->clip_skip, dir,
+    /* the sampler views the trainer's own networks: the LoRA as trained so far, attached */
+    rc = dl_train_sample(t->sampler, NULL, t->prompts, t->n_prompts, c->sample_sampler, t->seed, c->clip_skip, dir,
                          prefix, NULL);
     if (rc != DL_OK) dl_error_prefix("sampling at step %d: ", step);
 done:
-    if (tmp) unlink(tmp);
-    free(tmp);
     free(dir);
     return rc;
 }
 
 /* ---- setup ---- */
+/* Once every latent and text embedding is cached (and no sample images are drawn during the
+ * run) the VAE and the frozen text encoder are not run again: give their weights back. */
+static void release_unused_networks(trainer *t)
+{
+    if (t->sampler) return;
+    if (t->lc_ok && t->have_vae) {
+        dl_vae_free(&t->vae);
+        dl_arena_free(&t->w_vae);
+        t->have_vae = 0;
+        say(t, "latents cached: VAE weights released");
+    }
+    if (t->emb_cache && !t->train_te && t->have_clip) {
+        dl_clip_free(&t->clip);
+        dl_arena_free(&t->w_clip);
+        t->have_clip = 0;
+        say(t, "text embeddings cached: text encoder weights released");
+    }
+}
+
 static int setup_model(trainer *t)
 {
     const dl_train_config *c = t->cfg;
@@ -616,13 +646,14 @@ static int setup_model(trainer *t)
     if (dl_tokenizer_vocab_size(t->tok) > mc->text.vocab_size)
         return dl_error_set("%s: the tokenizer has %d tokens but the text encoder only %d", tp,
                             dl_tokenizer_vocab_size(t->tok), mc->text.vocab_size);
-    size_t wb = dl_clip_weights_bytes(&mc->text) + dl_unet_weights_bytes(&mc->unet) + dl_vae_weights_bytes(&mc->vae);
-    DL_TRY(dl_arena_init(&t->weights, "weights", wb));
-    if (dl_clip_load(&t->clip, &t->ck, &t->weights) != DL_OK) goto fail;
+    DL_TRY(dl_arena_init(&t->w_clip, "text encoder weights", dl_clip_weights_bytes(&mc->text)));
+    DL_TRY(dl_arena_init(&t->w_unet, "UNet weights", dl_unet_weights_bytes(&mc->unet)));
+    DL_TRY(dl_arena_init(&t->w_vae, "VAE weights", dl_vae_weights_bytes(&mc->vae)));
+    if (dl_clip_load(&t->clip, &t->ck, &t->w_clip) != DL_OK) goto fail;
     t->have_clip = 1;
-    if (dl_unet_load(&t->unet, &t->ck, &t->weights) != DL_OK) goto fail;
+    if (dl_unet_load(&t->unet, &t->ck, &t->w_unet) != DL_OK) goto fail;
     t->have_unet = 1;
-    if (dl_vae_load(&t->vae, &t->ck, &t->weights) != DL_OK) goto fail;
+    if (dl_vae_load(&t->vae, &t->ck, &t->w_vae) != DL_OK) goto fail;
     t->have_vae = 1;
     t->v_pred = c->v_parameterization || mc->unet.prediction == DL_PRED_V;
     t->scaling = mc->vae.scaling_factor;
@@ -764,6 +795,16 @@ static int setup_buffers(trainer *t)
     t->m = xcalloc((size_t)t->net.n_params, sizeof(float), &fail);
     t->v = xcalloc((size_t)t->net.n_params, sizeof(float), &fail);
     if (fail) return dl_error_set("out of memory allocating training buffers");
+    if (t->train_te || !t->static_captions) {
+        /* captions are tokenized every step: size the tokenizer's working memory for the longest
+         * processed caption and put every caption's words in its BPE cache now, so the steps
+         * allocate nothing (a shuffled or tag-dropped caption is made of the same words) */
+        size_t longest = dl_caption_out_cap(dl_caption_full_len(&t->aug.caption, t->batcher.max_caption));
+        DL_TRY(dl_tok_work_reserve(&t->tok_work, longest));
+        for (int i = 0; i < t->ds.n_items; i++)
+            if (dl_tokenizer_encode_padded_w(t->tok, &t->tok_work, t->ds.items[i].caption, t->ids) != DL_OK)
+                return dl_error_prefix("caption of %s: ", t->ds.items[i].image_path);
+    }
     return DL_OK;
 }
 
@@ -811,6 +852,9 @@ static void teardown(trainer *t)
     if (t->net_ok) dl_lora_net_free(&t->net);
     if (t->lc_ok) dl_latent_cache_free(&t->lc);
     if (t->batch_ok) dl_batch_free(&t->batch);
+    dl_image_reader_free(&t->reader);
+    dl_prep_work_free(&t->prep);
+    dl_tok_work_free(&t->tok_work);
     if (t->batcher_ok) dl_batcher_free(&t->batcher);
     if (t->ds_ok) dl_dataset_free(&t->ds);
     if (t->obj) dl_objective_free(t->obj);
@@ -819,7 +863,9 @@ static void teardown(trainer *t)
     if (t->have_vae) dl_vae_free(&t->vae);
     if (t->tok) dl_tokenizer_free(t->tok);
     if (t->ck_ok) dl_ckpt_close(&t->ck);
-    dl_arena_free(&t->weights);
+    dl_arena_free(&t->w_clip);
+    dl_arena_free(&t->w_unet);
+    dl_arena_free(&t->w_vae);
     dl_arena_free(&t->act);
     dl_arena_free(&t->scratch);
     dl_arena_free(&t->te_arena);
@@ -845,7 +891,7 @@ static int micro_step(trainer *t, float dloss, double *loss_out, int *epoch_out,
     size_t te_mark = 0;
     if (t->train_te) {
         for (int i = 0; i < n; i++)
-            if (dl_tokenizer_encode_padded(t->tok, b->captions[i], t->ids + i * CTX_T) != DL_OK)
+            if (dl_tokenizer_encode_padded_w(t->tok, &t->tok_work, b->captions[i], t->ids + i * CTX_T) != DL_OK)
                 return dl_error_prefix("caption of %s: ", t->ds.items[b->items[i]].image_path);
         te_mark = dl_arena_mark(&t->te_arena);
         DL_TRY(dl_clip_saved_init(&saved, &t->ck.cfg.text, n, CTX_T, t->clip_layers, &t->te_arena));
@@ -863,8 +909,8 @@ static int micro_step(trainer *t, float dloss, double *loss_out, int *epoch_out,
     dl_unet_train_forward(&t->ctx, &t->unet, tape, n, h, w, t->noisy, t->tf, t->context, CTX_T, t->pred,
                           t->cfg->gradient_checkpointing, &t->act, &t->scratch);
     const float *wts = dl_objective_weighted(t->obj) ? t->w : NULL;
-    double loss = dl_cpu_mse_loss_forward(&t->ctx, n, D, t->pred, t->target, wts, NULL);
-    dl_cpu_mse_loss_backward(&t->ctx, n, D, t->pred, t->target, wts, dloss, t->dpred, NULL);
+    double loss = dl_be(&t->ctx)->mse_loss_forward(&t->ctx, n, D, t->pred, t->target, wts, NULL);
+    dl_be(&t->ctx)->mse_loss_backward(&t->ctx, n, D, t->pred, t->target, wts, dloss, t->dpred, NULL);
     dl_unet_backward(&t->ctx, tape, t->dpred, t->train_te ? t->dcontext : NULL, &t->scratch);
     dl_arena_release(&t->act, act_mark);
     if (t->train_te) {
@@ -892,7 +938,7 @@ int dl_train_run(const dl_train_config *cfg, const dl_trainer_opts *opts, dl_tra
     dl_train_state rs = {0};
     int have_rs = 0;
 
-    if (dl_ctx_init(&t->ctx, cfg->threads) != DL_OK) goto out;
+    if (dl_ctx_init_backend(&t->ctx, cfg->threads, dl_backend_find(cfg->backend)) != DL_OK) goto out;
     t->ctx_ok = 1;
     t->seed = cfg->seed >= 0 ? (uint64_t)cfg->seed : ((uint64_t)time(NULL) ^ ((uint64_t)getpid() << 16)) & 0xffffffffu;
     if (cfg->seed < 0) say(t, "seed: %" PRIu64 " (none given)", t->seed);
@@ -918,9 +964,14 @@ int dl_train_run(const dl_train_config *cfg, const dl_trainer_opts *opts, dl_tra
     if (cfg->sample_prompts) {
         if (dl_train_sampler_check(cfg->sample_sampler) != DL_OK) goto out;
         if (dl_train_prompts_load(cfg->sample_prompts, &t->prompts, &t->n_prompts) != DL_OK) goto out;
-        if (dl_train_sampler_create(&t->sampler, cfg->pretrained_model_name_or_path, cfg->tokenizer, &t->ctx) != DL_OK)
+        dl_sd *view = NULL;
+        if (dl_sd_view(&view, &t->ck.cfg, t->ck.sd2, t->tok, &t->clip, &t->unet, &t->vae, &t->ctx) != DL_OK ||
+            dl_train_sampler_create_view(&t->sampler, view) != DL_OK) {
+            dl_sd_close(view);
             goto out;
+        }
     }
+    release_unused_networks(t);
 
     /* steps and epochs as sd-scripts */
     t->batches_per_epoch = dl_batcher_batches_per_epoch(&t->batcher);
@@ -999,21 +1050,21 @@ int dl_train_run(const dl_train_config *cfg, const dl_trainer_opts *opts, dl_tra
             loss_sum += l;
             if (ee) { epoch_end = 1; break; } /* the epoch's last batch ends an accumulation early */
         }
-        double norm = sqrt(dl_cpu_sumsq(&t->ctx, n_all, t->net.grads));
+        double norm = sqrt(dl_be(&t->ctx)->sumsq(&t->ctx, n_all, t->net.grads));
         if (cfg->max_grad_norm > 0) {
             double coef = cfg->max_grad_norm / (norm + 1e-6);
-            if (coef < 1.0) dl_cpu_scale_forward(&t->ctx, n_all, (float)coef, t->net.grads, t->net.grads);
+            if (coef < 1.0) dl_be(&t->ctx)->scale_forward(&t->ctx, n_all, (float)coef, t->net.grads, t->net.grads);
         }
         /* LambdaLR: one multiplier for every group (polynomial's lr_end is relative to the
          * optimizer's default lr, sd-scripts' learning_rate) */
         double mult = dl_lr_multiplier(&t->lrs, step, cfg->learning_rate);
         dl_adamw_hparams hp = {.lr = t->unet_lr * mult, .beta1 = cfg->adam_beta1, .beta2 = cfg->adam_beta2,
                                .eps = cfg->adam_eps, .weight_decay = cfg->weight_decay};
-        if (n_unet > 0) dl_cpu_adamw_step(&t->ctx, n_unet, &hp, step + 1, t->net.params, t->net.grads, t->m, t->v);
+        if (n_unet > 0) dl_be(&t->ctx)->adamw_step(&t->ctx, n_unet, &hp, step + 1, t->net.params, t->net.grads, t->m, t->v);
         if (n_all > n_unet) {
             dl_adamw_hparams ht = hp;
             ht.lr = t->te_lr * mult;
-            dl_cpu_adamw_step(&t->ctx, n_all - n_unet, &ht, step + 1, t->net.params + n_unet, t->net.grads + n_unet,
+            dl_be(&t->ctx)->adamw_step(&t->ctx, n_all - n_unet, &ht, step + 1, t->net.params + n_unet, t->net.grads + n_unet,
                               t->m + n_unet, t->v + n_unet);
         }
         step++;
@@ -1036,6 +1087,7 @@ int dl_train_run(const dl_train_config *cfg, const dl_trainer_opts *opts, dl_tra
         if (t->sampler && epoch_end && cfg->sample_every_n_epochs > 0 && epoch % cfg->sample_every_n_epochs == 0 &&
             (cfg->sample_every_n_steps <= 0 || step % cfg->sample_every_n_steps != 0) && sample_now(t, step, epoch, 1) != DL_OK)
             goto out_sig;
+        if (opts->on_step) opts->on_step(opts->on_step_user, step);
         if (opts->stop_after > 0 && step - res->start_step >= opts->stop_after && step < t->total_steps)
             dl_train_set_interrupted(1);
         if (dl_train_interrupted() && step < t->total_steps) { interrupted = 1; break; }
