@@ -49,6 +49,16 @@ build/release/tests/danlu_tests --jobs "$test_jobs"
 step "steady-state training step allocates nothing (release)"
 DANLU_THREADS=2 build/release/tests/danlu_alloc_test
 
+# the newcomer's demo (a fixed point: train, sample, grid on the embedded tiny model)
+step "scripts/demo.sh"
+DANLU=build/release/danlu DANLU_THREADS=2 scripts/demo.sh build/demo-out >build/demo.log 2>&1 ||
+  { tail -40 build/demo.log; exit 1; }
+for f in ringstyle.safetensors ringstyle_log.csv ringstyle_loss.png grid.png images/00002-3.png \
+         sample/ringstyle_000120_01.png; do
+  [ -s "build/demo-out/$f" ] || { echo "demo: build/demo-out/$f missing"; tail -40 build/demo.log; exit 1; }
+done
+tail -3 build/demo-out/ringstyle_log.csv
+
 # ---- 3. the same without a CUDA toolkit ------------------------------------------------
 # A machine with no toolkit must configure, build and pass: hide it in a private mount
 # namespace (tmpfs over /usr/local/cuda*, nvcc off PATH) and build with the default options.
