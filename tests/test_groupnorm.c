@@ -50,6 +50,14 @@ static void golden_case(const dl_st_file *f, const char *c)
     float *xy = tu_golden_f32(f, key(c, "x"), NULL);
     dl_cpu_groupnorm_forward(tu_ctx(), s, xy, gamma, beta, xy, NULL, NULL);
     tu_expect_close(xy, ry, nx, 1e-5, key(c, "y in place"));
+    /* in place: dx aliases dy (the SiLU path keeps dz in dx between its passes), then x (dz
+     * cannot be kept there: the sigmoid is recomputed) */
+    float *dxy = tu_golden_f32(f, key(c, "dy"), NULL), *dxx = tu_golden_f32(f, key(c, "x"), NULL);
+    dl_cpu_groupnorm_backward(tu_ctx(), s, x, gamma, beta, mean, rstd, dxy, dxy, NULL, NULL);
+    tu_expect_close(dxy, rdx, nx, 1e-5, key(c, "dx aliasing dy"));
+    dl_cpu_groupnorm_backward(tu_ctx(), s, dxx, gamma, beta, mean, rstd, dy, dxx, NULL, NULL);
+    tu_expect_close(dxx, rdx, nx, 1e-5, key(c, "dx aliasing x"));
+    free(dxy); free(dxx);
 
     free(eps); free(x); free(gamma); free(beta); free(dy); free(ry); free(rmean); free(rrstd);
     free(rdx); free(rdg); free(rdb); free(y); free(mean); free(rstd); free(dx); free(dg);

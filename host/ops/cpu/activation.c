@@ -12,6 +12,15 @@
 #include "core/error.h"
 #include "softmax.h" /* dl_expf */
 
+/* Hot loops are compiled twice, for x86-64-v4 (AVX-512, 16 lanes) and the build's baseline,
+ * and the loader picks the clone the CPU supports (GCC target_clones, an ifunc). Both clones
+ * evaluate the same expressions in the same order: the results are the same bits. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__ELF__)
+#define DL_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v4", "default")))
+#else
+#define DL_SIMD_CLONES
+#endif
+
 #define ACT_GRAIN 16384
 
 #define SQRT1_2 0.70710678118654752440f    /* 1/sqrt(2) */
@@ -78,7 +87,7 @@ typedef struct {
     float *y;
 } act_job;
 
-static void act_fwd_range(void *arg, int64_t i0, int64_t i1, int tid)
+DL_SIMD_CLONES static void act_fwd_range(void *arg, int64_t i0, int64_t i1, int tid)
 {
     const act_job *j = arg;
     const float *x = j->x;
@@ -104,7 +113,7 @@ static void act_fwd_range(void *arg, int64_t i0, int64_t i1, int tid)
     }
 }
 
-static void act_bwd_range(void *arg, int64_t i0, int64_t i1, int tid)
+DL_SIMD_CLONES static void act_bwd_range(void *arg, int64_t i0, int64_t i1, int tid)
 {
     const act_job *j = arg;
     const float *x = j->x, *dy = j->dy;
@@ -156,7 +165,7 @@ void dl_cpu_act_backward(const dl_ctx *ctx, dl_act act, int64_t n, const float *
     dl_parallel_for(ctx ? ctx->pool : NULL, n, ACT_GRAIN, act_bwd_range, &j);
 }
 
-static void geglu_fwd_rows(void *arg, int64_t m0, int64_t m1, int tid)
+DL_SIMD_CLONES static void geglu_fwd_rows(void *arg, int64_t m0, int64_t m1, int tid)
 {
     const act_job *j = arg;
     const int64_t D = j->D;
@@ -168,7 +177,7 @@ static void geglu_fwd_rows(void *arg, int64_t m0, int64_t m1, int tid)
     }
 }
 
-static void geglu_bwd_rows(void *arg, int64_t m0, int64_t m1, int tid)
+DL_SIMD_CLONES static void geglu_bwd_rows(void *arg, int64_t m0, int64_t m1, int tid)
 {
     const act_job *j = arg;
     const int64_t D = j->D;

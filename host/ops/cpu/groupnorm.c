@@ -6,7 +6,8 @@
  * row blocks of every sample, with per-channel work vectorised along C:
  *   pass 1: per (sample, block of rows) per-channel partial sums in double -> [N, nblk, 2, C];
  *           reduced per (sample, group) serially (tiny);
- *   pass 2: per (sample, block of rows) the elementwise output with per-channel coefficients.
+ *   pass 2: per (sample, block of rows) the elementwise output with per-channel coefficients
+ *           (backward with SiLU: from the dz that pass 1 left in dx).
  * Blocks have a fixed number of rows, so results do not depend on the thread count. */
 #include "groupnorm.h"
 
@@ -16,6 +17,15 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* Hot loops are compiled twice, for x86-64-v4 (AVX-512, 16 lanes) and the build's baseline,
+ * and the loader picks the clone the CPU supports (GCC target_clones, an ifunc). Both clones
+ * evaluate the same expressions in the same order: the results are the same bits. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__ELF__)
+#define DL_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v4", "default")))
+#else
+#define DL_SIMD_CLONES
+#endif
 
 #define GN_ROWS_PER_BLOCK 128
 
@@ -27,13 +37,14 @@ typedef struct {
     const float *cm, *cr;         // [N, C] per-channel mean and rstd (backward)
     const float *k1, *k2;         // [N, C] backward: dx = dz * ca - k1 - (x - mean) * k2
     float *y, *dx;
+    float *dz;                    // [N, HW, C] backward with SiLU: dz kept by pass 1 (in dx), or NULL
     double *part;                 // [N, nblk, 2, C]
 } gn_job;
 
 static inline float gn_sigmoid(float z) { return 1.0f / (1.0f + dl_expf(-z)); }
 
 /* Forward pass 1: per-channel sum and sum of squares of one row block. */
-static void gn_fwd_stats(void *arg, int64_t i0, int64_t i1, int tid)
+DL_SIMD_CLONES static void gn_fwd_stats(void *arg, int64_t i0, int64_t i1, int tid)
 {
     const gn_job *j = arg;
     const int64_t C = j->s.C, HW = j->s.HW;
@@ -54,7 +65,7 @@ static void gn_fwd_stats(void *arg, int64_t i0, int64_t i1, int tid)
 }
 
 /* Forward pass 2: y = [silu](x * ca + cb). */
-static void gn_fwd_apply(void *arg, int64_t i0, int64_t i1, int tid)
+DL_SIMD_CLONES static void gn_fwd_apply(void *arg, int64_t i0, int64_t i1, int tid)
 {
     const gn_job *j = arg;
     const int64_t C = j->s.C, HW = j->s.HW;
@@ -126,7 +137,7 @@ void dl_cpu_groupnorm_forward(const dl_ctx *ctx, dl_groupnorm_shape s, const flo
 
 /* Backward pass 1: per-channel partial sums of dz and dz * xhat over one row block, where
  * dz = dy (or dy * silu'(z) with z recomputed) and xhat = (x - mean) * rstd. */
-static void gn_bwd_stats(void *arg, int64_t i0, int64_t i1, int tid)
+DL_SIMD_CLONES static void gn_bwd_stats(void *arg, int64_t i0, int64_t i1, int tid)
 {
     const gn_job *j = arg;
     const int64_t C = j->s.C, HW = j->s.HW;
@@ -139,7 +150,17 @@ static void gn_bwd_stats(void *arg, int64_t i0, int64_t i1, int tid)
         int64_t r1 = (b + 1) * GN_ROWS_PER_BLOCK < HW ? (b + 1) * GN_ROWS_PER_BLOCK : HW;
         for (int64_t r = b * GN_ROWS_PER_BLOCK; r < r1; r++) {
             const float *x = j->x + (n * HW + r) * C, *dy = j->dy + (n * HW + r) * C; // [C]
-            if (j->s.silu)
+            float *dzo = j->dz ? j->dz + (n * HW + r) * C : NULL;                      // [C]
+            if (j->s.silu && dzo) /* dy and dzo may be the same buffer: element c is read first */
+                for (int64_t c = 0; c < C; c++) {
+                    float z = x[c] * ca[c] + cb[c];
+                    float sg = gn_sigmoid(z);
+                    float dz = dy[c] * (sg * (1.0f + z * (1.0f - sg)));
+                    dzo[c] = dz;
+                    p1[c] += (double)dz;
+                    p2[c] += (double)(dz * ((x[c] - cm[c]) * cr[c]));
+                }
+            else if (j->s.silu)
                 for (int64_t c = 0; c < C; c++) {
                     float z = x[c] * ca[c] + cb[c];
                     float sg = gn_sigmoid(z);
@@ -158,7 +179,7 @@ static void gn_bwd_stats(void *arg, int64_t i0, int64_t i1, int tid)
 
 /* Backward pass 2: dx = rstd * (dz * gamma - k1 - xhat * k2) = dz * ca - k1' - (x - mean) * k2'
  * with k1' = rstd * k1 and k2' = rstd^2 * k2 precomputed per channel. */
-static void gn_bwd_dx(void *arg, int64_t i0, int64_t i1, int tid)
+DL_SIMD_CLONES static void gn_bwd_dx(void *arg, int64_t i0, int64_t i1, int tid)
 {
     const gn_job *j = arg;
     const int64_t C = j->s.C, HW = j->s.HW;
@@ -171,7 +192,9 @@ static void gn_bwd_dx(void *arg, int64_t i0, int64_t i1, int tid)
         for (int64_t r = b * GN_ROWS_PER_BLOCK; r < r1; r++) {
             const float *x = j->x + (n * HW + r) * C, *dy = j->dy + (n * HW + r) * C; // [C]
             float *dx = j->dx + (n * HW + r) * C;                                     // [C]
-            if (j->s.silu)
+            if (j->s.silu && j->dz) /* dx holds dz from pass 1 */
+                for (int64_t c = 0; c < C; c++) dx[c] = dx[c] * ca[c] - k1[c] - (x[c] - cm[c]) * k2[c];
+            else if (j->s.silu) /* dx overlaps x: dz recomputed */
                 for (int64_t c = 0; c < C; c++) {
                     float z = x[c] * ca[c] + cb[c];
                     float sg = gn_sigmoid(z);
@@ -215,6 +238,10 @@ void dl_cpu_groupnorm_backward(const dl_ctx *ctx, dl_groupnorm_shape s, const fl
     gn_job j = {.s = s, .nblk = nblk, .x = x, .dy = dy, .gamma = gamma, .beta = beta,
                 .ca = ca, .cb = cb, .cm = cm, .cr = cr, .k1 = k1, .k2 = k2, .dx = dx,
                 .part = part};
+    /* With SiLU, pass 1 keeps dz in dx (unless dx overlaps x) so that pass 2 does not evaluate
+     * the sigmoid again: same traffic (pass 2 reads dx instead of dy), same bits. */
+    const int64_t nel = N * (int64_t)s.HW * C;
+    if (s.silu && dx && (dx + nel <= x || x + nel <= dx)) j.dz = dx;
     dl_pool *pool = ctx ? ctx->pool : NULL;
     dl_parallel_for(pool, N * nblk, 1, gn_bwd_stats, &j);
 

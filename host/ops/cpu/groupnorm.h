@@ -30,7 +30,8 @@ void dl_cpu_groupnorm_forward(const dl_ctx *ctx, dl_groupnorm_shape s, const flo
 
 /* Gradients of the forward above from x, gamma, beta (beta is needed only with silu, to
  * recompute the pre-activation), the saved mean, rstd [N, G] and dy [N, HW, C]:
- * dx [N, HW, C], dgamma [C], dbeta [C], each overwritten; a NULL output is skipped. */
+ * dx [N, HW, C], dgamma [C], dbeta [C], each overwritten; a NULL output is skipped. dx may
+ * alias dy or x. */
 void dl_cpu_groupnorm_backward(const dl_ctx *ctx, dl_groupnorm_shape s, const float *x,
                                const float *gamma, const float *beta, const float *mean,
                                const float *rstd, const float *dy, float *dx,

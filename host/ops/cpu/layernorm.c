@@ -7,10 +7,20 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Hot loops are compiled twice, for x86-64-v4 (AVX-512, 16 lanes) and the build's baseline,
+ * and the loader picks the clone the CPU supports (GCC target_clones, an ifunc). Both clones
+ * evaluate the same expressions in the same order: the results are the same bits. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__ELF__)
+#define DL_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v4", "default")))
+#else
+#define DL_SIMD_CLONES
+#endif
+
 /* Lane-wise partial sums (16 independent lanes) so GCC vectorises without -ffast-math. */
 #define LN_LANES 16
 /* Rows per partial-sum block of the dgamma/dbeta reduction: fixed, so results do not depend
- * on the number of threads. */
+ * on the number of threads. A block sums its rows in float (in row order), blocks are summed
+ * in double. */
 #define LN_ROWS_PER_BLOCK 64
 
 typedef struct {
@@ -18,11 +28,11 @@ typedef struct {
     float eps;
     const float *x, *gamma, *beta, *mean_in, *rstd_in, *dy;
     float *y, *mean, *rstd, *dx;
-    double *part;  // [nblocks, 2, C] partial dgamma, dbeta
+    float *part;   // [nblocks, 2, C] per-block partial dgamma, dbeta
     int64_t M;
 } ln_job;
 
-static double lane_sum(const float *v, int64_t n)
+__attribute__((always_inline)) static inline double lane_sum(const float *v, int64_t n)
 {
     float acc[LN_LANES] = {0};
     int64_t c = 0;
@@ -34,7 +44,7 @@ static double lane_sum(const float *v, int64_t n)
     return s;
 }
 
-static void ln_fwd_rows(void *arg, int64_t m0, int64_t m1, int tid)
+DL_SIMD_CLONES static void ln_fwd_rows(void *arg, int64_t m0, int64_t m1, int tid)
 {
     const ln_job *j = arg;
     const int64_t C = j->C;
@@ -75,14 +85,14 @@ void dl_cpu_layernorm_forward(const dl_ctx *ctx, int64_t M, int64_t C, float eps
 }
 
 /* One block of rows: dx, and the block's partial dgamma/dbeta sums. */
-static void ln_bwd_blocks(void *arg, int64_t b0, int64_t b1, int tid)
+DL_SIMD_CLONES static void ln_bwd_blocks(void *arg, int64_t b0, int64_t b1, int tid)
 {
     const ln_job *j = arg;
     const int64_t C = j->C;
     const float *g = j->gamma;
     for (int64_t blk = b0; blk < b1; blk++) {
-        double *pg = j->part ? j->part + blk * 2 * C : NULL; // [C] dgamma partial
-        double *pb = pg ? pg + C : NULL;                    // [C] dbeta partial
+        float *pg = j->part ? j->part + blk * 2 * C : NULL; // [C] dgamma partial
+        float *pb = pg ? pg + C : NULL;                     // [C] dbeta partial
         if (pg) memset(pg, 0, 2 * (size_t)C * sizeof *pg);
         int64_t r1 = (blk + 1) * LN_ROWS_PER_BLOCK;
         if (r1 > j->M) r1 = j->M;
@@ -91,8 +101,8 @@ static void ln_bwd_blocks(void *arg, int64_t b0, int64_t b1, int tid)
             const float mu = j->mean_in[m], rs = j->rstd_in[m];
             if (pg)
                 for (int64_t c = 0; c < C; c++) {
-                    pg[c] += (double)(dy[c] * ((x[c] - mu) * rs));
-                    pb[c] += (double)dy[c];
+                    pg[c] += dy[c] * ((x[c] - mu) * rs);
+                    pb[c] += dy[c];
                 }
             if (!j->dx) continue;
             /* dx = rstd * (dxh - mean(dxh) - xhat * mean(dxh * xhat)), dxh = dy * gamma */
@@ -127,10 +137,9 @@ void dl_cpu_layernorm_backward(const dl_ctx *ctx, int64_t M, int64_t C, const fl
 {
     DL_ASSERT(M >= 0 && C > 0 && x && mean && rstd && dy);
     const int64_t nblk = (M + LN_ROWS_PER_BLOCK - 1) / LN_ROWS_PER_BLOCK;
-    double *part = NULL;
-    if ((dgamma || dbeta) && nblk > 0) {
+    float *part = NULL;
+    if ((dgamma || dbeta) && nblk > 0)
         part = dl_ws_shared(ctx, DL_WS_LN_PART, (size_t)nblk * 2 * (size_t)C * sizeof *part); // [nblk, 2, C]
-    }
     ln_job j = {.C = C, .x = x, .gamma = gamma, .mean_in = mean, .rstd_in = rstd, .dy = dy,
                 .dx = dx, .part = part, .M = M};
     dl_parallel_for(ctx ? ctx->pool : NULL, nblk, 1, ln_bwd_blocks, &j);
