@@ -6,7 +6,10 @@
  *
  * Implementation: B is packed once into NR-wide panels, A into MR-row strips per KC block, and a
  * register-blocked micro-kernel (AVX-512 14x32 when the CPU has it, else AVX2 6x16) computes
- * MR x NR tiles; threads split the (row block, column block) tiles. */
+ * MR x NR tiles; threads split the (row block, column block) tiles. Small products (a few row
+ * strips, e.g. the 77 text tokens' projections) run in one parallel region where threads take
+ * column blocks and pack their own B panels; the path is chosen by shape only, so results do not
+ * depend on the thread count. */
 #ifndef DANLU_CPU_GEMM_H
 #define DANLU_CPU_GEMM_H
 
