@@ -7,6 +7,7 @@
  *                     [--json PATH]
  * Make a random full-size SD1.5 checkpoint with: danlu-mkcheckpoint --preset sd15 ...
  * Compare with bench/torch_models.py (diffusers on the CPU, same threads). */
+#include "bench_common.h"
 #include "core/ctx.h"
 #include "core/error.h"
 #include "core/rng.h"
@@ -17,30 +18,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
-#include <time.h>
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static float *randn(size_t n, uint64_t seed)
-{
-    float *x = malloc(n * sizeof *x);
-    dl_torch_rng g;
-    dl_torch_rng_seed(&g, seed);
-    dl_torch_randn(&g, x, n);
-    return x;
-}
 
 int main(int argc, char **argv)
 {
@@ -65,7 +42,7 @@ int main(int argc, char **argv)
         return 1;
     }
     dl_arena weights, scratch;
-    double t_load = now();
+    double t_load = bench_now();
     double *times = calloc((size_t)repeats, sizeof *times);
     int ok = 1;
     if (!strcmp(what, "text")) {
@@ -74,15 +51,15 @@ int main(int argc, char **argv)
              dl_clip_load(&m, &ck, &weights) == DL_OK &&
              dl_arena_init(&scratch, "scratch", dl_clip_scratch_bytes(&ck.cfg.text, 1, 77)) == DL_OK;
         if (ok) {
-            t_load = now() - t_load;
+            t_load = bench_now() - t_load;
             int32_t ids[77];
             for (int i = 0; i < 77; i++) ids[i] = i == 0 ? 49406 : (i < 20 ? 320 + i : 49407);
             float *out = malloc(sizeof(float) * 77 * (size_t)ck.cfg.text.hidden_size);
             dl_clip_forward(&ctx, &m, 1, 77, ids, ck.cfg.text.num_layers, 1, out, &scratch); /* warm-up */
             for (int r = 0; r < repeats; r++) {
-                double t0 = now();
+                double t0 = bench_now();
                 dl_clip_forward(&ctx, &m, 1, 77, ids, ck.cfg.text.num_layers, 1, out, &scratch);
-                times[r] = now() - t0;
+                times[r] = bench_now() - t0;
             }
             free(out);
         }
@@ -93,14 +70,14 @@ int main(int argc, char **argv)
              dl_unet_load(&m, &ck, &weights) == DL_OK &&
              dl_arena_init(&scratch, "scratch", dl_unet_scratch_bytes(&m, 1, HW, HW, 77)) == DL_OK;
         if (ok) {
-            t_load = now() - t_load;
-            float *x = randn((size_t)HW * HW * 4, 1), *c = randn((size_t)77 * Dc, 2), t = 500.0f;
+            t_load = bench_now() - t_load;
+            float *x = bench_randn((size_t)HW * HW * 4, 1), *c = bench_randn((size_t)77 * Dc, 2), t = 500.0f;
             float *out = malloc(sizeof(float) * (size_t)HW * HW * 4);
             dl_unet_forward(&ctx, &m, 1, HW, HW, x, &t, c, 77, out, &scratch);
             for (int r = 0; r < repeats; r++) {
-                double t0 = now();
+                double t0 = bench_now();
                 dl_unet_forward(&ctx, &m, 1, HW, HW, x, &t, c, 77, out, &scratch);
-                times[r] = now() - t0;
+                times[r] = bench_now() - t0;
             }
             free(x); free(c); free(out);
         }
@@ -111,13 +88,13 @@ int main(int argc, char **argv)
              dl_vae_load(&m, &ck, &weights) == DL_OK &&
              dl_arena_init(&scratch, "scratch", dl_vae_scratch_bytes(&ck.cfg.vae, 1, 256, 256)) == DL_OK;
         if (ok) {
-            t_load = now() - t_load;
-            float *z = randn((size_t)h * h * ck.cfg.vae.latent_channels, 3), *img = malloc(sizeof(float) * 256 * 256 * 3);
+            t_load = bench_now() - t_load;
+            float *z = bench_randn((size_t)h * h * ck.cfg.vae.latent_channels, 3), *img = malloc(sizeof(float) * 256 * 256 * 3);
             dl_vae_decode(&ctx, &m, 1, h, h, z, img, &scratch);
             for (int r = 0; r < repeats; r++) {
-                double t0 = now();
+                double t0 = bench_now();
                 dl_vae_decode(&ctx, &m, 1, h, h, z, img, &scratch);
-                times[r] = now() - t0;
+                times[r] = bench_now() - t0;
             }
             free(z); free(img);
         }
@@ -129,10 +106,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "bench_models: %s\n", dl_error_msg());
         return 1;
     }
-    qsort(times, (size_t)repeats, sizeof *times, cmp_double);
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    double peak_gib = ru.ru_maxrss / 1048576.0;
+    qsort(times, (size_t)repeats, sizeof *times, bench_cmp_double);
+    const double peak_gib = bench_peak_rss_gib();
     printf("%-8s threads %d  median %.3f s  best %.3f s  (load %.1f s)  peak RSS %.2f GiB  (weights %.2f GiB, scratch %.2f GiB)\n",
            what, dl_pool_nthreads(ctx.pool), times[repeats / 2], times[0], t_load, peak_gib,
            weights.cap / 1073741824.0, scratch.cap / 1073741824.0);

@@ -10,6 +10,8 @@
  * --size is the latent side (32: 256² images, 64: 512²). The first step (warm-up: workspace
  * growth, page faults) is timed apart and not in the median. Compare with
  * bench/torch_train_step.py (diffusers UNet + PEFT LoRA, same targets, same threads). */
+#include "bench_common.h"
+#include "backend/backend.h"
 #include "core/arena.h"
 #include "core/ctx.h"
 #include "core/error.h"
@@ -17,45 +19,11 @@
 #include "lora/lora_net.h"
 #include "model/checkpoint.h"
 #include "model/unet.h"
-#include "ops/cpu/adamw.h"
-#include "ops/cpu/loss.h"
 #include "train/unet_train.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
-#include <time.h>
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static float *randn(size_t n, uint64_t seed)
-{
-    float *x = malloc(n * sizeof *x);
-    if (!x) return NULL;
-    dl_torch_rng g;
-    dl_torch_rng_seed(&g, seed);
-    dl_torch_randn(&g, x, n);
-    return x;
-}
-
-static double peak_gib(void)
-{
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    return ru.ru_maxrss / 1048576.0;
-}
 
 static void die(void)
 {
@@ -85,13 +53,13 @@ int main(int argc, char **argv)
     dl_ctx ctx;
     dl_checkpoint ck;
     if (dl_ctx_init(&ctx, threads) != DL_OK || dl_ckpt_open(&ck, model, NULL) != DL_OK) die();
-    double t_load = now();
+    double t_load = bench_now();
     dl_arena weights, act, scratch;
     dl_unet u;
     if (dl_arena_init(&weights, "weights", dl_unet_weights_bytes(&ck.cfg.unet)) != DL_OK ||
         dl_unet_load(&u, &ck, &weights) != DL_OK)
         die();
-    t_load = now() - t_load;
+    t_load = bench_now() - t_load;
 
     dl_lora_net net;
     dl_lora_spec spec = {.preset = DL_LORA_PRESET_DEFAULT, .rank = rank, .alpha = (float)rank, .unet = 1,
@@ -102,7 +70,7 @@ int main(int argc, char **argv)
         dl_arena_init(&scratch, "scratch", dl_unet_train_scratch_bytes(&u, 1, H, W, T, ckpt, 0) + 4096) != DL_OK)
         die();
     const size_t D = (size_t)H * W * C;
-    float *x = randn(D, 1), *target = randn(D, 2), *context = randn((size_t)T * Dc, 3);
+    float *x = bench_randn(D, 1), *target = bench_randn(D, 2), *context = bench_randn((size_t)T * Dc, 3);
     float *pred = malloc(D * sizeof *pred), *dpred = malloc(D * sizeof *dpred);
     float *m = calloc((size_t)net.n_params, sizeof *m), *v = calloc((size_t)net.n_params, sizeof *v);
     dl_unet_tape *tape = malloc(sizeof *tape);
@@ -115,21 +83,21 @@ int main(int argc, char **argv)
     double warm = 0, loss = 0;
     for (int s = -1; s < steps; s++) {
         const float t = (float)(100 + 37 * (s + 1) % 900);
-        double t0 = now();
+        double t0 = bench_now();
         dl_lora_net_zero_grads(&net);
         size_t mark = dl_arena_mark(&act);
         dl_unet_train_forward(&ctx, &u, tape, 1, H, W, x, &t, context, T, pred, ckpt, &act, &scratch);
-        loss = dl_cpu_mse_loss_forward(&ctx, 1, (int64_t)D, pred, target, NULL, NULL);
-        dl_cpu_mse_loss_backward(&ctx, 1, (int64_t)D, pred, target, NULL, 1.0f, dpred, NULL);
+        loss = dl_be(&ctx)->mse_loss_forward(&ctx, 1, (int64_t)D, pred, target, NULL, NULL);
+        dl_be(&ctx)->mse_loss_backward(&ctx, 1, (int64_t)D, pred, target, NULL, 1.0f, dpred, NULL);
         dl_unet_backward(&ctx, tape, dpred, NULL, &scratch);
         dl_arena_release(&act, mark);
-        dl_cpu_adamw_step(&ctx, net.n_params, &hp, s + 2, net.params, net.grads, m, v);
-        double dt = now() - t0;
+        dl_be(&ctx)->adamw_step(&ctx, net.n_params, &hp, s + 2, net.params, net.grads, m, v);
+        double dt = bench_now() - t0;
         if (s < 0) warm = dt;
         else times[s] = dt;
     }
-    qsort(times, (size_t)steps, sizeof *times, cmp_double);
-    const double med = times[steps / 2], peak = peak_gib();
+    qsort(times, (size_t)steps, sizeof *times, bench_cmp_double);
+    const double med = times[steps / 2], peak = bench_peak_rss_gib();
     printf("train step %dx%d latent (%dx%d px), rank %d, %d modules, checkpointing %s, threads %d: median %.3f s, "
            "best %.3f s, first %.3f s (load %.1f s), loss %.4f, peak RSS %.2f GiB (weights %.2f, activations %.2f, "
            "scratch %.2f GiB)\n",

@@ -201,30 +201,6 @@ Test(lora_net, kaiming_init_equals_torch)
 
 /* ------------------------------------------------------------------ the tiny pipeline */
 
-typedef struct model {
-    dl_checkpoint ck;
-    dl_unet u;
-    dl_clip te;
-    dl_arena w;
-} model;
-
-static void model_open(model *m)
-{
-    cr_assert_eq(dl_ckpt_open(&m->ck, tu_path("tests/golden/tiny_sd15"), NULL), DL_OK, "%s", dl_error_msg());
-    size_t bytes = dl_unet_weights_bytes(&m->ck.cfg.unet) + dl_clip_weights_bytes(&m->ck.cfg.text);
-    cr_assert_eq(dl_arena_init(&m->w, "weights", bytes), DL_OK);
-    cr_assert_eq(dl_unet_load(&m->u, &m->ck, &m->w), DL_OK, "%s", dl_error_msg());
-    cr_assert_eq(dl_clip_load(&m->te, &m->ck, &m->w), DL_OK, "%s", dl_error_msg());
-}
-
-static void model_close(model *m)
-{
-    dl_clip_free(&m->te);
-    dl_unet_free(&m->u);
-    dl_arena_free(&m->w);
-    dl_ckpt_close(&m->ck);
-}
-
 typedef struct inputs {
     float *x, *t, *c;
     int32_t ids[16];
@@ -251,7 +227,7 @@ static void inputs_free(inputs *in)
 }
 
 /* UNet and text-encoder outputs of m as it is now, compared with golden "unet.<o>", "te.<o>". */
-static void expect_outputs(model *m, const inputs *in, const dl_st_file *g, const char *o, const char *label)
+static void expect_outputs(tu_te_unet *m, const inputs *in, const dl_st_file *g, const char *o, const char *label)
 {
     dl_arena s;
     size_t sb = dl_unet_scratch_bytes(&m->u, in->N, in->H, in->W, in->T);
@@ -279,7 +255,7 @@ static void expect_outputs(model *m, const inputs *in, const dl_st_file *g, cons
     dl_arena_free(&s);
 }
 
-static float *layer_weight(model *m, const dl_lora_module *q, int64_t *n)
+static float *layer_weight(tu_te_unet *m, const dl_lora_module *q, int64_t *n)
 {
     *n = (int64_t)q->out * q->k * q->k * q->in;
     if (q->part == DL_LORA_TEXT) return dl_clip_find(&m->te, q->name)->w;
@@ -289,8 +265,8 @@ static float *layer_weight(model *m, const dl_lora_module *q, int64_t *n)
 
 static void check_file(const char *rel, const char *label)
 {
-    model m;
-    model_open(&m);
+    tu_te_unet m;
+    tu_te_unet_open(&m, "tests/golden/tiny_sd15");
     dl_st_file g;
     tu_golden_open(&g, "lora_net");
     inputs in;
@@ -346,7 +322,7 @@ static void check_file(const char *rel, const char *label)
     dl_lora_net_free(&net);
     inputs_free(&in);
     dl_st_close(&g);
-    model_close(&m);
+    tu_te_unet_close(&m);
 }
 
 Test(lora_net, kohya_file_equals_diffusers) { check_file("tests/golden/lora_net_kohya.safetensors", "kohya"); }
@@ -360,8 +336,8 @@ Test(lora_net, danlu_peft_file_equals_diffusers)
  * order the base outputs come back. */
 Test(lora_net, several_loras_merged_with_multipliers)
 {
-    model m;
-    model_open(&m);
+    tu_te_unet m;
+    tu_te_unet_open(&m, "tests/golden/tiny_sd15");
     dl_st_file g;
     tu_golden_open(&g, "lora_net");
     inputs in;
@@ -382,7 +358,7 @@ Test(lora_net, several_loras_merged_with_multipliers)
     dl_lora_net_free(&b);
     inputs_free(&in);
     dl_st_close(&g);
-    model_close(&m);
+    tu_te_unet_close(&m);
 }
 
 /* ------------------------------------------------------------------ save / load */
@@ -657,13 +633,13 @@ Test(lora_net, bad_files_are_reported)
     {
         dl_lora_module mod = {.name = "down_blocks.9.attentions.0.proj_in", .kohya = "lora_unet_x", .part = DL_LORA_UNET,
                               .k = 1, .in = 32, .out = 32, .alpha = 1, .lora = {.r = 1}};
-        model m;
-        model_open(&m);
+        tu_te_unet m;
+        tu_te_unet_open(&m, "tests/golden/tiny_sd15");
         cr_assert_eq(dl_lora_net_from_modules(&net, &mod, 1, 1), DL_OK);
         cr_expect_eq(dl_lora_net_attach(&net, &m.u, &m.te), DL_ERR);
         cr_expect(strstr(dl_error_msg(), "down_blocks.9.attentions.0.proj_in"), "%s", dl_error_msg());
         dl_lora_net_free(&net);
-        model_close(&m);
+        tu_te_unet_close(&m);
     }
     unlink(p);
     dl_ckpt_close(&ck);

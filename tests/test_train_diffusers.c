@@ -31,30 +31,6 @@ TestSuite(train_diffusers, .init = tu_tmpdir_init, .fini = tu_tmpdir_fini);
 
 static const char *const RUNS[] = {"unet_te", "conv"};
 
-typedef struct model {
-    dl_checkpoint ck;
-    dl_unet u;
-    dl_clip te;
-    dl_arena w;
-} model;
-
-static void model_open(model *m)
-{
-    cr_assert_eq(dl_ckpt_open(&m->ck, tu_path("tests/golden/tiny_pipe"), NULL), DL_OK, "%s", dl_error_msg());
-    size_t bytes = dl_unet_weights_bytes(&m->ck.cfg.unet) + dl_clip_weights_bytes(&m->ck.cfg.text);
-    cr_assert_eq(dl_arena_init(&m->w, "weights", bytes), DL_OK);
-    cr_assert_eq(dl_unet_load(&m->u, &m->ck, &m->w), DL_OK, "%s", dl_error_msg());
-    cr_assert_eq(dl_clip_load(&m->te, &m->ck, &m->w), DL_OK, "%s", dl_error_msg());
-}
-
-static void model_close(model *m)
-{
-    dl_clip_free(&m->te);
-    dl_unet_free(&m->u);
-    dl_arena_free(&m->w);
-    dl_ckpt_close(&m->ck);
-}
-
 enum { N = 2, H = 8, W = 8, T = 8, CTX = 64 };
 
 typedef struct inputs {
@@ -82,7 +58,7 @@ static void inputs_free(inputs *in)
 
 /* UNet [N, H, W, 4] and text-encoder [N, T, CTX] outputs of m as it is now against golden
  * "<o>.unet" / "<o>.te"; the relative L2 errors go to *eu, *et. */
-static void expect_outputs(model *m, const inputs *in, const dl_st_file *g, const char *o, double *eu, double *et)
+static void expect_outputs(tu_te_unet *m, const inputs *in, const dl_st_file *g, const char *o, double *eu, double *et)
 {
     dl_arena s;
     size_t sb = dl_unet_scratch_bytes(&m->u, N, H, W, T), cb = dl_clip_scratch_bytes(&m->te.cfg, N, T);
@@ -121,8 +97,8 @@ static const char *committed(const char *run)
  * the module count diffusers injected, and diffusers' UNet / text-encoder outputs. */
 Test(train_diffusers, committed_outputs_match_diffusers)
 {
-    model m;
-    model_open(&m);
+    tu_te_unet m;
+    tu_te_unet_open(&m, "tests/golden/tiny_pipe");
     dl_st_file g;
     tu_golden_open(&g, "train_diffusers");
     inputs in;
@@ -156,7 +132,7 @@ Test(train_diffusers, committed_outputs_match_diffusers)
     }
     inputs_free(&in);
     dl_st_close(&g);
-    model_close(&m);
+    tu_te_unet_close(&m);
 }
 
 /* Replace {model}, {data}, {out} in a golden flag. */

@@ -263,3 +263,21 @@ double tu_unet_rig_step(const dl_ctx *c, tu_unet_rig *r, dl_unet_tape *tape, flo
     return loss;
 }
 
+/* ---- tiny UNet + text encoder ---- */
+
+void tu_te_unet_open(tu_te_unet *m, const char *rel)
+{
+    cr_assert_eq(dl_ckpt_open(&m->ck, tu_path(rel), NULL), DL_OK, "%s", dl_error_msg());
+    size_t bytes = dl_unet_weights_bytes(&m->ck.cfg.unet) + dl_clip_weights_bytes(&m->ck.cfg.text);
+    cr_assert_eq(dl_arena_init(&m->w, "weights", bytes), DL_OK);
+    cr_assert_eq(dl_unet_load(&m->u, &m->ck, &m->w), DL_OK, "%s", dl_error_msg());
+    cr_assert_eq(dl_clip_load(&m->te, &m->ck, &m->w), DL_OK, "%s", dl_error_msg());
+}
+
+void tu_te_unet_close(tu_te_unet *m)
+{
+    dl_clip_free(&m->te);
+    dl_unet_free(&m->u);
+    dl_arena_free(&m->w);
+    dl_ckpt_close(&m->ck);
+}

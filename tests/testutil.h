@@ -7,6 +7,7 @@
 #include "core/error.h"
 #include "io/safetensors.h"
 #include "model/checkpoint.h"
+#include "model/clip.h"
 #include "model/unet.h"
 #include "train/unet_train.h"
 
@@ -82,6 +83,17 @@ void tu_unet_rig_close(tu_unet_rig *r);
  * caller's. Returns the loss. */
 double tu_unet_rig_step(const dl_ctx *c, tu_unet_rig *r, dl_unet_tape *tape, float *out, float *dout, float *dctx,
                         float *grads);
+
+/* A checkpoint's UNet and text encoder loaded into one arena (rel: a model path relative to the
+ * source tree); asserts on failure. */
+typedef struct tu_te_unet {
+    dl_checkpoint ck;
+    dl_unet u;
+    dl_clip te;
+    dl_arena w;
+} tu_te_unet;
+void tu_te_unet_open(tu_te_unet *m, const char *rel);
+void tu_te_unet_close(tu_te_unet *m);
 
 #ifdef __cplusplus
 }
