@@ -40,7 +40,7 @@ from diffusers.utils import logging as dlogging
 from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from goldenlib import GOLDEN_DIR, Golden, nchw_to_nhwc
+from goldenlib import GOLDEN_DIR, Golden, KeyLog, count_lora_layers, nchw_to_nhwc
 
 UNET_TARGETS = ["Transformer2DModel"]
 UNET_TARGETS_CONV = ["ResnetBlock2D", "Downsample2D", "Upsample2D"]
@@ -95,22 +95,6 @@ def names_sd15():
         json.dump({"unet": [n for n, _, _ in u], "text": [n for n, _, _ in t],
                    "unet_conv": [[n, int(c)] for n, _, c in uc]}, f, indent=0)
     print(f"wrote {path}: {len(u)} UNet, {len(t)} text encoder, {len(uc)} UNet with conv_dim")
-
-
-class KeyLog(logging.Handler):
-    """Collects diffusers / peft warnings about missing or unexpected keys."""
-
-    def __init__(self):
-        super().__init__(logging.WARNING)
-        self.msgs = []
-
-    def emit(self, record):
-        self.msgs.append(record.getMessage())
-
-
-def count_lora_layers(model):
-    from peft.tuners.lora import LoraLayer
-    return sum(1 for _, m in model.named_modules() if isinstance(m, LoraLayer))
 
 
 def make_kohya(pipe, gen):

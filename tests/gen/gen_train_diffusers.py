@@ -38,7 +38,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from gen_addnet_hash import precalc
-from goldenlib import GOLDEN_DIR, Golden, nchw_to_nhwc
+from goldenlib import GOLDEN_DIR, Golden, KeyLog, count_lora_layers, nchw_to_nhwc
 
 REPO = os.path.normpath(os.path.join(GOLDEN_DIR, "..", ".."))
 MODEL = os.path.join(GOLDEN_DIR, "tiny_pipe")
@@ -81,22 +81,6 @@ def train(danlu, name, tmp):
     return dst
 
 
-class KeyLog(logging.Handler):
-    """Collects every warning diffusers / peft / transformers log while loading."""
-
-    def __init__(self):
-        super().__init__(logging.WARNING)
-        self.msgs = []
-
-    def emit(self, record):
-        self.msgs.append(record.getMessage())
-
-
-def lora_layers(model):
-    from peft.tuners.lora import LoraLayer
-    return sum(1 for _, m in model.named_modules() if isinstance(m, LoraLayer))
-
-
 def check_hashes(path, label):
     """The file's sshs_model_hash / sshs_legacy_hash are what sd-scripts computes for its tensors
     and ss_* metadata."""
@@ -131,7 +115,7 @@ def load_checked(pipe, path, label):
            and any(s in m.lower() for s in ("unexpected", "missing", "not found", "no lora", "unused"))]
     if bad:
         sys.exit(f"FAIL {label}: diffusers reported {bad}")
-    n = lora_layers(pipe.unet) + lora_layers(pipe.text_encoder)
+    n = count_lora_layers(pipe.unet) + count_lora_layers(pipe.text_encoder)
     if n != n_modules:
         sys.exit(f"FAIL {label}: {n} LoRA layers injected, the file has {n_modules} modules")
     print(f"{label}: diffusers loaded {n} LoRA layers, no missing / unexpected keys"

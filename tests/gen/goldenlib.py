@@ -6,6 +6,7 @@ outputs and gradients under names "<case>.<tensor>". Run from anywhere with a Py
 torch and safetensors (a virtual environment outside the repo; see tests/gen/README.md).
 The outputs are committed, so CI needs no Python.
 """
+import logging
 import os
 
 import torch
@@ -46,3 +47,21 @@ def nchw_to_nhwc(t):
 def oihw_to_ohwi(w):
     """Conv weight [Cout, Cin, kh, kw] -> danlu's [Cout, kh, kw, Cin]."""
     return w.permute(0, 2, 3, 1).contiguous()
+
+
+class KeyLog(logging.Handler):
+    """Collects every warning diffusers / peft / transformers log (e.g. while loading a LoRA:
+    missing, unexpected or unused keys)."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.msgs = []
+
+    def emit(self, record):
+        self.msgs.append(record.getMessage())
+
+
+def count_lora_layers(model):
+    """PEFT LoRA layers injected into a torch module."""
+    from peft.tuners.lora import LoraLayer
+    return sum(1 for _, m in model.named_modules() if isinstance(m, LoraLayer))
