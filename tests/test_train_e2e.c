@@ -24,6 +24,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <signal.h>
+#include <dirent.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -555,6 +557,81 @@ Test(train_e2e, buckets_batches_from_one_bucket, .timeout = 300)
     cr_expect(te > 0);
     dl_st_close(&f);
     dl_train_result_free(&r);
+    dl_train_config_free(&c);
+    rm_rf(g_dir);
+}
+
+/* The whole file (malloc'd, *n its size), or NULL. */
+static char *read_all(const char *path, size_t *n)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long len = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *b = malloc((size_t)len + 1);
+    *n = b ? fread(b, 1, (size_t)len, f) : 0;
+    if (b) b[*n] = 0;
+    fclose(f);
+    return b;
+}
+
+/* Disk full while saving: a second run into the same output directory, with the file size
+ * limited (RLIMIT_FSIZE, SIGXFSZ ignored so writes fail with EFBIG), stops with an error naming
+ * the output, leaves the good LoRA and state of the first run byte for byte as they were, and no
+ * temporary file behind. */
+Test(train_e2e, disk_full_keeps_the_previous_outputs, .timeout = 300)
+{
+    make_dataset();
+    dl_train_config c;
+    const char *ex[] = {"--max_train_steps", "2", "--learning_rate", "3e-3", "--network_dim", "4", "--network_alpha",
+                        "4", "--save_state", NULL};
+    configure(&c, "df", ex);
+    dl_train_result r;
+    run(&c, 0, &r);
+    dl_train_result_free(&r);
+    char lora[400], state[400], dir[300];
+    snprintf(dir, sizeof dir, "%s/df", g_dir);
+    snprintf(lora, sizeof lora, "%s/last.safetensors", dir);
+    snprintf(state, sizeof state, "%s/last-state.safetensors", dir);
+    size_t nl = 0, ns = 0;
+    char *l0 = read_all(lora, &nl), *s0 = read_all(state, &ns);
+    cr_assert(l0 && s0 && nl > 4096 && ns > 4096, "first run outputs: %zu, %zu bytes", nl, ns);
+    char errfile[300];
+    snprintf(errfile, sizeof errfile, "%s/err.txt", g_dir);
+    pid_t pid = fork();
+    cr_assert(pid >= 0);
+    if (pid == 0) {
+        signal(SIGXFSZ, SIG_IGN);
+        struct rlimit rl = {4096, 4096}; /* the CSV log fits, the LoRA does not */
+        setrlimit(RLIMIT_FSIZE, &rl);
+        dl_trainer_opts o = {.log = NULL, .tty = 0};
+        dl_train_config c2;
+        const char *ex2[] = {"--max_train_steps", "3", "--learning_rate", "1e-3", "--network_dim", "4",
+                             "--network_alpha", "4", "--save_state", NULL};
+        configure(&c2, "df", ex2);
+        int rc = dl_train_run(&c2, &o, &r);
+        FILE *e = fopen(errfile, "w");
+        if (e) fprintf(e, "%s", rc == DL_OK ? "ok" : dl_error_msg()), fclose(e);
+        _exit(rc == DL_OK ? 0 : 3);
+    }
+    int st = 0;
+    waitpid(pid, &st, 0);
+    cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 3, "the run with a full disk did not fail (status %d)", st);
+    size_t ne = 0;
+    char *err = read_all(errfile, &ne);
+    cr_assert_not_null(err);
+    cr_expect(strstr(err, dir) != NULL, "the error does not name the output: %s", err);
+    size_t nl2 = 0, ns2 = 0;
+    char *l1 = read_all(lora, &nl2), *s1 = read_all(state, &ns2);
+    cr_expect(l1 && nl2 == nl && memcmp(l0, l1, nl) == 0, "the previous LoRA was changed");
+    cr_expect(s1 && ns2 == ns && memcmp(s0, s1, ns) == 0, "the previous state was changed");
+    DIR *d = opendir(dir);
+    cr_assert_not_null(d);
+    struct dirent *de;
+    while ((de = readdir(d))) cr_expect(strstr(de->d_name, ".tmp.") == NULL, "a temporary file was left: %s", de->d_name);
+    closedir(d);
+    free(l0), free(s0), free(l1), free(s1), free(err);
     dl_train_config_free(&c);
     rm_rf(g_dir);
 }

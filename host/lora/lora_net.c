@@ -345,6 +345,9 @@ int dl_lora_net_attach(dl_lora_net *net, dl_unet *u, dl_clip *te)
 
 void dl_lora_net_detach(dl_lora_net *net, dl_unet *u, dl_clip *te)
 {
+    /* detaching runs in teardown paths: keep the message of the error being reported */
+    char saved[1024];
+    snprintf(saved, sizeof saved, "%s", dl_error_msg());
     for (int i = 0; i < net->n; i++) {
         dl_linear *lin;
         dl_conv *conv;
@@ -352,7 +355,8 @@ void dl_lora_net_detach(dl_lora_net *net, dl_unet *u, dl_clip *te)
         if (lin && lin->lora == &net->mods[i].lora) lin->lora = NULL;
         if (conv && conv->lora == &net->mods[i].lora) conv->lora = NULL;
     }
-    dl_error_clear();
+    if (saved[0]) dl_error_set("%s", saved);
+    else dl_error_clear();
 }
 
 static void merge_one(const dl_ctx *ctx, dl_lora_module *m, dl_linear *lin, dl_conv *conv, float sign)
