@@ -1,19 +1,32 @@
-/* threadpool.c - a fork-join pool on pthreads: one job at a time, the caller participates. */
+/* threadpool.c - a fork-join pool on pthreads: one job at a time, the caller participates.
+ * Workers spin briefly on the job counter before sleeping on a condition variable, and the
+ * caller spins briefly on the pending count before waiting, so back-to-back ops (a network's
+ * layers) do not pay a futex wake-up each; the chunking, and so every result, is unchanged. */
 #include "threadpool.h"
 #include "error.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <unistd.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+static inline void cpu_relax(void) { _mm_pause(); }
+#else
+static inline void cpu_relax(void) {}
+#endif
+
+/* pause iterations before sleeping: ~50-100 us on current x86 */
+#define DL_POOL_SPIN 2000
 
 struct dl_pool {
     int nthreads;                 /* workers + the calling thread */
     pthread_t *threads;           /* [nthreads - 1] */
     pthread_mutex_t mu;
     pthread_cond_t start_cv, done_cv;
-    uint64_t generation;          /* bumped for each job */
-    int pending;                  /* workers still running the current job */
-    int quit;
+    _Atomic uint64_t generation;  /* bumped for each job (under mu; read spinning without it) */
+    atomic_int pending;           /* workers still running the current job */
+    atomic_int quit;
     /* the current job */
     dl_range_fn fn;
     void *arg;
@@ -39,18 +52,25 @@ static void *worker_main(void *varg)
     dl_pool *p = wa.pool;
     t_in_worker = 1;
     uint64_t seen = 0;
-    pthread_mutex_lock(&p->mu);
     for (;;) {
-        while (!p->quit && p->generation == seen) pthread_cond_wait(&p->start_cv, &p->mu);
-        if (p->quit) break;
-        seen = p->generation;
-        int c = wa.index + 1; /* chunk 0 belongs to the caller */
-        pthread_mutex_unlock(&p->mu);
-        if (c < p->nchunks) run_chunk(p, c);
+        for (int i = 0; i < DL_POOL_SPIN && atomic_load_explicit(&p->generation, memory_order_acquire) == seen &&
+                        !atomic_load_explicit(&p->quit, memory_order_relaxed);
+             i++)
+            cpu_relax();
         pthread_mutex_lock(&p->mu);
-        if (--p->pending == 0) pthread_cond_signal(&p->done_cv);
+        while (!p->quit && p->generation == seen) pthread_cond_wait(&p->start_cv, &p->mu);
+        pthread_mutex_unlock(&p->mu);
+        if (p->quit) break;
+        seen = atomic_load_explicit(&p->generation, memory_order_acquire);
+        int c = wa.index + 1; /* chunk 0 belongs to the caller */
+        if (c < p->nchunks) run_chunk(p, c);
+        if (atomic_fetch_sub_explicit(&p->pending, 1, memory_order_acq_rel) == 1) {
+            /* the last one: wake a caller that went to sleep (under mu: no lost wake-up) */
+            pthread_mutex_lock(&p->mu);
+            pthread_cond_signal(&p->done_cv);
+            pthread_mutex_unlock(&p->mu);
+        }
     }
-    pthread_mutex_unlock(&p->mu);
     return NULL;
 }
 
@@ -131,7 +151,10 @@ void dl_parallel_for(dl_pool *p, int64_t n, int64_t grain, dl_range_fn fn, void 
     run_chunk(p, 0);
     t_in_worker = 0;
 
-    pthread_mutex_lock(&p->mu);
-    while (p->pending > 0) pthread_cond_wait(&p->done_cv, &p->mu);
-    pthread_mutex_unlock(&p->mu);
+    for (int i = 0; i < DL_POOL_SPIN && atomic_load_explicit(&p->pending, memory_order_acquire) > 0; i++) cpu_relax();
+    if (atomic_load_explicit(&p->pending, memory_order_acquire) > 0) {
+        pthread_mutex_lock(&p->mu);
+        while (p->pending > 0) pthread_cond_wait(&p->done_cv, &p->mu);
+        pthread_mutex_unlock(&p->mu);
+    }
 }
