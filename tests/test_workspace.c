@@ -162,3 +162,23 @@ Test(workspace, training_step_does_not_grow_after_the_first)
     tu_unet_rig_close(&r);
     dl_ctx_free(&c);
 }
+
+/* The grow-only buffer the data side keeps its working memory in: reallocated only when a call
+ * asks for more than it holds. */
+Test(workspace, grow_only_buffer)
+{
+    void *p = NULL;
+    size_t cap = 0;
+    cr_assert_eq(dl_buf_reserve(&p, &cap, 100, "test"), DL_OK);
+    cr_assert(p && cap == 100);
+    void *first = p;
+    memset(p, 7, 100);
+    cr_expect_eq(dl_buf_reserve(&p, &cap, 60, "test"), DL_OK);
+    cr_expect(p == first && cap == 100, "a smaller request reallocated");
+    cr_expect_eq(((unsigned char *)p)[99], 7, "a smaller request dropped the contents");
+    cr_expect_eq(dl_buf_reserve(&p, &cap, 100, "test"), DL_OK);
+    cr_expect(p == first, "an equal request reallocated");
+    cr_expect_eq(dl_buf_reserve(&p, &cap, 4096, "test"), DL_OK);
+    cr_expect(cap == 4096);
+    free(p);
+}

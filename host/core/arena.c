@@ -46,3 +46,14 @@ void *dl_arena_calloc(dl_arena *a, size_t bytes)
 size_t dl_arena_mark(const dl_arena *a) { return a->used; }
 void dl_arena_release(dl_arena *a, size_t mark) { DL_ASSERT(mark <= a->used); a->used = mark; }
 void dl_arena_reset(dl_arena *a) { a->used = 0; }
+
+int dl_buf_reserve(void **p, size_t *cap, size_t n, const char *what)
+{
+    if (*p && n <= *cap) return DL_OK;
+    void *q = malloc(n ? n : 1);
+    if (!q) return dl_error_set("%s: out of memory (%zu bytes)", what, n);
+    free(*p);
+    *p = q;
+    *cap = n;
+    return DL_OK;
+}

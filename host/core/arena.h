@@ -29,6 +29,12 @@ size_t dl_arena_mark(const dl_arena *a);
 void dl_arena_release(dl_arena *a, size_t mark);
 void dl_arena_reset(dl_arena *a);
 
+/* A grow-only buffer (the other steady-state tool, for working memory whose size is known only
+ * per call): afterwards *p holds at least n bytes. It is reallocated only when n exceeds *cap,
+ * and then its contents are not kept. Returns DL_OK, or DL_ERR naming `what` when memory runs
+ * out (*p and *cap unchanged). Free *p with free(). */
+int dl_buf_reserve(void **p, size_t *cap, size_t n, const char *what);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,9 +1,11 @@
 /* image.c - image decoding (stb_image, libwebp) and a PNG writer with text chunks (zlib). */
 #include "image.h"
+#include "core/arena.h"
 #include "core/error.h"
 #include "io/atomic_file.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,8 +13,6 @@
 #include <unistd.h>
 #include <webp/decode.h>
 #include <zlib.h>
-
-#include <fcntl.h>
 
 /* stb_image compiled here (static, so it cannot clash with a shared libstb) with its
  * allocations routed through heap_*: the plain C heap, or a dl_image_reader's bump heap while
@@ -97,59 +97,98 @@ static void heap_free(void *p)
     free(p);
 }
 
-static int read_file(const char *path, uint8_t **out, size_t *n)
+/* The whole file at path into the grow-only buffer *buf (*cap bytes; one spare byte), *n its
+ * length; open/read, so nothing else is allocated. */
+static int read_whole(const char *path, uint8_t **buf, size_t *cap, size_t *n)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) return dl_error_set("%s: cannot open: %s", path, strerror(errno));
-    if (fseek(f, 0, SEEK_END) != 0) { fclose(f); return dl_error_set("%s: cannot seek", path); }
-    long len = ftell(f);
-    rewind(f);
-    if (len < 0) { fclose(f); return dl_error_set("%s: cannot read its size", path); }
-    uint8_t *buf = malloc((size_t)len + 1);
-    if (!buf) { fclose(f); return dl_error_set("%s: out of memory (%ld bytes)", path, len); }
-    if (fread(buf, 1, (size_t)len, f) != (size_t)len) {
-        fclose(f);
-        free(buf);
-        return dl_error_set("%s: read error", path);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return dl_error_set("%s: cannot open: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0 || st.st_size < 0) { close(fd); return dl_error_set("%s: cannot read its size", path); }
+    const size_t len = (size_t)st.st_size;
+    if (dl_buf_reserve((void **)buf, cap, len + 1, path) != DL_OK) { close(fd); return DL_ERR; }
+    size_t got = 0;
+    while (got < len) {
+        ssize_t k = read(fd, *buf + got, len - got);
+        if (k < 0 && errno == EINTR) continue;
+        if (k <= 0) { close(fd); return dl_error_set("%s: read error", path); }
+        got += (size_t)k;
     }
-    fclose(f);
-    *out = buf;
-    *n = (size_t)len;
+    close(fd);
+    *n = len;
     return DL_OK;
 }
 
-int dl_image_decode(dl_image *img, const uint8_t *bytes, size_t n, const char *label)
+/* Decode bytes[0..n) into img (RGB). r == NULL: img->data is malloc'd (dl_image_free); else it
+ * is r->px and stb_image allocates from r's bump heap, which is grown after an image that
+ * needed more, so the next one like it allocates nothing. */
+static int decode(dl_image_reader *r, const uint8_t *bytes, size_t n, const char *label, dl_image *img)
 {
     memset(img, 0, sizeof *img);
     if (n == 0) return dl_error_set("%s: empty file, not an image", label);
     if (n >= 12 && memcmp(bytes, "RIFF", 4) == 0 && memcmp(bytes + 8, "WEBP", 4) == 0) {
         int w, h;
-        uint8_t *rgb = WebPDecodeRGB(bytes, n, &w, &h);
-        if (!rgb) return dl_error_set("%s: corrupt or unsupported WebP image", label);
+        if (!WebPGetInfo(bytes, n, &w, &h)) return dl_error_set("%s: corrupt or unsupported WebP image", label);
+        const size_t sz = (size_t)w * h * 3;
+        uint8_t *dst = NULL;
+        if (r) {
+            DL_TRY(dl_buf_reserve((void **)&r->px, &r->px_cap, sz, label));
+            dst = r->px;
+        } else if (!(dst = malloc(sz))) {
+            return dl_error_set("%s: out of memory (%zu bytes)", label, sz);
+        }
+        if (!WebPDecodeRGBInto(bytes, n, dst, sz, w * 3)) {
+            if (!r) free(dst);
+            return dl_error_set("%s: corrupt or unsupported WebP image", label);
+        }
         img->w = w;
         img->h = h;
-        img->data = malloc((size_t)w * h * 3);
-        memcpy(img->data, rgb, (size_t)w * h * 3);
-        WebPFree(rgb);
+        img->data = dst;
         return DL_OK;
     }
     if (n > 0x7fffffff) return dl_error_set("%s: file too large to decode", label);
     int w, h, c;
+    if (r) r->heap_used = r->heap_demand = 0;
+    t_reader = r;
     uint8_t *px = stbi_load_from_memory(bytes, (int)n, &w, &h, &c, 3);
+    t_reader = NULL;
     if (!px) return dl_error_set("%s: cannot decode image: %s", label, stbi_failure_reason());
     img->w = w;
     img->h = h;
-    img->data = px; /* stb allocates with malloc */
-    return DL_OK;
+    if (!r) {
+        img->data = px; /* stb allocated it with malloc */
+        return DL_OK;
+    }
+    const size_t sz = (size_t)w * h * 3;
+    int rc = dl_buf_reserve((void **)&r->px, &r->px_cap, sz, label);
+    if (rc == DL_OK) {
+        memcpy(r->px, px, sz);
+        img->data = r->px;
+    } else {
+        memset(img, 0, sizeof *img);
+    }
+    if (!in_heap(r, px)) free(px);
+    /* stb's blocks that spilled out of the bump heap were freed by stb (heap_free); make the
+     * heap big enough for this image so the next one like it stays inside */
+    if (r->heap_demand > r->heap_cap &&
+        dl_buf_reserve((void **)&r->heap, &r->heap_cap, r->heap_demand + r->heap_demand / 4, label) != DL_OK)
+        dl_error_clear(); /* not fatal: the next image spills to the C heap again */
+    r->heap_used = 0;
+    return rc;
+}
+
+int dl_image_decode(dl_image *img, const uint8_t *bytes, size_t n, const char *label)
+{
+    return decode(NULL, bytes, n, label, img);
 }
 
 int dl_image_load(dl_image *img, const char *path)
 {
-    uint8_t *bytes;
-    size_t n;
+    uint8_t *bytes = NULL;
+    size_t cap = 0, n = 0;
     memset(img, 0, sizeof *img);
-    DL_TRY(read_file(path, &bytes, &n));
-    int rc = dl_image_decode(img, bytes, n, path);
+    int rc = read_whole(path, &bytes, &cap, &n);
+    if (rc == DL_OK) rc = decode(NULL, bytes, n, path, img);
     free(bytes);
     return rc;
 }
@@ -160,91 +199,12 @@ void dl_image_free(dl_image *img)
     memset(img, 0, sizeof *img);
 }
 
-/* Grow a buffer to at least n bytes (contents dropped). */
-static int grow(uint8_t **buf, size_t *cap, size_t n, const char *label)
-{
-    if (n <= *cap && *buf) return DL_OK;
-    uint8_t *b = malloc(n ? n : 1);
-    if (!b) return dl_error_set("%s: out of memory (%zu bytes)", label, n);
-    free(*buf);
-    *buf = b;
-    *cap = n;
-    return DL_OK;
-}
-
-/* The file into r->file with open/read (no stdio buffers to allocate). */
-static int reader_file(dl_image_reader *r, const char *path, size_t *n)
-{
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return dl_error_set("%s: cannot open: %s", path, strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) != 0 || st.st_size < 0) { close(fd); return dl_error_set("%s: cannot read its size", path); }
-    size_t len = (size_t)st.st_size;
-    if (grow(&r->file, &r->file_cap, len + 1, path) != DL_OK) { close(fd); return DL_ERR; }
-    size_t got = 0;
-    while (got < len) {
-        ssize_t k = read(fd, r->file + got, len - got);
-        if (k < 0 && errno == EINTR) continue;
-        if (k <= 0) { close(fd); return dl_error_set("%s: read error", path); }
-        got += (size_t)k;
-    }
-    close(fd);
-    *n = len;
-    return DL_OK;
-}
-
 int dl_image_read(dl_image_reader *r, const char *path, dl_image *img)
 {
-    memset(img, 0, sizeof *img);
     size_t n = 0;
-    DL_TRY(reader_file(r, path, &n));
-    const uint8_t *bytes = r->file;
-    if (n == 0) return dl_error_set("%s: empty file, not an image", path);
-    if (n >= 12 && memcmp(bytes, "RIFF", 4) == 0 && memcmp(bytes + 8, "WEBP", 4) == 0) {
-        int w, h;
-        if (!WebPGetInfo(bytes, n, &w, &h)) return dl_error_set("%s: corrupt or unsupported WebP image", path);
-        size_t sz = (size_t)w * h * 3;
-        DL_TRY(grow(&r->px, &r->px_cap, sz, path));
-        if (!WebPDecodeRGBInto(bytes, n, r->px, sz, w * 3))
-            return dl_error_set("%s: corrupt or unsupported WebP image", path);
-        img->w = w;
-        img->h = h;
-        img->data = r->px;
-        return DL_OK;
-    }
-    if (n > 0x7fffffff) return dl_error_set("%s: file too large to decode", path);
-    int w, h, c;
-    r->heap_used = 0;
-    r->heap_demand = 0;
-    t_reader = r;
-    uint8_t *px = stbi_load_from_memory(bytes, (int)n, &w, &h, &c, 3);
-    t_reader = NULL;
-    int rc = DL_OK;
-    if (!px) rc = dl_error_set("%s: cannot decode image: %s", path, stbi_failure_reason());
-    else {
-        size_t sz = (size_t)w * h * 3;
-        rc = grow(&r->px, &r->px_cap, sz, path);
-        if (rc == DL_OK) {
-            memcpy(r->px, px, sz);
-            img->w = w;
-            img->h = h;
-            img->data = r->px;
-        }
-    }
-    if (px && !in_heap(r, px)) free(px);
-    /* stb's own blocks that spilled out of the bump heap were freed by stb (heap_free); make
-     * the heap big enough for this image so the next one like it stays inside */
-    if (r->heap_demand > r->heap_cap) {
-        size_t cap = r->heap_demand + r->heap_demand / 4;
-        uint8_t *hp = malloc(cap);
-        if (hp) {
-            free(r->heap);
-            r->heap = hp;
-            r->heap_cap = cap;
-        }
-    }
-    r->heap_used = 0;
-    return rc;
+    memset(img, 0, sizeof *img);
+    DL_TRY(read_whole(path, &r->file, &r->file_cap, &n));
+    return decode(r, r->file, n, path, img);
 }
 
 void dl_image_reader_free(dl_image_reader *r)
@@ -372,10 +332,13 @@ static char *inflate_text(const uint8_t *z, size_t n)
 
 int dl_png_read_text(const char *path, const char *keyword, char **out)
 {
-    uint8_t *buf;
-    size_t n;
+    uint8_t *buf = NULL;
+    size_t cap = 0, n = 0;
     *out = NULL;
-    DL_TRY(read_file(path, &buf, &n));
+    if (read_whole(path, &buf, &cap, &n) != DL_OK) {
+        free(buf);
+        return DL_ERR;
+    }
     int rc = DL_ERR;
     if (n < 8 || memcmp(buf, "\x89PNG\r\n\x1a\n", 8) != 0) { dl_error_set("%s: not a PNG file", path); goto done; }
     size_t klen = strlen(keyword);

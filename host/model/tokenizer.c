@@ -1,6 +1,7 @@
 /* tokenizer.c - CLIP byte-level BPE tokenizer matching transformers' CLIPTokenizer (see tokenizer.h). */
 #include "model/tokenizer.h"
 
+#include "core/arena.h"
 #include "core/error.h"
 #include "model/unicode_tables.h"
 
@@ -35,17 +36,7 @@ static int ivec_push(ivec *a, int32_t x)
 
 typedef struct { char *word; int32_t *ids; int n; } cache_entry;
 
-/* *p of at least n bytes (contents dropped; grow-only). */
-static int wgrow(void **p, size_t *cap, size_t n)
-{
-    if (*p && n <= *cap) return DL_OK;
-    void *q = malloc(n ? n : 1);
-    if (!q) return dl_error_set("tokenizer: out of memory");
-    free(*p);
-    *p = q;
-    *cap = n;
-    return DL_OK;
-}
+static int wgrow(void **p, size_t *cap, size_t n) { return dl_buf_reserve(p, cap, n, "tokenizer"); }
 
 int dl_tok_work_reserve(dl_tok_work *w, size_t len)
 {

@@ -2,6 +2,7 @@
  * training images (see image_prep.h for the conventions). */
 #include "train/image_prep.h"
 
+#include "core/arena.h"
 #include "core/error.h"
 
 #include <math.h>
@@ -156,11 +157,7 @@ static size_t resize_bytes(dl_pool *pool, const dl_image *src, dl_reso resized, 
 
 /* w->mem of at least n bytes (grow-only). */
 static void work_reserve(dl_prep_work *w, size_t n) {
-    if (n <= w->cap && w->mem) return;
-    free(w->mem);
-    w->mem = malloc(n);
-    DL_ASSERT(w->mem);
-    w->cap = n;
+    DL_ASSERTF(dl_buf_reserve(&w->mem, &w->cap, n, "image resize") == DL_OK, "%s", dl_error_msg());
 }
 
 static void resize_crop(dl_pool *pool, uint8_t *mem, const dl_image *src, dl_reso resized, int x0, int y0,
