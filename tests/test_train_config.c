@@ -217,6 +217,19 @@ Test(train_config, file_errors_name_file_and_key)
     dl_train_config_free(&c);
 }
 
+/* A minimal config with key set to the JSON value json_value, applied and finished: DL_OK or
+ * DL_ERR (c initialised either way; free it). */
+static int with_json_value(dl_train_config *c, const char *key, const char *json_value)
+{
+    char json[256];
+    snprintf(json, sizeof json,
+             "{\"pretrained_model_name_or_path\": \"m\", \"train_data_dir\": \"d\", \"output_dir\": \"o\", "
+             "\"%s\": %s}", key, json_value);
+    dl_train_config_defaults(c);
+    int rc = dl_train_config_apply_json_text(c, json, "t.json");
+    return rc == DL_OK ? dl_train_config_finish(c) : rc;
+}
+
 /* resolution in JSON as a number or a [W, H] pair as well as sd-scripts' string; other shapes
  * are errors naming the key */
 Test(train_config, resolution_json_forms)
@@ -227,14 +240,8 @@ Test(train_config, resolution_json_forms)
         {"[\"512\", 512]", 0, 0, 0},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
-        char json[200];
-        snprintf(json, sizeof json,
-                 "{\"pretrained_model_name_or_path\": \"m\", \"train_data_dir\": \"d\", \"output_dir\": \"o\", "
-                 "\"resolution\": %s}", cases[i].v);
         dl_train_config c;
-        dl_train_config_defaults(&c);
-        int rc = dl_train_config_apply_json_text(&c, json, "r.json");
-        if (rc == DL_OK) rc = dl_train_config_finish(&c);
+        int rc = with_json_value(&c, "resolution", cases[i].v);
         if (cases[i].ok) {
             cr_expect_eq(rc, DL_OK, "%s: %s", cases[i].v, dl_error_msg());
             cr_expect_eq(c.res_w, cases[i].w, "%s", cases[i].v);
@@ -252,14 +259,8 @@ Test(train_config, backend_key)
 {
     static const struct { const char *v; int ok; } cases[] = {{"\"cpu\"", 1}, {"\"cuda\"", 0}, {"\"metal\"", 0}};
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
-        char json[200];
-        snprintf(json, sizeof json,
-                 "{\"pretrained_model_name_or_path\": \"m\", \"train_data_dir\": \"d\", \"output_dir\": \"o\", "
-                 "\"backend\": %s}", cases[i].v);
         dl_train_config c;
-        dl_train_config_defaults(&c);
-        int rc = dl_train_config_apply_json_text(&c, json, "b.json");
-        if (rc == DL_OK) rc = dl_train_config_finish(&c);
+        int rc = with_json_value(&c, "backend", cases[i].v);
         if (cases[i].ok) {
             cr_expect_eq(rc, DL_OK, "%s: %s", cases[i].v, dl_error_msg());
             cr_expect_str_eq(c.backend, "cpu");

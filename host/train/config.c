@@ -270,18 +270,19 @@ static int apply_json_value(dl_train_config *c, const key_def *k, const cJSON *v
     }
     switch (k->kind) {
     case K_STR:
-        if (!strcmp(k->name, "resolution") && !cJSON_IsString(v)) {
-            /* JSON users write 512 or [768, 512] as often as sd-scripts' "512" / "768,512" */
-            char buf[64];
-            const cJSON *w = cJSON_IsArray(v) ? cJSON_GetArrayItem(v, 0) : v;
-            const cJSON *h = cJSON_IsArray(v) ? cJSON_GetArrayItem(v, 1) : NULL;
-            const int n = cJSON_IsArray(v) ? cJSON_GetArraySize(v) : 1;
-            if ((n != 1 && n != 2) || !cJSON_IsNumber(w) || (h && !cJSON_IsNumber(h)) || w->valuedouble != (int)w->valuedouble ||
-                (h && h->valuedouble != (int)h->valuedouble))
-                return dl_error_set("%s%s: expected a size (512), a pair ([768, 512]) or a string (\"768,512\")", where,
-                                    k->name);
-            if (h) snprintf(buf, sizeof buf, "%d,%d", (int)w->valuedouble, (int)h->valuedouble);
-            else snprintf(buf, sizeof buf, "%d", (int)w->valuedouble);
+        if (cJSON_IsNumber(v) || cJSON_IsArray(v)) {
+            /* a JSON number or list of numbers stands for sd-scripts' text form of the option
+             * ("resolution": 512 or [768, 512] is "512" / "768,512"); the option's own check
+             * then judges the text */
+            char buf[256];
+            size_t n = 0;
+            int ok = 1;
+            for (const cJSON *e = cJSON_IsArray(v) ? v->child : v; e && ok; e = cJSON_IsArray(v) ? e->next : NULL) {
+                ok = cJSON_IsNumber(e) && n + 32 < sizeof buf;
+                if (ok) n += (size_t)snprintf(buf + n, sizeof buf - n, "%s%.17g", n ? "," : "", e->valuedouble);
+            }
+            if (!ok || n == 0)
+                return dl_error_set("%s%s: expected a string, a number or a list of numbers", where, k->name);
             return set_text(c, k, buf, where);
         }
         if (!cJSON_IsString(v)) return dl_error_set("%s%s: expected a string", where, k->name);
