@@ -28,10 +28,8 @@ The generator asserts that diffusers reports no missing or unexpected keys for e
 that every module of the file became a LoRA layer.
 """
 import json
-import logging
 import math
 import os
-import warnings
 
 import torch
 from accelerate import init_empty_weights
@@ -40,7 +38,7 @@ from diffusers.utils import logging as dlogging
 from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from goldenlib import GOLDEN_DIR, Golden, KeyLog, count_lora_layers, nchw_to_nhwc
+from goldenlib import GOLDEN_DIR, Golden, load_lora_checked, nchw_to_nhwc, run_unet_te_f64
 
 UNET_TARGETS = ["Transformer2DModel"]
 UNET_TARGETS_CONV = ["ResnetBlock2D", "Downsample2D", "Upsample2D"]
@@ -122,33 +120,6 @@ def make_kohya(pipe, gen):
     return sd, len(um), len(tm)
 
 
-def load_checked(pipe, path, n_modules, label):
-    log = KeyLog()
-    loggers = [logging.getLogger(n) for n in ("diffusers", "peft", "transformers")]
-    for lg in loggers:
-        lg.addHandler(log)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        pipe.load_lora_weights(path, adapter_name=label)
-    for lg in loggers:
-        lg.removeHandler(log)
-    log.msgs += [str(w.message) for w in caught]
-    bad = [m for m in log.msgs if "unexpected" in m.lower() or "missing" in m.lower() or "not found" in m.lower()]
-    assert not bad, f"{label}: diffusers reported {bad}"
-    n = count_lora_layers(pipe.unet) + count_lora_layers(pipe.text_encoder)
-    assert n == n_modules, f"{label}: {n} LoRA layers injected, file has {n_modules} modules"
-    print(f"{label}: diffusers loaded {n} LoRA layers, no missing / unexpected keys")
-
-
-def run(pipe, x, t, ctx, ids):
-    unet = pipe.unet.to(torch.float64).eval()
-    te = pipe.text_encoder.to(torch.float64).eval()
-    with torch.no_grad():
-        out = unet(x, t, encoder_hidden_states=ctx).sample
-        h = te(ids).last_hidden_state
-    return out, h
-
-
 def main():
     dlogging.set_verbosity_warning()
     names_sd15()
@@ -186,18 +157,18 @@ def main():
     g.add("unet", "ctx", ctx)
     g.add("te", "ids", ids.float())
 
-    out0, h0 = run(pipe, x, t, ctx, ids)
+    out0, h0 = run_unet_te_f64(pipe, x, t, ctx, ids)
     g.add("unet", "out_base", nchw_to_nhwc(out0))
     g.add("te", "out_base", h0)
 
     pipe.unet.float()
     pipe.text_encoder.float()
-    load_checked(pipe, kohya_path, n_unet + n_te, "kohya")
-    out1, h1 = run(pipe, x, t, ctx, ids)
+    load_lora_checked(pipe, kohya_path, n_unet + n_te, "kohya")
+    out1, h1 = run_unet_te_f64(pipe, x, t, ctx, ids)
     g.add("unet", "out", nchw_to_nhwc(out1))
     g.add("te", "out", h1)
     pipe.set_adapters(["kohya"], adapter_weights=[0.5])
-    out5, h5 = run(pipe, x, t, ctx, ids)
+    out5, h5 = run_unet_te_f64(pipe, x, t, ctx, ids)
     g.add("unet", "out_m05", nchw_to_nhwc(out5))
     g.add("te", "out_m05", h5)
     pipe.set_adapters(["kohya"], adapter_weights=[1.0])
@@ -242,8 +213,8 @@ def main():
         pipe.unload_lora_weights()
         pipe.unet.float()
         pipe.text_encoder.float()
-        load_checked(pipe, path, n_unet + n_te, label)
-        o, h = run(pipe, x, t, ctx, ids)
+        load_lora_checked(pipe, path, n_unet + n_te, label)
+        o, h = run_unet_te_f64(pipe, x, t, ctx, ids)
         eu = ((o - out1).norm() / out1.norm()).item()
         et = ((h - h1).norm() / h1.norm()).item()
         print(f"{label}: UNet output vs the kohya file {eu:.2e}, text encoder {et:.2e}")
