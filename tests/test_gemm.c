@@ -68,7 +68,7 @@ static void run_case(const dl_ctx *ctx, gemm_size sz, int ta, int tb, float alph
 
 static void run_all(const char *kernel)
 {
-    if (kernel) setenv("DANLU_SGEMM", kernel, 1); /* each Criterion test is its own process */
+    if (kernel) setenv("DANLU_CPU_ISA", kernel, 1); /* each Criterion test is its own process */
     uint64_t seed = 100;
     for (size_t i = 0; i < sizeof SIZES / sizeof SIZES[0]; i++)
         for (int ta = 0; ta < 2; ta++)

@@ -10,16 +10,9 @@
 #include "activation.h"
 
 #include "core/error.h"
+#include "simd.h"
 #include "softmax.h" /* dl_expf */
 
-/* Hot loops are compiled twice, for x86-64-v4 (AVX-512, 16 lanes) and the build's baseline,
- * and the loader picks the clone the CPU supports (GCC target_clones, an ifunc). Both clones
- * evaluate the same expressions in the same order: the results are the same bits. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__ELF__)
-#define DL_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v4", "default")))
-#else
-#define DL_SIMD_CLONES
-#endif
 
 #define ACT_GRAIN 16384
 
@@ -87,7 +80,7 @@ typedef struct {
     float *y;
 } act_job;
 
-DL_SIMD_CLONES static void act_fwd_range(void *arg, int64_t i0, int64_t i1, int tid)
+DL_SIMD_RANGE(act_fwd_range, arg, i0, i1, tid)
 {
     const act_job *j = arg;
     const float *x = j->x;
@@ -113,7 +106,7 @@ DL_SIMD_CLONES static void act_fwd_range(void *arg, int64_t i0, int64_t i1, int 
     }
 }
 
-DL_SIMD_CLONES static void act_bwd_range(void *arg, int64_t i0, int64_t i1, int tid)
+DL_SIMD_RANGE(act_bwd_range, arg, i0, i1, tid)
 {
     const act_job *j = arg;
     const float *x = j->x, *dy = j->dy;
@@ -152,7 +145,7 @@ void dl_cpu_act_forward(const dl_ctx *ctx, dl_act act, int64_t n, const float *x
     DL_ASSERT(act >= 0 && act < DL_ACT_COUNT);
     DL_ASSERT(n >= 0 && (n == 0 || (x && y)));
     act_job j = {act, 0, x, NULL, y};
-    dl_parallel_for(ctx ? ctx->pool : NULL, n, ACT_GRAIN, act_fwd_range, &j);
+    dl_parallel_for(ctx ? ctx->pool : NULL, n, ACT_GRAIN, DL_SIMD_PICK(act_fwd_range), &j);
 }
 
 void dl_cpu_act_backward(const dl_ctx *ctx, dl_act act, int64_t n, const float *x, const float *dy,
@@ -162,10 +155,10 @@ void dl_cpu_act_backward(const dl_ctx *ctx, dl_act act, int64_t n, const float *
     DL_ASSERT(n >= 0 && (n == 0 || (x && dy && dx)));
     DL_ASSERT(n == 0 || dx != x);
     act_job j = {act, 0, x, dy, dx};
-    dl_parallel_for(ctx ? ctx->pool : NULL, n, ACT_GRAIN, act_bwd_range, &j);
+    dl_parallel_for(ctx ? ctx->pool : NULL, n, ACT_GRAIN, DL_SIMD_PICK(act_bwd_range), &j);
 }
 
-DL_SIMD_CLONES static void geglu_fwd_rows(void *arg, int64_t m0, int64_t m1, int tid)
+DL_SIMD_RANGE(geglu_fwd_rows, arg, m0, m1, tid)
 {
     const act_job *j = arg;
     const int64_t D = j->D;
@@ -177,7 +170,7 @@ DL_SIMD_CLONES static void geglu_fwd_rows(void *arg, int64_t m0, int64_t m1, int
     }
 }
 
-DL_SIMD_CLONES static void geglu_bwd_rows(void *arg, int64_t m0, int64_t m1, int tid)
+DL_SIMD_RANGE(geglu_bwd_rows, arg, m0, m1, tid)
 {
     const act_job *j = arg;
     const int64_t D = j->D;
@@ -199,7 +192,7 @@ void dl_cpu_geglu_forward(const dl_ctx *ctx, int64_t M, int64_t D, const float *
     DL_ASSERT(M >= 0 && D > 0 && x && y);
     DL_ASSERT(y + M * D <= x || x + M * 2 * D <= y); /* no aliasing */
     act_job j = {DL_ACT_GELU, D, x, NULL, y};
-    dl_parallel_for(ctx ? ctx->pool : NULL, M, (ACT_GRAIN + D - 1) / D, geglu_fwd_rows, &j);
+    dl_parallel_for(ctx ? ctx->pool : NULL, M, (ACT_GRAIN + D - 1) / D, DL_SIMD_PICK(geglu_fwd_rows), &j);
 }
 
 void dl_cpu_geglu_backward(const dl_ctx *ctx, int64_t M, int64_t D, const float *x, const float *dy,
@@ -208,5 +201,5 @@ void dl_cpu_geglu_backward(const dl_ctx *ctx, int64_t M, int64_t D, const float 
     DL_ASSERT(M >= 0 && D > 0 && x && dy && dx);
     DL_ASSERT(dx != x && dx != dy);
     act_job j = {DL_ACT_GELU, D, x, dy, dx};
-    dl_parallel_for(ctx ? ctx->pool : NULL, M, (ACT_GRAIN + D - 1) / D, geglu_bwd_rows, &j);
+    dl_parallel_for(ctx ? ctx->pool : NULL, M, (ACT_GRAIN + D - 1) / D, DL_SIMD_PICK(geglu_bwd_rows), &j);
 }

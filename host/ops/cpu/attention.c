@@ -16,6 +16,7 @@
  * former (tests run both). BQ and BK may be overridden at compile time for tuning. */
 #include "attention.h"
 
+#include "core/cpu_isa.h"
 #include "core/error.h"
 
 #include <math.h>
@@ -462,17 +463,11 @@ TGT512 static void fwd_avx512(void *arg, int64_t b, int64_t e, int tid) { fwd_it
 TGT512 static void bwd_avx512(void *arg, int64_t b, int64_t e, int tid) { bwd_items_impl(16, arg, b, e, tid, gemm_avx512); }
 #endif
 
-/* Vector width of the kernel to run: 16 when the CPU has AVX-512 (and DANLU_CPU_ISA is not
- * "avx2"), else 8. */
+/* Vector width of the kernel to run: 16 when dl_cpu_isa() allows AVX-512, else 8. */
 static int vector_width(void)
 {
 #ifdef DL_HAVE_AVX512_PATH
-    const char *isa = getenv("DANLU_CPU_ISA");
-    if (isa && strcmp(isa, "avx2") == 0) return 8;
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq"))
-        return 16;
+    if (dl_cpu_isa() >= DL_ISA_AVX512) return 16;
 #endif
     return 8;
 }

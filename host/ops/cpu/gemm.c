@@ -1,5 +1,6 @@
 /* gemm.c - packed, cache-blocked fp32 GEMM with AVX-512 / AVX2 register-blocked micro-kernels. */
 #include "gemm.h"
+#include "core/cpu_isa.h"
 #include "core/error.h"
 
 #include <stdlib.h>
@@ -199,23 +200,16 @@ static const gemm_kernel k_avx2 = {"avx2 6x16", 6, 16, ukr_avx2_k, ukr_avx2_r};
 static const gemm_kernel k_avx512 = {"avx512 14x32", 14, 32, ukr_avx512_k, ukr_avx512_r};
 #endif
 
-#ifdef DL_GEMM_X86
-/* The CPU runs the DL_AVX512 target functions of this file. */
-static int cpu_has_avx512(void)
-{
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw");
-}
-#endif
-
-/* The best kernel this CPU runs; DANLU_SGEMM=avx2|generic forces a narrower one (tests). */
+/* The kernel of the path dl_cpu_isa() chooses (DANLU_CPU_ISA=avx2|generic forces a narrower
+ * one: tests run all three). */
 static const gemm_kernel *pick_kernel(void)
 {
-    const char *force = getenv("DANLU_SGEMM");
-    if (force && strcmp(force, "generic") == 0) return &k_generic;
 #ifdef DL_GEMM_X86
-    if (cpu_has_avx512() && !(force && strcmp(force, "avx2") == 0)) return &k_avx512;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return &k_avx2;
+    switch (dl_cpu_isa()) {
+    case DL_ISA_AVX512: return &k_avx512;
+    case DL_ISA_AVX2: return &k_avx2;
+    default: break;
+    }
 #endif
     return &k_generic;
 }
@@ -277,7 +271,7 @@ static void pack_a_plain(const void *user, int64_t m0, int mr, int64_t k0, int k
 {
     const plain_a *p = user;
 #ifdef DL_GEMM_X86
-    if (!p->transA && rs == 1 && ks == 32 && mr <= 32 && cpu_has_avx512()) {
+    if (!p->transA && rs == 1 && ks == 32 && mr <= 32 && dl_cpu_isa() >= DL_ISA_AVX512) {
         pack_rows_panel32_avx512(p->A + m0 * p->lda + k0, p->lda, mr, kc, dst); /* B panels */
         return;
     }

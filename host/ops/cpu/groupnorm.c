@@ -12,20 +12,13 @@
 #include "groupnorm.h"
 
 #include "core/error.h"
+#include "simd.h"
 #include "softmax.h" /* dl_expf */
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* Hot loops are compiled twice, for x86-64-v4 (AVX-512, 16 lanes) and the build's baseline,
- * and the loader picks the clone the CPU supports (GCC target_clones, an ifunc). Both clones
- * evaluate the same expressions in the same order: the results are the same bits. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__ELF__)
-#define DL_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v4", "default")))
-#else
-#define DL_SIMD_CLONES
-#endif
 
 #define GN_ROWS_PER_BLOCK 128
 
@@ -44,7 +37,7 @@ typedef struct {
 static inline float gn_sigmoid(float z) { return 1.0f / (1.0f + dl_expf(-z)); }
 
 /* Forward pass 1: per-channel sum and sum of squares of one row block. */
-DL_SIMD_CLONES static void gn_fwd_stats(void *arg, int64_t i0, int64_t i1, int tid)
+DL_SIMD_RANGE(gn_fwd_stats, arg, i0, i1, tid)
 {
     const gn_job *j = arg;
     const int64_t C = j->s.C, HW = j->s.HW;
@@ -65,7 +58,7 @@ DL_SIMD_CLONES static void gn_fwd_stats(void *arg, int64_t i0, int64_t i1, int t
 }
 
 /* Forward pass 2: y = [silu](x * ca + cb). */
-DL_SIMD_CLONES static void gn_fwd_apply(void *arg, int64_t i0, int64_t i1, int tid)
+DL_SIMD_RANGE(gn_fwd_apply, arg, i0, i1, tid)
 {
     const gn_job *j = arg;
     const int64_t C = j->s.C, HW = j->s.HW;
@@ -109,7 +102,7 @@ void dl_cpu_groupnorm_forward(const dl_ctx *ctx, dl_groupnorm_shape s, const flo
     gn_job j = {.s = s, .nblk = nblk, .x = x, .gamma = gamma, .beta = beta, .y = y,
                 .part = part, .ca = coef, .cb = coef + N * C};
     dl_pool *pool = ctx ? ctx->pool : NULL;
-    dl_parallel_for(pool, N * nblk, 1, gn_fwd_stats, &j);
+    dl_parallel_for(pool, N * nblk, 1, DL_SIMD_PICK(gn_fwd_stats), &j);
 
     const double cnt = (double)s.HW * (double)Cg;
     for (int64_t n = 0; n < N; n++)
@@ -130,14 +123,14 @@ void dl_cpu_groupnorm_forward(const dl_ctx *ctx, dl_groupnorm_shape s, const flo
                 coef[N * C + n * C + c] = (float)((beta ? beta[c] : 0.0f) - mu * a);
             }
         }
-    dl_parallel_for(pool, N * nblk, 1, gn_fwd_apply, &j);
+    dl_parallel_for(pool, N * nblk, 1, DL_SIMD_PICK(gn_fwd_apply), &j);
     dl_ws_release(ctx, part);
     dl_ws_release(ctx, coef);
 }
 
 /* Backward pass 1: per-channel partial sums of dz and dz * xhat over one row block, where
  * dz = dy (or dy * silu'(z) with z recomputed) and xhat = (x - mean) * rstd. */
-DL_SIMD_CLONES static void gn_bwd_stats(void *arg, int64_t i0, int64_t i1, int tid)
+DL_SIMD_RANGE(gn_bwd_stats, arg, i0, i1, tid)
 {
     const gn_job *j = arg;
     const int64_t C = j->s.C, HW = j->s.HW;
@@ -179,7 +172,7 @@ DL_SIMD_CLONES static void gn_bwd_stats(void *arg, int64_t i0, int64_t i1, int t
 
 /* Backward pass 2: dx = rstd * (dz * gamma - k1 - xhat * k2) = dz * ca - k1' - (x - mean) * k2'
  * with k1' = rstd * k1 and k2' = rstd^2 * k2 precomputed per channel. */
-DL_SIMD_CLONES static void gn_bwd_dx(void *arg, int64_t i0, int64_t i1, int tid)
+DL_SIMD_RANGE(gn_bwd_dx, arg, i0, i1, tid)
 {
     const gn_job *j = arg;
     const int64_t C = j->s.C, HW = j->s.HW;
@@ -243,7 +236,7 @@ void dl_cpu_groupnorm_backward(const dl_ctx *ctx, dl_groupnorm_shape s, const fl
     const int64_t nel = N * (int64_t)s.HW * C;
     if (s.silu && dx && (dx + nel <= x || x + nel <= dx)) j.dz = dx;
     dl_pool *pool = ctx ? ctx->pool : NULL;
-    dl_parallel_for(pool, N * nblk, 1, gn_bwd_stats, &j);
+    dl_parallel_for(pool, N * nblk, 1, DL_SIMD_PICK(gn_bwd_stats), &j);
 
     /* per-channel totals per sample, reused in place in the first block's slot */
     for (int64_t n = 0; n < N; n++) {
@@ -280,7 +273,7 @@ void dl_cpu_groupnorm_backward(const dl_ctx *ctx, dl_groupnorm_shape s, const fl
                     k2[n * C + c] = (float)(rs * rs * m2 / cnt);
                 }
             }
-        dl_parallel_for(pool, N * nblk, 1, gn_bwd_dx, &j);
+        dl_parallel_for(pool, N * nblk, 1, DL_SIMD_PICK(gn_bwd_dx), &j);
     }
     dl_ws_release(ctx, part);
     dl_ws_release(ctx, coef);

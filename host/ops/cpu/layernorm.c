@@ -2,19 +2,12 @@
 #include "layernorm.h"
 
 #include "core/error.h"
+#include "simd.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* Hot loops are compiled twice, for x86-64-v4 (AVX-512, 16 lanes) and the build's baseline,
- * and the loader picks the clone the CPU supports (GCC target_clones, an ifunc). Both clones
- * evaluate the same expressions in the same order: the results are the same bits. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__ELF__)
-#define DL_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v4", "default")))
-#else
-#define DL_SIMD_CLONES
-#endif
 
 /* Lane-wise partial sums (16 independent lanes) so GCC vectorises without -ffast-math. */
 #define LN_LANES 16
@@ -44,7 +37,7 @@ __attribute__((always_inline)) static inline double lane_sum(const float *v, int
     return s;
 }
 
-DL_SIMD_CLONES static void ln_fwd_rows(void *arg, int64_t m0, int64_t m1, int tid)
+DL_SIMD_RANGE(ln_fwd_rows, arg, m0, m1, tid)
 {
     const ln_job *j = arg;
     const int64_t C = j->C;
@@ -81,11 +74,11 @@ void dl_cpu_layernorm_forward(const dl_ctx *ctx, int64_t M, int64_t C, float eps
     DL_ASSERT(M >= 0 && C > 0 && eps >= 0.0f && x && y);
     ln_job j = {.C = C, .eps = eps, .x = x, .gamma = gamma, .beta = beta, .y = y,
                 .mean = mean, .rstd = rstd, .M = M};
-    dl_parallel_for(ctx ? ctx->pool : NULL, M, (8192 + C - 1) / C, ln_fwd_rows, &j);
+    dl_parallel_for(ctx ? ctx->pool : NULL, M, (8192 + C - 1) / C, DL_SIMD_PICK(ln_fwd_rows), &j);
 }
 
 /* One block of rows: dx, and the block's partial dgamma/dbeta sums. */
-DL_SIMD_CLONES static void ln_bwd_blocks(void *arg, int64_t b0, int64_t b1, int tid)
+DL_SIMD_RANGE(ln_bwd_blocks, arg, b0, b1, tid)
 {
     const ln_job *j = arg;
     const int64_t C = j->C;
@@ -142,7 +135,7 @@ void dl_cpu_layernorm_backward(const dl_ctx *ctx, int64_t M, int64_t C, const fl
         part = dl_ws_shared(ctx, DL_WS_LN_PART, (size_t)nblk * 2 * (size_t)C * sizeof *part); // [nblk, 2, C]
     ln_job j = {.C = C, .x = x, .gamma = gamma, .mean_in = mean, .rstd_in = rstd, .dy = dy,
                 .dx = dx, .part = part, .M = M};
-    dl_parallel_for(ctx ? ctx->pool : NULL, nblk, 1, ln_bwd_blocks, &j);
+    dl_parallel_for(ctx ? ctx->pool : NULL, nblk, 1, DL_SIMD_PICK(ln_bwd_blocks), &j);
     if (dgamma || dbeta) {
         for (int64_t c = 0; c < C; c++) {
             double sg = 0, sb = 0;
