@@ -7,6 +7,7 @@
  * train_diffusers/{unet_te,conv}.safetensors and the dataset train_diffusers/data). */
 #include "testutil.h"
 #include "core/arena.h"
+#include "core/cpu_isa.h"
 #include "core/error.h"
 #include "io/safetensors.h"
 #include "lora/lora_io.h"
@@ -27,7 +28,11 @@
 TestSuite(train_diffusers, .init = tu_tmpdir_init, .fini = tu_tmpdir_fini);
 
 #define TOL_DIFFUSERS 1e-4 /* fp32 danlu vs diffusers in float64, relative L2 */
-#define TOL_RETRAIN 1e-4   /* a re-run of the trainer vs the committed file (summation order) */
+/* A re-run of the trainer vs the committed files, which another CPU path may have written:
+ * the bounds are set from the spread measured between the AVX-512, AVX2 and portable paths
+ * (see compare_effects and docs/testing.md). */
+#define TOL_RETRAIN_EFFECT 1e-4  /* measured: 4.6e-6 (UNet), 2.9e-6 (text encoder), AVX2 vs AVX-512 */
+#define TOL_RETRAIN_WEIGHTS 1e-2 /* measured: 6.0e-4 (conv run), AVX2 vs AVX-512 */
 
 static const char *const RUNS[] = {"unet_te", "conv"};
 
@@ -61,7 +66,7 @@ static void inputs_free(inputs *in)
 static void expect_outputs(tu_te_unet *m, const inputs *in, const dl_st_file *g, const char *o, double *eu, double *et)
 {
     dl_arena s;
-    size_t sb = dl_unet_scratch_bytes(&m->u, N, H, W, T), cb = dl_clip_scratch_bytes(&m->te.cfg, N, T);
+    size_t sb = dl_unet_scratch_bytes(&m->u, N, H, W, T), cb = dl_clip_scratch_bytes(&m->te, N, T);
     cr_assert_eq(dl_arena_init(&s, "scratch", sb > cb ? sb : cb), DL_OK);
     const size_t nu = (size_t)N * H * W * 4, nt = (size_t)N * T * CTX;
     cr_assert_eq(m->te.cfg.hidden_size, CTX);
@@ -144,34 +149,97 @@ static char *expand(const char *a, const char *model, const char *data, const ch
     return s;
 }
 
-/* Largest per-tensor relative L2 between the tensors of a and b (same names and shapes). */
-static double compare_files(const char *a, const char *b)
+/* UNet [N, H, W, 4] and text-encoder [N, T, CTX] outputs of m with the LoRA file at path attached
+ * (none when path is NULL), into u and t. */
+static void outputs_with(tu_te_unet *m, const inputs *in, const char *path, float *u, float *t)
+{
+    dl_lora_net net;
+    dl_lora_report rep;
+    if (path) {
+        cr_assert_eq(dl_lora_load(path, &m->ck.cfg, 1.0f, &net, &rep), DL_OK, "%s", dl_error_msg());
+        cr_assert_eq(rep.n_unmatched, 0, "%s: %d keys matched nothing", path, rep.n_unmatched);
+        cr_assert_eq(dl_lora_net_attach(&net, &m->u, &m->te), DL_OK, "%s", dl_error_msg());
+    }
+    dl_arena s;
+    size_t sb = dl_unet_scratch_bytes(&m->u, N, H, W, T), cb = dl_clip_scratch_bytes(&m->te, N, T);
+    cr_assert_eq(dl_arena_init(&s, "scratch", sb > cb ? sb : cb), DL_OK);
+    dl_unet_forward(tu_ctx(), &m->u, N, H, W, in->x, in->t, in->c, T, u, &s);
+    dl_clip_forward(tu_ctx(), &m->te, N, T, in->ids, m->te.cfg.num_layers, 1, t, &s);
+    dl_arena_free(&s);
+    if (path) {
+        dl_lora_net_detach(&net, &m->u, &m->te);
+        dl_lora_net_free(&net);
+    }
+}
+
+/* ||a - b|| / ||ref - base||: a difference measured against the size of the LoRA's effect. */
+static double rel_to_effect(const float *a, const float *b, const float *ref, const float *base, size_t n)
+{
+    double d = 0, e = 0;
+    for (size_t i = 0; i < n; i++) {
+        d += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
+        e += ((double)ref[i] - base[i]) * ((double)ref[i] - base[i]);
+    }
+    return e > 0 ? sqrt(d / e) : (d > 0 ? INFINITY : 0);
+}
+
+/* The retrained LoRA (file a) against the committed one (file b), by what they do: the UNet and
+ * text-encoder outputs with each attached, the difference relative to the committed LoRA's
+ * effect on those outputs. Per-tensor weight comparisons are ill conditioned here: AdamW's first
+ * steps move each weight by about the learning rate whatever the size of its gradient, so a
+ * near-zero gradient whose sign depends on summation order (the AVX-512, AVX2 and portable
+ * GEMMs differ) decides a weight's value, while its effect on the outputs stays small. */
+static void compare_effects(tu_te_unet *m, const inputs *in, const char *a, const char *b, double tol,
+                            double *eu, double *et)
+{
+    const size_t nu = (size_t)N * H * W * 4, nt = (size_t)N * T * CTX;
+    float *u0 = tu_alloc_nan(nu), *t0 = tu_alloc_nan(nt), *ua = tu_alloc_nan(nu), *ta = tu_alloc_nan(nt);
+    float *ub = tu_alloc_nan(nu), *tb = tu_alloc_nan(nt);
+    outputs_with(m, in, NULL, u0, t0);
+    outputs_with(m, in, a, ua, ta);
+    outputs_with(m, in, b, ub, tb);
+    *eu = rel_to_effect(ua, ub, ub, u0, nu);
+    *et = rel_to_effect(ta, tb, tb, t0, nt);
+    double su = tu_rel_l2(ub, u0, nu), st = tu_rel_l2(tb, t0, nt);
+    cr_expect(su > 1e-3, "%s: the committed LoRA barely changes the UNet output (%.2e): nothing is compared", b, su);
+    cr_expect(*eu <= tol, "%s vs %s: UNet outputs differ by %.2e of the LoRA's effect (bound %.1e)", a, b, *eu, tol);
+    if (st > 0) /* a UNet-only LoRA leaves the text encoder as it is */
+        cr_expect(*et <= tol, "%s vs %s: text-encoder outputs differ by %.2e of the LoRA's effect (bound %.1e)", a, b,
+                  *et, tol);
+    else cr_expect(*et == 0, "%s: no text-encoder LoRA, yet the retrained one changes its output", a);
+    free(u0); free(t0); free(ua); free(ta); free(ub); free(tb);
+}
+
+/* Tensor names and shapes of a and b agree; the relative L2 of the concatenated tensors (the
+ * well-conditioned aggregate; single near-zero tensors are not) goes to *agg. */
+static void compare_files(const char *a, const char *b, double *agg)
 {
     dl_st_file fa, fb;
     cr_assert_eq(dl_st_open(&fa, a), DL_OK, "%s", dl_error_msg());
     cr_assert_eq(dl_st_open(&fb, b), DL_OK, "%s", dl_error_msg());
     cr_assert_eq(fa.n_tensors, fb.n_tensors, "%s has %d tensors, %s %d", a, fa.n_tensors, b, fb.n_tensors);
-    double worst = 0;
+    double d = 0, r = 0;
     for (int i = 0; i < fa.n_tensors; i++) {
         const dl_st_tensor *ta = &fa.tensors[i], *tb = dl_st_find(&fb, ta->name);
         cr_assert_not_null(tb, "%s: no %s", b, ta->name);
         int64_t n = dl_st_numel(ta);
         cr_assert(tb->ndim == ta->ndim && dl_st_numel(tb) == n, "%s: shape differs", ta->name);
+        for (int k = 0; k < ta->ndim; k++) cr_assert_eq(ta->shape[k], tb->shape[k], "%s: shape differs", ta->name);
         float *x = malloc((size_t)(n > 0 ? n : 1) * sizeof *x), *y = malloc((size_t)(n > 0 ? n : 1) * sizeof *y);
         cr_assert(x && y);
         cr_assert_eq(dl_st_read_f32(&fa, ta, x), DL_OK);
         cr_assert_eq(dl_st_read_f32(&fb, tb, y), DL_OK);
-        double e = tu_rel_l2(x, y, (size_t)n);
-        if (e > worst) worst = e;
-        char lab[300];
-        snprintf(lab, sizeof lab, "retrained vs committed %s", ta->name);
-        tu_expect_close(x, y, (size_t)n, TOL_RETRAIN, lab);
+        for (int64_t k = 0; k < n; k++) {
+            cr_assert(isfinite(x[k]), "%s: %s[%lld] is not finite", a, ta->name, (long long)k);
+            d += ((double)x[k] - y[k]) * ((double)x[k] - y[k]);
+            r += (double)y[k] * y[k];
+        }
         free(x);
         free(y);
     }
+    *agg = r > 0 ? sqrt(d / r) : sqrt(d);
     dl_st_close(&fa);
     dl_st_close(&fb);
-    return worst;
 }
 
 /* dl_train_run with the generator's flags writes what is committed: ties the golden files to
@@ -180,6 +248,10 @@ Test(train_diffusers, trainer_reproduces_committed_outputs, .timeout = 300)
 {
     dl_st_file g;
     tu_golden_open(&g, "train_diffusers");
+    tu_te_unet m;
+    tu_te_unet_open(&m, "tests/golden/tiny_pipe");
+    inputs in;
+    inputs_load(&in, &g);
     char model[1024], data[1024], out[1024];
     snprintf(model, sizeof model, "%s", tu_path("tests/golden/tiny_pipe"));
     snprintf(data, sizeof data, "%s", tu_path("tests/golden/train_diffusers/data"));
@@ -208,9 +280,14 @@ Test(train_diffusers, trainer_reproduces_committed_outputs, .timeout = 300)
         cr_assert_eq(dl_train_run(&c, &o, &res), DL_OK, "%s", dl_error_msg());
         char ref[1024];
         snprintf(ref, sizeof ref, "%s", committed(RUNS[r]));
-        double worst = compare_files(res.output_path, ref);
-        cr_log_info("%s: %d steps retrained in process; worst tensor rel L2 vs the committed file %.2e", RUNS[r],
-                    res.steps_done, worst);
+        double agg, eu, et;
+        compare_files(res.output_path, ref, &agg);
+        cr_expect(agg <= TOL_RETRAIN_WEIGHTS, "%s: retrained LoRA tensors differ from %s by %.2e (bound %.1e)",
+                  res.output_path, ref, agg, TOL_RETRAIN_WEIGHTS);
+        compare_effects(&m, &in, res.output_path, ref, TOL_RETRAIN_EFFECT, &eu, &et);
+        cr_log_info("%s [%s]: %d steps retrained in process; vs the committed file: all tensors rel L2 %.2e, "
+                    "UNet output %.2e and text encoder %.2e of the LoRA's effect",
+                    RUNS[r], dl_isa_name(dl_cpu_isa()), res.steps_done, agg, eu, et);
         dl_st_file f;
         cr_assert_eq(dl_st_open(&f, res.output_path), DL_OK, "%s", dl_error_msg());
         cr_expect_not_null(dl_st_meta(&f, "sshs_model_hash"), "%s: no sshs_model_hash", res.output_path);
@@ -221,5 +298,7 @@ Test(train_diffusers, trainer_reproduces_committed_outputs, .timeout = 300)
         for (int i = 0; i < argc; i++) free(argv[i]);
         cJSON_Delete(args);
     }
+    inputs_free(&in);
+    tu_te_unet_close(&m);
     dl_st_close(&g);
 }
