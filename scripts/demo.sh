@@ -3,7 +3,8 @@
 # weights: a small SD-architecture model of our own (examples/demo/model: random weights, tiny
 # tokenizer) and an example dataset (examples/demo/data: eight 64x64 images with captions).
 # Trains a LoRA with `danlu train`, then samples with and without it (`danlu sample`) and draws
-# a LoRA-weight grid (`danlu grid`). Outputs go to demo-out/ (or $1). Takes well under a minute
+# a LoRA-weight grid (`danlu grid`). Outputs go to demo-out/ (or $1). On a bare machine it
+# first installs the Debian packages the build needs (scripts/deps.sh) and builds. Takes well under a minute
 # on two cores once built. The pictures are not art: the base model's weights are random; the
 # point is that every stage runs and what it writes.
 set -euo pipefail
@@ -11,8 +12,11 @@ cd "$(dirname "$0")/.."
 out=${1:-demo-out}
 danlu=${DANLU:-build/release/danlu}
 if [ ! -x "$danlu" ]; then
+  mkdir -p build
+  bash scripts/deps.sh   # the build's Debian packages, the same list scripts/test.sh uses
   echo "==== building $danlu (cmake, CPU backend is enough)"
-  cmake -S . -B build/release -DCMAKE_BUILD_TYPE=Release >/dev/null
+  cmake -S . -B build/release -DCMAKE_BUILD_TYPE=Release >build/demo.configure.log 2>&1 ||
+    { cat build/demo.configure.log; exit 1; }
   cmake --build build/release -j"$(nproc)" --target danlu
 fi
 rm -rf "$out"

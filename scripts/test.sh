@@ -17,19 +17,8 @@ fuzz_seconds=${DANLU_FUZZ_SECONDS:-60}
 
 step() { printf '\n==== %s\n' "$*"; }
 
-# ---- 1. dependencies -------------------------------------------------------------------
-packages=(cmake make gcc g++ pkg-config libcriterion-dev libstb-dev libcjson-dev zlib1g-dev
-          libwebp-dev clang libclang-rt-14-dev)
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-  step "installing ${missing[*]}"
-  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
-fi
+# ---- 1. dependencies (the one list, shared with scripts/demo.sh) -------------------------
+bash scripts/deps.sh --test
 
 mkdir -p build
 cuda_flag=()
@@ -42,8 +31,20 @@ cmake -S . -B build/release -DCMAKE_BUILD_TYPE=Release "${cuda_flag[@]}" >build/
 grep -E "danlu: CUDA backend" build/release.configure.log || true
 cmake --build build/release -j"$jobs"
 
-step "tests (release)"
+step "tests (release, the widest CPU path this machine has)"
 build/release/tests/danlu_tests --jobs "$test_jobs"
+
+# Every CPU path must pass the same tests: where this CPU has a wider path than AVX2, run the
+# suite again on the AVX2 path that AVX2-only machines take (DANLU_CPU_ISA caps the choice),
+# so that a test holding only on one path fails here rather than in CI on another machine.
+if grep -qw avx512f /proc/cpuinfo && grep -qw avx512vl /proc/cpuinfo && grep -qw avx512bw /proc/cpuinfo &&
+   grep -qw avx512dq /proc/cpuinfo; then
+  step "tests (release, AVX2 path forced: DANLU_CPU_ISA=avx2)"
+  DANLU_CPU_ISA=avx2 build/release/tests/danlu_tests --jobs "$test_jobs"
+else
+  step "tests (release, portable path forced: DANLU_CPU_ISA=generic)"
+  DANLU_CPU_ISA=generic build/release/tests/danlu_tests --jobs "$test_jobs"
+fi
 
 # a plain program with a counting malloc (not built with DANLU_SANITIZE: ASan owns malloc)
 step "steady-state training step allocates nothing (release)"
