@@ -1,5 +1,6 @@
 /* test_tokenizer.c - CLIP tokenizer against transformers' CLIPTokenizer (tests/golden/tokenizer.json),
- * loaded from CLIP's .txt.gz and from vocab.json + merges.txt folders; bad-input errors. */
+ * loaded from CLIP's .txt.gz and from vocab.json + merges.txt folders; SD 2.x's pad "!" against
+ * transformers and open_clip (tests/golden/tokenizer_sd2.json); bad-input errors. */
 #include "core/error.h"
 #include "model/tokenizer.h"
 #include "testutil.h"
@@ -24,9 +25,9 @@ static void write_text(const char *path, const char *text, size_t len)
     cr_assert_eq(fclose(f), 0);
 }
 
-static cJSON *golden(void)
+static cJSON *golden_file(const char *rel)
 {
-    const char *path = tu_path("tests/golden/tokenizer.json");
+    const char *path = tu_path(rel);
     FILE *f = fopen(path, "rb");
     cr_assert_not_null(f, "cannot open %s", path);
     fseek(f, 0, SEEK_END);
@@ -41,6 +42,8 @@ static cJSON *golden(void)
     cr_assert_not_null(root, "%s: bad JSON", path);
     return root;
 }
+
+static cJSON *golden(void) { return golden_file("tests/golden/tokenizer.json"); }
 
 static dl_tokenizer *load_or_fail(const char *path)
 {
@@ -122,7 +125,7 @@ Test(tokenizer, gz_matches_transformers)
     cr_assert_str_eq(dl_tokenizer_token(t, 320), "a</w>");
     cr_assert_eq(dl_tokenizer_id(t, "cat</w>"), 2368);
     check_cases(t, root, 0, 0);
-    /* SD2's tokenizer: pad "!" (id 0), which also becomes a special token in the text */
+    /* SD2's tokenizer: pad "!" (id 0), which only pads ("!" in the text stays ordinary text) */
     cr_assert_eq(dl_tokenizer_set_pad(t, "!"), DL_OK);
     cr_assert_eq(dl_tokenizer_pad(t), 0);
     check_cases(t, root, 1, 0);
@@ -317,6 +320,126 @@ Test(tokenizer, concurrent_encode)
     for (int i = 0; i < 2; i++) cr_assert_eq(pthread_create(&th[i], NULL, encode_all, &a[i]), 0);
     for (int i = 0; i < 2; i++) pthread_join(th[i], NULL);
     cr_assert_eq(a[0].bad + a[1].bad, 0, "%d prompts differ", a[0].bad + a[1].bad);
+    dl_tokenizer_free(t);
+    cJSON_Delete(root);
+}
+
+/* ---- SD 2.x: the pad token "!" only pads (tests/golden/tokenizer_sd2.json) ---- */
+
+static const int32_t red_hair[] = {736, 2225, 748};   /* "red hair!!": "!!</w>" is one token */
+
+/* Every "!" prompt of tokenizer_sd2.json: danlu's raw ids, 77-id encoding (BOS, ids, EOS, pad 0)
+ * and sd-scripts' 3 windows equal transformers' (pad assigned, not an added token); raw ids and
+ * the 77 ids equal open_clip's too, except on the prompts the generator marks "differs" (open_clip
+ * cleans text with ftfy / html.unescape and has its own special literals; danlu follows
+ * transformers there). Returns the number of prompts compared with open_clip. */
+static int check_sd2_cases(const dl_tokenizer *t, const cJSON *root)
+{
+    cr_assert_eq(dl_tokenizer_pad(t), 0);
+    cr_assert_eq(dl_tokenizer_bos(t), 49406);
+    cr_assert_eq(dl_tokenizer_eos(t), 49407);
+    const cJSON *cases = cJSON_GetObjectItem(root, "cases");
+    cr_assert(cJSON_GetArraySize(cases) >= 60);
+    int n_open_clip = 0, n_differ = 0;
+    for (const cJSON *c = cases->child; c; c = c->next) {
+        const char *p = cJSON_GetObjectItem(c, "prompt")->valuestring;
+        int differs = cJSON_GetObjectItem(c, "differs") != NULL;
+        int32_t *ids = NULL;
+        int n = -1;
+        if (dl_tokenizer_encode(t, p, &ids, &n) != DL_OK)
+            cr_assert_fail("encode \"%s\": %s", p, dl_error_msg());
+        expect_ids(ids, n, cJSON_GetObjectItem(c, "hf_ids"), p, "transformers ids");
+        if (!differs) expect_ids(ids, n, cJSON_GetObjectItem(c, "open_clip_ids"), p, "open_clip ids");
+        free(ids);
+        int eos_at = 1 + (n < DL_TOK_WINDOW ? n : DL_TOK_WINDOW);
+        int32_t padded[DL_TOK_CONTEXT], win[3 * DL_TOK_CONTEXT];
+        cr_assert_eq(dl_tokenizer_encode_padded(t, p, padded), DL_OK);
+        expect_ids(padded, DL_TOK_CONTEXT, cJSON_GetObjectItem(c, "hf_padded"), p,
+                   "transformers padded");
+        if (!differs)
+            expect_ids(padded, DL_TOK_CONTEXT, cJSON_GetObjectItem(c, "open_clip_padded"), p,
+                       "open_clip padded");
+        /* the padding itself: EOS after the (truncated) ids, then only pad ids (0) */
+        cr_assert_eq(padded[eos_at], 49407, "padded \"%s\": no EOS at %d", p, eos_at);
+        for (int i = eos_at + 1; i < DL_TOK_CONTEXT; i++)
+            cr_assert_eq(padded[i], 0, "padded \"%s\": id[%d] = %d after EOS, want pad 0", p, i,
+                         (int)padded[i]);
+        cr_assert_eq(dl_tokenizer_encode_windows(t, p, 3, win), DL_OK);
+        const cJSON *w = cJSON_GetObjectItem(c, "hf_win3");
+        cr_assert_eq(cJSON_GetArraySize(w), 3);
+        for (int k = 0; k < 3; k++)
+            expect_ids(win + k * DL_TOK_CONTEXT, DL_TOK_CONTEXT, cJSON_GetArrayItem(w, k), p,
+                       k == 0 ? "window 0" : k == 1 ? "window 1" : "window 2");
+        n_open_clip += !differs;
+        n_differ += differs;
+    }
+    cr_assert(n_differ > 0 && n_open_clip >= 60, "%d / %d", n_open_clip, n_differ);
+    return n_open_clip;
+}
+
+/* The prompt, spelled out: "red hair!!" -> 736 2225 748, padded with 0 after EOS. */
+static void check_red_hair(const dl_tokenizer *t)
+{
+    int32_t *ids = NULL;
+    int n = -1;
+    cr_assert_eq(dl_tokenizer_encode(t, "red hair!!", &ids, &n), DL_OK);
+    cr_assert_eq(n, 3);
+    cr_assert(memcmp(ids, red_hair, sizeof red_hair) == 0, "red hair!! -> %d %d %d", (int)ids[0],
+              (int)ids[1], (int)ids[2]);
+    free(ids);
+    int32_t padded[DL_TOK_CONTEXT];
+    cr_assert_eq(dl_tokenizer_encode_padded(t, "red hair!!", padded), DL_OK);
+    cr_assert_eq(padded[0], 49406);
+    cr_assert(memcmp(padded + 1, red_hair, sizeof red_hair) == 0);
+    cr_assert_eq(padded[4], 49407);
+    for (int i = 5; i < DL_TOK_CONTEXT; i++) cr_assert_eq(padded[i], 0);
+}
+
+/* CLIP's .gz with the pad set to "!" by dl_tokenizer_set_pad. */
+Test(tokenizer, sd2_pad_only_pads_gz)
+{
+    cJSON *root = golden_file("tests/golden/tokenizer_sd2.json");
+    dl_tokenizer *t = load_or_fail(tu_shared_path(BPE_GZ));
+    cr_assert_eq(dl_tokenizer_set_pad(t, "!"), DL_OK);
+    check_red_hair(t);
+    check_sd2_cases(t, root);
+    dl_tokenizer_free(t);
+    cJSON_Delete(root);
+}
+
+/* An SD 2.x tokenizer folder (the generator's tokenizer_config.json + special_tokens_map.json,
+ * pad "!", beside our vocab.json + merges.txt): the pad comes from the folder, and neither "!"
+ * nor the unk token is cut out of the text; `danlu tokenize` prints the single "!!" token. */
+Test(tokenizer, sd2_pad_only_pads_folder, .init = tu_tmpdir_init, .fini = tu_tmpdir_fini)
+{
+    cJSON *root = golden_file("tests/golden/tokenizer_sd2.json");
+    dl_tokenizer *gz = load_or_fail(tu_shared_path(BPE_GZ));
+    if (dl_tokenizer_save(gz, tu_tmpdir()) != DL_OK) cr_assert_fail("save: %s", dl_error_msg());
+    dl_tokenizer_free(gz);
+    const cJSON *folder = cJSON_GetObjectItem(root, "folder");
+    cr_assert_not_null(folder);
+    for (const cJSON *e = folder->child; e; e = e->next) {
+        char *json = cJSON_PrintUnformatted(e);
+        write_text(tu_tmp(e->string), json, strlen(json));
+        free(json);
+    }
+    dl_tokenizer *t = load_or_fail(tu_tmpdir());
+    check_red_hair(t);
+    check_sd2_cases(t, root);
+    char *out = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&out, &len);
+    cr_assert_eq(dl_tokenizer_print(t, "red hair!!", 1, f), DL_OK);
+    fclose(f);
+    const char *want = "tokens 3: 736 2225 748\nwindow 0: 49406 736 2225 748 49407 0 0 ";
+    cr_assert(strncmp(out, want, strlen(want)) == 0, "got: %s", out);
+    free(out);
+    dl_tokenizer_free(t);
+    /* unk set to "!" too: still only a stand-in for unknown bytes, never cut out of the text */
+    const char *map = "{\"pad_token\": \"!\", \"unk_token\": {\"content\": \"!\"}}";
+    write_text(tu_tmp("special_tokens_map.json"), map, strlen(map));
+    t = load_or_fail(tu_tmpdir());
+    check_red_hair(t);
     dl_tokenizer_free(t);
     cJSON_Delete(root);
 }

@@ -83,7 +83,7 @@ struct dl_tokenizer {
     int32_t byte_end_id[256];  /* id of byte b's symbol + "</w>" */
     int32_t bos, eos, unk, pad;
     int n_special;
-    int32_t special[MAX_SPECIAL];   /* ids cut out of raw text as exact matches */
+    int32_t special[MAX_SPECIAL];   /* ids cut out of raw text as exact matches (bos, eos) */
     pthread_mutex_t cache_mu;
     cache_entry *cache;        /* [CACHE_SLOTS] */
     int cache_used;
@@ -300,12 +300,13 @@ static void add_special(dl_tokenizer *t, int32_t id)
     if (t->n_special < MAX_SPECIAL) t->special[t->n_special++] = id;
 }
 
+/* The pad token only pads: SD2's "!" is an ordinary vocabulary entry, so "!!" in a prompt stays
+ * one BPE token (open_clip, which A1111 and ComfyUI use for SD2, never splits it out). */
 int dl_tokenizer_set_pad(dl_tokenizer *tok, const char *token)
 {
     int32_t id = dl_tokenizer_id(tok, token);
     if (id < 0) return dl_error_set("pad token \"%s\" is not in the vocabulary", token);
     tok->pad = id;
-    add_special(tok, id);
     return DL_OK;
 }
 
@@ -592,7 +593,8 @@ static const char *special_content(const cJSON *root, const char *key)
     return NULL;
 }
 
-/* Apply bos/eos/unk/pad from a tokenizer config file if it exists. */
+/* Apply bos/eos/unk/pad from a tokenizer config file if it exists (bos and eos also become
+ * special tokens of the text). */
 static int apply_special_config(dl_tokenizer *t, const char *path)
 {
     if (!is_file(path)) return DL_OK;
@@ -617,7 +619,9 @@ static int apply_special_config(dl_tokenizer *t, const char *path)
             break;
         }
         *dst[k] = id;
-        add_special(t, id);
+        /* only bos / eos (<|startoftext|>, <|endoftext|>) are cut out of prompt text; the
+         * unk and pad tokens (SD2's "!") only stand in for unknown bytes and fill padding */
+        if (k < 2) add_special(t, id);
     }
     cJSON_Delete(root);
     return rc;

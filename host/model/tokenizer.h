@@ -2,8 +2,13 @@
  * (the `tokenizers`-backed one that diffusers pipelines and sd-scripts call) encodes prompts.
  *
  * Pipeline, in the reference's order:
- *   1. special tokens (<|startoftext|>, <|endoftext|>, and the unk/pad tokens, e.g. SD2's "!")
- *      are cut out of the raw text as exact matches (leftmost-longest) and map to their ids;
+ *   1. the special tokens <|startoftext|> and <|endoftext|> (bos and eos) are cut out of the
+ *      raw text as exact matches (leftmost-longest) and map to their ids. The pad token is not
+ *      special: SD2's pad "!" (id 0) only fills padding, and a "!" in the prompt is ordinary
+ *      text ("red hair!!" ends in the single BPE token "!!</w>"), as open_clip (A1111, ComfyUI)
+ *      and transformers' CLIPTokenizer with pad_token assigned after loading encode it
+ *      (transformers' from_pretrained on an SD2 folder registers "!" as an added special token
+ *      and splits it out, "red hair!!" -> ... 0 0; danlu deliberately does not);
  *   2. every other span is normalized: NFC, each run of whitespace -> one space, per-character
  *      lower case (no final-sigma rule; U+0130 -> "i" + U+0307), with no ftfy / html unescape;
  *   3. pre-tokenized by CLIP's pattern
@@ -70,7 +75,8 @@ int32_t dl_tokenizer_vocab_size(const dl_tokenizer *tok);
 const char *dl_tokenizer_token(const dl_tokenizer *tok, int32_t id);
 /* Id of token string `s`, or -1. */
 int32_t dl_tokenizer_id(const dl_tokenizer *tok, const char *s);
-/* Make `token` (a vocabulary entry) the pad token and a special token. DL_ERR if unknown. */
+/* Make `token` (a vocabulary entry) the pad token (padding only: it is not cut out of prompt
+ * text). DL_ERR if unknown. */
 int dl_tokenizer_set_pad(dl_tokenizer *tok, const char *token);
 
 /* Encode NUL-terminated UTF-8 `text` to raw ids (no BOS/EOS, no truncation): *ids is a new

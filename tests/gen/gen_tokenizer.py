@@ -6,7 +6,9 @@ temp dir) and records, for a corpus of awkward prompts:
   ids      raw ids (add_special_tokens=False)
   padded   tokenizer(p, padding="max_length", max_length=77, truncation=True) (diffusers)
   win3     sd-scripts' 3 windows for max_token_length=225 (get_input_ids), SD1 pad (= EOS)
-and with pad_token="!" (SD2's tokenizer folder) the same `padded`/`win3` as sd2_*.
+and with pad_token="!" (SD2's pad) the same `ids`/`padded`/`win3` as sd2_*. The pad is assigned
+after construction, so "!" only pads and stays ordinary text in prompts, as in open_clip (which
+A1111 and ComfyUI use for SD2); gen_tokenizer_sd2.py has the "!" prompts against both references.
 A tiny hand-made vocabulary (with unknown characters and a merge order where tokenizers' BPE
 differs from a naive "merge every occurrence" loop) is recorded too, for the vocab.json loader.
 
@@ -187,8 +189,10 @@ def main():
     with tempfile.TemporaryDirectory() as d:
         vf, mf = write_tok(d, vocab, merges)
         tok = CLIPTokenizer(vf, mf, model_max_length=77)
-        tok2 = CLIPTokenizer(vf, mf, model_max_length=77, pad_token="!")
+        tok2 = CLIPTokenizer(vf, mf, model_max_length=77)
+        tok2.pad_token = "!"   # padding only: not an added token, so "!" is not split out
         assert tok.pad_token_id == 49407 and tok2.pad_token_id == 0
+        assert tok2("red hair!!", add_special_tokens=False).input_ids == [736, 2225, 748]
         openai = openai_encoder(vocab, merges)
         differ = 0
         for p in prompts:
