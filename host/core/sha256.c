@@ -1,111 +1,77 @@
-/* sha256.c - SHA-256 (FIPS 180-4) of memory and of files: model and LoRA hashes (A1111,
- * sd-scripts' addnet hashes). */
+/* sha256.c - SHA-256 of memory and of files (model and LoRA hashes: A1111, sd-scripts' addnet
+ * hashes), through OpenSSL's libcrypto, which uses the CPU's SHA extensions (SHA-NI) or its
+ * AVX2 code where the CPU has them. */
 #include "core/sha256.h"
 #include "core/error.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-static const uint32_t K[64] = {
-    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
-    0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
-    0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
-    0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
-    0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
-    0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
-    0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
-    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
-};
-
-static uint32_t ror(uint32_t x, int n) { return (x >> n) | (x << (32 - n)); }
-
-static void block(uint32_t h[8], const uint8_t *p)
-{
-    uint32_t w[64];
-    for (int i = 0; i < 16; i++)
-        w[i] = (uint32_t)p[4 * i] << 24 | (uint32_t)p[4 * i + 1] << 16 | (uint32_t)p[4 * i + 2] << 8 | p[4 * i + 3];
-    for (int i = 16; i < 64; i++) {
-        uint32_t s0 = ror(w[i - 15], 7) ^ ror(w[i - 15], 18) ^ (w[i - 15] >> 3);
-        uint32_t s1 = ror(w[i - 2], 17) ^ ror(w[i - 2], 19) ^ (w[i - 2] >> 10);
-        w[i] = w[i - 16] + s0 + w[i - 7] + s1;
-    }
-    uint32_t a = h[0], b = h[1], c = h[2], d = h[3], e = h[4], f = h[5], g = h[6], hh = h[7];
-    for (int i = 0; i < 64; i++) {
-        uint32_t t1 = hh + (ror(e, 6) ^ ror(e, 11) ^ ror(e, 25)) + ((e & f) ^ (~e & g)) + K[i] + w[i];
-        uint32_t t2 = (ror(a, 2) ^ ror(a, 13) ^ ror(a, 22)) + ((a & b) ^ (a & c) ^ (b & c));
-        hh = g, g = f, f = e, e = d + t1, d = c, c = b, b = a, a = t1 + t2;
-    }
-    h[0] += a, h[1] += b, h[2] += c, h[3] += d, h[4] += e, h[5] += f, h[6] += g, h[7] += hh;
-}
+#include <unistd.h>
 
 void dl_sha256_init(dl_sha256 *s)
 {
-    static const uint32_t h0[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
-                                   0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
-    memcpy(s->h, h0, sizeof h0);
-    s->len = 0;
-    s->nbuf = 0;
+    EVP_MD_CTX *c = EVP_MD_CTX_new();
+    DL_ASSERTF(c && EVP_DigestInit_ex(c, EVP_sha256(), NULL) == 1, "SHA-256: libcrypto could not start a digest");
+    s->ctx = c;
 }
 
 void dl_sha256_update(dl_sha256 *s, const void *data, size_t n)
 {
-    const uint8_t *p = data;
-    s->len += n;
-    if (s->nbuf) {
-        size_t k = 64 - s->nbuf < n ? 64 - s->nbuf : n;
-        memcpy(s->buf + s->nbuf, p, k);
-        s->nbuf += k, p += k, n -= k;
-        if (s->nbuf == 64) block(s->h, s->buf), s->nbuf = 0;
-    }
-    for (; n >= 64; p += 64, n -= 64) block(s->h, p);
-    memcpy(s->buf, p, n);
-    s->nbuf += n;
+    if (n) DL_ASSERT(EVP_DigestUpdate((EVP_MD_CTX *)s->ctx, data, n) == 1);
 }
 
 void dl_sha256_final(dl_sha256 *s, uint8_t out[32])
 {
-    uint64_t bits = s->len * 8;
-    uint8_t pad = 0x80;
-    dl_sha256_update(s, &pad, 1);
-    uint8_t z = 0;
-    while (s->nbuf != 56) dl_sha256_update(s, &z, 1);
-    uint8_t L[8];
-    for (int i = 0; i < 8; i++) L[i] = (uint8_t)(bits >> (56 - 8 * i));
-    dl_sha256_update(s, L, 8);
-    for (int i = 0; i < 8; i++)
-        for (int j = 0; j < 4; j++) out[4 * i + j] = (uint8_t)(s->h[i] >> (24 - 8 * j));
+    unsigned int k = 0;
+    DL_ASSERT(EVP_DigestFinal_ex((EVP_MD_CTX *)s->ctx, out, &k) == 1 && k == 32);
+    EVP_MD_CTX_free((EVP_MD_CTX *)s->ctx);
+    s->ctx = NULL;
+}
+
+void dl_sha256_hex(const uint8_t d[32], char hex[65])
+{
+    static const char digits[] = "0123456789abcdef";
+    for (int i = 0; i < 32; i++) {
+        hex[2 * i] = digits[d[i] >> 4];
+        hex[2 * i + 1] = digits[d[i] & 15];
+    }
+    hex[64] = 0;
 }
 
 int dl_sha256_range(const char *path, uint64_t offset, uint64_t len, char hex[65])
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) return dl_error_set("%s: cannot open: %s", path, strerror(errno));
-    if (offset && fseek(f, (long)offset, SEEK_SET) != 0) {
-        fclose(f);
-        return dl_error_set("%s: cannot seek", path);
-    }
-    dl_sha256 s;
-    dl_sha256_init(&s);
-    enum { BUF = 1 << 20 };
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return dl_error_set("%s: cannot open: %s", path, strerror(errno));
+    enum { BUF = 4 << 20 };
     uint8_t *buf = malloc(BUF);
     if (!buf) {
-        fclose(f);
+        close(fd);
         return dl_error_set("out of memory hashing %s", path);
     }
-    size_t k;
-    while (len > 0 && (k = fread(buf, 1, len < BUF ? (size_t)len : BUF, f)) > 0) {
-        dl_sha256_update(&s, buf, k);
-        len -= k;
+    (void)posix_fadvise(fd, (off_t)offset, 0, POSIX_FADV_SEQUENTIAL);
+    dl_sha256 s;
+    dl_sha256_init(&s);
+    uint64_t pos = offset;
+    int err = 0;
+    while (len > 0) {
+        ssize_t k = pread(fd, buf, len < BUF ? (size_t)len : BUF, (off_t)pos);
+        if (k < 0 && errno == EINTR) continue;
+        if (k < 0) { err = errno; break; }
+        if (k == 0) break; /* end of file */
+        dl_sha256_update(&s, buf, (size_t)k);
+        pos += (uint64_t)k;
+        len -= (uint64_t)k;
     }
-    int err = ferror(f);
     free(buf);
-    fclose(f);
-    if (err) return dl_error_set("%s: read error", path);
+    close(fd);
     uint8_t d[32];
     dl_sha256_final(&s, d);
-    for (int i = 0; i < 32; i++) sprintf(hex + 2 * i, "%02x", d[i]);
+    if (err) return dl_error_set("%s: read error: %s", path, strerror(err));
+    dl_sha256_hex(d, hex);
     return DL_OK;
 }
 
