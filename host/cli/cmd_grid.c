@@ -6,6 +6,7 @@
 #include "sample/grid.h"
 #include "sample/prompt.h"
 
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -28,6 +29,41 @@ typedef struct {
     int n_plora[MAX_VALUES];
 } axis;
 
+/* the options of grid itself (the shared ones are in sample_args.c) */
+typedef struct {
+    const char *x, *y, *out;
+    double lora_weight;
+} grid_args;
+
+static void grid_defaults(void *obj)
+{
+    grid_args *g = obj;
+    memset(g, 0, sizeof *g);
+    g->lora_weight = 1.0;
+}
+
+#define GA(f) offsetof(grid_args, f)
+
+static const dl_opt k_grid_opts[] = {
+    {"--x", NULL, DL_OPT_STR, GA(x), "KIND:VALUES", NULL, 0, 0, NULL, NULL, "grid",
+     "the columns: KIND lora, weight, prompt, cfg, steps or sampler, and its values (required)"},
+    {"--y", NULL, DL_OPT_STR, GA(y), "KIND:VALUES", "one row", 0, 0, NULL, NULL, "grid",
+     "the rows, another KIND than --x"},
+    {"--lora-weight", NULL, DL_OPT_DOUBLE, GA(lora_weight), "X", "1", 0, 0, NULL, NULL, "grid",
+     "weight of the lora axis' files"},
+    {"--out", NULL, DL_OPT_STR, GA(out), "PATH", "OUT_DIR/grid-NNNNN-SEED.png", 0, 0, NULL, NULL, "grid",
+     "the grid file"},
+};
+
+int dl_grid_optsets(dl_optset *sets)
+{
+    sets[0] = (dl_optset){k_grid_opts, (int)(sizeof k_grid_opts / sizeof *k_grid_opts), NULL, sizeof(grid_args),
+                          grid_defaults};
+    sets[1] = dl_sa_optset(NULL);
+    sets[2] = (dl_optset){dl_opt_help_table, 1, NULL, 0, NULL};
+    return 3;
+}
+
 static void usage(FILE *f)
 {
     fprintf(f, "usage: danlu grid --model PATH --prompt TEXT --x KIND:VALUES [--y KIND:VALUES] [options]\n"
@@ -38,10 +74,9 @@ static void usage(FILE *f)
                "    weight:0,0.5,0.8,1                      multiplier of the axis LoRA (or, without a\n"
                "                                            lora axis, of every --lora / <lora:> LoRA)\n"
                "    prompt:a cat|a dog                      prompts, separated by '|'\n"
-               "    cfg:3,5,7   steps:10,20   sampler:euler,ddim\n"
-               "  --lora-weight X  weight of the lora axis' files (1)\n"
-               "  --out PATH       the grid file (default OUT_DIR/grid-NNNNN-SEED.png)\n\n");
-    dl_sa_usage(f);
+               "    cfg:3,5,7   steps:10,20   sampler:euler,ddim\n");
+    dl_optset sets[DL_CMD_MAX_OPTSETS];
+    dl_opt_usage(f, sets, dl_grid_optsets(sets));
 }
 
 static void axis_free(axis *a)
@@ -210,34 +245,19 @@ int dl_cmd_grid(int argc, char **argv, FILE *out)
 {
     dl_sample_args a;
     dl_sa_defaults(&a, "grid");
-    const char *xs = NULL, *ys = NULL, *outp = NULL;
-    double lora_weight = 1.0;
+    grid_args ga;
+    grid_defaults(&ga);
+    dl_optset sets[DL_CMD_MAX_OPTSETS];
+    int nsets = dl_grid_optsets(sets);
+    sets[0].obj = &ga;
+    sets[1].obj = &a;
     for (int i = 1; i < argc; i++) {
         const char *o = argv[i];
-        if (!strcmp(o, "-h") || !strcmp(o, "--help")) {
+        int r = dl_opt_parse(sets, nsets, "grid", argc, argv, &i);
+        if (r == DL_OPT_WANTS_HELP) {
             usage(out);
             return 0;
         }
-        if (!strcmp(o, "--x") || !strcmp(o, "--y") || !strcmp(o, "--out") || !strcmp(o, "--lora-weight")) {
-            if (i + 1 >= argc) {
-                fprintf(stderr, "danlu grid: %s needs a value\n", o);
-                return 2;
-            }
-            const char *v = argv[++i];
-            if (!strcmp(o, "--x")) xs = v;
-            else if (!strcmp(o, "--y")) ys = v;
-            else if (!strcmp(o, "--out")) outp = v;
-            else {
-                char *end;
-                lora_weight = strtod(v, &end);
-                if (*end || !v[0]) {
-                    fprintf(stderr, "danlu grid: --lora-weight '%s' is not a number\n", v);
-                    return 2;
-                }
-            }
-            continue;
-        }
-        int r = dl_sa_parse(&a, argc, argv, &i);
         if (r < 0) return 2;
         if (r == 0) {
             fprintf(stderr, "danlu grid: unknown option '%s'\n", o);
@@ -245,6 +265,8 @@ int dl_cmd_grid(int argc, char **argv, FILE *out)
             return 2;
         }
     }
+    const char *xs = ga.x, *ys = ga.y, *outp = ga.out;
+    double lora_weight = ga.lora_weight;
     if (!xs) {
         fprintf(stderr, "danlu grid: --x KIND:VALUES is required\n");
         return 2;

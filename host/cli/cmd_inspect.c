@@ -3,13 +3,38 @@
 #include "core/error.h"
 #include "io/safetensors.h"
 
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+
+typedef struct {
+    int no_meta;
+} inspect_args;
+
+static void inspect_defaults(void *obj)
+{
+    memset(obj, 0, sizeof(inspect_args));
+}
+
+static const dl_opt k_inspect_opts[] = {
+    {"--no-meta", NULL, DL_OPT_FLAG, offsetof(inspect_args, no_meta), NULL, "off", 0, 0, NULL, NULL, "options",
+     "list the tensors only, not the __metadata__"},
+};
+
+int dl_inspect_optsets(dl_optset *sets)
+{
+    sets[0] = (dl_optset){k_inspect_opts, (int)(sizeof k_inspect_opts / sizeof *k_inspect_opts), NULL,
+                          sizeof(inspect_args), inspect_defaults};
+    sets[1] = (dl_optset){dl_opt_help_table, 1, NULL, 0, NULL};
+    return 2;
+}
 
 static void usage(FILE *f)
 {
     fprintf(f, "usage: danlu inspect [--no-meta] FILE.safetensors...\n"
                "  Lists every tensor (name, dtype, shape, bytes) and the __metadata__ of each file.\n");
+    dl_optset sets[DL_CMD_MAX_OPTSETS];
+    dl_opt_usage(f, sets, dl_inspect_optsets(sets));
 }
 
 static int cmp_name(const void *a, const void *b)
@@ -19,10 +44,17 @@ static int cmp_name(const void *a, const void *b)
 
 int dl_cmd_inspect(int argc, char **argv, FILE *out)
 {
-    int show_meta = 1, nfiles = 0, rc = 0;
+    int nfiles = 0, rc = 0;
+    inspect_args ia;
+    inspect_defaults(&ia);
+    dl_optset sets[DL_CMD_MAX_OPTSETS];
+    int nsets = dl_inspect_optsets(sets);
+    sets[0].obj = &ia;
     for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) { usage(out); return 0; }
-        if (strcmp(argv[i], "--no-meta") == 0) { show_meta = 0; continue; }
+        int r = dl_opt_parse(sets, nsets, "inspect", argc, argv, &i);
+        if (r == DL_OPT_WANTS_HELP) { usage(out); return 0; }
+        if (r < 0) return 2;
+        if (r == DL_OPT_CONSUMED) continue;
         if (argv[i][0] == '-') {
             fprintf(stderr, "danlu inspect: unknown option '%s'\n", argv[i]);
             usage(stderr);
@@ -31,6 +63,7 @@ int dl_cmd_inspect(int argc, char **argv, FILE *out)
         nfiles++;
     }
     if (nfiles == 0) { usage(stderr); return 2; }
+    int show_meta = !ia.no_meta;
     for (int i = 1; i < argc; i++) {
         if (argv[i][0] == '-') continue;
         dl_st_file f;

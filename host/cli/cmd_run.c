@@ -9,8 +9,42 @@
 #include "model/unet.h"
 #include "model/vae.h"
 
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+
+typedef struct {
+    const char *model, *component, *inputs, *out;
+    int threads;
+} run_args;
+
+static void run_defaults(void *obj)
+{
+    memset(obj, 0, sizeof(run_args));
+}
+
+#define RA(f) offsetof(run_args, f)
+
+static const dl_opt k_run_opts[] = {
+    {"--model", NULL, DL_OPT_STR, RA(model), "PATH", NULL, 0, 0, NULL, NULL, "options",
+     "checkpoint: a single .safetensors file or a diffusers folder (required)"},
+    {"--component", NULL, DL_OPT_STR, RA(component), "COMPONENT", NULL, 0, 0,
+     "text-encoder|unet|vae-encode|vae-decode", NULL, "options", "the network to run (required)"},
+    {"--inputs", NULL, DL_OPT_STR, RA(inputs), "IN.safetensors", NULL, 0, 0, NULL, NULL, "options",
+     "input tensors, named as above (required)"},
+    {"--out", NULL, DL_OPT_STR, RA(out), "OUT.safetensors", NULL, 0, 0, NULL, NULL, "options",
+     "where the output tensors are written (required)"},
+    {"--threads", NULL, DL_OPT_INT, RA(threads), "N", "0", 0, 1024, NULL, NULL, "options",
+     "CPU threads (0: DANLU_THREADS or every core)"},
+};
+
+int dl_run_optsets(dl_optset *sets)
+{
+    sets[0] = (dl_optset){k_run_opts, (int)(sizeof k_run_opts / sizeof *k_run_opts), NULL, sizeof(run_args),
+                          run_defaults};
+    sets[1] = (dl_optset){dl_opt_help_table, 1, NULL, 0, NULL};
+    return 2;
+}
 
 static void usage(FILE *f)
 {
@@ -27,6 +61,8 @@ static void usage(FILE *f)
             "    vae-encode    image [N, 3, H, W] in [-1, 1], optional noise [N, 4, H/8, W/8]\n"
             "                  -> mean, logvar [N, 4, H/8, W/8] (and latent = mean + std * noise)\n"
             "    vae-decode    latent [N, 4, H/8, W/8] (unscaled) -> image [N, 3, H, W]\n");
+    dl_optset sets[DL_CMD_MAX_OPTSETS];
+    dl_opt_usage(f, sets, dl_run_optsets(sets));
 }
 
 /* A float input as fp32, with its shape checked against the rank wanted. */
@@ -253,25 +289,24 @@ static void report_unused(const dl_checkpoint *ck, dl_part part)
 
 int dl_cmd_run(int argc, char **argv, FILE *out)
 {
-    const char *model = NULL, *component = NULL, *inputs = NULL, *outp = NULL;
-    int threads = 0;
+    run_args ra;
+    run_defaults(&ra);
+    dl_optset sets[DL_CMD_MAX_OPTSETS];
+    int nsets = dl_run_optsets(sets);
+    sets[0].obj = &ra;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(out); return 0; }
-        const char **slot = !strcmp(a, "--model") ? &model : !strcmp(a, "--component") ? &component
-                          : !strcmp(a, "--inputs") ? &inputs : !strcmp(a, "--out") ? &outp : NULL;
-        if ((slot || !strcmp(a, "--threads")) && i + 1 >= argc) {
-            fprintf(stderr, "danlu run: %s needs a value\n", a);
-            return 2;
-        }
-        if (slot) *slot = argv[++i];
-        else if (!strcmp(a, "--threads")) threads = atoi(argv[++i]);
-        else {
+        int r = dl_opt_parse(sets, nsets, "run", argc, argv, &i);
+        if (r == DL_OPT_WANTS_HELP) { usage(out); return 0; }
+        if (r < 0) return 2;
+        if (r == 0) {
             fprintf(stderr, "danlu run: unknown option '%s'\n", a);
             usage(stderr);
             return 2;
         }
     }
+    const char *model = ra.model, *component = ra.component, *inputs = ra.inputs, *outp = ra.out;
+    int threads = ra.threads;
     if (!model || !component || !inputs || !outp) {
         fprintf(stderr, "danlu run: --model, --component, --inputs and --out are required\n");
         usage(stderr);

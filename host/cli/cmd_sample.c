@@ -8,14 +8,20 @@
 #include <string.h>
 #include <sys/stat.h>
 
+int dl_sample_optsets(dl_optset *sets)
+{
+    sets[0] = dl_sa_optset(NULL);
+    sets[1] = (dl_optset){dl_opt_help_table, 1, NULL, 0, NULL};
+    return 2;
+}
+
 static void usage(FILE *f)
 {
     fprintf(f, "usage: danlu sample --model PATH --prompt TEXT [options]\n"
                "  Text-to-image (or image-to-image with --init-image) on the CPU, numerically as diffusers.\n"
-               "  Writes OUT_DIR/NNNNN-SEED.png with A1111's \"parameters\" text chunk.\n\n");
-    dl_sa_usage(f);
-    fprintf(f, "  --batch-size N          images per sampling run (1)\n"
-               "  --batch-count N         runs (1); seeds continue: image i of the whole job has seed + i\n");
+               "  Writes OUT_DIR/NNNNN-SEED.png with A1111's \"parameters\" text chunk.\n");
+    dl_optset sets[DL_CMD_MAX_OPTSETS];
+    dl_opt_usage(f, sets, dl_sample_optsets(sets));
 }
 
 static void progress(void *user, int call, int total)
@@ -38,12 +44,15 @@ int dl_cmd_sample(int argc, char **argv, FILE *out)
 {
     dl_sample_args a;
     dl_sa_defaults(&a, "sample");
+    dl_optset sets[DL_CMD_MAX_OPTSETS];
+    int nsets = dl_sample_optsets(sets);
+    sets[0].obj = &a;
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
+        int r = dl_opt_parse(sets, nsets, "sample", argc, argv, &i);
+        if (r == DL_OPT_WANTS_HELP) {
             usage(out);
             return 0;
         }
-        int r = dl_sa_parse(&a, argc, argv, &i);
         if (r < 0) return 2;
         if (r == 0) {
             fprintf(stderr, "danlu sample: unknown option '%s'\n", argv[i]);

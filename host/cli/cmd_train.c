@@ -8,24 +8,71 @@
 
 #include <string.h>
 
+/* "default: X" / "required" of a key as the help shows it. */
+static void key_tail(const dl_train_key *k, char *buf, size_t cap)
+{
+    if (k->required) snprintf(buf, cap, "required");
+    else if (k->kind == DL_TKEY_BOOL) snprintf(buf, cap, "default: %s", k->def && !strcmp(k->def, "true") ? "on" : "off");
+    else if (k->def) snprintf(buf, cap, "default: %s", k->def);
+    else snprintf(buf, cap, "default: %s", k->optional ? "unset" : "none");
+}
+
+static void key_entry(FILE *f, const dl_train_key *k, int with_tail)
+{
+    char flag[128], tail[128], meaning[512];
+    snprintf(flag, sizeof flag, "--%s%s%s", k->name, k->meta ? " " : "", k->meta ? k->meta : "");
+    key_tail(k, tail, sizeof tail);
+    size_t n = (size_t)snprintf(meaning, sizeof meaning, "%s", k->help);
+    const char *values = k->values;
+    if (values && k->kind == DL_TKEY_LIST) {
+        /* a list's values are the KEYs of its KEY=VALUE elements */
+        n += (size_t)snprintf(meaning + n, sizeof meaning - n, "; KEY one of:");
+        for (const char *p = values; *p && n < sizeof meaning;) {
+            size_t l = strcspn(p, "|");
+            n += (size_t)snprintf(meaning + n, sizeof meaning - n, " %.*s%s", (int)l, p, p[l] ? "," : "");
+            p += l + (p[l] ? 1 : 0);
+        }
+        values = NULL;
+    }
+    dl_help_entry(f, flag, meaning, values, with_tail ? tail : NULL);
+}
+
 static void train_usage(FILE *f)
 {
     fprintf(f,
             "usage: danlu train [--config FILE.json] [--option value | --option=value | --flag] ...\n\n"
             "Trains a LoRA for a Stable Diffusion 1.x/2.x checkpoint on a folder of images and captions.\n"
-            "Options are named as in kohya-ss/sd-scripts (train_network.py); flags override the JSON file.\n"
-            "Required: --pretrained_model_name_or_path, --train_data_dir, --output_dir.\n"
-            "Common: --resolution 512[,H] --train_batch_size 1 --max_train_steps 1600 --learning_rate 1e-4\n"
-            "        --network_dim 16 --network_alpha 8 --network_args conv_dim=4 conv_alpha=1\n"
-            "        --lr_scheduler cosine --lr_warmup_steps 100 --save_every_n_steps 500 --seed 42\n"
-            "        --network_train_unet_only --enable_bucket --cache_latents --resume STATE.safetensors\n"
-            "Ctrl-C saves a resumable state (<output_name>-state.safetensors) and exits.\n");
+            "Options are named as in kohya-ss/sd-scripts (train_network.py) and are also the keys of the\n"
+            "JSON file; flags override the file. A boolean --flag may be followed by true or false; an\n"
+            "option shown \"default: unset\" is off until given (\"none\" unsets it); a list option takes\n"
+            "every following value up to the next --option. Dashes in names are read as underscores.\n");
+    for (int g = 0; g < dl_train_config_n_groups(); g++) {
+        fprintf(f, "\n%s:\n", dl_train_config_group_name(g));
+        for (int i = 0; i < dl_train_config_n_file_flags(); i++)
+            if (dl_train_config_file_flag(i)->group == g) key_entry(f, dl_train_config_file_flag(i), 0);
+        for (int i = 0; i < dl_train_config_n_keys(); i++)
+            if (dl_train_config_key(i)->group == g) key_entry(f, dl_train_config_key(i), 1);
+        if (g + 1 < dl_train_config_n_groups()) continue;
+        /* the last heading ("other") also lists the help flag and the ignored sd-scripts flags */
+        const dl_opt *h = &dl_opt_help_table[0];
+        char flag[64];
+        snprintf(flag, sizeof flag, "%s, %s", h->alias, h->name);
+        dl_help_entry(f, flag, h->help, NULL, NULL);
+        char ign[1024];
+        size_t n = (size_t)snprintf(ign, sizeof ign, "sd-scripts options that do not apply here, accepted with a "
+                                                     "warning and ignored:");
+        for (int i = 0; i < dl_train_config_n_ignored() && n < sizeof ign; i++)
+            n += (size_t)snprintf(ign + n, sizeof ign - n, " --%s", dl_train_config_ignored(i));
+        dl_help_entry(f, "(ignored)", ign, NULL, NULL);
+    }
+    fprintf(f, "\nCtrl-C saves a resumable state (<output_name>-state.safetensors) and exits.\n");
 }
 
 int dl_cmd_train(int argc, char **argv, FILE *out)
 {
+    dl_optset help = {dl_opt_help_table, 1, NULL, 0, NULL};
     for (int i = 1; i < argc; i++)
-        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) { train_usage(out); return 0; }
+        if (dl_opt_find(&help, 1, argv[i], NULL)) { train_usage(out); return 0; }
     if (argc < 2) { train_usage(stderr); return 2; }
     dl_train_config cfg;
     dl_train_config_defaults(&cfg);

@@ -3,6 +3,8 @@
 #ifndef DANLU_COMMANDS_H
 #define DANLU_COMMANDS_H
 
+#include "cli/opts.h"
+
 #include <stdio.h>
 
 /* danlu inspect FILE...: tensors (name, dtype, shape, bytes) and metadata, written to out. */
@@ -20,5 +22,15 @@ int dl_cmd_grid(int argc, char **argv, FILE *out);
 
 /* danlu train [--config FILE.json] [--option value ...]: LoRA training (sd-scripts option names). */
 int dl_cmd_train(int argc, char **argv, FILE *out);
+
+/* The option tables of each command, what its parser and its --help walk (obj pointers NULL;
+ * the command points them at its own argument structs). Fill sets (at most DL_CMD_MAX_OPTSETS)
+ * and return their number. `danlu train` reads train/config.h's table instead. */
+#define DL_CMD_MAX_OPTSETS 4
+int dl_sample_optsets(dl_optset *sets);
+int dl_grid_optsets(dl_optset *sets);
+int dl_run_optsets(dl_optset *sets);
+int dl_inspect_optsets(dl_optset *sets);
+int dl_tokenize_optsets(dl_optset *sets);
 
 #endif

@@ -6,6 +6,7 @@
 #include "sample/prompt.h"
 
 #include <dirent.h>
+#include <stddef.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,155 +36,123 @@ void dl_sa_defaults(dl_sample_args *a, const char *cmd)
     a->rng = DL_RNG_TORCH_CPU;
 }
 
-void dl_sa_usage(FILE *f)
+/* --seed-mode, --rng, --lora: values that are not a plain number or text */
+static int set_seed_mode(void *obj, const char *cmd, const char *opt, const char *v)
 {
-    fprintf(f,
-            "  --model PATH            checkpoint: diffusers folder or single .safetensors (required)\n"
-            "  --tokenizer PATH        tokenizer folder / CLIP bpe .txt.gz (default: the model's tokenizer/)\n"
-            "  --prompt TEXT           A1111 syntax: (word:1.3), (word), [word], \\( escapes, BREAK,\n"
-            "                          <lora:name:weight> (resolved as LORA_DIR/name.safetensors)\n"
-            "  --negative-prompt TEXT\n"
-            "  --no-emphasis           take the prompt verbatim (no (word:w) parsing)\n"
-            "  --steps N               (20)            --cfg-scale X  (7; <= 1 disables guidance)\n"
-            "  --width N --height N    pixels, multiples of 8 (512; img2img: the init image's size)\n"
-            "  --sampler NAME          euler, euler_a (default), heun, ddim, dpmpp_2m, dpmpp_2m_karras, lcm\n"
-            "  --schedule normal|karras  Karras sigmas (euler, heun, dpmpp_2m)\n"
-            "  --eta X                 DDIM eta / Euler a noise scale\n"
-            "  --seed N                (-1: random)\n"
-            "  --seed-mode per-image|batch  per-image (default): image i uses seed + i and equals a\n"
-            "                          batch-1 run of that seed (A1111-like); batch: one torch generator\n"
-            "                          per batch as diffusers with num_images_per_prompt\n"
-            "  --rng torch-cpu|nv      noise source: torch-cpu (default) = torch's CPU generator, same\n"
-            "                          seeds as diffusers/ComfyUI on CPU; nv = A1111's NV source (Philox,\n"
-            "                          what torch.randn gives on an NVIDIA GPU): A1111's GPU/NV seeds\n"
-            "  --clip-skip N           (1 = last layer; 2 = A1111's clip skip 2)\n"
-            "  --init-image PATH       img2img from any PNG/JPEG/BMP/WebP (resized to --width/--height\n"
-            "                          or to its size rounded down to the model's multiple)\n"
-            "  --strength X            img2img denoising strength (0.75)\n"
-            "  --lora PATH[:WEIGHT]    merge a LoRA (repeatable); --lora-dir DIR for <lora:...> tags (.)\n"
-            "  --out-dir DIR           (outputs)      --overwrite: number files from 00001 again\n"
-            "  --threads N             CPU threads (DANLU_THREADS or all cores)\n"
-            "  --quiet\n");
-}
-
-static int want_value(const dl_sample_args *a, int argc, int i)
-{
-    if (i + 1 >= argc) {
-        fprintf(stderr, "danlu %s: %s needs a value\n", a->cmd, "option");
-        return 0;
-    }
-    return 1;
-}
-
-static int parse_int(const dl_sample_args *a, const char *opt, const char *s, int64_t lo, int64_t hi, int64_t *out)
-{
-    char *end;
-    errno = 0;
-    long long v = strtoll(s, &end, 10);
-    if (errno || *end || end == s || v < lo || v > hi) {
-        fprintf(stderr, "danlu %s: %s '%s' must be an integer in %lld..%lld\n", a->cmd, opt, s, (long long)lo,
-                (long long)hi);
+    dl_sample_args *a = obj;
+    (void)opt;
+    if (!strcmp(v, "per-image")) a->seed_mode = DL_SEED_PER_IMAGE;
+    else if (!strcmp(v, "batch")) a->seed_mode = DL_SEED_BATCH;
+    else {
+        fprintf(stderr, "danlu %s: --seed-mode '%s': use per-image or batch\n", cmd, v);
         return -1;
     }
-    *out = v;
-    return 1;
+    return 0;
 }
 
-static int parse_float(const dl_sample_args *a, const char *opt, const char *s, double *out)
+static int set_rng(void *obj, const char *cmd, const char *opt, const char *v)
 {
-    char *end;
-    double v = strtod(s, &end);
-    if (*end || end == s || v != v) {
-        fprintf(stderr, "danlu %s: %s '%s' is not a number\n", a->cmd, opt, s);
+    dl_sample_args *a = obj;
+    (void)opt;
+    if (!strcmp(v, "torch-cpu")) a->rng = DL_RNG_TORCH_CPU;
+    else if (!strcmp(v, "nv")) a->rng = DL_RNG_NV;
+    else {
+        fprintf(stderr, "danlu %s: --rng '%s': use torch-cpu or nv\n", cmd, v);
         return -1;
     }
-    *out = v;
-    return 1;
+    return 0;
+}
+
+static int add_lora_cli(void *obj, const char *cmd, const char *opt, const char *v)
+{
+    dl_sample_args *a = obj;
+    (void)opt;
+    if (a->n_lora_cli == DL_SA_MAX_LORAS) {
+        fprintf(stderr, "danlu %s: at most %d --lora\n", cmd, DL_SA_MAX_LORAS);
+        return -1;
+    }
+    a->lora_cli[a->n_lora_cli++] = v;
+    return 0;
+}
+
+#define SA(f) offsetof(dl_sample_args, f)
+
+/* name, alias, kind, field, placeholder, default shown, range, values, setter, group, meaning */
+static const dl_opt k_sa_opts[] = {
+    {"--model", NULL, DL_OPT_STR, SA(model), "PATH", NULL, 0, 0, NULL, NULL, "model",
+     "checkpoint: a diffusers folder or a single .safetensors file (required)"},
+    {"--tokenizer", NULL, DL_OPT_STR, SA(tokenizer), "PATH", "the model's tokenizer/", 0, 0, NULL, NULL, "model",
+     "tokenizer folder or CLIP's bpe_simple_vocab_16e6.txt.gz"},
+    {"--prompt", NULL, DL_OPT_STR, SA(prompt), "TEXT", "empty", 0, 0, NULL, NULL, "prompt",
+     "A1111 syntax: (word:1.3), (word), [word], \\( escapes, BREAK, <lora:name:weight> (a LoRA "
+     "file LORA_DIR/name.safetensors)"},
+    {"--negative-prompt", NULL, DL_OPT_STR, SA(negative), "TEXT", "empty", 0, 0, NULL, NULL, "prompt",
+     "what the image should not show (same syntax)"},
+    {"--no-emphasis", NULL, DL_OPT_FLAG, SA(no_emphasis), NULL, "off", 0, 0, NULL, NULL, "prompt",
+     "take the prompt verbatim (no (word:w) weighting)"},
+    {"--clip-skip", NULL, DL_OPT_INT, SA(clip_skip), "N", "1", 1, 64, NULL, NULL, "prompt",
+     "text-encoder layer counted from the end (2 = A1111's clip skip 2)"},
+    {"--sampler", NULL, DL_OPT_STR, SA(sampler_name), "NAME", "euler_a", 0, 0,
+     "euler|euler_a|heun|ddim|dpmpp_2m|dpmpp_2m_karras|lcm", NULL, "sampling", "sampling method"},
+    {"--schedule", NULL, DL_OPT_STR, SA(schedule), "NAME", "normal", 0, 0, "normal|karras", NULL, "sampling",
+     "noise levels; karras for euler, heun and dpmpp_2m"},
+    {"--steps", NULL, DL_OPT_INT, SA(steps), "N", "20", 1, 1000, NULL, NULL, "sampling", "sampling steps"},
+    {"--cfg-scale", NULL, DL_OPT_FLOAT, SA(cfg_scale), "X", "7", 0, 0, NULL, NULL, "sampling",
+     "classifier-free guidance scale, 0..100 (<= 1 disables guidance)"},
+    {"--eta", NULL, DL_OPT_FLOAT, SA(eta), "X", "-1", 0, 0, NULL, NULL, "sampling",
+     "DDIM eta / Euler a noise scale (negative: the sampler's usual value)"},
+    {"--width", NULL, DL_OPT_INT, SA(width), "N", "512; img2img: the init image's size", 8, 16384, NULL, NULL,
+     "size, seeds and batches", "image width in pixels, a multiple of 8"},
+    {"--height", NULL, DL_OPT_INT, SA(height), "N", "512; img2img: the init image's size", 8, 16384, NULL, NULL,
+     "size, seeds and batches", "image height in pixels, a multiple of 8"},
+    {"--seed", NULL, DL_OPT_I64, SA(seed), "N", "-1", -1, 4294967295.0, NULL, NULL, "size, seeds and batches",
+     "seed of the first image (-1: a random one)"},
+    {"--seed-mode", NULL, DL_OPT_FN, 0, "MODE", "per-image", 0, 0, "per-image|batch", set_seed_mode,
+     "size, seeds and batches",
+     "per-image: image i uses seed + i, the same as a batch-1 run of that seed (A1111); batch: one torch "
+     "generator per batch (diffusers' num_images_per_prompt)"},
+    {"--rng", NULL, DL_OPT_FN, 0, "SOURCE", "torch-cpu", 0, 0, "torch-cpu|nv", set_rng, "size, seeds and batches",
+     "noise source: torch-cpu = torch's CPU generator (diffusers/ComfyUI CPU seeds); nv = A1111's NV "
+     "source (Philox, torch.randn on an NVIDIA GPU: A1111's GPU seeds)"},
+    {"--batch-size", NULL, DL_OPT_INT, SA(batch_size), "N", "1", 1, 64, NULL, NULL, "size, seeds and batches",
+     "images per sampling run (danlu sample; grid makes one per cell)"},
+    {"--batch-count", NULL, DL_OPT_INT, SA(batch_count), "N", "1", 1, 100000, NULL, NULL,
+     "size, seeds and batches",
+     "sampling runs; image i of the whole job has seed + i (danlu sample; grid makes one per cell)"},
+    {"--init-image", NULL, DL_OPT_STR, SA(init_image), "PATH", "none, txt2img", 0, 0, NULL, NULL, "img2img",
+     "start from this PNG/JPEG/BMP/WebP, resized to --width/--height or to its size rounded down to the "
+     "model's multiple"},
+    {"--strength", NULL, DL_OPT_DOUBLE, SA(strength), "X", "0.75", 0, 0, NULL, NULL, "img2img",
+     "img2img denoising strength in (0, 1]"},
+    {"--lora", NULL, DL_OPT_FN, 0, "PATH[:WEIGHT]", "none", 0, 0, NULL, add_lora_cli, "LoRA",
+     "merge a LoRA file or LORA_DIR name at WEIGHT (1); repeatable"},
+    {"--lora-dir", NULL, DL_OPT_STR, SA(lora_dir), "DIR", ".", 0, 0, NULL, NULL, "LoRA",
+     "where <lora:name:w> tags and --lora names are looked up"},
+    {"--out-dir", NULL, DL_OPT_STR, SA(out_dir), "DIR", "outputs", 0, 0, NULL, NULL, "output",
+     "folder of the PNG files (created)"},
+    {"--overwrite", NULL, DL_OPT_FLAG, SA(overwrite), NULL, "off", 0, 0, NULL, NULL, "output",
+     "number files from 00001 again, replacing existing ones"},
+    {"--quiet", NULL, DL_OPT_FLAG, SA(quiet), NULL, "off", 0, 0, NULL, NULL, "output", "no progress on stderr"},
+    {"--threads", NULL, DL_OPT_INT, SA(threads), "N", "0", 0, 1024, NULL, NULL, "other",
+     "CPU threads (0: DANLU_THREADS or every core)"},
+};
+
+static void sa_defaults_obj(void *obj)
+{
+    dl_sa_defaults(obj, "sample");
+}
+
+dl_optset dl_sa_optset(dl_sample_args *a)
+{
+    dl_optset s = {k_sa_opts, (int)(sizeof k_sa_opts / sizeof *k_sa_opts), a, sizeof(dl_sample_args),
+                   sa_defaults_obj};
+    return s;
 }
 
 int dl_sa_parse(dl_sample_args *a, int argc, char **argv, int *i)
 {
-    const char *o = argv[*i];
-    const char **str = !strcmp(o, "--model")             ? &a->model
-                     : !strcmp(o, "--tokenizer")         ? &a->tokenizer
-                     : !strcmp(o, "--prompt")            ? &a->prompt
-                     : !strcmp(o, "--negative-prompt")   ? &a->negative
-                     : !strcmp(o, "--out-dir")           ? &a->out_dir
-                     : !strcmp(o, "--init-image")        ? &a->init_image
-                     : !strcmp(o, "--lora-dir")          ? &a->lora_dir
-                     : !strcmp(o, "--sampler")           ? &a->sampler_name
-                     : !strcmp(o, "--schedule")          ? &a->schedule : NULL;
-    if (!strcmp(o, "--overwrite")) { a->overwrite = 1; return 1; }
-    if (!strcmp(o, "--quiet")) { a->quiet = 1; return 1; }
-    if (!strcmp(o, "--no-emphasis")) { a->no_emphasis = 1; return 1; }
-    struct { const char *name; int *p; int64_t lo, hi; } ints[] = {
-        {"--width", &a->width, 8, 16384},      {"--height", &a->height, 8, 16384},
-        {"--steps", &a->steps, 1, 1000},       {"--clip-skip", &a->clip_skip, 1, 64},
-        {"--batch-size", &a->batch_size, 1, 64}, {"--batch-count", &a->batch_count, 1, 100000},
-        {"--threads", &a->threads, 0, 1024},
-    };
-    struct { const char *name; float *p; } floats[] = {{"--cfg-scale", &a->cfg_scale}, {"--eta", &a->eta}};
-    int known = str || !strcmp(o, "--seed") || !strcmp(o, "--seed-mode") || !strcmp(o, "--rng") ||
-                !strcmp(o, "--strength") || !strcmp(o, "--lora");
-    for (size_t k = 0; k < sizeof ints / sizeof *ints; k++) known |= !strcmp(o, ints[k].name);
-    for (size_t k = 0; k < sizeof floats / sizeof *floats; k++) known |= !strcmp(o, floats[k].name);
-    if (!known) return 0;
-    if (*i + 1 >= argc) {
-        fprintf(stderr, "danlu %s: %s needs a value\n", a->cmd, o);
-        return -1;
-    }
-    (void)want_value;
-    const char *v = argv[++*i];
-    if (str) { *str = v; return 1; }
-    for (size_t k = 0; k < sizeof ints / sizeof *ints; k++)
-        if (!strcmp(o, ints[k].name)) {
-            int64_t x;
-            if (parse_int(a, o, v, ints[k].lo, ints[k].hi, &x) < 0) return -1;
-            *ints[k].p = (int)x;
-            return 1;
-        }
-    for (size_t k = 0; k < sizeof floats / sizeof *floats; k++)
-        if (!strcmp(o, floats[k].name)) {
-            double x;
-            if (parse_float(a, o, v, &x) < 0) return -1;
-            *floats[k].p = (float)x;
-            return 1;
-        }
-    if (!strcmp(o, "--seed")) {
-        int64_t x;
-        if (parse_int(a, o, v, -1, 0xffffffffLL, &x) < 0) return -1;
-        a->seed = x;
-        return 1;
-    }
-    if (!strcmp(o, "--strength")) {
-        if (parse_float(a, o, v, &a->strength) < 0) return -1;
-        return 1;
-    }
-    if (!strcmp(o, "--seed-mode")) {
-        if (!strcmp(v, "per-image")) a->seed_mode = DL_SEED_PER_IMAGE;
-        else if (!strcmp(v, "batch")) a->seed_mode = DL_SEED_BATCH;
-        else {
-            fprintf(stderr, "danlu %s: --seed-mode '%s': use per-image or batch\n", a->cmd, v);
-            return -1;
-        }
-        return 1;
-    }
-    if (!strcmp(o, "--rng")) {
-        if (!strcmp(v, "torch-cpu")) a->rng = DL_RNG_TORCH_CPU;
-        else if (!strcmp(v, "nv")) a->rng = DL_RNG_NV;
-        else {
-            fprintf(stderr, "danlu %s: --rng '%s': use torch-cpu or nv\n", a->cmd, v);
-            return -1;
-        }
-        return 1;
-    }
-    /* --lora */
-    if (a->n_lora_cli == DL_SA_MAX_LORAS) {
-        fprintf(stderr, "danlu %s: at most %d --lora\n", a->cmd, DL_SA_MAX_LORAS);
-        return -1;
-    }
-    a->lora_cli[a->n_lora_cli++] = v;
-    return 1;
+    dl_optset s = dl_sa_optset(a);
+    return dl_opt_parse(&s, 1, a->cmd, argc, argv, i);
 }
 
 static int file_exists(const char *p)
@@ -252,7 +221,8 @@ int dl_sa_finish(dl_sample_args *a)
         fprintf(stderr, "danlu %s: %s\n", c, dl_error_msg());
         return -1;
     }
-    if (strcmp(a->schedule, "normal") && strcmp(a->schedule, "karras")) {
+    dl_optset sa = dl_sa_optset(a);
+    if (!dl_opt_value_ok(dl_opt_find(&sa, 1, "--schedule", NULL), a->schedule)) {
         fprintf(stderr, "danlu %s: unknown schedule '%s' (normal, karras)\n", c, a->schedule);
         return -1;
     }

@@ -4,6 +4,7 @@
 #ifndef DANLU_CLI_SAMPLE_ARGS_H
 #define DANLU_CLI_SAMPLE_ARGS_H
 
+#include "cli/opts.h"
 #include "io/image.h"
 #include "sample/pipeline.h"
 
@@ -42,11 +43,12 @@ typedef struct dl_sample_args {
 } dl_sample_args;
 
 void dl_sa_defaults(dl_sample_args *a, const char *cmd);
+/* The table of the shared options (cli/opts.h), its values stored in a: what the commands'
+ * parsers and their --help walk. */
+dl_optset dl_sa_optset(dl_sample_args *a);
 /* Try argv[*i] as a shared option. Returns 1 (consumed, *i advanced past its value), 0 (not
  * one of ours), or -1 (a bad value: message printed). */
 int dl_sa_parse(dl_sample_args *a, int argc, char **argv, int *i);
-/* Help text of the shared options. */
-void dl_sa_usage(FILE *f);
 /* Validate everything before any model is loaded: sampler and schedule names, size (multiples
  * of 8), steps, CFG, strength, LoRA tags and --lora files (resolved in --lora-dir; a missing
  * one is an error), the init image (read and resized). Prints the error and returns -1, else 0. */

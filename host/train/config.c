@@ -15,87 +15,172 @@
 #include <string.h>
 #include <strings.h>
 
-typedef enum { K_STR, K_INT, K_I64, K_DBL, K_BOOL, K_LIST } key_kind;
+#define K_STR DL_TKEY_STR
+#define K_INT DL_TKEY_INT
+#define K_I64 DL_TKEY_I64
+#define K_DBL DL_TKEY_DBL
+#define K_BOOL DL_TKEY_BOOL
+#define K_LIST DL_TKEY_LIST
 
-typedef struct key_def {
-    const char *name;
-    key_kind kind;
-    size_t off;
-    const char *def;       /* text default; NULL: unset (NULL string, NaN double, 0 int) */
-    double lo, hi;         /* numeric range (inclusive) */
-    int optional;          /* numbers that may be unset (null in JSON) */
-} key_def;
+typedef dl_train_key key_def;
 
 #define OFF(f) offsetof(dl_train_config, f)
 #define BIG 1e300
 
+enum { G_FILE, G_MODEL, G_DATA, G_BUCKET, G_NET, G_OPT, G_TRAIN, G_MEM, G_SAVE, G_SAMPLE, G_OTHER, G_COUNT };
+
+static const char *const k_groups[G_COUNT] = {
+    "configuration file", "model", "dataset and captions", "aspect-ratio buckets", "network",
+    "optimizer and learning rate", "training", "precision, memory and speed", "saving and resuming",
+    "sampling during training", "other",
+};
+
+/* KEY: an option; REQUIRED: one that must be given. Columns: name, kind, field, default text
+ * (NULL: unset), range, may be unset (numbers), help group, value placeholder, accepted values
+ * ('|'-separated; for lists the accepted KEY=), one-line meaning. The order is the order of the
+ * JSON and of the printed configuration. */
+#define KEY(name, kind, field, def, lo, hi, opt, grp, meta, values, help) \
+    {name, kind, OFF(field), def, lo, hi, opt, 0, grp, meta, values, help}
+#define REQUIRED(name, field, grp, meta, help) {name, K_STR, OFF(field), NULL, 0, 0, 0, 1, grp, meta, NULL, help}
+
 static const key_def k_keys[] = {
-    {"pretrained_model_name_or_path", K_STR, OFF(pretrained_model_name_or_path), NULL, 0, 0, 0},
-    {"train_data_dir", K_STR, OFF(train_data_dir), NULL, 0, 0, 0},
-    {"output_dir", K_STR, OFF(output_dir), NULL, 0, 0, 0},
-    {"output_name", K_STR, OFF(output_name), "last", 0, 0, 0},
-    {"resolution", K_STR, OFF(resolution), "512", 0, 0, 0},
-    {"v_parameterization", K_BOOL, OFF(v_parameterization), "false", 0, 1, 0},
-    {"clip_skip", K_INT, OFF(clip_skip), "1", 1, 12, 0},
-    {"network_module", K_STR, OFF(network_module), "networks.lora", 0, 0, 0},
-    {"network_dim", K_INT, OFF(network_dim), "4", 1, 4096, 0},
-    {"network_alpha", K_DBL, OFF(network_alpha), "1", 0, 1e6, 0}, /* 0: alpha = rank (sd-scripts) */
-    {"network_args", K_LIST, OFF(network_args), NULL, 0, 0, 0},
-    {"network_train_unet_only", K_BOOL, OFF(network_train_unet_only), "false", 0, 1, 0},
-    {"network_train_text_encoder_only", K_BOOL, OFF(network_train_text_encoder_only), "false", 0, 1, 0},
-    {"network_weights", K_STR, OFF(network_weights), NULL, 0, 0, 0},
-    {"lora_format", K_STR, OFF(lora_format), "kohya", 0, 0, 0},
-    {"train_batch_size", K_INT, OFF(train_batch_size), "1", 1, 4096, 0},
-    {"max_train_steps", K_INT, OFF(max_train_steps), "1600", 1, 1e9, 0},
-    {"max_train_epochs", K_INT, OFF(max_train_epochs), NULL, 1, 1e7, 1},
-    {"learning_rate", K_DBL, OFF(learning_rate), "2e-6", 0, 10, 0},
-    {"unet_lr", K_DBL, OFF(unet_lr), NULL, 0, 10, 1},
-    {"text_encoder_lr", K_DBL, OFF(text_encoder_lr), NULL, 0, 10, 1},
-    {"lr_scheduler", K_STR, OFF(lr_scheduler), "constant", 0, 0, 0},
-    {"lr_warmup_steps", K_INT, OFF(lr_warmup_steps), "0", 0, 1e9, 0},
-    {"lr_scheduler_num_cycles", K_INT, OFF(lr_scheduler_num_cycles), "1", 1, 1e6, 0},
-    {"lr_scheduler_power", K_DBL, OFF(lr_scheduler_power), "1", 1e-12, 1e3, 0},
-    {"optimizer_type", K_STR, OFF(optimizer_type), "AdamW", 0, 0, 0},
-    {"optimizer_args", K_LIST, OFF(optimizer_args), NULL, 0, 0, 0},
-    {"max_grad_norm", K_DBL, OFF(max_grad_norm), "1.0", 0, 1e9, 0},
-    {"gradient_accumulation_steps", K_INT, OFF(gradient_accumulation_steps), "1", 1, 1e6, 0},
-    {"gradient_checkpointing", K_BOOL, OFF(gradient_checkpointing), "false", 0, 1, 0},
-    {"mixed_precision", K_STR, OFF(mixed_precision), "no", 0, 0, 0},
-    {"seed", K_I64, OFF(seed), "-1", -1, 9007199254740992.0, 0},
-    {"noise_offset", K_DBL, OFF(noise_offset), NULL, 0, 1, 1},
-    {"min_snr_gamma", K_DBL, OFF(min_snr_gamma), NULL, 1e-12, 1e6, 1},
-    {"save_every_n_steps", K_INT, OFF(save_every_n_steps), NULL, 1, 1e9, 1},
-    {"save_every_n_epochs", K_INT, OFF(save_every_n_epochs), NULL, 1, 1e9, 1},
-    {"save_last_n_steps", K_INT, OFF(save_last_n_steps), NULL, 1, 1e9, 1},
-    {"save_last_n_epochs", K_INT, OFF(save_last_n_epochs), NULL, 1, 1e9, 1},
-    {"save_precision", K_STR, OFF(save_precision), "float", 0, 0, 0},
-    {"save_state", K_BOOL, OFF(save_state), "false", 0, 1, 0},
-    {"resume", K_STR, OFF(resume), NULL, 0, 0, 0},
-    {"sample_every_n_steps", K_INT, OFF(sample_every_n_steps), NULL, 1, 1e9, 1},
-    {"sample_every_n_epochs", K_INT, OFF(sample_every_n_epochs), NULL, 1, 1e9, 1},
-    {"sample_prompts", K_STR, OFF(sample_prompts), NULL, 0, 0, 0},
-    {"sample_sampler", K_STR, OFF(sample_sampler), "ddim", 0, 0, 0},
-    {"training_comment", K_STR, OFF(training_comment), NULL, 0, 0, 0},
-    {"keep_tokens", K_INT, OFF(keep_tokens), "0", 0, 1e6, 0},
-    {"shuffle_caption", K_BOOL, OFF(shuffle_caption), "false", 0, 1, 0},
-    {"caption_extension", K_STR, OFF(caption_extension), ".txt", 0, 0, 0},
-    {"caption_dropout_rate", K_DBL, OFF(caption_dropout_rate), "0", 0, 1, 0},
-    {"caption_dropout_every_n_epochs", K_INT, OFF(caption_dropout_every_n_epochs), "0", 0, 1e9, 0},
-    {"caption_tag_dropout_rate", K_DBL, OFF(caption_tag_dropout_rate), "0", 0, 1, 0},
-    {"cache_latents", K_BOOL, OFF(cache_latents), "false", 0, 1, 0},
-    {"cache_latents_to_disk", K_BOOL, OFF(cache_latents_to_disk), "false", 0, 1, 0},
-    {"enable_bucket", K_BOOL, OFF(enable_bucket), "false", 0, 1, 0},
-    {"min_bucket_reso", K_INT, OFF(min_bucket_reso), "256", 64, 8192, 0},
-    {"max_bucket_reso", K_INT, OFF(max_bucket_reso), "1024", 64, 8192, 0},
-    {"bucket_reso_steps", K_INT, OFF(bucket_reso_steps), "64", 8, 1024, 0},
-    {"bucket_no_upscale", K_BOOL, OFF(bucket_no_upscale), "false", 0, 1, 0},
-    {"flip_aug", K_BOOL, OFF(flip_aug), "false", 0, 1, 0},
-    {"random_crop", K_BOOL, OFF(random_crop), "false", 0, 1, 0},
-    {"threads", K_INT, OFF(threads), "0", 0, 4096, 0},
-    {"backend", K_STR, OFF(backend), "cpu", 0, 0, 0},
-    {"tokenizer", K_STR, OFF(tokenizer), NULL, 0, 0, 0},
+    REQUIRED("pretrained_model_name_or_path", pretrained_model_name_or_path, G_MODEL, "PATH",
+             "base model: a single .safetensors checkpoint or a diffusers folder"),
+    REQUIRED("train_data_dir", train_data_dir, G_DATA, "DIR",
+             "training images and captions; a subfolder N_name repeats its images N times per epoch"),
+    REQUIRED("output_dir", output_dir, G_SAVE, "DIR", "where the LoRA files, states, log and samples go"),
+    KEY("output_name", K_STR, output_name, "last", 0, 0, 0, G_SAVE, "NAME", NULL,
+        "file name stem of everything written to output_dir"),
+    KEY("resolution", K_STR, resolution, "512", 0, 0, 0, G_DATA, "S|W,H", NULL,
+        "training size in pixels: S for SxS or W,H (multiples of 8); the bucket area with enable_bucket"),
+    KEY("v_parameterization", K_BOOL, v_parameterization, "false", 0, 1, 0, G_MODEL, NULL, NULL,
+        "train with the v-prediction target (SD 2.x 768-v models) instead of the noise"),
+    KEY("clip_skip", K_INT, clip_skip, "1", 1, 12, 0, G_MODEL, "N", NULL,
+        "use the text encoder's output N layers from the end (2: the penultimate layer)"),
+    KEY("network_module", K_STR, network_module, "networks.lora", 0, 0, 0, G_NET, "NAME", "networks.lora",
+        "network type"),
+    KEY("network_dim", K_INT, network_dim, "4", 1, 4096, 0, G_NET, "N", NULL, "LoRA rank"),
+    KEY("network_alpha", K_DBL, network_alpha, "1", 0, 1e6, 0, G_NET, "X", NULL,
+        "the LoRA output is scaled by alpha / rank (0: alpha = rank)"),
+    KEY("network_args", K_LIST, network_args, NULL, 0, 0, 0, G_NET, "KEY=VALUE...", "conv_dim|conv_alpha|preset",
+        "conv_dim=N conv_alpha=X add LoRA to the 3x3 convolutions (LoCon); preset=default|attn-only|"
+        "attn-mlp|full chooses the UNet layers"),
+    KEY("network_train_unet_only", K_BOOL, network_train_unet_only, "false", 0, 1, 0, G_NET, NULL, NULL,
+        "no text-encoder LoRA: train the UNet's only"),
+    KEY("network_train_text_encoder_only", K_BOOL, network_train_text_encoder_only, "false", 0, 1, 0, G_NET, NULL,
+        NULL, "no UNet LoRA: train the text encoder's only"),
+    KEY("network_weights", K_STR, network_weights, NULL, 0, 0, 0, G_NET, "PATH", NULL,
+        "start from the weights of this LoRA file"),
+    KEY("lora_format", K_STR, lora_format, "kohya", 0, 0, 0, G_SAVE, "NAME", "kohya|peft",
+        "tensor names of the saved LoRA: kohya (lora_unet_*, lora_te_*) or peft (diffusers)"),
+    KEY("train_batch_size", K_INT, train_batch_size, "1", 1, 4096, 0, G_TRAIN, "N", NULL,
+        "images per micro-batch"),
+    KEY("max_train_steps", K_INT, max_train_steps, "1600", 1, 1e9, 0, G_TRAIN, "N", NULL,
+        "optimizer steps to train"),
+    KEY("max_train_epochs", K_INT, max_train_epochs, NULL, 1, 1e7, 1, G_TRAIN, "N", NULL,
+        "train for N epochs instead; when set it decides the number of steps"),
+    KEY("learning_rate", K_DBL, learning_rate, "2e-6", 0, 10, 0, G_OPT, "X", NULL,
+        "learning rate of every LoRA weight without a rate of its own"),
+    KEY("unet_lr", K_DBL, unet_lr, NULL, 0, 10, 1, G_OPT, "X", NULL,
+        "learning rate of the UNet LoRA instead of learning_rate"),
+    KEY("text_encoder_lr", K_DBL, text_encoder_lr, NULL, 0, 10, 1, G_OPT, "X", NULL,
+        "learning rate of the text-encoder LoRA instead of learning_rate"),
+    KEY("lr_scheduler", K_STR, lr_scheduler, "constant", 0, 0, 0, G_OPT, "NAME",
+        "constant|constant_with_warmup|linear|cosine|cosine_with_restarts|polynomial",
+        "how the learning rate changes over the steps"),
+    KEY("lr_warmup_steps", K_INT, lr_warmup_steps, "0", 0, 1e9, 0, G_OPT, "N", NULL,
+        "steps of linear warm-up from 0 at the start"),
+    KEY("lr_scheduler_num_cycles", K_INT, lr_scheduler_num_cycles, "1", 1, 1e6, 0, G_OPT, "N", NULL,
+        "hard restarts of cosine_with_restarts"),
+    KEY("lr_scheduler_power", K_DBL, lr_scheduler_power, "1", 1e-12, 1e3, 0, G_OPT, "X", NULL,
+        "exponent of the polynomial schedule"),
+    KEY("optimizer_type", K_STR, optimizer_type, "AdamW", 0, 0, 0, G_OPT, "NAME", "AdamW|torch.optim.AdamW",
+        "optimizer (AdamW only)"),
+    KEY("optimizer_args", K_LIST, optimizer_args, NULL, 0, 0, 0, G_OPT, "KEY=VALUE...", "weight_decay|betas|eps",
+        "AdamW settings: weight_decay=0.01 betas=0.9,0.999 eps=1e-8 unless given"),
+    KEY("max_grad_norm", K_DBL, max_grad_norm, "1.0", 0, 1e9, 0, G_OPT, "X", NULL,
+        "clip the gradient norm to this (0: no clipping)"),
+    KEY("gradient_accumulation_steps", K_INT, gradient_accumulation_steps, "1", 1, 1e6, 0, G_TRAIN, "N", NULL,
+        "micro-batches whose gradients add up to one optimizer step"),
+    KEY("gradient_checkpointing", K_BOOL, gradient_checkpointing, "false", 0, 1, 0, G_MEM, NULL, NULL,
+        "recompute activations in the backward pass to save memory"),
+    KEY("mixed_precision", K_STR, mixed_precision, "no", 0, 0, 0, G_MEM, "NAME", "no|fp32",
+        "compute precision (fp16 and bf16 need the CUDA backend)"),
+    KEY("seed", K_I64, seed, "-1", -1, 9007199254740992.0, 0, G_TRAIN, "N", NULL,
+        "random seed of the whole run; -1: draw one and print it"),
+    KEY("noise_offset", K_DBL, noise_offset, NULL, 0, 1, 1, G_TRAIN, "X", NULL,
+        "add X times a per-channel constant to the noise (learns darker and brighter images)"),
+    KEY("min_snr_gamma", K_DBL, min_snr_gamma, NULL, 1e-12, 1e6, 1, G_TRAIN, "X", NULL,
+        "Min-SNR loss weighting with this gamma (5 is usual)"),
+    KEY("save_every_n_steps", K_INT, save_every_n_steps, NULL, 1, 1e9, 1, G_SAVE, "N", NULL,
+        "also save NAME-stepNNNNNNNN.safetensors every N steps"),
+    KEY("save_every_n_epochs", K_INT, save_every_n_epochs, NULL, 1, 1e9, 1, G_SAVE, "N", NULL,
+        "also save NAME-NNNNNN.safetensors every N epochs"),
+    KEY("save_last_n_steps", K_INT, save_last_n_steps, NULL, 1, 1e9, 1, G_SAVE, "N", NULL,
+        "remove step saves older than the last N steps"),
+    KEY("save_last_n_epochs", K_INT, save_last_n_epochs, NULL, 1, 1e9, 1, G_SAVE, "N", NULL,
+        "keep only the last N epoch saves"),
+    KEY("save_precision", K_STR, save_precision, "float", 0, 0, 0, G_SAVE, "NAME", "float|fp32|fp16|bf16",
+        "dtype of the saved LoRA weights"),
+    KEY("save_state", K_BOOL, save_state, "false", 0, 1, 0, G_SAVE, NULL, NULL,
+        "write a resumable NAME-...-state.safetensors beside each save"),
+    KEY("resume", K_STR, resume, NULL, 0, 0, 0, G_SAVE, "PATH", NULL,
+        "continue from this state file (same thread count: the same result)"),
+    KEY("sample_every_n_steps", K_INT, sample_every_n_steps, NULL, 1, 1e9, 1, G_SAMPLE, "N", NULL,
+        "render the sample prompts every N steps"),
+    KEY("sample_every_n_epochs", K_INT, sample_every_n_epochs, NULL, 1, 1e9, 1, G_SAMPLE, "N", NULL,
+        "render the sample prompts every N epochs"),
+    KEY("sample_prompts", K_STR, sample_prompts, NULL, 0, 0, 0, G_SAMPLE, "PATH", NULL,
+        "prompts file: one prompt a line, with --n negative --w --h --s --l --d --ss"),
+    KEY("sample_sampler", K_STR, sample_sampler, "ddim", 0, 0, 0, G_SAMPLE, "NAME",
+        "ddim|euler|k_euler|euler_a|k_euler_a|heun|dpmsolver++|dpmsolver|dpmpp_2m|dpmpp_2m_karras|lcm",
+        "sampler of the sample images"),
+    KEY("training_comment", K_STR, training_comment, NULL, 0, 0, 0, G_SAVE, "TEXT", NULL,
+        "stored as ss_training_comment in the LoRA's metadata"),
+    KEY("keep_tokens", K_INT, keep_tokens, "0", 0, 1e6, 0, G_DATA, "N", NULL,
+        "the first N comma-separated tags stay in place when shuffling or dropping tags"),
+    KEY("shuffle_caption", K_BOOL, shuffle_caption, "false", 0, 1, 0, G_DATA, NULL, NULL,
+        "shuffle the comma-separated tags of a caption each time it is used"),
+    KEY("caption_extension", K_STR, caption_extension, ".txt", 0, 0, 0, G_DATA, "EXT", NULL,
+        "extension of the caption files (.caption is read too)"),
+    KEY("caption_dropout_rate", K_DBL, caption_dropout_rate, "0", 0, 1, 0, G_DATA, "X", NULL,
+        "probability that an image is trained with an empty caption"),
+    KEY("caption_dropout_every_n_epochs", K_INT, caption_dropout_every_n_epochs, "0", 0, 1e9, 0, G_DATA, "N",
+        NULL, "every N-th epoch trains every image with an empty caption (0: never)"),
+    KEY("caption_tag_dropout_rate", K_DBL, caption_tag_dropout_rate, "0", 0, 1, 0, G_DATA, "X", NULL,
+        "probability of dropping each tag after the first keep_tokens"),
+    KEY("cache_latents", K_BOOL, cache_latents, "false", 0, 1, 0, G_MEM, NULL, NULL,
+        "encode every image with the VAE once, before training (not with random_crop)"),
+    KEY("cache_latents_to_disk", K_BOOL, cache_latents_to_disk, "false", 0, 1, 0, G_MEM, NULL, NULL,
+        "keep the cached latents in files beside the images (implies cache_latents)"),
+    KEY("enable_bucket", K_BOOL, enable_bucket, "false", 0, 1, 0, G_BUCKET, NULL, NULL,
+        "group images by aspect ratio; each batch comes from one bucket"),
+    KEY("min_bucket_reso", K_INT, min_bucket_reso, "256", 64, 8192, 0, G_BUCKET, "N", NULL,
+        "smallest bucket side in pixels"),
+    KEY("max_bucket_reso", K_INT, max_bucket_reso, "1024", 64, 8192, 0, G_BUCKET, "N", NULL,
+        "largest bucket side in pixels"),
+    KEY("bucket_reso_steps", K_INT, bucket_reso_steps, "64", 8, 1024, 0, G_BUCKET, "N", NULL,
+        "bucket sides are multiples of this"),
+    KEY("bucket_no_upscale", K_BOOL, bucket_no_upscale, "false", 0, 1, 0, G_BUCKET, NULL, NULL,
+        "never enlarge an image to fill a bucket"),
+    KEY("flip_aug", K_BOOL, flip_aug, "false", 0, 1, 0, G_DATA, NULL, NULL, "mirror images at random"),
+    KEY("random_crop", K_BOOL, random_crop, "false", 0, 1, 0, G_DATA, NULL, NULL,
+        "crop at a random position instead of the centre"),
+    KEY("threads", K_INT, threads, "0", 0, 4096, 0, G_MEM, "N", NULL,
+        "CPU threads (0: DANLU_THREADS or every core)"),
+    KEY("backend", K_STR, backend, "cpu", 0, 0, 0, G_MEM, "NAME", "cpu", "where the ops run"),
+    KEY("tokenizer", K_STR, tokenizer, NULL, 0, 0, 0, G_MODEL, "PATH", NULL,
+        "tokenizer folder or CLIP's bpe_simple_vocab_16e6.txt.gz, for a checkpoint without tokenizer/"),
 };
 #define N_KEYS ((int)(sizeof k_keys / sizeof *k_keys))
+
+/* Flags of the command line that are not keys: the config file, read before any flag. */
+static const key_def k_file_flags[] = {
+    {"config", K_STR, 0, NULL, 0, 0, 0, 0, G_FILE, "FILE.json", NULL,
+     "read options from this JSON object first; flags override it (TOML is not read)"},
+    {"config_file", K_STR, 0, NULL, 0, 0, 0, 0, G_FILE, "FILE.json", NULL, "the same as --config (sd-scripts' name)"},
+};
+#define N_FILE_FLAGS ((int)(sizeof k_file_flags / sizeof *k_file_flags))
 
 /* sd-scripts flags that change nothing here: accepted with a warning so users can bring their
  * commands. */
@@ -104,6 +189,16 @@ static const char *const k_ignored[] = {
     "logging_dir", "log_prefix", "log_with", "save_model_as", "max_token_length", "lowram",
     "highvram", "full_fp16", "full_bf16", "no_half_vae", "output_config",
 };
+#define N_IGNORED ((int)(sizeof k_ignored / sizeof *k_ignored))
+
+int dl_train_config_n_keys(void) { return N_KEYS; }
+const dl_train_key *dl_train_config_key(int i) { return i >= 0 && i < N_KEYS ? &k_keys[i] : NULL; }
+int dl_train_config_n_file_flags(void) { return N_FILE_FLAGS; }
+const dl_train_key *dl_train_config_file_flag(int i) { return i >= 0 && i < N_FILE_FLAGS ? &k_file_flags[i] : NULL; }
+int dl_train_config_n_ignored(void) { return N_IGNORED; }
+const char *dl_train_config_ignored(int i) { return i >= 0 && i < N_IGNORED ? k_ignored[i] : NULL; }
+int dl_train_config_n_groups(void) { return G_COUNT; }
+const char *dl_train_config_group_name(int g) { return g >= 0 && g < G_COUNT ? k_groups[g] : NULL; }
 
 static const key_def *find_key(const char *name)
 {
@@ -114,9 +209,32 @@ static const key_def *find_key(const char *name)
 
 static int is_ignored(const char *name)
 {
-    for (size_t i = 0; i < sizeof k_ignored / sizeof *k_ignored; i++)
+    for (int i = 0; i < N_IGNORED; i++)
         if (strcmp(k_ignored[i], name) == 0) return 1;
     return 0;
+}
+
+static int is_file_flag(const char *name)
+{
+    for (int i = 0; i < N_FILE_FLAGS; i++)
+        if (strcmp(k_file_flags[i].name, name) == 0) return 1;
+    return 0;
+}
+
+/* 1 if s is one of the key's '|'-separated values (s given with n chars; nocase: ignoring case) */
+static int in_values(const char *values, const char *s, size_t n, int nocase)
+{
+    for (const char *p = values; p && *p;) {
+        size_t k = strcspn(p, "|");
+        if (k == n && !(nocase ? strncasecmp(p, s, n) : strncmp(p, s, n))) return 1;
+        p += k + (p[k] ? 1 : 0);
+    }
+    return 0;
+}
+
+static int key_accepts(const char *key, const char *s, int nocase)
+{
+    return s && in_values(find_key(key)->values, s, strlen(s), nocase);
 }
 
 static void list_clear(dl_strlist *l)
@@ -384,11 +502,14 @@ int dl_train_config_parse_args(dl_train_config *c, int argc, char **argv, FILE *
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *val = NULL;
-        if (!strncmp(a, "--config=", 9)) val = a + 9;
-        else if (!strncmp(a, "--config_file=", 14)) val = a + 14;
-        else if (!strcmp(a, "--config") || !strcmp(a, "--config_file")) {
-            if (i + 1 >= argc) return dl_error_set("%s: missing file name", a);
-            val = argv[++i];
+        for (int k = 0; k < N_FILE_FLAGS && !val; k++) {
+            size_t n = strlen(k_file_flags[k].name);
+            if (strncmp(a, "--", 2) || strncmp(a + 2, k_file_flags[k].name, n)) continue;
+            if (a[2 + n] == '=') val = a + 3 + n;
+            else if (!a[2 + n]) {
+                if (i + 1 >= argc) return dl_error_set("%s: missing file name", a);
+                val = argv[++i];
+            }
         }
         if (val) DL_TRY(dl_train_config_load_json(c, val));
     }
@@ -399,7 +520,7 @@ int dl_train_config_parse_args(dl_train_config *c, int argc, char **argv, FILE *
         const char *eq = strchr(body, '=');
         char name[128];
         flag_name(body, eq ? (size_t)(eq - body) : strlen(body), name, sizeof name);
-        if (!strcmp(name, "config") || !strcmp(name, "config_file")) {
+        if (is_file_flag(name)) {
             if (!eq) i++;
             continue;
         }
@@ -441,27 +562,24 @@ static const char *list_get(const dl_strlist *l, const char *key, int *count)
     return r;
 }
 
-static int check_list_keys(const dl_strlist *l, const char *listname, const char *const *known, int nk)
+/* Every element of the list key is KEY=value with KEY one of the key's values. */
+static int check_list_keys(const dl_strlist *l, const char *listname)
 {
+    const char *known = find_key(listname)->values;
     for (int i = 0; i < l->n; i++) {
         const char *eq = strchr(l->v[i], '=');
         if (!eq) return dl_error_set("%s: '%s' is not key=value", listname, l->v[i]);
-        int ok = 0;
-        for (int j = 0; j < nk; j++)
-            if ((size_t)(eq - l->v[i]) == strlen(known[j]) && !strncmp(l->v[i], known[j], strlen(known[j]))) ok = 1;
-        if (!ok) return dl_error_set("%s: unknown argument '%.*s'", listname, (int)(eq - l->v[i]), l->v[i]);
+        if (!in_values(known, l->v[i], (size_t)(eq - l->v[i]), 0))
+            return dl_error_set("%s: unknown argument '%.*s'", listname, (int)(eq - l->v[i]), l->v[i]);
     }
     return DL_OK;
 }
 
-static const char *const k_schedulers[] = {"constant", "constant_with_warmup", "linear", "cosine",
-                                           "cosine_with_restarts", "polynomial"};
-
 int dl_train_config_finish(dl_train_config *c)
 {
-    if (!c->pretrained_model_name_or_path) return dl_error_set("pretrained_model_name_or_path: required");
-    if (!c->train_data_dir) return dl_error_set("train_data_dir: required");
-    if (!c->output_dir) return dl_error_set("output_dir: required");
+    for (int i = 0; i < N_KEYS; i++)
+        if (k_keys[i].required && !*(char **)((char *)c + k_keys[i].off))
+            return dl_error_set("%s: required", k_keys[i].name);
     if (!c->output_name || !*c->output_name || strchr(c->output_name, '/'))
         return dl_error_set("output_name: must be a non-empty file name without '/'");
 
@@ -487,11 +605,10 @@ int dl_train_config_finish(dl_train_config *c)
     if (c->min_bucket_reso % c->bucket_reso_steps || c->max_bucket_reso % c->bucket_reso_steps)
         return dl_error_set("min_bucket_reso / max_bucket_reso: must be multiples of bucket_reso_steps (%d)", c->bucket_reso_steps);
 
-    if (strcmp(c->network_module, "networks.lora") != 0)
+    if (!key_accepts("network_module", c->network_module, 0))
         return dl_error_set("network_module: only 'networks.lora' is supported, got '%s'", c->network_module);
     {
-        static const char *const known[] = {"conv_dim", "conv_alpha", "preset"};
-        DL_TRY(check_list_keys(&c->network_args, "network_args", known, 3));
+        DL_TRY(check_list_keys(&c->network_args, "network_args"));
         const char *v;
         double d;
         c->conv_dim = 0;
@@ -516,16 +633,15 @@ int dl_train_config_finish(dl_train_config *c)
     if (c->network_train_unet_only && c->network_train_text_encoder_only)
         return dl_error_set("network_train_unet_only and network_train_text_encoder_only: both set");
     if (!dl_backend_find(c->backend)) return dl_error_prefix("backend: ");
-    if (strcmp(c->lora_format, "kohya") && strcmp(c->lora_format, "peft"))
+    if (!key_accepts("lora_format", c->lora_format, 0))
         return dl_error_set("lora_format: expected 'kohya' or 'peft', got '%s'", c->lora_format);
 
-    if (strcasecmp(c->optimizer_type, "AdamW") != 0 && strcasecmp(c->optimizer_type, "torch.optim.AdamW") != 0)
+    if (!key_accepts("optimizer_type", c->optimizer_type, 1))
         return dl_error_set("optimizer_type: '%s' is not supported; danlu trains with AdamW only "
                             "(AdamW8bit, Lion, Prodigy, Adafactor, DAdaptation and others are not available)",
                             c->optimizer_type);
     {
-        static const char *const known[] = {"weight_decay", "betas", "eps"};
-        DL_TRY(check_list_keys(&c->optimizer_args, "optimizer_args", known, 3));
+        DL_TRY(check_list_keys(&c->optimizer_args, "optimizer_args"));
         const char *v;
         double d;
         if ((v = list_get(&c->optimizer_args, "weight_decay", NULL))) {
@@ -554,21 +670,15 @@ int dl_train_config_finish(dl_train_config *c)
             c->adam_beta2 = b2;
         }
     }
-    {
-        int ok = 0;
-        for (size_t i = 0; i < sizeof k_schedulers / sizeof *k_schedulers; i++)
-            if (!strcmp(c->lr_scheduler, k_schedulers[i])) ok = 1;
-        if (!ok)
-            return dl_error_set("lr_scheduler: unknown '%s' (constant, constant_with_warmup, linear, cosine, "
-                                "cosine_with_restarts, polynomial)", c->lr_scheduler);
-    }
-    if (strcmp(c->mixed_precision, "no") && strcmp(c->mixed_precision, "fp32"))
+    if (!key_accepts("lr_scheduler", c->lr_scheduler, 0))
+        return dl_error_set("lr_scheduler: unknown '%s' (constant, constant_with_warmup, linear, cosine, "
+                            "cosine_with_restarts, polynomial)", c->lr_scheduler);
+    if (!key_accepts("mixed_precision", c->mixed_precision, 0))
         return dl_error_set("mixed_precision: '%s' needs the CUDA backend; the CPU trains in fp32 ('no')",
                             c->mixed_precision);
-    if (!strcmp(c->save_precision, "float") || !strcmp(c->save_precision, "fp32")) c->save_dtype = DL_SAVE_FP32;
-    else if (!strcmp(c->save_precision, "fp16")) c->save_dtype = DL_SAVE_FP16;
-    else if (!strcmp(c->save_precision, "bf16")) c->save_dtype = DL_SAVE_BF16;
-    else return dl_error_set("save_precision: expected float, fp32, fp16 or bf16, got '%s'", c->save_precision);
+    if (!key_accepts("save_precision", c->save_precision, 0)) return dl_error_set("save_precision: expected float, fp32, fp16 or bf16, got '%s'", c->save_precision);
+    c->save_dtype = !strcmp(c->save_precision, "fp16") ? DL_SAVE_FP16
+                  : !strcmp(c->save_precision, "bf16") ? DL_SAVE_BF16 : DL_SAVE_FP32;
     if ((c->sample_every_n_steps || c->sample_every_n_epochs) && !c->sample_prompts)
         return dl_error_set("%s: needs sample_prompts", c->sample_every_n_steps ? "sample_every_n_steps" : "sample_every_n_epochs");
     if (c->cache_latents_to_disk) c->cache_latents = 1;

@@ -4,6 +4,7 @@
 #ifndef DANLU_TRAIN_CONFIG_H
 #define DANLU_TRAIN_CONFIG_H
 
+#include <stddef.h>
 #include <stdio.h>
 
 #ifdef __cplusplus
@@ -94,6 +95,39 @@ typedef struct dl_train_config {
     char *tokenizer;                     /* danlu: tokenizer folder / CLIP bpe file when the model
                                             has no tokenizer/ (a single .safetensors file) */
 } dl_train_config;
+
+/* The table of keys that the JSON reader, the flag parser, the printer and `danlu train --help`
+ * all walk. */
+typedef enum dl_train_key_kind {
+    DL_TKEY_STR, DL_TKEY_INT, DL_TKEY_I64, DL_TKEY_DBL, DL_TKEY_BOOL, DL_TKEY_LIST
+} dl_train_key_kind;
+
+typedef struct dl_train_key {
+    const char *name;       /* the JSON key; the flag is --name */
+    dl_train_key_kind kind;
+    size_t off;             /* field in dl_train_config */
+    const char *def;        /* default as text; NULL: unset (NULL string, NaN double, 0 int) */
+    double lo, hi;          /* numeric range (inclusive) */
+    int optional;           /* a number that may be unset (null in JSON, "none" on the command line) */
+    int required;           /* must be given */
+    int group;              /* help heading: dl_train_config_group_name(group) */
+    const char *meta;       /* value placeholder in the help ("N", "PATH"); NULL for booleans */
+    const char *values;     /* accepted values, '|'-separated (lists: the accepted KEY of KEY=VALUE);
+                               NULL: any */
+    const char *help;       /* one-line meaning */
+} dl_train_key;
+
+int dl_train_config_n_keys(void);
+const dl_train_key *dl_train_config_key(int i);
+/* --config / --config_file: command-line flags that name the JSON file (not keys). */
+int dl_train_config_n_file_flags(void);
+const dl_train_key *dl_train_config_file_flag(int i);
+/* sd-scripts flags accepted with a warning and ignored (no '--'). */
+int dl_train_config_n_ignored(void);
+const char *dl_train_config_ignored(int i);
+/* Help headings, in the order the help prints them. */
+int dl_train_config_n_groups(void);
+const char *dl_train_config_group_name(int g);
 
 /* Fill every field with sd-scripts' default. */
 void dl_train_config_defaults(dl_train_config *c);
