@@ -45,11 +45,12 @@ int main(int argc, char **argv)
     double t_load = bench_now();
     double *times = calloc((size_t)repeats, sizeof *times);
     int ok = 1;
+    size_t wb = 0;
     if (!strcmp(what, "text")) {
         dl_clip m;
-        ok = dl_arena_init(&weights, "weights", dl_clip_weights_bytes(&ck.cfg.text)) == DL_OK &&
+        ok = dl_clip_weights_bytes(&ck, &wb) == DL_OK && dl_arena_init(&weights, "weights", wb) == DL_OK &&
              dl_clip_load(&m, &ck, &weights) == DL_OK &&
-             dl_arena_init(&scratch, "scratch", dl_clip_scratch_bytes(&ck.cfg.text, 1, 77)) == DL_OK;
+             dl_arena_init(&scratch, "scratch", dl_clip_scratch_bytes(&m, 1, 77)) == DL_OK;
         if (ok) {
             t_load = bench_now() - t_load;
             int32_t ids[77];
@@ -66,7 +67,7 @@ int main(int argc, char **argv)
     } else if (!strcmp(what, "unet32") || !strcmp(what, "unet64")) {
         int HW = !strcmp(what, "unet32") ? 32 : 64, Dc = ck.cfg.unet.cross_attention_dim;
         dl_unet m;
-        ok = dl_arena_init(&weights, "weights", dl_unet_weights_bytes(&ck.cfg.unet)) == DL_OK &&
+        ok = dl_unet_weights_bytes(&ck, &wb) == DL_OK && dl_arena_init(&weights, "weights", wb) == DL_OK &&
              dl_unet_load(&m, &ck, &weights) == DL_OK &&
              dl_arena_init(&scratch, "scratch", dl_unet_scratch_bytes(&m, 1, HW, HW, 77)) == DL_OK;
         if (ok) {
@@ -84,7 +85,7 @@ int main(int argc, char **argv)
     } else if (!strcmp(what, "vae256")) {
         int f = 1 << (ck.cfg.vae.n_blocks - 1), h = 256 / f;
         dl_vae m;
-        ok = dl_arena_init(&weights, "weights", dl_vae_weights_bytes(&ck.cfg.vae)) == DL_OK &&
+        ok = dl_vae_weights_bytes(&ck, &wb) == DL_OK && dl_arena_init(&weights, "weights", wb) == DL_OK &&
              dl_vae_load(&m, &ck, &weights) == DL_OK &&
              dl_arena_init(&scratch, "scratch", dl_vae_scratch_bytes(&ck.cfg.vae, 1, 256, 256)) == DL_OK;
         if (ok) {

@@ -56,7 +56,8 @@ int main(int argc, char **argv)
     double t_load = bench_now();
     dl_arena weights, act, scratch;
     dl_unet u;
-    if (dl_arena_init(&weights, "weights", dl_unet_weights_bytes(&ck.cfg.unet)) != DL_OK ||
+    size_t wb = 0;
+    if (dl_unet_weights_bytes(&ck, &wb) != DL_OK || dl_arena_init(&weights, "weights", wb) != DL_OK ||
         dl_unet_load(&u, &ck, &weights) != DL_OK)
         die();
     t_load = bench_now() - t_load;

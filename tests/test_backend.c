@@ -220,12 +220,12 @@ Test(backend, clip_and_vae_go_through_the_table)
     dl_arena w, scratch;
     dl_clip clip;
     dl_vae vae;
-    cr_assert_eq(dl_arena_init(&w, "weights", dl_clip_weights_bytes(&ck.cfg.text) + dl_vae_weights_bytes(&ck.cfg.vae)),
+    cr_assert_eq(dl_arena_init(&w, "weights", tu_clip_weights_bytes(&ck) + tu_vae_weights_bytes(&ck)),
                  DL_OK);
     cr_assert_eq(dl_clip_load(&clip, &ck, &w), DL_OK, "%s", dl_error_msg());
     cr_assert_eq(dl_vae_load(&vae, &ck, &w), DL_OK, "%s", dl_error_msg());
     const int T = 77, C = ck.cfg.text.hidden_size, f = 1 << (ck.cfg.vae.n_blocks - 1), h = 4;
-    const size_t sb = dl_clip_scratch_bytes(&ck.cfg.text, 1, T), vb = dl_vae_scratch_bytes(&ck.cfg.vae, 1, h * f, h * f);
+    const size_t sb = dl_clip_scratch_bytes(&clip, 1, T), vb = dl_vae_scratch_bytes(&ck.cfg.vae, 1, h * f, h * f);
     cr_assert_eq(dl_arena_init(&scratch, "scratch", sb > vb ? sb : vb), DL_OK);
     int32_t ids[77];
     for (int i = 0; i < T; i++) ids[i] = (int32_t)((i * 37 + 5) % ck.cfg.text.vocab_size);

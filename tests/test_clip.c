@@ -20,9 +20,9 @@ static void open_model(fixture *f, const char *rel, dl_act act, int heads)
     cr_assert_eq(dl_ckpt_open(&f->ck, tu_path(rel), NULL), DL_OK, "%s", dl_error_msg());
     f->ck.cfg.text.act = act;        /* variants of the same weights, as gen_clip.py makes them */
     f->ck.cfg.text.num_heads = heads;
-    cr_assert_eq(dl_arena_init(&f->weights, "weights", dl_clip_weights_bytes(&f->ck.cfg.text)), DL_OK);
+    cr_assert_eq(dl_arena_init(&f->weights, "weights", tu_clip_weights_bytes(&f->ck)), DL_OK);
     cr_assert_eq(dl_clip_load(&f->clip, &f->ck, &f->weights), DL_OK, "%s", dl_error_msg());
-    cr_assert_eq(dl_arena_init(&f->scratch, "scratch", dl_clip_scratch_bytes(&f->clip.cfg, 2, 77)), DL_OK);
+    cr_assert_eq(dl_arena_init(&f->scratch, "scratch", dl_clip_scratch_bytes(&f->clip, 2, 77)), DL_OK);
 }
 
 static void close_model(fixture *f)

@@ -40,7 +40,7 @@ static void setup(fixture *f, int heads)
     memset(f, 0, sizeof *f);
     cr_assert_eq(dl_ckpt_open(&f->ck, tu_path("tests/golden/tiny_sd15"), NULL), DL_OK, "%s", dl_error_msg());
     f->ck.cfg.text.num_heads = heads; /* the same weights with more heads, as the generator does */
-    cr_assert_eq(dl_arena_init(&f->weights, "weights", dl_clip_weights_bytes(&f->ck.cfg.text)), DL_OK);
+    cr_assert_eq(dl_arena_init(&f->weights, "weights", tu_clip_weights_bytes(&f->ck)), DL_OK);
     cr_assert_eq(dl_clip_load(&f->clip, &f->ck, &f->weights), DL_OK, "%s", dl_error_msg());
     f->C = f->clip.cfg.hidden_size;
     f->L = f->clip.cfg.num_layers;
@@ -77,7 +77,7 @@ static void setup(fixture *f, int heads)
         l->dB = calloc((size_t)m->lin->out * l->r, sizeof(float));
         m->lin->lora = l;
     }
-    size_t sb = dl_clip_scratch_bytes(&f->clip.cfg, f->N, f->T);
+    size_t sb = dl_clip_scratch_bytes(&f->clip, f->N, f->T);
     size_t bb = dl_clip_backward_scratch_bytes(&f->clip, f->N, f->T);
     cr_assert_eq(dl_arena_init(&f->scratch, "scratch", sb > bb ? sb : bb), DL_OK);
     cr_assert_eq(dl_arena_init(&f->acts, "activations", dl_clip_saved_bytes(&f->clip.cfg, f->N, f->T, f->L)), DL_OK);

@@ -231,7 +231,7 @@ static void expect_outputs(tu_te_unet *m, const inputs *in, const dl_st_file *g,
 {
     dl_arena s;
     size_t sb = dl_unet_scratch_bytes(&m->u, in->N, in->H, in->W, in->T);
-    size_t cb = dl_clip_scratch_bytes(&m->te.cfg, in->N, in->T);
+    size_t cb = dl_clip_scratch_bytes(&m->te, in->N, in->T);
     cr_assert_eq(dl_arena_init(&s, "scratch", sb > cb ? sb : cb), DL_OK);
     const size_t nu = (size_t)in->N * in->H * in->W * 4, nt = (size_t)in->N * in->T * 64;
     float *out = tu_alloc_nan(nu), *h = tu_alloc_nan(nt);

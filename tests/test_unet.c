@@ -30,11 +30,11 @@ static void model_open(model *m, const char *rel)
 {
     int r = dl_ckpt_open(&m->ck, tu_path(rel), NULL);
     cr_assert_eq(r, DL_OK, "open %s: %s", rel, dl_error_msg());
-    size_t bytes = dl_unet_weights_bytes(&m->ck.cfg.unet);
+    size_t bytes = tu_unet_weights_bytes(&m->ck);
     cr_assert_eq(dl_arena_init(&m->w, "weights", bytes), DL_OK);
     r = dl_unet_load(&m->u, &m->ck, &m->w);
     cr_assert_eq(r, DL_OK, "load %s: %s", rel, dl_error_msg());
-    cr_expect_eq(m->w.used, bytes, "%s: weights took %zu bytes, dl_unet_weights_bytes said %zu", rel, m->w.used,
+    cr_expect_eq(m->w.used, bytes, "%s: weights took %zu bytes, dl_unet_weights_bytes measured %zu", rel, m->w.used,
                  bytes);
 }
 
@@ -256,12 +256,19 @@ static void expect_load_error(const char *path, const char *needle1, const char 
 {
     dl_checkpoint ck;
     cr_assert_eq(dl_ckpt_open(&ck, path, NULL), DL_OK, "%s", dl_error_msg());
+    /* measuring the weights runs the loader's checks: the same error, before any allocation */
+    size_t bytes = 0;
+    dl_error_clear();
+    cr_expect_eq(dl_unet_weights_bytes(&ck, &bytes), DL_ERR);
+    const char *msg = dl_error_msg();
+    cr_expect(strstr(msg, needle1) != NULL, "measuring: message \"%s\" lacks \"%s\"", msg, needle1);
+    cr_expect(strstr(msg, needle2) != NULL, "measuring: message \"%s\" lacks \"%s\"", msg, needle2);
     dl_arena w;
-    cr_assert_eq(dl_arena_init(&w, "weights", dl_unet_weights_bytes(&ck.cfg.unet)), DL_OK);
+    cr_assert_eq(dl_arena_init(&w, "weights", (size_t)64 << 20), DL_OK);
     dl_unet u;
     dl_error_clear();
     cr_expect_eq(dl_unet_load(&u, &ck, &w), DL_ERR);
-    const char *msg = dl_error_msg();
+    msg = dl_error_msg();
     cr_expect(strstr(msg, needle1) != NULL, "message \"%s\" lacks \"%s\"", msg, needle1);
     cr_expect(strstr(msg, needle2) != NULL, "message \"%s\" lacks \"%s\"", msg, needle2);
     cr_expect_eq(u.n_modules, 0); /* nothing left to free */
@@ -285,14 +292,20 @@ Test(unet, missing_or_misshaped_tensor_is_named)
     cr_assert_eq(dl_ckpt_open(&ck, tu_path("tests/golden/tiny_sd15"), NULL), DL_OK, "%s", dl_error_msg());
     dl_arena w;
     dl_unet u;
+    const size_t full = tu_unet_weights_bytes(&ck);
+    size_t bytes = 0;
     ck.cfg.unet.down_cross_attn[1] = 1;
-    cr_assert_eq(dl_arena_init(&w, "weights", dl_unet_weights_bytes(&ck.cfg.unet)), DL_OK);
+    cr_expect_eq(dl_unet_weights_bytes(&ck, &bytes), DL_ERR);
+    cr_expect(strstr(dl_error_msg(), "down_blocks.1.attentions.0.norm.weight") != NULL, "%s", dl_error_msg());
+    cr_assert_eq(dl_arena_init(&w, "weights", 2 * full), DL_OK);
     cr_expect_eq(dl_unet_load(&u, &ck, &w), DL_ERR);
     cr_expect(strstr(dl_error_msg(), "down_blocks.1.attentions.0.norm.weight") != NULL, "%s", dl_error_msg());
     dl_arena_free(&w);
     ck.cfg.unet.down_cross_attn[1] = 0;
     ck.cfg.unet.cross_attention_dim = 48;
-    cr_assert_eq(dl_arena_init(&w, "weights", dl_unet_weights_bytes(&ck.cfg.unet)), DL_OK);
+    cr_expect_eq(dl_unet_weights_bytes(&ck, &bytes), DL_ERR);
+    cr_expect(strstr(dl_error_msg(), "attn2.to_k.weight") != NULL, "%s", dl_error_msg());
+    cr_assert_eq(dl_arena_init(&w, "weights", 2 * full), DL_OK);
     cr_expect_eq(dl_unet_load(&u, &ck, &w), DL_ERR);
     cr_expect(strstr(dl_error_msg(), "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight") != NULL,
               "%s", dl_error_msg());
@@ -300,7 +313,7 @@ Test(unet, missing_or_misshaped_tensor_is_named)
     dl_arena_free(&w);
     /* a weights arena too small is an error naming the arena, not a crash */
     ck.cfg.unet.cross_attention_dim = 64;
-    cr_assert_eq(dl_arena_init(&w, "weights", dl_unet_weights_bytes(&ck.cfg.unet) / 2), DL_OK);
+    cr_assert_eq(dl_arena_init(&w, "weights", full / 2), DL_OK);
     cr_expect_eq(dl_unet_load(&u, &ck, &w), DL_ERR);
     cr_expect(strstr(dl_error_msg(), "weights arena is full") != NULL, "%s", dl_error_msg());
     dl_arena_free(&w);

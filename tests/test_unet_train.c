@@ -58,7 +58,7 @@ static void rig_open(rig *r, const char *model, const char *case_name)
     memset(r, 0, sizeof *r);
     snprintf(r->case_name, sizeof r->case_name, "%s", case_name);
     cr_assert_eq(dl_ckpt_open(&r->ck, tu_path(model), NULL), DL_OK, "open %s: %s", model, dl_error_msg());
-    cr_assert_eq(dl_arena_init(&r->w, "weights", dl_unet_weights_bytes(&r->ck.cfg.unet)), DL_OK);
+    cr_assert_eq(dl_arena_init(&r->w, "weights", tu_unet_weights_bytes(&r->ck)), DL_OK);
     cr_assert_eq(dl_unet_load(&r->u, &r->ck, &r->w), DL_OK, "load %s: %s", model, dl_error_msg());
     tu_golden_open(&r->g, "unet_train");
     char key[512];

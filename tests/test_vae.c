@@ -14,7 +14,7 @@ static void check_vae(const char *rel, const char *cse)
     dl_checkpoint ck;
     cr_assert_eq(dl_ckpt_open(&ck, tu_path(rel), NULL), DL_OK, "%s", dl_error_msg());
     dl_arena weights, scratch;
-    cr_assert_eq(dl_arena_init(&weights, "weights", dl_vae_weights_bytes(&ck.cfg.vae)), DL_OK);
+    cr_assert_eq(dl_arena_init(&weights, "weights", tu_vae_weights_bytes(&ck)), DL_OK);
     dl_vae vae;
     cr_assert_eq(dl_vae_load(&vae, &ck, &weights), DL_OK, "%s", dl_error_msg());
 

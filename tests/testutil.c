@@ -185,12 +185,34 @@ void tu_fd_grad(tu_scalar_fn f, void *user, double *x, size_t n, double h, doubl
 
 /* ---- UNet training rig ---- */
 
+size_t tu_unet_weights_bytes(dl_checkpoint *ck)
+{
+    size_t b = 0;
+    cr_assert_eq(dl_unet_weights_bytes(ck, &b), DL_OK, "measuring the UNet of %s: %s", ck->path, dl_error_msg());
+    return b;
+}
+
+size_t tu_vae_weights_bytes(dl_checkpoint *ck)
+{
+    size_t b = 0;
+    cr_assert_eq(dl_vae_weights_bytes(ck, &b), DL_OK, "measuring the VAE of %s: %s", ck->path, dl_error_msg());
+    return b;
+}
+
+size_t tu_clip_weights_bytes(dl_checkpoint *ck)
+{
+    size_t b = 0;
+    cr_assert_eq(dl_clip_weights_bytes(ck, &b), DL_OK, "measuring the text encoder of %s: %s", ck->path,
+                 dl_error_msg());
+    return b;
+}
+
 /* tiny_unet_sd1x with a rank-2 LoRA on every linear and conv, inputs from the unet_train golden. */
 void tu_unet_rig_open(tu_unet_rig *r)
 {
     memset(r, 0, sizeof *r);
     cr_assert_eq(dl_ckpt_open(&r->ck, tu_path("tests/golden/tiny_unet_sd1x"), NULL), DL_OK, "%s", dl_error_msg());
-    cr_assert_eq(dl_arena_init(&r->w, "weights", dl_unet_weights_bytes(&r->ck.cfg.unet)), DL_OK);
+    cr_assert_eq(dl_arena_init(&r->w, "weights", tu_unet_weights_bytes(&r->ck)), DL_OK);
     cr_assert_eq(dl_unet_load(&r->u, &r->ck, &r->w), DL_OK, "%s", dl_error_msg());
     tu_golden_open(&r->g, "unet_train");
     const dl_st_tensor *tx = dl_st_find(&r->g, "sd1x.x"), *tc = dl_st_find(&r->g, "sd1x.ctx");
@@ -268,7 +290,7 @@ double tu_unet_rig_step(const dl_ctx *c, tu_unet_rig *r, dl_unet_tape *tape, flo
 void tu_te_unet_open(tu_te_unet *m, const char *rel)
 {
     cr_assert_eq(dl_ckpt_open(&m->ck, tu_path(rel), NULL), DL_OK, "%s", dl_error_msg());
-    size_t bytes = dl_unet_weights_bytes(&m->ck.cfg.unet) + dl_clip_weights_bytes(&m->ck.cfg.text);
+    size_t bytes = tu_unet_weights_bytes(&m->ck) + tu_clip_weights_bytes(&m->ck);
     cr_assert_eq(dl_arena_init(&m->w, "weights", bytes), DL_OK);
     cr_assert_eq(dl_unet_load(&m->u, &m->ck, &m->w), DL_OK, "%s", dl_error_msg());
     cr_assert_eq(dl_clip_load(&m->te, &m->ck, &m->w), DL_OK, "%s", dl_error_msg());

@@ -9,6 +9,7 @@
 #include "model/checkpoint.h"
 #include "model/clip.h"
 #include "model/unet.h"
+#include "model/vae.h"
 #include "train/unet_train.h"
 
 #include <stddef.h>
@@ -54,6 +55,12 @@ void tu_expect_close_d(const float *got, const double *ref, size_t n, double tol
 void tu_fill_uniform(float *x, size_t n, uint64_t seed, float lo, float hi);
 /* malloc'd array of n floats pre-filled with NaN (poisoned outputs). */
 float *tu_alloc_nan(size_t n);
+
+/* Weights-arena bytes of ck's UNet / VAE / text encoder, measured as the product measures them
+ * (dl_*_weights_bytes: the loader against a measuring arena); fails the test on an error. */
+size_t tu_unet_weights_bytes(dl_checkpoint *ck);
+size_t tu_vae_weights_bytes(dl_checkpoint *ck);
+size_t tu_clip_weights_bytes(dl_checkpoint *ck);
 
 /* A CPU context for tests (2 threads unless DANLU_THREADS says otherwise). */
 dl_ctx *tu_ctx(void);

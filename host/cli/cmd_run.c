@@ -153,9 +153,10 @@ static int run_text(run_state *s, const dl_st_file *in)
         ids[i] = (int32_t)v;
     }
     dl_clip m;
-    if (dl_arena_init(&s->weights, "weights", dl_clip_weights_bytes(c)) != DL_OK ||
+    size_t wb;
+    if (dl_clip_weights_bytes(&s->ck, &wb) != DL_OK || dl_arena_init(&s->weights, "weights", wb) != DL_OK ||
         dl_clip_load(&m, &s->ck, &s->weights) != DL_OK ||
-        dl_arena_init(&s->scratch, "scratch", dl_clip_scratch_bytes(c, N, T)) != DL_OK) {
+        dl_arena_init(&s->scratch, "scratch", dl_clip_scratch_bytes(&m, N, T)) != DL_OK) {
         free(ids);
         return DL_ERR;
     }
@@ -204,7 +205,9 @@ static int run_unet(run_state *s, const dl_st_file *in)
     free(t1);
     (void)ts;
     dl_unet m;
-    if (dl_arena_init(&s->weights, "weights", dl_unet_weights_bytes(u)) != DL_OK || dl_unet_load(&m, &s->ck, &s->weights) != DL_OK)
+    size_t wb;
+    if (dl_unet_weights_bytes(&s->ck, &wb) != DL_OK || dl_arena_init(&s->weights, "weights", wb) != DL_OK ||
+        dl_unet_load(&m, &s->ck, &s->weights) != DL_OK)
         return DL_ERR;
     if (dl_arena_init(&s->scratch, "scratch", dl_unet_scratch_bytes(&m, (int)N, (int)H, (int)W, (int)cs[1])) != DL_OK)
         return DL_ERR;
@@ -219,7 +222,8 @@ static int run_unet(run_state *s, const dl_st_file *in)
 
 static int load_vae(run_state *s, dl_vae *m, int N, int H, int W)
 {
-    if (dl_arena_init(&s->weights, "weights", dl_vae_weights_bytes(&s->ck.cfg.vae)) != DL_OK ||
+    size_t wb;
+    if (dl_vae_weights_bytes(&s->ck, &wb) != DL_OK || dl_arena_init(&s->weights, "weights", wb) != DL_OK ||
         dl_vae_load(m, &s->ck, &s->weights) != DL_OK ||
         dl_arena_init(&s->scratch, "scratch", dl_vae_scratch_bytes(&s->ck.cfg.vae, N, H, W)) != DL_OK)
         return DL_ERR;

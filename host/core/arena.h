@@ -15,14 +15,23 @@ typedef struct dl_arena {
     const char *name;   /* for messages: "weights", "activations", ... */
     char *base;
     size_t cap, used, peak;
+    int measuring;      /* 1: a measuring arena (dl_arena_init_measure) */
 } dl_arena;
 
 /* Reserve cap bytes. Returns DL_OK, or DL_ERR with a message naming the arena. */
 int dl_arena_init(dl_arena *a, const char *name, size_t cap);
+/* A measuring arena: it reserves nothing and never runs out; allocations only count (used, peak,
+ * with the same 64-byte rounding as a real arena) and return a placeholder address that must
+ * not be read or written (it points into read-only memory). Code that fills what it allocates
+ * checks dl_arena_measuring and skips the filling: a loader run against a measuring arena is
+ * the measure of the arena it needs (dl_unet_weights_bytes and friends). */
+void dl_arena_init_measure(dl_arena *a, const char *name);
+/* 1 when a is a measuring arena. */
+int dl_arena_measuring(const dl_arena *a);
 void dl_arena_free(dl_arena *a);
 /* 64-byte aligned, uninitialised; NULL (with a message) when the arena is full. */
 void *dl_arena_alloc(dl_arena *a, size_t bytes);
-/* Same, zero-filled. */
+/* Same, zero-filled (a measuring arena fills nothing). */
 void *dl_arena_calloc(dl_arena *a, size_t bytes);
 /* Current mark, and release back to it (stack discipline for scratch). */
 size_t dl_arena_mark(const dl_arena *a);

@@ -894,22 +894,37 @@ int dl_ckpt_shape(const dl_checkpoint *ck, dl_part part, const char *name, int *
     return DL_OK;
 }
 
-int dl_ckpt_load(dl_checkpoint *ck, dl_part part, const char *name, int ndim, const int64_t *shape, float *dst)
+/* Resolve name into *r and check it has shape (ndim, shape): what dl_ckpt_check promises. */
+static int check(const dl_checkpoint *ck, dl_part part, const char *name, int ndim, const int64_t *shape, ref *r)
 {
-    ref r;
     char w[600], se[128], sf[128];
-    int f = resolve(ck, part, name, &r);
+    int f = resolve(ck, part, name, r);
     if (f < 0) return DL_ERR;
     dl_shape_str(shape, ndim, se, sizeof se);
     if (f == 0)
         return dl_error_set("%s tensor %s not found (%s); expected shape %s", dl_part_name(part), name,
-                            where(ck, &r, w, sizeof w), se);
-    int ok = dl_shape_eq(r.shape, r.ndim, shape, ndim);
+                            where(ck, r, w, sizeof w), se);
+    int ok = dl_shape_eq(r->shape, r->ndim, shape, ndim);
     /* a [C, C] linear asked for, stored as a [C, C, 1, 1] conv (ldm VAE attention) */
-    if (!ok && ndim == 2 && r.ndim == 4 && r.shape[2] == 1 && r.shape[3] == 1) ok = dl_shape_eq(r.shape, 2, shape, 2);
+    if (!ok && ndim == 2 && r->ndim == 4 && r->shape[2] == 1 && r->shape[3] == 1)
+        ok = dl_shape_eq(r->shape, 2, shape, 2);
     if (!ok)
         return dl_error_set("%s tensor %s (%s): expected shape %s, found %s", dl_part_name(part), name,
-                            where(ck, &r, w, sizeof w), se, dl_shape_str(r.shape, r.ndim, sf, sizeof sf));
+                            where(ck, r, w, sizeof w), se, dl_shape_str(r->shape, r->ndim, sf, sizeof sf));
+    return DL_OK;
+}
+
+int dl_ckpt_check(const dl_checkpoint *ck, dl_part part, const char *name, int ndim, const int64_t *shape)
+{
+    ref r;
+    return check(ck, part, name, ndim, shape, &r);
+}
+
+int dl_ckpt_load(dl_checkpoint *ck, dl_part part, const char *name, int ndim, const int64_t *shape, float *dst)
+{
+    ref r;
+    char w[600];
+    DL_TRY(check(ck, part, name, ndim, shape, &r));
     const dl_st_file *file = &ck->files[r.file];
     int rc;
     if (r.k.split >= 0) {

@@ -70,6 +70,9 @@ int dl_ckpt_shape(const dl_checkpoint *ck, dl_part part, const char *name, int *
  * DL_ERR naming the tensor (and its key in the file) when it is missing, with the expected
  * shape, or when the shape differs, with both shapes. Marks the tensor used. */
 int dl_ckpt_load(dl_checkpoint *ck, dl_part part, const char *name, int ndim, const int64_t *shape, float *dst);
+/* What dl_ckpt_load checks, without reading: the tensor is there with shape (ndim, shape);
+ * the same DL_ERR messages. Does not mark the tensor used (a measuring load calls this). */
+int dl_ckpt_check(const dl_checkpoint *ck, dl_part part, const char *name, int ndim, const int64_t *shape);
 /* Read a conv weight stored [cout, cin, kh, kw] into dst as danlu's [cout, kh, kw, cin]. Same
  * errors as dl_ckpt_load (shapes named in the file's OIHW order). */
 int dl_ckpt_load_conv(dl_checkpoint *ck, dl_part part, const char *name, int cout, int cin, int kh, int kw,

@@ -11,38 +11,54 @@
 #define NAME_LEN 96
 enum { NAMES_PER_LAYER = 8 };
 
-size_t dl_clip_weights_bytes(const dl_clip_config *c)
+int dl_clip_weights_bytes(dl_checkpoint *ck, size_t *bytes)
 {
-    size_t C = (size_t)c->hidden_size, I = (size_t)c->intermediate_size, L = (size_t)c->num_layers;
-    size_t per_layer = 4 * (C * C + C) + (I * C + I) + (C * I + C) + 4 * C;
-    size_t floats = (size_t)c->vocab_size * C + (size_t)c->max_positions * C + L * per_layer + 2 * C;
-    /* every tensor is rounded up to 64 bytes: at most 16 tensors per layer + 4 */
-    return floats * sizeof(float) + (L * 16 + 4) * 64 + L * sizeof(dl_clip_layer) + 64;
+    dl_arena a;
+    dl_arena_init_measure(&a, "text encoder weights (measuring)");
+    dl_clip m;
+    if (dl_clip_load(&m, ck, &a) != DL_OK) return DL_ERR;
+    dl_clip_free(&m);
+    *bytes = a.used;
+    return DL_OK;
 }
 
-size_t dl_clip_scratch_bytes(const dl_clip_config *c, int N, int T)
+static size_t al64(int64_t n) { return ((size_t)(n > 0 ? n : 1) * sizeof(float) + 63) & ~(size_t)63; }
+
+/* Largest rank of an unmerged LoRA on any layer (0 without). */
+static int max_rank(const dl_clip *m)
 {
-    size_t M = (size_t)N * T, C = (size_t)c->hidden_size, I = (size_t)c->intermediate_size;
-    /* x, h, q, k, v, a + the MLP's two [M, I] + lse + norm stats + LoRA temporaries */
-    return (6 * M * C + 2 * M * I + (size_t)N * c->num_heads * T + 2 * M + M * 128) * sizeof(float) + 16 * 64;
+    int r = 0;
+    for (int l = 0; l < m->cfg.num_layers; l++) {
+        const dl_clip_layer *y = &m->layers[l];
+        const dl_linear *all[6] = {&y->q, &y->k, &y->v, &y->o, &y->fc1, &y->fc2};
+        for (int i = 0; i < 6; i++)
+            if (all[i]->lora && !all[i]->lora->merged && all[i]->lora->r > r) r = all[i]->lora->r;
+    }
+    return r;
 }
 
-int dl_clip_load(dl_clip *m, dl_checkpoint *ck, dl_arena *weights)
+size_t dl_clip_scratch_bytes(const dl_clip *m, int N, int T)
 {
-    memset(m, 0, sizeof *m);
-    m->cfg = ck->cfg.text;
+    const dl_clip_config *c = &m->cfg;
+    const int64_t M = (int64_t)N * T, C = c->hidden_size, I = c->intermediate_size;
+    /* what dl_clip_forward holds throughout: x, h, q, k, v, a [M, C], f1, f2 [M, I], lse [N, H, T] */
+    size_t held = 6 * al64(M * C) + 2 * al64(M * I) + al64((int64_t)N * c->num_heads * T);
+    /* and the most one layer call takes and gives back: layer-norm mean/rstd [M], LoRA's [M, r] */
+    size_t call = 2 * al64(M), lora = al64(M * max_rank(m));
+    return held + (call > lora ? call : lora);
+}
+
+static int load_all(dl_clip *m, dl_checkpoint *ck, dl_arena *weights)
+{
     const dl_clip_config *c = &m->cfg;
     int C = c->hidden_size, I = c->intermediate_size, L = c->num_layers;
     dl_loader ld = {ck, DL_PART_TEXT, weights};
     int64_t ts[2] = {c->vocab_size, C}, ps[2] = {c->max_positions, C};
-    m->tok_emb = dl_arena_alloc(weights, (size_t)c->vocab_size * C * sizeof(float));
-    m->pos_emb = dl_arena_alloc(weights, (size_t)c->max_positions * C * sizeof(float));
-    m->layers = dl_arena_calloc(weights, (size_t)L * sizeof *m->layers);
-    if (!m->tok_emb || !m->pos_emb || !m->layers) return DL_ERR;
-    DL_TRY(dl_ckpt_load(ck, DL_PART_TEXT, "text_model.embeddings.token_embedding.weight", 2, ts, m->tok_emb));
-    DL_TRY(dl_ckpt_load(ck, DL_PART_TEXT, "text_model.embeddings.position_embedding.weight", 2, ps, m->pos_emb));
+    m->layers = calloc((size_t)L, sizeof *m->layers);
     m->names = calloc((size_t)L * NAMES_PER_LAYER, NAME_LEN);
-    if (!m->names) return dl_error_set("out of memory loading the text encoder");
+    if (!m->layers || !m->names) return dl_error_set("out of memory loading the text encoder");
+    if (!(m->tok_emb = dl_load_tensor(&ld, "text_model.embeddings.token_embedding.weight", 2, ts))) return DL_ERR;
+    if (!(m->pos_emb = dl_load_tensor(&ld, "text_model.embeddings.position_embedding.weight", 2, ps))) return DL_ERR;
     for (int l = 0; l < L; l++) {
         dl_clip_layer *y = &m->layers[l];
         char *nm = m->names + (size_t)l * NAMES_PER_LAYER * NAME_LEN;
@@ -64,9 +80,20 @@ int dl_clip_load(dl_clip *m, dl_checkpoint *ck, dl_arena *weights)
     return DL_OK;
 }
 
+int dl_clip_load(dl_clip *m, dl_checkpoint *ck, dl_arena *weights)
+{
+    memset(m, 0, sizeof *m);
+    m->cfg = ck->cfg.text;
+    if (load_all(m, ck, weights) == DL_OK) return DL_OK;
+    dl_clip_free(m);
+    return DL_ERR;
+}
+
 void dl_clip_free(dl_clip *m)
 {
+    free(m->layers);
     free(m->names);
+    m->layers = NULL;
     m->names = NULL;
 }
 

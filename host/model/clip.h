@@ -20,21 +20,25 @@ typedef struct dl_clip {
     dl_clip_config cfg;
     float *tok_emb;                   /* [vocab, C] */
     float *pos_emb;                   /* [max_positions, C] */
-    dl_clip_layer *layers;            /* [num_layers], in the weights arena */
+    dl_clip_layer *layers;            /* [num_layers] (malloc'd; dl_clip_free) */
     dl_norm final_ln;                 /* [C] */
     char *names;                      /* storage for the layers' names */
 } dl_clip;
 
-/* Bytes of weights the text encoder of cfg needs in the weights arena (with alignment slack). */
-size_t dl_clip_weights_bytes(const dl_clip_config *cfg);
-/* Load the text encoder of ck into weights. DL_ERR names a missing or mis-shaped tensor. */
+/* *bytes = what dl_clip_load(ck) will take from its weights arena: the loader run against a
+ * measuring arena (every tensor it places, checked against ck and counted, nothing read).
+ * DL_ERR with the error dl_clip_load would give (missing or mis-shaped tensor, bad config). */
+int dl_clip_weights_bytes(dl_checkpoint *ck, size_t *bytes);
+/* Load the text encoder of ck into weights (exactly dl_clip_weights_bytes of it). DL_ERR names
+ * a missing or mis-shaped tensor (m then holds nothing to free). */
 int dl_clip_load(dl_clip *m, dl_checkpoint *ck, dl_arena *weights);
 void dl_clip_free(dl_clip *m);
 /* The linear layer called name (transformers name without ".weight", e.g.
  * "text_model.encoder.layers.0.self_attn.q_proj", "...mlp.fc1"), or NULL: for LoRA injection. */
 dl_linear *dl_clip_find(const dl_clip *m, const char *name);
-/* Bytes of scratch dl_clip_forward needs for N sequences of T tokens. */
-size_t dl_clip_scratch_bytes(const dl_clip_config *cfg, int N, int T);
+/* Bytes of scratch dl_clip_forward needs for N sequences of T tokens, including the
+ * temporaries of the LoRAs attached to m at the time of the call (attach them first). */
+size_t dl_clip_scratch_bytes(const dl_clip *m, int N, int T);
 
 /* Encode ids [N, T] (T <= max_positions): run the first `layers` transformer layers (1 ..
  * num_layers), then the final layer norm when final_ln. out [N, T, C].

@@ -13,16 +13,34 @@ float *dl_alloc_f32(dl_arena *a, int64_t n)
     return p;
 }
 
-static float *load_tensor(const dl_loader *ld, const char *name, const char *suffix, int ndim, const int64_t *shape)
+/* The one place a loader puts a checkpoint tensor into the weights arena: numel fp32 (a conv
+ * weight reordered to [cout, k, k, cin], same count), one 64-byte aligned allocation. Against a
+ * measuring arena the tensor is only checked (present, right shape: the errors a real load
+ * gives) and counted, so running a loader there measures the arena it needs. NULL on error. */
+static float *place(const dl_loader *ld, const char *full, int ndim, const int64_t *shape, int conv)
 {
-    char full[512];
-    snprintf(full, sizeof full, "%s.%s", name, suffix);
     int64_t n = 1;
     for (int i = 0; i < ndim; i++) n *= shape[i];
     float *p = dl_arena_alloc(ld->arena, (size_t)n * sizeof(float));
     if (!p) return NULL;
-    if (dl_ckpt_load(ld->ck, ld->part, full, ndim, shape, p) != DL_OK) return NULL;
-    return p;
+    int rc;
+    if (dl_arena_measuring(ld->arena)) rc = dl_ckpt_check(ld->ck, ld->part, full, ndim, shape);
+    else if (conv) rc = dl_ckpt_load_conv(ld->ck, ld->part, full, (int)shape[0], (int)shape[1], (int)shape[2],
+                                         (int)shape[3], p);
+    else rc = dl_ckpt_load(ld->ck, ld->part, full, ndim, shape, p);
+    return rc == DL_OK ? p : NULL;
+}
+
+float *dl_load_tensor(const dl_loader *ld, const char *name, int ndim, const int64_t *shape)
+{
+    return place(ld, name, ndim, shape, 0);
+}
+
+static float *load_tensor(const dl_loader *ld, const char *name, const char *suffix, int ndim, const int64_t *shape)
+{
+    char full[512];
+    snprintf(full, sizeof full, "%s.%s", name, suffix);
+    return place(ld, full, ndim, shape, 0);
 }
 
 int dl_linear_load(dl_linear *m, const dl_loader *ld, const char *name, int in, int out, int bias)
@@ -67,9 +85,8 @@ int dl_conv_load(dl_conv *m, const dl_loader *ld, const char *name, int cin, int
     m->pad_top = m->pad_left = m->pad_bottom = m->pad_right = pad;
     char full[512];
     snprintf(full, sizeof full, "%s.weight", name);
-    m->w = dl_arena_alloc(ld->arena, (size_t)cout * k * k * cin * sizeof(float));
-    if (!m->w) return DL_ERR;
-    DL_TRY(dl_ckpt_load_conv(ld->ck, ld->part, full, cout, cin, k, k, m->w));
+    int64_t ws[4] = {cout, cin, k, k};
+    if (!(m->w = place(ld, full, 4, ws, 1))) return DL_ERR;
     int64_t bs[1] = {cout};
     if (!(m->b = load_tensor(ld, name, "bias", 1, bs))) return DL_ERR;
     return DL_OK;

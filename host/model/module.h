@@ -57,6 +57,14 @@ typedef struct dl_loader {
     dl_arena *arena;
 } dl_loader;
 
+/* Every loader below places its tensors through one function (module.c: place), which a
+ * measuring weights arena (dl_arena_init_measure) turns into a check-and-count pass: that pass
+ * is how the weights arenas are sized (dl_unet_weights_bytes, dl_vae_weights_bytes,
+ * dl_clip_weights_bytes), so the size and the load cannot disagree. */
+
+/* Tensor `name` (full checkpoint name, diffusers convention) of shape (ndim, shape) as fp32 in
+ * the loader's arena. NULL (DL_ERR message naming the tensor, the shapes or the full arena). */
+float *dl_load_tensor(const dl_loader *ld, const char *name, int ndim, const int64_t *shape);
 /* Load "<name>.weight" (and "<name>.bias" when bias) for a linear [out, in]. DL_ERR names the
  * tensor and the shapes (from the checkpoint) or the full arena. name must outlive m. */
 int dl_linear_load(dl_linear *m, const dl_loader *ld, const char *name, int in, int out, int bias);

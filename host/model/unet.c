@@ -207,27 +207,19 @@ static int load_all(dl_unet *u, const dl_loader *ld)
     return load_conv(u, ld, &u->conv_out, "", "conv_out", C[0], c->out_channels, 3, 1, 1);
 }
 
-typedef struct bytes_acc {
-    size_t bytes;
-} bytes_acc;
-
-static int add_weight_bytes(void *user, dl_part part, const char *name, int ndim, const int64_t *shape)
+int dl_unet_weights_bytes(dl_checkpoint *ck, size_t *bytes)
 {
-    bytes_acc *a = user;
-    int64_t n = 1;
-    for (int i = 0; i < ndim; i++) n *= shape[i];
-    a->bytes += ((size_t)n * sizeof(float) + 63) & ~(size_t)63;
-    return DL_OK;
-}
-
-size_t dl_unet_weights_bytes(const dl_unet_config *cfg)
-{
-    dl_model_config m;
-    memset(&m, 0, sizeof m);
-    m.unet = *cfg;
-    bytes_acc a = {0};
-    dl_model_weights(&m, DL_PART_UNET, add_weight_bytes, &a);
-    return a.bytes;
+    dl_arena a;
+    dl_arena_init_measure(&a, "UNet weights (measuring)");
+    dl_unet *u = malloc(sizeof *u);
+    if (!u) return dl_error_set("out of memory measuring the UNet");
+    int rc = dl_unet_load(u, ck, &a);
+    if (rc == DL_OK) {
+        dl_unet_free(u);
+        *bytes = a.used;
+    }
+    free(u);
+    return rc;
 }
 
 int dl_unet_load(dl_unet *u, dl_checkpoint *ck, dl_arena *weights)

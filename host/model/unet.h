@@ -10,7 +10,7 @@
  * Every block is a function with explicit input and output buffers (dl_unet_*_fwd below) so a
  * training tape can run them one by one and add backward passes beside them.
  *
- * Memory: weights go to the caller's weights arena (dl_unet_weights_bytes sizes it); the
+ * Memory: weights go to the caller's weights arena (dl_unet_weights_bytes measures it); the
  * forward takes everything it needs from a scratch arena (dl_unet_scratch_bytes sizes it) and
  * releases it on return. Small bookkeeping (module tables, names) is malloc'd at load and freed
  * by dl_unet_free. */
@@ -117,11 +117,13 @@ typedef struct dl_unet {
     void **owned;               /* malloc'd names and transformer-block arrays */
 } dl_unet;
 
-/* Bytes the weights arena needs for a UNet of this config (64-byte aligned tensors). */
-size_t dl_unet_weights_bytes(const dl_unet_config *cfg);
+/* *bytes = what dl_unet_load(ck) will take from its weights arena: the loader run against a
+ * measuring arena (every tensor it places checked against ck and counted, nothing read).
+ * DL_ERR with the error dl_unet_load would give. */
+int dl_unet_weights_bytes(dl_checkpoint *ck, size_t *bytes);
 
 /* Load the UNet of ck (config ck->cfg.unet) into u, weights into the `weights` arena
- * (dl_unet_weights_bytes of room). Every weight is requested by diffusers name, so either
+ * (exactly dl_unet_weights_bytes of it). Every weight is requested by diffusers name, so either
  * layout works. Returns DL_OK, or DL_ERR with a message naming the missing or mis-shaped tensor
  * (with both shapes), the full arena, or an unsupported config (layers_per_block >
  * DL_UNET_MAX_LAYERS); on error u holds nothing to free (the arena keeps what it handed out). */

@@ -125,30 +125,23 @@ static int load_decoder(dl_vae *m, const dl_loader *ld, name_pool *np)
     return DL_OK;
 }
 
-size_t dl_vae_weights_bytes(const dl_vae_config *c)
+int dl_vae_weights_bytes(dl_checkpoint *ck, size_t *bytes)
 {
-    /* upper bound: every resnet at the widest width of its level, plus 64 bytes per tensor */
-    size_t total = 0, tensors = 0;
-    for (int i = 0; i < c->n_blocks; i++) {
-        size_t co = (size_t)c->block_out_channels[i], ci = i ? (size_t)c->block_out_channels[i - 1] : co;
-        size_t w = co > ci ? co : ci;
-        size_t res = 2 * 9 * w * w + w * w + 8 * w; /* conv1, conv2, shortcut, norms, biases */
-        total += (size_t)(2 * c->layers_per_block + 1) * res + 9 * co * co + co; /* enc + dec resnets, sampler */
-        tensors += (size_t)(2 * c->layers_per_block + 1) * 10 + 2;
-    }
-    size_t C = (size_t)c->block_out_channels[c->n_blocks - 1], c0 = (size_t)c->block_out_channels[0];
-    size_t L = (size_t)c->latent_channels;
-    total += 2 * (2 * (2 * 9 * C * C + 8 * C) + 4 * (C * C + C) + 2 * C); /* two mid blocks */
-    total += 2 * 9 * 3 * c0 + 9 * L * C + 9 * C * 2 * L + 4 * L * L + 4 * c0 + 16 * L + 64;
-    tensors += 2 * 20 + 16;
-    return total * sizeof(float) + tensors * 64 + 4096;
+    dl_arena a;
+    dl_arena_init_measure(&a, "VAE weights (measuring)");
+    dl_vae m;
+    if (dl_vae_load(&m, ck, &a) != DL_OK) return DL_ERR;
+    dl_vae_free(&m);
+    *bytes = a.used;
+    return DL_OK;
 }
 
-int dl_vae_load(dl_vae *m, dl_checkpoint *ck, dl_arena *weights)
+static int load_all(dl_vae *m, dl_checkpoint *ck, dl_arena *weights)
 {
-    memset(m, 0, sizeof *m);
-    m->cfg = ck->cfg.vae;
     DL_TRY(dl_vae_config_validate(&m->cfg, ck->path));
+    if (m->cfg.layers_per_block > DL_UNET_MAX_LAYERS)
+        return dl_error_set("%s: VAE layers_per_block %d is not supported (at most %d)", ck->path,
+                            m->cfg.layers_per_block, DL_UNET_MAX_LAYERS);
     m->names = calloc(MAX_NAMES, NAME_LEN);
     if (!m->names) return dl_error_set("out of memory loading the VAE");
     name_pool np = {m, 0};
@@ -159,6 +152,15 @@ int dl_vae_load(dl_vae *m, dl_checkpoint *ck, dl_arena *weights)
     if (m->cfg.use_quant_conv) DL_TRY(dl_linear_load_any(&m->quant_conv, &ld, "quant_conv", 2 * L, 2 * L, 1));
     if (m->cfg.use_post_quant_conv) DL_TRY(dl_linear_load_any(&m->post_quant_conv, &ld, "post_quant_conv", L, L, 1));
     return DL_OK;
+}
+
+int dl_vae_load(dl_vae *m, dl_checkpoint *ck, dl_arena *weights)
+{
+    memset(m, 0, sizeof *m);
+    m->cfg = ck->cfg.vae;
+    if (load_all(m, ck, weights) == DL_OK) return DL_OK;
+    dl_vae_free(m);
+    return DL_ERR;
 }
 
 void dl_vae_free(dl_vae *m)

@@ -43,9 +43,12 @@ typedef struct dl_vae {
     char *names;                         /* storage for layer names */
 } dl_vae;
 
-/* Bytes of weights the VAE of cfg needs in the weights arena (encoder + decoder). */
-size_t dl_vae_weights_bytes(const dl_vae_config *cfg);
-/* Load encoder and decoder from ck. DL_ERR names a missing or mis-shaped tensor. */
+/* *bytes = what dl_vae_load(ck) will take from its weights arena (encoder + decoder): the
+ * loader run against a measuring arena (every tensor it places checked against ck and counted,
+ * nothing read). DL_ERR with the error dl_vae_load would give. */
+int dl_vae_weights_bytes(dl_checkpoint *ck, size_t *bytes);
+/* Load encoder and decoder from ck (exactly dl_vae_weights_bytes of weights). DL_ERR names a
+ * missing or mis-shaped tensor (m then holds nothing to free). */
 int dl_vae_load(dl_vae *m, dl_checkpoint *ck, dl_arena *weights);
 void dl_vae_free(dl_vae *m);
 /* Scratch bytes for encoding or decoding N images of H x W pixels. */

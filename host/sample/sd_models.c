@@ -77,14 +77,19 @@ int dl_sd_open(dl_sd **out, const char *path, const char *tokenizer, const dl_ct
         dl_sd_close(sd);
         return dl_error_set("%s: the tokenizer has %d tokens but the text encoder only %d", tp, v, c->text.vocab_size);
     }
-    size_t wb = dl_clip_weights_bytes(&c->text) + dl_unet_weights_bytes(&c->unet) + dl_vae_weights_bytes(&c->vae);
-    if (dl_arena_init(&sd->weights, "weights", wb) != DL_OK) goto fail;
+    size_t wc, wu, wv; /* measured by running each loader against a measuring arena */
+    if (dl_clip_weights_bytes(&sd->ck, &wc) != DL_OK || dl_unet_weights_bytes(&sd->ck, &wu) != DL_OK ||
+        dl_vae_weights_bytes(&sd->ck, &wv) != DL_OK)
+        goto fail;
+    if (dl_arena_init(&sd->weights, "weights", wc + wu + wv) != DL_OK) goto fail;
     if (dl_clip_load(sd->clip, &sd->ck, &sd->weights) != DL_OK) goto fail;
     sd->have_clip = 1;
     if (dl_unet_load(sd->unet, &sd->ck, &sd->weights) != DL_OK) goto fail;
     sd->have_unet = 1;
     if (dl_vae_load(sd->vae, &sd->ck, &sd->weights) != DL_OK) goto fail;
     sd->have_vae = 1;
+    DL_ASSERTF(sd->weights.used == wc + wu + wv, "weights took %zu bytes, measured %zu", sd->weights.used,
+               wc + wu + wv);
     *out = sd;
     return DL_OK;
 fail:
@@ -177,7 +182,7 @@ int dl_sd_encode_text(dl_sd *sd, int N, const int32_t *ids, int clip_skip, float
     const dl_clip_config *c = &sd->cfg.text;
     if (clip_skip < 1 || clip_skip > c->num_layers)
         return dl_error_set("clip skip %d is outside 1..%d (the text encoder's layers)", clip_skip, c->num_layers);
-    DL_TRY(ensure_scratch(sd, dl_clip_scratch_bytes(c, N, DL_TOK_CONTEXT)));
+    DL_TRY(ensure_scratch(sd, dl_clip_scratch_bytes(sd->clip, N, DL_TOK_CONTEXT)));
     dl_clip_forward(sd->ctx, sd->clip, N, DL_TOK_CONTEXT, ids, c->num_layers - clip_skip + 1, 1, out, &sd->scratch);
     return DL_OK;
 }

@@ -646,9 +646,13 @@ static int setup_model(trainer *t)
     if (dl_tokenizer_vocab_size(t->tok) > mc->text.vocab_size)
         return dl_error_set("%s: the tokenizer has %d tokens but the text encoder only %d", tp,
                             dl_tokenizer_vocab_size(t->tok), mc->text.vocab_size);
-    DL_TRY(dl_arena_init(&t->w_clip, "text encoder weights", dl_clip_weights_bytes(&mc->text)));
-    DL_TRY(dl_arena_init(&t->w_unet, "UNet weights", dl_unet_weights_bytes(&mc->unet)));
-    DL_TRY(dl_arena_init(&t->w_vae, "VAE weights", dl_vae_weights_bytes(&mc->vae)));
+    size_t wc, wu, wv; /* measured by running each loader against a measuring arena */
+    if (dl_clip_weights_bytes(&t->ck, &wc) != DL_OK || dl_unet_weights_bytes(&t->ck, &wu) != DL_OK ||
+        dl_vae_weights_bytes(&t->ck, &wv) != DL_OK)
+        goto fail;
+    DL_TRY(dl_arena_init(&t->w_clip, "text encoder weights", wc));
+    DL_TRY(dl_arena_init(&t->w_unet, "UNet weights", wu));
+    DL_TRY(dl_arena_init(&t->w_vae, "VAE weights", wv));
     if (dl_clip_load(&t->clip, &t->ck, &t->w_clip) != DL_OK) goto fail;
     t->have_clip = 1;
     if (dl_unet_load(&t->unet, &t->ck, &t->w_unet) != DL_OK) goto fail;
@@ -763,7 +767,7 @@ static int setup_buffers(trainer *t)
         if (s > scr) scr = s;
         if (v > scr) scr = v;
     }
-    size_t cs = dl_clip_scratch_bytes(&t->ck.cfg.text, B, T);
+    size_t cs = dl_clip_scratch_bytes(&t->clip, B, T);
     if (cs > scr) scr = cs;
     if (t->train_te) {
         size_t cb = dl_clip_backward_scratch_bytes(&t->clip, B, T);
