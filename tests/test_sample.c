@@ -361,8 +361,8 @@ Test(sample, sha256_and_a1111_hashes, .init = mk, .fini = rm)
     fputs("{}abc", f);
     fclose(f);
     char mh[11], lh[13];
-    cr_assert_eq(dl_a1111_model_hash(path, mh), DL_OK);
-    cr_assert_eq(dl_a1111_lora_hash(path, lh), DL_OK);
+    cr_assert_eq(dl_a1111_model_hash(NULL, path, mh), DL_OK);
+    cr_assert_eq(dl_a1111_lora_hash(NULL, path, lh), DL_OK);
     cr_expect_str_eq(lh, "ba7816bf8f01");
     cr_expect_eq(strlen(mh), 10);
 }
@@ -415,7 +415,7 @@ Test(sample, grid_lora_by_cfg, .init = mk, .fini = rm)
     dl_image_free(&im);
     char *params = NULL, hash[13];
     cr_assert_eq(dl_png_read_text(out, "parameters", &params), DL_OK);
-    cr_assert_eq(dl_a1111_lora_hash(tu_path("tests/golden/tiny_pipe_loras/epoch1.safetensors"), hash), DL_OK);
+    cr_assert_eq(dl_a1111_lora_hash(NULL, tu_path("tests/golden/tiny_pipe_loras/epoch1.safetensors"), hash), DL_OK);
     char want[64];
     snprintf(want, sizeof want, "Lora hashes: \"epoch1: %s\"", hash);
     cr_expect(strstr(params, want) != NULL, "%s", params);

@@ -333,7 +333,8 @@ int dl_cmd_run(int argc, char **argv, FILE *out)
         fprintf(stderr, "danlu run: %s\n", dl_error_msg());
         return 1;
     }
-    if (dl_ctx_init(&s.ctx, threads) != DL_OK || dl_ckpt_open(&s.ck, model, NULL) != DL_OK || fn(&s, &in) != DL_OK ||
+    if (dl_ctx_init(&s.ctx, threads) != DL_OK || dl_ckpt_open(&s.ck, model, NULL) != DL_OK ||
+        (dl_ckpt_set_pool(&s.ck, s.ctx.pool), fn(&s, &in)) != DL_OK ||
         dl_st_save(outp, s.out, s.n_out, NULL, 0) != DL_OK) {
         fprintf(stderr, "danlu run: %s\n", dl_error_msg());
     } else {

@@ -1,6 +1,7 @@
 /* cmd_sample.c - `danlu sample`: txt2img / img2img to PNG files with A1111's parameters chunk. */
 #include "cli/commands.h"
 #include "cli/sample_args.h"
+#include "core/clock.h"
 #include "core/error.h"
 #include "sample/infotext.h"
 
@@ -31,13 +32,13 @@ static void progress(void *user, int call, int total)
     if (!*quiet && call == total) fprintf(stderr, "\n");
 }
 
-/* A1111's hash of a single-file model; NULL for a folder (no one file to hash). */
-int dl_sample_model_hash(const char *model, char out[11]);
-int dl_sample_model_hash(const char *model, char out[11])
+/* Start hashing a single-file model on a thread (A1111's model hash: the file's SHA-256), from
+ * the hash cache when it knows the file; 0 when there is nothing to hash (a diffusers folder). */
+static int start_model_hash(const dl_sample_args *a, dl_hash_job *job)
 {
     struct stat st;
-    if (stat(model, &st) != 0 || !S_ISREG(st.st_mode)) return DL_ERR;
-    return dl_a1111_model_hash(model, out);
+    if (stat(a->model, &st) != 0 || !S_ISREG(st.st_mode)) return 0;
+    return dl_hash_job_start(job, &a->hash_cache, a->model, 0, UINT64_MAX) == DL_OK;
 }
 
 int dl_cmd_sample(int argc, char **argv, FILE *out)
@@ -70,12 +71,21 @@ int dl_cmd_sample(int argc, char **argv, FILE *out)
     float *imgs = NULL;
     uint8_t *px = NULL;
     char hash[11], *hashp = NULL;
+    dl_hash_job job;
+    dl_phases ph;
+    dl_phases_init(&ph);
+    if (a.verbose) a.gp.phases = &ph;
+    int hashing = start_model_hash(&a, &job); /* overlaps loading and sampling */
     if (dl_ctx_init(&ctx, a.threads) != DL_OK) {
         fprintf(stderr, "danlu sample: %s\n", dl_error_msg());
         goto done;
     }
-    if (dl_sa_open_model(&a, &ctx, &sd) != 0 || dl_sa_merge(&a, sd, a.loras, a.n_loras) != 0) goto done;
-    if (dl_sample_model_hash(a.model, hash) == DL_OK) hashp = hash;
+    double t0 = dl_now_seconds();
+    if (dl_sa_open_model(&a, &ctx, &sd) != 0) goto done;
+    dl_phases_add(&ph, "load", dl_now_seconds() - t0);
+    t0 = dl_now_seconds();
+    if (dl_sa_merge(&a, sd, a.loras, a.n_loras) != 0) goto done;
+    if (a.n_loras) dl_phases_add(&ph, "LoRA merge", dl_now_seconds() - t0);
     if (dl_sa_mkdir(a.out_dir) != 0) goto done;
     size_t npx = (size_t)a.gp.width * a.gp.height * 3;
     imgs = malloc(sizeof(float) * npx * B);
@@ -96,6 +106,21 @@ int dl_cmd_sample(int argc, char **argv, FILE *out)
         for (int b = 0; b < B; b++) {
             /* batch mode: every image of the batch comes from seeds[0]'s generator */
             uint64_t seed = a.seed_mode == DL_SEED_BATCH ? seeds[0] : seeds[b];
+            if (hashing) { /* the model hash is first needed here */
+                t0 = dl_now_seconds();
+                char hex[65];
+                int hit = 0;
+                if (dl_hash_job_wait(&job, hex, &hit) == DL_OK) {
+                    memcpy(hash, hex, 10);
+                    hash[10] = 0;
+                    hashp = hash;
+                } else if (!a.quiet) {
+                    fprintf(stderr, "danlu sample: warning: no model hash in the PNG: %s\n", dl_error_msg());
+                }
+                hashing = 0;
+                dl_phases_add(&ph, hit ? "hash wait (cached)" : "hash wait", dl_now_seconds() - t0);
+            }
+            t0 = dl_now_seconds();
             dl_pipeline_to_u8(imgs + npx * b, (int64_t)npx, px);
             dl_image im = {a.gp.width, a.gp.height, px};
             char *info = dl_sa_infotext(&a, a.prompt, a.gp.cfg_scale, seed, a.loras, a.n_loras, hashp);
@@ -116,6 +141,7 @@ int dl_cmd_sample(int argc, char **argv, FILE *out)
             }
             const char *text[2] = {"parameters", info};
             int ok = dl_png_save(path, &im, text, 1) == DL_OK;
+            dl_phases_add(&ph, "save", dl_now_seconds() - t0);
             if (ok) fprintf(out, "%s\n", path);
             else fprintf(stderr, "danlu sample: %s\n", dl_error_msg());
             free(info);
@@ -124,7 +150,9 @@ int dl_cmd_sample(int argc, char **argv, FILE *out)
         }
     }
     rc = 0;
+    if (a.verbose) dl_phases_print(&ph, stderr, "sample");
 done:
+    if (hashing) dl_hash_job_cancel(&job);
     free(imgs);
     free(px);
     dl_sd_close(sd);

@@ -133,6 +133,10 @@ static const dl_opt k_sa_opts[] = {
     {"--overwrite", NULL, DL_OPT_FLAG, SA(overwrite), NULL, "off", 0, 0, NULL, NULL, "output",
      "number files from 00001 again, replacing existing ones"},
     {"--quiet", NULL, DL_OPT_FLAG, SA(quiet), NULL, "off", 0, 0, NULL, NULL, "output", "no progress on stderr"},
+    {"--verbose", NULL, DL_OPT_FLAG, SA(verbose), NULL, "off", 0, 0, NULL, NULL, "output",
+     "print the time of each phase (load, hash, text encoding, steps, VAE, save) on stderr"},
+    {"--no-hash-cache", NULL, DL_OPT_FLAG, SA(no_hash_cache), NULL, "off", 0, 0, NULL, NULL, "other",
+     "hash model and LoRA files again instead of reading $XDG_CACHE_HOME/danlu/hashes.json"},
     {"--threads", NULL, DL_OPT_INT, SA(threads), "N", "0", 0, 1024, NULL, NULL, "other",
      "CPU threads (0: DANLU_THREADS or every core)"},
 };
@@ -213,6 +217,7 @@ int dl_sa_finish(dl_sample_args *a)
     const char *c = a->cmd;
     dl_gen_params *g = &a->gp;
     dl_gen_params_default(g);
+    dl_hash_cache_default(&a->hash_cache, !a->no_hash_cache);
     if (!a->model) {
         fprintf(stderr, "danlu %s: --model is required\n", c);
         return -1;
@@ -366,7 +371,7 @@ char *dl_sa_infotext(const dl_sample_args *a, const char *prompt, float cfg, uin
     char hbuf[DL_SA_MAX_LORAS][13];
     int n = 0;
     for (int k = 0; k < n_l && k < DL_SA_MAX_LORAS; k++) {
-        if (dl_a1111_lora_hash(l[k].path, hbuf[n]) != DL_OK) continue;
+        if (dl_a1111_lora_hash(&a->hash_cache, l[k].path, hbuf[n]) != DL_OK) continue;
         names[n] = l[k].name;
         hashes[n] = hbuf[n];
         n++;

@@ -5,6 +5,7 @@
 #define DANLU_CLI_SAMPLE_ARGS_H
 
 #include "cli/opts.h"
+#include "io/hash_cache.h"
 #include "io/image.h"
 #include "sample/pipeline.h"
 
@@ -26,6 +27,7 @@ typedef struct dl_sample_args {
     const char *sampler_name, *schedule;
     int width, height;               /* 0: not given */
     int steps, clip_skip, batch_size, batch_count, threads, overwrite, quiet, no_emphasis;
+    int verbose, no_hash_cache;
     float cfg_scale, eta;
     double strength;
     int64_t seed;                    /* -1: random */
@@ -38,6 +40,7 @@ typedef struct dl_sample_args {
     char *prompt_text;               /* the prompt without LoRA tags */
     dl_sa_lora loras[DL_SA_MAX_LORAS];
     int n_loras;
+    dl_hash_cache hash_cache;        /* the user's hash cache, or disabled (--no-hash-cache) */
     dl_image init;                   /* loaded init image (data NULL when none) */
     float *init_f;                   /* [height, width, 3] in [-1, 1] */
 } dl_sample_args;

@@ -2,6 +2,7 @@
  * ldm keys, detect the config from a single file's tensors, load weights to fp32. */
 #include "model/checkpoint.h"
 #include "core/error.h"
+#include "core/threadpool.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -920,47 +921,94 @@ int dl_ckpt_check(const dl_checkpoint *ck, dl_part part, const char *name, int n
     return check(ck, part, name, ndim, shape, &r);
 }
 
+void dl_ckpt_set_pool(dl_checkpoint *ck, dl_pool *pool) { ck->pool = pool; }
+
+/* Conversion of one tensor to fp32, split over the checkpoint's pool: plain (dst = src) or, for
+ * conv weights, transposed from [Cout, Cin, kh*kw] to [Cout, kh*kw, Cin]. */
+typedef struct convert_job {
+    float *dst;
+    const char *src;
+    dl_dtype t;
+    size_t es;      /* source element size */
+    int cin, khw;   /* conv: transpose rows of cin * khw */
+} convert_job;
+
+enum { CONVERT_GRAIN = 1 << 16, CONVERT_BLOCK = 2048 };
+
+static void convert_range(void *arg, int64_t b, int64_t e, int tid)
+{
+    const convert_job *j = arg;
+    (void)tid;
+    dl_convert_to_f32(j->dst + b, j->src + (size_t)b * j->es, j->t, (size_t)(e - b));
+}
+
+static void convert_conv_rows(void *arg, int64_t b, int64_t e, int tid)
+{
+    const convert_job *j = arg;
+    (void)tid;
+    float buf[CONVERT_BLOCK];
+    const size_t n = (size_t)j->cin * j->khw;
+    for (int64_t o = b; o < e; o++) {
+        const char *src = j->src + (size_t)o * n * j->es;
+        float *dst = j->dst + (size_t)o * n;
+        for (size_t c0 = 0; c0 < n; c0 += CONVERT_BLOCK) {
+            size_t m = n - c0 < CONVERT_BLOCK ? n - c0 : CONVERT_BLOCK;
+            dl_convert_to_f32(buf, src + c0 * j->es, j->t, m);
+            for (size_t q = 0; q < m; q++) {
+                size_t idx = c0 + q, i = idx / (size_t)j->khw, yx = idx % (size_t)j->khw;
+                dst[yx * (size_t)j->cin + i] = buf[q];
+            }
+        }
+    }
+}
+
+static int is_float_type(dl_dtype t) { return t == DL_F32 || t == DL_F16 || t == DL_BF16 || t == DL_F64; }
+
+/* After a tensor was converted: mark it used, and give back its fp16/bf16 file pages (they need
+ * not stay resident beside the fp32 copy; a fused q/k/v read three times faults them back). */
+static void loaded(dl_checkpoint *ck, const ref *r)
+{
+    const dl_st_file *file = &ck->files[r->file];
+    ck->used[r->file][r->t - file->tensors] = 1;
+    dl_st_drop_pages(file, r->t);
+}
+
 int dl_ckpt_load(dl_checkpoint *ck, dl_part part, const char *name, int ndim, const int64_t *shape, float *dst)
 {
     ref r;
     char w[600];
     DL_TRY(check(ck, part, name, ndim, shape, &r));
-    const dl_st_file *file = &ck->files[r.file];
-    int rc;
-    if (r.k.split >= 0) {
-        size_t n = (size_t)dl_st_numel(r.t) / 3, es = dl_dtype_size(r.t->dtype);
-        rc = dl_convert_to_f32(dst, (const char *)r.t->data + (size_t)r.k.split * n * es, r.t->dtype, n) == 0
-                 ? DL_OK
-                 : dl_error_set("%s tensor %s (%s): dtype %s is not a float type", dl_part_name(part), name,
-                                where(ck, &r, w, sizeof w), dl_dtype_name(r.t->dtype));
-    } else {
-        rc = dl_st_read_f32(file, r.t, dst);
-        if (rc != DL_OK) dl_error_prefix("%s tensor %s: ", dl_part_name(part), name);
+    if (!is_float_type(r.t->dtype))
+        return dl_error_set("%s tensor %s (%s): dtype %s is not a float type", dl_part_name(part), name,
+                            where(ck, &r, w, sizeof w), dl_dtype_name(r.t->dtype));
+    size_t n = (size_t)dl_st_numel(r.t), es = dl_dtype_size(r.t->dtype);
+    const char *src = r.t->data;
+    if (r.k.split >= 0) { /* one third of a fused q/k/v */
+        n /= 3;
+        src += (size_t)r.k.split * n * es;
     }
-    if (rc == DL_OK) ck->used[r.file][r.t - file->tensors] = 1;
-    /* converted: its fp16/bf16 file pages need not stay resident beside the fp32 copy (a fused
-     * q/k/v read three times faults them back from the page cache) */
-    dl_st_drop_pages(file, r.t);
-    return rc;
+    convert_job j = {.dst = dst, .src = src, .t = r.t->dtype, .es = es};
+    dl_parallel_for(ck->pool, (int64_t)n, CONVERT_GRAIN, convert_range, &j);
+    loaded(ck, &r);
+    return DL_OK;
 }
 
 int dl_ckpt_load_conv(dl_checkpoint *ck, dl_part part, const char *name, int cout, int cin, int kh, int kw, float *dst)
 {
     const int64_t shape[4] = {cout, cin, kh, kw};
-    const size_t n = (size_t)cout * cin * kh * kw;
     if (kh == 1 && kw == 1) return dl_ckpt_load(ck, part, name, 4, shape, dst); /* same memory order */
-    float *tmp = malloc(n * sizeof *tmp);
-    if (!tmp) return dl_error_set("%s: out of memory reading %s", ck->path, name);
-    int r = dl_ckpt_load(ck, part, name, 4, shape, tmp);
-    if (r == DL_OK) {
-        for (int o = 0; o < cout; o++)  /* [Cout, Cin, kh, kw] -> [Cout, kh, kw, Cin] */
-            for (int i = 0; i < cin; i++)
-                for (int y = 0; y < kh; y++)
-                    for (int x = 0; x < kw; x++)
-                        dst[(((size_t)o * kh + y) * kw + x) * cin + i] = tmp[(((size_t)o * cin + i) * kh + y) * kw + x];
-    }
-    free(tmp);
-    return r;
+    ref r;
+    char w[600];
+    DL_TRY(check(ck, part, name, 4, shape, &r));
+    if (!is_float_type(r.t->dtype) || r.k.split >= 0)
+        return dl_error_set("%s tensor %s (%s): dtype %s is not a float type", dl_part_name(part), name,
+                            where(ck, &r, w, sizeof w), dl_dtype_name(r.t->dtype));
+    convert_job j = {.dst = dst, .src = r.t->data, .t = r.t->dtype, .es = dl_dtype_size(r.t->dtype), .cin = cin,
+                     .khw = kh * kw};
+    int64_t grain = (int64_t)(CONVERT_GRAIN / ((size_t)cin * kh * kw) + 1);
+    dl_parallel_for(ck->pool, cout, grain, convert_conv_rows, &j); /* [Cout, Cin, kh, kw] -> [Cout, kh, kw, Cin] */
+    loaded(ck, &r);
+    return DL_OK;
 }
 
 /* The part a single file's key belongs to (DL_PART_COUNT: none). */

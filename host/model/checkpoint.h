@@ -50,7 +50,11 @@ typedef struct dl_checkpoint {
     char *file_label[DL_PART_COUNT];  /* "unet/diffusion_pytorch_model.safetensors", ... */
     int part_file[DL_PART_COUNT];     /* index into files[] */
     uint8_t *used[DL_PART_COUNT];     /* per file: one flag per tensor, set when it was read */
+    struct dl_pool *pool;             /* threads for the fp16/bf16 -> fp32 conversion, or NULL */
 } dl_checkpoint;
+
+/* Convert tensors on the threads of pool (NULL: the caller's thread) from now on. */
+void dl_ckpt_set_pool(dl_checkpoint *ck, struct dl_pool *pool);
 
 /* Open path: a .safetensors single file or a diffusers folder (unet/, vae/, text_encoder/,
  * optional tokenizer/ and scheduler/). opt may be NULL (defaults). The config comes from the

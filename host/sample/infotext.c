@@ -9,16 +9,16 @@
 #include <stdlib.h>
 #include <string.h>
 
-int dl_a1111_model_hash(const char *path, char out[11])
+int dl_a1111_model_hash(const dl_hash_cache *c, const char *path, char out[11])
 {
     char hex[65];
-    DL_TRY(dl_sha256_file(path, 0, hex));
+    DL_TRY(dl_hash_file(c, path, 0, UINT64_MAX, hex, NULL));
     memcpy(out, hex, 10);
     out[10] = 0;
     return DL_OK;
 }
 
-int dl_a1111_lora_hash(const char *path, char out[13])
+int dl_a1111_lora_hash(const dl_hash_cache *c, const char *path, char out[13])
 {
     FILE *f = fopen(path, "rb");
     if (!f) return dl_error_set("%s: cannot open: %s", path, strerror(errno));
@@ -29,7 +29,7 @@ int dl_a1111_lora_hash(const char *path, char out[13])
     uint64_t n = 0;
     for (int i = 7; i >= 0; i--) n = n << 8 | b[i];
     char hex[65];
-    DL_TRY(dl_sha256_file(path, n + 8, hex));
+    DL_TRY(dl_hash_file(c, path, n + 8, UINT64_MAX, hex, NULL));
     memcpy(out, hex, 12);
     out[12] = 0;
     return DL_OK;

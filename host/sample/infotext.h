@@ -5,6 +5,7 @@
 #define DANLU_SAMPLE_INFOTEXT_H
 
 #include "core/sha256.h"
+#include "io/hash_cache.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -13,10 +14,12 @@
 extern "C" {
 #endif
 
-/* A1111's model hash: SHA-256 of the whole file, first 10 hex. */
-int dl_a1111_model_hash(const char *path, char out[11]);
-/* A1111's LoRA hash (AddNet): SHA-256 of a .safetensors file past its 8 + N header, first 12 hex. */
-int dl_a1111_lora_hash(const char *path, char out[13]);
+/* A1111's model hash: SHA-256 of the whole file, first 10 hex; from the hash cache c when it
+ * knows the file (c may be NULL: computed). */
+int dl_a1111_model_hash(const dl_hash_cache *c, const char *path, char out[11]);
+/* A1111's LoRA hash (AddNet): SHA-256 of a .safetensors file past its 8 + N header, first 12
+ * hex; cached as above. */
+int dl_a1111_lora_hash(const dl_hash_cache *c, const char *path, char out[13]);
 
 typedef struct dl_infotext {
     const char *prompt;       /* as the user wrote it (LoRA tags included) */

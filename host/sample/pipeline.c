@@ -201,11 +201,13 @@ int dl_pipeline_generate(dl_sd *sd, const dl_gen_params *p, int n, const uint64_
     float *mean = NULL, *logvar = NULL;
     int rc = DL_ERR;
     if (dl_sampler_create(&s, p->sampler, &scfg, p->steps, &so, (int64_t)nx) != DL_OK) goto done;
+    double t0 = dl_now_seconds();
     if (dl_pipeline_encode_prompt(sd, p->prompt, p->clip_skip, p->emphasis, p->max_chunks, &cond, &m.Tc) != DL_OK)
         goto done;
     if (p->cfg_scale > 1.0f &&
         dl_pipeline_encode_prompt(sd, p->negative, p->clip_skip, p->emphasis, p->max_chunks, &uncond, &m.Tu) != DL_OK)
         goto done;
+    if (p->phases) dl_phases_add(p->phases, "text encoding", dl_now_seconds() - t0);
     m.cond = cond;
     m.uncond = uncond;
     int Tmax = m.Tc > m.Tu ? m.Tc : m.Tu;
@@ -235,7 +237,9 @@ int dl_pipeline_generate(dl_sd *sd, const dl_gen_params *p, int n, const uint64_
             dl_error_set("out of memory for img2img at %zux%zu", W, H);
             goto done;
         }
+        t0 = dl_now_seconds();
         if (dl_sd_vae_encode(sd, 1, (int)H, (int)W, p->init, mean, logvar) != DL_OK) goto done;
+        if (p->phases) dl_phases_add(p->phases, "VAE encode", dl_now_seconds() - t0);
         float sf = dl_sd_scaling_factor(sd);
         if (mode == DL_SEED_BATCH) {
             noise_draw(&ns, 1, nz);
@@ -255,7 +259,9 @@ int dl_pipeline_generate(dl_sd *sd, const dl_gen_params *p, int n, const uint64_
     while (!dl_sampler_done(&s)) {
         float t = dl_sampler_timestep(&s), c = dl_sampler_input_scale(&s);
         for (size_t i = 0; i < nx; i++) nz[i] = x[i] * c;  /* scale_model_input */
+        t0 = dl_now_seconds();
         if (guided_cb(&m, nz, t, out) != DL_OK) goto done;
+        if (p->phases) dl_phases_add(p->phases, "UNet steps", dl_now_seconds() - t0);
         const float *noise = NULL;
         if (dl_sampler_needs_noise(&s)) {
             noise_cb(&ns, nz, (int64_t)nx);
@@ -276,7 +282,9 @@ int dl_pipeline_generate(dl_sd *sd, const dl_gen_params *p, int n, const uint64_
             dl_error_set("out of memory decoding %d images", n);
             goto done;
         }
+        t0 = dl_now_seconds();
         if (dl_sd_vae_decode(sd, n, h, w, x, img) != DL_OK) goto done;
+        if (p->phases) dl_phases_add(p->phases, "VAE decode", dl_now_seconds() - t0);
         for (size_t i = 0; i < npx; i++) {
             float v = img[i] * 0.5f + 0.5f;
             images[i] = v < 0 ? 0 : v > 1 ? 1 : v;

@@ -23,6 +23,7 @@
 #ifndef DANLU_SAMPLE_PIPELINE_H
 #define DANLU_SAMPLE_PIPELINE_H
 
+#include "core/clock.h"
 #include "sample/sampler.h"
 #include "sample/sd_models.h"
 
@@ -48,6 +49,8 @@ typedef struct dl_gen_params {
     dl_sampler_opts sopts;       /* spacing, karras, eta, strength (img2img) */
     const float *init;           /* img2img: [height, width, 3] in [-1, 1], or NULL (txt2img) */
     dl_rng_source rng;           /* noise source (DL_RNG_TORCH_CPU by default) */
+    dl_phases *phases;           /* when non-NULL, receives the time of text encoding, each
+                                    sampling step and the VAE (--verbose); NULL by default */
 } dl_gen_params;
 
 /* Defaults: 512x512, 20 steps, CFG 7, clip skip 1, emphasis on, 8 chunks, Euler a, no init. */

@@ -54,6 +54,7 @@ int dl_sd_open(dl_sd **out, const char *path, const char *tokenizer, const dl_ct
         free(sd);
         return DL_ERR;
     }
+    dl_ckpt_set_pool(&sd->ck, ctx ? ctx->pool : NULL); /* convert the weights on every core */
     sd->ck_open = 1;
     sd->cfg = sd->ck.cfg;
     sd->sd2 = sd->ck.sd2;

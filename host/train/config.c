@@ -171,6 +171,10 @@ static const key_def k_keys[] = {
     KEY("backend", K_STR, backend, "cpu", 0, 0, 0, G_MEM, "NAME", "cpu", "where the ops run"),
     KEY("tokenizer", K_STR, tokenizer, NULL, 0, 0, 0, G_MODEL, "PATH", NULL,
         "tokenizer folder or CLIP's bpe_simple_vocab_16e6.txt.gz, for a checkpoint without tokenizer/"),
+    KEY("no_hash_cache", K_BOOL, no_hash_cache, "false", 0, 1, 0, G_OTHER, NULL, NULL,
+        "hash the base model again instead of reading $XDG_CACHE_HOME/danlu/hashes.json"),
+    KEY("verbose", K_BOOL, verbose, "false", 0, 1, 0, G_OTHER, NULL, NULL,
+        "print the time of each phase (load, data, steps, sampling, saving, hash) at the end"),
 };
 #define N_KEYS ((int)(sizeof k_keys / sizeof *k_keys))
 

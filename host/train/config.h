@@ -92,6 +92,8 @@ typedef struct dl_train_config {
     int flip_aug, random_crop;
     int threads;                         /* danlu: CPU threads (0: DANLU_THREADS or all cores) */
     char *backend;                       /* danlu: op backend, "cpu" (default; backend/backend.h) */
+    int no_hash_cache;                   /* danlu: 1 = never read or write the hash cache */
+    int verbose;                         /* danlu: phase times at the end */
     char *tokenizer;                     /* danlu: tokenizer folder / CLIP bpe file when the model
                                             has no tokenizer/ (a single .safetensors file) */
 } dl_train_config;

@@ -10,13 +10,6 @@
 #include <time.h>
 #include <unistd.h>
 
-double dl_now_seconds(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 static int push_loss(dl_progress *p, double v)
 {
     if (p->n_loss == p->cap_loss) {

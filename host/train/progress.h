@@ -4,6 +4,7 @@
 #ifndef DANLU_TRAIN_PROGRESS_H
 #define DANLU_TRAIN_PROGRESS_H
 
+#include "core/clock.h" /* dl_now_seconds */
 #include <stdio.h>
 
 #ifdef __cplusplus
@@ -40,9 +41,6 @@ void dl_progress_note(dl_progress *p, const char *fmt, ...) __attribute__((forma
 double dl_progress_running_loss(const dl_progress *p);
 /* End the status line, flush and close the CSV, free. */
 void dl_progress_finish(dl_progress *p);
-
-/* Monotonic clock in seconds. */
-double dl_now_seconds(void);
 
 #ifdef __cplusplus
 }

@@ -5,7 +5,8 @@
 
 #include "backend/backend.h"
 #include "core/arena.h"
-#include "core/sha256.h"
+#include "core/clock.h"
+#include "io/hash_cache.h"
 #include "core/ctx.h"
 #include "core/error.h"
 #include "core/rng.h"
@@ -94,6 +95,10 @@ static void kv_free(kv_list *l)
 typedef struct trainer {
     const dl_train_config *cfg;
     const dl_trainer_opts *opts;
+    dl_hash_cache hash_cache;   /* the user's, or disabled (no_hash_cache) */
+    dl_hash_job model_hash;     /* SHA-256 of a single-file base model, on its own thread */
+    int model_hashing;          /* 1 while model_hash runs (waited for at the first save) */
+    dl_phases phases;           /* verbose: time of each phase */
     FILE *log;
     dl_ctx ctx;
     int ctx_ok;
@@ -392,10 +397,8 @@ static void build_metadata(trainer *t)
          * full-file SHA-256 of a single-file base model */
         struct stat st;
         if (stat(c->pretrained_model_name_or_path, &st) == 0 && S_ISREG(st.st_mode)) {
-            char hex[65];
-            if (dl_sha256_file(c->pretrained_model_name_or_path, 0, hex) == DL_OK)
-                kv_add(m, "ss_new_sd_model_hash", "%s", hex);
-            if (dl_sha256_range(c->pretrained_model_name_or_path, 0x100000, 0x10000, hex) == DL_OK) {
+            char hex[65]; /* ss_new_sd_model_hash: from t->model_hash at the first save */
+            if (dl_hash_file(&t->hash_cache, c->pretrained_model_name_or_path, 0x100000, 0x10000, hex, NULL) == DL_OK) {
                 hex[8] = 0;
                 kv_add(m, "ss_sd_model_hash", "%s", hex);
             }
@@ -479,8 +482,24 @@ static void build_metadata(trainer *t)
 }
 
 /* ---- saving ---- */
+/* The base model's SHA-256 (sd-scripts' ss_new_sd_model_hash) into the metadata, once: the hash
+ * ran on its own thread since setup and is waited for here, where it is first written. */
+static void finish_model_hash(trainer *t)
+{
+    if (!t->model_hashing) return;
+    double t0 = dl_now_seconds();
+    char hex[65];
+    int hit = 0;
+    if (dl_hash_job_wait(&t->model_hash, hex, &hit) == DL_OK) kv_set(&t->meta, "ss_new_sd_model_hash", hex);
+    else say(t, "warning: no base-model hash in the LoRA metadata: %s", dl_error_msg());
+    t->model_hashing = 0;
+    dl_phases_add(&t->phases, hit ? "hash wait (cached)" : "hash wait", dl_now_seconds() - t0);
+}
+
 static int save_lora(trainer *t, const char *path, int step, int epoch)
 {
+    finish_model_hash(t);
+    double t0 = dl_now_seconds();
     char buf[64];
     snprintf(buf, sizeof buf, "%.6f", (double)time(NULL));
     kv_set(&t->meta, "ss_training_finished_at", buf);
@@ -490,7 +509,9 @@ static int save_lora(trainer *t, const char *path, int step, int epoch)
     kv_set(&t->meta, "ss_epoch", buf);
     dl_dtype dt = t->cfg->save_dtype == DL_SAVE_FP16 ? DL_F16 : t->cfg->save_dtype == DL_SAVE_BF16 ? DL_BF16 : DL_F32;
     dl_lora_format fmt = strcmp(t->cfg->lora_format, "peft") == 0 ? DL_LORA_FMT_PEFT : DL_LORA_FMT_KOHYA;
-    return dl_lora_save(path, &t->net, fmt, dt, (const char *const *)t->meta.kv, t->meta.n);
+    int rc = dl_lora_save(path, &t->net, fmt, dt, (const char *const *)t->meta.kv, t->meta.n);
+    dl_phases_add(&t->phases, "save", dl_now_seconds() - t0);
+    return rc;
 }
 
 static int save_state(trainer *t, const char *path, int step, int epoch, int64_t micro)
@@ -587,7 +608,16 @@ static int save_epoch(trainer *t, int step, int epoch, int64_t micro, char **sta
 }
 
 /* ---- sample images with the LoRA as it is now ---- */
+static int sample_now_timed(trainer *t, int step, int epoch, int by_epoch);
 static int sample_now(trainer *t, int step, int epoch, int by_epoch)
+{
+    double t0 = dl_now_seconds();
+    int rc = sample_now_timed(t, step, epoch, by_epoch);
+    dl_phases_add(&t->phases, "sample images", dl_now_seconds() - t0);
+    return rc;
+}
+
+static int sample_now_timed(trainer *t, int step, int epoch, int by_epoch)
 {
     const dl_train_config *c = t->cfg;
     char *dir = path_join(c->output_dir, "sample");
@@ -637,6 +667,7 @@ static int setup_model(trainer *t)
     if (dl_ckpt_open(&t->ck, c->pretrained_model_name_or_path, &opt) != DL_OK)
         return dl_error_prefix("pretrained_model_name_or_path: ");
     t->ck_ok = 1;
+    dl_ckpt_set_pool(&t->ck, t->ctx.pool); /* convert the weights on every core */
     const char *tp = c->tokenizer ? c->tokenizer : t->ck.tokenizer_dir;
     if (!tp)
         return dl_error_set("%s: the model has no tokenizer/ folder; give one with --tokenizer (a tokenizer folder "
@@ -849,6 +880,8 @@ static int setup_caches(trainer *t)
 
 static void teardown(trainer *t)
 {
+    if (t->model_hashing) dl_hash_job_cancel(&t->model_hash);
+    t->model_hashing = 0;
     if (t->prog_ok) dl_progress_finish(&t->prog);
     dl_train_prompts_free(t->prompts, t->n_prompts);
     dl_train_sampler_free(t->sampler);
@@ -942,6 +975,14 @@ int dl_train_run(const dl_train_config *cfg, const dl_trainer_opts *opts, dl_tra
     dl_train_state rs = {0};
     int have_rs = 0;
 
+    dl_phases_init(&t->phases);
+    dl_hash_cache_default(&t->hash_cache, !cfg->no_hash_cache);
+    {
+        struct stat st; /* a single-file base model: hash it while everything else runs */
+        if (stat(cfg->pretrained_model_name_or_path, &st) == 0 && S_ISREG(st.st_mode) &&
+            dl_hash_job_start(&t->model_hash, &t->hash_cache, cfg->pretrained_model_name_or_path, 0, UINT64_MAX) == DL_OK)
+            t->model_hashing = 1;
+    }
     if (dl_ctx_init_backend(&t->ctx, cfg->threads, dl_backend_find(cfg->backend)) != DL_OK) goto out;
     t->ctx_ok = 1;
     t->seed = cfg->seed >= 0 ? (uint64_t)cfg->seed : ((uint64_t)time(NULL) ^ ((uint64_t)getpid() << 16)) & 0xffffffffu;
@@ -952,9 +993,15 @@ int dl_train_run(const dl_train_config *cfg, const dl_trainer_opts *opts, dl_tra
         if (dl_train_state_load(cfg->resume, &rs) != DL_OK) { dl_error_prefix("resume: "); goto out; }
         have_rs = 1;
     }
+    double t0 = dl_now_seconds();
     if (setup_model(t) != DL_OK) goto out;
+    dl_phases_add(&t->phases, "load", dl_now_seconds() - t0);
+    t0 = dl_now_seconds();
     if (setup_data(t) != DL_OK) goto out;
+    dl_phases_add(&t->phases, "data (and caches)", dl_now_seconds() - t0);
+    t0 = dl_now_seconds();
     if (setup_network(t) != DL_OK) goto out;
+    dl_phases_add(&t->phases, "network setup", dl_now_seconds() - t0);
     {
         dl_objective_cfg oc;
         dl_objective_cfg_sd15(&oc);
@@ -1043,6 +1090,7 @@ int dl_train_run(const dl_train_config *cfg, const dl_trainer_opts *opts, dl_tra
     const float dloss = 1.0f / (float)accum;
     int interrupted = 0;
     while (step < t->total_steps) {
+        double ts = dl_now_seconds();
         memset(t->net.grads, 0, sizeof(float) * (size_t)n_all);
         double loss_sum = 0;
         int cur_epoch = epoch + 1, epoch_end = 0;
@@ -1077,6 +1125,7 @@ int dl_train_run(const dl_train_config *cfg, const dl_trainer_opts *opts, dl_tra
         res->losses[step - 1 - res->start_step] = loss;
         res->steps_done = step;
         dl_progress_step(&t->prog, step, cur_epoch, loss, hp.lr);
+        dl_phases_add(&t->phases, "steps", dl_now_seconds() - ts);
         if (step < t->total_steps) {
             if (cfg->save_every_n_steps > 0 && step % cfg->save_every_n_steps == 0 &&
                 save_step(t, step, epoch, micro, &state_path) != DL_OK)
@@ -1121,6 +1170,18 @@ int dl_train_run(const dl_train_config *cfg, const dl_trainer_opts *opts, dl_tra
     res->state_path = state_path;
     state_path = NULL;
     rc = DL_OK;
+    if (cfg->verbose) {
+        char line[1024];
+        FILE *mf = fmemopen(line, sizeof line, "w");
+        if (mf) {
+            dl_phases_print(&t->phases, mf, "train");
+            fclose(mf);
+            line[sizeof line - 1] = 0;
+            char *nl = strchr(line, '\n');
+            if (nl) *nl = 0;
+            say(t, "%s", line);
+        }
+    }
 out_sig:
     dl_train_set_interrupted(0);
     dl_train_signal_restore();
