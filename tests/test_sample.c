@@ -7,6 +7,9 @@
  * Tolerance 1e-4 relative (L2) on the final latents and images: the issue's bound; a few
  * sampler steps through a random tiny UNet reach ~1e-6 in practice. */
 #include "cli/commands.h"
+#include "core/error.h"
+#include "core/sha256.h"
+#include "io/hash_cache.h"
 #include "io/image.h"
 #include "sample/infotext.h"
 #include "sample/pipeline.h"
@@ -454,4 +457,57 @@ Test(sample, cli_lora_tag, .init = mk, .fini = rm)
     cr_expect(strncmp(params, PROMPT " <lora:epoch1:0.7>\n", strlen(PROMPT) + 19) == 0, "%s", params);
     cr_expect(strstr(params, "Lora hashes: \"epoch1: ") != NULL, "%s", params);
     free(params);
+}
+
+/* The model hash of a single-file checkpoint: in the PNG (A1111's shorthash of the file's
+ * SHA-256), computed on the first run, read from the hash cache on the second (no rehash), and
+ * computed again without touching the cache under --no-hash-cache. */
+Test(sample, cli_model_hash_comes_from_the_cache_on_the_second_run, .init = mk, .fini = rm)
+{
+    char out[128], cache[128], cfile[160];
+    snprintf(out, sizeof out, "%s/out", g_dir);
+    snprintf(cache, sizeof cache, "%s/cache", g_dir);
+    snprintf(cfile, sizeof cfile, "%s/danlu/hashes.json", cache);
+    cr_assert_eq(setenv("XDG_CACHE_HOME", cache, 1), 0);
+    const char *model = tu_path("tests/golden/tiny_sd15.safetensors");
+    char full[65], want[11];
+    cr_assert_eq(dl_sha256_file(model, 0, full), DL_OK);
+    memcpy(want, full, 10);
+    want[10] = 0;
+    char *argv[] = {"sample", "--model", (char *)model, "--tokenizer", (char *)tu_path("tests/golden/tiny_pipe/tokenizer"),
+                    "--prompt", "a cat", "--width", "16", "--height", "16", "--steps", "1", "--seed", "5",
+                    "--out-dir", out, "--threads", "2", "--quiet", "--overwrite", NULL, NULL};
+    const int argc = 21; /* --overwrite: each run writes 00001-5.png again */
+    for (int run = 0; run < 3; run++) {
+        if (run == 2) argv[argc] = "--no-hash-cache";
+        struct stat before;
+        int had_cache = stat(cfile, &before) == 0;
+        dl_hash_stats s0 = dl_hash_cache_stats();
+        char png[200], *text = NULL;
+        snprintf(png, sizeof png, "%s/00001-5.png", out);
+        remove(png);
+        cr_assert_eq(cli(argc + (run == 2), argv), 0, "run %d: %s", run, dl_error_msg());
+        dl_hash_stats s1 = dl_hash_cache_stats();
+        cr_assert_eq(dl_png_read_text(png, "parameters", &text), DL_OK, "%s", dl_error_msg());
+        char line[64];
+        snprintf(line, sizeof line, "Model hash: %s", want);
+        cr_expect(strstr(text, line) != NULL, "run %d: '%s' not in the parameters: %s", run, line, text);
+        free(text);
+        if (run == 0) {
+            cr_expect_eq(s1.computed, s0.computed + 1, "first run: the model was not hashed once");
+            cr_expect_eq(s1.hits, s0.hits);
+            cr_expect(stat(cfile, &before) == 0, "first run: no cache file %s", cfile);
+        } else if (run == 1) {
+            cr_expect_eq(s1.computed, s0.computed, "second run: the model was hashed again");
+            cr_expect_eq(s1.hits, s0.hits + 1, "second run: the cache was not used");
+        } else {
+            cr_expect_eq(s1.computed, s0.computed + 1, "--no-hash-cache: the model was not hashed");
+            cr_expect_eq(s1.hits, s0.hits, "--no-hash-cache: the cache was read");
+            struct stat after;
+            cr_assert(had_cache && stat(cfile, &after) == 0);
+            cr_expect(after.st_mtim.tv_sec == before.st_mtim.tv_sec && after.st_mtim.tv_nsec == before.st_mtim.tv_nsec,
+                      "--no-hash-cache: the cache file was rewritten");
+        }
+    }
+    unsetenv("XDG_CACHE_HOME");
 }
