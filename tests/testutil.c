@@ -11,6 +11,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Hashes the tests compute go to a cache under build/, never the user's ~/.cache (each test
+ * that needs a cache of its own sets XDG_CACHE_HOME itself). */
+__attribute__((constructor)) static void tu_private_hash_cache(void)
+{
+    setenv("XDG_CACHE_HOME", DANLU_SOURCE_DIR "/build/test-cache", 1);
+}
+
 const char *tu_path(const char *rel)
 {
     static _Thread_local char bufs[8][1024];
