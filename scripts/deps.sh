@@ -3,14 +3,14 @@
 # used by scripts/demo.sh (to build) and scripts/test.sh (to build and test).
 #
 #   scripts/deps.sh          what the build needs (compiler, CMake, stb, cJSON, zlib, libwebp,
-#                            OpenSSL's libcrypto, Criterion: the default configure builds the tests)
+#                            OpenSSL's libcrypto, LAPACK(E), Criterion: the default configure builds the tests)
 #   scripts/deps.sh --test   also what scripts/test.sh runs beyond the build (clang and its
 #                            sanitizer runtimes for the fuzz target)
 # Runs apt-get through sudo when not root; does nothing when everything is installed.
 set -euo pipefail
 
 build_packages=(cmake make gcc g++ pkg-config libcriterion-dev libstb-dev libcjson-dev zlib1g-dev libwebp-dev
-                libssl-dev)
+                libssl-dev liblapacke-dev)
 test_packages=(clang libclang-rt-14-dev)
 
 want=("${build_packages[@]}")

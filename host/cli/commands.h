@@ -23,6 +23,17 @@ int dl_cmd_grid(int argc, char **argv, FILE *out);
 /* danlu train [--config FILE.json] [--option value ...]: LoRA training (sd-scripts option names). */
 int dl_cmd_train(int argc, char **argv, FILE *out);
 
+/* danlu lora merge|resize|extract ...: the LoRA tools (lora/lora_tools.h, lora/ckpt_tools.h);
+ * dl_cmd_lora dispatches, the others take argv[0] = the subcommand name. */
+int dl_cmd_lora(int argc, char **argv, FILE *out);
+int dl_cmd_lora_merge(int argc, char **argv, FILE *out);
+int dl_cmd_lora_resize(int argc, char **argv, FILE *out);
+int dl_cmd_lora_extract(int argc, char **argv, FILE *out);
+/* danlu convert IN --out OUT: checkpoint layouts and dtypes, LoRA key layouts. */
+int dl_cmd_convert(int argc, char **argv, FILE *out);
+/* "fp32" / "fp16" / "bf16" -> the dtype, "keep" (or NULL) -> -1, anything else -> -2. */
+int dl_cli_dtype(const char *s);
+
 /* The option tables of each command, what its parser and its --help walk (obj pointers NULL;
  * the command points them at its own argument structs). Fill sets (at most DL_CMD_MAX_OPTSETS)
  * and return their number. `danlu train` reads train/config.h's table instead. */
@@ -32,5 +43,9 @@ int dl_grid_optsets(dl_optset *sets);
 int dl_run_optsets(dl_optset *sets);
 int dl_inspect_optsets(dl_optset *sets);
 int dl_tokenize_optsets(dl_optset *sets);
+int dl_lora_merge_optsets(dl_optset *sets);
+int dl_lora_resize_optsets(dl_optset *sets);
+int dl_lora_extract_optsets(dl_optset *sets);
+int dl_convert_optsets(dl_optset *sets);
 
 #endif

@@ -17,6 +17,8 @@ static const command k_commands[] = {
     {"train", dl_cmd_train, "train a LoRA on a folder of images and captions (sd-scripts options)"},
     {"sample", dl_cmd_sample, "generate images (txt2img / img2img) with samplers, CFG and LoRAs"},
     {"grid", dl_cmd_grid, "an X/Y grid of images (LoRA files, weights, prompts, CFG) in one PNG"},
+    {"lora", dl_cmd_lora, "LoRA tools: merge (into a checkpoint or LoRAs into one), resize, extract"},
+    {"convert", dl_cmd_convert, "checkpoints between single-file / diffusers layouts and dtypes; LoRAs kohya <-> PEFT"},
 };
 
 static void usage(FILE *f)
