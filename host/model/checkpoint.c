@@ -947,17 +947,16 @@ static void convert_conv_rows(void *arg, int64_t b, int64_t e, int tid)
     const convert_job *j = arg;
     (void)tid;
     float buf[CONVERT_BLOCK];
-    const size_t n = (size_t)j->cin * j->khw;
+    const size_t cin = (size_t)j->cin, khw = (size_t)j->khw, n = cin * khw;
+    const size_t CI = CONVERT_BLOCK / khw; /* input channels per block (dl_ckpt_load_conv: khw <= 64) */
     for (int64_t o = b; o < e; o++) {
         const char *src = j->src + (size_t)o * n * j->es;
         float *dst = j->dst + (size_t)o * n;
-        for (size_t c0 = 0; c0 < n; c0 += CONVERT_BLOCK) {
-            size_t m = n - c0 < CONVERT_BLOCK ? n - c0 : CONVERT_BLOCK;
-            dl_convert_to_f32(buf, src + c0 * j->es, j->t, m);
-            for (size_t q = 0; q < m; q++) {
-                size_t idx = c0 + q, i = idx / (size_t)j->khw, yx = idx % (size_t)j->khw;
-                dst[yx * (size_t)j->cin + i] = buf[q];
-            }
+        for (size_t i0 = 0; i0 < cin; i0 += CI) { /* [i0, i0 + ci) x khw values, contiguous in src */
+            size_t ci = cin - i0 < CI ? cin - i0 : CI;
+            dl_convert_to_f32(buf, src + i0 * khw * j->es, j->t, ci * khw);
+            for (size_t yx = 0; yx < khw; yx++)
+                for (size_t i = 0; i < ci; i++) dst[yx * cin + i0 + i] = buf[i * khw + yx];
         }
     }
 }
@@ -1003,6 +1002,9 @@ int dl_ckpt_load_conv(dl_checkpoint *ck, dl_part part, const char *name, int cou
     if (!is_float_type(r.t->dtype) || r.k.split >= 0)
         return dl_error_set("%s tensor %s (%s): dtype %s is not a float type", dl_part_name(part), name,
                             where(ck, &r, w, sizeof w), dl_dtype_name(r.t->dtype));
+    if (kh * kw > 64)
+        return dl_error_set("%s tensor %s (%s): a %dx%d convolution kernel is not supported", dl_part_name(part), name,
+                            where(ck, &r, w, sizeof w), kh, kw);
     convert_job j = {.dst = dst, .src = r.t->data, .t = r.t->dtype, .es = dl_dtype_size(r.t->dtype), .cin = cin,
                      .khw = kh * kw};
     int64_t grain = (int64_t)(CONVERT_GRAIN / ((size_t)cin * kh * kw) + 1);
