@@ -10,11 +10,13 @@
 # cuobjdump is not in the toolkit here: pip install nvidia-cuda-cuobjdump (any virtual
 # environment) and point CUOBJDUMP at it, or have it on PATH.
 #
-#   scripts/sass_check.sh [OUT]        ARCHS="80 86 89 90a" by default
+#   scripts/sass_check.sh [OUT]        ARCHS="80 86 89 90a" by default; FILES="kernels/*.cu
+#                                      tests/kernels/mma_probe.cu" by default
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-build/sass}
 archs=${ARCHS:-80 86 89 90a}
+files=${FILES:-$(ls kernels/*.cu) tests/kernels/mma_probe.cu}
 nvcc=${NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}
 cuobjdump=${CUOBJDUMP:-$(command -v cuobjdump || true)}
 if [ -z "$cuobjdump" ]; then
@@ -29,7 +31,7 @@ first=1
 for arch in $archs; do
   printf '\n==== sm_%s\n' "$arch"
   printf '%-48s %5s %6s %6s %5s %5s %6s %6s %7s %8s %7s\n' kernel regs spillB smem HMMA HGMMA LDSM LDGSTS UTMALDG LDG.128 LDL/STL
-  for cu in kernels/*.cu; do
+  for cu in $files; do
     base=$(basename "$cu" .cu)
     cubin="$out/${base}.sm_${arch}.cubin"
     log="$out/${base}.sm_${arch}.ptxas.txt"
