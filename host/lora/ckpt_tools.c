@@ -434,7 +434,7 @@ static int conv_one(void *user, dl_part part, const char *name, int ndim, const 
         if (!x) return dl_error_set("out of memory");
         x->dtype = t->dtype;
         x->ndim = ndim;
-        memcpy(x->shape, shape, sizeof x->shape);
+        memcpy(x->shape, shape, sizeof *shape * (size_t)ndim); /* shape has ndim entries (emitters pass 4) */
         x->data = src;
         return DL_OK;
     }
@@ -448,7 +448,7 @@ static int conv_one(void *user, dl_part part, const char *name, int ndim, const 
         if (!x) return dl_error_set("out of memory");
         x->dtype = t->dtype;
         x->ndim = ndim;
-        memcpy(x->shape, shape, sizeof x->shape);
+        memcpy(x->shape, shape, sizeof *shape * (size_t)ndim); /* shape has ndim entries (emitters pass 4) */
         if (k.conv1x1 && ndim == 2) x->ndim = 4, x->shape[2] = 1, x->shape[3] = 1;
         x->data = src;
         return DL_OK;
@@ -458,7 +458,7 @@ static int conv_one(void *user, dl_part part, const char *name, int ndim, const 
         if (!x || !(x->owned = malloc((size_t)(3 * nel) * es))) return dl_error_set("out of memory");
         x->dtype = t->dtype;
         x->ndim = ndim;
-        memcpy(x->shape, shape, sizeof x->shape);
+        memcpy(x->shape, shape, sizeof *shape * (size_t)ndim); /* shape has ndim entries (emitters pass 4) */
         x->shape[0] *= 3;
         x->data = x->owned;
     }
