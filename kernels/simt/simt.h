@@ -13,8 +13,9 @@
  *    `float *buf` (16-byte aligned). Never write `extern __shared__` yourself. Dynamic shared
  *    memory above 48 KiB needs cudaFuncSetAttribute(kernel,
  *    cudaFuncAttributeMaxDynamicSharedMemorySize, bytes) first, in both builds.
- *  - Static `__shared__ T x[N];` works as in CUDA (per block). Shared memory starts with garbage
- *    (dynamic shared memory is filled with 0xFF bytes, i.e. NaN floats, under the emulator).
+ *  - Static `__shared__ T x[N];` works as in CUDA (per block). Shared memory starts with garbage:
+ *    under the emulator every block starts with its dynamic and static shared memory filled with
+ *    0xFF bytes (NaN floats), so a read before the block's own write shows.
  *  - Use bf16/half only through the CUDA functions (__float2bfloat16, __bfloat162float, ...) or
  *    the dl_to_float / dl_from_float<T> helpers of common.cuh; do math in float.
  *  - Warp intrinsics: the *_sync forms only, with a mask naming the lanes that call them; the
@@ -44,7 +45,14 @@
  *  thread on one reused fiber (about 7 ns of CPU per thread; a barrier or shuffle costs about
  *  40 ns per thread). To expose missing __syncthreads, the order in which threads run between
  *  barriers alternates between ascending and descending thread index with block and barrier
- *  phase (SIMT_ORDER=forward|reverse|mixed, default mixed). Context switches are a few x86-64
+ *  phase (SIMT_ORDER=forward|reverse|mixed, default mixed). SIMT_ORDER=random (seed SIMT_SEED,
+ *  or simt::set_order("random", seed)) runs the threads in a random order between barriers, each
+ *  against shared memory as it stood at the last barrier plus its own writes (and, after a warp
+ *  intrinsic, its warp's), as if all ran at once: a shared-memory read-modify-write from several
+ *  threads loses updates, a missing __syncthreads reads garbage, and two threads writing one byte
+ *  between barriers fail the launch as a race (slow: it images shared memory per thread switch).
+ *  Static shared memory is the TLS section "simt_tshared"; it and the dynamic shared memory are
+ *  filled with 0xFF before every block. Context switches are a few x86-64
  *  instructions (ucontext elsewhere, or with -DSIMT_USE_UCONTEXT), annotated for
  *  AddressSanitizer; dynamic shared memory is a malloc of exactly smem_bytes, so ASan catches
  *  overruns. A segmentation fault inside a kernel prints the kernel, block and thread first.
@@ -69,6 +77,7 @@
 #include <string.h>
 #include <signal.h>
 #include <sys/mman.h>
+#include <link.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -117,8 +126,10 @@
 #define __forceinline__ inline __attribute__((always_inline))
 #define __align__(n) __attribute__((aligned(n)))
 #define __launch_bounds__(...)
-/* Per block: each OS thread runs one block at a time, all of its threads (fibers) in turn. */
-#define __shared__ static thread_local
+/* Per block: each OS thread runs one block at a time, all of its threads (fibers) in turn. Every
+ * static __shared__ variable lives in the thread-local section "simt_tshared", which the emulator
+ * fills with 0xFF bytes before each block (see simt::detail::static_smem()). */
+#define __shared__ __attribute__((section("simt_tshared"))) static thread_local
 
 struct uint3 { unsigned int x, y, z; };
 struct int3 { int x, y, z; };
@@ -433,6 +444,7 @@ struct SimThread {
     unsigned arg;
     int width;
     unsigned long long value, result;
+    bool fresh; /* SIMT_ORDER=random: next segment starts from the barrier image */
 };
 
 struct LaunchCtx;
@@ -464,6 +476,14 @@ struct Worker { /* one per OS thread that runs blocks */
     unsigned char *dyn_smem = nullptr;
     bool failed = false;
     std::string err;
+    /* SIMT_ORDER=random (see struct Shadow below) */
+    uint64_t rng = 0;
+    std::vector<unsigned> perm, all_idx;
+    std::vector<unsigned> warp_epoch;
+    unsigned char *sstat = nullptr; /* this OS thread's static shared section */
+    size_t sstat_size = 0;
+    std::vector<unsigned char> img_bar, img_merged; /* shared memory at the barrier / merged */
+    std::unordered_map<size_t, unsigned long long> owner; /* byte -> (thread << 32 | warp epoch) + 1 */
 };
 
 inline thread_local Worker *t_worker = nullptr;
@@ -484,8 +504,12 @@ struct LaunchCtx {
 struct Config {
     int threads = 2;
     size_t stack_bytes = 0;
-    int order = 2; /* 0 forward, 1 reverse, 2 mixed */
+    int order = 2; /* 0 forward, 1 reverse, 2 mixed, 3 random */
+    unsigned long long seed = 1;
 };
+/* Run-time override of SIMT_ORDER / SIMT_SEED (simt::set_order); -1: the environment's. */
+inline std::atomic<int> order_override{-1};
+inline std::atomic<unsigned long long> seed_override{0};
 inline const Config &config()
 {
     static const Config cfg = [] {
@@ -499,10 +523,22 @@ inline const Config &config()
 #endif
         if (const char *s = getenv("SIMT_STACK_KB")) kb = (size_t)std::max(16, atoi(s));
         c.stack_bytes = kb * 1024;
-        if (const char *s = getenv("SIMT_ORDER")) c.order = !strcmp(s, "forward") ? 0 : !strcmp(s, "reverse") ? 1 : 2;
+        if (const char *s = getenv("SIMT_ORDER"))
+            c.order = !strcmp(s, "forward") ? 0 : !strcmp(s, "reverse") ? 1 : !strcmp(s, "random") ? 3 : 2;
+        if (const char *s = getenv("SIMT_SEED")) c.seed = strtoull(s, nullptr, 0);
         return c;
     }();
     return cfg;
+}
+inline int order()
+{
+    int o = order_override.load(std::memory_order_relaxed);
+    return o >= 0 ? o : config().order;
+}
+inline unsigned long long seed()
+{
+    unsigned long long s = seed_override.load(std::memory_order_relaxed);
+    return s ? s : config().seed;
 }
 
 [[noreturn]] inline void die(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -669,6 +705,83 @@ inline void install_crash_handler()
 #endif
 }
 
+/* ---- static shared memory ----
+ * Every static __shared__ variable is placed in the ELF section "simt_tshared" of the thread-local
+ * storage image. The executable's TLS block lies just below the thread pointer (x86-64, TLS variant
+ * II), so this OS thread's copy of the section is found from the PT_TLS segment and the section's
+ * link-time bounds; it is checked against a variable known to be in the section, and poisoning is
+ * off (with a warning) where the layout is not the expected one. */
+} // namespace detail
+} // namespace simt
+extern "C" char __start_simt_tshared[] __attribute__((weak));
+extern "C" char __stop_simt_tshared[] __attribute__((weak));
+namespace simt {
+namespace detail {
+/* One per translation unit (internal linkage: a COMDAT variable would conflict with the section's
+ * other members); it makes sure the section exists and checks where it was found. */
+__attribute__((section("simt_tshared"))) static thread_local unsigned char shared_anchor[16];
+
+struct TlsLayout {
+    bool ok = false;
+    size_t sec_off = 0, sec_size = 0, block_size = 0; /* section offset in the TLS block; block size */
+};
+inline int tls_phdr_cb(struct dl_phdr_info *info, size_t, void *data)
+{
+    TlsLayout *L = static_cast<TlsLayout *>(data);
+    for (int i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) &ph = info->dlpi_phdr[i];
+        if (ph.p_type != PT_TLS) continue;
+        const uintptr_t lo = info->dlpi_addr + ph.p_vaddr, sec = (uintptr_t)__start_simt_tshared;
+        if (sec < lo || sec >= lo + ph.p_memsz) continue;
+        if (info->dlpi_name && info->dlpi_name[0]) return 1; /* a shared object: dynamic TLS, not handled */
+        const size_t align = ph.p_align ? ph.p_align : 1, first = ph.p_vaddr & (align - 1);
+        L->sec_off = sec - lo;
+        L->sec_size = (size_t)(__stop_simt_tshared - __start_simt_tshared);
+        L->block_size = (ph.p_memsz + first + align - 1) / align * align - first;
+        L->ok = true;
+        return 1;
+    }
+    return 0;
+}
+struct StaticSmem {
+    unsigned char *base = nullptr;
+    size_t size = 0;
+};
+/* This OS thread's static shared memory (base NULL where it cannot be located). */
+inline StaticSmem static_smem()
+{
+    static const TlsLayout layout = [] {
+        TlsLayout L;
+#if defined(__x86_64__)
+        if (+__start_simt_tshared && +__stop_simt_tshared > +__start_simt_tshared) dl_iterate_phdr(tls_phdr_cb, &L);
+#endif
+        return L;
+    }();
+    thread_local StaticSmem r = [] {
+        StaticSmem m;
+#if defined(__x86_64__)
+        if (layout.ok) {
+            uintptr_t tp;
+            __asm__("movq %%fs:0, %0" : "=r"(tp));
+            unsigned char *b = (unsigned char *)(tp - layout.block_size + layout.sec_off);
+            unsigned char *a = shared_anchor;
+            if (a >= b && a + sizeof shared_anchor <= b + layout.sec_size) {
+                m.base = b;
+                m.size = layout.sec_size;
+            }
+        }
+#endif
+        if (!m.base) {
+            static std::once_flag warned;
+            std::call_once(warned, [] {
+                fprintf(stderr, "simt: static __shared__ memory not located in this build: it is not poisoned\n");
+            });
+        }
+        return m;
+    }();
+    return r;
+}
+
 inline Worker &this_worker()
 {
     if (!t_worker) {
@@ -737,8 +850,30 @@ inline unsigned pop(Worker &w)
 }
 inline bool reverse_now(const Worker &w)
 {
-    int o = config().order;
+    int o = order();
     return o == 2 ? ((w.block_linear + w.phase) & 1) != 0 : o == 1;
+}
+inline uint64_t rng_next(Worker &w)
+{
+    uint64_t x = w.rng;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    w.rng = x;
+    return x * 0x2545F4914F6CDD1Dull;
+}
+/* Queue the threads idx[0..n) in the order of the mode: ascending, descending or (random) a
+ * fresh permutation. */
+inline void push_all(Worker &w, const unsigned *idx, unsigned n)
+{
+    if (order() == 3) {
+        w.perm.assign(idx, idx + n);
+        for (unsigned i = n; i > 1; i--) std::swap(w.perm[i - 1], w.perm[(unsigned)(rng_next(w) % i)]);
+        for (unsigned i = 0; i < n; i++) push(w, w.perm[i]);
+        return;
+    }
+    const bool rev = reverse_now(w);
+    for (unsigned k = 0; k < n; k++) push(w, idx[rev ? n - 1 - k : k]);
 }
 
 /* Try to complete the warp-intrinsic rendezvous that thread `i` waits in. Returns true when it
@@ -816,14 +951,16 @@ inline bool warp_try_resolve(Worker &w, unsigned i, unsigned running)
         }
     }
     w.warp_wait[wi] &= ~part;
-    const bool rev = reverse_now(w);
-    for (unsigned k = 0; k < 32; k++) {
-        unsigned l = rev ? 31 - k : k;
+    if (wi < w.warp_epoch.size()) w.warp_epoch[wi]++;
+    unsigned ready[32], nready = 0;
+    for (unsigned l = 0; l < 32; l++) {
         if (!((part >> l) & 1u)) continue;
         w.threads[base + l].state = TState::Ready;
+        w.threads[base + l].fresh = false; /* resumes seeing the merged image (its lanes' writes) */
         w.in_warp_op--;
-        if (base + l != running) push(w, base + l);
+        if (base + l != running) ready[nready++] = base + l;
     }
+    push_all(w, ready, nready);
     return true;
 }
 
@@ -913,15 +1050,19 @@ inline void on_barrier(Worker &w, SimThread &t)
     w.bar_true += (unsigned)t.bar_pred;
     if (w.at_barrier == w.n) { /* release the block */
         w.phase++;
-        const bool rev = reverse_now(w);
         for (unsigned k = 0; k < w.n; k++) {
-            SimThread &u = w.threads[rev ? w.n - 1 - k : k];
+            SimThread &u = w.threads[k];
             u.state = TState::Ready;
             u.result = w.bar_true;
-            push(w, rev ? w.n - 1 - k : k);
+            u.fresh = true;
         }
+        push_all(w, w.all_idx.data(), w.n);
         w.at_barrier = 0;
         w.bar_true = 0;
+        if (order() == 3) { /* the merged writes of the interval become everyone's view */
+            w.img_bar = w.img_merged;
+            w.owner.clear();
+        }
     }
 }
 
@@ -960,7 +1101,7 @@ inline void fiber_main()
         w->cur->state = TState::Done;
         /* Fast path: while the next runnable thread has not started, run it right here on this
          * fiber instead of switching to the scheduler (barrier-free kernels never switch). */
-        while (!w->failed && w->qcount && !w->threads[w->queue[w->qhead]].fiber) {
+        while (!w->failed && w->qcount && !w->threads[w->queue[w->qhead]].fiber && order() != 3) {
             SimThread &next = w->threads[w->queue[w->qhead]];
             next.fiber = w->cur->fiber;
             exit_bookkeeping(*w, *w->cur);
@@ -1000,6 +1141,59 @@ inline void describe_deadlock(Worker &w)
          w.at_barrier ? (":" + std::to_string(w.bar_line)).c_str() : "", nwarp, wdesc, w.done);
 }
 
+/* ---- SIMT_ORDER=random: every thread runs as if all ran at once between barriers ----
+ * Shared memory (static section, then dynamic) is imaged at each barrier. A thread's segment
+ * (from a barrier, or from a warp intrinsic, to its next yield) starts from the barrier image
+ * (after a barrier) or from the merged image (after a warp intrinsic: its lanes' writes are
+ * visible); its writes are merged when it yields. Writes of the other threads in the same barrier
+ * interval are therefore invisible, so a read-modify-write from several threads loses updates,
+ * and two threads writing one byte between barriers (other than lanes of one warp separated by a
+ * warp intrinsic) fail the launch as a race. */
+inline void shared_save(Worker &w, std::vector<unsigned char> &img)
+{
+    const size_t ns = w.sstat ? w.sstat_size : 0, nd = w.launch->smem;
+    img.resize(ns + nd);
+    if (ns) memcpy(img.data(), w.sstat, ns);
+    if (nd) memcpy(img.data() + ns, w.dyn_smem, nd);
+}
+inline void shared_load(Worker &w, const std::vector<unsigned char> &img)
+{
+    const size_t ns = w.sstat ? w.sstat_size : 0, nd = w.launch->smem;
+    if (ns) memcpy(w.sstat, img.data(), ns);
+    if (nd) memcpy(w.dyn_smem, img.data() + ns, nd);
+}
+inline void shared_merge(Worker &w, const SimThread &y, const std::vector<unsigned char> &base)
+{
+    const size_t ns = w.sstat ? w.sstat_size : 0, nd = w.launch->smem;
+    const unsigned yi = tindex(w, y);
+    const unsigned long long me = (((unsigned long long)yi << 32) | w.warp_epoch[yi >> 5]) + 1;
+    for (int part = 0; part < 2; part++) {
+        const unsigned char *mem = part ? w.dyn_smem : w.sstat;
+        const size_t n = part ? nd : ns, off0 = part ? ns : 0;
+        for (size_t c = 0; c < n && !w.failed; c += 4096) {
+            const size_t len = std::min((size_t)4096, n - c);
+            if (!memcmp(mem + c, base.data() + off0 + c, len)) continue;
+            for (size_t i = c; i < c + len; i++) {
+                if (mem[i] == base[off0 + i]) continue;
+                auto it = w.owner.find(off0 + i);
+                if (it != w.owner.end() && it->second != me) {
+                    const unsigned oi = (unsigned)((it->second - 1) >> 32), oe = (unsigned)(it->second - 1);
+                    if (oi != yi && !((oi >> 5) == (yi >> 5) && oe < w.warp_epoch[yi >> 5])) {
+                        const SimThread &o = w.threads[oi];
+                        fail(w, "shared-memory race (SIMT_ORDER=random, seed %llu): threads (%u,%u,%u) and (%u,%u,%u) "
+                             "both write byte %zu of %s shared memory between two barriers",
+                             seed(), o.tid.x, o.tid.y, o.tid.z, y.tid.x, y.tid.y, y.tid.z, i,
+                             part ? "dynamic" : "static");
+                        return;
+                    }
+                }
+                w.owner[off0 + i] = me;
+                w.img_merged[off0 + i] = mem[i];
+            }
+        }
+    }
+}
+
 /* Run block number b of launch L to its end on this OS thread. Sets w.failed on error. */
 inline void run_block(Worker &w, LaunchCtx &L, unsigned long long b)
 {
@@ -1017,6 +1211,7 @@ inline void run_block(Worker &w, LaunchCtx &L, unsigned long long b)
     w.warp_wait.assign((w.n + 31) / 32, 0u);
     w.warp_done.assign((w.n + 31) / 32, 0u);
     w.qhead = w.qcount = 0;
+    w.all_idx.resize(w.n);
     for (unsigned z = 0, i = 0; z < bd.z; z++)
         for (unsigned y = 0; y < bd.y; y++)
             for (unsigned x = 0; x < bd.x; x++, i++) {
@@ -1024,12 +1219,25 @@ inline void run_block(Worker &w, LaunchCtx &L, unsigned long long b)
                 t.tid = uint3{x, y, z};
                 t.state = TState::Ready;
                 t.fiber = nullptr;
+                t.fresh = true;
+                w.all_idx[i] = i;
             }
     w.dyn_smem = (unsigned char *)malloc(L.smem); /* exact size: ASan sees overruns */
     if (L.smem && !w.dyn_smem) die("out of memory for %zu bytes of dynamic shared memory", L.smem);
     if (L.smem) memset(w.dyn_smem, 0xff, L.smem);
-    const bool rev = reverse_now(w);
-    for (unsigned k = 0; k < w.n; k++) push(w, rev ? w.n - 1 - k : k);
+    const StaticSmem ss = static_smem();
+    w.sstat = ss.base;
+    w.sstat_size = ss.size;
+    if (ss.base) memset(ss.base, 0xff, ss.size); /* static shared memory starts as garbage too */
+    const bool rnd = order() == 3;
+    if (rnd) {
+        w.rng = (seed() ^ (0x9E3779B97F4A7C15ull * (b + 1))) | 1u;
+        w.warp_epoch.assign((w.n + 31) / 32, 0u);
+        w.owner.clear();
+        shared_save(w, w.img_bar);
+        w.img_merged = w.img_bar;
+    }
+    push_all(w, w.all_idx.data(), w.n);
 
     while (w.qcount && !w.failed) {
         const unsigned i = pop(w);
@@ -1044,9 +1252,11 @@ inline void run_block(Worker &w, LaunchCtx &L, unsigned long long b)
         }
         w.cur = &t;
         t_thread_idx = t.tid;
+        if (rnd) shared_load(w, t.fresh ? w.img_bar : w.img_merged);
         resume(w, t.fiber);
         SimThread &y = *w.cur; /* the thread that yielded: the fiber may have run several */
         w.cur = nullptr;
+        if (rnd && !w.failed) shared_merge(w, y, t.fresh ? w.img_bar : w.img_merged);
         if (w.failed) break;
         switch (y.state) {
         case TState::Done: on_exit(w, y); break;
@@ -1225,6 +1435,17 @@ inline cudaError_t launch(const char *name, void (*kernel)(P...), dim3 grid, dim
     return detail::run_grid(name, reinterpret_cast<const void *>(kernel), &detail::KernelCall<P...>::run, &call, grid,
                             block, smem);
 }
+
+/* Override SIMT_ORDER ("forward", "reverse", "mixed", "random"; NULL: back to the environment's)
+ * and SIMT_SEED (0: the environment's) for the launches that follow. */
+inline void set_order(const char *mode, unsigned long long seed = 0)
+{
+    detail::order_override.store(!mode ? -1 : !strcmp(mode, "forward") ? 0 : !strcmp(mode, "reverse") ? 1
+                                 : !strcmp(mode, "random") ? 3 : 2);
+    detail::seed_override.store(seed);
+}
+/* The current order mode (0 forward, 1 reverse, 2 mixed, 3 random). */
+inline int order_mode() { return detail::order(); }
 
 /* Base of the current block's dynamic shared memory (16-byte aligned). */
 inline void *dynamic_smem() { return detail::in_kernel("dynamic shared memory").dyn_smem; }

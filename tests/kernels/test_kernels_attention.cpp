@@ -44,3 +44,12 @@ Test(kernels_attention, rejects_unsupported_head_dim)
                                            64, NULL, 64, NULL, 0),
                  -1);
 }
+
+// SIMT_ORDER=random: see test_kernels_groupnorm.cpp.
+Test(kernels_attention, random_interleaving)
+{
+    simt::set_order("random", 777);
+    run("random f32 d40 37x37", {1, 2, 37, 37, 40, DL_F32, 11});
+    run("random bf16 d80 20x33", {1, 1, 20, 33, 80, DL_BF16, 18});
+    simt::set_order(NULL);
+}

@@ -34,3 +34,13 @@ Test(kernels_groupnorm, rejects_bad_groups)
                                            NULL, NULL, ws, 0),
                  -1);
 }
+
+// SIMT_ORDER=random (threads in random order between barriers, each seeing shared memory as at
+// the last barrier): the kernels have no shared-memory race, so they still match the reference.
+Test(kernels_groupnorm, random_interleaving)
+{
+    simt::set_order("random", 12345);
+    run("random f32 2x37x64 g32", {2, 37, 64, 32, 0, DL_F32, 21, 0.0f});
+    run("random f32 1x300x160 g32 silu", {1, 300, 160, 32, 1, DL_F32, 22, 3.0f});
+    simt::set_order(NULL);
+}

@@ -33,3 +33,11 @@ Test(kernels_lora, rejects_bad_rank)
                  -1);
     cr_expect_eq(dl_cuda_lora_merge(DL_F32, 4, 4, 129, 1.0f, NULL, NULL, NULL, 0), -1);
 }
+
+// SIMT_ORDER=random: see test_kernels_groupnorm.cpp.
+Test(kernels_lora, random_interleaving)
+{
+    simt::set_order("random", 99);
+    run("random f32 37x40->48 r4", {37, 40, 48, 4, 0.5f, 1, 0, DL_F32, 31});
+    simt::set_order(NULL);
+}

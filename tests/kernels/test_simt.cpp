@@ -570,3 +570,76 @@ Test(simt, runtime_api)
     DL_CUDA_CHECK(cudaStreamDestroy(s));
     check_launch(cudaSuccess);
 }
+
+/* ---- traps: static shared memory poisoned per block; random interleaving -------------------- */
+
+/* Each block reads its static shared memory before writing it: what the previous block on this
+ * OS thread left there must not show (the emulator fills it with 0xFF bytes per block). */
+__global__ void simt_static_smem_peek_kernel(unsigned *out)
+{
+    __shared__ unsigned s[64];
+    out[blockIdx.x * 64 + threadIdx.x] = s[threadIdx.x];
+    __syncthreads();
+    s[threadIdx.x] = 1234u + blockIdx.x;
+}
+
+Test(simt, static_shared_memory_is_poisoned_per_block)
+{
+    std::vector<unsigned> out(8 * 64, 0u);
+    cr_assert_eq(simt::launch("peek", simt_static_smem_peek_kernel, dim3(8), dim3(64), 0, nullptr, out.data()),
+                 cudaSuccess);
+    for (size_t i = 0; i < out.size(); i++)
+        cr_assert_eq(out[i], 0xFFFFFFFFu, "block %zu thread %zu read %u, not the poison", i / 64, i % 64, out[i]);
+}
+
+/* Every thread does s[0] += 1 without an atomic: a read-modify-write race. */
+__global__ void simt_smem_rmw_race_kernel(int *out)
+{
+    __shared__ int s[1];
+    if (threadIdx.x == 0) s[0] = 0;
+    __syncthreads();
+    s[0] += 1;
+    __syncthreads();
+    if (threadIdx.x == 0) *out = s[0];
+}
+
+/* Thread t reads what thread t+1 wrote, with the __syncthreads() missing. */
+__global__ void simt_unsynced_neighbour_kernel(float *out)
+{
+    __shared__ float s[128];
+    s[threadIdx.x] = (float)threadIdx.x;
+    out[threadIdx.x] = s[(threadIdx.x + 1) % blockDim.x];
+}
+
+Test(simt, random_order_catches_shared_rmw_race)
+{
+    int r = -1;
+    // default (mixed) order: each thread runs its read-modify-write alone, the race is invisible
+    cr_assert_eq(simt::launch("rmw", simt_smem_rmw_race_kernel, dim3(1), dim3(64), 0, nullptr, &r), cudaSuccess);
+    cr_expect_eq(r, 64);
+    simt::set_order("random", 4242);
+    cudaError_t e = simt::launch("rmw", simt_smem_rmw_race_kernel, dim3(1), dim3(64), 0, nullptr, &r);
+    cudaGetLastError();
+    simt::set_order(NULL);
+    cr_assert_eq(e, cudaErrorLaunchFailure, "the race was not caught");
+    cr_expect(strstr(simt::last_error_message(), "shared-memory race") != NULL, "message: %s",
+              simt::last_error_message());
+}
+
+Test(simt, random_order_catches_missing_barrier)
+{
+    std::vector<float> out(128, 0.0f);
+    simt::set_order("forward");
+    cr_assert_eq(simt::launch("nobar", simt_unsynced_neighbour_kernel, dim3(1), dim3(128), 0, nullptr, out.data()),
+                 cudaSuccess);
+    int wrong_fwd = 0;
+    for (int t = 0; t < 128; t++) wrong_fwd += out[t] != (float)((t + 1) % 128);
+    simt::set_order("random", 7);
+    cr_assert_eq(simt::launch("nobar", simt_unsynced_neighbour_kernel, dim3(1), dim3(128), 0, nullptr, out.data()),
+                 cudaSuccess);
+    simt::set_order(NULL);
+    int wrong = 0;
+    for (int t = 0; t < 128; t++) wrong += out[t] != (float)((t + 1) % 128);
+    cr_expect_eq(wrong, 128, "random order: %d of 128 threads read another thread's unsynchronised write", 128 - wrong);
+    cr_expect_gt(wrong_fwd, 0); // forward order: the threads after t have not run yet either
+}

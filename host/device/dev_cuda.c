@@ -1,0 +1,407 @@
+/* dev_cuda.c - the real device (see dl_dev.h): cudart for memory, streams and events, cuBLASLt for
+ * GEMM, cuDNN's legacy convolution API (NHWC tensors, KRSC filters), danlu's kernels for group-norm,
+ * LoRA and attention. Built only with the CUDA toolkit and cuDNN; it cannot run without a GPU. */
+#include "device/dev_impl.h"
+
+#include "core/error.h"
+#include "dl_kernels.h"
+
+#include <cublasLt.h>
+#include <cuda_runtime_api.h>
+#include <cudnn.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct Real {
+    dl_dev head;
+    cublasLtHandle_t lt;
+    cudnnHandle_t dnn;
+    char name[256];
+} Real;
+
+static Real *R(dl_dev *d) { return (Real *)d; }
+static cudaStream_t CS(dl_dev_stream *s) { return s ? (cudaStream_t)s->handle : NULL; }
+
+static dl_dev_status rt(cudaError_t e, const char *call)
+{
+    if (e == cudaSuccess) return DL_DEV_SUCCESS;
+    return dl_dev_fail(e == cudaErrorMemoryAllocation ? DL_DEV_ERR_ALLOC : DL_DEV_ERR_EXEC, "%s: %s: %s", call,
+                       cudaGetErrorName(e), cudaGetErrorString(e));
+}
+static dl_dev_status lt_st(cublasStatus_t st, const char *call)
+{
+    if (st == CUBLAS_STATUS_SUCCESS) return DL_DEV_SUCCESS;
+    dl_dev_status r = st == CUBLAS_STATUS_INVALID_VALUE ? DL_DEV_ERR_BAD_PARAM
+                      : st == CUBLAS_STATUS_NOT_SUPPORTED ? DL_DEV_ERR_NOT_SUPPORTED
+                      : st == CUBLAS_STATUS_ALLOC_FAILED ? DL_DEV_ERR_ALLOC : DL_DEV_ERR_EXEC;
+    return dl_dev_fail(r, "%s: cuBLAS status %d", call, (int)st);
+}
+static dl_dev_status dnn_st(cudnnStatus_t st, const char *call)
+{
+    if (st == CUDNN_STATUS_SUCCESS) return DL_DEV_SUCCESS;
+    dl_dev_status r = st == CUDNN_STATUS_BAD_PARAM ? DL_DEV_ERR_BAD_PARAM
+                      : st == CUDNN_STATUS_NOT_SUPPORTED ? DL_DEV_ERR_NOT_SUPPORTED
+                      : st == CUDNN_STATUS_ALLOC_FAILED ? DL_DEV_ERR_ALLOC : DL_DEV_ERR_EXEC;
+    return dl_dev_fail(r, "%s: %s", call, cudnnGetErrorString(st));
+}
+#define RT(x) do { dl_dev_status st_ = rt((x), #x); if (st_ != DL_DEV_SUCCESS) return st_; } while (0)
+
+int dl_dev_cuda_present(void)
+{
+    int n = 0;
+    return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+}
+
+static void real_close(dl_dev *d)
+{
+    Real *r = R(d);
+    cublasLtDestroy(r->lt);
+    cudnnDestroy(r->dnn);
+    free(r);
+}
+static const char *real_name(const dl_dev *d) { return ((const Real *)d)->name; }
+static dl_dev_status real_sync(dl_dev *d) { (void)d; return rt(cudaDeviceSynchronize(), "cudaDeviceSynchronize"); }
+static dl_dev_status real_malloc(dl_dev *d, void **p, size_t n)
+{
+    (void)d;
+    *p = NULL;
+    return n ? rt(cudaMalloc(p, n), "cudaMalloc") : DL_DEV_SUCCESS;
+}
+static dl_dev_status real_free(dl_dev *d, void *p) { (void)d; return rt(cudaFree(p), "cudaFree"); }
+static dl_dev_status real_memcpy(dl_dev *d, void *dst, const void *src, size_t n, int kind, dl_dev_stream *s)
+{
+    (void)d;
+    static const enum cudaMemcpyKind k[] = {cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost, cudaMemcpyDeviceToDevice};
+    return rt(cudaMemcpyAsync(dst, src, n, k[kind], CS(s)), "cudaMemcpyAsync");
+}
+static dl_dev_status real_memset(dl_dev *d, void *dst, int byte, size_t n, dl_dev_stream *s)
+{
+    (void)d;
+    return rt(cudaMemsetAsync(dst, byte, n, CS(s)), "cudaMemsetAsync");
+}
+static dl_dev_status real_stream_create(dl_dev *d, dl_dev_stream **out, const char *name)
+{
+    (void)d;
+    static int next_id = 1;
+    dl_dev_stream *s = calloc(1, sizeof *s);
+    if (!s) return dl_dev_fail(DL_DEV_ERR_ALLOC, "dl_dev_stream_create: out of host memory");
+    cudaStream_t cs;
+    dl_dev_status st = rt(cudaStreamCreateWithFlags(&cs, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
+    if (st != DL_DEV_SUCCESS) { free(s); return st; }
+    s->handle = cs;
+    s->id = next_id++;
+    snprintf(s->name, sizeof s->name, "%s", name ? name : "");
+    *out = s;
+    return DL_DEV_SUCCESS;
+}
+static dl_dev_status real_stream_destroy(dl_dev *d, dl_dev_stream *s)
+{
+    (void)d;
+    dl_dev_status st = rt(cudaStreamDestroy(CS(s)), "cudaStreamDestroy");
+    free(s);
+    return st;
+}
+static dl_dev_status real_stream_sync(dl_dev *d, dl_dev_stream *s) { (void)d; return rt(cudaStreamSynchronize(CS(s)), "cudaStreamSynchronize"); }
+static dl_dev_status real_event_create(dl_dev *d, dl_dev_event **e)
+{
+    (void)d;
+    return rt(cudaEventCreate((cudaEvent_t *)e), "cudaEventCreate");
+}
+static dl_dev_status real_event_destroy(dl_dev *d, dl_dev_event *e) { (void)d; return rt(cudaEventDestroy((cudaEvent_t)e), "cudaEventDestroy"); }
+static dl_dev_status real_event_record(dl_dev *d, dl_dev_event *e, dl_dev_stream *s)
+{
+    (void)d;
+    return rt(cudaEventRecord((cudaEvent_t)e, CS(s)), "cudaEventRecord");
+}
+static dl_dev_status real_wait(dl_dev *d, dl_dev_stream *s, dl_dev_event *e)
+{
+    (void)d;
+    return rt(cudaStreamWaitEvent(CS(s), (cudaEvent_t)e, 0), "cudaStreamWaitEvent");
+}
+static dl_dev_status real_event_sync(dl_dev *d, dl_dev_event *e) { (void)d; return rt(cudaEventSynchronize((cudaEvent_t)e), "cudaEventSynchronize"); }
+static dl_dev_status real_elapsed(dl_dev *d, float *ms, dl_dev_event *a, dl_dev_event *b)
+{
+    (void)d;
+    return rt(cudaEventElapsedTime(ms, (cudaEvent_t)a, (cudaEvent_t)b), "cudaEventElapsedTime");
+}
+
+/* ---- GEMM: cublasLtMatmul ---- */
+static cudaDataType_t cuda_type(dl_dtype t) { return t == DL_BF16 ? CUDA_R_16BF : t == DL_F16 ? CUDA_R_16F : CUDA_R_32F; }
+
+static dl_dev_status real_gemm(dl_dev *d, dl_dev_stream *s, const dl_dev_gemm_desc *g, float alpha, const void *A,
+                               const void *B, float beta, void *C, void *ws, size_t ws_bytes)
+{
+    Real *r = R(d);
+    if (g->m == 0 || g->n == 0) return DL_DEV_SUCCESS;
+    const int batch = g->batch ? g->batch : 1;
+    cublasLtMatmulDesc_t op = NULL;
+    cublasLtMatrixLayout_t la = NULL, lb = NULL, lc = NULL;
+    cublasLtMatmulPreference_t pref = NULL;
+    dl_dev_status st = lt_st(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "cublasLtMatmulDescCreate");
+    cublasOperation_t ta = g->transa == DL_DEV_OP_T ? CUBLAS_OP_T : CUBLAS_OP_N;
+    cublasOperation_t tb = g->transb == DL_DEV_OP_T ? CUBLAS_OP_T : CUBLAS_OP_N;
+    if (st == DL_DEV_SUCCESS) {
+        cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta);
+        cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb);
+        cublasLtEpilogue_t epi = g->epilogue == DL_DEV_EPI_BIAS        ? CUBLASLT_EPILOGUE_BIAS
+                                 : g->epilogue == DL_DEV_EPI_GELU      ? CUBLASLT_EPILOGUE_GELU
+                                 : g->epilogue == DL_DEV_EPI_GELU_BIAS ? CUBLASLT_EPILOGUE_GELU_BIAS
+                                                                        : CUBLASLT_EPILOGUE_DEFAULT;
+        cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi);
+        if (g->bias) {
+            cudaDataType_t bt = cuda_type(g->c_type);
+            cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &g->bias, sizeof g->bias);
+            cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof bt);
+        }
+        const int64_t ar = ta == CUBLAS_OP_N ? g->m : g->k, ac = ta == CUBLAS_OP_N ? g->k : g->m;
+        const int64_t br = tb == CUBLAS_OP_N ? g->k : g->n, bc = tb == CUBLAS_OP_N ? g->n : g->k;
+        st = lt_st(cublasLtMatrixLayoutCreate(&la, cuda_type(g->ab_type), ar, ac, g->lda), "cublasLtMatrixLayoutCreate(A)");
+        if (st == DL_DEV_SUCCESS)
+            st = lt_st(cublasLtMatrixLayoutCreate(&lb, cuda_type(g->ab_type), br, bc, g->ldb), "cublasLtMatrixLayoutCreate(B)");
+        if (st == DL_DEV_SUCCESS)
+            st = lt_st(cublasLtMatrixLayoutCreate(&lc, cuda_type(g->c_type), g->m, g->n, g->ldc), "cublasLtMatrixLayoutCreate(C)");
+    }
+    if (st == DL_DEV_SUCCESS && batch > 1) {
+        cublasLtMatrixLayout_t ls[3] = {la, lb, lc};
+        int64_t strides[3] = {g->stride_a, g->stride_b, g->stride_c};
+        for (int i = 0; i < 3; i++) {
+            cublasLtMatrixLayoutSetAttribute(ls[i], CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &batch, sizeof batch);
+            cublasLtMatrixLayoutSetAttribute(ls[i], CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &strides[i],
+                                             sizeof strides[i]);
+        }
+    }
+    cublasLtMatmulHeuristicResult_t heur;
+    int found = 0;
+    if (st == DL_DEV_SUCCESS) st = lt_st(cublasLtMatmulPreferenceCreate(&pref), "cublasLtMatmulPreferenceCreate");
+    if (st == DL_DEV_SUCCESS) {
+        uint64_t wsb = ws ? ws_bytes : 0;
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &wsb, sizeof wsb);
+        st = lt_st(cublasLtMatmulAlgoGetHeuristic(r->lt, op, la, lb, lc, lc, pref, 1, &heur, &found),
+                   "cublasLtMatmulAlgoGetHeuristic");
+        if (st == DL_DEV_SUCCESS && !found)
+            st = dl_dev_fail(DL_DEV_ERR_NOT_SUPPORTED, "dl_dev_gemm: cuBLASLt has no algorithm for this problem");
+    }
+    if (st == DL_DEV_SUCCESS)
+        st = lt_st(cublasLtMatmul(r->lt, op, &alpha, A, la, B, lb, &beta, C, lc, C, lc, &heur.algo, ws, ws ? ws_bytes : 0,
+                                  CS(s)),
+                   "cublasLtMatmul");
+    if (pref) cublasLtMatmulPreferenceDestroy(pref);
+    if (lc) cublasLtMatrixLayoutDestroy(lc);
+    if (lb) cublasLtMatrixLayoutDestroy(lb);
+    if (la) cublasLtMatrixLayoutDestroy(la);
+    if (op) cublasLtMatmulDescDestroy(op);
+    return st;
+}
+
+/* ---- convolution: cuDNN legacy API ---- */
+static cudnnDataType_t dnn_type(dl_dtype t) { return t == DL_BF16 ? CUDNN_DATA_BFLOAT16 : t == DL_F16 ? CUDNN_DATA_HALF : CUDNN_DATA_FLOAT; }
+
+typedef struct Descs {
+    cudnnTensorDescriptor_t x, y;
+    cudnnFilterDescriptor_t w;
+    cudnnConvolutionDescriptor_t c;
+} Descs;
+
+static void descs_free(Descs *D)
+{
+    if (D->x) cudnnDestroyTensorDescriptor(D->x);
+    if (D->y) cudnnDestroyTensorDescriptor(D->y);
+    if (D->w) cudnnDestroyFilterDescriptor(D->w);
+    if (D->c) cudnnDestroyConvolutionDescriptor(D->c);
+}
+static dl_dev_status descs_make(Descs *D, const dl_dev_tensor_desc *x, const dl_dev_filter_desc *w,
+                                const dl_dev_conv_desc *c, const dl_dev_tensor_desc *y)
+{
+    memset(D, 0, sizeof *D);
+    dl_dev_status st = dnn_st(cudnnCreateTensorDescriptor(&D->x), "cudnnCreateTensorDescriptor");
+    if (st == DL_DEV_SUCCESS) st = dnn_st(cudnnCreateTensorDescriptor(&D->y), "cudnnCreateTensorDescriptor");
+    if (st == DL_DEV_SUCCESS) st = dnn_st(cudnnCreateFilterDescriptor(&D->w), "cudnnCreateFilterDescriptor");
+    if (st == DL_DEV_SUCCESS) st = dnn_st(cudnnCreateConvolutionDescriptor(&D->c), "cudnnCreateConvolutionDescriptor");
+    if (st == DL_DEV_SUCCESS)
+        st = dnn_st(cudnnSetTensor4dDescriptor(D->x, CUDNN_TENSOR_NHWC, dnn_type(x->dt), x->n, x->c, x->h, x->w),
+                    "cudnnSetTensor4dDescriptor(x)");
+    if (st == DL_DEV_SUCCESS)
+        st = dnn_st(cudnnSetTensor4dDescriptor(D->y, CUDNN_TENSOR_NHWC, dnn_type(y->dt), y->n, y->c, y->h, y->w),
+                    "cudnnSetTensor4dDescriptor(y)");
+    if (st == DL_DEV_SUCCESS)
+        st = dnn_st(cudnnSetFilter4dDescriptor(D->w, dnn_type(w->dt), CUDNN_TENSOR_NHWC, w->k, w->c, w->r, w->s),
+                    "cudnnSetFilter4dDescriptor");
+    if (st == DL_DEV_SUCCESS)
+        st = dnn_st(cudnnSetConvolution2dDescriptor(D->c, c->pad_h, c->pad_w, c->stride_h ? c->stride_h : 1,
+                                                    c->stride_w ? c->stride_w : 1, c->dil_h ? c->dil_h : 1,
+                                                    c->dil_w ? c->dil_w : 1, CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT),
+                    "cudnnSetConvolution2dDescriptor");
+    if (st == DL_DEV_SUCCESS && x->dt != DL_F32)
+        st = dnn_st(cudnnSetConvolutionMathType(D->c, CUDNN_TENSOR_OP_MATH), "cudnnSetConvolutionMathType");
+    if (st != DL_DEV_SUCCESS) descs_free(D);
+    return st;
+}
+
+static dl_dev_status real_conv_algo(dl_dev *d, dl_dev_conv_dir dir, const dl_dev_tensor_desc *x,
+                                    const dl_dev_filter_desc *w, const dl_dev_conv_desc *c,
+                                    const dl_dev_tensor_desc *y, int *algo, size_t *ws_bytes)
+{
+    Real *r = R(d);
+    Descs D;
+    dl_dev_status st = descs_make(&D, x, w, c, y);
+    if (st != DL_DEV_SUCCESS) return st;
+    int n = 0;
+    if (dir == DL_DEV_CONV_FWD) {
+        cudnnConvolutionFwdAlgoPerf_t p;
+        st = dnn_st(cudnnGetConvolutionForwardAlgorithm_v7(r->dnn, D.x, D.w, D.c, D.y, 1, &n, &p),
+                    "cudnnGetConvolutionForwardAlgorithm_v7");
+        if (st == DL_DEV_SUCCESS) {
+            *algo = (int)p.algo;
+            st = dnn_st(cudnnGetConvolutionForwardWorkspaceSize(r->dnn, D.x, D.w, D.c, D.y, p.algo, ws_bytes),
+                        "cudnnGetConvolutionForwardWorkspaceSize");
+        }
+    } else if (dir == DL_DEV_CONV_BWD_DATA) {
+        cudnnConvolutionBwdDataAlgoPerf_t p;
+        st = dnn_st(cudnnGetConvolutionBackwardDataAlgorithm_v7(r->dnn, D.w, D.y, D.c, D.x, 1, &n, &p),
+                    "cudnnGetConvolutionBackwardDataAlgorithm_v7");
+        if (st == DL_DEV_SUCCESS) {
+            *algo = (int)p.algo;
+            st = dnn_st(cudnnGetConvolutionBackwardDataWorkspaceSize(r->dnn, D.w, D.y, D.c, D.x, p.algo, ws_bytes),
+                        "cudnnGetConvolutionBackwardDataWorkspaceSize");
+        }
+    } else {
+        cudnnConvolutionBwdFilterAlgoPerf_t p;
+        st = dnn_st(cudnnGetConvolutionBackwardFilterAlgorithm_v7(r->dnn, D.x, D.y, D.c, D.w, 1, &n, &p),
+                    "cudnnGetConvolutionBackwardFilterAlgorithm_v7");
+        if (st == DL_DEV_SUCCESS) {
+            *algo = (int)p.algo;
+            st = dnn_st(cudnnGetConvolutionBackwardFilterWorkspaceSize(r->dnn, D.x, D.y, D.c, D.w, p.algo, ws_bytes),
+                        "cudnnGetConvolutionBackwardFilterWorkspaceSize");
+        }
+    }
+    descs_free(&D);
+    return st;
+}
+
+static dl_dev_status real_conv(dl_dev *d, dl_dev_stream *s, dl_dev_conv_dir dir, float alpha,
+                               const dl_dev_tensor_desc *xd, const void *x, const dl_dev_filter_desc *wd, const void *w,
+                               const dl_dev_tensor_desc *yd, const void *y, const dl_dev_conv_desc *c, int algo,
+                               void *ws, size_t ws_bytes, float beta, void *out)
+{
+    Real *r = R(d);
+    Descs D;
+    dl_dev_status st = descs_make(&D, xd, wd, c, yd);
+    if (st != DL_DEV_SUCCESS) return st;
+    st = dnn_st(cudnnSetStream(r->dnn, CS(s)), "cudnnSetStream");
+    if (st == DL_DEV_SUCCESS) {
+        if (dir == DL_DEV_CONV_FWD)
+            st = dnn_st(cudnnConvolutionForward(r->dnn, &alpha, D.x, x, D.w, w, D.c, (cudnnConvolutionFwdAlgo_t)algo,
+                                                ws, ws_bytes, &beta, D.y, out),
+                        "cudnnConvolutionForward");
+        else if (dir == DL_DEV_CONV_BWD_DATA)
+            st = dnn_st(cudnnConvolutionBackwardData(r->dnn, &alpha, D.w, w, D.y, y, D.c,
+                                                     (cudnnConvolutionBwdDataAlgo_t)algo, ws, ws_bytes, &beta, D.x, out),
+                        "cudnnConvolutionBackwardData");
+        else
+            st = dnn_st(cudnnConvolutionBackwardFilter(r->dnn, &alpha, D.x, x, D.y, y, D.c,
+                                                       (cudnnConvolutionBwdFilterAlgo_t)algo, ws, ws_bytes, &beta, D.w,
+                                                       out),
+                        "cudnnConvolutionBackwardFilter");
+    }
+    descs_free(&D);
+    return st;
+}
+
+/* ---- attention and danlu's kernels ---- */
+static dl_dev_status kcheck(const char *op, int rc)
+{
+    if (rc) return dl_dev_fail(DL_DEV_ERR_NOT_SUPPORTED, "%s: the launcher refuses its arguments", op);
+    return rt(cudaGetLastError(), op);
+}
+static dl_dev_status real_sdpa_forward(dl_dev *d, dl_dev_stream *s, int kernel, const dl_dev_sdpa_desc *a,
+                                       const void *q, const void *k, const void *v, void *o, float *lse)
+{
+    (void)d;
+    (void)kernel; /* both run danlu's kernels until the cuDNN SDPA graph is wired */
+    return kcheck("dl_dev_attention_forward",
+                  dl_cuda_attention_forward(a->dt, a->N, a->H, a->Tq, a->Tk, a->d, a->scale, q, a->ldq, k, a->ldk, v,
+                                            a->ldv, o, a->ldo, lse, CS(s)));
+}
+static dl_dev_status real_sdpa_backward(dl_dev *d, dl_dev_stream *s, int kernel, const dl_dev_sdpa_desc *a,
+                                        const void *q, const void *k, const void *v, const void *o, const void *dout,
+                                        const float *lse, float *delta, void *dq, void *dk, void *dv)
+{
+    (void)d;
+    (void)kernel;
+    return kcheck("dl_dev_attention_backward",
+                  dl_cuda_attention_backward(a->dt, a->N, a->H, a->Tq, a->Tk, a->d, a->scale, q, a->ldq, k, a->ldk, v,
+                                             a->ldv, o, dout, a->ldo, lse, delta, dq, dk, dv, CS(s)));
+}
+static dl_dev_status real_gn_forward(dl_dev *d, dl_dev_stream *s, dl_dtype dt, int N, int64_t HW, int C, int G,
+                                     float eps, int silu, const void *x, const float *gamma, const float *beta, void *y,
+                                     float *mean, float *rstd, void *ws)
+{
+    (void)d;
+    return kcheck("dl_dev_groupnorm_forward", dl_cuda_groupnorm_forward(dt, N, HW, C, G, eps, silu, x, gamma, beta, y,
+                                                                         mean, rstd, ws, CS(s)));
+}
+static dl_dev_status real_gn_backward(dl_dev *d, dl_dev_stream *s, dl_dtype dt, int N, int64_t HW, int C, int G,
+                                      int silu, const void *x, const float *gamma, const float *beta, const float *mean,
+                                      const float *rstd, const void *dy, void *dx, float *dgamma, float *dbeta,
+                                      void *ws)
+{
+    (void)d;
+    return kcheck("dl_dev_groupnorm_backward", dl_cuda_groupnorm_backward(dt, N, HW, C, G, silu, x, gamma, beta, mean,
+                                                                           rstd, dy, dx, dgamma, dbeta, ws, CS(s)));
+}
+static dl_dev_status real_lora_forward(dl_dev *d, dl_dev_stream *s, dl_dtype dt, int64_t M, int in, int out, int rank,
+                                       float scale, const void *x, const void *W, const void *bias, const float *A,
+                                       const float *B, float *u, void *y)
+{
+    (void)d;
+    return kcheck("dl_dev_lora_forward",
+                  dl_cuda_lora_forward(dt, NULL, M, in, out, rank, scale, x, W, bias, A, B, u, y, CS(s)));
+}
+static dl_dev_status real_lora_backward(dl_dev *d, dl_dev_stream *s, dl_dtype dt, int64_t M, int in, int out,
+                                        int rank, float scale, const void *x, const void *W, const float *A,
+                                        const float *B, const void *dy, void *dx, float *dA, float *dB, int accumulate,
+                                        float *ws)
+{
+    (void)d;
+    return kcheck("dl_dev_lora_backward", dl_cuda_lora_backward(dt, NULL, M, in, out, rank, scale, x, W, A, B, dy, dx,
+                                                                 dA, dB, accumulate, ws, CS(s)));
+}
+static dl_dev_status real_lora_merge(dl_dev *d, dl_dev_stream *s, dl_dtype dt, int out, int in, int rank, float scale,
+                                     void *W, const float *A, const float *B, int unmerge)
+{
+    (void)d;
+    int rc = unmerge ? dl_cuda_lora_unmerge(dt, out, in, rank, scale, W, A, B, CS(s))
+                     : dl_cuda_lora_merge(dt, out, in, rank, scale, W, A, B, CS(s));
+    return kcheck("dl_dev_lora_merge", rc);
+}
+
+static const dl_dev_vt kRealVt = {
+    real_close, real_name, real_sync, real_malloc, real_free, real_memcpy, real_memset,
+    real_stream_create, real_stream_destroy, real_stream_sync, real_event_create, real_event_destroy,
+    real_event_record, real_wait, real_event_sync, real_elapsed, real_gemm,
+    real_conv_algo, real_conv, real_sdpa_forward, real_sdpa_backward, real_gn_forward, real_gn_backward,
+    real_lora_forward, real_lora_backward, real_lora_merge,
+};
+
+dl_dev *dl_dev_cuda_open(void)
+{
+    if (!dl_dev_cuda_present()) {
+        dl_dev_fail(DL_DEV_ERR_UNAVAILABLE, "dl_dev_open(real): no CUDA device present");
+        return NULL;
+    }
+    Real *r = calloc(1, sizeof *r);
+    if (!r) return NULL;
+    r->head.vt = &kRealVt;
+    r->head.kind = DL_DEV_REAL;
+    struct cudaDeviceProp p;
+    if (cudaSetDevice(0) != cudaSuccess || cudaGetDeviceProperties(&p, 0) != cudaSuccess ||
+        cublasLtCreate(&r->lt) != CUBLAS_STATUS_SUCCESS || cudnnCreate(&r->dnn) != CUDNN_STATUS_SUCCESS) {
+        dl_dev_fail(DL_DEV_ERR_UNAVAILABLE, "dl_dev_open(real): CUDA, cuBLASLt or cuDNN initialisation failed");
+        free(r);
+        return NULL;
+    }
+    snprintf(r->name, sizeof r->name, "%s", p.name);
+    return &r->head;
+}
