@@ -342,6 +342,7 @@ Test(cli_help, sample_lists_and_accepts_every_option) { check_command("sample", 
 Test(cli_help, grid_lists_and_accepts_every_option) { check_command("grid", dl_cmd_grid, dl_grid_optsets); }
 Test(cli_help, run_lists_and_accepts_every_option) { check_command("run", dl_cmd_run, dl_run_optsets); }
 Test(cli_help, inspect_lists_and_accepts_every_option) { check_command("inspect", dl_cmd_inspect, dl_inspect_optsets); }
+Test(cli_help, verify_lists_and_accepts_every_option) { check_command("verify", dl_cmd_verify, dl_verify_optsets); }
 Test(cli_help, tokenize_lists_and_accepts_every_option)
 {
     check_command("tokenize", dl_cmd_tokenize, dl_tokenize_optsets);

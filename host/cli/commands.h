@@ -31,6 +31,9 @@ int dl_cmd_lora_resize(int argc, char **argv, FILE *out);
 int dl_cmd_lora_extract(int argc, char **argv, FILE *out);
 /* danlu convert IN --out OUT: checkpoint layouts and dtypes, LoRA key layouts. */
 int dl_cmd_convert(int argc, char **argv, FILE *out);
+/* danlu verify FILE [--dataset DIR] [--reproduce]: a trained LoRA's provenance record (0 the same,
+ * 1 different, 2 trouble, as diff(1)). */
+int dl_cmd_verify(int argc, char **argv, FILE *out);
 /* "fp32" / "fp16" / "bf16" -> the dtype, "keep" (or NULL) -> -1, anything else -> -2. */
 int dl_cli_dtype(const char *s);
 
@@ -47,5 +50,6 @@ int dl_lora_merge_optsets(dl_optset *sets);
 int dl_lora_resize_optsets(dl_optset *sets);
 int dl_lora_extract_optsets(dl_optset *sets);
 int dl_convert_optsets(dl_optset *sets);
+int dl_verify_optsets(dl_optset *sets);
 
 #endif

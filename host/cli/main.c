@@ -19,6 +19,7 @@ static const command k_commands[] = {
     {"grid", dl_cmd_grid, "an X/Y grid of images (LoRA files, weights, prompts, CFG) in one PNG"},
     {"lora", dl_cmd_lora, "LoRA tools: merge (into a checkpoint or LoRAs into one), resize, extract"},
     {"convert", dl_cmd_convert, "checkpoints between single-file / diffusers layouts and dtypes; LoRAs kohya <-> PEFT"},
+    {"verify", dl_cmd_verify, "a trained LoRA's provenance: which images it was trained on; retrain and compare"},
 };
 
 static void usage(FILE *f)

@@ -28,6 +28,7 @@
 #include "train/objective.h"
 #include "train/plot.h"
 #include "train/progress.h"
+#include "train/provenance.h"
 #include "train/state.h"
 #include "train/unet_train.h"
 
@@ -82,6 +83,13 @@ static void kv_set(kv_list *l, const char *key, const char *val)
             return;
         }
     kv_add(l, key, "%s", val);
+}
+
+static const char *kv_get(const kv_list *l, const char *key)
+{
+    for (int i = 0; i < l->n; i++)
+        if (!strcmp(l->kv[2 * i], key)) return l->kv[2 * i + 1];
+    return NULL;
 }
 
 static void kv_free(kv_list *l)
@@ -160,6 +168,7 @@ typedef struct trainer {
     char *signature;
     char *config_json;
     kv_list meta;
+    dl_prov_writer prov;          /* the provenance record (train/provenance.h), printed at each save */
     char started_at[64];
     dl_progress prog;
     int prog_ok;
@@ -295,7 +304,7 @@ static void fmt_py_float(char *buf, size_t cap, double v)
 
 static const char *py_bool(int b) { return b ? "True" : "False"; }
 
-static void build_metadata(trainer *t)
+static int build_metadata(trainer *t)
 {
     const dl_train_config *c = t->cfg;
     kv_list *m = &t->meta;
@@ -479,6 +488,13 @@ static void build_metadata(trainer *t)
     }
     if (c->training_comment) kv_add(m, "modelspec.description", "%s", c->training_comment);
     kv_add(m, "danlu.config", "%s", t->config_json ? t->config_json : "{}");
+    /* the provenance record: the dataset's hashes now (one read and decode per image, before the
+     * steps), the rest at each save (save_lora) */
+    double t0 = dl_now_seconds();
+    DL_TRY(dl_prov_writer_begin(&t->prov, &t->ds, &t->ck, &t->hash_cache, t->config_json ? t->config_json : "{}",
+                                t->seed, t->ctx.pool ? dl_pool_nthreads(t->ctx.pool) : 1, c->backend, t->ctx.pool));
+    dl_phases_add(&t->phases, "provenance hashes", dl_now_seconds() - t0);
+    return DL_OK;
 }
 
 /* ---- saving ---- */
@@ -507,6 +523,10 @@ static int save_lora(trainer *t, const char *path, int step, int epoch)
     kv_set(&t->meta, "ss_steps", buf);
     snprintf(buf, sizeof buf, "%d", epoch);
     kv_set(&t->meta, "ss_epoch", buf);
+    char *prov = dl_prov_writer_json(&t->prov, step, epoch, kv_get(&t->meta, "ss_new_sd_model_hash"), t->log);
+    if (!prov) return dl_error_set("%s: out of memory writing the provenance record", path);
+    kv_set(&t->meta, DL_PROV_KEY, prov);
+    free(prov);
     dl_dtype dt = t->cfg->save_dtype == DL_SAVE_FP16 ? DL_F16 : t->cfg->save_dtype == DL_SAVE_BF16 ? DL_BF16 : DL_F32;
     dl_lora_format fmt = strcmp(t->cfg->lora_format, "peft") == 0 ? DL_LORA_FMT_PEFT : DL_LORA_FMT_KOHYA;
     int rc = dl_lora_save(path, &t->net, fmt, dt, (const char *const *)t->meta.kv, t->meta.n);
@@ -911,6 +931,7 @@ static void teardown(trainer *t)
                     t->emb_cache, t->signature, t->config_json};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) free(bufs[i]);
     kv_free(&t->meta);
+    dl_prov_writer_free(&t->prov);
     if (t->ctx_ok) dl_ctx_free(&t->ctx);
 }
 
@@ -1040,7 +1061,7 @@ int dl_train_run(const dl_train_config *cfg, const dl_trainer_opts *opts, dl_tra
     t->te_lr = dl_train_config_te_lr(cfg);
     dl_rng_seed(&t->rng, t->seed);
     dl_torch_rng_seed(&t->noise_rng, t->seed);
-    build_metadata(t);
+    if (build_metadata(t) != DL_OK) goto out;
 
     int step = 0, epoch = 0;
     int64_t micro = 0;
