@@ -101,7 +101,6 @@ template <int N> __device__ __forceinline__ void dl_cp_async_wait(void)
 #else
 /* =================================== the SIMT emulator ======================================== */
 
-#include <atomic>
 #include <string.h>
 #include <vector>
 
@@ -175,16 +174,9 @@ struct thread_copies {
     std::vector<copy16> open;
     std::vector<std::vector<copy16>> committed; /* oldest first */
 };
-/* A number for the block run in progress, kept in the block's static shared memory (which the
- * emulator fills with 0xff bytes when a block starts): what one block leaves un-waited is never
+/* The emulator's number for the block run in progress: what one block leaves un-waited is never
  * completed into a later block, even one of the next launch with the same index. */
-static inline unsigned long long block_run(void)
-{
-    __shared__ unsigned long long run;
-    static std::atomic<unsigned long long> next{1};
-    if (run == ~0ull) run = next.fetch_add(1);
-    return run;
-}
+static inline unsigned long long block_run(void) { return ::simt::block_run_serial(); }
 static inline thread_copies &copies_of_this_thread(void)
 {
     static thread_local std::vector<thread_copies> per_thread; /* one OS thread runs one block at a time */

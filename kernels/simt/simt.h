@@ -473,6 +473,7 @@ struct Worker { /* one per OS thread that runs blocks */
     int bar_line = 0;
     unsigned phase = 0;
     unsigned long long block_linear = 0;
+    unsigned long long run_serial = 0; /* unique per block run, process-wide (models keyed on it) */
     unsigned char *dyn_smem = nullptr;
     bool failed = false;
     std::string err;
@@ -1203,6 +1204,8 @@ inline void run_block(Worker &w, LaunchCtx &L, unsigned long long b)
     t_grid_dim = g;
     w.launch = &L;
     w.block_linear = b;
+    static std::atomic<unsigned long long> serial{0};
+    w.run_serial = ++serial;
     w.n = bd.x * bd.y * bd.z;
     w.done = w.at_barrier = w.bar_true = w.phase = w.in_warp_op = 0;
     w.failed = false;
@@ -1449,6 +1452,10 @@ inline int order_mode() { return detail::order(); }
 
 /* Base of the current block's dynamic shared memory (16-byte aligned). */
 inline void *dynamic_smem() { return detail::in_kernel("dynamic shared memory").dyn_smem; }
+
+/* A number unique to the block run in progress (no two blocks of any launches share one), for
+ * models that keep per-thread state across calls within a block (kernels/mma.cuh's cp.async). */
+inline unsigned long long block_run_serial() { return detail::in_kernel("block_run_serial").run_serial; }
 
 /* The message of the last launch error, or "" (kept after cudaGetLastError() clears the code). */
 inline const char *last_error_message() { return detail::errstate().detail; }

@@ -98,3 +98,15 @@ Test(mma, reading_before_the_cp_async_wait_sees_nan)
     double e = run(1, 0, MMA_PROBE_NO_WAIT, 8);
     cr_expect(isnan(e), "a kernel that skips cp.async.wait_group read real data (worst error %g)", e);
 }
+
+/* The same tile with threads interleaved at random between barriers (SIMT_ORDER=random): the
+ * kernel has no shared-memory race, and the cp.async model keeps its state per block run. */
+Test(mma, tile_under_random_interleaving)
+{
+    simt::set_order("random", 7);
+    for (unsigned s = 20; s < 23; s++) {
+        double e = run(1, (int)(s & 1), MMA_PROBE_OK, s);
+        cr_expect(e < 1e-5, "random order, seed %u: worst error %g (%s)", s, e, simt::last_error_message());
+    }
+    simt::set_order(NULL);
+}
