@@ -1,6 +1,9 @@
 /* checkpoint.c - open SD checkpoints (single file or diffusers folder), map diffusers names to
  * ldm keys, detect the config from a single file's tensors, load weights to fp32. */
 #include "model/checkpoint.h"
+#include "model/clip.h"
+#include "model/unet.h"
+#include "model/vae.h"
 #include "core/error.h"
 #include "core/threadpool.h"
 
@@ -28,223 +31,15 @@ const char *dl_part_name(dl_part part)
 
 /* ---------------------------------------------------------------- the weights of a config */
 
-typedef struct emitter {
-    dl_weight_fn fn;
-    void *user;
-    dl_part part;
-    int err;
-} emitter;
-
-/* Emit one weight: ndim dims from d[], name from fmt. */
-static void emit(emitter *e, int ndim, int64_t d0, int64_t d1, int64_t d2, int64_t d3, const char *fmt, ...)
-    __attribute__((format(printf, 7, 8)));
-static void emit(emitter *e, int ndim, int64_t d0, int64_t d1, int64_t d2, int64_t d3, const char *fmt, ...)
-{
-    if (e->err) return;
-    char name[256];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(name, sizeof name, fmt, ap);
-    va_end(ap);
-    int64_t shape[4] = {d0, d1, d2, d3};
-    if (e->fn(e->user, e->part, name, ndim, shape) != DL_OK) e->err = 1;
-}
-
-static void emit_norm(emitter *e, const char *pre, const char *n, int64_t c)
-{
-    emit(e, 1, c, 0, 0, 0, "%s%s.weight", pre, n);
-    emit(e, 1, c, 0, 0, 0, "%s%s.bias", pre, n);
-}
-
-static void emit_conv(emitter *e, const char *pre, const char *n, int64_t cout, int64_t cin, int k)
-{
-    emit(e, 4, cout, cin, k, k, "%s%s.weight", pre, n);
-    emit(e, 1, cout, 0, 0, 0, "%s%s.bias", pre, n);
-}
-
-static void emit_linear(emitter *e, const char *pre, const char *n, int64_t out, int64_t in, int bias)
-{
-    emit(e, 2, out, in, 0, 0, "%s%s.weight", pre, n);
-    if (bias) emit(e, 1, out, 0, 0, 0, "%s%s.bias", pre, n);
-}
-
-/* A resnet block; temb = 0 for the VAE (no time embedding). */
-static void emit_resnet(emitter *e, const char *pre, int64_t cin, int64_t cout, int64_t temb)
-{
-    emit_norm(e, pre, "norm1", cin);
-    emit_conv(e, pre, "conv1", cout, cin, 3);
-    if (temb) emit_linear(e, pre, "time_emb_proj", cout, temb, 1);
-    emit_norm(e, pre, "norm2", cout);
-    emit_conv(e, pre, "conv2", cout, cout, 3);
-    if (cin != cout) emit_conv(e, pre, "conv_shortcut", cout, cin, 1);
-}
-
-/* A Transformer2DModel (SpatialTransformer) of c channels. */
-static void emit_transformer(emitter *e, const char *pre, const dl_unet_config *u, int64_t c, int layers)
-{
-    char p[200];
-    emit_norm(e, pre, "norm", c);
-    if (u->use_linear_projection) emit_linear(e, pre, "proj_in", c, c, 1);
-    else emit_conv(e, pre, "proj_in", c, c, 1);
-    for (int t = 0; t < layers; t++) {
-        snprintf(p, sizeof p, "%stransformer_blocks.%d.", pre, t);
-        emit_norm(e, p, "norm1", c);
-        emit_linear(e, p, "attn1.to_q", c, c, 0);
-        emit_linear(e, p, "attn1.to_k", c, c, 0);
-        emit_linear(e, p, "attn1.to_v", c, c, 0);
-        emit_linear(e, p, "attn1.to_out.0", c, c, 1);
-        emit_norm(e, p, "norm2", c);
-        emit_linear(e, p, "attn2.to_q", c, c, 0);
-        emit_linear(e, p, "attn2.to_k", c, u->cross_attention_dim, 0);
-        emit_linear(e, p, "attn2.to_v", c, u->cross_attention_dim, 0);
-        emit_linear(e, p, "attn2.to_out.0", c, c, 1);
-        emit_norm(e, p, "norm3", c);
-        emit_linear(e, p, "ff.net.0.proj", 8 * c, c, 1); /* GEGLU: value and gate */
-        emit_linear(e, p, "ff.net.2", c, 4 * c, 1);
-    }
-    if (u->use_linear_projection) emit_linear(e, pre, "proj_out", c, c, 1);
-    else emit_conv(e, pre, "proj_out", c, c, 1);
-}
-
-static void emit_unet(emitter *e, const dl_unet_config *u)
-{
-    char p[200];
-    const int n = u->n_blocks, L = u->layers_per_block, T = u->time_embed_dim;
-    const int *C = u->block_out_channels;
-    emit_conv(e, "", "conv_in", C[0], u->in_channels, 3);
-    emit_linear(e, "", "time_embedding.linear_1", T, C[0], 1);
-    emit_linear(e, "", "time_embedding.linear_2", T, T, 1);
-    for (int i = 0; i < n; i++) {
-        int cin = i == 0 ? C[0] : C[i - 1];
-        for (int j = 0; j < L; j++) {
-            snprintf(p, sizeof p, "down_blocks.%d.resnets.%d.", i, j);
-            emit_resnet(e, p, j == 0 ? cin : C[i], C[i], T);
-            if (u->down_cross_attn[i]) {
-                snprintf(p, sizeof p, "down_blocks.%d.attentions.%d.", i, j);
-                emit_transformer(e, p, u, C[i], u->transformer_layers[i]);
-            }
-        }
-        if (i < n - 1) {
-            snprintf(p, sizeof p, "down_blocks.%d.downsamplers.0.", i);
-            emit_conv(e, p, "conv", C[i], C[i], 3);
-        }
-    }
-    const int cm = C[n - 1];
-    emit_resnet(e, "mid_block.resnets.0.", cm, cm, T);
-    emit_transformer(e, "mid_block.attentions.0.", u, cm, u->transformer_layers[n - 1]);
-    emit_resnet(e, "mid_block.resnets.1.", cm, cm, T);
-    int out = C[n - 1];
-    for (int i = 0; i < n; i++) { /* up block i mirrors down block n-1-i */
-        int prev_out = out;
-        out = C[n - 1 - i];
-        int in = C[n - 1 - (i + 1 < n ? i + 1 : n - 1)];
-        for (int j = 0; j <= L; j++) {
-            int skip = j == L ? in : out;
-            snprintf(p, sizeof p, "up_blocks.%d.resnets.%d.", i, j);
-            emit_resnet(e, p, (j == 0 ? prev_out : out) + skip, out, T);
-            if (u->up_cross_attn[i]) {
-                snprintf(p, sizeof p, "up_blocks.%d.attentions.%d.", i, j);
-                emit_transformer(e, p, u, out, u->transformer_layers[n - 1 - i]);
-            }
-        }
-        if (i < n - 1) {
-            snprintf(p, sizeof p, "up_blocks.%d.upsamplers.0.", i);
-            emit_conv(e, p, "conv", out, out, 3);
-        }
-    }
-    emit_norm(e, "", "conv_norm_out", C[0]);
-    emit_conv(e, "", "conv_out", u->out_channels, C[0], 3);
-}
-
-static void emit_vae_mid(emitter *e, const char *side, const dl_vae_config *v)
-{
-    char p[200];
-    const int c = v->block_out_channels[v->n_blocks - 1];
-    snprintf(p, sizeof p, "%s.mid_block.resnets.0.", side);
-    emit_resnet(e, p, c, c, 0);
-    if (v->mid_attention) {
-        snprintf(p, sizeof p, "%s.mid_block.attentions.0.", side);
-        emit_norm(e, p, "group_norm", c);
-        emit_linear(e, p, "to_q", c, c, 1);
-        emit_linear(e, p, "to_k", c, c, 1);
-        emit_linear(e, p, "to_v", c, c, 1);
-        emit_linear(e, p, "to_out.0", c, c, 1);
-    }
-    snprintf(p, sizeof p, "%s.mid_block.resnets.1.", side);
-    emit_resnet(e, p, c, c, 0);
-}
-
-static void emit_vae(emitter *e, const dl_vae_config *v)
-{
-    char p[200];
-    const int n = v->n_blocks, L = v->layers_per_block, Z = v->latent_channels;
-    const int *C = v->block_out_channels;
-    emit_conv(e, "", "encoder.conv_in", C[0], v->in_channels, 3);
-    for (int i = 0; i < n; i++) {
-        int cin = i == 0 ? C[0] : C[i - 1];
-        for (int j = 0; j < L; j++) {
-            snprintf(p, sizeof p, "encoder.down_blocks.%d.resnets.%d.", i, j);
-            emit_resnet(e, p, j == 0 ? cin : C[i], C[i], 0);
-        }
-        if (i < n - 1) {
-            snprintf(p, sizeof p, "encoder.down_blocks.%d.downsamplers.0.", i);
-            emit_conv(e, p, "conv", C[i], C[i], 3);
-        }
-    }
-    emit_vae_mid(e, "encoder", v);
-    emit_norm(e, "", "encoder.conv_norm_out", C[n - 1]);
-    emit_conv(e, "", "encoder.conv_out", 2 * Z, C[n - 1], 3);
-    emit_conv(e, "", "decoder.conv_in", C[n - 1], Z, 3);
-    emit_vae_mid(e, "decoder", v);
-    int out = C[n - 1];
-    for (int i = 0; i < n; i++) {
-        int prev_out = out;
-        out = C[n - 1 - i];
-        for (int j = 0; j <= L; j++) {
-            snprintf(p, sizeof p, "decoder.up_blocks.%d.resnets.%d.", i, j);
-            emit_resnet(e, p, j == 0 ? prev_out : out, out, 0);
-        }
-        if (i < n - 1) {
-            snprintf(p, sizeof p, "decoder.up_blocks.%d.upsamplers.0.", i);
-            emit_conv(e, p, "conv", out, out, 3);
-        }
-    }
-    emit_norm(e, "", "decoder.conv_norm_out", C[0]);
-    emit_conv(e, "", "decoder.conv_out", v->out_channels, C[0], 3);
-    if (v->use_quant_conv) emit_conv(e, "", "quant_conv", 2 * Z, 2 * Z, 1);
-    if (v->use_post_quant_conv) emit_conv(e, "", "post_quant_conv", Z, Z, 1);
-}
-
-static void emit_text(emitter *e, const dl_clip_config *t)
-{
-    char p[200];
-    const int H = t->hidden_size, I = t->intermediate_size;
-    emit(e, 2, t->vocab_size, H, 0, 0, "text_model.embeddings.token_embedding.weight");
-    emit(e, 2, t->max_positions, H, 0, 0, "text_model.embeddings.position_embedding.weight");
-    for (int l = 0; l < t->num_layers; l++) {
-        snprintf(p, sizeof p, "text_model.encoder.layers.%d.", l);
-        emit_linear(e, p, "self_attn.k_proj", H, H, 1);
-        emit_linear(e, p, "self_attn.v_proj", H, H, 1);
-        emit_linear(e, p, "self_attn.q_proj", H, H, 1);
-        emit_linear(e, p, "self_attn.out_proj", H, H, 1);
-        emit_norm(e, p, "layer_norm1", H);
-        emit_linear(e, p, "mlp.fc1", I, H, 1);
-        emit_linear(e, p, "mlp.fc2", H, I, 1);
-        emit_norm(e, p, "layer_norm2", H);
-    }
-    emit_norm(e, "", "text_model.final_layer_norm", H);
-}
-
+/* Each network's loader, run in listing mode, lists its weights. */
 int dl_model_weights(const dl_model_config *cfg, dl_part part, dl_weight_fn fn, void *user)
 {
-    emitter e = {fn, user, part, 0};
     switch (part) {
-    case DL_PART_UNET: emit_unet(&e, &cfg->unet); break;
-    case DL_PART_VAE: emit_vae(&e, &cfg->vae); break;
-    case DL_PART_TEXT: emit_text(&e, &cfg->text); break;
+    case DL_PART_UNET: return dl_unet_list_weights(&cfg->unet, fn, user);
+    case DL_PART_VAE: return dl_vae_list_weights(&cfg->vae, fn, user);
+    case DL_PART_TEXT: return dl_clip_list_weights(&cfg->text, fn, user);
     default: return dl_error_set("dl_model_weights: bad part %d", (int)part);
     }
-    return e.err ? DL_ERR : DL_OK;
 }
 
 /* ---------------------------------------------------------------- diffusers -> ldm names */

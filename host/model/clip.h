@@ -6,6 +6,8 @@
 
 #include "model/module.h"
 
+#include <stdint.h>
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -15,6 +17,24 @@ typedef struct dl_clip_layer {
     dl_linear q, k, v, o;             /* self_attn.{q,k,v,out}_proj: [C, C] + bias */
     dl_linear fc1, fc2;               /* mlp.fc1 [I, C], mlp.fc2 [C, I] */
 } dl_clip_layer;
+
+#define DL_CLIP_MAX_LAYERS 48 /* num_hidden_layers supported (SD: 12, 23; SDXL: 32) */
+
+/* One encoder layer's activations: what its backward reads (training) or its working buffers
+ * (inference). M = N*T tokens. */
+typedef struct dl_clip_layer_saved {
+    float *x_in;          /* [M, C]  residual stream entering the layer (ln1 input) */
+    float *mean1, *rstd1; /* [M]     ln1 statistics */
+    float *h1;            /* [M, C]  ln1 output: q/k/v input */
+    float *q, *k, *v;     /* [M, C]  [N, T, H*d] */
+    float *a;             /* [M, C]  attention output: out_proj input */
+    float *lse;           /* [N, H, T] attention row logsumexp */
+    float *x_mid;         /* [M, C]  residual after attention (ln2 input) */
+    float *mean2, *rstd2; /* [M]     ln2 statistics */
+    float *h2;            /* [M, C]  ln2 output: fc1 input */
+    float *f1;            /* [M, I]  fc1 output, pre-activation */
+    float *f2;            /* [M, I]  activation output: fc2 input */
+} dl_clip_layer_saved;
 
 typedef struct dl_clip {
     dl_clip_config cfg;
@@ -37,7 +57,8 @@ void dl_clip_free(dl_clip *m);
  * "text_model.encoder.layers.0.self_attn.q_proj", "...mlp.fc1"), or NULL: for LoRA injection. */
 dl_linear *dl_clip_find(const dl_clip *m, const char *name);
 /* Bytes of scratch dl_clip_forward needs for N sequences of T tokens, including the
- * temporaries of the LoRAs attached to m at the time of the call (attach them first). */
+ * temporaries of the LoRAs attached to m at the time of the call (attach them first): the
+ * forward run against a measuring arena under the measuring backend (model/graph.h). */
 size_t dl_clip_scratch_bytes(const dl_clip *m, int N, int T);
 
 /* Encode ids [N, T] (T <= max_positions): run the first `layers` transformer layers (1 ..
@@ -47,6 +68,19 @@ size_t dl_clip_scratch_bytes(const dl_clip *m, int N, int T);
  *   hidden_states[-2] (raw):       layers = num_layers - 1, final_ln = 0 */
 void dl_clip_forward(const dl_ctx *ctx, const dl_clip *m, int N, int T, const int32_t *ids, int layers,
                      int final_ln, float *out, dl_arena *scratch);
+
+/* Every weight of a text encoder of this config, in transformers names and PyTorch shapes: the
+ * loader in listing mode (dl_model_weights' text part). Stops with DL_ERR when fn does. */
+int dl_clip_list_weights(const dl_clip_config *cfg, dl_weight_fn fn, void *user);
+
+/* ---- the pieces the forwards share (inference above, training in train/clip_train.h) */
+/* One layer's tensors for N x T tokens carved from a (DL_OK; DL_ERR: the arena's message). */
+int dl_clip_layer_carve(dl_clip_layer_saved *v, const dl_clip_config *c, int N, int T, dl_arena *a);
+/* x [N, T, C] = token_embedding[ids [N, T]] + position_embedding[0 .. T). */
+void dl_clip_embed(const dl_ctx *ctx, const dl_clip *m, int N, int T, const int32_t *ids, float *x);
+/* Encoder layer l from v->x_in to x_next [N, T, C], filling v's other tensors. */
+void dl_clip_layer_forward(const dl_ctx *ctx, const dl_clip *m, int l, int N, int T, const dl_clip_layer_saved *v,
+                           float *x_next, dl_arena *scratch);
 
 #ifdef __cplusplus
 }

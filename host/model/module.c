@@ -24,7 +24,8 @@ static float *place(const dl_loader *ld, const char *full, int ndim, const int64
     float *p = dl_arena_alloc(ld->arena, (size_t)n * sizeof(float));
     if (!p) return NULL;
     int rc;
-    if (dl_arena_measuring(ld->arena)) rc = dl_ckpt_check(ld->ck, ld->part, full, ndim, shape);
+    if (!ld->ck) rc = ld->list ? ld->list(ld->list_user, ld->part, full, ndim, shape) : DL_OK;
+    else if (dl_arena_measuring(ld->arena)) rc = dl_ckpt_check(ld->ck, ld->part, full, ndim, shape);
     else if (conv) rc = dl_ckpt_load_conv(ld->ck, ld->part, full, (int)shape[0], (int)shape[1], (int)shape[2],
                                          (int)shape[3], p);
     else rc = dl_ckpt_load(ld->ck, ld->part, full, ndim, shape, p);
@@ -61,17 +62,21 @@ int dl_linear_load_any(dl_linear *m, const dl_loader *ld, const char *name, int 
     snprintf(full, sizeof full, "%s.weight", name);
     int nd = 0;
     int64_t shape[DL_MAX_DIMS];
-    if (dl_ckpt_shape(ld->ck, ld->part, full, &nd, shape) == DL_OK && nd == 4) {
-        memset(m, 0, sizeof *m);
-        m->name = name;
-        m->in = in;
-        m->out = out;
-        int64_t ws[4] = {out, in, 1, 1}, bs[1] = {out};
-        if (!(m->w = load_tensor(ld, name, "weight", 4, ws))) return DL_ERR;
-        if (bias && !(m->b = load_tensor(ld, name, "bias", 1, bs))) return DL_ERR;
-        return DL_OK;
-    }
+    if (dl_ckpt_shape(ld->ck, ld->part, full, &nd, shape) == DL_OK && nd == 4)
+        return dl_linear_load_1x1(m, ld, name, in, out, bias);
     return dl_linear_load(m, ld, name, in, out, bias);
+}
+
+int dl_linear_load_1x1(dl_linear *m, const dl_loader *ld, const char *name, int in, int out, int bias)
+{
+    memset(m, 0, sizeof *m);
+    m->name = name;
+    m->in = in;
+    m->out = out;
+    int64_t ws[4] = {out, in, 1, 1}, bs[1] = {out};
+    if (!(m->w = load_tensor(ld, name, "weight", 4, ws))) return DL_ERR;
+    if (bias && !(m->b = load_tensor(ld, name, "bias", 1, bs))) return DL_ERR;
+    return DL_OK;
 }
 
 int dl_conv_load(dl_conv *m, const dl_loader *ld, const char *name, int cin, int cout, int k, int stride, int pad)
@@ -146,41 +151,13 @@ void dl_conv_fwd(const dl_ctx *ctx, const dl_conv *m, int N, int H, int W, const
     dl_arena_release(scratch, mark);
 }
 
-void dl_groupnorm_fwd(const dl_ctx *ctx, const dl_norm *m, int N, int64_t HW, const float *x, float *y, int silu,
-                      dl_arena *scratch)
-{
-    DL_ASSERT(m->G > 0);
-    size_t mark = dl_arena_mark(scratch);
-    float *mean = dl_alloc_f32(scratch, (int64_t)N * m->G), *rstd = dl_alloc_f32(scratch, (int64_t)N * m->G);
-    dl_groupnorm_shape s = {.N = N, .HW = (int)HW, .C = m->C, .G = m->G, .eps = m->eps, .silu = silu};
-    dl_be(ctx)->groupnorm_forward(ctx, s, x, m->gamma, m->beta, y, mean, rstd);
-    dl_arena_release(scratch, mark);
-}
-
-void dl_layernorm_fwd(const dl_ctx *ctx, const dl_norm *m, int64_t M, const float *x, float *y, dl_arena *scratch)
-{
-    size_t mark = dl_arena_mark(scratch);
-    float *mean = dl_alloc_f32(scratch, M), *rstd = dl_alloc_f32(scratch, M);
-    dl_be(ctx)->layernorm_forward(ctx, M, m->C, m->eps, x, m->gamma, m->beta, y, mean, rstd);
-    dl_arena_release(scratch, mark);
-}
-
 /* ================================================================ backward */
-
-static size_t al64(int64_t n) { return ((size_t)(n > 0 ? n : 1) * sizeof(float) + 63) & ~(size_t)63; }
 
 static int lora_active(const dl_lora *l)
 {
     if (!l) return 0;
     DL_ASSERTF(!l->merged, "backward through a layer whose LoRA is merged into the base weight");
     return 1;
-}
-
-size_t dl_linear_bwd_scratch_bytes(const dl_linear *m, int64_t M)
-{
-    const dl_lora *l = m->lora;
-    if (!l) return 0;
-    return 2 * al64(M * l->r) + al64((int64_t)l->r * m->in) + al64((int64_t)m->out * l->r);
 }
 
 void dl_linear_bwd(const dl_ctx *ctx, const dl_linear *m, int64_t M, const float *x, const float *dy, float *dx,
@@ -203,16 +180,6 @@ void dl_linear_bwd(const dl_ctx *ctx, const dl_linear *m, int64_t M, const float
     if (dA) dl_be(ctx)->axpy(ctx, r * m->in, 1.0f, dA, l->dA);                       // accumulate
     if (dB) dl_be(ctx)->axpy(ctx, (int64_t)m->out * r, 1.0f, dB, l->dB);
     dl_arena_release(scratch, mark);
-}
-
-size_t dl_conv_bwd_scratch_bytes(const dl_conv *m, int N, int H, int W)
-{
-    const dl_lora *l = m->lora;
-    if (!l) return 0;
-    dl_conv2d_shape s = conv_shape(m, N, H, W);
-    const int64_t P = (int64_t)N * dl_conv2d_out_h(&s) * dl_conv2d_out_w(&s);
-    return 2 * al64(P * l->r) + al64((int64_t)N * H * W * m->cin) + al64((int64_t)l->r * m->k * m->k * m->cin) +
-           al64((int64_t)m->cout * l->r);
 }
 
 void dl_conv_bwd(const dl_ctx *ctx, const dl_conv *m, int N, int H, int W, const float *x, const float *dy,

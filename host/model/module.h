@@ -55,6 +55,9 @@ typedef struct dl_loader {
     dl_checkpoint *ck;
     dl_part part;
     dl_arena *arena;
+    dl_weight_fn list;  /* ck NULL: listing mode (dl_model_weights), each tensor reported to list
+                           (list_user, part, name, ndim, PyTorch shape) when set; arena measuring */
+    void *list_user;
 } dl_loader;
 
 /* Every loader below places its tensors through one function (module.c: place), which a
@@ -71,6 +74,8 @@ int dl_linear_load(dl_linear *m, const dl_loader *ld, const char *name, int in, 
 /* A 1x1 conv in the checkpoint ([out, in, 1, 1]) loaded as a linear (SD1 proj_in/proj_out,
  * VAE mid attention in ldm files), or a real linear when the checkpoint has [out, in]. */
 int dl_linear_load_any(dl_linear *m, const dl_loader *ld, const char *name, int in, int out, int bias);
+/* A linear stored as a 1x1 conv [out, in, 1, 1] in the checkpoint. */
+int dl_linear_load_1x1(dl_linear *m, const dl_loader *ld, const char *name, int in, int out, int bias);
 /* Load a kxk conv with symmetric padding pad. */
 int dl_conv_load(dl_conv *m, const dl_loader *ld, const char *name, int cin, int cout, int k, int stride, int pad);
 /* Load group norm (G groups) or layer norm (G = 0): "<name>.weight", "<name>.bias". */
@@ -81,27 +86,17 @@ void dl_linear_fwd(const dl_ctx *ctx, const dl_linear *m, int64_t M, const float
 /* y [N, Ho, Wo, cout] from x [N, H, W, cin]; *Ho, *Wo set when non-NULL. */
 void dl_conv_fwd(const dl_ctx *ctx, const dl_conv *m, int N, int H, int W, const float *x, float *y,
                  int *Ho, int *Wo, dl_arena *scratch);
-/* Group norm (+ SiLU when silu) over x [N, HW, C] into y. */
-void dl_groupnorm_fwd(const dl_ctx *ctx, const dl_norm *m, int N, int64_t HW, const float *x, float *y, int silu,
-                      dl_arena *scratch);
-/* Layer norm over rows x [M, C] into y. */
-void dl_layernorm_fwd(const dl_ctx *ctx, const dl_norm *m, int64_t M, const float *x, float *y, dl_arena *scratch);
-
 /* ---- backward (training): activation gradients, and LoRA gradients accumulated (+=) into
  * lora->dA / lora->dB when the layer has an unmerged LoRA with those buffers set (the base
  * weights are frozen: no dW, db). A merged LoRA is a programming error here (DL_ASSERT). The
  * LoRA's forward temporary h = x·Aᵀ is recomputed from x, so the forward need not keep it.
- * Scratch comes from `scratch` and is released on return; *_bwd_scratch_bytes gives the most
- * it takes. */
+ * Scratch comes from `scratch` and is released on return (a walker run against a measuring
+ * arena sizes it: model/graph.h). */
 
-/* Bytes of scratch dl_linear_bwd takes for M rows. */
-size_t dl_linear_bwd_scratch_bytes(const dl_linear *m, int64_t M);
 /* dx [M, in] = dy [M, out] · w (+ the LoRA path) overwritten (NULL: skipped); x [M, in] is the
  * forward input (needed only with a LoRA; may be NULL without). */
 void dl_linear_bwd(const dl_ctx *ctx, const dl_linear *m, int64_t M, const float *x, const float *dy, float *dx,
                    dl_arena *scratch);
-/* Bytes of scratch dl_conv_bwd takes for an input [N, H, W, cin]. */
-size_t dl_conv_bwd_scratch_bytes(const dl_conv *m, int N, int H, int W);
 /* dx [N, H, W, cin] from dy [N, Ho, Wo, cout] overwritten (NULL: skipped); x is the forward
  * input (needed only with a LoRA). */
 void dl_conv_bwd(const dl_ctx *ctx, const dl_conv *m, int N, int H, int W, const float *x, const float *dy,

@@ -6,6 +6,7 @@
 #ifndef DANLU_MODEL_VAE_H
 #define DANLU_MODEL_VAE_H
 
+#include "model/graph.h"
 #include "model/module.h"
 #include "model/unet.h"
 
@@ -20,10 +21,9 @@ typedef struct dl_vae_attn {
 } dl_vae_attn;
 
 typedef struct dl_vae_block {
-    int cin, cout, n_res;
     dl_unet_resnet res[DL_UNET_MAX_LAYERS + 1]; /* ResnetBlock2D without time embedding */
-    int has_sample;                      /* encoder: downsample (k3 s2, pad 0,1,0,1); decoder: upsample */
-    dl_conv sample;                      /* [cout, 3, 3, cout] */
+    dl_conv sample;                      /* [cout, 3, 3, cout]: encoder downsample (k3 s2, pad 0,1,0,1),
+                                            decoder upsample */
 } dl_vae_block;
 
 typedef struct dl_vae_coder {
@@ -40,7 +40,8 @@ typedef struct dl_vae {
     dl_vae_coder enc, dec;
     dl_linear quant_conv;                /* 1x1 conv [2*latent, 2*latent] as a linear */
     dl_linear post_quant_conv;           /* 1x1 conv [latent, latent] as a linear */
-    char *names;                         /* storage for layer names */
+    dl_names names;                      /* the layers' names */
+    dl_graph enc_graph, dec_graph;       /* the encoder's and the decoder's node lists */
 } dl_vae;
 
 /* *bytes = what dl_vae_load(ck) will take from its weights arena (encoder + decoder): the
@@ -51,8 +52,18 @@ int dl_vae_weights_bytes(dl_checkpoint *ck, size_t *bytes);
  * missing or mis-shaped tensor (m then holds nothing to free). */
 int dl_vae_load(dl_vae *m, dl_checkpoint *ck, dl_arena *weights);
 void dl_vae_free(dl_vae *m);
-/* Scratch bytes for encoding or decoding N images of H x W pixels. */
+/* Scratch bytes for encoding or decoding N images of H x W pixels: both walks run against a
+ * measuring arena on a VAE of this config loaded in listing mode. */
 size_t dl_vae_scratch_bytes(const dl_vae_config *cfg, int N, int H, int W);
+/* Every weight of a VAE of this config, in diffusers names and PyTorch shapes: the loader in
+ * listing mode (dl_model_weights' VAE part). Stops with DL_ERR when fn does. */
+int dl_vae_list_weights(const dl_vae_config *cfg, dl_weight_fn fn, void *user);
+/* The encoder (input: image [N, H, W, in_channels]; output: moments [N, H/f, W/f, 2 latent],
+ * after quant_conv) and the decoder (input: latent [N, h, w, latent]; output: image) as the
+ * walkers of model/graph.h see them: inference, training forward/backward (full fine-tuning or
+ * LoRA; dx of the input on request), size tables. */
+dl_net dl_vae_encoder_net(const dl_vae *m);
+dl_net dl_vae_decoder_net(const dl_vae *m);
 
 /* img [N, H, W, 3] -> mean, logvar [N, H/f, W/f, latent] (f = 2^(n_blocks-1)); logvar is
  * clamped to [-30, 20] as diffusers does. Either output may be NULL. */

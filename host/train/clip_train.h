@@ -15,35 +15,20 @@
 extern "C" {
 #endif
 
-/* One transformer layer's saved activations (slices of one arena allocation). M = N*T. */
-typedef struct dl_clip_layer_saved {
-    float *x_in;          /* [M, C]  residual stream entering the layer (ln1 input) */
-    float *mean1, *rstd1; /* [M]     ln1 statistics */
-    float *h1;            /* [M, C]  ln1 output: q/k/v input */
-    float *q, *k, *v;     /* [M, C]  [N, T, H*d] */
-    float *a;             /* [M, C]  attention output: out_proj input */
-    float *lse;           /* [N, H, T] attention row logsumexp */
-    float *x_mid;         /* [M, C]  residual after attention (ln2 input) */
-    float *mean2, *rstd2; /* [M]     ln2 statistics */
-    float *h2;            /* [M, C]  ln2 output: fc1 input */
-    float *f1;            /* [M, I]  fc1 output, pre-activation */
-    float *f2;            /* [M, I]  activation output: fc2 input */
-} dl_clip_layer_saved;
-
 /* What dl_clip_train_forward keeps for dl_clip_backward. The LoRA temporaries h = x·Aᵀ are not
  * kept: dl_linear_bwd recomputes them from the saved layer input (r columns, cheap). */
 typedef struct dl_clip_saved {
     int N, T, max_layers;      /* capacity (set by dl_clip_saved_init) */
     int n, t;                  /* the batch run (n <= N, t <= T) */
     int layers, final_ln;      /* of the last forward */
-    dl_clip_layer_saved *l;    /* [max_layers] */
+    dl_clip_layer_saved l[DL_CLIP_MAX_LAYERS]; /* the first max_layers used */
     float *x_out;              /* [M, C] residual after `layers` layers (final LN input) */
     float *meanf, *rstdf;      /* [M]    final LN statistics */
 } dl_clip_saved;
 
 /* Bytes dl_clip_saved_init takes from its arena for N sequences of T tokens and up to
- * max_layers layers (with alignment slack). SD1.5 (C 768, I 3072), N = 1, T = 77, 11 layers
- * (clip skip 2): about 41 MB. */
+ * max_layers layers: dl_clip_saved_init run against a measuring arena. SD1.5 (C 768, I 3072),
+ * N = 1, T = 77, 11 layers (clip skip 2): about 41 MB. */
 size_t dl_clip_saved_bytes(const dl_clip_config *cfg, int N, int T, int max_layers);
 /* Carve the saved buffers for (N, T, max_layers) out of arena (sized with dl_clip_saved_bytes).
  * DL_OK, or DL_ERR with the arena's message when it is too small. */
@@ -61,7 +46,8 @@ void dl_clip_saved_set_batch(dl_clip_saved *s, int N, int T);
 void dl_clip_train_forward(const dl_ctx *ctx, const dl_clip *m, dl_clip_saved *s, const int32_t *ids, int layers,
                            int final_ln, float *out, dl_arena *scratch);
 
-/* Bytes of scratch dl_clip_backward takes with m's LoRAs as attached now, for N x T tokens. */
+/* Bytes of scratch dl_clip_backward takes with m's LoRAs as attached now, for N x T tokens
+ * through every layer: the backward run against a measuring arena under the measuring backend. */
 size_t dl_clip_backward_scratch_bytes(const dl_clip *m, int N, int T);
 /* Backward of the last dl_clip_train_forward from d_out [N, T, C] (the gradient of the loss
  * with respect to its out): accumulates (+=) into dA / dB of every LoRA attached (unmerged,

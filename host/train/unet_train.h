@@ -4,10 +4,14 @@
  * gradients only for the LoRA adapters attached to the UNet's modules (accumulated into
  * lora->dA / lora->dB), optionally the gradient w.r.t. the text context (encoder_hidden_states).
  *
+ * The pass walks the UNet's node list (model/unet.h: dl_unet.graph), each node's block
+ * forward saving what its backward needs into the act arena, and the backward walks it in
+ * reverse. The blocks' forwards are those of inference, so the output is dl_unet_forward's.
+ *
  * Memory: the tape's activations live in an `act` arena, temporaries in a `scratch` arena; both
- * are sized once by dl_unet_train_act_bytes / dl_unet_train_scratch_bytes (attach the LoRAs
- * first: what is saved depends on them), so a training step allocates nothing (except inside
- * the CPU conv2d backward op, which mallocs its own packing buffers).
+ * are sized once from the size table (dl_unet_size_table; dl_unet_train_act_bytes /
+ * dl_unet_train_scratch_bytes; attach the LoRAs first: what is saved depends on them), so a
+ * training step allocates nothing.
  *
  * Gradient checkpointing (checkpoint != 0): the forward keeps only each block's input and output;
  * the backward recomputes a block's internals into scratch just before its backward. The result
@@ -29,47 +33,14 @@
 extern "C" {
 #endif
 
-#define DL_UNET_TAPE_MAX_OPS 192
+/* The UNet's tape: the generic one of model/graph.h (its net is dl_unet_net(u)). */
+typedef dl_tape dl_unet_tape;
 
-typedef enum {
-    DL_TAPE_CONV_IN = 0, /* conv_in */
-    DL_TAPE_RESNET,      /* ResnetBlock2D (in the up path on concat(x, skip)) */
-    DL_TAPE_TRANSFORMER, /* Transformer2DModel */
-    DL_TAPE_DOWNSAMPLE,  /* downsamplers.0 */
-    DL_TAPE_UPSAMPLE,    /* upsamplers.0 */
-    DL_TAPE_OUT          /* conv_norm_out + SiLU -> conv_out */
-} dl_tape_kind;
-
-/* One recorded block. Buffers are valid from dl_unet_train_forward until the caller releases
- * the act arena. */
-typedef struct dl_tape_op {
-    dl_tape_kind kind;
-    const void *block;  /* dl_unet_resnet / dl_unet_transformer / dl_conv (samplers) / dl_unet */
-    int h, w;           /* spatial size of the input */
-    int cin, cout;      /* channels in (incl. a concatenated skip) and out */
-    int cskip;          /* channels of the skip concatenated after x (up-path resnets), else 0 */
-    int x_op, skip_op;  /* ops producing x and the skip (-1: the network input / none) */
-    int is_skip;        /* the output is also a skip connection of the up path */
-    int needs_bwd;      /* holds a LoRA (its backward has weight gradients to produce) */
-    const float *x;     /* [N, h, w, cin - cskip] */
-    const float *skip;  /* [N, h, w, cskip] */
-    float *y;           /* [N, ho, wo, cout] */
-    int64_t y_numel;
-    int recompute;      /* checkpointed: only x and y kept, internals recomputed in the backward
-                           (per block, so a policy may choose; today all or none) */
-    void *saved;        /* the block's saved internals (NULL when recomputed) */
-} dl_tape_op;
-
-typedef struct dl_unet_tape {
-    const dl_unet *u;
-    int N, H, W, T;
-    int checkpoint;
-    int n_ops;
-    dl_tape_op ops[DL_UNET_TAPE_MAX_OPS];
-    const float *x;       /* [N, H, W, in_channels] the caller's latents */
-    const float *context; /* [N, T, cross_attention_dim] the caller's */
-    float *temb_act;      /* [N, Td] SiLU(time embedding), in the act arena */
-} dl_unet_tape;
+/* The size table of a training pass (and of inference) at (N, H, W, T) with the LoRAs now
+ * attached to u: the walkers below run against measuring arenas under the measuring backend,
+ * and every node's output, saved tensors and scratch peaks are recorded (model/graph.h). */
+void dl_unet_size_table(const dl_unet *u, int N, int H, int W, int T, int checkpoint, int want_dcontext,
+                        dl_size_table *tab);
 
 /* Bytes of the act arena a training forward takes for (N, H, W, T) with the LoRAs now attached
  * to u; checkpoint as for dl_unet_train_forward. Both sizes grow with N*H*W (every level's
@@ -87,7 +58,7 @@ size_t dl_unet_train_scratch_bytes(const dl_unet *u, int N, int H, int W, int T,
  * taken from act (dl_unet_train_act_bytes free) and stay there for the backward (the caller
  * gives them back, e.g. dl_arena_reset, before the next forward); scratch is released on
  * return. H and W divisible by 2^(n_blocks-1). The tape is plain memory the caller owns
- * (sizeof(dl_unet_tape) ~ 20 KB: keep it off small stacks); dl_unet_train_forward fills it. */
+ * (sizeof(dl_unet_tape) ~ 8 KB: keep it off small stacks); dl_unet_train_forward fills it. */
 void dl_unet_train_forward(const dl_ctx *ctx, const dl_unet *u, dl_unet_tape *tape, int N, int H, int W,
                            const float *x, const float *t, const float *context, int T, float *out,
                            int checkpoint, dl_arena *act, dl_arena *scratch);
