@@ -604,6 +604,19 @@ static cJSON *str_array_kinds(const int *kinds, int n, const char *yes, const ch
     return a;
 }
 
+/* A float field as the shortest decimal that reads back as the same float: 1e-05, not
+ * 9.99999974737875e-06 (the float's exact double value). diffusers and transformers keep what
+ * config.json says as a Python float, so the long form would change the eps they compute with. */
+static void add_float(cJSON *o, const char *name, float v)
+{
+    char buf[32];
+    for (int p = 1; p <= 9; p++) {
+        snprintf(buf, sizeof buf, "%.*g", p, (double)v);
+        if (strtof(buf, NULL) == v) break;
+    }
+    cJSON_AddNumberToObject(o, name, strtod(buf, NULL));
+}
+
 static char *print_and_free(cJSON *o)
 {
     char *s = cJSON_Print(o);
@@ -628,7 +641,7 @@ char *dl_unet_config_to_json(const dl_unet_config *c)
     cJSON_AddNumberToObject(o, "layers_per_block", c->layers_per_block);
     cJSON_AddStringToObject(o, "act_fn", "silu");
     cJSON_AddNumberToObject(o, "norm_num_groups", c->norm_num_groups);
-    cJSON_AddNumberToObject(o, "norm_eps", c->norm_eps);
+    add_float(o, "norm_eps", c->norm_eps);
     cJSON_AddNumberToObject(o, "cross_attention_dim", c->cross_attention_dim);
     cJSON_AddItemToObject(o, "transformer_layers_per_block", int_array(c->transformer_layers, n));
     cJSON_AddItemToObject(o, "attention_head_dim", int_array(c->num_heads, n)); /* diffusers: = heads */
@@ -653,7 +666,7 @@ char *dl_vae_config_to_json(const dl_vae_config *c)
     cJSON_AddNumberToObject(o, "latent_channels", c->latent_channels);
     cJSON_AddNumberToObject(o, "norm_num_groups", c->norm_num_groups);
     cJSON_AddNumberToObject(o, "sample_size", c->sample_size);
-    cJSON_AddNumberToObject(o, "scaling_factor", c->scaling_factor);
+    add_float(o, "scaling_factor", c->scaling_factor);
     cJSON_AddBoolToObject(o, "use_quant_conv", c->use_quant_conv);
     cJSON_AddBoolToObject(o, "use_post_quant_conv", c->use_post_quant_conv);
     cJSON_AddBoolToObject(o, "mid_block_add_attention", c->mid_attention);
@@ -674,7 +687,7 @@ char *dl_clip_config_to_json(const dl_clip_config *c)
     cJSON_AddNumberToObject(o, "num_attention_heads", c->num_heads);
     cJSON_AddNumberToObject(o, "max_position_embeddings", c->max_positions);
     cJSON_AddStringToObject(o, "hidden_act", c->act == DL_ACT_GELU ? "gelu" : "quick_gelu");
-    cJSON_AddNumberToObject(o, "layer_norm_eps", c->layer_norm_eps);
+    add_float(o, "layer_norm_eps", c->layer_norm_eps);
     cJSON_AddNumberToObject(o, "bos_token_id", c->bos_token_id);
     cJSON_AddNumberToObject(o, "eos_token_id", c->eos_token_id);
     cJSON_AddNumberToObject(o, "pad_token_id", c->pad_token_id);
