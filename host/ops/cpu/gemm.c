@@ -271,7 +271,9 @@ static void pack_a_plain(const void *user, int64_t m0, int mr, int64_t k0, int k
 {
     const plain_a *p = user;
 #ifdef DL_GEMM_X86
-    if (!p->transA && rs == 1 && ks == 32 && mr <= 32 && dl_cpu_isa() >= DL_ISA_AVX512) {
+    /* ks == 32 only with the AVX-512 kernel (NR 32), which runs only where the CPU has it: no
+     * per-panel look at DANLU_CPU_ISA, the native capability (cached) guards the instruction set */
+    if (!p->transA && rs == 1 && ks == 32 && mr <= 32 && dl_cpu_isa_native() >= DL_ISA_AVX512) {
         pack_rows_panel32_avx512(p->A + m0 * p->lda + k0, p->lda, mr, kc, dst); /* B panels */
         return;
     }
