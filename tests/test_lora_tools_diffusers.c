@@ -25,30 +25,8 @@ TestSuite(lora_tools_diffusers, .init = tu_tmpdir_init, .fini = tu_tmpdir_fini);
 
 #define TOL_DIFFUSERS 1e-4 /* fp32 danlu vs diffusers in float64, relative L2 (as test_train_diffusers.c) */
 
-enum { N = 2, H = 8, W = 8, T = 8, CTX = 64 };
-
-typedef struct inputs {
-    float *x, *t, *c; /* [N, H, W, 4], [N], [N, T, CTX] */
-    int32_t ids[N * T];
-} inputs;
-
-static void inputs_load(inputs *in, const dl_st_file *g)
-{
-    int64_t xs[4] = {N, H, W, 4}, ts[1] = {N}, cs[3] = {N, T, CTX}, is[2] = {N, T};
-    in->x = tu_golden_f32_shape(g, "in.x", 4, xs);
-    in->t = tu_golden_f32_shape(g, "in.t", 1, ts);
-    in->c = tu_golden_f32_shape(g, "in.ctx", 3, cs);
-    float *ids = tu_golden_f32_shape(g, "in.ids", 2, is);
-    for (int i = 0; i < N * T; i++) in->ids[i] = (int32_t)ids[i];
-    free(ids);
-}
-
-static void inputs_free(inputs *in)
-{
-    free(in->x);
-    free(in->t);
-    free(in->c);
-}
+enum { N = TU_TE_N, H = TU_TE_H, W = TU_TE_W, T = TU_TE_T, CTX = TU_TE_CTX };
+typedef tu_te_inputs inputs;
 
 /* Run the danlu command of golden metadata key `key` (a JSON list of arguments, {model},
  * {lora}, {out}, {single} standing for paths) in process; the paths are absolute. */
@@ -150,7 +128,7 @@ Test(lora_tools_diffusers, merged_checkpoint_matches_diffusers, .timeout = 120)
     dl_st_file g;
     tu_golden_open(&g, "lora_tools_diffusers");
     inputs in;
-    inputs_load(&in, &g);
+    tu_te_inputs_load(&in, &g);
     const char *mrel = dl_st_meta(&g, "model"), *lrel = dl_st_meta(&g, "lora");
     cr_assert(mrel && lrel);
     char model[1024], lora[1024], out[1024], single[1024], ms[1024];
@@ -173,7 +151,7 @@ Test(lora_tools_diffusers, merged_checkpoint_matches_diffusers, .timeout = 120)
     run_golden_command(&g, "merge.args", single, lora, ms, NULL);
     expect_model_outputs(ms, &in, &g, "merge", &eu, &et);
     cr_log_info("merged single file: danlu vs diffusers UNet rel L2 %.2e, text encoder %.2e", eu, et);
-    inputs_free(&in);
+    tu_te_inputs_free(&in);
     dl_st_close(&g);
 }
 
@@ -204,7 +182,7 @@ Test(lora_tools_diffusers, converted_folder_matches_diffusers, .timeout = 120)
     dl_st_file g;
     tu_golden_open(&g, "lora_tools_diffusers");
     inputs in;
-    inputs_load(&in, &g);
+    tu_te_inputs_load(&in, &g);
     char model[1024], single[1024], out[1024];
     snprintf(model, sizeof model, "%s", tu_path(dl_st_meta(&g, "model")));
     snprintf(single, sizeof single, "%s", tu_tmp("s.safetensors"));
@@ -228,6 +206,6 @@ Test(lora_tools_diffusers, converted_folder_matches_diffusers, .timeout = 120)
         const double va = json_number(a, fields[i].key), vb = json_number(b, fields[i].key);
         cr_expect(va == vb, "%s %s: %.17g, the original says %.17g", fields[i].file, fields[i].key, vb, va);
     }
-    inputs_free(&in);
+    tu_te_inputs_free(&in);
     dl_st_close(&g);
 }

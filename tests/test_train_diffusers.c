@@ -36,30 +36,8 @@ TestSuite(train_diffusers, .init = tu_tmpdir_init, .fini = tu_tmpdir_fini);
 
 static const char *const RUNS[] = {"unet_te", "conv"};
 
-enum { N = 2, H = 8, W = 8, T = 8, CTX = 64 };
-
-typedef struct inputs {
-    float *x, *t, *c; /* [N, H, W, 4], [N], [N, T, CTX] */
-    int32_t ids[N * T];
-} inputs;
-
-static void inputs_load(inputs *in, const dl_st_file *g)
-{
-    int64_t xs[4] = {N, H, W, 4}, ts[1] = {N}, cs[3] = {N, T, CTX}, is[2] = {N, T};
-    in->x = tu_golden_f32_shape(g, "in.x", 4, xs);
-    in->t = tu_golden_f32_shape(g, "in.t", 1, ts);
-    in->c = tu_golden_f32_shape(g, "in.ctx", 3, cs);
-    float *ids = tu_golden_f32_shape(g, "in.ids", 2, is);
-    for (int i = 0; i < N * T; i++) in->ids[i] = (int32_t)ids[i];
-    free(ids);
-}
-
-static void inputs_free(inputs *in)
-{
-    free(in->x);
-    free(in->t);
-    free(in->c);
-}
+enum { N = TU_TE_N, H = TU_TE_H, W = TU_TE_W, T = TU_TE_T, CTX = TU_TE_CTX };
+typedef tu_te_inputs inputs;
 
 /* UNet [N, H, W, 4] and text-encoder [N, T, CTX] outputs of m as it is now against golden
  * "<o>.unet" / "<o>.te"; the relative L2 errors go to *eu, *et. */
@@ -107,7 +85,7 @@ Test(train_diffusers, committed_outputs_match_diffusers)
     dl_st_file g;
     tu_golden_open(&g, "train_diffusers");
     inputs in;
-    inputs_load(&in, &g);
+    tu_te_inputs_load(&in, &g);
     double eu, et;
     expect_outputs(&m, &in, &g, "base", &eu, &et);
     cr_log_info("no LoRA: UNet rel L2 %.2e, text encoder %.2e", eu, et);
@@ -135,7 +113,7 @@ Test(train_diffusers, committed_outputs_match_diffusers)
         dl_lora_net_detach(&net, &m.u, &m.te);
         dl_lora_net_free(&net);
     }
-    inputs_free(&in);
+    tu_te_inputs_free(&in);
     dl_st_close(&g);
     tu_te_unet_close(&m);
 }
@@ -251,7 +229,7 @@ Test(train_diffusers, trainer_reproduces_committed_outputs, .timeout = 300)
     tu_te_unet m;
     tu_te_unet_open(&m, "tests/golden/tiny_pipe");
     inputs in;
-    inputs_load(&in, &g);
+    tu_te_inputs_load(&in, &g);
     char model[1024], data[1024], out[1024];
     snprintf(model, sizeof model, "%s", tu_path("tests/golden/tiny_pipe"));
     snprintf(data, sizeof data, "%s", tu_path("tests/golden/train_diffusers/data"));
@@ -298,7 +276,7 @@ Test(train_diffusers, trainer_reproduces_committed_outputs, .timeout = 300)
         for (int i = 0; i < argc; i++) free(argv[i]);
         cJSON_Delete(args);
     }
-    inputs_free(&in);
+    tu_te_inputs_free(&in);
     tu_te_unet_close(&m);
     dl_st_close(&g);
 }

@@ -310,3 +310,22 @@ void tu_te_unet_close(tu_te_unet *m)
     dl_arena_free(&m->w);
     dl_ckpt_close(&m->ck);
 }
+
+void tu_te_inputs_load(tu_te_inputs *in, const dl_st_file *g)
+{
+    int64_t xs[4] = {TU_TE_N, TU_TE_H, TU_TE_W, 4}, ts[1] = {TU_TE_N}, cs[3] = {TU_TE_N, TU_TE_T, TU_TE_CTX},
+            is[2] = {TU_TE_N, TU_TE_T};
+    in->x = tu_golden_f32_shape(g, "in.x", 4, xs);
+    in->t = tu_golden_f32_shape(g, "in.t", 1, ts);
+    in->c = tu_golden_f32_shape(g, "in.ctx", 3, cs);
+    float *ids = tu_golden_f32_shape(g, "in.ids", 2, is);
+    for (int i = 0; i < TU_TE_N * TU_TE_T; i++) in->ids[i] = (int32_t)ids[i];
+    free(ids);
+}
+
+void tu_te_inputs_free(tu_te_inputs *in)
+{
+    free(in->x);
+    free(in->t);
+    free(in->c);
+}

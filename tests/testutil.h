@@ -102,6 +102,16 @@ typedef struct tu_te_unet {
 void tu_te_unet_open(tu_te_unet *m, const char *rel);
 void tu_te_unet_close(tu_te_unet *m);
 
+/* The inputs stored with the tiny-pipe golden files of test_train_diffusers.c and
+ * test_lora_tools_diffusers.c: in.x [N, H, W, 4], in.t [N], in.ctx [N, T, CTX], in.ids [N, T]. */
+enum { TU_TE_N = 2, TU_TE_H = 8, TU_TE_W = 8, TU_TE_T = 8, TU_TE_CTX = 64 };
+typedef struct tu_te_inputs {
+    float *x, *t, *c; /* [N, H, W, 4], [N], [N, T, CTX] */
+    int32_t ids[TU_TE_N * TU_TE_T];
+} tu_te_inputs;
+void tu_te_inputs_load(tu_te_inputs *in, const dl_st_file *g);
+void tu_te_inputs_free(tu_te_inputs *in);
+
 #ifdef __cplusplus
 }
 #endif
