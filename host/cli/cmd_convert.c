@@ -98,18 +98,8 @@ int dl_cmd_convert(int argc, char **argv, FILE *out)
     int nsets = dl_convert_optsets(sets);
     sets[0].obj = &a;
     const char *in = NULL;
-    for (int i = 1; i < argc; i++) {
-        int r = dl_opt_parse(sets, nsets, "convert", argc, argv, &i);
-        if (r == DL_OPT_WANTS_HELP) { usage(out); return 0; }
-        if (r < 0) return 2;
-        if (r == DL_OPT_CONSUMED) continue;
-        if (argv[i][0] == '-' || in) {
-            fprintf(stderr, "danlu convert: %s '%s'\n", argv[i][0] == '-' ? "unknown option" : "unexpected argument", argv[i]);
-            usage(stderr);
-            return 2;
-        }
-        in = argv[i];
-    }
+    int npos, pr = dl_opt_parse_argv("convert", sets, nsets, argc, argv, &in, 1, &npos, usage, out);
+    if (pr) return pr < 0 ? 0 : pr;
     if (!in || !a.out) {
         fprintf(stderr, "danlu convert: IN and --out are required\n");
         usage(stderr);

@@ -95,29 +95,6 @@ int dl_lora_merge_optsets(dl_optset *sets)
 
 /* Parse argv with sets; positional arguments go to pos (at most max). Returns -1 on help (printed
  * to out), 2 on a usage error, 0 otherwise. */
-static int parse(const char *cmd, dl_optset *sets, int nsets, int argc, char **argv, const char **pos, int max, int *npos,
-                 void (*usage)(FILE *), FILE *out)
-{
-    *npos = 0;
-    for (int i = 1; i < argc; i++) {
-        int r = dl_opt_parse(sets, nsets, cmd, argc, argv, &i);
-        if (r == DL_OPT_WANTS_HELP) {
-            usage(out);
-            return -1;
-        }
-        if (r < 0) return 2;
-        if (r == DL_OPT_CONSUMED) continue;
-        if (argv[i][0] == '-' || *npos == max) {
-            fprintf(stderr, "danlu %s: %s '%s'\n", cmd, argv[i][0] == '-' ? "unknown option" : "unexpected argument",
-                    argv[i]);
-            usage(stderr);
-            return 2;
-        }
-        pos[(*npos)++] = argv[i];
-    }
-    return 0;
-}
-
 static void merge_usage(FILE *f)
 {
     fprintf(f, "usage: danlu lora merge --model CKPT --lora FILE[:W] ... --out CKPT2\n"
@@ -135,7 +112,7 @@ static int cmd_merge(int argc, char **argv, FILE *out)
     int nsets = dl_lora_merge_optsets(sets), npos;
     sets[0].obj = &a;
     const char *pos[1] = {NULL};
-    int r = parse("lora merge", sets, nsets, argc, argv, pos, 0, &npos, merge_usage, out);
+    int r = dl_opt_parse_argv("lora merge", sets, nsets, argc, argv, pos, 0, &npos, merge_usage, out);
     if (r) return r < 0 ? 0 : r;
     if (!a.out || a.n_loras == 0) {
         fprintf(stderr, "danlu lora merge: --out and at least one --lora are required\n");
@@ -242,7 +219,7 @@ static int cmd_resize(int argc, char **argv, FILE *out)
     int nsets = dl_lora_resize_optsets(sets), npos;
     sets[0].obj = &a;
     const char *pos[1] = {NULL};
-    int r = parse("lora resize", sets, nsets, argc, argv, pos, 1, &npos, resize_usage, out);
+    int r = dl_opt_parse_argv("lora resize", sets, nsets, argc, argv, pos, 1, &npos, resize_usage, out);
     if (r) return r < 0 ? 0 : r;
     if (npos != 1 || !a.out || a.rank < 1) {
         fprintf(stderr, "danlu lora resize: IN, --rank and --out are required\n");
@@ -370,7 +347,7 @@ static int cmd_extract(int argc, char **argv, FILE *out)
     int nsets = dl_lora_extract_optsets(sets), npos;
     sets[0].obj = &a;
     const char *pos[1] = {NULL};
-    int r = parse("lora extract", sets, nsets, argc, argv, pos, 0, &npos, extract_usage, out);
+    int r = dl_opt_parse_argv("lora extract", sets, nsets, argc, argv, pos, 0, &npos, extract_usage, out);
     if (r) return r < 0 ? 0 : r;
     if (!a.base || !a.tuned || !a.out) {
         fprintf(stderr, "danlu lora extract: --base, --tuned and --out are required\n");

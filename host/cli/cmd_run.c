@@ -298,17 +298,8 @@ int dl_cmd_run(int argc, char **argv, FILE *out)
     dl_optset sets[DL_CMD_MAX_OPTSETS];
     int nsets = dl_run_optsets(sets);
     sets[0].obj = &ra;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        int r = dl_opt_parse(sets, nsets, "run", argc, argv, &i);
-        if (r == DL_OPT_WANTS_HELP) { usage(out); return 0; }
-        if (r < 0) return 2;
-        if (r == 0) {
-            fprintf(stderr, "danlu run: unknown option '%s'\n", a);
-            usage(stderr);
-            return 2;
-        }
-    }
+    int npos, pr = dl_opt_parse_argv("run", sets, nsets, argc, argv, NULL, 0, &npos, usage, out);
+    if (pr) return pr < 0 ? 0 : pr;
     const char *model = ra.model, *component = ra.component, *inputs = ra.inputs, *outp = ra.out;
     int threads = ra.threads;
     if (!model || !component || !inputs || !outp) {

@@ -48,19 +48,8 @@ int dl_cmd_sample(int argc, char **argv, FILE *out)
     dl_optset sets[DL_CMD_MAX_OPTSETS];
     int nsets = dl_sample_optsets(sets);
     sets[0].obj = &a;
-    for (int i = 1; i < argc; i++) {
-        int r = dl_opt_parse(sets, nsets, "sample", argc, argv, &i);
-        if (r == DL_OPT_WANTS_HELP) {
-            usage(out);
-            return 0;
-        }
-        if (r < 0) return 2;
-        if (r == 0) {
-            fprintf(stderr, "danlu sample: unknown option '%s'\n", argv[i]);
-            usage(stderr);
-            return 2;
-        }
-    }
+    int npos, pr = dl_opt_parse_argv("sample", sets, nsets, argc, argv, NULL, 0, &npos, usage, out);
+    if (pr) return pr < 0 ? 0 : pr;
     if (dl_sa_finish(&a) != 0) {
         dl_sa_free(&a);
         return 1;

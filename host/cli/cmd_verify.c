@@ -150,19 +150,8 @@ int dl_cmd_verify(int argc, char **argv, FILE *out)
     int nsets = dl_verify_optsets(sets);
     sets[0].obj = &va;
     const char *file = NULL;
-    for (int i = 1; i < argc; i++) {
-        int r = dl_opt_parse(sets, nsets, "verify", argc, argv, &i);
-        if (r == DL_OPT_WANTS_HELP) { usage(out); return 0; }
-        if (r < 0) return 2;
-        if (r == DL_OPT_CONSUMED) continue;
-        if (argv[i][0] == '-' || file) {
-            fprintf(stderr, "danlu verify: %s '%s'\n", argv[i][0] == '-' ? "unknown option" : "one FILE only, not also",
-                    argv[i]);
-            usage(stderr);
-            return 2;
-        }
-        file = argv[i];
-    }
+    int npos, pr = dl_opt_parse_argv("verify", sets, nsets, argc, argv, &file, 1, &npos, usage, out);
+    if (pr) return pr < 0 ? 0 : pr;
     if (!file) { usage(stderr); return 2; }
     if ((va.model || va.work_dir) && !va.reproduce) {
         fprintf(stderr, "danlu verify: --model and --work-dir go with --reproduce\n");

@@ -199,3 +199,26 @@ void dl_opt_usage(FILE *f, const dl_optset *sets, int nsets)
             }
     }
 }
+
+int dl_opt_parse_argv(const char *cmd, const dl_optset *sets, int nsets, int argc, char **argv, const char **pos,
+                      int max_pos, int *npos, void (*usage)(FILE *), FILE *out)
+{
+    *npos = 0;
+    for (int i = 1; i < argc; i++) {
+        int r = dl_opt_parse(sets, nsets, cmd, argc, argv, &i);
+        if (r == DL_OPT_WANTS_HELP) {
+            usage(out);
+            return -1;
+        }
+        if (r < 0) return 2;
+        if (r == DL_OPT_CONSUMED) continue;
+        if (argv[i][0] == '-' || *npos == max_pos) {
+            fprintf(stderr, "danlu %s: %s '%s'\n", cmd, argv[i][0] == '-' ? "unknown option" : "unexpected argument",
+                    argv[i]);
+            usage(stderr);
+            return 2;
+        }
+        pos[(*npos)++] = argv[i];
+    }
+    return 0;
+}

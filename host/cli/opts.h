@@ -63,6 +63,13 @@ int dl_opt_takes_value(const dl_opt *o);
 /* Every option of the tables, grouped by heading (headings in order of first appearance). */
 void dl_opt_usage(FILE *f, const dl_optset *sets, int nsets);
 
+/* A command's whole argument loop: argv[1..argc) against the tables, arguments that are not
+ * options collected into pos (at most max_pos; *npos gets their number). Returns 0 (parsed),
+ * -1 (--help: usage(out) printed, the command returns 0) or 2 (a message and usage on
+ * stderr: a bad value, an unknown option, or an argument too many). */
+int dl_opt_parse_argv(const char *cmd, const dl_optset *sets, int nsets, int argc, char **argv, const char **pos,
+                      int max_pos, int *npos, void (*usage)(FILE *), FILE *out);
+
 /* One help entry: "  FLAG  meaning; one of: a, b (TAIL)", wrapped at 100 columns with the
  * continuation lines indented. values ('|'-separated) and tail ("default: 512", "required")
  * may be NULL. */
