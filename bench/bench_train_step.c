@@ -88,7 +88,9 @@ int main(int argc, char **argv)
         dl_lora_net_zero_grads(&net);
         size_t mark = dl_arena_mark(&act);
         dl_unet_train_forward(&ctx, &u, tape, 1, H, W, x, &t, context, T, pred, ckpt, &act, &scratch);
-        loss = dl_be(&ctx)->mse_loss_forward(&ctx, 1, (int64_t)D, pred, target, NULL, NULL);
+        float lossf;
+        dl_be(&ctx)->mse_loss_forward(&ctx, 1, (int64_t)D, pred, target, NULL, NULL, &lossf);
+        loss = lossf;
         dl_be(&ctx)->mse_loss_backward(&ctx, 1, (int64_t)D, pred, target, NULL, 1.0f, dpred, NULL);
         dl_unet_backward(&ctx, tape, dpred, NULL, &scratch);
         dl_arena_release(&act, mark);

@@ -90,10 +90,11 @@ static void c_attn_b(const dl_ctx *c, dl_attention_shape s, const float *q, cons
     g_calls[OP_ATTN_B]++;
     dl_backend_cpu.attention_backward(c, s, q, k, v, o, lse, dout, dq, dk, dv);
 }
-static double c_mse_f(const dl_ctx *c, int64_t N, int64_t D, const float *p, const float *t, const float *w, float *ps)
+static void c_mse_f(const dl_ctx *c, int64_t N, int64_t D, const float *p, const float *t, const float *w, float *ps,
+                    float *loss)
 {
     g_calls[OP_MSE_F]++;
-    return dl_backend_cpu.mse_loss_forward(c, N, D, p, t, w, ps);
+    dl_backend_cpu.mse_loss_forward(c, N, D, p, t, w, ps, loss);
 }
 
 static void c_lora_lin_f(const dl_ctx *c, int64_t M, int64_t in, int64_t out, int64_t r, float sc, const float *x,

@@ -280,7 +280,8 @@ double tu_unet_rig_step(const dl_ctx *c, tu_unet_rig *r, dl_unet_tape *tape, flo
     }
     dl_arena_reset(&r->act);
     dl_unet_train_forward(c, &r->u, tape, r->N, r->H, r->W, r->x, r->t, r->cond, r->T, out, 0, &r->act, &r->scratch);
-    const double loss = dl_be(c)->mse_loss_forward(c, r->N, D, out, r->target, NULL, NULL);
+    float loss;
+    dl_be(c)->mse_loss_forward(c, r->N, D, out, r->target, NULL, NULL, &loss);
     dl_be(c)->mse_loss_backward(c, r->N, D, out, r->target, NULL, 1.0f, dout, NULL);
     dl_unet_backward(c, tape, dout, dctx, &r->scratch);
     size_t k = 0;

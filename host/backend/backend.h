@@ -39,6 +39,29 @@ typedef struct dl_backend {
     const char *name;  /* "cpu", "cuda" */
     int device_memory; /* nonzero: tensors live in the backend's own memory, not host memory */
 
+    /* ---- the backend's state, memory and ordering --------------------------------------------
+     * open: sets up ctx->be_state (device, stream, workspace) for dl_ctx_init_backend; DL_OK or
+     * DL_ERR with a message. close: frees it (dl_ctx_free). NULL: the backend keeps no state.
+     * Memory: alloc returns backend memory (256-byte aligned on a device, 64 on the CPU), NULL
+     * with a message naming the size when there is none; contents undefined. Ops are enqueued in
+     * order on the ctx's one compute stream: upload, copy and fill are ordered with them;
+     * download waits for everything enqueued before it and returns with the host buffer filled.
+     * A device error raised by an op is sticky: the next download or synchronize returns DL_ERR
+     * with its message (the op itself returns nothing, as a kernel launch). Host code reads
+     * backend memory only through download (the loss, the gradient norm, an image). */
+    int (*open)(struct dl_ctx *ctx);
+    void (*close)(struct dl_ctx *ctx);
+    void *(*alloc)(const dl_ctx *ctx, size_t bytes);
+    void (*free)(const dl_ctx *ctx, void *p);
+    int (*upload)(const dl_ctx *ctx, void *dst, const void *host_src, size_t bytes);
+    int (*download)(const dl_ctx *ctx, void *host_dst, const void *src, size_t bytes);
+    int (*copy)(const dl_ctx *ctx, void *dst, const void *src, size_t bytes);
+    int (*fill)(const dl_ctx *ctx, void *dst, int byte, size_t bytes);
+    int (*synchronize)(const dl_ctx *ctx);
+    /* A one-line description for progress lines: "cpu (2 threads)", "cuda: NVIDIA H100 80GB
+     * HBM3, 79.1 GiB (78.6 free)", "cuda: emulated device". */
+    void (*describe)(const dl_ctx *ctx, char *buf, size_t cap);
+
     /* linear.h: y[M,out] = x[M,in] w^T + b; gradients dx, dw, db */
     void (*linear_forward)(const dl_ctx *ctx, int64_t M, int64_t in, int64_t out, const float *x,
                            const float *w, const float *b, float *y);
@@ -102,22 +125,35 @@ typedef struct dl_backend {
     void (*upsample_nearest2x_backward)(const dl_ctx *ctx, int64_t N, int64_t H, int64_t W,
                                         int64_t C, const float *dy, float *dx);
 
+    /* text-encoder input: out[n,t,:] = tok[ids[n,t],:] + pos[t,:]; ids int32 [N,T] in backend
+     * memory, tok [V,C], pos [>=T,C] (no backward: the embeddings are frozen) */
+    void (*embed_tokens)(const dl_ctx *ctx, int64_t N, int64_t T, int64_t C, int64_t V,
+                         const int32_t *ids, const float *tok, const float *pos, float *out);
+
     /* embedding.h: sinusoidal timestep embedding t [N] -> out [N,dim] (no backward) */
     void (*timestep_embedding)(const dl_ctx *ctx, int64_t N, int64_t dim, const float *t,
                                int flip_sin_to_cos, float downscale_freq_shift, float scale,
                                float max_period, float *out);
 
-    /* loss.h: (weighted) MSE over pred, target [N,D]; the loss is returned to the host */
-    double (*mse_loss_forward)(const dl_ctx *ctx, int64_t N, int64_t D, const float *pred,
-                               const float *target, const float *weights, float *per_sample);
+    /* loss.h: (weighted) MSE over pred, target [N,D]; the loss is written to *loss (one float
+     * in backend memory, read by the host through download when it wants it) */
+    void (*mse_loss_forward)(const dl_ctx *ctx, int64_t N, int64_t D, const float *pred,
+                             const float *target, const float *weights, float *per_sample,
+                             float *loss);
     void (*mse_loss_backward)(const dl_ctx *ctx, int64_t N, int64_t D, const float *pred,
                               const float *target, const float *weights, float dloss,
                               float *dpred, float *dtarget);
 
-    /* adamw.h: one AdamW step over n contiguous parameters; squared norm for clipping */
+    /* adamw.h: one AdamW step over n contiguous parameters. Gradient clipping stays in backend
+     * memory: sumsq writes sum x^2 to *out (one float), clip_coef turns it into torch's
+     * clip_grad_norm_ coefficient min(1, max_norm / (sqrt(sumsq) + 1e-6)), scale_by multiplies
+     * x by that device scalar. The host reads the norm only to log it. */
     void (*adamw_step)(const dl_ctx *ctx, int64_t n, const dl_adamw_hparams *hp, int64_t step,
                        float *p, const float *g, float *m, float *v);
-    double (*sumsq)(const dl_ctx *ctx, int64_t n, const float *x);
+    void (*sumsq)(const dl_ctx *ctx, int64_t n, const float *x, float *out);
+    void (*clip_coef)(const dl_ctx *ctx, const float *sumsq, float max_norm, float *coef);
+    void (*scale_by)(const dl_ctx *ctx, int64_t n, const float *coef, float *x);
+
 
     /* lora.h: LoRA on a frozen linear / kxk conv (LoCon), and merge / unmerge into W */
     void (*lora_linear_forward)(const dl_ctx *ctx, int64_t M, int64_t in, int64_t out, int64_t r,
@@ -142,6 +178,21 @@ typedef struct dl_backend {
 
 /* The CPU reference backend (backend_cpu.c): every entry is the dl_cpu_ op of the same name. */
 extern const dl_backend dl_backend_cpu;
+/* The CUDA backend (backend_cuda.c) over the device layer (device/dl_dev.h): the real GPU, or
+ * the emulated device when built with -DDANLU_CUDA_DEVICE=emulated or when DANLU_CUDA_DEVICE is
+ * "emulated" in the environment. */
+extern const dl_backend dl_backend_cuda;
+
+/* Checks that ctx's backend has no pending error (the sticky error of a device backend);
+ * DL_OK, or DL_ERR with the message. Synchronises. */
+int dl_be_sync(const dl_ctx *ctx);
+/* Backend memory helpers over the table (ctx's backend): */
+void *dl_be_alloc(const dl_ctx *ctx, size_t bytes);
+void dl_be_free(const dl_ctx *ctx, void *p);
+int dl_be_upload(const dl_ctx *ctx, void *dst, const void *host_src, size_t bytes);
+int dl_be_download(const dl_ctx *ctx, void *host_dst, const void *src, size_t bytes);
+/* One float read back (the loss, a norm): waits for the stream. NAN with a message on error. */
+float dl_be_read_f32(const dl_ctx *ctx, const float *src);
 
 /* The backend named `name` ("cpu", "cuda"), or NULL with dl_error_set naming the backend and
  * why it cannot be used (unknown name, no CUDA in this build, or not yet wired). */

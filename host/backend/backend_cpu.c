@@ -2,10 +2,68 @@
 #include "backend/backend.h"
 #include "core/error.h"
 
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+
+/* ---- memory: host memory; ops run on the calling thread, so there is nothing to wait for ---- */
+static void *cpu_alloc(const dl_ctx *ctx, size_t bytes)
+{
+    (void)ctx;
+    void *p = aligned_alloc(64, (bytes + 63) / 64 * 64 + (bytes ? 0 : 64));
+    if (!p) dl_error_set("cpu backend: out of memory (%zu bytes)", bytes);
+    return p;
+}
+static void cpu_free(const dl_ctx *ctx, void *p) { (void)ctx; free(p); }
+static int cpu_copy(const dl_ctx *ctx, void *dst, const void *src, size_t bytes)
+{
+    (void)ctx;
+    if (bytes) memmove(dst, src, bytes);
+    return DL_OK;
+}
+static int cpu_fill(const dl_ctx *ctx, void *dst, int byte, size_t bytes)
+{
+    (void)ctx;
+    if (bytes) memset(dst, byte, bytes);
+    return DL_OK;
+}
+static int cpu_sync(const dl_ctx *ctx) { (void)ctx; return DL_OK; }
+static void cpu_describe(const dl_ctx *ctx, char *buf, size_t cap)
+{
+    snprintf(buf, cap, "cpu (%d threads)", ctx && ctx->pool ? dl_pool_nthreads(ctx->pool) : 1);
+}
+
+/* ---- the entries whose result stays in backend memory ---- */
+static void cpu_mse_loss_forward(const dl_ctx *ctx, int64_t N, int64_t D, const float *pred, const float *target,
+                                 const float *weights, float *per_sample, float *loss)
+{
+    *loss = (float)dl_cpu_mse_loss_forward(ctx, N, D, pred, target, weights, per_sample);
+}
+static void cpu_sumsq(const dl_ctx *ctx, int64_t n, const float *x, float *out) { *out = (float)dl_cpu_sumsq(ctx, n, x); }
+static void cpu_clip_coef(const dl_ctx *ctx, const float *sumsq, float max_norm, float *coef)
+{
+    (void)ctx;
+    const float c = max_norm / (sqrtf(*sumsq) + 1e-6f);
+    *coef = c < 1.0f ? c : 1.0f;
+}
+static void cpu_scale_by(const dl_ctx *ctx, int64_t n, const float *coef, float *x)
+{
+    const float c = *coef;
+    if (c != 1.0f) dl_cpu_scale_forward(ctx, n, c, x, x);
+}
 
 const dl_backend dl_backend_cpu = {
     .name = "cpu",
+    .alloc = cpu_alloc,
+    .free = cpu_free,
+    .upload = cpu_copy,
+    .download = cpu_copy,
+    .copy = cpu_copy,
+    .fill = cpu_fill,
+    .synchronize = cpu_sync,
+    .describe = cpu_describe,
+    .embed_tokens = dl_cpu_embed_tokens,
     .linear_forward = dl_cpu_linear_forward,
     .linear_backward = dl_cpu_linear_backward,
     .conv2d_forward = dl_cpu_conv2d_forward,
@@ -36,10 +94,12 @@ const dl_backend dl_backend_cpu = {
     .lora_conv_backward = dl_cpu_lora_conv_backward,
     .lora_merge = dl_cpu_lora_merge,
     .lora_unmerge = dl_cpu_lora_unmerge,
-    .mse_loss_forward = dl_cpu_mse_loss_forward,
+    .mse_loss_forward = cpu_mse_loss_forward,
     .mse_loss_backward = dl_cpu_mse_loss_backward,
     .adamw_step = dl_cpu_adamw_step,
-    .sumsq = dl_cpu_sumsq,
+    .sumsq = cpu_sumsq,
+    .clip_coef = cpu_clip_coef,
+    .scale_by = cpu_scale_by,
 };
 
 const dl_backend *dl_backend_find(const char *name)
@@ -58,4 +118,25 @@ const dl_backend *dl_backend_find(const char *name)
     }
     dl_error_set("unknown backend \"%s\" (known: cpu, cuda)", name ? name : "(null)");
     return NULL;
+}
+
+/* ---- helpers over the table ---- */
+int dl_be_sync(const dl_ctx *ctx) { return dl_be(ctx)->synchronize(ctx); }
+void *dl_be_alloc(const dl_ctx *ctx, size_t bytes) { return dl_be(ctx)->alloc(ctx, bytes); }
+void dl_be_free(const dl_ctx *ctx, void *p)
+{
+    if (p) dl_be(ctx)->free(ctx, p);
+}
+int dl_be_upload(const dl_ctx *ctx, void *dst, const void *host_src, size_t bytes)
+{
+    return dl_be(ctx)->upload(ctx, dst, host_src, bytes);
+}
+int dl_be_download(const dl_ctx *ctx, void *host_dst, const void *src, size_t bytes)
+{
+    return dl_be(ctx)->download(ctx, host_dst, src, bytes);
+}
+float dl_be_read_f32(const dl_ctx *ctx, const float *src)
+{
+    float v;
+    return dl_be_download(ctx, &v, src, sizeof v) == DL_OK ? v : NAN;
 }

@@ -23,6 +23,7 @@ int dl_ctx_init(dl_ctx *ctx, int nthreads)
 {
     ctx->ws = NULL;
     ctx->be = &dl_backend_cpu;
+    ctx->be_state = NULL;
     ctx->pool = dl_pool_create(nthreads);
     if (!ctx->pool) return dl_error_set("cannot start the CPU thread pool");
     dl_workspace *ws = calloc(1, sizeof *ws);
@@ -44,6 +45,8 @@ int dl_ctx_init(dl_ctx *ctx, int nthreads)
 
 void dl_ctx_free(dl_ctx *ctx)
 {
+    if (ctx->be && ctx->be->close && ctx->be_state) ctx->be->close(ctx);
+    ctx->be_state = NULL;
     dl_pool_destroy(ctx->pool);
     ctx->pool = NULL;
     dl_workspace *ws = ctx->ws;
@@ -60,6 +63,11 @@ int dl_ctx_init_backend(dl_ctx *ctx, int nthreads, const struct dl_backend *be)
 {
     DL_TRY(dl_ctx_init(ctx, nthreads));
     if (be) ctx->be = be;
+    if (ctx->be->open && ctx->be->open(ctx) != DL_OK) {
+        ctx->be = &dl_backend_cpu;
+        dl_ctx_free(ctx);
+        return DL_ERR;
+    }
     return DL_OK;
 }
 

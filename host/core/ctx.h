@@ -39,6 +39,7 @@ typedef struct dl_ctx {
     dl_pool *pool;     /* CPU threads (may be NULL: run on the caller) */
     dl_workspace *ws;  /* reusable scratch (may be NULL: ops malloc their scratch) */
     const struct dl_backend *be; /* the op table networks call (backend/backend.h); NULL: CPU */
+    void *be_state;    /* the backend's own state (its device, stream, workspace), or NULL */
 } dl_ctx;
 
 /* Shared workspace slots, one per (op, buffer). Callers of other ops in brackets. */

@@ -194,6 +194,94 @@ dl_dev_status dl_dev_lora_backward(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, i
 dl_dev_status dl_dev_lora_merge(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int out, int in, int rank, float scale,
                                 void *W, const float *A, const float *B, int unmerge);
 
+
+/* ---- element-wise, normalisation, loss and optimiser kernels (kernels/ops.cu) -----------------
+ * The rest of the backend's op table as danlu kernels on a stream, each with exactly the contract
+ * of the CPU reference op it names (host/ops/cpu/<family>.h: argument meaning, layout, overwrite /
+ * accumulate and alias rules, NULL outputs skipped), on device pointers. dt is the storage type of
+ * the activations (DL_F32 or DL_BF16; anything else is DL_DEV_ERR_NOT_SUPPORTED); math is fp32.
+ * Statistics (mean, rstd), per-sample losses, optimiser state, LoRA factors and the scalars that
+ * reductions write are fp32. Reductions are deterministic (fixed blocking, no atomics in the
+ * sum order): the same inputs give the same bits from run to run. */
+dl_dev_status dl_dev_act_forward(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int act, int64_t n, const void *x,
+                                 void *y);  /* act: dl_act (ops/cpu/activation.h); y may alias x */
+dl_dev_status dl_dev_act_backward(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int act, int64_t n, const void *x,
+                                  const void *dy, void *dx);
+dl_dev_status dl_dev_geglu_forward(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int64_t M, int64_t D, const void *x,
+                                   void *y);
+dl_dev_status dl_dev_geglu_backward(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int64_t M, int64_t D, const void *x,
+                                    const void *dy, void *dx);
+/* y = a + b; y = alpha x; y += alpha x (dl_cpu_add_forward / scale_forward / axpy) */
+dl_dev_status dl_dev_add(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int64_t n, const void *a, const void *b, void *y);
+dl_dev_status dl_dev_scale(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int64_t n, float alpha, const void *x, void *y);
+dl_dev_status dl_dev_axpy(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int64_t n, float alpha, const void *x, void *y);
+/* v is fp32 ([C] or [N, C]); dv fp32 */
+dl_dev_status dl_dev_add_bcast_forward(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int64_t N, int64_t HW, int64_t C,
+                                       int per_sample, const void *x, const float *v, void *y);
+dl_dev_status dl_dev_add_bcast_backward(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int64_t N, int64_t HW, int64_t C,
+                                        int per_sample, const void *dy, void *dx, float *dv);
+dl_dev_status dl_dev_concat_channels_forward(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int64_t M, int64_t C1,
+                                             int64_t C2, const void *a, const void *b, void *y);
+dl_dev_status dl_dev_concat_channels_backward(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int64_t M, int64_t C1,
+                                              int64_t C2, const void *dy, void *da, void *db);
+dl_dev_status dl_dev_upsample_nearest2x_forward(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int64_t N, int64_t H,
+                                                int64_t W, int64_t C, const void *x, void *y);
+dl_dev_status dl_dev_upsample_nearest2x_backward(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int64_t N, int64_t H,
+                                                 int64_t W, int64_t C, const void *dy, void *dx);
+/* Zero padding of a channels-last x [N, H, W, C] into y [N, H+top+bottom, W+left+right, C]
+ * (cuDNN takes symmetric padding only; the VAE's downsample pads right and bottom), and its
+ * backward, the crop: dx [N, H, W, C] = the interior of dy. */
+dl_dev_status dl_dev_pad2d_forward(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int64_t N, int64_t H, int64_t W,
+                                   int64_t C, int top, int left, int bottom, int right, const void *x, void *y);
+dl_dev_status dl_dev_pad2d_backward(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int64_t N, int64_t H, int64_t W,
+                                    int64_t C, int top, int left, int bottom, int right, const void *dy, void *dx);
+/* t [N] fp32 -> out [N, dim] (dt) */
+dl_dev_status dl_dev_timestep_embedding(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int64_t N, int64_t dim,
+                                        const float *t, int flip_sin_to_cos, float downscale_freq_shift, float scale,
+                                        float max_period, void *out);
+/* gamma, beta, mean, rstd, dgamma, dbeta fp32 */
+dl_dev_status dl_dev_layernorm_forward(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int64_t M, int64_t C, float eps,
+                                       const void *x, const float *gamma, const float *beta, void *y, float *mean,
+                                       float *rstd);
+dl_dev_status dl_dev_layernorm_backward(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int64_t M, int64_t C,
+                                        const void *x, const float *gamma, const float *mean, const float *rstd,
+                                        const void *dy, void *dx, float *dgamma, float *dbeta);
+/* Token + position embedding of a text encoder: out[n, t, :] = tok[ids[n, t], :] + pos[t, :]
+ * (ids int32 [N, T] in device memory, tok [V, C], pos [>= T, C] fp32; out [N, T, C] dt). An id
+ * outside [0, V) is DL_DEV_ERR_BAD_PARAM on the emulated device; the real one clamps it. */
+dl_dev_status dl_dev_embed_tokens(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int64_t N, int64_t T, int64_t C,
+                                  int64_t V, const int32_t *ids, const float *tok, const float *pos, void *out);
+/* Row softmax with logsumexp, for attention the attention kernels do not take (other head dims,
+ * the text encoder's causal mask): x [rows, cols] fp32 -> y = softmax(scale · x) per row (y may
+ * alias x), lse [rows] = logsumexp of scale · x (NULL: skipped). causal_tq > 0 masks column
+ * j > (row % causal_tq) (a causal block of causal_tq queries per matrix; y is 0 there).
+ * Backward in place: dp [rows, cols] (dL/dy) becomes dL/d(scale · x) = y ∘ (dp − rowsum(dp ∘ y))
+ * (the scale is not applied). */
+dl_dev_status dl_dev_softmax_forward(dl_dev *dev, dl_dev_stream *s, int64_t rows, int64_t cols, float scale,
+                                     int64_t causal_tq, const float *x, float *y, float *lse);
+dl_dev_status dl_dev_softmax_backward(dl_dev *dev, dl_dev_stream *s, int64_t rows, int64_t cols, const float *y,
+                                      float *dp);
+/* MSE loss (dl_cpu_mse_loss_forward): pred, target [N, D] dt, weights [N] fp32 or NULL,
+ * per_sample [N] fp32 or NULL; the loss is written to *loss (one fp32 in device memory), not
+ * returned: the host reads it when it wants it. */
+dl_dev_status dl_dev_mse_loss_forward(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int64_t N, int64_t D,
+                                      const void *pred, const void *target, const float *weights, float *per_sample,
+                                      float *loss);
+dl_dev_status dl_dev_mse_loss_backward(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int64_t N, int64_t D,
+                                       const void *pred, const void *target, const float *weights, float dloss,
+                                       void *dpred, void *dtarget);
+/* AdamW (dl_cpu_adamw_step) on fp32 p, g, m, v [n]. The hyper-parameters travel by value. */
+dl_dev_status dl_dev_adamw_step(dl_dev *dev, dl_dev_stream *s, int64_t n, double lr, double beta1, double beta2,
+                                double eps, double weight_decay, int64_t step, float *p, const float *g, float *m,
+                                float *v);
+/* *out (one fp32 in device memory) = sum of x[i]^2 over fp32 x [n] (dl_cpu_sumsq, accumulated
+ * in fp64 in fixed blocks, rounded once). */
+dl_dev_status dl_dev_sumsq(dl_dev *dev, dl_dev_stream *s, int64_t n, const float *x, float *out);
+/* out[i] = a[i] · *scale_dev (a device scalar: gradient clipping without a host round trip:
+ * scale = min(1, max_norm / (sqrt(*sumsq) + 1e-6)) computed by dl_dev_clip_coef). */
+dl_dev_status dl_dev_clip_coef(dl_dev *dev, dl_dev_stream *s, const float *sumsq, float max_norm, float *coef);
+dl_dev_status dl_dev_scale_by(dl_dev *dev, dl_dev_stream *s, int64_t n, const float *coef, float *x);
+
 #ifdef __cplusplus
 }
 #endif

@@ -123,32 +123,11 @@ int dl_clip_layer_carve(dl_clip_layer_saved *v, const dl_clip_config *c, int N, 
     return DL_OK;
 }
 
-typedef struct {
-    const dl_clip *m;
-    const int32_t *ids;
-    int T;
-    float *x;
-} embed_job;
-
-static void embed_rows(void *arg, int64_t begin, int64_t end, int tid)
-{
-    (void)tid;
-    const embed_job *j = arg;
-    const int C = j->m->cfg.hidden_size;
-    for (int64_t row = begin; row < end; row++) { // x = token_embedding[ids] + position_embedding[t]
-        int id = j->ids[row], t = (int)(row % j->T);
-        DL_ASSERTF(id >= 0 && id < j->m->cfg.vocab_size, "token id %d outside the vocabulary", id);
-        const float *te = j->m->tok_emb + (size_t)id * C, *pe = j->m->pos_emb + (size_t)t * C;
-        float *xr = j->x + (size_t)row * C;
-        for (int i = 0; i < C; i++) xr[i] = te[i] + pe[i];
-    }
-}
-
 void dl_clip_embed(const dl_ctx *ctx, const dl_clip *m, int N, int T, const int32_t *ids, float *x)
 {
     if (dl_ctx_measuring(ctx)) return;
-    embed_job ej = {m, ids, T, x};
-    dl_parallel_for(ctx->pool, (int64_t)N * T, 16, embed_rows, &ej);                 // [N, T, C]
+    dl_be(ctx)->embed_tokens(ctx, N, T, m->cfg.hidden_size, m->cfg.vocab_size, ids, m->tok_emb, m->pos_emb,
+                             x); // [N, T, C]
 }
 
 void dl_clip_layer_forward(const dl_ctx *ctx, const dl_clip *m, int l, int N, int T, const dl_clip_layer_saved *v,

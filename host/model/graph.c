@@ -228,10 +228,19 @@ static void m_up_forward(X, I N, I H, I W, I C, F x, float *y) {}
 static void m_up_backward(X, I N, I H, I W, I C, F dy, float *dx) {}
 static void m_timestep_embedding(X, I N, I dim, F t, int flip, float shift, float scale, float max_period,
                                  float *out) {}
-static double m_mse_forward(X, I N, I D, F p, F t, F w, float *ps) { return 0.0; }
+static void m_mse_forward(X, I N, I D, F p, F t, F w, float *ps, float *loss) {}
 static void m_mse_backward(X, I N, I D, F p, F t, F w, float dl, float *dp, float *dt) {}
 static void m_adamw_step(X, I n, const dl_adamw_hparams *hp, I step, float *p, F g, float *m, float *v) {}
-static double m_sumsq(X, I n, F x) { return 0.0; }
+static void m_sumsq(X, I n, F x, float *out) {}
+static void m_clip_coef(X, F sq, float mx, float *coef) {}
+static void m_scale_by(X, I n, F coef, float *x) {}
+static void m_embed_tokens(X, I N, I T, I C, I V, const int32_t *ids, F tok, F pos, float *out) {}
+static void *m_alloc(X, size_t bytes) { return NULL; }
+static void m_free(X, void *p) {}
+static int m_copy(X, void *d, const void *s, size_t n) { return DL_OK; }
+static int m_fill(X, void *d, int b, size_t n) { return DL_OK; }
+static int m_sync(X) { return DL_OK; }
+static void m_describe(X, char *buf, size_t cap) { snprintf(buf, cap, "measure"); }
 static void m_lora_linear_forward(X, I M, I i, I o, I r, float s, F x, F W, F b, F A, F B, float *h, float *y) {}
 static void m_lora_linear_backward(X, I M, I i, I o, I r, float s, F x, F W, F A, F B, F h, F dy, float *dh,
                                    float *dx, float *dA, float *dB) {}
@@ -246,7 +255,9 @@ static void m_lora_merge(X, I o, I K, I r, float s, F A, F B, float *W) {}
 #pragma GCC diagnostic pop
 
 static const dl_backend measure_backend = {
-    .name = "measure", .linear_forward = m_linear_forward, .linear_backward = m_linear_backward,
+    .name = "measure", .alloc = m_alloc, .free = m_free, .upload = m_copy, .download = m_copy, .copy = m_copy,
+    .fill = m_fill, .synchronize = m_sync, .describe = m_describe, .embed_tokens = m_embed_tokens,
+    .clip_coef = m_clip_coef, .scale_by = m_scale_by, .linear_forward = m_linear_forward, .linear_backward = m_linear_backward,
     .conv2d_forward = m_conv2d_forward, .conv2d_backward = m_conv2d_backward,
     .groupnorm_forward = m_groupnorm_forward, .groupnorm_backward = m_groupnorm_backward,
     .layernorm_forward = m_layernorm_forward, .layernorm_backward = m_layernorm_backward,
@@ -263,7 +274,7 @@ static const dl_backend measure_backend = {
     .lora_unmerge = m_lora_merge,
 };
 
-static const dl_ctx measure_ctx = {NULL, NULL, &measure_backend};
+static const dl_ctx measure_ctx = {NULL, NULL, &measure_backend, NULL};
 
 const dl_ctx *dl_measure_ctx(void) { return &measure_ctx; }
 

@@ -152,6 +152,7 @@ typedef struct trainer {
     float *w;                     /* [B] loss weights */
     int32_t *ids;                 /* [B, 77] */
     float *m, *v;                 /* AdamW moments [n_params] */
+    float *scal;                  /* [4] backend scalars: loss, gradient sum of squares, clip coef */
     dl_batch batch;
     int batch_ok;
     dl_unet_tape tape;            /* the UNet forward's record (in the trainer: no per-step malloc) */
@@ -849,6 +850,7 @@ static int setup_buffers(trainer *t)
     t->ids = xcalloc((size_t)B * T, sizeof(int32_t), &fail);
     t->m = xcalloc((size_t)t->net.n_params, sizeof(float), &fail);
     t->v = xcalloc((size_t)t->net.n_params, sizeof(float), &fail);
+    t->scal = xcalloc(4, sizeof(float), &fail);
     if (fail) return dl_error_set("out of memory allocating training buffers");
     if (t->train_te || !t->static_captions) {
         /* captions are tokenized every step: size the tokenizer's working memory for the longest
@@ -967,7 +969,7 @@ static int micro_step(trainer *t, float dloss, double *loss_out, int *epoch_out,
     dl_unet_train_forward(&t->ctx, &t->unet, tape, n, h, w, t->noisy, t->tf, t->context, CTX_T, t->pred,
                           t->cfg->gradient_checkpointing, &t->act, &t->scratch);
     const float *wts = dl_objective_weighted(t->obj) ? t->w : NULL;
-    double loss = dl_be(&t->ctx)->mse_loss_forward(&t->ctx, n, D, t->pred, t->target, wts, NULL);
+    dl_be(&t->ctx)->mse_loss_forward(&t->ctx, n, D, t->pred, t->target, wts, NULL, t->scal + 0);
     dl_be(&t->ctx)->mse_loss_backward(&t->ctx, n, D, t->pred, t->target, wts, dloss, t->dpred, NULL);
     dl_unet_backward(&t->ctx, tape, t->dpred, t->train_te ? t->dcontext : NULL, &t->scratch);
     dl_arena_release(&t->act, act_mark);
@@ -975,6 +977,7 @@ static int micro_step(trainer *t, float dloss, double *loss_out, int *epoch_out,
         dl_clip_backward(&t->ctx, &t->clip, &saved, t->dcontext, &t->scratch);
         dl_arena_release(&t->te_arena, te_mark);
     }
+    const double loss = dl_be_read_f32(&t->ctx, t->scal + 0);
     if (!isfinite(loss)) return dl_error_set("the loss became %g at a batch of %s: lower the learning rate", loss,
                                              t->ds.items[b->items[0]].image_path);
     *loss_out = loss;
@@ -1123,10 +1126,11 @@ int dl_train_run(const dl_train_config *cfg, const dl_trainer_opts *opts, dl_tra
             loss_sum += l;
             if (ee) { epoch_end = 1; break; } /* the epoch's last batch ends an accumulation early */
         }
-        double norm = sqrt(dl_be(&t->ctx)->sumsq(&t->ctx, n_all, t->net.grads));
+        /* the gradient norm stays in backend memory: clipping needs no host round trip */
+        dl_be(&t->ctx)->sumsq(&t->ctx, n_all, t->net.grads, t->scal + 1);
         if (cfg->max_grad_norm > 0) {
-            double coef = cfg->max_grad_norm / (norm + 1e-6);
-            if (coef < 1.0) dl_be(&t->ctx)->scale_forward(&t->ctx, n_all, (float)coef, t->net.grads, t->net.grads);
+            dl_be(&t->ctx)->clip_coef(&t->ctx, t->scal + 1, (float)cfg->max_grad_norm, t->scal + 2);
+            dl_be(&t->ctx)->scale_by(&t->ctx, n_all, t->scal + 2, t->net.grads);
         }
         /* LambdaLR: one multiplier for every group (polynomial's lr_end is relative to the
          * optimizer's default lr, sd-scripts' learning_rate) */

@@ -47,3 +47,31 @@ void dl_cpu_timestep_embedding(const dl_ctx *ctx, int64_t N, int64_t dim, const 
                  (float)(-log((double)max_period)), t, out};
     dl_parallel_for(ctx ? ctx->pool : NULL, N, (1024 + dim - 1) / dim, emb_rows, &j);
 }
+
+typedef struct {
+    int64_t T, C, V;
+    const int32_t *ids;
+    const float *tok, *pos;
+    float *out;
+} embed_job;
+
+static void embed_rows(void *arg, int64_t begin, int64_t end, int tid)
+{
+    (void)tid;
+    const embed_job *j = arg;
+    for (int64_t row = begin; row < end; row++) {
+        const int64_t id = j->ids[row], t = row % j->T;
+        DL_ASSERTF(id >= 0 && id < j->V, "token id %lld outside the vocabulary of %lld", (long long)id,
+                   (long long)j->V);
+        const float *te = j->tok + id * j->C, *pe = j->pos + t * j->C;
+        float *o = j->out + row * j->C;
+        for (int64_t i = 0; i < j->C; i++) o[i] = te[i] + pe[i];
+    }
+}
+
+void dl_cpu_embed_tokens(const dl_ctx *ctx, int64_t N, int64_t T, int64_t C, int64_t V,
+                         const int32_t *ids, const float *tok, const float *pos, float *out)
+{
+    embed_job j = {T, C, V, ids, tok, pos, out};
+    dl_parallel_for(ctx ? ctx->pool : NULL, N * T, 16, embed_rows, &j);
+}

@@ -20,6 +20,12 @@ extern "C" {
  * SD 1.x/2.x UNets use flip_sin_to_cos = 1, downscale_freq_shift = 0, scale = 1,
  * max_period = 10000. Requires half - downscale_freq_shift != 0. No backward: timesteps are
  * not trained. */
+/* Text-encoder input embedding: out[n, t, :] = tok[ids[n, t], :] + pos[t, :] for ids int32
+ * [N, T], tok [V, C], pos [>= T, C]; out [N, T, C] overwritten. An id outside [0, V) is a
+ * programming error (DL_ASSERT): the tokenizer never makes one. No backward (frozen). */
+void dl_cpu_embed_tokens(const dl_ctx *ctx, int64_t N, int64_t T, int64_t C, int64_t V,
+                         const int32_t *ids, const float *tok, const float *pos, float *out);
+
 void dl_cpu_timestep_embedding(const dl_ctx *ctx, int64_t N, int64_t dim, const float *t,
                                int flip_sin_to_cos, float downscale_freq_shift, float scale,
                                float max_period, float *out);
