@@ -307,10 +307,7 @@ int dl_cmd_grid(int argc, char **argv, FILE *out)
         fprintf(stderr, "danlu grid: %s exists (use --overwrite)\n", path);
         goto done;
     }
-    if (dl_ctx_init(&ctx, a.threads) != DL_OK) {
-        fprintf(stderr, "danlu grid: %s\n", dl_error_msg());
-        goto done;
-    }
+    if (dl_cli_ctx_init(&ctx, "grid", a.threads, a.backend) != 0) goto done;
     if (dl_sa_open_model(&a, &ctx, &sd) != 0) goto done;
     const char *ylab[MAX_VALUES] = {0};
     for (int j = 0; j < ay.n; j++) ylab[j] = ay.kind ? ay.label[j] : NULL;

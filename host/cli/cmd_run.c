@@ -2,6 +2,7 @@
  * file, outputs to another, in the reference implementation's conventions (NCHW images), so
  * any implementation can be compared with danlu on any weights. */
 #include "cli/commands.h"
+#include "backend/backend.h"
 #include "core/ctx.h"
 #include "core/error.h"
 #include "io/safetensors.h"
@@ -14,7 +15,7 @@
 #include <string.h>
 
 typedef struct {
-    const char *model, *component, *inputs, *out;
+    const char *model, *component, *inputs, *out, *backend;
     int threads;
 } run_args;
 
@@ -36,6 +37,8 @@ static const dl_opt k_run_opts[] = {
      "where the output tensors are written (required)"},
     {"--threads", NULL, DL_OPT_INT, RA(threads), "N", "0", 0, 1024, NULL, NULL, "options",
      "CPU threads (0: DANLU_THREADS or every core)"},
+    {"--backend", NULL, DL_OPT_STR, RA(backend), "NAME", "cpu", 0, 0, "cpu|cuda", NULL, "options",
+     DL_OPT_BACKEND_HELP},
 };
 
 int dl_run_optsets(dl_optset *sets)
@@ -50,7 +53,7 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: danlu run --model PATH --component COMPONENT --inputs IN.safetensors --out OUT.safetensors\n"
-            "                 [--threads N]\n"
+            "                 [--threads N] [--backend cpu|cuda]\n"
             "  Runs one component of a checkpoint (single .safetensors file or diffusers folder).\n"
             "  Tensors use diffusers/transformers conventions (images NCHW, float32/16/bf16 in, float32 out):\n"
             "    text-encoder  input_ids [N, T] (int64 or int32)\n"
@@ -111,7 +114,50 @@ typedef struct {
     dl_st_entry out[4];
     float *owned[16];
     int n_out, n_owned;
+    /* a device backend: inputs uploaded to, outputs downloaded from these backend buffers */
+    void *dev[8];
+    void *fetch_to[8];
+    size_t fetch_bytes[8];
+    int n_dev;
 } run_state;
+
+/* The backend's view of host input x: x itself on the CPU, else an uploaded copy (NULL on error). */
+static void *dev_in(run_state *s, const void *x, size_t bytes)
+{
+    if (!dl_be(&s->ctx)->device_memory) return (void *)x;
+    DL_ASSERT(s->n_dev < 8);
+    void *d = dl_be_alloc(&s->ctx, bytes);
+    if (!d) return NULL;
+    s->fetch_to[s->n_dev] = NULL;
+    s->dev[s->n_dev++] = d;
+    return dl_be_upload(&s->ctx, d, x, bytes) == DL_OK ? d : NULL;
+}
+
+/* Where the network writes host output y: y itself on the CPU, else a backend buffer that
+ * fetch() downloads into y. */
+static float *dev_out(run_state *s, float *y, size_t bytes)
+{
+    if (!y || !dl_be(&s->ctx)->device_memory) return y;
+    DL_ASSERT(s->n_dev < 8);
+    void *d = dl_be_alloc(&s->ctx, bytes);
+    if (!d) return NULL;
+    s->fetch_to[s->n_dev] = y;
+    s->fetch_bytes[s->n_dev] = bytes;
+    s->dev[s->n_dev++] = d;
+    return d;
+}
+
+/* Downloads every pending output and frees the backend buffers; the backend's error if any. */
+static int fetch(run_state *s)
+{
+    int rc = dl_be_sync(&s->ctx);
+    for (int i = 0; i < s->n_dev; i++) {
+        if (rc == DL_OK && s->fetch_to[i]) rc = dl_be_download(&s->ctx, s->fetch_to[i], s->dev[i], s->fetch_bytes[i]);
+        dl_be_free(&s->ctx, s->dev[i]);
+    }
+    s->n_dev = 0;
+    return rc;
+}
 
 static float *keep(run_state *s, float *p)
 {
@@ -154,22 +200,29 @@ static int run_text(run_state *s, const dl_st_file *in)
     }
     dl_clip m;
     size_t wb;
-    if (dl_clip_weights_bytes(&s->ck, &wb) != DL_OK || dl_arena_init(&s->weights, "weights", wb) != DL_OK ||
+    if (dl_clip_weights_bytes(&s->ck, &wb) != DL_OK || dl_arena_init_on(&s->weights, "weights", wb, &s->ctx) != DL_OK ||
         dl_clip_load(&m, &s->ck, &s->weights) != DL_OK ||
-        dl_arena_init(&s->scratch, "scratch", dl_clip_scratch_bytes(&m, N, T)) != DL_OK) {
+        dl_arena_init_on(&s->scratch, "scratch", dl_clip_scratch_bytes(&m, N, T), &s->ctx) != DL_OK) {
         free(ids);
         return DL_ERR;
     }
     int64_t shape[3] = {N, T, c->hidden_size};
-    float *last = keep(s, malloc(sizeof(float) * (size_t)(N * T * c->hidden_size)));
-    float *pen = keep(s, malloc(sizeof(float) * (size_t)(N * T * c->hidden_size)));
-    dl_clip_forward(&s->ctx, &m, N, T, ids, c->num_layers, 1, last, &s->scratch);
-    dl_clip_forward(&s->ctx, &m, N, T, ids, c->num_layers > 1 ? c->num_layers - 1 : 1, 0, pen, &s->scratch);
+    const size_t no = sizeof(float) * (size_t)(N * T * c->hidden_size);
+    float *last = keep(s, malloc(no)), *pen = keep(s, malloc(no));
+    const int32_t *di = dev_in(s, ids, sizeof *ids * (size_t)N * T);
+    float *dl = dev_out(s, last, no), *dp = dev_out(s, pen, no);
+    int rc = DL_ERR;
+    if (di && dl && dp) {
+        dl_clip_forward(&s->ctx, &m, N, T, di, c->num_layers, 1, dl, &s->scratch);
+        dl_clip_forward(&s->ctx, &m, N, T, di, c->num_layers > 1 ? c->num_layers - 1 : 1, 0, dp, &s->scratch);
+        rc = DL_OK;
+    }
+    if (fetch(s) != DL_OK) rc = DL_ERR;
     add_out(s, "last_hidden_state", last, 3, shape);
     add_out(s, "penultimate_hidden_state", pen, 3, shape);
     dl_clip_free(&m);
     free(ids);
-    return DL_OK;
+    return rc;
 }
 
 static int run_unet(run_state *s, const dl_st_file *in)
@@ -206,14 +259,21 @@ static int run_unet(run_state *s, const dl_st_file *in)
     (void)ts;
     dl_unet m;
     size_t wb;
-    if (dl_unet_weights_bytes(&s->ck, &wb) != DL_OK || dl_arena_init(&s->weights, "weights", wb) != DL_OK ||
+    if (dl_unet_weights_bytes(&s->ck, &wb) != DL_OK || dl_arena_init_on(&s->weights, "weights", wb, &s->ctx) != DL_OK ||
         dl_unet_load(&m, &s->ck, &s->weights) != DL_OK)
         return DL_ERR;
-    if (dl_arena_init(&s->scratch, "scratch", dl_unet_scratch_bytes(&m, (int)N, (int)H, (int)W, (int)cs[1])) != DL_OK)
+    if (dl_arena_init_on(&s->scratch, "scratch", dl_unet_scratch_bytes(&m, (int)N, (int)H, (int)W, (int)cs[1]),
+                         &s->ctx) != DL_OK)
         return DL_ERR;
     float *xn = keep(s, nchw_to_nhwc(x, N, C, H, W));
-    float *y = keep(s, malloc(sizeof(float) * (size_t)(N * H * W * u->out_channels)));
-    dl_unet_forward(&s->ctx, &m, (int)N, (int)H, (int)W, xn, tv, cond, (int)cs[1], y, &s->scratch);
+    const size_t ny = sizeof(float) * (size_t)(N * H * W * u->out_channels);
+    float *y = keep(s, malloc(ny));
+    const float *dx = dev_in(s, xn, sizeof(float) * (size_t)(N * H * W * C)), *dt = dev_in(s, tv, sizeof(float) * N);
+    const float *dc = dev_in(s, cond, sizeof(float) * (size_t)(cs[0] * cs[1] * cs[2]));
+    float *dy = dev_out(s, y, ny);
+    if (!dx || !dt || !dc || !dy) return fetch(s), DL_ERR;
+    dl_unet_forward(&s->ctx, &m, (int)N, (int)H, (int)W, dx, dt, dc, (int)cs[1], dy, &s->scratch);
+    if (fetch(s) != DL_OK) return DL_ERR;
     int64_t os[4] = {N, u->out_channels, H, W};
     add_out(s, "out", keep(s, nhwc_to_nchw(y, N, H, W, u->out_channels)), 4, os);
     dl_unet_free(&m);
@@ -223,9 +283,9 @@ static int run_unet(run_state *s, const dl_st_file *in)
 static int load_vae(run_state *s, dl_vae *m, int N, int H, int W)
 {
     size_t wb;
-    if (dl_vae_weights_bytes(&s->ck, &wb) != DL_OK || dl_arena_init(&s->weights, "weights", wb) != DL_OK ||
+    if (dl_vae_weights_bytes(&s->ck, &wb) != DL_OK || dl_arena_init_on(&s->weights, "weights", wb, &s->ctx) != DL_OK ||
         dl_vae_load(m, &s->ck, &s->weights) != DL_OK ||
-        dl_arena_init(&s->scratch, "scratch", dl_vae_scratch_bytes(&s->ck.cfg.vae, N, H, W)) != DL_OK)
+        dl_arena_init_on(&s->scratch, "scratch", dl_vae_scratch_bytes(&s->ck.cfg.vae, N, H, W), &s->ctx) != DL_OK)
         return DL_ERR;
     return DL_OK;
 }
@@ -243,7 +303,10 @@ static int run_vae_encode(run_state *s, const dl_st_file *in)
     if (load_vae(s, &m, (int)N, (int)H, (int)W) != DL_OK) return DL_ERR;
     int64_t h = H / f, w = W / f, nl = N * h * w * L, ls[4] = {N, L, h, w};
     float *mean = keep(s, malloc(sizeof(float) * (size_t)nl)), *logvar = keep(s, malloc(sizeof(float) * (size_t)nl));
-    dl_vae_encode(&s->ctx, &m, (int)N, (int)H, (int)W, keep(s, nchw_to_nhwc(img, N, 3, H, W)), mean, logvar, &s->scratch);
+    const float *di = dev_in(s, keep(s, nchw_to_nhwc(img, N, 3, H, W)), sizeof(float) * (size_t)(N * H * W * 3));
+    if (!di) return fetch(s), DL_ERR;
+    dl_vae_encode(&s->ctx, &m, (int)N, (int)H, (int)W, di, mean, logvar, &s->scratch); /* mean, logvar: host */
+    if (fetch(s) != DL_OK) return DL_ERR;
     add_out(s, "mean", keep(s, nhwc_to_nchw(mean, N, h, w, L)), 4, ls);
     add_out(s, "logvar", keep(s, nhwc_to_nchw(logvar, N, h, w, L)), 4, ls);
     if (dl_st_find(in, "noise")) {
@@ -269,8 +332,13 @@ static int run_vae_decode(run_state *s, const dl_st_file *in)
     if (zs[1] != c->latent_channels) return dl_error_set("%s: 'latent' must have %d channels", in->path, c->latent_channels);
     dl_vae m;
     if (load_vae(s, &m, (int)N, (int)(h * f), (int)(w * f)) != DL_OK) return DL_ERR;
-    float *img = keep(s, malloc(sizeof(float) * (size_t)(N * h * f * w * f * c->out_channels)));
-    dl_vae_decode(&s->ctx, &m, (int)N, (int)h, (int)w, keep(s, nchw_to_nhwc(z, N, zs[1], h, w)), img, &s->scratch);
+    const size_t ni = sizeof(float) * (size_t)(N * h * f * w * f * c->out_channels);
+    float *img = keep(s, malloc(ni));
+    const float *dz = dev_in(s, keep(s, nchw_to_nhwc(z, N, zs[1], h, w)), sizeof(float) * (size_t)(N * zs[1] * h * w));
+    float *di = dev_out(s, img, ni);
+    if (!dz || !di) return fetch(s), DL_ERR;
+    dl_vae_decode(&s->ctx, &m, (int)N, (int)h, (int)w, dz, di, &s->scratch);
+    if (fetch(s) != DL_OK) return DL_ERR;
     int64_t os[4] = {N, c->out_channels, h * f, w * f};
     add_out(s, "image", keep(s, nhwc_to_nchw(img, N, h * f, w * f, c->out_channels)), 4, os);
     dl_vae_free(&m);
@@ -324,7 +392,8 @@ int dl_cmd_run(int argc, char **argv, FILE *out)
         fprintf(stderr, "danlu run: %s\n", dl_error_msg());
         return 1;
     }
-    if (dl_ctx_init(&s.ctx, threads) != DL_OK || dl_ckpt_open(&s.ck, model, NULL) != DL_OK ||
+    const dl_backend *be = dl_backend_find(ra.backend ? ra.backend : "cpu");
+    if (!be || dl_ctx_init_backend(&s.ctx, threads, be) != DL_OK || dl_ckpt_open(&s.ck, model, NULL) != DL_OK ||
         (dl_ckpt_set_pool(&s.ck, s.ctx.pool), fn(&s, &in)) != DL_OK ||
         dl_st_save(outp, s.out, s.n_out, NULL, 0) != DL_OK) {
         fprintf(stderr, "danlu run: %s\n", dl_error_msg());

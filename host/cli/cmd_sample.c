@@ -65,10 +65,7 @@ int dl_cmd_sample(int argc, char **argv, FILE *out)
     dl_phases_init(&ph);
     if (a.verbose) a.gp.phases = &ph;
     int hashing = start_model_hash(&a, &job); /* overlaps loading and sampling */
-    if (dl_ctx_init(&ctx, a.threads) != DL_OK) {
-        fprintf(stderr, "danlu sample: %s\n", dl_error_msg());
-        goto done;
-    }
+    if (dl_cli_ctx_init(&ctx, "sample", a.threads, a.backend) != 0) goto done;
     double t0 = dl_now_seconds();
     if (dl_sa_open_model(&a, &ctx, &sd) != 0) goto done;
     dl_phases_add(&ph, "load", dl_now_seconds() - t0);

@@ -1,5 +1,8 @@
 /* opts.c - the table-driven option parser and help printer of the danlu subcommands. */
 #include "cli/opts.h"
+#include "backend/backend.h"
+#include "core/ctx.h"
+#include "core/error.h"
 
 #include <errno.h>
 #include <stdint.h>
@@ -219,6 +222,16 @@ int dl_opt_parse_argv(const char *cmd, const dl_optset *sets, int nsets, int arg
             return 2;
         }
         pos[(*npos)++] = argv[i];
+    }
+    return 0;
+}
+
+int dl_cli_ctx_init(struct dl_ctx *ctx, const char *cmd, int threads, const char *backend)
+{
+    const dl_backend *be = dl_backend_find(backend ? backend : "cpu");
+    if (!be || dl_ctx_init_backend(ctx, threads, be) != DL_OK) {
+        fprintf(stderr, "danlu %s: %s\n", cmd, dl_error_msg());
+        return -1;
     }
     return 0;
 }

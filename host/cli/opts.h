@@ -73,6 +73,14 @@ int dl_opt_parse_argv(const char *cmd, const dl_optset *sets, int nsets, int arg
 /* One help entry: "  FLAG  meaning; one of: a, b (TAIL)", wrapped at 100 columns with the
  * continuation lines indented. values ('|'-separated) and tail ("default: 512", "required")
  * may be NULL. */
+/* The ctx of a command on the backend named by --backend (backend/backend.h: "cpu", "cuda"):
+ * dl_ctx_init_backend with that table, the error printed as "danlu CMD: ..." and -1 on
+ * failure, 0 on success. */
+struct dl_ctx;
+int dl_cli_ctx_init(struct dl_ctx *ctx, const char *cmd, int threads, const char *backend);
+/* The --backend option's help (one place for every command's table). */
+#define DL_OPT_BACKEND_HELP "where the ops run: cpu, or cuda (an NVIDIA GPU; the emulated device with DANLU_CUDA_DEVICE=emulated)"
+
 void dl_help_entry(FILE *f, const char *flag, const char *meaning, const char *values, const char *tail);
 
 #endif

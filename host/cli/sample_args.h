@@ -25,6 +25,7 @@ typedef struct dl_sample_args {
     const char *cmd;                 /* "sample" / "grid", for messages */
     const char *model, *tokenizer, *prompt, *negative, *out_dir, *init_image, *lora_dir;
     const char *sampler_name, *schedule;
+    const char *backend;             /* --backend */
     int width, height;               /* 0: not given */
     int steps, clip_skip, batch_size, batch_count, threads, overwrite, quiet, no_emphasis;
     int verbose, no_hash_cache;

@@ -1,5 +1,6 @@
 /* arena.c - 64-byte aligned bump allocation over one reservation. */
 #include "arena.h"
+#include "backend/backend.h"
 #include "error.h"
 
 #include <stdint.h>
@@ -18,6 +19,24 @@ int dl_arena_init(dl_arena *a, const char *name, size_t cap)
     return DL_OK;
 }
 
+int dl_arena_init_on(dl_arena *a, const char *name, size_t cap, const struct dl_ctx *ctx)
+{
+    const dl_backend *be = dl_be(ctx);
+    if (!be->device_memory) return dl_arena_init(a, name, cap);
+    memset(a, 0, sizeof *a);
+    a->name = name;
+    a->dev = ctx;
+    cap = (cap + 255) & ~(size_t)255;
+    if (cap == 0) return DL_OK;
+    a->base = be->alloc(ctx, cap);
+    if (!a->base)
+        return dl_error_prefix("reserving %.1f MiB for the %s arena on %s: ", cap / 1048576.0, name, be->name);
+    a->cap = cap;
+    return DL_OK;
+}
+
+int dl_arena_on_device(const dl_arena *a) { return a->dev != NULL; }
+
 void dl_arena_init_measure(dl_arena *a, const char *name)
 {
     memset(a, 0, sizeof *a);
@@ -33,7 +52,8 @@ static const _Alignas(64) unsigned char measure_placeholder[64];
 
 void dl_arena_free(dl_arena *a)
 {
-    free(a->base);
+    if (a->dev) dl_be(a->dev)->free(a->dev, a->base);
+    else free(a->base);
     memset(a, 0, sizeof *a);
 }
 
@@ -53,7 +73,8 @@ void *dl_arena_alloc(dl_arena *a, size_t bytes)
 void *dl_arena_calloc(dl_arena *a, size_t bytes)
 {
     void *p = dl_arena_alloc(a, bytes);
-    if (p && !a->measuring) memset(p, 0, bytes);
+    if (p && a->dev) dl_be(a->dev)->fill(a->dev, p, 0, bytes);
+    else if (p && !a->measuring) memset(p, 0, bytes);
     return p;
 }
 

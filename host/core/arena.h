@@ -16,10 +16,19 @@ typedef struct dl_arena {
     char *base;
     size_t cap, used, peak;
     int measuring;      /* 1: a measuring arena (dl_arena_init_measure) */
+    const struct dl_ctx *dev; /* set: the reservation is the memory of this ctx's device backend
+                                 (dl_arena_init_on), which host code never dereferences */
 } dl_arena;
 
 /* Reserve cap bytes. Returns DL_OK, or DL_ERR with a message naming the arena. */
 int dl_arena_init(dl_arena *a, const char *name, size_t cap);
+/* dl_arena_init in the memory of ctx's backend: host memory for the CPU backend (exactly
+ * dl_arena_init), device memory for a backend with device_memory (then dl_arena_calloc fills
+ * through the backend and dl_arena_free returns the memory to it). ctx must outlive the arena. */
+struct dl_ctx;
+int dl_arena_init_on(dl_arena *a, const char *name, size_t cap, const struct dl_ctx *ctx);
+/* 1 when a's memory belongs to a device backend (host code must not read or write it). */
+int dl_arena_on_device(const dl_arena *a);
 /* A measuring arena: it reserves nothing and never runs out; allocations only count (used, peak,
  * with the same 64-byte rounding as a real arena) and return a placeholder address that must
  * not be read or written (it points into read-only memory). Code that fills what it allocates

@@ -87,7 +87,7 @@ int dl_lora_save(const char *path, const dl_lora_net *net, dl_lora_format fmt, d
                 for (int kh = 0; kh < k; kh++)
                     for (int kw = 0; kw < k; kw++)
                         tmp[(((int64_t)o * in + c) * k + kh) * k + kw] =
-                            m->lora.A[(((int64_t)o * k + kh) * k + kw) * in + c];
+                            dl_lora_host_A(net, m)[(((int64_t)o * k + kh) * k + kw) * in + c];
         dl_st_entry *d = &e[ne];
         snprintf(names + (size_t)ne * 256, 256, "%s.%s", pre,
                  fmt == DL_LORA_FMT_KOHYA ? "lora_down.weight" : "lora_A.weight");
@@ -104,7 +104,7 @@ int dl_lora_save(const char *path, const dl_lora_net *net, dl_lora_format fmt, d
         ne++;
         /* up / lora_B: [out, r] (PEFT: x alpha / r, as diffusers assumes lora_alpha = r) */
         const float bake = fmt == DL_LORA_FMT_PEFT ? m->alpha / (float)r : 1.0f;
-        for (int64_t j = 0; j < nb; j++) tmp[j] = m->lora.B[j] * bake;
+        for (int64_t j = 0; j < nb; j++) tmp[j] = dl_lora_host_B(net, m)[j] * bake;
         d = &e[ne];
         snprintf(names + (size_t)ne * 256, 256, "%s.%s", pre,
                  fmt == DL_LORA_FMT_KOHYA ? "lora_up.weight" : "lora_B.weight");

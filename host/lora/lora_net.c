@@ -167,6 +167,7 @@ fail:
 /* ------------------------------------------------------------------ allocation */
 
 static int64_t round_up(int64_t x) { return (x + ALIGN_FLOATS - 1) / ALIGN_FLOATS * ALIGN_FLOATS; }
+static void point_modules(dl_lora_net *net);
 
 static void set_scale(dl_lora_module *m, float multiplier)
 {
@@ -206,15 +207,11 @@ int dl_lora_net_from_modules(dl_lora_net *net, const dl_lora_module *mods, int n
     }
     memset(net->params, 0, bytes);
     memset(net->grads, 0, bytes);
+    net->host = net->params;
+    point_modules(net);
     for (int i = 0; i < n; i++) {
-        dl_lora_module *m = &net->mods[i];
-        int64_t na = round_up((int64_t)m->lora.r * m->k * m->k * m->in);
-        m->lora.A = net->params + m->offset;
-        m->lora.B = net->params + m->offset + na;
-        m->lora.dA = net->grads + m->offset;
-        m->lora.dB = net->grads + m->offset + na;
-        m->lora.merged = 0;
-        set_scale(m, multiplier);
+        net->mods[i].lora.merged = 0;
+        set_scale(&net->mods[i], multiplier);
     }
     return DL_OK;
 }
@@ -222,14 +219,70 @@ int dl_lora_net_from_modules(dl_lora_net *net, const dl_lora_module *mods, int n
 void dl_lora_net_free(dl_lora_net *net)
 {
     free(net->mods);
-    free(net->params);
-    free(net->grads);
+    if (net->dev) {
+        dl_be_free(net->dev, net->params);
+        dl_be_free(net->dev, net->grads);
+        free(net->host);
+    } else {
+        free(net->params);
+        free(net->grads);
+    }
     memset(net, 0, sizeof *net);
+}
+
+static void point_modules(dl_lora_net *net)
+{
+    for (int i = 0; i < net->n; i++) {
+        dl_lora_module *m = &net->mods[i];
+        int64_t na = round_up((int64_t)m->lora.r * m->k * m->k * m->in);
+        m->lora.A = net->params + m->offset;
+        m->lora.B = net->params + m->offset + na;
+        m->lora.dA = net->grads + m->offset;
+        m->lora.dB = net->grads + m->offset + na;
+    }
+}
+
+int dl_lora_net_to_backend(const dl_ctx *ctx, dl_lora_net *net)
+{
+    if (net->dev || !dl_be(ctx)->device_memory) return DL_OK;
+    size_t bytes = (size_t)(net->n_params > 0 ? net->n_params : ALIGN_FLOATS) * sizeof(float);
+    float *p = dl_be_alloc(ctx, bytes), *g = p ? dl_be_alloc(ctx, bytes) : NULL;
+    if (!g || dl_be_upload(ctx, p, net->params, bytes) != DL_OK || dl_be(ctx)->fill(ctx, g, 0, bytes) != DL_OK) {
+        dl_be_free(ctx, p);
+        dl_be_free(ctx, g);
+        return dl_error_prefix("LoRA parameters (%lld) on %s: ", (long long)net->n_params, dl_be(ctx)->name);
+    }
+    free(net->grads);
+    net->host = net->params;
+    net->params = p;
+    net->grads = g;
+    net->dev = ctx;
+    point_modules(net);
+    return DL_OK;
+}
+
+int dl_lora_net_pull(dl_lora_net *net)
+{
+    if (!net->dev) return DL_OK;
+    return dl_be_download(net->dev, net->host, net->params, (size_t)net->n_params * sizeof(float));
+}
+
+int dl_lora_net_push(dl_lora_net *net)
+{
+    if (!net->dev) return DL_OK;
+    return dl_be_upload(net->dev, net->params, net->host, (size_t)net->n_params * sizeof(float));
+}
+
+float *dl_lora_host_A(const dl_lora_net *net, const dl_lora_module *m) { return net->host + m->offset; }
+float *dl_lora_host_B(const dl_lora_net *net, const dl_lora_module *m)
+{
+    return net->host + m->offset + round_up((int64_t)m->lora.r * m->k * m->k * m->in);
 }
 
 void dl_lora_net_zero_grads(dl_lora_net *net)
 {
-    if (net->grads) memset(net->grads, 0, (size_t)net->n_params * sizeof(float));
+    if (net->dev) dl_be(net->dev)->fill(net->dev, net->grads, 0, (size_t)net->n_params * sizeof(float));
+    else if (net->grads) memset(net->grads, 0, (size_t)net->n_params * sizeof(float));
 }
 
 void dl_lora_net_init_weights(dl_lora_net *net, uint64_t seed)
@@ -249,10 +302,11 @@ void dl_lora_net_init_weights(dl_lora_net *net, uint64_t seed)
                     for (int kw = 0; kw < k; kw++) {
                         float x = (float)(dl_torch_rng_u32(&g) & 0xffffffu) * (1.0f / 16777216.0f);
                         float p = (float)((double)x * (double)width); /* rounded product, no FMA */
-                        m->lora.A[(((int64_t)o * k + kh) * k + kw) * in + c] = p + from;
+                        dl_lora_host_A(net, m)[(((int64_t)o * k + kh) * k + kw) * in + c] = p + from;
                     }
-        memset(m->lora.B, 0, (size_t)m->out * r * sizeof(float));
+        memset(dl_lora_host_B(net, m), 0, (size_t)m->out * r * sizeof(float));
     }
+    DL_ASSERTF(dl_lora_net_push(net) == DL_OK, "%s", dl_error_msg());
 }
 
 int dl_lora_net_create(dl_lora_net *net, const dl_model_config *cfg, const dl_lora_spec *spec)

@@ -82,9 +82,25 @@ typedef struct dl_lora_net {
     float multiplier;
     int64_t n_params;       /* floats in params (and grads) */
     int64_t n_params_unet;  /* params[0, n_params_unet) belong to the UNet: two optimizer groups */
-    float *params;          /* [n_params] every A and B, 64-byte aligned */
-    float *grads;           /* [n_params] matching gradients (zeroed at creation) */
+    float *params;          /* [n_params] every A and B, 64-byte aligned, in backend memory */
+    float *grads;           /* [n_params] matching gradients (zeroed at creation), backend memory */
+    float *host;            /* [n_params] the host copy of params: params itself until
+                               dl_lora_net_to_backend moves them to a device; files are written
+                               from and read into it (dl_lora_net_pull / _push) */
+    const struct dl_ctx *dev; /* the device ctx params and grads live on, or NULL (host) */
 } dl_lora_net;
+
+/* Moves params (uploaded from host) and grads (zeroed) to the memory of ctx's backend when it
+ * is a device backend, and points every module's A, B, dA, dB there; host stays as the host
+ * copy. Nothing to do on the CPU backend. DL_ERR (message) when there is no device memory. */
+int dl_lora_net_to_backend(const struct dl_ctx *ctx, dl_lora_net *net);
+/* host <- params (before saving), and params <- host (after loading a state); no-ops on the
+ * host. DL_OK or DL_ERR (the backend's message). */
+int dl_lora_net_pull(dl_lora_net *net);
+int dl_lora_net_push(dl_lora_net *net);
+/* The host copies of module m's A [r, k, k, in] and B [out, r]. */
+float *dl_lora_host_A(const dl_lora_net *net, const dl_lora_module *m);
+float *dl_lora_host_B(const dl_lora_net *net, const dl_lora_module *m);
 
 /* Build the network for cfg and spec: modules in forward order (UNet, then text encoder), A
  * Kaiming-uniform from spec->seed, B zero. DL_ERR (message) on a bad spec or no memory; on

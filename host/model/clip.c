@@ -176,8 +176,8 @@ void dl_clip_forward(const dl_ctx *ctx, const dl_clip *m, int N, int T, const in
     if (final_ln)
         dl_be(ctx)->layernorm_forward(ctx, M, C, m->final_ln.eps, v.x_in, m->final_ln.gamma, m->final_ln.beta, out,
                                       v.mean1, v.rstd1);                             // [N, T, C]
-    else if (!dl_ctx_measuring(ctx))
-        memcpy(out, v.x_in, (size_t)(M * C) * sizeof(float));
+    else
+        dl_be(ctx)->copy(ctx, out, v.x_in, (size_t)(M * C) * sizeof(float));
     dl_arena_release(scratch, mark);
 }
 

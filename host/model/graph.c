@@ -36,10 +36,10 @@ int64_t dl_node_numel(const dl_node *nd, int N, int H, int W)
     return (int64_t)N * dl_level_size(H, l) * dl_level_size(W, l) * nd->cout;
 }
 
-/* p[0..n) = 0, unless ctx is measuring. */
+/* p[0..n) = 0 in backend memory (nothing under the measuring backend). */
 static void zero_f32(const dl_ctx *ctx, int64_t n, float *p)
 {
-    if (!dl_ctx_measuring(ctx)) memset(p, 0, (size_t)n * sizeof(float));
+    dl_be(ctx)->fill(ctx, p, 0, (size_t)n * sizeof(float));
 }
 
 /* ================================================================ the walkers */

@@ -4,6 +4,7 @@
 #include "core/error.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 float *dl_alloc_f32(dl_arena *a, int64_t n)
@@ -24,11 +25,18 @@ static float *place(const dl_loader *ld, const char *full, int ndim, const int64
     float *p = dl_arena_alloc(ld->arena, (size_t)n * sizeof(float));
     if (!p) return NULL;
     int rc;
-    if (!ld->ck) rc = ld->list ? ld->list(ld->list_user, ld->part, full, ndim, shape) : DL_OK;
-    else if (dl_arena_measuring(ld->arena)) rc = dl_ckpt_check(ld->ck, ld->part, full, ndim, shape);
-    else if (conv) rc = dl_ckpt_load_conv(ld->ck, ld->part, full, (int)shape[0], (int)shape[1], (int)shape[2],
-                                         (int)shape[3], p);
-    else rc = dl_ckpt_load(ld->ck, ld->part, full, ndim, shape, p);
+    if (!ld->ck) return (ld->list ? ld->list(ld->list_user, ld->part, full, ndim, shape) : DL_OK) == DL_OK ? p : NULL;
+    if (dl_arena_measuring(ld->arena)) return dl_ckpt_check(ld->ck, ld->part, full, ndim, shape) == DL_OK ? p : NULL;
+    /* a device arena: converted in host memory, then uploaded (the host never touches p) */
+    float *dst = dl_arena_on_device(ld->arena) ? malloc((size_t)(n > 0 ? n : 1) * sizeof(float)) : p;
+    if (!dst) return dl_error_set("%s: out of host memory staging %lld values", full, (long long)n), NULL;
+    if (conv) rc = dl_ckpt_load_conv(ld->ck, ld->part, full, (int)shape[0], (int)shape[1], (int)shape[2],
+                                     (int)shape[3], dst);
+    else rc = dl_ckpt_load(ld->ck, ld->part, full, ndim, shape, dst);
+    if (dst != p) {
+        if (rc == DL_OK) rc = dl_be_upload(ld->arena->dev, p, dst, (size_t)n * sizeof(float));
+        free(dst);
+    }
     return rc == DL_OK ? p : NULL;
 }
 

@@ -346,13 +346,24 @@ void dl_vae_encode(const dl_ctx *ctx, const dl_vae *m, int N, int H, int W, cons
     const dl_net net = dl_vae_encoder_net(m);
     const dl_pass_in in = {N, H, W, img, NULL, NULL, 0, NULL};
     dl_graph_infer(ctx, &net, &in, moments, scratch);
+    /* the moments come back to the host (mean and logvar are host arrays) */
+    const float *host = moments;
+    float *staged = NULL;
+    if (dl_be(ctx)->device_memory && !dl_ctx_measuring(ctx)) {
+        staged = malloc((size_t)(M * 2 * L) * sizeof(float));
+        DL_ASSERTF(staged, "out of memory for the VAE's moments (%lld values)", (long long)(M * 2 * L));
+        if (dl_be_download(ctx, staged, moments, (size_t)(M * 2 * L) * sizeof(float)) != DL_OK)
+            for (int64_t i = 0; i < M * 2 * L; i++) staged[i] = NAN; /* the error surfaces at the caller's sync */
+        host = staged;
+    }
     for (int64_t i = 0; i < M && !dl_ctx_measuring(ctx); i++) {
-        const float *mo = moments + i * 2 * L;
+        const float *mo = host + i * 2 * L;
         for (int l = 0; l < L; l++) {
             if (mean) mean[i * L + l] = mo[l];
             if (logvar) logvar[i * L + l] = fminf(fmaxf(mo[L + l], -30.0f), 20.0f);
         }
     }
+    free(staged);
     dl_arena_release(scratch, mark);
 }
 

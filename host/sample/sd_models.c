@@ -1,6 +1,7 @@
 /* sd_models.c - one SD checkpoint's tokenizer, text encoder, UNet and VAE loaded for sampling. */
 #include "sample/sd_models.h"
 
+#include "backend/backend.h"
 #include "core/arena.h"
 #include "core/error.h"
 #include "model/checkpoint.h"
@@ -34,14 +35,40 @@ struct dl_sd {
     dl_arena scratch;   /* grown on demand (re-created when a call needs more) */
     int n_lora;
     dl_lora_net *loras; /* [n_lora] merged, in merge order */
+    /* a device backend: the calls below take and return host arrays, staged through these
+     * backend buffers (grown on demand; the CPU backend runs on the host arrays themselves) */
+    void *io[5];
+    size_t io_cap[5];
 };
+
+static int on_device(const dl_sd *sd) { return dl_be(sd->ctx)->device_memory; }
+
+/* Backend buffer `slot` of at least bytes (device backends only). */
+static void *io_buf(dl_sd *sd, int slot, size_t bytes)
+{
+    if (sd->io[slot] && sd->io_cap[slot] >= bytes) return sd->io[slot];
+    dl_be_free(sd->ctx, sd->io[slot]);
+    sd->io_cap[slot] = 0;
+    if (!(sd->io[slot] = dl_be_alloc(sd->ctx, bytes ? bytes : 1))) return NULL;
+    sd->io_cap[slot] = bytes;
+    return sd->io[slot];
+}
+
+/* The backend copy of host input x (bytes) in slot, or x itself on the CPU; NULL on error. */
+static const void *stage_in(dl_sd *sd, int slot, const void *x, size_t bytes)
+{
+    if (!on_device(sd) || !x) return x;
+    void *d = io_buf(sd, slot, bytes);
+    if (!d || dl_be_upload(sd->ctx, d, x, bytes) != DL_OK) return NULL;
+    return d;
+}
 
 /* Make sure the scratch arena has at least bytes of room. */
 static int ensure_scratch(dl_sd *sd, size_t bytes)
 {
     if (sd->scratch.base && sd->scratch.cap >= bytes) return DL_OK;
     dl_arena_free(&sd->scratch);
-    return dl_arena_init(&sd->scratch, "scratch", bytes);
+    return dl_arena_init_on(&sd->scratch, "scratch", bytes, sd->ctx);
 }
 
 int dl_sd_open(dl_sd **out, const char *path, const char *tokenizer, const dl_ctx *ctx)
@@ -82,13 +109,14 @@ int dl_sd_open(dl_sd **out, const char *path, const char *tokenizer, const dl_ct
     if (dl_clip_weights_bytes(&sd->ck, &wc) != DL_OK || dl_unet_weights_bytes(&sd->ck, &wu) != DL_OK ||
         dl_vae_weights_bytes(&sd->ck, &wv) != DL_OK)
         goto fail;
-    if (dl_arena_init(&sd->weights, "weights", wc + wu + wv) != DL_OK) goto fail;
+    if (dl_arena_init_on(&sd->weights, "weights", wc + wu + wv, ctx) != DL_OK) goto fail;
     if (dl_clip_load(sd->clip, &sd->ck, &sd->weights) != DL_OK) goto fail;
     sd->have_clip = 1;
     if (dl_unet_load(sd->unet, &sd->ck, &sd->weights) != DL_OK) goto fail;
     sd->have_unet = 1;
     if (dl_vae_load(sd->vae, &sd->ck, &sd->weights) != DL_OK) goto fail;
     sd->have_vae = 1;
+    if (dl_be_sync(ctx) != DL_OK) goto fail;
     DL_ASSERTF(sd->weights.used == wc + wu + wv, "weights took %zu bytes, measured %zu", sd->weights.used,
                wc + wu + wv);
     *out = sd;
@@ -128,6 +156,7 @@ void dl_sd_close(dl_sd *sd)
     if (sd->ck_open) dl_ckpt_close(&sd->ck);
     dl_arena_free(&sd->weights);
     dl_arena_free(&sd->scratch);
+    for (int i = 0; i < 5; i++) dl_be_free(sd->ctx, sd->io[i]);
     free(sd);
 }
 
@@ -157,6 +186,10 @@ int dl_sd_lora_add(dl_sd *sd, const char *path, float te_w, float unet_w, int ve
         float mult = m->part == DL_LORA_UNET ? unet_w : te_w;
         m->lora.scale = m->alpha / (float)m->lora.r * mult;
     }
+    if (dl_lora_net_to_backend(sd->ctx, net) != DL_OK) {
+        dl_lora_net_free(net);
+        return dl_error_prefix("%s: ", path);
+    }
     if (dl_lora_net_merge(sd->ctx, net, net->n_unet > 0 ? sd->unet : NULL, net->n > net->n_unet ? sd->clip : NULL) !=
         DL_OK) {
         dl_lora_net_free(net);
@@ -184,29 +217,45 @@ int dl_sd_encode_text(dl_sd *sd, int N, const int32_t *ids, int clip_skip, float
     if (clip_skip < 1 || clip_skip > c->num_layers)
         return dl_error_set("clip skip %d is outside 1..%d (the text encoder's layers)", clip_skip, c->num_layers);
     DL_TRY(ensure_scratch(sd, dl_clip_scratch_bytes(sd->clip, N, DL_TOK_CONTEXT)));
-    dl_clip_forward(sd->ctx, sd->clip, N, DL_TOK_CONTEXT, ids, c->num_layers - clip_skip + 1, 1, out, &sd->scratch);
-    return DL_OK;
+    const size_t no = (size_t)N * DL_TOK_CONTEXT * c->hidden_size * sizeof(float);
+    const int32_t *di = stage_in(sd, 0, ids, (size_t)N * DL_TOK_CONTEXT * sizeof(int32_t));
+    float *dout = on_device(sd) ? io_buf(sd, 1, no) : out;
+    if (!di || !dout) return DL_ERR;
+    dl_clip_forward(sd->ctx, sd->clip, N, DL_TOK_CONTEXT, di, c->num_layers - clip_skip + 1, 1, dout, &sd->scratch);
+    return on_device(sd) ? dl_be_download(sd->ctx, out, dout, no) : DL_OK;
 }
 
 int dl_sd_unet(dl_sd *sd, int N, int h, int w, const float *x, const float *t, const float *context, int T,
                float *out)
 {
     DL_TRY(ensure_scratch(sd, dl_unet_scratch_bytes(sd->unet, N, h, w, T)));
-    dl_unet_forward(sd->ctx, sd->unet, N, h, w, x, t, context, T, out, &sd->scratch);
-    return DL_OK;
+    const size_t nx = (size_t)N * h * w * sd->cfg.unet.in_channels * sizeof(float);
+    const size_t no = (size_t)N * h * w * sd->cfg.unet.out_channels * sizeof(float);
+    const float *dx = stage_in(sd, 0, x, nx), *dt = stage_in(sd, 1, t, (size_t)N * sizeof(float));
+    const float *dc = stage_in(sd, 2, context, (size_t)N * T * sd->cfg.unet.cross_attention_dim * sizeof(float));
+    float *dout = on_device(sd) ? io_buf(sd, 3, no) : out;
+    if (!dx || !dt || !dc || !dout) return DL_ERR;
+    dl_unet_forward(sd->ctx, sd->unet, N, h, w, dx, dt, dc, T, dout, &sd->scratch);
+    return on_device(sd) ? dl_be_download(sd->ctx, out, dout, no) : DL_OK;
 }
 
 int dl_sd_vae_encode(dl_sd *sd, int N, int H, int W, const float *img, float *mean, float *logvar)
 {
     DL_TRY(ensure_scratch(sd, dl_vae_scratch_bytes(&sd->cfg.vae, N, H, W)));
-    dl_vae_encode(sd->ctx, sd->vae, N, H, W, img, mean, logvar, &sd->scratch);
-    return DL_OK;
+    const float *di = stage_in(sd, 0, img, (size_t)N * H * W * sd->cfg.vae.in_channels * sizeof(float));
+    if (!di) return DL_ERR;
+    dl_vae_encode(sd->ctx, sd->vae, N, H, W, di, mean, logvar, &sd->scratch); /* mean, logvar: host */
+    return dl_be_sync(sd->ctx);
 }
 
 int dl_sd_vae_decode(dl_sd *sd, int N, int h, int w, const float *z, float *img)
 {
     int f = dl_sd_vae_factor(sd);
     DL_TRY(ensure_scratch(sd, dl_vae_scratch_bytes(&sd->cfg.vae, N, h * f, w * f)));
-    dl_vae_decode(sd->ctx, sd->vae, N, h, w, z, img, &sd->scratch);
-    return DL_OK;
+    const size_t no = (size_t)N * h * f * w * f * sd->cfg.vae.out_channels * sizeof(float);
+    const float *dz = stage_in(sd, 0, z, (size_t)N * h * w * sd->cfg.vae.latent_channels * sizeof(float));
+    float *dout = on_device(sd) ? io_buf(sd, 1, no) : img;
+    if (!dz || !dout) return DL_ERR;
+    dl_vae_decode(sd->ctx, sd->vae, N, h, w, dz, dout, &sd->scratch);
+    return on_device(sd) ? dl_be_download(sd->ctx, img, dout, no) : DL_OK;
 }

@@ -71,7 +71,7 @@ void dl_clip_train_forward(const dl_ctx *ctx, const dl_clip *m, dl_clip_saved *s
         dl_be(ctx)->layernorm_forward(ctx, M, C, m->final_ln.eps, s->x_out, m->final_ln.gamma, m->final_ln.beta, out,
                                       s->meanf, s->rstdf);                           // [M, C]
     else
-        memcpy(out, s->x_out, (size_t)M * C * sizeof(float));
+        dl_be(ctx)->copy(ctx, out, s->x_out, (size_t)M * C * sizeof(float));
 }
 
 /* ================================================================ backward */

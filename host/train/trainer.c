@@ -152,7 +152,15 @@ typedef struct trainer {
     float *w;                     /* [B] loss weights */
     int32_t *ids;                 /* [B, 77] */
     float *m, *v;                 /* AdamW moments [n_params] */
-    float *scal;                  /* [4] backend scalars: loss, gradient sum of squares, clip coef */
+    float *scal;                  /* [4] scalars: loss, gradient sum of squares, clip coef */
+    /* the backend's copies of what the steps compute on: the host arrays above themselves on
+     * the CPU backend; on a device backend, device memory that the host fills only by upload
+     * (the batch's inputs) and reads only by download (the loss; params, m, v when saving) */
+    int dev;                      /* 1: a device backend */
+    struct {
+        float *img, *noisy, *target, *pred, *dpred, *context, *dcontext, *tf, *w, *m, *v, *scal;
+        int32_t *ids;
+    } d;
     dl_batch batch;
     int batch_ok;
     dl_unet_tape tape;            /* the UNet forward's record (in the trainer: no per-step malloc) */
@@ -223,8 +231,10 @@ static int encode_item(void *user, int item, int H, int W, const float *img, flo
 {
     trainer *t = user;
     size_t mark = dl_arena_mark(&t->scratch);
-    dl_vae_encode(&t->ctx, &t->vae, 1, H, W, img, t->mean, t->logvar, &t->scratch);
+    if (t->dev) DL_TRY(dl_be_upload(&t->ctx, t->d.img, img, (size_t)H * W * 3 * sizeof(float)));
+    dl_vae_encode(&t->ctx, &t->vae, 1, H, W, t->dev ? t->d.img : img, t->mean, t->logvar, &t->scratch);
     dl_arena_release(&t->scratch, mark);
+    DL_TRY(dl_be_sync(&t->ctx));
     int64_t n = (int64_t)(H / t->vae_f) * (W / t->vae_f) * t->C;
     dl_torch_rng g;
     dl_torch_rng_seed(&g, t->seed * 1000003ull + (uint64_t)item + 1);
@@ -265,14 +275,16 @@ static int batch_context_frozen(trainer *t, const dl_batch *b)
     const int64_t E = (int64_t)CTX_T * t->Dc;
     if (t->emb_cache) {
         for (int i = 0; i < b->n; i++)
-            memcpy(t->context + i * E, t->emb_cache + (int64_t)b->items[i] * E, sizeof(float) * (size_t)E);
+            DL_TRY(dl_be_upload(&t->ctx, t->d.context + i * E, t->emb_cache + (int64_t)b->items[i] * E,
+                                sizeof(float) * (size_t)E));
         return DL_OK;
     }
     for (int i = 0; i < b->n; i++)
         if (dl_tokenizer_encode_padded_w(t->tok, &t->tok_work, b->captions[i], t->ids + i * CTX_T) != DL_OK)
             return dl_error_prefix("caption of %s: ", t->ds.items[b->items[i]].image_path);
+    if (t->dev) DL_TRY(dl_be_upload(&t->ctx, t->d.ids, t->ids, sizeof(int32_t) * (size_t)b->n * CTX_T));
     size_t mark = dl_arena_mark(&t->scratch);
-    dl_clip_forward(&t->ctx, &t->clip, b->n, CTX_T, t->ids, t->clip_layers, 1, t->context, &t->scratch);
+    dl_clip_forward(&t->ctx, &t->clip, b->n, CTX_T, t->d.ids, t->clip_layers, 1, t->d.context, &t->scratch);
     dl_arena_release(&t->scratch, mark);
     return DL_OK;
 }
@@ -530,9 +542,26 @@ static int save_lora(trainer *t, const char *path, int step, int epoch)
     free(prov);
     dl_dtype dt = t->cfg->save_dtype == DL_SAVE_FP16 ? DL_F16 : t->cfg->save_dtype == DL_SAVE_BF16 ? DL_BF16 : DL_F32;
     dl_lora_format fmt = strcmp(t->cfg->lora_format, "peft") == 0 ? DL_LORA_FMT_PEFT : DL_LORA_FMT_KOHYA;
-    int rc = dl_lora_save(path, &t->net, fmt, dt, (const char *const *)t->meta.kv, t->meta.n);
+    int rc = dl_lora_net_pull(&t->net);
+    if (rc == DL_OK) rc = dl_lora_save(path, &t->net, fmt, dt, (const char *const *)t->meta.kv, t->meta.n);
     dl_phases_add(&t->phases, "save", dl_now_seconds() - t0);
     return rc;
+}
+
+/* AdamW's moments between the backend (d.m, d.v) and the host arrays (m, v): no-ops on the CPU. */
+static int pull_moments(trainer *t)
+{
+    const size_t b = sizeof(float) * (size_t)t->net.n_params;
+    if (!t->dev) return DL_OK;
+    DL_TRY(dl_be_download(&t->ctx, t->m, t->d.m, b));
+    return dl_be_download(&t->ctx, t->v, t->d.v, b);
+}
+static int push_moments(trainer *t)
+{
+    const size_t b = sizeof(float) * (size_t)t->net.n_params;
+    if (!t->dev) return DL_OK;
+    DL_TRY(dl_be_upload(&t->ctx, t->d.m, t->m, b));
+    return dl_be_upload(&t->ctx, t->d.v, t->v, b);
 }
 
 static int save_state(trainer *t, const char *path, int step, int epoch, int64_t micro)
@@ -541,9 +570,11 @@ static int save_state(trainer *t, const char *path, int step, int epoch, int64_t
     dl_batcher_state bs;
     dl_batcher_get_state(&t->batcher, &bs);
     dl_batcher_state_pack(&bs, words);
+    DL_TRY(dl_lora_net_pull(&t->net));
+    DL_TRY(pull_moments(t));
     dl_train_state s = {
         .step = step, .epoch = epoch, .micro_step = micro, .n_params = t->net.n_params,
-        .params = t->net.params, .m = t->m, .v = t->v, .rng = t->rng, .noise_rng = t->noise_rng,
+        .params = t->net.host, .m = t->m, .v = t->v, .rng = t->rng, .noise_rng = t->noise_rng,
         .data_state = (uint8_t *)words, .data_state_len = sizeof words, .signature = t->signature,
         .config_json = t->config_json,
     };
@@ -702,9 +733,9 @@ static int setup_model(trainer *t)
     if (dl_clip_weights_bytes(&t->ck, &wc) != DL_OK || dl_unet_weights_bytes(&t->ck, &wu) != DL_OK ||
         dl_vae_weights_bytes(&t->ck, &wv) != DL_OK)
         goto fail;
-    DL_TRY(dl_arena_init(&t->w_clip, "text encoder weights", wc));
-    DL_TRY(dl_arena_init(&t->w_unet, "UNet weights", wu));
-    DL_TRY(dl_arena_init(&t->w_vae, "VAE weights", wv));
+    DL_TRY(dl_arena_init_on(&t->w_clip, "text encoder weights", wc, &t->ctx));
+    DL_TRY(dl_arena_init_on(&t->w_unet, "UNet weights", wu, &t->ctx));
+    DL_TRY(dl_arena_init_on(&t->w_vae, "VAE weights", wv, &t->ctx));
     if (dl_clip_load(&t->clip, &t->ck, &t->w_clip) != DL_OK) goto fail;
     t->have_clip = 1;
     if (dl_unet_load(&t->unet, &t->ck, &t->w_unet) != DL_OK) goto fail;
@@ -790,6 +821,7 @@ static int setup_network(trainer *t)
     }
     DL_TRY(dl_lora_net_attach(&t->net, &t->unet, t->train_te ? &t->clip : NULL));
     t->attached = 1;
+    DL_TRY(dl_lora_net_to_backend(&t->ctx, &t->net)); /* parameters, gradients: backend memory */
     t->signature = net_signature(&t->net);
     say(t, "network: %d modules (%d UNet, %d text encoder), %lld parameters, rank %d alpha %g%s", t->net.n,
         t->net.n_unet, t->net.n - t->net.n_unet, (long long)t->net.n_params, c->network_dim, c->network_alpha,
@@ -826,9 +858,9 @@ static int setup_buffers(trainer *t)
         if (cb > scr) scr = cb;
         te = dl_clip_saved_bytes(&t->ck.cfg.text, B, T, t->clip_layers);
     }
-    DL_TRY(dl_arena_init(&t->act, "activations", act + 4096));
-    DL_TRY(dl_arena_init(&t->scratch, "scratch", scr + 4096));
-    if (te) DL_TRY(dl_arena_init(&t->te_arena, "text encoder activations", te + 4096));
+    DL_TRY(dl_arena_init_on(&t->act, "activations", act + 4096, &t->ctx));
+    DL_TRY(dl_arena_init_on(&t->scratch, "scratch", scr + 4096, &t->ctx));
+    if (te) DL_TRY(dl_arena_init_on(&t->te_arena, "text encoder activations", te + 4096, &t->ctx));
     int fail = 0;
     size_t L = (size_t)B * t->max_lat_hw * C, one = (size_t)t->max_lat_hw * C;
     t->img = xcalloc((size_t)t->max_img_hw * 3, sizeof(float), &fail);
@@ -852,6 +884,29 @@ static int setup_buffers(trainer *t)
     t->v = xcalloc((size_t)t->net.n_params, sizeof(float), &fail);
     t->scal = xcalloc(4, sizeof(float), &fail);
     if (fail) return dl_error_set("out of memory allocating training buffers");
+    /* the backend's copies */
+    t->dev = dl_be(&t->ctx)->device_memory;
+#define DEV(f, host, bytes) (t->d.f = t->dev ? dl_be_alloc(&t->ctx, (bytes)) : (host), fail |= !t->d.f)
+    DEV(img, t->img, (size_t)t->max_img_hw * 3 * sizeof(float));
+    DEV(noisy, t->noisy, L * sizeof(float));
+    DEV(target, t->target, L * sizeof(float));
+    DEV(pred, t->pred, L * sizeof(float));
+    DEV(dpred, t->dpred, L * sizeof(float));
+    DEV(context, t->context, (size_t)B * T * t->Dc * sizeof(float));
+    if (t->train_te) DEV(dcontext, t->dcontext, (size_t)B * T * t->Dc * sizeof(float));
+    DEV(tf, t->tf, (size_t)B * sizeof(float));
+    DEV(w, t->w, (size_t)B * sizeof(float));
+    DEV(ids, t->ids, (size_t)B * T * sizeof(int32_t));
+    DEV(m, t->m, (size_t)(t->net.n_params > 0 ? t->net.n_params : 1) * sizeof(float));
+    DEV(v, t->v, (size_t)(t->net.n_params > 0 ? t->net.n_params : 1) * sizeof(float));
+    DEV(scal, t->scal, 4 * sizeof(float));
+#undef DEV
+    if (fail) return dl_error_prefix("allocating the training buffers on %s: ", dl_be(&t->ctx)->name);
+    if (t->dev) {
+        const size_t pb = (size_t)(t->net.n_params > 0 ? t->net.n_params : 1) * sizeof(float);
+        DL_TRY(dl_be(&t->ctx)->fill(&t->ctx, t->d.m, 0, pb));
+        DL_TRY(dl_be(&t->ctx)->fill(&t->ctx, t->d.v, 0, pb));
+    }
     if (t->train_te || !t->static_captions) {
         /* captions are tokenized every step: size the tokenizer's working memory for the longest
          * processed caption and put every caption's words in its BPE cache now, so the steps
@@ -892,8 +947,11 @@ static int setup_caches(trainer *t)
             if (dl_tokenizer_encode_padded(t->tok, t->ds.items[i].caption, t->ids) != DL_OK)
                 return dl_error_prefix("caption of %s: ", t->ds.items[i].image_path);
             size_t mark = dl_arena_mark(&t->scratch);
-            dl_clip_forward(&t->ctx, &t->clip, 1, CTX_T, t->ids, t->clip_layers, 1, t->emb_cache + i * E, &t->scratch);
+            if (t->dev) DL_TRY(dl_be_upload(&t->ctx, t->d.ids, t->ids, sizeof(int32_t) * CTX_T));
+            dl_clip_forward(&t->ctx, &t->clip, 1, CTX_T, t->d.ids, t->clip_layers, 1,
+                            t->dev ? t->d.context : t->emb_cache + i * E, &t->scratch);
             dl_arena_release(&t->scratch, mark);
+            if (t->dev) DL_TRY(dl_be_download(&t->ctx, t->emb_cache + i * E, t->d.context, sizeof(float) * (size_t)E));
         }
         say(t, "cached the text embeddings of %d captions", t->ds.n_items);
     }
@@ -928,6 +986,11 @@ static void teardown(trainer *t)
     dl_arena_free(&t->act);
     dl_arena_free(&t->scratch);
     dl_arena_free(&t->te_arena);
+    if (t->dev) {
+        void *db[] = {t->d.img, t->d.noisy, t->d.target, t->d.pred, t->d.dpred, t->d.context, t->d.dcontext, t->d.tf,
+                      t->d.w, t->d.ids, t->d.m, t->d.v, t->d.scal};
+        for (size_t i = 0; i < sizeof db / sizeof *db; i++) dl_be_free(&t->ctx, db[i]);
+    }
     void *bufs[] = {t->img, t->mean, t->logvar, t->vnoise, t->latents, t->noise, t->noisy, t->target, t->pred,
                     t->dpred, t->tmp, t->context, t->dcontext, t->tf, t->t, t->w, t->ids, t->m, t->v,
                     t->emb_cache, t->signature, t->config_json};
@@ -953,10 +1016,11 @@ static int micro_step(trainer *t, float dloss, double *loss_out, int *epoch_out,
         for (int i = 0; i < n; i++)
             if (dl_tokenizer_encode_padded_w(t->tok, &t->tok_work, b->captions[i], t->ids + i * CTX_T) != DL_OK)
                 return dl_error_prefix("caption of %s: ", t->ds.items[b->items[i]].image_path);
+        if (t->dev) DL_TRY(dl_be_upload(&t->ctx, t->d.ids, t->ids, sizeof(int32_t) * (size_t)n * CTX_T));
         te_mark = dl_arena_mark(&t->te_arena);
         DL_TRY(dl_clip_saved_init(&saved, &t->ck.cfg.text, n, CTX_T, t->clip_layers, &t->te_arena));
         size_t mark = dl_arena_mark(&t->scratch);
-        dl_clip_train_forward(&t->ctx, &t->clip, &saved, t->ids, t->clip_layers, 1, t->context, &t->scratch);
+        dl_clip_train_forward(&t->ctx, &t->clip, &saved, t->d.ids, t->clip_layers, 1, t->d.context, &t->scratch);
         dl_arena_release(&t->scratch, mark);
     } else {
         DL_TRY(batch_context_frozen(t, b));
@@ -964,20 +1028,28 @@ static int micro_step(trainer *t, float dloss, double *loss_out, int *epoch_out,
     dl_objective_batch(t->obj, &t->noise_rng, n, h, w, C, t->latents, t->t, t->noise, t->noisy, t->target, t->w,
                        t->tmp);
     for (int i = 0; i < n; i++) t->tf[i] = (float)t->t[i];
+    const int weighted = dl_objective_weighted(t->obj);
+    if (t->dev) { /* the batch's inputs go up; nothing else crosses until the loss comes back */
+        DL_TRY(dl_be_upload(&t->ctx, t->d.noisy, t->noisy, sizeof(float) * (size_t)(n * D)));
+        DL_TRY(dl_be_upload(&t->ctx, t->d.target, t->target, sizeof(float) * (size_t)(n * D)));
+        DL_TRY(dl_be_upload(&t->ctx, t->d.tf, t->tf, sizeof(float) * (size_t)n));
+        if (weighted) DL_TRY(dl_be_upload(&t->ctx, t->d.w, t->w, sizeof(float) * (size_t)n));
+    }
     size_t act_mark = dl_arena_mark(&t->act);
     dl_unet_tape *tape = &t->tape;
-    dl_unet_train_forward(&t->ctx, &t->unet, tape, n, h, w, t->noisy, t->tf, t->context, CTX_T, t->pred,
+    dl_unet_train_forward(&t->ctx, &t->unet, tape, n, h, w, t->d.noisy, t->d.tf, t->d.context, CTX_T, t->d.pred,
                           t->cfg->gradient_checkpointing, &t->act, &t->scratch);
-    const float *wts = dl_objective_weighted(t->obj) ? t->w : NULL;
-    dl_be(&t->ctx)->mse_loss_forward(&t->ctx, n, D, t->pred, t->target, wts, NULL, t->scal + 0);
-    dl_be(&t->ctx)->mse_loss_backward(&t->ctx, n, D, t->pred, t->target, wts, dloss, t->dpred, NULL);
-    dl_unet_backward(&t->ctx, tape, t->dpred, t->train_te ? t->dcontext : NULL, &t->scratch);
+    const float *wts = weighted ? t->d.w : NULL;
+    dl_be(&t->ctx)->mse_loss_forward(&t->ctx, n, D, t->d.pred, t->d.target, wts, NULL, t->d.scal + 0);
+    dl_be(&t->ctx)->mse_loss_backward(&t->ctx, n, D, t->d.pred, t->d.target, wts, dloss, t->d.dpred, NULL);
+    dl_unet_backward(&t->ctx, tape, t->d.dpred, t->train_te ? t->d.dcontext : NULL, &t->scratch);
     dl_arena_release(&t->act, act_mark);
     if (t->train_te) {
-        dl_clip_backward(&t->ctx, &t->clip, &saved, t->dcontext, &t->scratch);
+        dl_clip_backward(&t->ctx, &t->clip, &saved, t->d.dcontext, &t->scratch);
         dl_arena_release(&t->te_arena, te_mark);
     }
-    const double loss = dl_be_read_f32(&t->ctx, t->scal + 0);
+    const double loss = dl_be_read_f32(&t->ctx, t->d.scal + 0);
+    if (isnan(loss) && dl_be_sync(&t->ctx) != DL_OK) return DL_ERR; /* a device error, not a diverged loss */
     if (!isfinite(loss)) return dl_error_set("the loss became %g at a batch of %s: lower the learning rate", loss,
                                              t->ds.items[b->items[0]].image_path);
     *loss_out = loss;
@@ -1084,9 +1156,10 @@ int dl_train_run(const dl_train_config *cfg, const dl_trainer_opts *opts, dl_tra
         dl_batcher_state bs;
         dl_batcher_state_unpack(&bs, words);
         if (dl_batcher_set_state(&t->batcher, &bs) != DL_OK) { dl_error_prefix("resume: %s: ", cfg->resume); goto out; }
-        memcpy(t->net.params, rs.params, sizeof(float) * (size_t)rs.n_params);
+        memcpy(t->net.host, rs.params, sizeof(float) * (size_t)rs.n_params);
         memcpy(t->m, rs.m, sizeof(float) * (size_t)rs.n_params);
         memcpy(t->v, rs.v, sizeof(float) * (size_t)rs.n_params);
+        if (dl_lora_net_push(&t->net) != DL_OK || push_moments(t) != DL_OK) { dl_error_prefix("resume: "); goto out; }
         t->rng = rs.rng;
         t->noise_rng = rs.noise_rng;
         step = (int)rs.step;
@@ -1115,7 +1188,7 @@ int dl_train_run(const dl_train_config *cfg, const dl_trainer_opts *opts, dl_tra
     int interrupted = 0;
     while (step < t->total_steps) {
         double ts = dl_now_seconds();
-        memset(t->net.grads, 0, sizeof(float) * (size_t)n_all);
+        dl_lora_net_zero_grads(&t->net);
         double loss_sum = 0;
         int cur_epoch = epoch + 1, epoch_end = 0;
         for (int a = 0; a < accum; a++) {
@@ -1127,22 +1200,23 @@ int dl_train_run(const dl_train_config *cfg, const dl_trainer_opts *opts, dl_tra
             if (ee) { epoch_end = 1; break; } /* the epoch's last batch ends an accumulation early */
         }
         /* the gradient norm stays in backend memory: clipping needs no host round trip */
-        dl_be(&t->ctx)->sumsq(&t->ctx, n_all, t->net.grads, t->scal + 1);
         if (cfg->max_grad_norm > 0) {
-            dl_be(&t->ctx)->clip_coef(&t->ctx, t->scal + 1, (float)cfg->max_grad_norm, t->scal + 2);
-            dl_be(&t->ctx)->scale_by(&t->ctx, n_all, t->scal + 2, t->net.grads);
+            dl_be(&t->ctx)->sumsq(&t->ctx, n_all, t->net.grads, t->d.scal + 1);
+            dl_be(&t->ctx)->clip_coef(&t->ctx, t->d.scal + 1, (float)cfg->max_grad_norm, t->d.scal + 2);
+            dl_be(&t->ctx)->scale_by(&t->ctx, n_all, t->d.scal + 2, t->net.grads);
         }
         /* LambdaLR: one multiplier for every group (polynomial's lr_end is relative to the
          * optimizer's default lr, sd-scripts' learning_rate) */
         double mult = dl_lr_multiplier(&t->lrs, step, cfg->learning_rate);
         dl_adamw_hparams hp = {.lr = t->unet_lr * mult, .beta1 = cfg->adam_beta1, .beta2 = cfg->adam_beta2,
                                .eps = cfg->adam_eps, .weight_decay = cfg->weight_decay};
-        if (n_unet > 0) dl_be(&t->ctx)->adamw_step(&t->ctx, n_unet, &hp, step + 1, t->net.params, t->net.grads, t->m, t->v);
+        if (n_unet > 0)
+            dl_be(&t->ctx)->adamw_step(&t->ctx, n_unet, &hp, step + 1, t->net.params, t->net.grads, t->d.m, t->d.v);
         if (n_all > n_unet) {
             dl_adamw_hparams ht = hp;
             ht.lr = t->te_lr * mult;
             dl_be(&t->ctx)->adamw_step(&t->ctx, n_all - n_unet, &ht, step + 1, t->net.params + n_unet, t->net.grads + n_unet,
-                              t->m + n_unet, t->v + n_unet);
+                              t->d.m + n_unet, t->d.v + n_unet);
         }
         step++;
         if (epoch_end) epoch = cur_epoch;
