@@ -277,8 +277,8 @@ dl_dev_status dl_dev_adamw_step(dl_dev *dev, dl_dev_stream *s, int64_t n, double
 /* *out (one fp32 in device memory) = sum of x[i]^2 over fp32 x [n] (dl_cpu_sumsq, accumulated
  * in fp64 in fixed blocks, rounded once). */
 dl_dev_status dl_dev_sumsq(dl_dev *dev, dl_dev_stream *s, int64_t n, const float *x, float *out);
-/* out[i] = a[i] · *scale_dev (a device scalar: gradient clipping without a host round trip:
- * scale = min(1, max_norm / (sqrt(*sumsq) + 1e-6)) computed by dl_dev_clip_coef). */
+/* x[i] *= *coef (a device scalar: gradient clipping without a host round trip:
+ * *coef = min(1, max_norm / (sqrt(*sumsq) + 1e-6)) computed by dl_dev_clip_coef). */
 dl_dev_status dl_dev_clip_coef(dl_dev *dev, dl_dev_stream *s, const float *sumsq, float max_norm, float *coef);
 dl_dev_status dl_dev_scale_by(dl_dev *dev, dl_dev_stream *s, int64_t n, const float *coef, float *x);
 

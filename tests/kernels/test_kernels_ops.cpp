@@ -2,11 +2,18 @@
  * element-wise, normalisation, loss and optimiser kernel against the CPU op it implements
  * (tests/kernels/kcase_ops.h: fp32 1e-6, bf16 1e-2 relative L2, copies bit-exact, reductions
  * run twice for the same bits, outputs NaN-poisoned, guard bytes after every buffer), at SD1.5
- * channel counts and odd sizes, on the 16-byte and the one-element paths. */
+ * channel counts and odd sizes, on the 16-byte and the one-element paths; then the same kernels
+ * through the dl_dev API on the emulated device, where the pointer extents and the streams of
+ * every argument are checked. */
 #include "ops.cu"
 
 #include "kcase_criterion.h"
 #include "kcase_ops.h"
+
+#include "core/error.h"
+#include "device/dl_dev.h"
+
+#include <vector>
 
 #define OPS_ENV_BEGIN(name)                                                                         \
     kc_env e;                                                                                       \
@@ -203,4 +210,143 @@ Test(kernels_ops, random_interleaving)
     kc_run_optim(&e, &op);
     OPS_ENV_END();
     simt::set_order(NULL);
+}
+
+// ---- through the dl_dev API on the emulated device ----
+typedef struct dev_env {
+    dl_dev *dev;
+    dl_dev_stream *s;
+} dev_env;
+
+static void *dev_upload(dev_env *d, const void *h, size_t bytes)
+{
+    void *p = NULL;
+    cr_assert_eq(dl_dev_malloc(d->dev, &p, bytes), DL_DEV_SUCCESS, "%s", dl_error_msg());
+    if (h) cr_assert_eq(dl_dev_memcpy_h2d(d->dev, p, h, bytes, d->s), DL_DEV_SUCCESS, "%s", dl_error_msg());
+    return p;
+}
+static void dev_download(dev_env *d, void *h, const void *p, size_t bytes)
+{
+    cr_assert_eq(dl_dev_memcpy_d2h(d->dev, h, p, bytes, d->s), DL_DEV_SUCCESS, "%s", dl_error_msg());
+    cr_assert_eq(dl_dev_stream_synchronize(d->dev, d->s), DL_DEV_SUCCESS);
+}
+static double rel_l2(const float *a, const float *b, size_t n) { return kc_rel_l2(a, b, n); }
+
+Test(kernels_ops, device_api_matches_cpu)
+{
+    dev_env d = {dl_dev_open(DL_DEV_EMULATED), NULL};
+    cr_assert(d.dev, "dl_dev_open: %s", dl_error_msg());
+    cr_assert_eq(dl_dev_stream_create(d.dev, &d.s, "ops"), DL_DEV_SUCCESS);
+    const int64_t M = 77, C = 96, n = M * C;
+    std::vector<float> x(n), g(C), b(C), y(n), y_ref(n), mu(M), rs(M), mu_ref(M), rs_ref(M);
+    kc_fill(x.data(), n, 161, -2.0f, 2.0f);
+    kc_fill(g.data(), C, 162, 0.5f, 1.5f);
+    kc_fill(b.data(), C, 163, -0.5f, 0.5f);
+    float *dx = (float *)dev_upload(&d, x.data(), n * 4), *dg = (float *)dev_upload(&d, g.data(), C * 4);
+    float *db = (float *)dev_upload(&d, b.data(), C * 4), *dy = (float *)dev_upload(&d, NULL, n * 4);
+    float *dmu = (float *)dev_upload(&d, NULL, M * 4), *drs = (float *)dev_upload(&d, NULL, M * 4);
+
+    // layer norm, then quick GELU in place, against the CPU ops
+    cr_assert_eq(dl_dev_layernorm_forward(d.dev, d.s, DL_F32, M, C, 1e-5f, dx, dg, db, dy, dmu, drs), DL_DEV_SUCCESS,
+                 "%s", dl_error_msg());
+    cr_assert_eq(dl_dev_act_forward(d.dev, d.s, DL_F32, DL_ACT_QUICK_GELU, n, dy, dy), DL_DEV_SUCCESS, "%s",
+                 dl_error_msg());
+    dl_cpu_layernorm_forward(tu_ctx(), M, C, 1e-5f, x.data(), g.data(), b.data(), y_ref.data(), mu_ref.data(),
+                             rs_ref.data());
+    dl_cpu_act_forward(tu_ctx(), DL_ACT_QUICK_GELU, n, y_ref.data(), y_ref.data());
+    dev_download(&d, y.data(), dy, n * 4);
+    dev_download(&d, rs.data(), drs, M * 4);
+    cr_expect_lt(rel_l2(y.data(), y_ref.data(), n), KC_OPS_TOL_F32);
+    cr_expect_lt(rel_l2(rs.data(), rs_ref.data(), M), KC_OPS_TOL_F32);
+
+    // the loss stays in device memory until the host reads it; then the clipping chain
+    float *dloss = (float *)dev_upload(&d, NULL, 4), *dss = (float *)dev_upload(&d, NULL, 4);
+    float *dcoef = (float *)dev_upload(&d, NULL, 4);
+    cr_assert_eq(dl_dev_mse_loss_forward(d.dev, d.s, DL_F32, 7, n / 7, dy, dx, NULL, NULL, dloss), DL_DEV_SUCCESS,
+                 "%s", dl_error_msg());
+    float loss = 0.0f;
+    dev_download(&d, &loss, dloss, 4);
+    const float loss_ref = (float)dl_cpu_mse_loss_forward(tu_ctx(), 7, n / 7, y_ref.data(), x.data(), NULL, NULL);
+    cr_expect_lt(fabsf(loss - loss_ref), 1e-6f * fabsf(loss_ref), "loss %g, CPU %g", loss, loss_ref);
+    cr_assert_eq(dl_dev_sumsq(d.dev, d.s, n, dy, dss), DL_DEV_SUCCESS, "%s", dl_error_msg());
+    cr_assert_eq(dl_dev_clip_coef(d.dev, d.s, dss, 1.0f, dcoef), DL_DEV_SUCCESS, "%s", dl_error_msg());
+    cr_assert_eq(dl_dev_scale_by(d.dev, d.s, n, dcoef, dy), DL_DEV_SUCCESS, "%s", dl_error_msg());
+    const double norm = sqrt(dl_cpu_sumsq(tu_ctx(), n, y_ref.data()));
+    dev_download(&d, y.data(), dy, n * 4);
+    double nrm2 = 0.0;
+    for (int64_t i = 0; i < n; i++) nrm2 += (double)y[i] * y[i];
+    cr_expect(norm > 1.0 && fabs(sqrt(nrm2) - 1.0) < 1e-5, "clipped norm %g (from %g)", sqrt(nrm2), norm);
+
+    void *bufs[] = {dx, dg, db, dy, dmu, drs, dloss, dss, dcoef};
+    for (void *p : bufs) dl_dev_free(d.dev, p);
+    dl_dev_stream_destroy(d.dev, d.s);
+    dl_dev_close(d.dev);
+}
+
+Test(kernels_ops, device_api_checks_arguments)
+{
+    dev_env d = {dl_dev_open(DL_DEV_EMULATED), NULL};
+    cr_assert(d.dev, "dl_dev_open: %s", dl_error_msg());
+    cr_assert_eq(dl_dev_stream_create(d.dev, &d.s, "main"), DL_DEV_SUCCESS);
+    dl_dev_stream *s2 = NULL;
+    cr_assert_eq(dl_dev_stream_create(d.dev, &s2, "side"), DL_DEV_SUCCESS);
+    std::vector<float> h(1024, 0.5f);
+    float *a = (float *)dev_upload(&d, h.data(), 1024 * 4), *b = (float *)dev_upload(&d, h.data(), 1024 * 4);
+    float *y = (float *)dev_upload(&d, NULL, 1024 * 4);
+    cr_assert_eq(dl_dev_stream_synchronize(d.dev, d.s), DL_DEV_SUCCESS);
+
+    // one element past the allocation: the Arg extents catch it before any kernel runs
+    cr_expect_eq(dl_dev_add(d.dev, d.s, DL_F32, 1025, a, b, y), DL_DEV_ERR_BAD_POINTER, "%s", dl_error_msg());
+    cr_expect(strstr(dl_error_msg(), "'y'") || strstr(dl_error_msg(), "'a'"), "%s", dl_error_msg());
+    cr_expect_eq(dl_dev_add(d.dev, d.s, DL_BF16, 2049, a, b, y), DL_DEV_ERR_BAD_POINTER, "%s", dl_error_msg());
+    cr_expect_eq(dl_dev_add(d.dev, d.s, DL_BF16, 2048, a, b, y), DL_DEV_SUCCESS, "%s", dl_error_msg());
+    cr_expect_eq(dl_dev_layernorm_forward(d.dev, d.s, DL_F32, 32, 33, 1e-5f, a, NULL, NULL, y, NULL, NULL),
+                 DL_DEV_ERR_BAD_POINTER, "%s", dl_error_msg());
+    cr_expect_eq(dl_dev_upsample_nearest2x_forward(d.dev, d.s, DL_F32, 1, 16, 16, 1, a, y), DL_DEV_SUCCESS, "%s",
+                 dl_error_msg()); // y: 4 x 256 floats, the whole allocation
+    cr_expect_eq(dl_dev_upsample_nearest2x_forward(d.dev, d.s, DL_F32, 1, 16, 17, 1, a, y), DL_DEV_ERR_BAD_POINTER,
+                 "y: 4 x 272 floats"); // x (272 floats) fits, y does not
+    cr_expect_eq(dl_dev_sumsq(d.dev, d.s, 1024, a, (float *)h.data()), DL_DEV_ERR_BAD_POINTER,
+                 "a host pointer as the output");
+
+    // ordering: y written on "main", read on "side" with no event between
+    cr_expect_eq(dl_dev_scale(d.dev, d.s, DL_F32, 1024, 2.0f, a, y), DL_DEV_SUCCESS, "%s", dl_error_msg());
+    cr_expect_eq(dl_dev_sumsq(d.dev, s2, 1024, y, b), DL_DEV_ERR_UNORDERED, "%s", dl_error_msg());
+    cr_expect(strstr(dl_error_msg(), "dl_dev_scale") != NULL, "names the writer: %s", dl_error_msg());
+    dl_dev_event *ev = NULL;
+    cr_assert_eq(dl_dev_event_create(d.dev, &ev), DL_DEV_SUCCESS);
+    cr_assert_eq(dl_dev_event_record(d.dev, ev, d.s), DL_DEV_SUCCESS);
+    cr_assert_eq(dl_dev_stream_wait_event(d.dev, s2, ev), DL_DEV_SUCCESS);
+    cr_expect_eq(dl_dev_sumsq(d.dev, s2, 1024, y, b), DL_DEV_SUCCESS, "%s", dl_error_msg());
+    // b[0] now belongs to "side": an AdamW step reading b as g on "main" is unordered
+    cr_expect_eq(dl_dev_adamw_step(d.dev, d.s, 4, 1e-3, 0.9, 0.999, 1e-8, 0.0, 1, a, b, y, y + 4),
+                 DL_DEV_ERR_UNORDERED, "%s", dl_error_msg());
+    float ss = 0.0f;
+    cr_assert_eq(dl_dev_memcpy_d2h(d.dev, &ss, b, 4, s2), DL_DEV_SUCCESS, "%s", dl_error_msg());
+    cr_assert_eq(dl_dev_stream_synchronize(d.dev, s2), DL_DEV_SUCCESS); // the host, then "main", after "side"
+    cr_expect_eq(ss, 1024.0f, "sum of 1024 ones squared: %g", ss);
+    cr_expect_eq(dl_dev_adamw_step(d.dev, d.s, 4, 1e-3, 0.9, 0.999, 1e-8, 0.0, 1, a, b, y, y + 4), DL_DEV_SUCCESS,
+                 "%s", dl_error_msg());
+    cr_assert_eq(dl_dev_synchronize(d.dev), DL_DEV_SUCCESS);
+
+    // a token id outside the vocabulary names the id; a bad dtype and a bad alias
+    std::vector<int32_t> ids = {0, 3, 7, 2};
+    int32_t *dids = (int32_t *)dev_upload(&d, ids.data(), ids.size() * 4);
+    cr_expect_eq(dl_dev_embed_tokens(d.dev, d.s, DL_F32, 2, 2, 8, 8, dids, a, b, y), DL_DEV_SUCCESS, "%s",
+                 dl_error_msg());
+    cr_expect_eq(dl_dev_embed_tokens(d.dev, d.s, DL_F32, 2, 2, 8, 7, dids, a, b, y), DL_DEV_ERR_BAD_PARAM);
+    cr_expect(strstr(dl_error_msg(), "token id 7") != NULL, "%s", dl_error_msg());
+    cr_expect_eq(dl_dev_act_forward(d.dev, d.s, DL_F16, 0, 16, a, y), DL_DEV_ERR_NOT_SUPPORTED);
+    cr_expect_eq(dl_dev_act_forward(d.dev, d.s, DL_F32, 7, 16, a, y), DL_DEV_ERR_BAD_PARAM);
+    cr_expect_eq(dl_dev_axpy(d.dev, d.s, DL_F32, 16, 1.0f, a, a + 8), DL_DEV_ERR_BAD_PARAM, "overlapping x and y");
+    cr_expect_eq(dl_dev_geglu_forward(d.dev, d.s, DL_F32, 4, 8, a, a + 16), DL_DEV_ERR_BAD_PARAM, "y inside x");
+    cr_expect_eq(dl_dev_pad2d_forward(d.dev, d.s, DL_F32, 1, 2, 2, 1, 0, -1, 0, 0, a, y), DL_DEV_ERR_BAD_PARAM);
+    cr_expect_eq(dl_dev_mse_loss_forward(d.dev, d.s, DL_F32, 0, 4, a, b, NULL, NULL, y), DL_DEV_ERR_BAD_PARAM);
+
+    dl_dev_event_destroy(d.dev, ev);
+    void *bufs[] = {a, b, y, dids};
+    for (void *p : bufs) dl_dev_free(d.dev, p);
+    dl_dev_stream_destroy(d.dev, s2);
+    dl_dev_stream_destroy(d.dev, d.s);
+    dl_dev_close(d.dev);
 }
