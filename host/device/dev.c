@@ -74,6 +74,14 @@ void dl_dev_close(dl_dev *dev)
 dl_dev_kind dl_dev_kind_of(const dl_dev *dev) { return dev->kind; }
 const char *dl_dev_name(const dl_dev *dev) { return dev->vt->name(dev); }
 dl_dev_status dl_dev_synchronize(dl_dev *dev) { return dev->vt->synchronize(dev); }
+dl_dev_status dl_dev_mem_info(dl_dev *dev, size_t *free_bytes, size_t *total_bytes)
+{
+    *free_bytes = *total_bytes = 0;
+#ifdef DANLU_DEV_HAVE_REAL
+    if (dev->kind == DL_DEV_REAL) return dl_dev_cuda_mem_info(dev, free_bytes, total_bytes);
+#endif
+    return dl_dev_fail(DL_DEV_ERR_NOT_SUPPORTED, "dl_dev_mem_info: the emulated device has no fixed memory size");
+}
 
 dl_dev_status dl_dev_malloc(dl_dev *dev, void **p, size_t bytes) { return dev->vt->malloc_(dev, p, bytes); }
 dl_dev_status dl_dev_free(dl_dev *dev, void *p) { return p ? dev->vt->free_(dev, p) : DL_DEV_SUCCESS; }

@@ -54,6 +54,12 @@ int dl_dev_cuda_present(void)
     return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
 }
 
+dl_dev_status dl_dev_cuda_mem_info(dl_dev *d, size_t *free_bytes, size_t *total_bytes)
+{
+    (void)d;
+    return rt(cudaMemGetInfo(free_bytes, total_bytes), "cudaMemGetInfo");
+}
+
 static void real_close(dl_dev *d)
 {
     Real *r = R(d);

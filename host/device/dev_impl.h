@@ -139,6 +139,7 @@ dl_dev *dl_dev_emu_open(void);
 #ifdef DANLU_DEV_HAVE_REAL
 dl_dev *dl_dev_cuda_open(void);
 int dl_dev_cuda_present(void);
+dl_dev_status dl_dev_cuda_mem_info(dl_dev *dev, size_t *free_bytes, size_t *total_bytes);
 #endif
 
 #ifdef __cplusplus

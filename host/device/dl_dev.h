@@ -58,6 +58,9 @@ dl_dev_kind dl_dev_kind_of(const dl_dev *dev);
 const char *dl_dev_name(const dl_dev *dev); /* "emulated" or the GPU's name */
 /* Waits for all streams (cudaDeviceSynchronize). */
 dl_dev_status dl_dev_synchronize(dl_dev *dev);
+/* cudaMemGetInfo: free and total bytes of the device's memory (for progress lines). The emulated
+ * device has no fixed memory size: DL_DEV_ERR_NOT_SUPPORTED. */
+dl_dev_status dl_dev_mem_info(dl_dev *dev, size_t *free_bytes, size_t *total_bytes);
 
 /* ---- memory --------------------------------------------------------------------------------- */
 /* cudaMalloc: 256-byte aligned; the emulator fills new memory with 0xFF bytes (NaN). */
