@@ -1,5 +1,6 @@
 /* dl_kernels.h - C-linkage launchers of danlu's hand-written CUDA kernels (attention, group-norm,
- * LoRA), callable from C host code, from the CUDA backend and from the SIMT-emulator tests.
+ * LoRA, the element-wise, normalisation, loss and optimiser ops), callable from C host code, from
+ * the CUDA backend and from the SIMT-emulator tests.
  *
  * Conventions shared by every launcher:
  *   - dt is the storage type of the activations and base weights: DL_F32 or DL_BF16. Math is fp32
@@ -122,6 +123,92 @@ int dl_cuda_lora_merge(dl_dtype dt, int out, int in, int rank, float s, void *W,
                        const float *B, cudaStream_t stream);
 int dl_cuda_lora_unmerge(dl_dtype dt, int out, int in, int rank, float s, void *W, const float *A,
                          const float *B, cudaStream_t stream);
+
+/* ---- element-wise, normalisation, loss and optimiser ops (kernels/ops.cu) -----------------------
+ * Each has exactly the contract of the CPU reference op it names (host/ops/cpu/<family>.h:
+ * argument meaning, layout, overwrite / accumulate and alias rules, NULL outputs skipped) on
+ * device pointers; dt (DL_F32 or DL_BF16, else -1) is the storage type of the activations, math
+ * is fp32. Statistics, per-sample losses, optimiser state and the scalars reductions write are
+ * fp32. Reductions are deterministic (fixed blocking, fp64 accumulation as the CPU ops, no
+ * atomics): the same inputs give the same bits on every run. A size of 0 launches nothing. */
+
+/* activation.h: act is a dl_act (erf GELU, tanh GELU, quick GELU, SiLU). y may alias x; dx may
+ * alias dy, not x. */
+int dl_cuda_act_forward(dl_dtype dt, int act, int64_t n, const void *x, void *y, cudaStream_t stream);
+int dl_cuda_act_backward(dl_dtype dt, int act, int64_t n, const void *x, const void *dy, void *dx,
+                         cudaStream_t stream);
+/* GEGLU: x [M, 2D] (hidden | gate) -> y [M, D] = hidden · gelu(gate) (erf); backward dx [M, 2D]. */
+int dl_cuda_geglu_forward(dl_dtype dt, int64_t M, int64_t D, const void *x, void *y, cudaStream_t stream);
+int dl_cuda_geglu_backward(dl_dtype dt, int64_t M, int64_t D, const void *x, const void *dy, void *dx,
+                           cudaStream_t stream);
+/* elementwise.h: y = a + b (y may alias a or b); y = alpha·x (y may alias x); y += alpha·x (x must
+ * not be y: -1). */
+int dl_cuda_add(dl_dtype dt, int64_t n, const void *a, const void *b, void *y, cudaStream_t stream);
+int dl_cuda_scale(dl_dtype dt, int64_t n, float alpha, const void *x, void *y, cudaStream_t stream);
+int dl_cuda_axpy(dl_dtype dt, int64_t n, float alpha, const void *x, void *y, cudaStream_t stream);
+/* y [N, HW, C] = x + v[c] (v [C]) or x + v[n, c] (per_sample, v [N, C]); v fp32; y may alias x.
+ * Backward: dx = dy (a copy, skipped when dx is NULL or dy), dv [C] or [N, C] fp32 = the sum of
+ * dy over the broadcast axes (NULL skipped). */
+int dl_cuda_add_bcast_forward(dl_dtype dt, int64_t N, int64_t HW, int64_t C, int per_sample, const void *x,
+                              const float *v, void *y, cudaStream_t stream);
+int dl_cuda_add_bcast_backward(dl_dtype dt, int64_t N, int64_t HW, int64_t C, int per_sample, const void *dy,
+                               void *dx, float *dv, cudaStream_t stream);
+/* a [M, C1], b [M, C2] -> y [M, C1 + C2] (a first); backward splits dy into da, db (NULL skipped).
+ * Exact copies of the stored bits. */
+int dl_cuda_concat_channels_forward(dl_dtype dt, int64_t M, int64_t C1, int64_t C2, const void *a,
+                                    const void *b, void *y, cudaStream_t stream);
+int dl_cuda_concat_channels_backward(dl_dtype dt, int64_t M, int64_t C1, int64_t C2, const void *dy, void *da,
+                                     void *db, cudaStream_t stream);
+/* upsample.h: x [N, H, W, C] -> y [N, 2H, 2W, C] nearest (exact copy); backward dx = the sum of
+ * each 2x2 block of dy (overwritten). */
+int dl_cuda_upsample_nearest2x_forward(dl_dtype dt, int64_t N, int64_t H, int64_t W, int64_t C,
+                                       const void *x, void *y, cudaStream_t stream);
+int dl_cuda_upsample_nearest2x_backward(dl_dtype dt, int64_t N, int64_t H, int64_t W, int64_t C,
+                                        const void *dy, void *dx, cudaStream_t stream);
+/* Zero padding x [N, H, W, C] -> y [N, H + top + bottom, W + left + right, C] (pads >= 0) and its
+ * backward, the crop dx [N, H, W, C] = the interior of dy. Exact copies. */
+int dl_cuda_pad2d_forward(dl_dtype dt, int64_t N, int64_t H, int64_t W, int64_t C, int top, int left,
+                          int bottom, int right, const void *x, void *y, cudaStream_t stream);
+int dl_cuda_pad2d_backward(dl_dtype dt, int64_t N, int64_t H, int64_t W, int64_t C, int top, int left,
+                           int bottom, int right, const void *dy, void *dx, cudaStream_t stream);
+/* embedding.h: t [N] fp32 -> out [N, dim] (dt), the fp32 steps of dl_cpu_timestep_embedding
+ * (-1 when dim / 2 - downscale_freq_shift is 0). */
+int dl_cuda_timestep_embedding(dl_dtype dt, int64_t N, int64_t dim, const float *t, int flip_sin_to_cos,
+                               float downscale_freq_shift, float scale, float max_period, void *out,
+                               cudaStream_t stream);
+/* layernorm.h over rows of x [M, C]: gamma, beta [C] fp32 (NULL: 1, 0), mean, rstd [M] fp32
+ * (NULL skipped); y may alias x. Backward: dx [M, C] (may alias dy), dgamma, dbeta [C] fp32, each
+ * overwritten, NULL skipped. */
+int dl_cuda_layernorm_forward(dl_dtype dt, int64_t M, int64_t C, float eps, const void *x, const float *gamma,
+                              const float *beta, void *y, float *mean, float *rstd, cudaStream_t stream);
+int dl_cuda_layernorm_backward(dl_dtype dt, int64_t M, int64_t C, const void *x, const float *gamma,
+                               const float *mean, const float *rstd, const void *dy, void *dx, float *dgamma,
+                               float *dbeta, cudaStream_t stream);
+/* out [N, T, C] (dt) = tok[ids[n, t], :] + pos[t, :]; ids int32 [N, T], tok [V, C], pos [>= T, C]
+ * fp32. An id outside [0, V) is clamped into it (callers check ids where they can). */
+int dl_cuda_embed_tokens(dl_dtype dt, int64_t N, int64_t T, int64_t C, int64_t V, const int32_t *ids,
+                         const float *tok, const float *pos, void *out, cudaStream_t stream);
+/* Row softmax of scale·x, x and y [rows, cols] fp32 (y may alias x), lse [rows] (NULL skipped);
+ * causal_tq > 0 keeps columns j <= row % causal_tq (y is 0 past them). Backward in place:
+ * dp = y ∘ (dp − rowsum(dp ∘ y)). */
+int dl_cuda_softmax_forward(int64_t rows, int64_t cols, float scale, int64_t causal_tq, const float *x, float *y,
+                            float *lse, cudaStream_t stream);
+int dl_cuda_softmax_backward(int64_t rows, int64_t cols, const float *y, float *dp, cudaStream_t stream);
+/* loss.h: pred, target [N, D] (dt), weights [N] fp32 or NULL; per_sample [N] (NULL skipped) and
+ * the loss (*loss, one fp32) written on the device. Backward: dpred = dloss·w[n]·2(pred −
+ * target)/(N·D), dtarget = −dpred, NULL skipped; dpred may alias pred. */
+int dl_cuda_mse_loss_forward(dl_dtype dt, int64_t N, int64_t D, const void *pred, const void *target,
+                             const float *weights, float *per_sample, float *loss, cudaStream_t stream);
+int dl_cuda_mse_loss_backward(dl_dtype dt, int64_t N, int64_t D, const void *pred, const void *target,
+                              const float *weights, float dloss, void *dpred, void *dtarget, cudaStream_t stream);
+/* adamw.h: one AdamW step on fp32 p, g, m, v [n] (the derived constants rounded to fp32 once, as
+ * dl_cpu_adamw_step). *out = Σ x² over fp32 x [n] (fp64 accumulation, one rounding). *coef =
+ * min(1, max_norm / (sqrt(*sumsq) + 1e-6)). x [n] fp32 *= *coef. The scalars are device memory. */
+int dl_cuda_adamw_step(int64_t n, double lr, double beta1, double beta2, double eps, double weight_decay,
+                       int64_t step, float *p, const float *g, float *m, float *v, cudaStream_t stream);
+int dl_cuda_sumsq(int64_t n, const float *x, float *out, cudaStream_t stream);
+int dl_cuda_clip_coef(const float *sumsq, float max_norm, float *coef, cudaStream_t stream);
+int dl_cuda_scale_by(int64_t n, const float *coef, float *x, cudaStream_t stream);
 
 #ifdef __cplusplus
 }

@@ -178,10 +178,14 @@ typedef struct dl_backend {
 
 /* The CPU reference backend (backend_cpu.c): every entry is the dl_cpu_ op of the same name. */
 extern const dl_backend dl_backend_cpu;
-/* The CUDA backend (backend_cuda.c) over the device layer (device/dl_dev.h): the real GPU, or
- * the emulated device when built with -DDANLU_CUDA_DEVICE=emulated or when DANLU_CUDA_DEVICE is
- * "emulated" in the environment. */
+/* The CUDA backend (backend_cuda.c, in the danlu_device library) over the device layer
+ * (device/dl_dev.h), present in every build: open picks the real GPU, or the emulated device
+ * when built with -DDANLU_CUDA_DEVICE=emulated or without a GPU build; DANLU_CUDA_DEVICE=real or
+ * emulated in the environment overrides the build's choice. fp32 tensors. */
 extern const dl_backend dl_backend_cuda;
+/* Times the CUDA backend state of ctx grew a scratch buffer since open (0 for another backend):
+ * constant once every op has run at its largest shape. */
+size_t dl_backend_cuda_grows(const dl_ctx *ctx);
 
 /* Checks that ctx's backend has no pending error (the sticky error of a device backend);
  * DL_OK, or DL_ERR with the message. Synchronises. */
@@ -194,8 +198,8 @@ int dl_be_download(const dl_ctx *ctx, void *host_dst, const void *src, size_t by
 /* One float read back (the loss, a norm): waits for the stream. NAN with a message on error. */
 float dl_be_read_f32(const dl_ctx *ctx, const float *src);
 
-/* The backend named `name` ("cpu", "cuda"), or NULL with dl_error_set naming the backend and
- * why it cannot be used (unknown name, no CUDA in this build, or not yet wired). */
+/* The backend named `name` ("cpu", "cuda"), or NULL with dl_error_set naming the backend (an
+ * unknown name). "cuda" is found in every build; whether a GPU is there is known at open. */
 const dl_backend *dl_backend_find(const char *name);
 
 /* dl_be(ctx), the table that runs ops on ctx (CPU when ctx or ctx->be is NULL), is declared

@@ -4,6 +4,7 @@
 #include "device/dev_impl.h"
 
 #include "core/error.h"
+#include "ops/cpu/activation.h" /* dl_act */
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -73,6 +74,14 @@ void dl_dev_close(dl_dev *dev)
 dl_dev_kind dl_dev_kind_of(const dl_dev *dev) { return dev->kind; }
 const char *dl_dev_name(const dl_dev *dev) { return dev->vt->name(dev); }
 dl_dev_status dl_dev_synchronize(dl_dev *dev) { return dev->vt->synchronize(dev); }
+dl_dev_status dl_dev_mem_info(dl_dev *dev, size_t *free_bytes, size_t *total_bytes)
+{
+    *free_bytes = *total_bytes = 0;
+#ifdef DANLU_DEV_HAVE_REAL
+    if (dev->kind == DL_DEV_REAL) return dl_dev_cuda_mem_info(dev, free_bytes, total_bytes);
+#endif
+    return dl_dev_fail(DL_DEV_ERR_NOT_SUPPORTED, "dl_dev_mem_info: the emulated device has no fixed memory size");
+}
 
 dl_dev_status dl_dev_malloc(dl_dev *dev, void **p, size_t bytes) { return dev->vt->malloc_(dev, p, bytes); }
 dl_dev_status dl_dev_free(dl_dev *dev, void *p) { return p ? dev->vt->free_(dev, p) : DL_DEV_SUCCESS; }
@@ -308,4 +317,297 @@ dl_dev_status dl_dev_lora_merge(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int 
                                 void *W, const float *A, const float *B, int unmerge)
 {
     return dev->vt->lora_merge(dev, s, dt, out, in, rank, scale, W, A, B, unmerge);
+}
+
+/* ---- element-wise, normalisation, loss and optimiser kernels (kernels/ops.cu) ----
+ * The CPU ops' preconditions (host/ops/cpu/<family>.h), checked here so both devices reject the same
+ * calls: a bad size, a missing pointer or a forbidden alias is DL_DEV_ERR_BAD_PARAM, a storage
+ * type other than f32 / bf16 DL_DEV_ERR_NOT_SUPPORTED. */
+#define OPS_REQUIRE(cond, ...)                                                                      \
+    do {                                                                                            \
+        if (!(cond)) return dl_dev_fail(DL_DEV_ERR_BAD_PARAM, __VA_ARGS__);                         \
+    } while (0)
+#define OPS_DTYPE(op, dt)                                                                           \
+    do {                                                                                            \
+        if ((dt) != DL_F32 && (dt) != DL_BF16)                                                      \
+            return dl_dev_fail(DL_DEV_ERR_NOT_SUPPORTED, "%s: dtype %s (f32 or bf16)", op, dl_dtype_name(dt)); \
+    } while (0)
+
+/* 1 if the byte ranges [a, a + na) and [b, b + nb) share a byte. */
+static int ops_overlap(const void *a, size_t na, const void *b, size_t nb)
+{
+    const char *pa = (const char *)a, *pb = (const char *)b;
+    return a && b && na && nb && pa < pb + nb && pb < pa + na;
+}
+
+dl_dev_status dl_dev_act_forward(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int act, int64_t n, const void *x,
+                                 void *y)
+{
+    const char *op = "dl_dev_act_forward";
+    OPS_DTYPE(op, dt);
+    OPS_REQUIRE(act >= 0 && act < DL_ACT_COUNT, "%s: unknown activation %d", op, act);
+    OPS_REQUIRE(n >= 0 && (n == 0 || (x && y)), "%s: n %lld, x %p, y %p", op, (long long)n, x, y);
+    return dev->vt->act_forward(dev, s, dt, act, n, x, y);
+}
+dl_dev_status dl_dev_act_backward(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int act, int64_t n, const void *x,
+                                  const void *dy, void *dx)
+{
+    const char *op = "dl_dev_act_backward";
+    OPS_DTYPE(op, dt);
+    OPS_REQUIRE(act >= 0 && act < DL_ACT_COUNT, "%s: unknown activation %d", op, act);
+    OPS_REQUIRE(n >= 0 && (n == 0 || (x && dy && dx)), "%s: n %lld, x %p, dy %p, dx %p", op, (long long)n, x, dy, dx);
+    OPS_REQUIRE(n == 0 || dx != x, "%s: dx must not alias x (it may alias dy)", op);
+    return dev->vt->act_backward(dev, s, dt, act, n, x, dy, dx);
+}
+dl_dev_status dl_dev_geglu_forward(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int64_t M, int64_t D, const void *x,
+                                   void *y)
+{
+    const char *op = "dl_dev_geglu_forward";
+    OPS_DTYPE(op, dt);
+    OPS_REQUIRE(M >= 0 && D > 0 && (M == 0 || (x && y)), "%s: M %lld, D %lld, x %p, y %p", op, (long long)M,
+                (long long)D, x, y);
+    const size_t es = dl_dtype_size(dt);
+    OPS_REQUIRE(!ops_overlap(x, (size_t)(M * 2 * D) * es, y, (size_t)(M * D) * es), "%s: y overlaps x", op);
+    return dev->vt->geglu_forward(dev, s, dt, M, D, x, y);
+}
+dl_dev_status dl_dev_geglu_backward(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int64_t M, int64_t D, const void *x,
+                                    const void *dy, void *dx)
+{
+    const char *op = "dl_dev_geglu_backward";
+    OPS_DTYPE(op, dt);
+    OPS_REQUIRE(M >= 0 && D > 0 && (M == 0 || (x && dy && dx)), "%s: M %lld, D %lld, x %p, dy %p, dx %p", op,
+                (long long)M, (long long)D, x, dy, dx);
+    const size_t es = dl_dtype_size(dt), nx = (size_t)(M * 2 * D) * es;
+    OPS_REQUIRE(!ops_overlap(dx, nx, x, nx) && !ops_overlap(dx, nx, dy, (size_t)(M * D) * es),
+                "%s: dx overlaps x or dy", op);
+    return dev->vt->geglu_backward(dev, s, dt, M, D, x, dy, dx);
+}
+dl_dev_status dl_dev_add(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int64_t n, const void *a, const void *b, void *y)
+{
+    const char *op = "dl_dev_add";
+    OPS_DTYPE(op, dt);
+    OPS_REQUIRE(n >= 0 && (n == 0 || (a && b && y)), "%s: n %lld, a %p, b %p, y %p", op, (long long)n, a, b, y);
+    return dev->vt->add(dev, s, dt, n, a, b, y);
+}
+dl_dev_status dl_dev_scale(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int64_t n, float alpha, const void *x, void *y)
+{
+    const char *op = "dl_dev_scale";
+    OPS_DTYPE(op, dt);
+    OPS_REQUIRE(n >= 0 && (n == 0 || (x && y)), "%s: n %lld, x %p, y %p", op, (long long)n, x, y);
+    return dev->vt->scale(dev, s, dt, n, alpha, x, y);
+}
+dl_dev_status dl_dev_axpy(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int64_t n, float alpha, const void *x, void *y)
+{
+    const char *op = "dl_dev_axpy";
+    OPS_DTYPE(op, dt);
+    OPS_REQUIRE(n >= 0 && (n == 0 || (x && y)), "%s: n %lld, x %p, y %p", op, (long long)n, x, y);
+    const size_t nb = (size_t)n * dl_dtype_size(dt);
+    OPS_REQUIRE(!ops_overlap(x, nb, y, nb), "%s: x overlaps y", op);
+    return dev->vt->axpy(dev, s, dt, n, alpha, x, y);
+}
+dl_dev_status dl_dev_add_bcast_forward(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int64_t N, int64_t HW, int64_t C,
+                                       int per_sample, const void *x, const float *v, void *y)
+{
+    const char *op = "dl_dev_add_bcast_forward";
+    OPS_DTYPE(op, dt);
+    OPS_REQUIRE(N >= 0 && HW >= 0 && C > 0 && (N * HW == 0 || (x && v && y)),
+                "%s: N %lld, HW %lld, C %lld, x %p, v %p, y %p", op, (long long)N, (long long)HW, (long long)C, x,
+                (const void *)v, y);
+    return dev->vt->add_bcast_forward(dev, s, dt, N, HW, C, per_sample, x, v, y);
+}
+dl_dev_status dl_dev_add_bcast_backward(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int64_t N, int64_t HW, int64_t C,
+                                        int per_sample, const void *dy, void *dx, float *dv)
+{
+    const char *op = "dl_dev_add_bcast_backward";
+    OPS_DTYPE(op, dt);
+    OPS_REQUIRE(N >= 0 && HW >= 0 && C > 0 && dy, "%s: N %lld, HW %lld, C %lld, dy %p", op, (long long)N,
+                (long long)HW, (long long)C, dy);
+    return dev->vt->add_bcast_backward(dev, s, dt, N, HW, C, per_sample, dy, dx, dv);
+}
+dl_dev_status dl_dev_concat_channels_forward(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int64_t M, int64_t C1,
+                                             int64_t C2, const void *a, const void *b, void *y)
+{
+    const char *op = "dl_dev_concat_channels_forward";
+    OPS_DTYPE(op, dt);
+    OPS_REQUIRE(M >= 0 && C1 > 0 && C2 > 0 && (M == 0 || (a && b && y)),
+                "%s: M %lld, C1 %lld, C2 %lld, a %p, b %p, y %p", op, (long long)M, (long long)C1, (long long)C2, a,
+                b, y);
+    const size_t es = dl_dtype_size(dt), ny = (size_t)(M * (C1 + C2)) * es;
+    OPS_REQUIRE(!ops_overlap(y, ny, a, (size_t)(M * C1) * es) && !ops_overlap(y, ny, b, (size_t)(M * C2) * es),
+                "%s: y overlaps a or b", op);
+    return dev->vt->concat_channels_forward(dev, s, dt, M, C1, C2, a, b, y);
+}
+dl_dev_status dl_dev_concat_channels_backward(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int64_t M, int64_t C1,
+                                              int64_t C2, const void *dy, void *da, void *db)
+{
+    const char *op = "dl_dev_concat_channels_backward";
+    OPS_DTYPE(op, dt);
+    OPS_REQUIRE(M >= 0 && C1 > 0 && C2 > 0 && (M == 0 || dy), "%s: M %lld, C1 %lld, C2 %lld, dy %p", op,
+                (long long)M, (long long)C1, (long long)C2, dy);
+    const size_t es = dl_dtype_size(dt), ny = (size_t)(M * (C1 + C2)) * es;
+    OPS_REQUIRE(!ops_overlap(dy, ny, da, (size_t)(M * C1) * es) && !ops_overlap(dy, ny, db, (size_t)(M * C2) * es),
+                "%s: da or db overlaps dy", op);
+    return dev->vt->concat_channels_backward(dev, s, dt, M, C1, C2, dy, da, db);
+}
+dl_dev_status dl_dev_upsample_nearest2x_forward(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int64_t N, int64_t H,
+                                                int64_t W, int64_t C, const void *x, void *y)
+{
+    const char *op = "dl_dev_upsample_nearest2x_forward";
+    OPS_DTYPE(op, dt);
+    OPS_REQUIRE(N >= 0 && H > 0 && W > 0 && C > 0 && (N == 0 || (x && y)),
+                "%s: N %lld, H %lld, W %lld, C %lld, x %p, y %p", op, (long long)N, (long long)H, (long long)W,
+                (long long)C, x, y);
+    const size_t nx = (size_t)(N * H * W * C) * dl_dtype_size(dt);
+    OPS_REQUIRE(!ops_overlap(x, nx, y, 4 * nx), "%s: y overlaps x", op);
+    return dev->vt->upsample_nearest2x_forward(dev, s, dt, N, H, W, C, x, y);
+}
+dl_dev_status dl_dev_upsample_nearest2x_backward(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int64_t N, int64_t H,
+                                                 int64_t W, int64_t C, const void *dy, void *dx)
+{
+    const char *op = "dl_dev_upsample_nearest2x_backward";
+    OPS_DTYPE(op, dt);
+    OPS_REQUIRE(N >= 0 && H > 0 && W > 0 && C > 0 && (N == 0 || (dy && dx)),
+                "%s: N %lld, H %lld, W %lld, C %lld, dy %p, dx %p", op, (long long)N, (long long)H, (long long)W,
+                (long long)C, dy, dx);
+    const size_t nx = (size_t)(N * H * W * C) * dl_dtype_size(dt);
+    OPS_REQUIRE(!ops_overlap(dx, nx, dy, 4 * nx), "%s: dx overlaps dy", op);
+    return dev->vt->upsample_nearest2x_backward(dev, s, dt, N, H, W, C, dy, dx);
+}
+static dl_dev_status ops_pad2d(dl_dev *dev, dl_dev_stream *s, int bwd, dl_dtype dt, int64_t N, int64_t H, int64_t W,
+                               int64_t C, int top, int left, int bottom, int right, const void *src, void *dst)
+{
+    const char *op = bwd ? "dl_dev_pad2d_backward" : "dl_dev_pad2d_forward";
+    OPS_DTYPE(op, dt);
+    OPS_REQUIRE(N >= 0 && H > 0 && W > 0 && C > 0 && (N == 0 || (src && dst)),
+                "%s: N %lld, H %lld, W %lld, C %lld, %s %p, %s %p", op, (long long)N, (long long)H, (long long)W,
+                (long long)C, bwd ? "dy" : "x", src, bwd ? "dx" : "y", dst);
+    OPS_REQUIRE(top >= 0 && left >= 0 && bottom >= 0 && right >= 0, "%s: negative padding (%d, %d, %d, %d)", op, top,
+                left, bottom, right);
+    const size_t es = dl_dtype_size(dt), ni = (size_t)(N * H * W * C) * es,
+                 no = (size_t)(N * (H + top + bottom) * (W + left + right) * C) * es;
+    OPS_REQUIRE(!ops_overlap(src, bwd ? no : ni, dst, bwd ? ni : no), "%s: the output overlaps the input", op);
+    return dev->vt->pad2d(dev, s, bwd, dt, N, H, W, C, top, left, bottom, right, src, dst);
+}
+dl_dev_status dl_dev_pad2d_forward(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int64_t N, int64_t H, int64_t W,
+                                   int64_t C, int top, int left, int bottom, int right, const void *x, void *y)
+{
+    return ops_pad2d(dev, s, 0, dt, N, H, W, C, top, left, bottom, right, x, y);
+}
+dl_dev_status dl_dev_pad2d_backward(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int64_t N, int64_t H, int64_t W,
+                                    int64_t C, int top, int left, int bottom, int right, const void *dy, void *dx)
+{
+    return ops_pad2d(dev, s, 1, dt, N, H, W, C, top, left, bottom, right, dy, dx);
+}
+dl_dev_status dl_dev_timestep_embedding(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int64_t N, int64_t dim,
+                                        const float *t, int flip_sin_to_cos, float downscale_freq_shift, float scale,
+                                        float max_period, void *out)
+{
+    const char *op = "dl_dev_timestep_embedding";
+    OPS_DTYPE(op, dt);
+    OPS_REQUIRE(N >= 0 && dim > 0 && max_period > 0.0f && (N == 0 || (t && out)),
+                "%s: N %lld, dim %lld, max_period %g, t %p, out %p", op, (long long)N, (long long)dim,
+                (double)max_period, (const void *)t, out);
+    OPS_REQUIRE(dim / 2 == 0 || (float)(dim / 2) - downscale_freq_shift != 0.0f,
+                "%s: half dim %lld equals downscale_freq_shift", op, (long long)(dim / 2));
+    return dev->vt->timestep_embedding(dev, s, dt, N, dim, t, flip_sin_to_cos, downscale_freq_shift, scale,
+                                       max_period, out);
+}
+dl_dev_status dl_dev_layernorm_forward(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int64_t M, int64_t C, float eps,
+                                       const void *x, const float *gamma, const float *beta, void *y, float *mean,
+                                       float *rstd)
+{
+    const char *op = "dl_dev_layernorm_forward";
+    OPS_DTYPE(op, dt);
+    OPS_REQUIRE(M >= 0 && M <= INT32_MAX && C > 0 && eps >= 0.0f && (M == 0 || (x && y)),
+                "%s: M %lld, C %lld, eps %g, x %p, y %p", op, (long long)M, (long long)C, (double)eps, x, y);
+    return dev->vt->layernorm_forward(dev, s, dt, M, C, eps, x, gamma, beta, y, mean, rstd);
+}
+dl_dev_status dl_dev_layernorm_backward(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int64_t M, int64_t C,
+                                        const void *x, const float *gamma, const float *mean, const float *rstd,
+                                        const void *dy, void *dx, float *dgamma, float *dbeta)
+{
+    const char *op = "dl_dev_layernorm_backward";
+    OPS_DTYPE(op, dt);
+    OPS_REQUIRE(M >= 0 && M <= INT32_MAX && C > 0 && (M == 0 || (x && mean && rstd && dy)),
+                "%s: M %lld, C %lld, x %p, mean %p, rstd %p, dy %p", op, (long long)M, (long long)C, x,
+                (const void *)mean, (const void *)rstd, dy);
+    return dev->vt->layernorm_backward(dev, s, dt, M, C, x, gamma, mean, rstd, dy, dx, dgamma, dbeta);
+}
+dl_dev_status dl_dev_embed_tokens(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int64_t N, int64_t T, int64_t C,
+                                  int64_t V, const int32_t *ids, const float *tok, const float *pos, void *out)
+{
+    const char *op = "dl_dev_embed_tokens";
+    OPS_DTYPE(op, dt);
+    OPS_REQUIRE(N >= 0 && T >= 0 && C > 0 && V > 0 && (N * T == 0 || (ids && tok && pos && out)),
+                "%s: N %lld, T %lld, C %lld, V %lld, ids %p, tok %p, pos %p, out %p", op, (long long)N, (long long)T,
+                (long long)C, (long long)V, (const void *)ids, (const void *)tok, (const void *)pos, out);
+    return dev->vt->embed_tokens(dev, s, dt, N, T, C, V, ids, tok, pos, out);
+}
+dl_dev_status dl_dev_softmax_forward(dl_dev *dev, dl_dev_stream *s, int64_t rows, int64_t cols, float scale,
+                                     int64_t causal_tq, const float *x, float *y, float *lse)
+{
+    const char *op = "dl_dev_softmax_forward";
+    OPS_REQUIRE(rows >= 0 && cols > 0 && causal_tq >= 0 && (rows == 0 || (x && y)),
+                "%s: rows %lld, cols %lld, causal_tq %lld, x %p, y %p", op, (long long)rows, (long long)cols,
+                (long long)causal_tq, (const void *)x, (const void *)y);
+    return dev->vt->softmax_forward(dev, s, rows, cols, scale, causal_tq, x, y, lse);
+}
+dl_dev_status dl_dev_softmax_backward(dl_dev *dev, dl_dev_stream *s, int64_t rows, int64_t cols, const float *y,
+                                      float *dp)
+{
+    const char *op = "dl_dev_softmax_backward";
+    OPS_REQUIRE(rows >= 0 && cols > 0 && (rows == 0 || (y && dp)), "%s: rows %lld, cols %lld, y %p, dp %p", op,
+                (long long)rows, (long long)cols, (const void *)y, (const void *)dp);
+    return dev->vt->softmax_backward(dev, s, rows, cols, y, dp);
+}
+dl_dev_status dl_dev_mse_loss_forward(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int64_t N, int64_t D,
+                                      const void *pred, const void *target, const float *weights, float *per_sample,
+                                      float *loss)
+{
+    const char *op = "dl_dev_mse_loss_forward";
+    OPS_DTYPE(op, dt);
+    OPS_REQUIRE(N > 0 && D > 0 && pred && target && loss, "%s: N %lld, D %lld, pred %p, target %p, loss %p", op,
+                (long long)N, (long long)D, pred, target, (const void *)loss);
+    return dev->vt->mse_loss_forward(dev, s, dt, N, D, pred, target, weights, per_sample, loss);
+}
+dl_dev_status dl_dev_mse_loss_backward(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int64_t N, int64_t D,
+                                       const void *pred, const void *target, const float *weights, float dloss,
+                                       void *dpred, void *dtarget)
+{
+    const char *op = "dl_dev_mse_loss_backward";
+    OPS_DTYPE(op, dt);
+    OPS_REQUIRE(N > 0 && D > 0 && pred && target, "%s: N %lld, D %lld, pred %p, target %p", op, (long long)N,
+                (long long)D, pred, target);
+    OPS_REQUIRE(!dtarget || (dtarget != pred && dtarget != target), "%s: dtarget must not alias pred or target", op);
+    return dev->vt->mse_loss_backward(dev, s, dt, N, D, pred, target, weights, dloss, dpred, dtarget);
+}
+dl_dev_status dl_dev_adamw_step(dl_dev *dev, dl_dev_stream *s, int64_t n, double lr, double beta1, double beta2,
+                                double eps, double weight_decay, int64_t step, float *p, const float *g, float *m,
+                                float *v)
+{
+    const char *op = "dl_dev_adamw_step";
+    OPS_REQUIRE(n >= 0 && (n == 0 || (p && g && m && v)), "%s: n %lld, p %p, g %p, m %p, v %p", op, (long long)n,
+                (void *)p, (const void *)g, (void *)m, (void *)v);
+    OPS_REQUIRE(step >= 1 && beta1 >= 0 && beta1 < 1 && beta2 >= 0 && beta2 < 1 && eps >= 0,
+                "%s: step %lld, beta1 %g, beta2 %g, eps %g (step >= 1, betas in [0, 1), eps >= 0)", op,
+                (long long)step, beta1, beta2, eps);
+    return dev->vt->adamw_step(dev, s, n, lr, beta1, beta2, eps, weight_decay, step, p, g, m, v);
+}
+dl_dev_status dl_dev_sumsq(dl_dev *dev, dl_dev_stream *s, int64_t n, const float *x, float *out)
+{
+    const char *op = "dl_dev_sumsq";
+    OPS_REQUIRE(n >= 0 && out && (n == 0 || x), "%s: n %lld, x %p, out %p", op, (long long)n, (const void *)x,
+                (void *)out);
+    return dev->vt->sumsq(dev, s, n, x, out);
+}
+dl_dev_status dl_dev_clip_coef(dl_dev *dev, dl_dev_stream *s, const float *sumsq, float max_norm, float *coef)
+{
+    OPS_REQUIRE(sumsq && coef, "dl_dev_clip_coef: sumsq %p, coef %p", (const void *)sumsq, (void *)coef);
+    return dev->vt->clip_coef(dev, s, sumsq, max_norm, coef);
+}
+dl_dev_status dl_dev_scale_by(dl_dev *dev, dl_dev_stream *s, int64_t n, const float *coef, float *x)
+{
+    OPS_REQUIRE(n >= 0 && coef && (n == 0 || x), "dl_dev_scale_by: n %lld, coef %p, x %p", (long long)n,
+                (const void *)coef, (void *)x);
+    return dev->vt->scale_by(dev, s, n, coef, x);
 }

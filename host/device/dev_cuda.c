@@ -1,6 +1,6 @@
 /* dev_cuda.c - the real device (see dl_dev.h): cudart for memory, streams and events, cuBLASLt for
  * GEMM, cuDNN's legacy convolution API (NHWC tensors, KRSC filters), danlu's kernels for group-norm,
- * LoRA and attention. Built only with the CUDA toolkit and cuDNN; it cannot run without a GPU. */
+ * LoRA, attention and the element-wise / normalisation / loss / optimiser ops. Built only with the CUDA toolkit and cuDNN; it cannot run without a GPU. */
 #include "device/dev_impl.h"
 
 #include "core/error.h"
@@ -52,6 +52,12 @@ int dl_dev_cuda_present(void)
 {
     int n = 0;
     return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+}
+
+dl_dev_status dl_dev_cuda_mem_info(dl_dev *d, size_t *free_bytes, size_t *total_bytes)
+{
+    (void)d;
+    return rt(cudaMemGetInfo(free_bytes, total_bytes), "cudaMemGetInfo");
 }
 
 static void real_close(dl_dev *d)
@@ -377,12 +383,189 @@ static dl_dev_status real_lora_merge(dl_dev *d, dl_dev_stream *s, dl_dtype dt, i
     return kcheck("dl_dev_lora_merge", rc);
 }
 
+/* ---- kernels/ops.cu ---- */
+static dl_dev_status real_act_forward(dl_dev *d, dl_dev_stream *s, dl_dtype dt, int act, int64_t n, const void *x,
+                                      void *y)
+{
+    (void)d;
+    return kcheck("dl_dev_act_forward", dl_cuda_act_forward(dt, act, n, x, y, CS(s)));
+}
+static dl_dev_status real_act_backward(dl_dev *d, dl_dev_stream *s, dl_dtype dt, int act, int64_t n, const void *x,
+                                       const void *dy, void *dx)
+{
+    (void)d;
+    return kcheck("dl_dev_act_backward", dl_cuda_act_backward(dt, act, n, x, dy, dx, CS(s)));
+}
+static dl_dev_status real_geglu_forward(dl_dev *d, dl_dev_stream *s, dl_dtype dt, int64_t M, int64_t D,
+                                        const void *x, void *y)
+{
+    (void)d;
+    return kcheck("dl_dev_geglu_forward", dl_cuda_geglu_forward(dt, M, D, x, y, CS(s)));
+}
+static dl_dev_status real_geglu_backward(dl_dev *d, dl_dev_stream *s, dl_dtype dt, int64_t M, int64_t D,
+                                         const void *x, const void *dy, void *dx)
+{
+    (void)d;
+    return kcheck("dl_dev_geglu_backward", dl_cuda_geglu_backward(dt, M, D, x, dy, dx, CS(s)));
+}
+static dl_dev_status real_add(dl_dev *d, dl_dev_stream *s, dl_dtype dt, int64_t n, const void *a, const void *b,
+                              void *y)
+{
+    (void)d;
+    return kcheck("dl_dev_add", dl_cuda_add(dt, n, a, b, y, CS(s)));
+}
+static dl_dev_status real_scale(dl_dev *d, dl_dev_stream *s, dl_dtype dt, int64_t n, float alpha, const void *x,
+                                void *y)
+{
+    (void)d;
+    return kcheck("dl_dev_scale", dl_cuda_scale(dt, n, alpha, x, y, CS(s)));
+}
+static dl_dev_status real_axpy(dl_dev *d, dl_dev_stream *s, dl_dtype dt, int64_t n, float alpha, const void *x,
+                               void *y)
+{
+    (void)d;
+    return kcheck("dl_dev_axpy", dl_cuda_axpy(dt, n, alpha, x, y, CS(s)));
+}
+static dl_dev_status real_add_bcast_forward(dl_dev *d, dl_dev_stream *s, dl_dtype dt, int64_t N, int64_t HW,
+                                            int64_t C, int per_sample, const void *x, const float *v, void *y)
+{
+    (void)d;
+    return kcheck("dl_dev_add_bcast_forward", dl_cuda_add_bcast_forward(dt, N, HW, C, per_sample, x, v, y, CS(s)));
+}
+static dl_dev_status real_add_bcast_backward(dl_dev *d, dl_dev_stream *s, dl_dtype dt, int64_t N, int64_t HW,
+                                             int64_t C, int per_sample, const void *dy, void *dx, float *dv)
+{
+    (void)d;
+    return kcheck("dl_dev_add_bcast_backward",
+                  dl_cuda_add_bcast_backward(dt, N, HW, C, per_sample, dy, dx, dv, CS(s)));
+}
+static dl_dev_status real_concat_forward(dl_dev *d, dl_dev_stream *s, dl_dtype dt, int64_t M, int64_t C1,
+                                         int64_t C2, const void *a, const void *b, void *y)
+{
+    (void)d;
+    return kcheck("dl_dev_concat_channels_forward", dl_cuda_concat_channels_forward(dt, M, C1, C2, a, b, y, CS(s)));
+}
+static dl_dev_status real_concat_backward(dl_dev *d, dl_dev_stream *s, dl_dtype dt, int64_t M, int64_t C1,
+                                          int64_t C2, const void *dy, void *da, void *db)
+{
+    (void)d;
+    return kcheck("dl_dev_concat_channels_backward",
+                  dl_cuda_concat_channels_backward(dt, M, C1, C2, dy, da, db, CS(s)));
+}
+static dl_dev_status real_upsample_forward(dl_dev *d, dl_dev_stream *s, dl_dtype dt, int64_t N, int64_t H,
+                                           int64_t W, int64_t C, const void *x, void *y)
+{
+    (void)d;
+    return kcheck("dl_dev_upsample_nearest2x_forward", dl_cuda_upsample_nearest2x_forward(dt, N, H, W, C, x, y, CS(s)));
+}
+static dl_dev_status real_upsample_backward(dl_dev *d, dl_dev_stream *s, dl_dtype dt, int64_t N, int64_t H,
+                                            int64_t W, int64_t C, const void *dy, void *dx)
+{
+    (void)d;
+    return kcheck("dl_dev_upsample_nearest2x_backward",
+                  dl_cuda_upsample_nearest2x_backward(dt, N, H, W, C, dy, dx, CS(s)));
+}
+static dl_dev_status real_pad2d(dl_dev *d, dl_dev_stream *s, int bwd, dl_dtype dt, int64_t N, int64_t H, int64_t W,
+                                int64_t C, int top, int left, int bottom, int right, const void *src, void *dst)
+{
+    (void)d;
+    if (bwd)
+        return kcheck("dl_dev_pad2d_backward",
+                      dl_cuda_pad2d_backward(dt, N, H, W, C, top, left, bottom, right, src, dst, CS(s)));
+    return kcheck("dl_dev_pad2d_forward",
+                  dl_cuda_pad2d_forward(dt, N, H, W, C, top, left, bottom, right, src, dst, CS(s)));
+}
+static dl_dev_status real_timestep_embedding(dl_dev *d, dl_dev_stream *s, dl_dtype dt, int64_t N, int64_t dim,
+                                             const float *t, int flip, float shift, float scale, float max_period,
+                                             void *out)
+{
+    (void)d;
+    return kcheck("dl_dev_timestep_embedding",
+                  dl_cuda_timestep_embedding(dt, N, dim, t, flip, shift, scale, max_period, out, CS(s)));
+}
+static dl_dev_status real_layernorm_forward(dl_dev *d, dl_dev_stream *s, dl_dtype dt, int64_t M, int64_t C, float eps,
+                                            const void *x, const float *gamma, const float *beta, void *y,
+                                            float *mean, float *rstd)
+{
+    (void)d;
+    return kcheck("dl_dev_layernorm_forward",
+                  dl_cuda_layernorm_forward(dt, M, C, eps, x, gamma, beta, y, mean, rstd, CS(s)));
+}
+static dl_dev_status real_layernorm_backward(dl_dev *d, dl_dev_stream *s, dl_dtype dt, int64_t M, int64_t C,
+                                             const void *x, const float *gamma, const float *mean, const float *rstd,
+                                             const void *dy, void *dx, float *dgamma, float *dbeta)
+{
+    (void)d;
+    return kcheck("dl_dev_layernorm_backward",
+                  dl_cuda_layernorm_backward(dt, M, C, x, gamma, mean, rstd, dy, dx, dgamma, dbeta, CS(s)));
+}
+static dl_dev_status real_embed_tokens(dl_dev *d, dl_dev_stream *s, dl_dtype dt, int64_t N, int64_t T, int64_t C,
+                                       int64_t V, const int32_t *ids, const float *tok, const float *pos, void *out)
+{
+    (void)d;
+    return kcheck("dl_dev_embed_tokens", dl_cuda_embed_tokens(dt, N, T, C, V, ids, tok, pos, out, CS(s)));
+}
+static dl_dev_status real_softmax_forward(dl_dev *d, dl_dev_stream *s, int64_t rows, int64_t cols, float scale,
+                                          int64_t causal_tq, const float *x, float *y, float *lse)
+{
+    (void)d;
+    return kcheck("dl_dev_softmax_forward", dl_cuda_softmax_forward(rows, cols, scale, causal_tq, x, y, lse, CS(s)));
+}
+static dl_dev_status real_softmax_backward(dl_dev *d, dl_dev_stream *s, int64_t rows, int64_t cols, const float *y,
+                                           float *dp)
+{
+    (void)d;
+    return kcheck("dl_dev_softmax_backward", dl_cuda_softmax_backward(rows, cols, y, dp, CS(s)));
+}
+static dl_dev_status real_mse_forward(dl_dev *d, dl_dev_stream *s, dl_dtype dt, int64_t N, int64_t D,
+                                      const void *pred, const void *target, const float *weights, float *per_sample,
+                                      float *loss)
+{
+    (void)d;
+    return kcheck("dl_dev_mse_loss_forward",
+                  dl_cuda_mse_loss_forward(dt, N, D, pred, target, weights, per_sample, loss, CS(s)));
+}
+static dl_dev_status real_mse_backward(dl_dev *d, dl_dev_stream *s, dl_dtype dt, int64_t N, int64_t D,
+                                       const void *pred, const void *target, const float *weights, float dloss,
+                                       void *dpred, void *dtarget)
+{
+    (void)d;
+    return kcheck("dl_dev_mse_loss_backward",
+                  dl_cuda_mse_loss_backward(dt, N, D, pred, target, weights, dloss, dpred, dtarget, CS(s)));
+}
+static dl_dev_status real_adamw_step(dl_dev *d, dl_dev_stream *s, int64_t n, double lr, double beta1, double beta2,
+                                     double eps, double wd, int64_t step, float *p, const float *g, float *m, float *v)
+{
+    (void)d;
+    return kcheck("dl_dev_adamw_step", dl_cuda_adamw_step(n, lr, beta1, beta2, eps, wd, step, p, g, m, v, CS(s)));
+}
+static dl_dev_status real_sumsq(dl_dev *d, dl_dev_stream *s, int64_t n, const float *x, float *out)
+{
+    (void)d;
+    return kcheck("dl_dev_sumsq", dl_cuda_sumsq(n, x, out, CS(s)));
+}
+static dl_dev_status real_clip_coef(dl_dev *d, dl_dev_stream *s, const float *sumsq, float max_norm, float *coef)
+{
+    (void)d;
+    return kcheck("dl_dev_clip_coef", dl_cuda_clip_coef(sumsq, max_norm, coef, CS(s)));
+}
+static dl_dev_status real_scale_by(dl_dev *d, dl_dev_stream *s, int64_t n, const float *coef, float *x)
+{
+    (void)d;
+    return kcheck("dl_dev_scale_by", dl_cuda_scale_by(n, coef, x, CS(s)));
+}
+
 static const dl_dev_vt kRealVt = {
     real_close, real_name, real_sync, real_malloc, real_free, real_memcpy, real_memset,
     real_stream_create, real_stream_destroy, real_stream_sync, real_event_create, real_event_destroy,
     real_event_record, real_wait, real_event_sync, real_elapsed, real_gemm,
     real_conv_algo, real_conv, real_sdpa_forward, real_sdpa_backward, real_gn_forward, real_gn_backward,
     real_lora_forward, real_lora_backward, real_lora_merge,
+    real_act_forward, real_act_backward, real_geglu_forward, real_geglu_backward, real_add, real_scale, real_axpy,
+    real_add_bcast_forward, real_add_bcast_backward, real_concat_forward, real_concat_backward,
+    real_upsample_forward, real_upsample_backward, real_pad2d, real_timestep_embedding, real_layernorm_forward,
+    real_layernorm_backward, real_embed_tokens, real_softmax_forward, real_softmax_backward, real_mse_forward,
+    real_mse_backward, real_adamw_step, real_sumsq, real_clip_coef, real_scale_by,
 };
 
 dl_dev *dl_dev_cuda_open(void)

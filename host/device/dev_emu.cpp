@@ -28,10 +28,39 @@
 #define dl_cuda_lora_conv1x1_backward dl_emu_k_lora_conv1x1_backward
 #define dl_cuda_lora_merge dl_emu_k_lora_merge
 #define dl_cuda_lora_unmerge dl_emu_k_lora_unmerge
+#define dl_cuda_act_forward dl_emu_k_act_forward
+#define dl_cuda_act_backward dl_emu_k_act_backward
+#define dl_cuda_geglu_forward dl_emu_k_geglu_forward
+#define dl_cuda_geglu_backward dl_emu_k_geglu_backward
+#define dl_cuda_add dl_emu_k_add
+#define dl_cuda_scale dl_emu_k_scale
+#define dl_cuda_axpy dl_emu_k_axpy
+#define dl_cuda_add_bcast_forward dl_emu_k_add_bcast_forward
+#define dl_cuda_add_bcast_backward dl_emu_k_add_bcast_backward
+#define dl_cuda_concat_channels_forward dl_emu_k_concat_channels_forward
+#define dl_cuda_concat_channels_backward dl_emu_k_concat_channels_backward
+#define dl_cuda_upsample_nearest2x_forward dl_emu_k_upsample_nearest2x_forward
+#define dl_cuda_upsample_nearest2x_backward dl_emu_k_upsample_nearest2x_backward
+#define dl_cuda_pad2d_forward dl_emu_k_pad2d_forward
+#define dl_cuda_pad2d_backward dl_emu_k_pad2d_backward
+#define dl_cuda_timestep_embedding dl_emu_k_timestep_embedding
+#define dl_cuda_layernorm_forward dl_emu_k_layernorm_forward
+#define dl_cuda_layernorm_backward dl_emu_k_layernorm_backward
+#define dl_cuda_embed_tokens dl_emu_k_embed_tokens
+#define dl_cuda_softmax_forward dl_emu_k_softmax_forward
+#define dl_cuda_softmax_backward dl_emu_k_softmax_backward
+#define dl_cuda_mse_loss_forward dl_emu_k_mse_loss_forward
+#define dl_cuda_mse_loss_backward dl_emu_k_mse_loss_backward
+#define dl_cuda_adamw_step dl_emu_k_adamw_step
+#define dl_cuda_sumsq dl_emu_k_sumsq
+#define dl_cuda_clip_coef dl_emu_k_clip_coef
+#define dl_cuda_scale_by dl_emu_k_scale_by
+#include "ops/cpu/activation.h" /* ops.cu's dl_act, outside the namespace */
 namespace dlk {
 #include "attention.cu"
 #include "groupnorm.cu"
 #include "lora.cu"
+#include "ops.cu"
 } // namespace dlk
 
 #include "device/dev_impl.h"
@@ -872,12 +901,274 @@ dl_dev_status emu_lora_merge(dl_dev *d, dl_dev_stream *s, dl_dtype dt, int out, 
     return st;
 }
 
+/* ---- kernels/ops.cu: element-wise, normalisation, loss and optimiser kernels ----
+ * Each entry lists its pointer arguments with the exact bytes the op reads or writes (an output
+ * that the op also reads is listed twice, read and write), then runs the launcher on the shadow
+ * addresses; run_kernel does the checks, the launch and the write records. */
+template <typename F>
+dl_dev_status run_kernel(dl_dev *d, dl_dev_stream *s, const char *op, const Arg *a, int n, F launch)
+{
+    Emu *e = E(d);
+    std::lock_guard<std::mutex> lk(e->mu);
+    dl_dev_status st = check_args(e, S(s), op, a, n);
+    if (st != DL_DEV_SUCCESS) return st;
+    st = kernel_rc(op, launch(e));
+    if (st == DL_DEV_SUCCESS) record_writes(e, S(s), op, a, n);
+    return st;
+}
+inline size_t nbytes(int64_t count, dl_dtype dt) { return (size_t)count * dl_dtype_size(dt); }
+
+dl_dev_status emu_act_forward(dl_dev *d, dl_dev_stream *s, dl_dtype dt, int act, int64_t n, const void *x, void *y)
+{
+    Arg a[2] = {{"x", x, nbytes(n, dt), false}, {"y", y, nbytes(n, dt), true}};
+    return run_kernel(d, s, "dl_dev_act_forward", a, 2,
+                      [&](Emu *e) { return dlk::dl_cuda_act_forward(dt, act, n, X(e, x), X(e, y), nullptr); });
+}
+dl_dev_status emu_act_backward(dl_dev *d, dl_dev_stream *s, dl_dtype dt, int act, int64_t n, const void *x,
+                               const void *dy, void *dx)
+{
+    Arg a[3] = {{"x", x, nbytes(n, dt), false}, {"dy", dy, nbytes(n, dt), false}, {"dx", dx, nbytes(n, dt), true}};
+    return run_kernel(d, s, "dl_dev_act_backward", a, 3, [&](Emu *e) {
+        return dlk::dl_cuda_act_backward(dt, act, n, X(e, x), X(e, dy), X(e, dx), nullptr);
+    });
+}
+dl_dev_status emu_geglu_forward(dl_dev *d, dl_dev_stream *s, dl_dtype dt, int64_t M, int64_t D, const void *x,
+                                void *y)
+{
+    Arg a[2] = {{"x", x, nbytes(M * 2 * D, dt), false}, {"y", y, nbytes(M * D, dt), true}};
+    return run_kernel(d, s, "dl_dev_geglu_forward", a, 2,
+                      [&](Emu *e) { return dlk::dl_cuda_geglu_forward(dt, M, D, X(e, x), X(e, y), nullptr); });
+}
+dl_dev_status emu_geglu_backward(dl_dev *d, dl_dev_stream *s, dl_dtype dt, int64_t M, int64_t D, const void *x,
+                                 const void *dy, void *dx)
+{
+    Arg a[3] = {{"x", x, nbytes(M * 2 * D, dt), false}, {"dy", dy, nbytes(M * D, dt), false},
+                {"dx", dx, nbytes(M * 2 * D, dt), true}};
+    return run_kernel(d, s, "dl_dev_geglu_backward", a, 3, [&](Emu *e) {
+        return dlk::dl_cuda_geglu_backward(dt, M, D, X(e, x), X(e, dy), X(e, dx), nullptr);
+    });
+}
+dl_dev_status emu_add(dl_dev *d, dl_dev_stream *s, dl_dtype dt, int64_t n, const void *x, const void *b, void *y)
+{
+    Arg a[3] = {{"a", x, nbytes(n, dt), false}, {"b", b, nbytes(n, dt), false}, {"y", y, nbytes(n, dt), true}};
+    return run_kernel(d, s, "dl_dev_add", a, 3,
+                      [&](Emu *e) { return dlk::dl_cuda_add(dt, n, X(e, x), X(e, b), X(e, y), nullptr); });
+}
+dl_dev_status emu_scale(dl_dev *d, dl_dev_stream *s, dl_dtype dt, int64_t n, float alpha, const void *x, void *y)
+{
+    Arg a[2] = {{"x", x, nbytes(n, dt), false}, {"y", y, nbytes(n, dt), true}};
+    return run_kernel(d, s, "dl_dev_scale", a, 2,
+                      [&](Emu *e) { return dlk::dl_cuda_scale(dt, n, alpha, X(e, x), X(e, y), nullptr); });
+}
+dl_dev_status emu_axpy(dl_dev *d, dl_dev_stream *s, dl_dtype dt, int64_t n, float alpha, const void *x, void *y)
+{
+    Arg a[3] = {{"x", x, nbytes(n, dt), false}, {"y (read)", y, nbytes(n, dt), false}, {"y", y, nbytes(n, dt), true}};
+    return run_kernel(d, s, "dl_dev_axpy", a, 3,
+                      [&](Emu *e) { return dlk::dl_cuda_axpy(dt, n, alpha, X(e, x), X(e, y), nullptr); });
+}
+dl_dev_status emu_add_bcast_forward(dl_dev *d, dl_dev_stream *s, dl_dtype dt, int64_t N, int64_t HW, int64_t C,
+                                    int per_sample, const void *x, const float *v, void *y)
+{
+    const size_t nx = nbytes(N * HW * C, dt);
+    Arg a[3] = {{"x", x, nx, false}, {"v", N * HW != 0 ? v : nullptr, (size_t)((per_sample ? N : 1) * C) * 4, false},
+                {"y", y, nx, true}};
+    return run_kernel(d, s, "dl_dev_add_bcast_forward", a, 3, [&](Emu *e) {
+        return dlk::dl_cuda_add_bcast_forward(dt, N, HW, C, per_sample, X(e, x), X(e, v), X(e, y), nullptr);
+    });
+}
+dl_dev_status emu_add_bcast_backward(dl_dev *d, dl_dev_stream *s, dl_dtype dt, int64_t N, int64_t HW, int64_t C,
+                                     int per_sample, const void *dy, void *dx, float *dv)
+{
+    const size_t nx = nbytes(N * HW * C, dt);
+    Arg a[3] = {{"dy", dy, nx, false}, {"dx", dx != dy ? dx : nullptr, nx, true}, /* dx == dy: nothing written */
+                {"dv", dv, (size_t)((per_sample ? N : 1) * C) * 4, true}};
+    return run_kernel(d, s, "dl_dev_add_bcast_backward", a, 3, [&](Emu *e) {
+        return dlk::dl_cuda_add_bcast_backward(dt, N, HW, C, per_sample, X(e, dy), X(e, dx), X(e, dv), nullptr);
+    });
+}
+dl_dev_status emu_concat_forward(dl_dev *d, dl_dev_stream *s, dl_dtype dt, int64_t M, int64_t C1, int64_t C2,
+                                 const void *x, const void *b, void *y)
+{
+    Arg a[3] = {{"a", x, nbytes(M * C1, dt), false}, {"b", b, nbytes(M * C2, dt), false},
+                {"y", y, nbytes(M * (C1 + C2), dt), true}};
+    return run_kernel(d, s, "dl_dev_concat_channels_forward", a, 3, [&](Emu *e) {
+        return dlk::dl_cuda_concat_channels_forward(dt, M, C1, C2, X(e, x), X(e, b), X(e, y), nullptr);
+    });
+}
+dl_dev_status emu_concat_backward(dl_dev *d, dl_dev_stream *s, dl_dtype dt, int64_t M, int64_t C1, int64_t C2,
+                                  const void *dy, void *da, void *db)
+{
+    Arg a[3] = {{"dy", da || db ? dy : nullptr, nbytes(M * (C1 + C2), dt), false},
+                {"da", da, nbytes(M * C1, dt), true}, {"db", db, nbytes(M * C2, dt), true}};
+    return run_kernel(d, s, "dl_dev_concat_channels_backward", a, 3, [&](Emu *e) {
+        return dlk::dl_cuda_concat_channels_backward(dt, M, C1, C2, X(e, dy), X(e, da), X(e, db), nullptr);
+    });
+}
+dl_dev_status emu_upsample_forward(dl_dev *d, dl_dev_stream *s, dl_dtype dt, int64_t N, int64_t H, int64_t W,
+                                   int64_t C, const void *x, void *y)
+{
+    const size_t nx = nbytes(N * H * W * C, dt);
+    Arg a[2] = {{"x", x, nx, false}, {"y", y, 4 * nx, true}};
+    return run_kernel(d, s, "dl_dev_upsample_nearest2x_forward", a, 2, [&](Emu *e) {
+        return dlk::dl_cuda_upsample_nearest2x_forward(dt, N, H, W, C, X(e, x), X(e, y), nullptr);
+    });
+}
+dl_dev_status emu_upsample_backward(dl_dev *d, dl_dev_stream *s, dl_dtype dt, int64_t N, int64_t H, int64_t W,
+                                    int64_t C, const void *dy, void *dx)
+{
+    const size_t nx = nbytes(N * H * W * C, dt);
+    Arg a[2] = {{"dy", dy, 4 * nx, false}, {"dx", dx, nx, true}};
+    return run_kernel(d, s, "dl_dev_upsample_nearest2x_backward", a, 2, [&](Emu *e) {
+        return dlk::dl_cuda_upsample_nearest2x_backward(dt, N, H, W, C, X(e, dy), X(e, dx), nullptr);
+    });
+}
+dl_dev_status emu_pad2d(dl_dev *d, dl_dev_stream *s, int bwd, dl_dtype dt, int64_t N, int64_t H, int64_t W, int64_t C,
+                        int top, int left, int bottom, int right, const void *src, void *dst)
+{
+    const size_t ni = nbytes(N * H * W * C, dt), no = nbytes(N * (H + top + bottom) * (W + left + right) * C, dt);
+    Arg a[2] = {{bwd ? "dy" : "x", src, bwd ? no : ni, false}, {bwd ? "dx" : "y", dst, bwd ? ni : no, true}};
+    return run_kernel(d, s, bwd ? "dl_dev_pad2d_backward" : "dl_dev_pad2d_forward", a, 2, [&](Emu *e) {
+        return bwd ? dlk::dl_cuda_pad2d_backward(dt, N, H, W, C, top, left, bottom, right, X(e, src), X(e, dst), nullptr)
+                   : dlk::dl_cuda_pad2d_forward(dt, N, H, W, C, top, left, bottom, right, X(e, src), X(e, dst), nullptr);
+    });
+}
+dl_dev_status emu_timestep_embedding(dl_dev *d, dl_dev_stream *s, dl_dtype dt, int64_t N, int64_t dim, const float *t,
+                                     int flip, float shift, float scale, float max_period, void *out)
+{
+    Arg a[2] = {{"t", t, (size_t)N * 4, false}, {"out", out, nbytes(N * dim, dt), true}};
+    return run_kernel(d, s, "dl_dev_timestep_embedding", a, 2, [&](Emu *e) {
+        return dlk::dl_cuda_timestep_embedding(dt, N, dim, X(e, t), flip, shift, scale, max_period, X(e, out), nullptr);
+    });
+}
+dl_dev_status emu_layernorm_forward(dl_dev *d, dl_dev_stream *s, dl_dtype dt, int64_t M, int64_t C, float eps,
+                                    const void *x, const float *gamma, const float *beta, void *y, float *mean,
+                                    float *rstd)
+{
+    const size_t nx = nbytes(M * C, dt), nc = M ? (size_t)C * 4 : 0;
+    Arg a[6] = {{"x", x, nx, false}, {"gamma", gamma, nc, false}, {"beta", beta, nc, false}, {"y", y, nx, true},
+                {"mean", mean, (size_t)M * 4, true}, {"rstd", rstd, (size_t)M * 4, true}};
+    return run_kernel(d, s, "dl_dev_layernorm_forward", a, 6, [&](Emu *e) {
+        return dlk::dl_cuda_layernorm_forward(dt, M, C, eps, X(e, x), X(e, gamma), X(e, beta), X(e, y), X(e, mean),
+                                              X(e, rstd), nullptr);
+    });
+}
+dl_dev_status emu_layernorm_backward(dl_dev *d, dl_dev_stream *s, dl_dtype dt, int64_t M, int64_t C, const void *x,
+                                     const float *gamma, const float *mean, const float *rstd, const void *dy,
+                                     void *dx, float *dgamma, float *dbeta)
+{
+    const size_t nx = nbytes(M * C, dt), ns = (size_t)M * 4;
+    Arg a[8] = {{"x", x, nx, false}, {"gamma", dx ? gamma : nullptr, M ? (size_t)C * 4 : 0, false},
+                {"mean", mean, ns, false}, {"rstd", rstd, ns, false}, {"dy", dy, nx, false}, {"dx", dx, nx, true},
+                {"dgamma", dgamma, (size_t)C * 4, true}, {"dbeta", dbeta, (size_t)C * 4, true}};
+    return run_kernel(d, s, "dl_dev_layernorm_backward", a, 8, [&](Emu *e) {
+        return dlk::dl_cuda_layernorm_backward(dt, M, C, X(e, x), X(e, gamma), X(e, mean), X(e, rstd), X(e, dy),
+                                               X(e, dx), X(e, dgamma), X(e, dbeta), nullptr);
+    });
+}
+dl_dev_status emu_embed_tokens(dl_dev *d, dl_dev_stream *s, dl_dtype dt, int64_t N, int64_t T, int64_t C, int64_t V,
+                               const int32_t *ids, const float *tok, const float *pos, void *out)
+{
+    const char *op = "dl_dev_embed_tokens";
+    const int64_t rows = N * T;
+    Arg a[4] = {{"ids", ids, (size_t)rows * 4, false}, {"tok", rows ? tok : nullptr, (size_t)(V * C) * 4, false},
+                {"pos", rows ? pos : nullptr, (size_t)(T * C) * 4, false}, {"out", out, nbytes(rows * C, dt), true}};
+    Emu *e = E(d);
+    std::lock_guard<std::mutex> lk(e->mu);
+    dl_dev_status st = check_args(e, S(s), op, a, 4);
+    if (st != DL_DEV_SUCCESS) return st;
+    /* the real device clamps a bad id; here it is the caller's error, named before anything runs */
+    const int32_t *hid = X(e, ids);
+    for (int64_t r = 0; r < rows; r++)
+        if (hid[r] < 0 || hid[r] >= V)
+            return dl_dev_fail(DL_DEV_ERR_BAD_PARAM, "%s: token id %d at [n %lld, t %lld] is outside the vocabulary "
+                               "[0, %lld)", op, (int)hid[r], (long long)(r / T), (long long)(r % T), (long long)V);
+    st = kernel_rc(op, dlk::dl_cuda_embed_tokens(dt, N, T, C, V, hid, X(e, tok), X(e, pos), X(e, out), nullptr));
+    if (st == DL_DEV_SUCCESS) record_writes(e, S(s), op, a, 4);
+    return st;
+}
+dl_dev_status emu_softmax_forward(dl_dev *d, dl_dev_stream *s, int64_t rows, int64_t cols, float scale,
+                                  int64_t causal_tq, const float *x, float *y, float *lse)
+{
+    const size_t nx = (size_t)(rows * cols) * 4;
+    Arg a[3] = {{"x", x, nx, false}, {"y", y, nx, true}, {"lse", lse, (size_t)rows * 4, true}};
+    return run_kernel(d, s, "dl_dev_softmax_forward", a, 3, [&](Emu *e) {
+        return dlk::dl_cuda_softmax_forward(rows, cols, scale, causal_tq, X(e, x), X(e, y), X(e, lse), nullptr);
+    });
+}
+dl_dev_status emu_softmax_backward(dl_dev *d, dl_dev_stream *s, int64_t rows, int64_t cols, const float *y, float *dp)
+{
+    const size_t nx = (size_t)(rows * cols) * 4;
+    Arg a[3] = {{"y", y, nx, false}, {"dp (read)", dp, nx, false}, {"dp", dp, nx, true}};
+    return run_kernel(d, s, "dl_dev_softmax_backward", a, 3, [&](Emu *e) {
+        return dlk::dl_cuda_softmax_backward(rows, cols, X(e, y), X(e, dp), nullptr);
+    });
+}
+dl_dev_status emu_mse_forward(dl_dev *d, dl_dev_stream *s, dl_dtype dt, int64_t N, int64_t D, const void *pred,
+                              const void *target, const float *weights, float *per_sample, float *loss)
+{
+    const size_t np = nbytes(N * D, dt);
+    Arg a[5] = {{"pred", pred, np, false}, {"target", target, np, false}, {"weights", weights, (size_t)N * 4, false},
+                {"per_sample", per_sample, (size_t)N * 4, true}, {"loss", loss, 4, true}};
+    return run_kernel(d, s, "dl_dev_mse_loss_forward", a, 5, [&](Emu *e) {
+        return dlk::dl_cuda_mse_loss_forward(dt, N, D, X(e, pred), X(e, target), X(e, weights), X(e, per_sample),
+                                             X(e, loss), nullptr);
+    });
+}
+dl_dev_status emu_mse_backward(dl_dev *d, dl_dev_stream *s, dl_dtype dt, int64_t N, int64_t D, const void *pred,
+                               const void *target, const float *weights, float dloss, void *dpred, void *dtarget)
+{
+    const size_t np = nbytes(N * D, dt);
+    const bool any = dpred || dtarget; /* neither: nothing is read */
+    Arg a[5] = {{"pred", any ? pred : nullptr, np, false}, {"target", any ? target : nullptr, np, false},
+                {"weights", any ? weights : nullptr, (size_t)N * 4, false}, {"dpred", dpred, np, true},
+                {"dtarget", dtarget, np, true}};
+    return run_kernel(d, s, "dl_dev_mse_loss_backward", a, 5, [&](Emu *e) {
+        return dlk::dl_cuda_mse_loss_backward(dt, N, D, X(e, pred), X(e, target), X(e, weights), dloss, X(e, dpred),
+                                              X(e, dtarget), nullptr);
+    });
+}
+dl_dev_status emu_adamw_step(dl_dev *d, dl_dev_stream *s, int64_t n, double lr, double beta1, double beta2, double eps,
+                             double wd, int64_t step, float *p, const float *g, float *m, float *v)
+{
+    const size_t nb = (size_t)n * 4;
+    Arg a[7] = {{"g", g, nb, false},     {"p (read)", p, nb, false}, {"m (read)", m, nb, false},
+                {"v (read)", v, nb, false}, {"p", p, nb, true},         {"m", m, nb, true},
+                {"v", v, nb, true}};
+    return run_kernel(d, s, "dl_dev_adamw_step", a, 7, [&](Emu *e) {
+        return dlk::dl_cuda_adamw_step(n, lr, beta1, beta2, eps, wd, step, X(e, p), X(e, g), X(e, m), X(e, v), nullptr);
+    });
+}
+dl_dev_status emu_sumsq(dl_dev *d, dl_dev_stream *s, int64_t n, const float *x, float *out)
+{
+    Arg a[2] = {{"x", x, (size_t)n * 4, false}, {"out", out, 4, true}};
+    return run_kernel(d, s, "dl_dev_sumsq", a, 2,
+                      [&](Emu *e) { return dlk::dl_cuda_sumsq(n, X(e, x), X(e, out), nullptr); });
+}
+dl_dev_status emu_clip_coef(dl_dev *d, dl_dev_stream *s, const float *sumsq, float max_norm, float *coef)
+{
+    Arg a[2] = {{"sumsq", sumsq, 4, false}, {"coef", coef, 4, true}};
+    return run_kernel(d, s, "dl_dev_clip_coef", a, 2,
+                      [&](Emu *e) { return dlk::dl_cuda_clip_coef(X(e, sumsq), max_norm, X(e, coef), nullptr); });
+}
+dl_dev_status emu_scale_by(dl_dev *d, dl_dev_stream *s, int64_t n, const float *coef, float *x)
+{
+    const size_t nb = (size_t)n * 4;
+    Arg a[3] = {{"coef", n ? coef : nullptr, 4, false}, {"x (read)", x, nb, false}, {"x", x, nb, true}};
+    return run_kernel(d, s, "dl_dev_scale_by", a, 3,
+                      [&](Emu *e) { return dlk::dl_cuda_scale_by(n, X(e, coef), X(e, x), nullptr); });
+}
+
 const dl_dev_vt kEmuVt = {
     emu_close, emu_name, emu_synchronize, emu_malloc, emu_free, emu_memcpy, emu_memset,
     emu_stream_create, emu_stream_destroy, emu_stream_synchronize, emu_event_create, emu_event_destroy,
     emu_event_record, emu_stream_wait_event, emu_event_synchronize, emu_event_elapsed_ms, emu_gemm,
     emu_conv_algo, emu_conv, emu_sdpa_forward, emu_sdpa_backward, emu_gn_forward, emu_gn_backward,
     emu_lora_forward, emu_lora_backward, emu_lora_merge,
+    emu_act_forward, emu_act_backward, emu_geglu_forward, emu_geglu_backward, emu_add, emu_scale, emu_axpy,
+    emu_add_bcast_forward, emu_add_bcast_backward, emu_concat_forward, emu_concat_backward, emu_upsample_forward,
+    emu_upsample_backward, emu_pad2d, emu_timestep_embedding, emu_layernorm_forward, emu_layernorm_backward,
+    emu_embed_tokens, emu_softmax_forward, emu_softmax_backward, emu_mse_forward, emu_mse_backward, emu_adamw_step,
+    emu_sumsq, emu_clip_coef, emu_scale_by,
 };
 
 } // namespace

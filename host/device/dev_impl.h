@@ -65,6 +65,60 @@ typedef struct dl_dev_vt {
                                    const void *dy, void *dx, float *dA, float *dB, int accumulate, float *ws);
     dl_dev_status (*lora_merge)(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int out, int in, int rank, float scale,
                                 void *W, const float *A, const float *B, int unmerge);
+    /* kernels/ops.cu: the arguments of the dl_dev_ calls of the same names (dev.c has checked them) */
+    dl_dev_status (*act_forward)(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int act, int64_t n, const void *x,
+                                 void *y);
+    dl_dev_status (*act_backward)(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int act, int64_t n, const void *x,
+                                  const void *dy, void *dx);
+    dl_dev_status (*geglu_forward)(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int64_t M, int64_t D, const void *x,
+                                   void *y);
+    dl_dev_status (*geglu_backward)(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int64_t M, int64_t D, const void *x,
+                                    const void *dy, void *dx);
+    dl_dev_status (*add)(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int64_t n, const void *a, const void *b, void *y);
+    dl_dev_status (*scale)(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int64_t n, float alpha, const void *x, void *y);
+    dl_dev_status (*axpy)(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int64_t n, float alpha, const void *x, void *y);
+    dl_dev_status (*add_bcast_forward)(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int64_t N, int64_t HW, int64_t C,
+                                       int per_sample, const void *x, const float *v, void *y);
+    dl_dev_status (*add_bcast_backward)(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int64_t N, int64_t HW, int64_t C,
+                                        int per_sample, const void *dy, void *dx, float *dv);
+    dl_dev_status (*concat_channels_forward)(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int64_t M, int64_t C1,
+                                             int64_t C2, const void *a, const void *b, void *y);
+    dl_dev_status (*concat_channels_backward)(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int64_t M, int64_t C1,
+                                              int64_t C2, const void *dy, void *da, void *db);
+    dl_dev_status (*upsample_nearest2x_forward)(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int64_t N, int64_t H,
+                                                int64_t W, int64_t C, const void *x, void *y);
+    dl_dev_status (*upsample_nearest2x_backward)(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int64_t N, int64_t H,
+                                                 int64_t W, int64_t C, const void *dy, void *dx);
+    /* bwd: 0 pad x -> y, 1 crop dy -> dx (src, dst) */
+    dl_dev_status (*pad2d)(dl_dev *dev, dl_dev_stream *s, int bwd, dl_dtype dt, int64_t N, int64_t H, int64_t W,
+                           int64_t C, int top, int left, int bottom, int right, const void *src, void *dst);
+    dl_dev_status (*timestep_embedding)(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int64_t N, int64_t dim,
+                                        const float *t, int flip_sin_to_cos, float downscale_freq_shift, float scale,
+                                        float max_period, void *out);
+    dl_dev_status (*layernorm_forward)(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int64_t M, int64_t C, float eps,
+                                       const void *x, const float *gamma, const float *beta, void *y, float *mean,
+                                       float *rstd);
+    dl_dev_status (*layernorm_backward)(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int64_t M, int64_t C,
+                                        const void *x, const float *gamma, const float *mean, const float *rstd,
+                                        const void *dy, void *dx, float *dgamma, float *dbeta);
+    dl_dev_status (*embed_tokens)(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int64_t N, int64_t T, int64_t C,
+                                  int64_t V, const int32_t *ids, const float *tok, const float *pos, void *out);
+    dl_dev_status (*softmax_forward)(dl_dev *dev, dl_dev_stream *s, int64_t rows, int64_t cols, float scale,
+                                     int64_t causal_tq, const float *x, float *y, float *lse);
+    dl_dev_status (*softmax_backward)(dl_dev *dev, dl_dev_stream *s, int64_t rows, int64_t cols, const float *y,
+                                      float *dp);
+    dl_dev_status (*mse_loss_forward)(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int64_t N, int64_t D,
+                                      const void *pred, const void *target, const float *weights, float *per_sample,
+                                      float *loss);
+    dl_dev_status (*mse_loss_backward)(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int64_t N, int64_t D,
+                                       const void *pred, const void *target, const float *weights, float dloss,
+                                       void *dpred, void *dtarget);
+    dl_dev_status (*adamw_step)(dl_dev *dev, dl_dev_stream *s, int64_t n, double lr, double beta1, double beta2,
+                                double eps, double weight_decay, int64_t step, float *p, const float *g, float *m,
+                                float *v);
+    dl_dev_status (*sumsq)(dl_dev *dev, dl_dev_stream *s, int64_t n, const float *x, float *out);
+    dl_dev_status (*clip_coef)(dl_dev *dev, dl_dev_stream *s, const float *sumsq, float max_norm, float *coef);
+    dl_dev_status (*scale_by)(dl_dev *dev, dl_dev_stream *s, int64_t n, const float *coef, float *x);
 } dl_dev_vt;
 
 struct dl_dev {
@@ -85,6 +139,7 @@ dl_dev *dl_dev_emu_open(void);
 #ifdef DANLU_DEV_HAVE_REAL
 dl_dev *dl_dev_cuda_open(void);
 int dl_dev_cuda_present(void);
+dl_dev_status dl_dev_cuda_mem_info(dl_dev *dev, size_t *free_bytes, size_t *total_bytes);
 #endif
 
 #ifdef __cplusplus

@@ -58,6 +58,9 @@ dl_dev_kind dl_dev_kind_of(const dl_dev *dev);
 const char *dl_dev_name(const dl_dev *dev); /* "emulated" or the GPU's name */
 /* Waits for all streams (cudaDeviceSynchronize). */
 dl_dev_status dl_dev_synchronize(dl_dev *dev);
+/* cudaMemGetInfo: free and total bytes of the device's memory (for progress lines). The emulated
+ * device has no fixed memory size: DL_DEV_ERR_NOT_SUPPORTED. */
+dl_dev_status dl_dev_mem_info(dl_dev *dev, size_t *free_bytes, size_t *total_bytes);
 
 /* ---- memory --------------------------------------------------------------------------------- */
 /* cudaMalloc: 256-byte aligned; the emulator fills new memory with 0xFF bytes (NaN). */
@@ -277,8 +280,8 @@ dl_dev_status dl_dev_adamw_step(dl_dev *dev, dl_dev_stream *s, int64_t n, double
 /* *out (one fp32 in device memory) = sum of x[i]^2 over fp32 x [n] (dl_cpu_sumsq, accumulated
  * in fp64 in fixed blocks, rounded once). */
 dl_dev_status dl_dev_sumsq(dl_dev *dev, dl_dev_stream *s, int64_t n, const float *x, float *out);
-/* out[i] = a[i] · *scale_dev (a device scalar: gradient clipping without a host round trip:
- * scale = min(1, max_norm / (sqrt(*sumsq) + 1e-6)) computed by dl_dev_clip_coef). */
+/* x[i] *= *coef (a device scalar: gradient clipping without a host round trip:
+ * *coef = min(1, max_norm / (sqrt(*sumsq) + 1e-6)) computed by dl_dev_clip_coef). */
 dl_dev_status dl_dev_clip_coef(dl_dev *dev, dl_dev_stream *s, const float *sumsq, float max_norm, float *coef);
 dl_dev_status dl_dev_scale_by(dl_dev *dev, dl_dev_stream *s, int64_t n, const float *coef, float *x);
 
