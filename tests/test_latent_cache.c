@@ -226,13 +226,13 @@ Test(latent_cache, vae_fingerprint_tracks_encoder_weights)
     v.cfg.n_blocks = 1;
     v.enc.conv_in = (dl_conv){.cin = 3, .cout = 2, .k = 1, .stride = 1, .w = w_in};
     v.quant_conv = (dl_linear){.in = 2, .out = 2, .w = w_q};
-    uint64_t a = dl_vae_fingerprint(&v), b = dl_vae_fingerprint(&v);
+    uint64_t a = dl_vae_fingerprint(NULL, &v), b = dl_vae_fingerprint(NULL, &v);
     cr_expect_eq(a, b);
     w_in[4] += 1e-3f;
-    cr_expect_neq(dl_vae_fingerprint(&v), a, "a changed encoder weight changes the fingerprint");
+    cr_expect_neq(dl_vae_fingerprint(NULL, &v), a, "a changed encoder weight changes the fingerprint");
     w_in[4] -= 1e-3f;
     w_q[1] = 0.5f;
-    cr_expect_neq(dl_vae_fingerprint(&v), a);
+    cr_expect_neq(dl_vae_fingerprint(NULL, &v), a);
 }
 
 Test(latent_cache, batch_images_and_latents_follow_the_draws)

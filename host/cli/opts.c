@@ -233,5 +233,10 @@ int dl_cli_ctx_init(struct dl_ctx *ctx, const char *cmd, int threads, const char
         fprintf(stderr, "danlu %s: %s\n", cmd, dl_error_msg());
         return -1;
     }
+    if (be != &dl_backend_cpu) { /* the device and its memory, once */
+        char desc[256];
+        be->describe(ctx, desc, sizeof desc);
+        fprintf(stderr, "danlu %s: backend %s\n", cmd, desc);
+    }
     return 0;
 }

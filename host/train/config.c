@@ -636,12 +636,7 @@ int dl_train_config_finish(dl_train_config *c)
     }
     if (c->network_train_unet_only && c->network_train_text_encoder_only)
         return dl_error_set("network_train_unet_only and network_train_text_encoder_only: both set");
-    const dl_backend *be = dl_backend_find(c->backend);
-    if (!be) return dl_error_prefix("backend: ");
-    if (be->device_memory) /* the networks keep host arenas; backend_cuda.c is tested op by op */
-        return dl_error_set("backend: \"%s\" keeps tensors in device memory, and the networks do not run on such "
-                            "a backend yet (its ops are tested against the CPU: tests/test_backend_table.c); use "
-                            "\"cpu\"", c->backend);
+    if (!dl_backend_find(c->backend)) return dl_error_prefix("backend: ");
     if (!key_accepts("lora_format", c->lora_format, 0))
         return dl_error_set("lora_format: expected 'kohya' or 'peft', got '%s'", c->lora_format);
 

@@ -2,6 +2,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include "train/latent_cache.h"
 
+#include "backend/backend.h"
 #include "core/error.h"
 #include "io/image.h"
 #include "io/safetensors.h"
@@ -28,11 +29,19 @@ static uint64_t fnv_i64(uint64_t h, int64_t v) {
 }
 #define FNV0 0xcbf29ce484222325ULL
 
-static uint64_t hash_floats(uint64_t h, const float *w, size_t n) {
-    return w ? fnv(h, w, n * sizeof *w) : fnv_i64(h, -1);
+/* The weights may be in a device backend's memory: hashed from a host copy then. */
+static uint64_t hash_floats(const dl_ctx *ctx, uint64_t h, const float *w, size_t n) {
+    if (!w) return fnv_i64(h, -1);
+    if (!dl_be(ctx)->device_memory) return fnv(h, w, n * sizeof *w);
+    float *c = malloc(n * sizeof *c + 1);
+    DL_ASSERTF(c, "out of memory hashing %zu VAE weights", n);
+    if (dl_be_download(ctx, c, w, n * sizeof *c) != DL_OK) h = fnv_i64(h, -2); /* the error surfaces at the next sync */
+    else h = fnv(h, c, n * sizeof *c);
+    free(c);
+    return h;
 }
 
-uint64_t dl_vae_fingerprint(const dl_vae *m) {
+uint64_t dl_vae_fingerprint(const dl_ctx *ctx, const dl_vae *m) {
     const dl_vae_config *c = &m->cfg;
     uint64_t h = FNV0;
     int64_t ints[] = {c->in_channels, c->latent_channels, c->n_blocks, c->layers_per_block, c->norm_num_groups,
@@ -41,10 +50,10 @@ uint64_t dl_vae_fingerprint(const dl_vae *m) {
     for (int b = 0; b < c->n_blocks; b++) h = fnv_i64(h, c->block_out_channels[b]);
     const dl_conv *convs[] = {&m->enc.conv_in, &m->enc.conv_out};
     for (int i = 0; i < 2; i++)
-        h = hash_floats(h, convs[i]->w, (size_t)convs[i]->cout * convs[i]->k * convs[i]->k * convs[i]->cin);
+        h = hash_floats(ctx, h, convs[i]->w, (size_t)convs[i]->cout * convs[i]->k * convs[i]->k * convs[i]->cin);
     const dl_linear *lins[] = {&m->quant_conv, &m->enc.mid_attn.q, &m->enc.mid_attn.k, &m->enc.mid_attn.v,
                                &m->enc.mid_attn.out};
-    for (int i = 0; i < 5; i++) h = hash_floats(h, lins[i]->w, (size_t)lins[i]->out * lins[i]->in);
+    for (int i = 0; i < 5; i++) h = hash_floats(ctx, h, lins[i]->w, (size_t)lins[i]->out * lins[i]->in);
     return h;
 }
 

@@ -46,7 +46,7 @@ typedef struct dl_latent_cache {
 
 /* A fingerprint of the VAE encoder: its configuration and the weights of conv_in, conv_out,
  * quant_conv and the mid-block attention (a changed encoder changes these). */
-uint64_t dl_vae_fingerprint(const dl_vae *m);
+uint64_t dl_vae_fingerprint(const dl_ctx *ctx, const dl_vae *m); /* ctx: where m's weights are (NULL: host) */
 
 /* The cache key of item i under cfg (see the file comment). */
 uint64_t dl_latent_cache_key(const dl_dataset_item *it, const dl_latent_cache_cfg *cfg);

@@ -925,7 +925,7 @@ static int setup_caches(trainer *t)
     const dl_train_config *c = t->cfg;
     if (c->cache_latents) {
         dl_latent_cache_cfg lc = {.flip_aug = c->flip_aug, .random_crop = c->random_crop, .latent_channels = t->C,
-                                  .downscale = t->vae_f, .vae_fingerprint = dl_vae_fingerprint(&t->vae),
+                                  .downscale = t->vae_f, .vae_fingerprint = dl_vae_fingerprint(&t->ctx, &t->vae),
                                   .pool = t->ctx.pool, .log = t->log};
         char *dir = NULL;
         if (c->cache_latents_to_disk) {
@@ -1081,6 +1081,11 @@ int dl_train_run(const dl_train_config *cfg, const dl_trainer_opts *opts, dl_tra
     }
     if (dl_ctx_init_backend(&t->ctx, cfg->threads, dl_backend_find(cfg->backend)) != DL_OK) goto out;
     t->ctx_ok = 1;
+    {
+        char desc[256];
+        dl_be(&t->ctx)->describe(&t->ctx, desc, sizeof desc);
+        say(t, "backend: %s", desc);
+    }
     t->seed = cfg->seed >= 0 ? (uint64_t)cfg->seed : ((uint64_t)time(NULL) ^ ((uint64_t)getpid() << 16)) & 0xffffffffu;
     if (cfg->seed < 0) say(t, "seed: %" PRIu64 " (none given)", t->seed);
     t->config_json = dl_train_config_to_json(cfg);
