@@ -32,6 +32,7 @@
 /* ---- the entries: every function pointer of dl_backend, by name and offset ------------------- */
 #define BACKEND_ENTRIES(X)                                                                               \
     X(open) X(close) X(alloc) X(free) X(upload) X(download) X(copy) X(fill) X(synchronize) X(describe)   \
+    X(mem_info)                                                                                        \
     X(linear_forward) X(linear_backward) X(conv2d_forward) X(conv2d_backward) X(groupnorm_forward)       \
     X(groupnorm_backward) X(layernorm_forward) X(layernorm_backward) X(attention_forward)               \
     X(attention_backward) X(act_forward) X(act_backward) X(geglu_forward) X(geglu_backward)             \
@@ -383,6 +384,35 @@ static void run_memory(tgt *t, const tcase *c)
         char small[8];
         be->describe(ctx, small, sizeof small); /* truncated, terminated */
         cr_expect(strlen(small) < sizeof small);
+    } else if (!strcmp(e, "mem_info")) {
+        size_t fr = 1, tot = 1;
+        const int rc = be->mem_info(ctx, &fr, &tot);
+        if (be == &dl_backend_cpu || !strcmp(t->name, "cuda (emulated)")) {
+            cr_expect_eq(rc, DL_ERR, "%s: the memory of the CPU / an unbounded emulated device is not known", t->name);
+        } else {
+            cr_expect_eq(rc, DL_OK, "%s: %s", t->name, dl_error_msg());
+            cr_expect(tot > 0 && fr <= tot, "%s: %zu of %zu free", t->name, fr, tot);
+        }
+        if (strcmp(t->name, "cuda (emulated)") == 0) { /* a bounded emulated device: 64 MiB */
+            const char *saved = getenv("DANLU_EMU_MEMORY_MIB");
+            setenv("DANLU_EMU_MEMORY_MIB", "64", 1);
+            dl_ctx c2;
+            cr_assert_eq(dl_ctx_init_backend(&c2, 1, be), DL_OK, "%s", dl_error_msg());
+            size_t f0, t0, f1, t1;
+            cr_assert_eq(be->mem_info(&c2, &f0, &t0), DL_OK, "%s", dl_error_msg());
+            cr_expect_eq(t0, (size_t)64 << 20);
+            void *p = be->alloc(&c2, 10 << 20);
+            cr_assert_not_null(p, "%s", dl_error_msg());
+            cr_assert_eq(be->mem_info(&c2, &f1, &t1), DL_OK);
+            cr_expect_eq(f0 - f1, (size_t)10 << 20, "10 MiB allocated, free went from %zu to %zu", f0, f1);
+            dl_error_clear();
+            cr_expect_null(be->alloc(&c2, f1 + 1), "more than the free memory was allocated");
+            cr_expect(strstr(dl_error_msg(), "out of memory") != NULL, "%s", dl_error_msg());
+            be->free(&c2, p);
+            dl_ctx_free(&c2);
+            if (saved) setenv("DANLU_EMU_MEMORY_MIB", saved, 1);
+            else unsetenv("DANLU_EMU_MEMORY_MIB");
+        }
     } else {
         cr_assert_fail("run_memory: no check for %s", e);
     }
@@ -1080,6 +1110,7 @@ static const tcase k_cases[] = {
     {"fill", run_memory, G_MEMORY, P(0), P(0), 0, 0},
     {"synchronize", run_memory, G_MEMORY, P(0), P(0), 0, 0},
     {"describe", run_memory, G_MEMORY, P(0), P(0), 0, 0},
+    {"mem_info", run_memory, G_MEMORY, P(0), P(0), 0, 0},
 
     /* linear: odd sizes; SD1.5's 320 -> 1280 time-embedding / FF shapes, 768 -> 320 to_k */
     {"linear_forward", run_linear, G_DENSE, P(7, 13, 5), P(0), 0, 0},

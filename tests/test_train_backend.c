@@ -54,11 +54,11 @@ static void make_data(void)
     }
 }
 
-static void train_on(const char *backend, dl_train_result *r)
+static void configure(const char *backend, const char *outname, dl_train_config *c)
 {
     char data[256], out[256];
     snprintf(data, sizeof data, "%s/data", g_root);
-    snprintf(out, sizeof out, "%s/out-%s", g_root, backend);
+    snprintf(out, sizeof out, "%s/%s", g_root, outname);
     const char *a[] = {"train", "--pretrained_model_name_or_path", tu_path("tests/golden/tiny_pipe"),
                        "--train_data_dir", data, "--output_dir", out, "--resolution", "32", "--seed", "11",
                        "--threads", "2", "--backend", backend, "--max_train_steps", "4", "--train_batch_size", "2",
@@ -66,9 +66,16 @@ static void train_on(const char *backend, dl_train_result *r)
                        "--min_snr_gamma", "5", "--max_grad_norm", "0.05", "--cache_latents",
                        "--mixed_precision", "no"};
     const int n = (int)(sizeof a / sizeof *a);
+    dl_train_config_defaults(c);
+    cr_assert_eq(dl_train_config_parse_args(c, n, (char **)a, NULL), DL_OK, "%s", dl_error_msg());
+}
+
+static void train_on(const char *backend, dl_train_result *r)
+{
     dl_train_config c;
-    dl_train_config_defaults(&c);
-    cr_assert_eq(dl_train_config_parse_args(&c, n, (char **)a, NULL), DL_OK, "%s", dl_error_msg());
+    char name[64];
+    snprintf(name, sizeof name, "out-%s", backend);
+    configure(backend, name, &c);
     dl_trainer_opts o = {.log = NULL, .tty = 0};
     cr_assert_eq(dl_train_run(&c, &o, r), DL_OK, "%s: %s", backend, dl_error_msg());
     dl_train_config_free(&c);
@@ -153,6 +160,33 @@ Test(train_backend, cuda_on_the_emulated_device_matches_cpu, .timeout = 900)
     cr_expect(worst_px <= 1, "the sample differs by %d levels (bound 1)", worst_px);
     dl_train_result_free(&rc);
     dl_train_result_free(&rg);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_root);
+    cr_expect_eq(system(cmd), 0);
+}
+
+/* A device too small for the step: one error before any step that says what is needed, what is
+ * free and what brings it down, and no output written. */
+Test(train_backend, a_step_that_does_not_fit_is_refused_before_training, .timeout = 300)
+{
+    setenv("DANLU_CUDA_DEVICE", "emulated", 1);
+    setenv("DANLU_EMU_MEMORY_MIB", "40", 1); /* the weights and the LoRA fit, the step does not */
+    make_data();
+    dl_train_config c;
+    configure("cuda", "small", &c);
+    dl_trainer_opts o = {.log = NULL, .tty = 0};
+    dl_train_result r;
+    cr_assert_eq(dl_train_run(&c, &o, &r), DL_ERR, "a step larger than the device's free memory ran");
+    const char *m = dl_error_msg();
+    cr_expect(strstr(m, "a training step needs") && strstr(m, "MiB") && strstr(m, "free") &&
+                  strstr(m, "gradient_checkpointing") && strstr(m, "train_batch_size"),
+              "the message does not say what is needed and what helps: %s", m);
+    char p[256];
+    snprintf(p, sizeof p, "%s/small/last.safetensors", g_root);
+    struct stat st;
+    cr_expect_neq(stat(p, &st), 0, "%s was written", p);
+    dl_train_config_free(&c);
+    unsetenv("DANLU_EMU_MEMORY_MIB");
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_root);
     cr_expect_eq(system(cmd), 0);

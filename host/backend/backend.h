@@ -61,6 +61,10 @@ typedef struct dl_backend {
     /* A one-line description for progress lines: "cpu (2 threads)", "cuda: NVIDIA H100 80GB
      * HBM3, 79.1 GiB (78.6 free)", "cuda: emulated device". */
     void (*describe)(const dl_ctx *ctx, char *buf, size_t cap);
+    /* Free and total bytes of the backend's memory: DL_OK, or DL_ERR when the backend cannot
+     * tell (the CPU; the emulated device without DANLU_EMU_MEMORY_MIB). Used to plan a run
+     * before its first step. */
+    int (*mem_info)(const dl_ctx *ctx, size_t *free_bytes, size_t *total_bytes);
 
     /* linear.h: y[M,out] = x[M,in] w^T + b; gradients dx, dw, db */
     void (*linear_forward)(const dl_ctx *ctx, int64_t M, int64_t in, int64_t out, const float *x,

@@ -30,6 +30,12 @@ static int cpu_fill(const dl_ctx *ctx, void *dst, int byte, size_t bytes)
     return DL_OK;
 }
 static int cpu_sync(const dl_ctx *ctx) { (void)ctx; return DL_OK; }
+static int cpu_mem_info(const dl_ctx *ctx, size_t *free_bytes, size_t *total_bytes)
+{
+    (void)ctx;
+    *free_bytes = *total_bytes = 0;
+    return dl_error_set("cpu backend: host memory is not planned (the arenas report what they cannot reserve)");
+}
 static void cpu_describe(const dl_ctx *ctx, char *buf, size_t cap)
 {
     snprintf(buf, cap, "cpu (%d threads)", ctx && ctx->pool ? dl_pool_nthreads(ctx->pool) : 1);
@@ -64,6 +70,7 @@ const dl_backend dl_backend_cpu = {
     .fill = cpu_fill,
     .synchronize = cpu_sync,
     .describe = cpu_describe,
+    .mem_info = cpu_mem_info,
     .embed_tokens = dl_cpu_embed_tokens,
     .linear_forward = dl_cpu_linear_forward,
     .linear_backward = dl_cpu_linear_backward,

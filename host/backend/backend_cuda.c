@@ -262,6 +262,14 @@ static int cu_sync(const dl_ctx *ctx)
     if (!st->failed) chk(st, "synchronize", dl_dev_stream_synchronize(st->dev, st->s));
     return sticky(st);
 }
+static int cu_mem_info(const dl_ctx *ctx, size_t *free_bytes, size_t *total_bytes)
+{
+    cu_state *st = ST(ctx);
+    if (dl_dev_mem_info(st->dev, free_bytes, total_bytes) != DL_DEV_SUCCESS)
+        return dl_error_prefix("cuda backend: %s: ", dl_dev_name(st->dev));
+    return DL_OK;
+}
+
 static void cu_describe(const dl_ctx *ctx, char *buf, size_t cap)
 {
     const cu_state *st = ctx ? ctx->be_state : NULL;
@@ -752,6 +760,7 @@ const dl_backend dl_backend_cuda = {
     .fill = cu_fill,
     .synchronize = cu_sync,
     .describe = cu_describe,
+    .mem_info = cu_mem_info,
     .linear_forward = cu_linear_forward,
     .linear_backward = cu_linear_backward,
     .conv2d_forward = cu_conv2d_forward,

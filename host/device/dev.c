@@ -80,7 +80,7 @@ dl_dev_status dl_dev_mem_info(dl_dev *dev, size_t *free_bytes, size_t *total_byt
 #ifdef DANLU_DEV_HAVE_REAL
     if (dev->kind == DL_DEV_REAL) return dl_dev_cuda_mem_info(dev, free_bytes, total_bytes);
 #endif
-    return dl_dev_fail(DL_DEV_ERR_NOT_SUPPORTED, "dl_dev_mem_info: the emulated device has no fixed memory size");
+    return dl_dev_emu_mem_info(dev, free_bytes, total_bytes);
 }
 
 dl_dev_status dl_dev_malloc(dl_dev *dev, void **p, size_t bytes) { return dev->vt->malloc_(dev, p, bytes); }

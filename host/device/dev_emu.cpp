@@ -68,6 +68,7 @@ namespace dlk {
 #include "core/error.h"
 
 #include <fcntl.h>
+#include <stdlib.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -114,6 +115,7 @@ struct Emu {
     std::map<uintptr_t, Alloc> allocs;   /* by device address */
     std::map<size_t, size_t> free_list;  /* offset -> bytes */
     int next_alloc = 1;
+    size_t limit = 0, in_use = 0;        /* DANLU_EMU_MEMORY_MIB (0: none); bytes handed out */
     std::vector<EStream *> streams;      /* by id - 1 */
     std::vector<uint64_t> host_vc;       /* what the host has waited for */
 };
@@ -345,6 +347,9 @@ dl_dev_status emu_malloc(dl_dev *d, void **p, size_t bytes)
     *p = nullptr;
     if (!bytes) return DL_DEV_SUCCESS;
     std::lock_guard<std::mutex> lk(e->mu);
+    if (e->limit && (bytes > e->limit || e->in_use > e->limit - bytes))
+        return dl_dev_fail(DL_DEV_ERR_ALLOC, "dl_dev_malloc: out of memory: %zu bytes asked, %zu of %zu in use "
+                           "(DANLU_EMU_MEMORY_MIB)", bytes, e->in_use, e->limit);
     const size_t span = (bytes + kPage - 1) / kPage * kPage + kPage; /* + a guard page */
     for (auto it = e->free_list.begin(); it != e->free_list.end(); ++it) {
         if (it->second < span) continue;
@@ -360,6 +365,7 @@ dl_dev_status emu_malloc(dl_dev *d, void **p, size_t bytes)
         al.span = span;
         al.id = e->next_alloc++;
         e->allocs[(uintptr_t)(e->dev + off)] = al;
+        e->in_use += bytes;
         *p = e->dev + off;
         return DL_DEV_SUCCESS;
     }
@@ -376,6 +382,7 @@ dl_dev_status emu_free(dl_dev *d, void *p)
     if (it == e->allocs.end())
         return dl_dev_fail(DL_DEV_ERR_BAD_POINTER, "dl_dev_free: %p is not the start of a live device allocation", p);
     const size_t off = (unsigned char *)p - e->dev, span = it->second.span;
+    e->in_use -= it->second.size;
     e->allocs.erase(it);
     mprotect(e->shadow + off, span, PROT_NONE);
     fallocate(e->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)span);
@@ -1198,8 +1205,22 @@ extern "C" dl_dev *dl_dev_emu_open(void)
     e->dev = (unsigned char *)dv;
     e->shadow = (unsigned char *)sh;
     e->free_list[0] = kHeap;
+    const char *lim = getenv("DANLU_EMU_MEMORY_MIB");
+    if (lim && *lim) e->limit = (size_t)strtoull(lim, nullptr, 10) << 20;
     register_heap(e);
     return &e->head;
+}
+
+extern "C" dl_dev_status dl_dev_emu_mem_info(dl_dev *d, size_t *free_bytes, size_t *total_bytes)
+{
+    Emu *e = E(d);
+    std::lock_guard<std::mutex> lk(e->mu);
+    if (!e->limit)
+        return dl_dev_fail(DL_DEV_ERR_NOT_SUPPORTED, "dl_dev_mem_info: the emulated device has no fixed memory size "
+                           "(set DANLU_EMU_MEMORY_MIB)");
+    *total_bytes = e->limit;
+    *free_bytes = e->limit - e->in_use;
+    return DL_DEV_SUCCESS;
 }
 
 extern "C" size_t dl_dev_groupnorm_workspace_size(int N, int64_t HW, int C, int G)

@@ -136,6 +136,10 @@ dl_dev_status dl_dev_fail(dl_dev_status st, const char *fmt, ...) __attribute__(
 
 /* The implementations' constructors. */
 dl_dev *dl_dev_emu_open(void);
+/* The emulated device's memory: DANLU_EMU_MEMORY_MIB (read at open) caps what dl_dev_malloc
+ * hands out, so a run that does not fit fails as it would on a card of that size; without it
+ * there is no fixed size (DL_DEV_ERR_NOT_SUPPORTED). */
+dl_dev_status dl_dev_emu_mem_info(dl_dev *dev, size_t *free_bytes, size_t *total_bytes);
 #ifdef DANLU_DEV_HAVE_REAL
 dl_dev *dl_dev_cuda_open(void);
 int dl_dev_cuda_present(void);

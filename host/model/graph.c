@@ -241,6 +241,7 @@ static int m_copy(X, void *d, const void *s, size_t n) { return DL_OK; }
 static int m_fill(X, void *d, int b, size_t n) { return DL_OK; }
 static int m_sync(X) { return DL_OK; }
 static void m_describe(X, char *buf, size_t cap) { snprintf(buf, cap, "measure"); }
+static int m_mem_info(X, size_t *f, size_t *t) { *f = *t = 0; return DL_ERR; }
 static void m_lora_linear_forward(X, I M, I i, I o, I r, float s, F x, F W, F b, F A, F B, float *h, float *y) {}
 static void m_lora_linear_backward(X, I M, I i, I o, I r, float s, F x, F W, F A, F B, F h, F dy, float *dh,
                                    float *dx, float *dA, float *dB) {}
@@ -256,7 +257,7 @@ static void m_lora_merge(X, I o, I K, I r, float s, F A, F B, float *W) {}
 
 static const dl_backend measure_backend = {
     .name = "measure", .alloc = m_alloc, .free = m_free, .upload = m_copy, .download = m_copy, .copy = m_copy,
-    .fill = m_fill, .synchronize = m_sync, .describe = m_describe, .embed_tokens = m_embed_tokens,
+    .fill = m_fill, .synchronize = m_sync, .describe = m_describe, .mem_info = m_mem_info, .embed_tokens = m_embed_tokens,
     .clip_coef = m_clip_coef, .scale_by = m_scale_by, .linear_forward = m_linear_forward, .linear_backward = m_linear_backward,
     .conv2d_forward = m_conv2d_forward, .conv2d_backward = m_conv2d_backward,
     .groupnorm_forward = m_groupnorm_forward, .groupnorm_backward = m_groupnorm_backward,

@@ -227,6 +227,8 @@ static int mkdir_p(const char *path)
 /* ---- latents ---- */
 /* Encode one prepared image into scaled latents: mean + exp(logvar / 2) noise with the noise
  * drawn from a generator seeded by (seed, item), so cached and uncached runs agree. */
+#define MIB(b) ((double)(b) / 1048576.0)
+
 static int encode_item(void *user, int item, int H, int W, const float *img, float *latent)
 {
     trainer *t = user;
@@ -733,6 +735,11 @@ static int setup_model(trainer *t)
     if (dl_clip_weights_bytes(&t->ck, &wc) != DL_OK || dl_unet_weights_bytes(&t->ck, &wu) != DL_OK ||
         dl_vae_weights_bytes(&t->ck, &wv) != DL_OK)
         goto fail;
+    size_t fr, tot;
+    if (dl_be(&t->ctx)->mem_info(&t->ctx, &fr, &tot) == DL_OK && wc + wu + wv > fr)
+        return dl_error_set("the model's weights need %.1f MiB on %s (UNet %.1f, text encoder %.1f, VAE %.1f) and "
+                            "%.1f MiB of its %.1f MiB are free", MIB(wc + wu + wv), dl_be(&t->ctx)->name, MIB(wu),
+                            MIB(wc), MIB(wv), MIB(fr), MIB(tot));
     DL_TRY(dl_arena_init_on(&t->w_clip, "text encoder weights", wc, &t->ctx));
     DL_TRY(dl_arena_init_on(&t->w_unet, "UNet weights", wu, &t->ctx));
     DL_TRY(dl_arena_init_on(&t->w_vae, "VAE weights", wv, &t->ctx));
@@ -836,6 +843,37 @@ static void *xcalloc(size_t n, size_t sz, int *fail)
     return p;
 }
 
+/* Before the first step, on a backend that knows its memory: does the step fit? If not, one
+ * error that says what it needs, what is free and which options bring it down. */
+static int plan_memory(trainer *t, size_t act, size_t scr, size_t te, size_t bufs)
+{
+    size_t fr, tot;
+    if (dl_be(&t->ctx)->mem_info(&t->ctx, &fr, &tot) != DL_OK) return DL_OK; /* the CPU: arenas say it */
+    const size_t need = act + scr + te + bufs;
+    if (need <= fr) return DL_OK;
+    const dl_train_config *c = t->cfg;
+    char hint[512];
+    int n = snprintf(hint, sizeof hint, "%s", "");
+    if (!c->gradient_checkpointing) {
+        size_t ack = 0;
+        for (int i = 0; i < t->ds.buckets.n_used; i++) {
+            const dl_reso r = t->ds.buckets.used[i];
+            size_t a = dl_unet_train_act_bytes(&t->unet, t->B, r.h / t->vae_f, r.w / t->vae_f, CTX_T, 1);
+            if (a > ack) ack = a;
+        }
+        n += snprintf(hint + n, sizeof hint - (size_t)n, "gradient_checkpointing (activations %.1f -> %.1f MiB), ",
+                      MIB(act), MIB(ack));
+    }
+    if (t->B > 1) n += snprintf(hint + n, sizeof hint - (size_t)n, "a smaller train_batch_size (now %d), ", t->B);
+    snprintf(hint + n, sizeof hint - (size_t)n, "a lower resolution or max_bucket_reso (now %dx%d at most)",
+             c->res_w, c->res_h);
+    return dl_error_set("a training step needs %.1f MiB on %s (activations %.1f, scratch %.1f, text encoder "
+                        "activations %.1f, batch buffers and AdamW moments %.1f) and %.1f MiB of its %.1f MiB are "
+                        "free (the weights and the LoRA are placed); what brings it down: %s",
+                        MIB(need), dl_be(&t->ctx)->name, MIB(act), MIB(scr), MIB(te), MIB(bufs), MIB(fr), MIB(tot),
+                        hint);
+}
+
 static int setup_buffers(trainer *t)
 {
     const int B = t->B, C = t->C, T = CTX_T;
@@ -857,6 +895,12 @@ static int setup_buffers(trainer *t)
         size_t cb = dl_clip_backward_scratch_bytes(&t->clip, B, T);
         if (cb > scr) scr = cb;
         te = dl_clip_saved_bytes(&t->ck.cfg.text, B, T, t->clip_layers);
+    }
+    if (dl_be(&t->ctx)->device_memory) {
+        const size_t L = (size_t)B * t->max_lat_hw * C * sizeof(float), E = (size_t)B * T * t->Dc * sizeof(float);
+        const size_t bufs = (size_t)t->max_img_hw * 3 * sizeof(float) + 4 * L + E * (t->train_te ? 2 : 1) +
+                            2 * (size_t)t->net.n_params * sizeof(float) + (size_t)B * (8 + 4 * T) + 16;
+        DL_TRY(plan_memory(t, act + 4096, scr + 4096, te ? te + 4096 : 0, bufs));
     }
     DL_TRY(dl_arena_init_on(&t->act, "activations", act + 4096, &t->ctx));
     DL_TRY(dl_arena_init_on(&t->scratch, "scratch", scr + 4096, &t->ctx));
