@@ -1,11 +1,13 @@
 /* test_gpu_kernels.cpp - the kernel cases of tests/kernels/kcase_*.h on a real GPU against the
- * CPU reference: the emulator's tiny shapes plus SD-sized ones, LoRA with and without cuBLAS.
+ * CPU reference: the emulator's tiny shapes plus SD-sized ones, LoRA with and without cuBLAS, the
+ * element-wise / normalisation / loss / optimiser kernels of kernels/ops.cu.
  * Prints one line per check and a summary; exits 1 if any check fails. `--quick` runs only the
  * tiny shapes (for compute-sanitizer). Built only when CUDA is on (tests/gpu/CMakeLists.txt). */
 #define KC_HAVE_ATTENTION_TC 1 // kernels/attention_tc.cu is part of danlu_kernels on a GPU
 #include "kcase_attention.h"
 #include "kcase_groupnorm.h"
 #include "kcase_lora.h"
+#include "kcase_ops.h"
 
 #include "core/error.h"
 
@@ -25,6 +27,65 @@ static void report(void *user, const char *label, double err, double tol)
 }
 
 static const char *dtn(dl_dtype t) { return t == DL_BF16 ? "bf16" : "f32"; }
+
+#define NELEM(a) (sizeof(a) / sizeof *(a))
+
+/* The ops.cu cases: the emulator's small shapes (tests/kernels/test_kernels_ops.cpp) or SD1.5-sized
+ * ones (big), in both storage types where the op has one. */
+static void run_ops(kc_env *e, gpu_report *rep, int big)
+{
+    const dl_dtype dts[2] = {DL_F32, DL_BF16};
+    for (int k = 0; k < 2; k++) {
+        const dl_dtype dt = dts[k];
+        rep->name = big ? "ops big" : "ops small";
+        for (int act = 0; act < DL_ACT_COUNT; act++) {
+            const kc_act_case small[] = {{act, 4099, dt, 11u + act, 0, 0}, {act, 37, dt, 21u + act, 1, 0},
+                                         {act, 1030, dt, 31u + act, 0, 1}},
+                              large[] = {{act, 2 * 4096 * 1280 + 3, dt, 11u + act, 0, 0},
+                                         {act, 4096 * 320, dt, 12u + act, 1, 1}};
+            for (size_t i = 0; i < (big ? NELEM(large) : NELEM(small)); i++) kc_run_act(e, big ? &large[i] : &small[i]);
+        }
+        const kc_geglu_case gs[] = {{6, 1280, dt, 51, 0}, {5, 13, dt, 52, 0}, {3, 16, dt, 53, 1}},
+                            gb[] = {{2 * 4096, 1280, dt, 51, 0}, {1000, 1279, dt, 52, 1}};
+        for (size_t i = 0; i < (big ? NELEM(gb) : NELEM(gs)); i++) kc_run_geglu(e, big ? &gb[i] : &gs[i]);
+        const kc_ew_case es[] = {{20483, dt, 61, 0}, {1001, dt, 62, 1}, {1, dt, 63, 0}},
+                         eb[] = {{2 * 64 * 64 * 320 + 5, dt, 61, 0}, {1 << 20, dt, 62, 1}};
+        for (size_t i = 0; i < (big ? NELEM(eb) : NELEM(es)); i++) kc_run_ew(e, big ? &eb[i] : &es[i]);
+        const kc_bcast_case bs[] = {{2, 64, 320, 0, dt, 71, 0}, {2, 64, 1280, 1, dt, 72, 0}, {3, 7, 37, 1, dt, 73, 1}},
+                            bb[] = {{2, 4096, 320, 1, dt, 71, 0}, {2, 1024, 640, 0, dt, 72, 0}, {4, 64, 1280, 1, dt, 73, 1}};
+        for (size_t i = 0; i < (big ? NELEM(bb) : NELEM(bs)); i++) kc_run_bcast(e, big ? &bb[i] : &bs[i]);
+        const kc_concat_case cs[] = {{64, 640, 320, dt, 81, 0}, {13, 5, 3, dt, 83, 0}, {9, 8, 16, dt, 84, 1}},
+                             cb[] = {{2 * 1024, 640, 640, dt, 81, 0}, {2 * 4096, 320, 640, dt, 82, 0},
+                                     {2 * 256, 1280, 1280, dt, 83, 1}};
+        for (size_t i = 0; i < (big ? NELEM(cb) : NELEM(cs)); i++) kc_run_concat(e, big ? &cb[i] : &cs[i]);
+        const kc_spatial_case ss[] = {{1, 4, 4, 1280, 0, 0, 1, 1, dt, 91, 0}, {1, 5, 3, 7, 1, 2, 0, 3, dt, 93, 0},
+                                      {2, 3, 5, 16, 2, 0, 1, 0, dt, 94, 1}},
+                              sb[] = {{2, 32, 32, 640, 1, 1, 1, 1, dt, 91, 0}, {1, 256, 256, 128, 0, 0, 1, 1, dt, 92, 0},
+                                      {2, 16, 16, 1280, 1, 1, 1, 1, dt, 93, 1}};
+        for (size_t i = 0; i < (big ? NELEM(sb) : NELEM(ss)); i++) kc_run_spatial(e, big ? &sb[i] : &ss[i]);
+        const kc_temb_case ts[] = {{4, 320, 1, 0.0f, 1.0f, 10000.0f, dt}, {3, 7, 0, 1.0f, 2.0f, 1000.0f, dt}},
+                           tb[] = {{64, 320, 1, 0.0f, 1.0f, 10000.0f, dt}, {16, 1281, 0, 1.0f, 1.0f, 10000.0f, dt}};
+        for (size_t i = 0; i < (big ? NELEM(tb) : NELEM(ts)); i++) kc_run_temb(e, big ? &tb[i] : &ts[i]);
+        const kc_embed_case ms[] = {{2, 77, 768, 1000, dt, 101, 0}, {3, 5, 37, 11, dt, 103, 1}},
+                            mb[] = {{8, 77, 768, 49408, dt, 101, 0}, {4, 77, 1024, 49408, dt, 102, 1}};
+        for (size_t i = 0; i < (big ? NELEM(mb) : NELEM(ms)); i++) kc_run_embed(e, big ? &mb[i] : &ms[i]);
+        const kc_ln_case ls[] = {{154, 768, 1, 0, dt, 111, 0.0f}, {5, 37, 0, 0, dt, 113, 5.0f},
+                                 {6, 1280, 1, 1, dt, 114, 1.0f}},
+                          lb[] = {{2 * 4096, 320, 1, 0, dt, 111, 0.0f}, {8 * 77, 768, 1, 1, dt, 112, 1.0f},
+                                  {2 * 256, 1280, 0, 0, dt, 113, 3.0f}};
+        for (size_t i = 0; i < (big ? NELEM(lb) : NELEM(ls)); i++) kc_run_layernorm(e, big ? &lb[i] : &ls[i]);
+        const kc_mse_case qs[] = {{2, 4 * 64 * 64, 1, 0, dt, 131, 0}, {3, 37, 0, 1, dt, 132, 1}},
+                          qb[] = {{8, 4 * 64 * 64, 1, 0, dt, 131, 0}, {4, 4 * 128 * 128, 0, 1, dt, 132, 1}};
+        for (size_t i = 0; i < (big ? NELEM(qb) : NELEM(qs)); i++) kc_run_mse(e, big ? &qb[i] : &qs[i]);
+    }
+    const kc_softmax_case fs[] = {{2 * 4 * 77, 77, 0.125f, 77, 0, 121}, {37, 200, 0.125f, 0, 0, 122},
+                                  {6, 1000, 0.5f, 0, 1, 124}},
+                          fb[] = {{8 * 12 * 77, 77, 0.125f, 77, 0, 121}, {2 * 8 * 4096, 77, 0.125f, 0, 1, 122},
+                                  {64, 4096, 0.125f, 0, 0, 123}};
+    for (size_t i = 0; i < (big ? NELEM(fb) : NELEM(fs)); i++) kc_run_softmax(e, big ? &fb[i] : &fs[i]);
+    const kc_optim_case os[] = {{100003, 141, 0}, {37, 142, 1}}, ob[] = {{8000003, 141, 0}, {1000001, 142, 1}};
+    for (size_t i = 0; i < (big ? NELEM(ob) : NELEM(os)); i++) kc_run_optim(e, big ? &ob[i] : &os[i]);
+}
 
 int main(int argc, char **argv)
 {
@@ -116,6 +177,7 @@ int main(int argc, char **argv)
             }
             e.blas = NULL;
         }
+        run_ops(&e, &rep, big);
     }
     printf("summary: %d checks, %d failed\n", e.checks, e.failures);
     cublasDestroy(blas);
