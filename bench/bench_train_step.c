@@ -165,7 +165,7 @@ int main(int argc, char **argv)
     if (json) {
         FILE *f = fopen(json, "w");
         if (!f) { fprintf(stderr, PROG ": cannot write %s\n", json); return 1; }
-        fprintf(f, "{\"what\": \"train_step\", \"backend\": \"%s\", \"device\": ", be->name);
+        fprintf(f, "{\"what\": \"train_step\", \"backend\": \"%s\", \"precision\": \"fp32\", \"device\": ", be->name);
         bench_json_str(f, device);
         fprintf(f,
                 ", \"latent\": %d, \"rank\": %d, \"modules\": %d, \"checkpointing\": %d, \"threads\": %d, "
