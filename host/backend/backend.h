@@ -202,8 +202,9 @@ int dl_be_download(const dl_ctx *ctx, void *host_dst, const void *src, size_t by
 /* One float read back (the loss, a norm): waits for the stream. NAN with a message on error. */
 float dl_be_read_f32(const dl_ctx *ctx, const float *src);
 
-/* The backend named `name` ("cpu", "cuda"), or NULL with dl_error_set naming the backend (an
- * unknown name). "cuda" is found in every build; whether a GPU is there is known at open. */
+/* The backend named `name`: "cpu", "cuda" (found in every build; whether a GPU is there is
+ * known at open), or "auto" (cuda when a real GPU is usable, cpu otherwise; never the emulated
+ * device); NULL with dl_error_set naming an unknown name. */
 const dl_backend *dl_backend_find(const char *name);
 
 /* dl_be(ctx), the table that runs ops on ctx (CPU when ctx or ctx->be is NULL), is declared

@@ -2,6 +2,7 @@
  * (the CUDA table lives in danlu_device, which danlu_host links). */
 #include "backend/backend.h"
 #include "core/error.h"
+#include "device/dl_dev.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -114,7 +115,12 @@ const dl_backend *dl_backend_find(const char *name)
 {
     if (name && strcmp(name, "cpu") == 0) return &dl_backend_cpu;
     if (name && strcmp(name, "cuda") == 0) return &dl_backend_cuda;
-    dl_error_set("unknown backend \"%s\" (known: cpu, cuda)", name ? name : "(null)");
+    if (name && strcmp(name, "auto") == 0) { /* a real GPU when one is usable; never the emulated device */
+        const char *env = getenv("DANLU_CUDA_DEVICE");
+        const int emulated = env && strcmp(env, "emulated") == 0;
+        return !emulated && dl_dev_available(DL_DEV_REAL) ? &dl_backend_cuda : &dl_backend_cpu;
+    }
+    dl_error_set("unknown backend \"%s\" (known: auto, cpu, cuda)", name ? name : "(null)");
     return NULL;
 }
 

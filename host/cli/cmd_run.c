@@ -37,7 +37,7 @@ static const dl_opt k_run_opts[] = {
      "where the output tensors are written (required)"},
     {"--threads", NULL, DL_OPT_INT, RA(threads), "N", "0", 0, 1024, NULL, NULL, "options",
      "CPU threads (0: DANLU_THREADS or every core)"},
-    {"--backend", NULL, DL_OPT_STR, RA(backend), "NAME", "cpu", 0, 0, "cpu|cuda", NULL, "options",
+    {"--backend", NULL, DL_OPT_STR, RA(backend), "NAME", "auto", 0, 0, "auto|cpu|cuda", NULL, "options",
      DL_OPT_BACKEND_HELP},
 };
 
@@ -53,7 +53,7 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: danlu run --model PATH --component COMPONENT --inputs IN.safetensors --out OUT.safetensors\n"
-            "                 [--threads N] [--backend cpu|cuda]\n"
+            "                 [--threads N] [--backend auto|cpu|cuda]\n"
             "  Runs one component of a checkpoint (single .safetensors file or diffusers folder).\n"
             "  Tensors use diffusers/transformers conventions (images NCHW, float32/16/bf16 in, float32 out):\n"
             "    text-encoder  input_ids [N, T] (int64 or int32)\n"
@@ -392,7 +392,7 @@ int dl_cmd_run(int argc, char **argv, FILE *out)
         fprintf(stderr, "danlu run: %s\n", dl_error_msg());
         return 1;
     }
-    const dl_backend *be = dl_backend_find(ra.backend ? ra.backend : "cpu");
+    const dl_backend *be = dl_backend_find(ra.backend ? ra.backend : "auto");
     if (!be || dl_ctx_init_backend(&s.ctx, threads, be) != DL_OK || dl_ckpt_open(&s.ck, model, NULL) != DL_OK ||
         (dl_ckpt_set_pool(&s.ck, s.ctx.pool), fn(&s, &in)) != DL_OK ||
         dl_st_save(outp, s.out, s.n_out, NULL, 0) != DL_OK) {

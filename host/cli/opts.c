@@ -228,7 +228,7 @@ int dl_opt_parse_argv(const char *cmd, const dl_optset *sets, int nsets, int arg
 
 int dl_cli_ctx_init(struct dl_ctx *ctx, const char *cmd, int threads, const char *backend)
 {
-    const dl_backend *be = dl_backend_find(backend ? backend : "cpu");
+    const dl_backend *be = dl_backend_find(backend ? backend : "auto");
     if (!be || dl_ctx_init_backend(ctx, threads, be) != DL_OK) {
         fprintf(stderr, "danlu %s: %s\n", cmd, dl_error_msg());
         return -1;

@@ -79,7 +79,9 @@ int dl_opt_parse_argv(const char *cmd, const dl_optset *sets, int nsets, int arg
 struct dl_ctx;
 int dl_cli_ctx_init(struct dl_ctx *ctx, const char *cmd, int threads, const char *backend);
 /* The --backend option's help (one place for every command's table). */
-#define DL_OPT_BACKEND_HELP "where the ops run: cpu, or cuda (an NVIDIA GPU; the emulated device with DANLU_CUDA_DEVICE=emulated)"
+#define DL_OPT_BACKEND_HELP                                                                                       \
+    "where the ops run: cpu, cuda (an NVIDIA GPU; the emulated device with DANLU_CUDA_DEVICE=emulated), or auto "    \
+    "(cuda when a GPU is usable, else cpu)"
 
 void dl_help_entry(FILE *f, const char *flag, const char *meaning, const char *values, const char *tail);
 

@@ -139,7 +139,8 @@ static const dl_opt k_sa_opts[] = {
      "hash model and LoRA files again instead of reading $XDG_CACHE_HOME/danlu/hashes.json"},
     {"--threads", NULL, DL_OPT_INT, SA(threads), "N", "0", 0, 1024, NULL, NULL, "other",
      "CPU threads (0: DANLU_THREADS or every core)"},
-    {"--backend", NULL, DL_OPT_STR, SA(backend), "NAME", "cpu", 0, 0, "cpu|cuda", NULL, "other", DL_OPT_BACKEND_HELP},
+    {"--backend", NULL, DL_OPT_STR, SA(backend), "NAME", "auto", 0, 0, "auto|cpu|cuda", NULL, "other",
+     DL_OPT_BACKEND_HELP},
 };
 
 static void sa_defaults_obj(void *obj)

@@ -3,6 +3,7 @@
  * (provenance.h, docs/provenance.md). */
 #include "train/provenance.h"
 
+#include "backend/backend.h"
 #include "backend/code_path.h"
 #include "core/error.h"
 #include "core/sha256.h"
@@ -676,8 +677,9 @@ int dl_prov_reproduce(const char *path, const dl_prov_repro_opts *o, dl_prov_rep
     }
     if (dl_train_config_set(&c, "output_dir", work) != DL_OK || dl_train_config_finish(&c) != DL_OK) goto done;
     snprintf(r->path_rec, sizeof r->path_rec, "%s/%s, %d threads", rec.backend, rec.isa, rec.threads);
-    snprintf(r->path_now, sizeof r->path_now, "%s/%s, %d threads", c.backend ? c.backend : "cpu",
-             dl_code_path_isa(c.backend), rec.threads);
+    const dl_backend *now = dl_backend_find(c.backend ? c.backend : "auto"); /* "auto" resolved */
+    const char *bn = now ? now->name : c.backend;
+    snprintf(r->path_now, sizeof r->path_now, "%s/%s, %d threads", bn, dl_code_path_isa(bn), rec.threads);
     r->same_path = !strcmp(r->path_rec, r->path_now);
     if (log) {
         fprintf(log, "retraining %d steps in %s (%s)\n", rec.steps, work, r->path_now);

@@ -507,7 +507,7 @@ static int build_metadata(trainer *t)
      * steps), the rest at each save (save_lora) */
     double t0 = dl_now_seconds();
     DL_TRY(dl_prov_writer_begin(&t->prov, &t->ds, &t->ck, &t->hash_cache, t->config_json ? t->config_json : "{}",
-                                t->seed, t->ctx.pool ? dl_pool_nthreads(t->ctx.pool) : 1, c->backend, t->ctx.pool));
+                                t->seed, t->ctx.pool ? dl_pool_nthreads(t->ctx.pool) : 1, dl_be(&t->ctx)->name, t->ctx.pool));
     dl_phases_add(&t->phases, "provenance hashes", dl_now_seconds() - t0);
     return DL_OK;
 }
