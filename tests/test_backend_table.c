@@ -299,6 +299,14 @@ static void run_memory(tgt *t, const tcase *c)
             dl_ctx c3;
             cr_expect_eq(dl_ctx_init_backend(&c3, 1, be), DL_ERR);
             cr_expect(strstr(dl_error_msg(), "quantum") != NULL, "%s", dl_error_msg());
+            unsetenv("DANLU_CUDA_DEVICE"); /* the build's default device */
+            if (dl_dev_available(dl_dev_default_kind())) {
+                cr_expect_eq(dl_ctx_init_backend(&c3, 1, be), DL_OK, "%s", dl_error_msg());
+                char buf[128];
+                be->describe(&c3, buf, sizeof buf);
+                cr_expect(strncmp(buf, "cuda: ", 6) == 0, "%s", buf);
+                dl_ctx_free(&c3);
+            }
             setenv("DANLU_CUDA_DEVICE", saved, 1);
         }
     } else if (!strcmp(e, "alloc")) {
@@ -309,10 +317,17 @@ static void run_memory(tgt *t, const tcase *c)
             be->free(ctx, p);
         }
         const size_t huge = (size_t)1 << 52;
-        dl_error_clear();
-        cr_expect_null(be->alloc(ctx, huge), "%s: 4 PiB allocated", t->name);
-        cr_expect(strstr(dl_error_msg(), "4503599627370496") != NULL, "%s: the message does not name the size: %s",
-                  t->name, dl_error_msg());
+#ifdef __SANITIZE_ADDRESS__
+        const int host_huge_aborts = be == &dl_backend_cpu; /* ASan aborts on an oversized malloc */
+#else
+        const int host_huge_aborts = 0;
+#endif
+        if (!host_huge_aborts) {
+            dl_error_clear();
+            cr_expect_null(be->alloc(ctx, huge), "%s: 4 PiB allocated", t->name);
+            cr_expect(strstr(dl_error_msg(), "4503599627370496") != NULL,
+                      "%s: the message does not name the size: %s", t->name, dl_error_msg());
+        }
         cr_expect_eq(be->synchronize(ctx), DL_OK, "%s: a failed alloc is not a sticky error: %s", t->name,
                      dl_error_msg());
     } else if (!strcmp(e, "free")) {
