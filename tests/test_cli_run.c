@@ -11,12 +11,14 @@
 #include <unistd.h>
 
 
+static const char *g_backend = "cpu"; /* the component tests run on each backend */
+
 static int run(const char *model, const char *comp, const char *in, const char *out)
 {
     char *argv[] = {"run", "--model", (char *)model, "--component", (char *)comp, "--inputs", (char *)in,
-                    "--out", (char *)out, "--threads", "2", NULL};
+                    "--out", (char *)out, "--threads", "2", "--backend", (char *)g_backend, NULL};
     FILE *devnull = fopen("/dev/null", "w");
-    int rc = dl_cmd_run(11, argv, devnull);
+    int rc = dl_cmd_run(13, argv, devnull);
     fclose(devnull);
     return rc;
 }
@@ -41,7 +43,7 @@ static void expect_output(const char *path, const char *name, const float *ref, 
     dl_st_close(&f);
 }
 
-Test(cli_run, text_encoder_matches_transformers, .init = tu_tmpdir_init, .fini = tu_tmpdir_fini)
+static void text_encoder_case(void)
 {
     dl_st_file g;
     tu_golden_open(&g, "clip");
@@ -60,7 +62,17 @@ Test(cli_run, text_encoder_matches_transformers, .init = tu_tmpdir_init, .fini =
     dl_st_close(&g);
 }
 
-Test(cli_run, vae_encode_and_decode_in_nchw, .init = tu_tmpdir_init, .fini = tu_tmpdir_fini)
+Test(cli_run, text_encoder_matches_transformers, .init = tu_tmpdir_init, .fini = tu_tmpdir_fini) { text_encoder_case(); }
+
+/* the same on the CUDA backend over the emulated device (device memory, the kernels) */
+Test(cli_run, text_encoder_matches_transformers_on_cuda, .init = tu_tmpdir_init, .fini = tu_tmpdir_fini, .timeout = 300)
+{
+    setenv("DANLU_CUDA_DEVICE", "emulated", 1);
+    g_backend = "cuda";
+    text_encoder_case();
+}
+
+static void vae_case(void)
 {
     dl_st_file g;
     tu_golden_open(&g, "vae");
@@ -91,6 +103,16 @@ Test(cli_run, vae_encode_and_decode_in_nchw, .init = tu_tmpdir_init, .fini = tu_
     expect_output(tu_tmp("dec_out.safetensors"), "image", dec_c, (size_t)N * H * W * 3, 1e-5);
     free(img); free(noise); free(img_c); free(noise_c); free(lat); free(lat_c); free(dec); free(dec_c);
     dl_st_close(&g);
+}
+
+Test(cli_run, vae_encode_and_decode_in_nchw, .init = tu_tmpdir_init, .fini = tu_tmpdir_fini) { vae_case(); }
+
+/* the same on the CUDA backend over the emulated device (device memory, the kernels) */
+Test(cli_run, vae_encode_and_decode_in_nchw_on_cuda, .init = tu_tmpdir_init, .fini = tu_tmpdir_fini, .timeout = 300)
+{
+    setenv("DANLU_CUDA_DEVICE", "emulated", 1);
+    g_backend = "cuda";
+    vae_case();
 }
 
 Test(cli_run, bad_inputs_are_named, .init = tu_tmpdir_init, .fini = tu_tmpdir_fini)
@@ -136,7 +158,7 @@ Test(cli_tokenize, prints_ids_from_the_clip_vocabulary)
     cr_expect(strstr(dl_error_msg(), "/nonexistent/tok"), "%s", dl_error_msg());
 }
 
-Test(cli_run, unet_matches_diffusers_in_nchw, .init = tu_tmpdir_init, .fini = tu_tmpdir_fini)
+static void unet_case(void)
 {
     dl_st_file g;
     tu_golden_open(&g, "unet");
@@ -154,4 +176,14 @@ Test(cli_run, unet_matches_diffusers_in_nchw, .init = tu_tmpdir_init, .fini = tu
     expect_output(tu_tmp("out.safetensors"), "out", refc, (size_t)N * H * W * C, 1e-5);
     free(x); free(xc); free(ctx); free(t); free(ref); free(refc);
     dl_st_close(&g);
+}
+
+Test(cli_run, unet_matches_diffusers_in_nchw, .init = tu_tmpdir_init, .fini = tu_tmpdir_fini) { unet_case(); }
+
+/* the same on the CUDA backend over the emulated device (device memory, the kernels) */
+Test(cli_run, unet_matches_diffusers_in_nchw_on_cuda, .init = tu_tmpdir_init, .fini = tu_tmpdir_fini, .timeout = 300)
+{
+    setenv("DANLU_CUDA_DEVICE", "emulated", 1);
+    g_backend = "cuda";
+    unet_case();
 }
