@@ -287,13 +287,20 @@ Test(checkpoint, unsupported_architectures_are_named)
     dl_unet_config u;
     cr_expect_eq(dl_unet_config_parse(&u,
                                       "{\"_class_name\": \"UNet2DConditionModel\", \"addition_embed_type\": "
+                                      "\"text_image\", \"cross_attention_dim\": 768}",
+                                      "kandinsky/unet/config.json"),
+                 DL_ERR);
+    expect_msg("kandinsky", "kandinsky/unet/config.json");
+    expect_msg("kandinsky", "addition_embed_type");
+    expect_msg("kandinsky", "text_image");
+    /* SDXL's text_time without its sizes */
+    cr_expect_eq(dl_unet_config_parse(&u,
+                                      "{\"_class_name\": \"UNet2DConditionModel\", \"addition_embed_type\": "
                                       "\"text_time\", \"addition_time_embed_dim\": 256, \"cross_attention_dim\": 2048}",
                                       "sdxl/unet/config.json"),
                  DL_ERR);
     expect_msg("sdxl", "sdxl/unet/config.json");
-    expect_msg("sdxl", "addition_embed_type");
-    expect_msg("sdxl", "text_time");
-    expect_msg("sdxl", "SDXL");
+    expect_msg("sdxl", "projection_class_embeddings_input_dim");
     cr_expect_eq(dl_unet_config_parse(&u, "{\"_class_name\": \"UNet2DModel\"}", "x.json"), DL_ERR);
     expect_msg("class", "UNet2DModel");
     cr_expect_eq(dl_unet_config_parse(&u, "{\"down_block_types\": [\"CrossAttnDownBlock2D\", \"CrossAttnDownBlock2D\", "
@@ -311,7 +318,7 @@ Test(checkpoint, unsupported_architectures_are_named)
     cr_expect_eq(dl_clip_config_parse(&c, "{\"model_type\": \"t5\"}", "t.json"), DL_ERR);
     expect_msg("text", "t5");
 
-    /* an SDXL single file */
+    /* an SDXL single file whose parts are incomplete */
     float w[4] = {1, 2, 3, 4};
     dl_st_entry e[2] = {{"conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight", DL_F32, 2,
                          {2, 2}, w},
@@ -328,8 +335,8 @@ Test(checkpoint, unsupported_architectures_are_named)
 
 Test(checkpoint, presets_are_valid_and_round_trip_json)
 {
-    static const char *const names[] = {"sd15", "sd21", "sd21-base", "tiny"};
-    for (size_t i = 0; i < 4; i++) {
+    static const char *const names[] = {"sd15", "sd21", "sd21-base", "tiny", "sdxl", "tiny-sdxl"};
+    for (size_t i = 0; i < 6; i++) {
         dl_model_config m, back;
         cr_assert_eq(dl_model_config_preset(&m, names[i]), DL_OK);
         cr_expect_eq(dl_unet_config_validate(&m.unet, names[i]), DL_OK, "%s", dl_error_msg());
@@ -348,8 +355,8 @@ Test(checkpoint, presets_are_valid_and_round_trip_json)
         free(j);
         cr_expect_null(d = dl_clip_config_diff(&m.text, &back.text), "%s text: %s", names[i], d);
     }
-    cr_expect_eq(dl_model_config_preset(&(dl_model_config){0}, "sdxl"), DL_ERR);
-    expect_msg("preset", "sdxl");
+    cr_expect_eq(dl_model_config_preset(&(dl_model_config){0}, "sd3"), DL_ERR);
+    expect_msg("preset", "sd3");
 }
 
 /* ---- SD2 style: OpenCLIP text keys with fused in_proj, linear proj_in, head dim 64 ---- */
@@ -504,7 +511,7 @@ Test(checkpoint, sd2_openclip_layout_is_split_and_detected)
     dl_ckpt_free_names(un, n);
     dl_ckpt_close(&ck);
     /* told it is a v-prediction model */
-    dl_ckpt_options vopt = {1};
+    dl_ckpt_options vopt = {.prediction = 1};
     cr_assert_eq(dl_ckpt_open(&ck, path, &vopt), DL_OK, "%s", dl_error_msg());
     cr_expect_eq(ck.cfg.unet.prediction, DL_PRED_V);
     dl_ckpt_close(&ck);

@@ -1,5 +1,6 @@
-/* checkpoint.c - open SD checkpoints (single file or diffusers folder), map diffusers names to
- * ldm keys, detect the config from a single file's tensors, load weights to fp32. */
+/* checkpoint.c - open SD 1.x/2.x and SDXL checkpoints (single file or diffusers folder), map
+ * diffusers names to ldm / SGM keys, detect the config from a single file's tensors, load weights
+ * to fp32. */
 #include "model/checkpoint.h"
 #include "model/clip.h"
 #include "model/unet.h"
@@ -18,6 +19,8 @@
 #define P_VAE "first_stage_model."
 #define P_TEXT_HF "cond_stage_model.transformer."
 #define P_TEXT_OC "cond_stage_model.model."
+#define P_TEXT_XL "conditioner.embedders.0.transformer." /* SDXL's first text encoder (CLIP ViT-L) */
+#define P_XL "conditioner.embedders."                    /* SDXL's text encoders (SGM's conditioner) */
 
 const char *dl_part_name(dl_part part)
 {
@@ -90,6 +93,7 @@ static int map_unet(const dl_unet_config *u, const char *name, dl_ckpt_key *k)
 {
     static const char *const fixed[][2] = {
         {"time_embedding.linear_1.", "time_embed.0."}, {"time_embedding.linear_2.", "time_embed.2."},
+        {"add_embedding.linear_1.", "label_emb.0.0."},  {"add_embedding.linear_2.", "label_emb.0.2."},
         {"conv_in.", "input_blocks.0.0."},            {"conv_norm_out.", "out.0."},
         {"conv_out.", "out.2."}};
     const int L = u->layers_per_block, n = u->n_blocks;
@@ -183,6 +187,7 @@ static int map_text(dl_text_layout tl, const char *name, dl_ckpt_key *k)
 {
     const char *s = name;
     if (tl == DL_TEXT_HF) return fmt_key(k, P_TEXT_HF "%s", name);
+    if (tl == DL_TEXT_SDXL) return fmt_key(k, P_TEXT_XL "%s", name);
     if (!take(&s, "text_model.")) return DL_ERR;
     if (tl == DL_TEXT_HF_OLD) return fmt_key(k, P_TEXT_HF "%s", s);
     /* OpenCLIP */
@@ -222,6 +227,14 @@ int dl_ckpt_map_single(const dl_model_config *cfg, dl_text_layout tl, dl_part pa
 }
 
 /* ---------------------------------------------------------------- opening */
+
+/* For callers that do not handle SDXL (dl_ckpt_options.allow_sdxl 0). */
+static int refuse_sdxl(const char *path)
+{
+    return dl_error_set("%s: an SDXL checkpoint: danlu runs its UNet, VAE and first text encoder (danlu run) but "
+                        "not yet its second text encoder, so SDXL sampling, training and conversion are not "
+                        "supported yet", path);
+}
 
 static int file_exists(const char *path)
 {
@@ -332,6 +345,7 @@ static int open_diffusers(dl_checkpoint *ck, const dl_ckpt_options *opt)
         DL_TRY(r);                                                                      \
     } while (0)
     LOAD_CFG("unet/config.json", dl_unet_config_load, &ck->cfg.unet);
+    if (ck->cfg.unet.addition_embed != DL_ADD_NONE && !opt->allow_sdxl) return refuse_sdxl(ck->path);
     LOAD_CFG("vae/config.json", dl_vae_config_load, &ck->cfg.vae);
     LOAD_CFG("text_encoder/config.json", dl_clip_config_load, &ck->cfg.text);
 #undef LOAD_CFG
@@ -349,7 +363,8 @@ static int open_diffusers(dl_checkpoint *ck, const dl_ckpt_options *opt)
     if (v && m && file_exists(v) && file_exists(m)) ck->tokenizer_dir = join(ck->path, "tokenizer");
     free(v);
     free(m);
-    ck->sd2 = ck->cfg.unet.use_linear_projection || ck->cfg.text.act == DL_ACT_GELU;
+    ck->sdxl = ck->cfg.unet.addition_embed != DL_ADD_NONE;
+    ck->sd2 = !ck->sdxl && (ck->cfg.unet.use_linear_projection || ck->cfg.text.act == DL_ACT_GELU);
     return DL_OK;
 }
 
@@ -404,9 +419,24 @@ static int detect_unet(dl_checkpoint *ck)
     const char *path = ck->path;
     const dl_st_tensor *t = findf(ck, P_UNET "input_blocks.0.0.weight");
     if (!t || t->ndim != 4) return dl_error_set("%s: no UNet (" P_UNET "input_blocks.0.0.weight)", path);
-    if (has_prefix(f, P_UNET "label_emb."))
-        return dl_error_set("%s: UNet with class/added embeddings (" P_UNET "label_emb.*: SDXL or unCLIP) is "
-                            "not supported: SD 1.x and 2.x only", path);
+    const int xl = ck->sdxl;
+    if (has_prefix(f, P_UNET "label_emb.") && !xl)
+        return dl_error_set("%s: UNet with class embeddings (" P_UNET "label_emb.* without SDXL's "
+                            "conditioner.embedders.* text encoders: SD 2.x unCLIP?) is not supported", path);
+    u->addition_embed = DL_ADD_NONE;
+    u->addition_time_embed_dim = u->projection_class_embeddings_input_dim = u->addition_time_ids = 0;
+    if (xl) { /* text_time: label_emb.0.0 is add_embedding.linear_1 [Td, P] */
+        const dl_st_tensor *le = findf(ck, P_UNET "label_emb.0.0.weight");
+        if (!le || le->ndim != 2)
+            return dl_error_set("%s: an SDXL checkpoint without its UNet's added conditioning (" P_UNET
+                                "label_emb.0.0.weight)", path);
+        u->addition_embed = DL_ADD_TEXT_TIME;
+        u->projection_class_embeddings_input_dim = (int)le->shape[1];
+        /* not in the weights: SDXL's sinusoid width, and its pipelines' time ids (6; the refiner,
+         * P = 1280 + 5 x 256, takes 5) */
+        u->addition_time_embed_dim = 256;
+        u->addition_time_ids = u->projection_class_embeddings_input_dim == 1280 + 5 * 256 ? 5 : 6;
+    }
     u->in_channels = (int)t->shape[1];
     int c0 = (int)t->shape[0];
     if (!(t = findf(ck, P_UNET "out.2.weight"))) return dl_error_set("%s: no " P_UNET "out.2.weight", path);
@@ -436,7 +466,7 @@ static int detect_unet(dl_checkpoint *ck)
     if (!(t = findf(ck, P_UNET "middle_block.1.transformer_blocks.0.attn2.to_k.weight")) || t->ndim != 2)
         return dl_error_set("%s: no " P_UNET "middle_block.1.transformer_blocks.0.attn2.to_k.weight", path);
     u->cross_attention_dim = (int)t->shape[1];
-    ck->sd2 = ck->text_layout == DL_TEXT_OPENCLIP || u->use_linear_projection;
+    ck->sd2 = !xl && (ck->text_layout == DL_TEXT_OPENCLIP || u->use_linear_projection);
     char pre[128];
     for (int i = 0; i < n; i++) {
         if (!(t = findf(ck, P_UNET "input_blocks.%d.0.out_layers.3.weight", 1 + i * (L + 1))))
@@ -447,8 +477,8 @@ static int detect_unet(dl_checkpoint *ck)
     }
     for (int i = 0; i < n; i++) {
         int ch = u->block_out_channels[i];
-        /* Heads are not in the weights: SD1 uses 8 heads, SD2 a head dim of 64. */
-        u->num_heads[i] = ck->sd2 ? (ch % 64 ? 0 : ch / 64) : 8;
+        /* Heads are not in the weights: SD1 uses 8 heads, SD2 and SDXL a head dim of 64. */
+        u->num_heads[i] = ck->sd2 || xl ? (ch % 64 ? 0 : ch / 64) : 8;
         int tl = 0, up = n - 1 - i;
         if (u->down_cross_attn[i]) snprintf(pre, sizeof pre, P_UNET "input_blocks.%d.1.", 1 + i * (L + 1));
         else if (u->up_cross_attn[up]) snprintf(pre, sizeof pre, P_UNET "output_blocks.%d.1.", up * (L + 1));
@@ -502,7 +532,9 @@ static int detect_text(dl_checkpoint *ck)
         layers = max_index(&ck->files[0], P_TEXT_OC "transformer.resblocks.");
         c->act = DL_ACT_GELU;
     } else {
-        const char *p = ck->text_layout == DL_TEXT_HF ? P_TEXT_HF "text_model." : P_TEXT_HF;
+        const char *p = ck->text_layout == DL_TEXT_HF     ? P_TEXT_HF "text_model."
+                        : ck->text_layout == DL_TEXT_SDXL ? P_TEXT_XL "text_model."
+                                                          : P_TEXT_HF;
         tok = findf(ck, "%sembeddings.token_embedding.weight", p);
         pos = findf(ck, "%sembeddings.position_embedding.weight", p);
         fc = findf(ck, "%sencoder.layers.0.mlp.fc1.weight", p);
@@ -529,6 +561,23 @@ static int detect_text(dl_checkpoint *ck)
     return dl_clip_config_validate(c, path);
 }
 
+/* The text encoder's, UNet's (or opt->unet_config's) and VAE's configs of a single file. */
+static int detect_parts(dl_checkpoint *ck, const dl_ckpt_options *opt)
+{
+    DL_TRY(detect_text(ck));
+    if (opt->unet_config) {
+        DL_TRY(dl_unet_config_load(&ck->cfg.unet, opt->unet_config));
+        if ((ck->cfg.unet.addition_embed != DL_ADD_NONE) != ck->sdxl)
+            return dl_error_set("%s: %s is %san SDXL UNet config, the checkpoint is %sSDXL", ck->path,
+                                opt->unet_config, ck->sdxl ? "not " : "", ck->sdxl ? "" : "not ");
+        ck->sd2 = !ck->sdxl && (ck->text_layout == DL_TEXT_OPENCLIP || ck->cfg.unet.use_linear_projection);
+    } else {
+        DL_TRY(detect_unet(ck));
+    }
+    DL_TRY(detect_vae(ck));
+    return DL_OK;
+}
+
 static int open_single(dl_checkpoint *ck, const dl_ckpt_options *opt)
 {
     if (open_file(ck, 0, ck->path, ck->path) != DL_OK) {
@@ -537,23 +586,28 @@ static int open_single(dl_checkpoint *ck, const dl_ckpt_options *opt)
     }
     for (int p = 0; p < DL_PART_COUNT; p++) ck->part_file[p] = 0;
     const dl_st_file *f = &ck->files[0];
-    if (has_prefix(f, "conditioner.embedders."))
-        return dl_error_set("%s: an SDXL checkpoint (conditioner.embedders.* text encoders) is not supported: "
-                            "SD 1.x and 2.x only", ck->path);
+    ck->sdxl = has_prefix(f, P_XL);
+    if (ck->sdxl && !opt->allow_sdxl) return refuse_sdxl(ck->path);
     if (!has_prefix(f, P_UNET) && (dl_st_find(f, "conv_in.weight") || dl_st_find(f, "encoder.conv_in.weight") ||
                                    has_prefix(f, "text_model.")))
         return dl_error_set("%s: a single diffusers component, not a full checkpoint; give the diffusers folder "
                             "or an original-SD single file", ck->path);
-    if (dl_st_find(f, P_TEXT_HF "text_model.embeddings.token_embedding.weight")) ck->text_layout = DL_TEXT_HF;
+    if (ck->sdxl) {
+        if (!dl_st_find(f, P_TEXT_XL "text_model.embeddings.token_embedding.weight"))
+            return dl_error_set("%s: an SDXL checkpoint without its first text encoder (" P_TEXT_XL
+                                "text_model.*)", ck->path);
+        ck->text_layout = DL_TEXT_SDXL;
+    } else if (dl_st_find(f, P_TEXT_HF "text_model.embeddings.token_embedding.weight")) ck->text_layout = DL_TEXT_HF;
     else if (dl_st_find(f, P_TEXT_HF "embeddings.token_embedding.weight")) ck->text_layout = DL_TEXT_HF_OLD;
     else if (dl_st_find(f, P_TEXT_OC "token_embedding.weight")) ck->text_layout = DL_TEXT_OPENCLIP;
     else
-        return dl_error_set("%s: no text encoder (" P_TEXT_HF "* or " P_TEXT_OC "*): not an SD 1.x/2.x checkpoint",
+        return dl_error_set("%s: no text encoder (" P_TEXT_HF "*, " P_TEXT_OC "* or " P_TEXT_XL "*): not an SD 1.x/2.x/SDXL checkpoint",
                             ck->path);
-    dl_model_config_preset(&ck->cfg, "sd15");
-    DL_TRY(detect_text(ck));
-    DL_TRY(detect_unet(ck));
-    DL_TRY(detect_vae(ck));
+    dl_model_config_preset(&ck->cfg, ck->sdxl ? "sdxl" : "sd15");
+    if (detect_parts(ck, opt) != DL_OK) {
+        if (ck->sdxl) dl_error_prefix("SDXL checkpoint: ");
+        return DL_ERR;
+    }
     /* Not in the weights: epsilon unless told (SD 2.x 768-v models need the v-prediction flag). */
     ck->cfg.unet.prediction = DL_PRED_EPSILON;
     if (ck->sd2 && opt->prediction == 1) {
@@ -565,7 +619,7 @@ static int open_single(dl_checkpoint *ck, const dl_ckpt_options *opt)
 
 int dl_ckpt_open(dl_checkpoint *ck, const char *path, const dl_ckpt_options *opt)
 {
-    static const dl_ckpt_options defaults = {-1};
+    static const dl_ckpt_options defaults = {.prediction = -1};
     if (!opt) opt = &defaults;
     memset(ck, 0, sizeof *ck);
     ck->path = strdup(path);
@@ -813,7 +867,7 @@ static dl_part key_part(const char *key)
 {
     if (!strncmp(key, P_UNET, strlen(P_UNET))) return DL_PART_UNET;
     if (!strncmp(key, P_VAE, strlen(P_VAE))) return DL_PART_VAE;
-    if (!strncmp(key, "cond_stage_model.", 17)) return DL_PART_TEXT;
+    if (!strncmp(key, "cond_stage_model.", 17) || !strncmp(key, P_TEXT_XL, strlen(P_TEXT_XL))) return DL_PART_TEXT;
     return DL_PART_COUNT;
 }
 

@@ -1,13 +1,20 @@
-/* checkpoint.h - open an SD 1.x/2.x model (single-file .safetensors or diffusers folder) and
- * read its weights by diffusers names, whatever the layout on disk.
+/* checkpoint.h - open an SD 1.x/2.x or SDXL model (single-file .safetensors or diffusers folder)
+ * and read its weights by diffusers names, whatever the layout on disk.
  *
  * The networks ask for "down_blocks.0.resnets.0.conv1.weight" (UNet),
  * "decoder.mid_block.attentions.0.to_q.weight" (VAE) or
  * "text_model.encoder.layers.0.self_attn.q_proj.weight" (text encoder); for a single-file
  * (original SD / ldm) checkpoint the name is mapped to its key there (model.diffusion_model.*,
  * first_stage_model.*, cond_stage_model.transformer.* or SD2's OpenCLIP
- * cond_stage_model.model.* with q/k/v fused in attn.in_proj_*), as diffusers' single-file
- * converters do. Shapes asked for and reported are in the diffusers (PyTorch) convention:
+ * cond_stage_model.model.* with q/k/v fused in attn.in_proj_*; SDXL: the UNet's add_embedding
+ * as model.diffusion_model.label_emb.0.{0,2}.*, the first text encoder as
+ * conditioner.embedders.0.transformer.*), as diffusers' single-file converters do.
+ *
+ * SDXL: a checkpoint is SDXL when its UNet has the text_time added conditioning (unet/config.json's
+ * addition_embed_type, or a single file's label_emb beside conditioner.embedders.* text
+ * encoders). Its UNet, VAE and first text encoder (CLIP ViT-L, "text_encoder") load; the second
+ * text encoder (text_encoder_2/, conditioner.embedders.1.*) is not modelled yet, so sampling and
+ * training cannot use one: dl_ckpt_open refuses SDXL unless the caller says it handles it. Shapes asked for and reported are in the diffusers (PyTorch) convention:
  * linear [out, in], conv [Cout, Cin, kh, kw]; dl_ckpt_load_conv hands conv weights out in
  * danlu's [Cout, kh, kw, Cin]. Weights are read from F32, F16 or BF16 into fp32.
  * Pickle checkpoints (.ckpt, .pt, .pth, .bin) are refused: unpickling can run code. */
@@ -29,13 +36,22 @@ typedef enum { DL_PART_UNET = 0, DL_PART_VAE = 1, DL_PART_TEXT = 2, DL_PART_COUN
 typedef enum {
     DL_TEXT_HF = 0,       /* cond_stage_model.transformer.text_model.* (SD1, transformers names) */
     DL_TEXT_HF_OLD = 1,   /* cond_stage_model.transformer.* without "text_model." (old transformers) */
-    DL_TEXT_OPENCLIP = 2  /* cond_stage_model.model.* (SD2, OpenCLIP names, fused in_proj) */
+    DL_TEXT_OPENCLIP = 2, /* cond_stage_model.model.* (SD2, OpenCLIP names, fused in_proj) */
+    DL_TEXT_SDXL = 3      /* conditioner.embedders.0.transformer.text_model.* (SDXL's CLIP ViT-L) */
 } dl_text_layout;
 
 typedef struct dl_ckpt_options {
     /* Prediction type: -1 = from the folder's scheduler/scheduler_config.json (epsilon for a
      * single file: it cannot be seen in the weights), 0 = epsilon, 1 = v-prediction. */
     int prediction;
+    /* 1: the caller handles SDXL (its UNet and VAE; danlu run); 0: an SDXL checkpoint is DL_ERR
+     * saying what is not implemented yet (its second text encoder, sampling, training). */
+    int allow_sdxl;
+    /* A diffusers unet/config.json to use for a single file's UNet instead of the config detected
+     * from its tensors (heads and norm groups are not in the weights: detection assumes SD's 8
+     * heads / SD2's and SDXL's head dim 64 and 32 groups); NULL: detect. Every tensor is still
+     * checked against it at load. */
+    const char *unet_config;
 } dl_ckpt_options;
 
 typedef struct dl_checkpoint {
@@ -43,6 +59,7 @@ typedef struct dl_checkpoint {
     dl_ckpt_layout layout;
     dl_text_layout text_layout;       /* single file only */
     int sd2;                          /* 1: SD 2.x (OpenCLIP text encoder / linear proj_in) */
+    int sdxl;                         /* 1: SDXL (the UNet's text_time added conditioning) */
     dl_model_config cfg;              /* from config.json files, or detected from the tensors */
     char *tokenizer_dir;              /* diffusers tokenizer/ with vocab.json + merges.txt, or NULL */
     int n_files;
@@ -60,7 +77,7 @@ void dl_ckpt_set_pool(dl_checkpoint *ck, struct dl_pool *pool);
  * optional tokenizer/ and scheduler/). opt may be NULL (defaults). The config comes from the
  * folder's config.json files or is detected from a single file's tensors. DL_ERR with a message
  * naming the file and the problem: missing part, pickle file (with how to convert it),
- * unsupported architecture (SDXL, unCLIP, ...), corrupt safetensors. */
+ * unsupported architecture (unCLIP, ...; SDXL unless opt->allow_sdxl), corrupt safetensors. */
 int dl_ckpt_open(dl_checkpoint *ck, const char *path, const dl_ckpt_options *opt);
 void dl_ckpt_close(dl_checkpoint *ck);
 

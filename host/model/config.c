@@ -33,6 +33,28 @@ static void unet_sd15(dl_unet_config *c)
     c->prediction = DL_PRED_EPSILON;
 }
 
+/* SDXL base 1.0's UNet (stabilityai/stable-diffusion-xl-base-1.0 unet/config.json). */
+static void unet_sdxl(dl_unet_config *c)
+{
+    static const int ch[3] = {320, 640, 1280}, heads[3] = {5, 10, 20}, depth[3] = {1, 2, 10};
+    unet_sd15(c);
+    c->n_blocks = 3;
+    for (int i = 0; i < DL_MAX_BLOCKS; i++) {
+        c->block_out_channels[i] = i < 3 ? ch[i] : 0;
+        c->down_cross_attn[i] = i == 1 || i == 2; /* DownBlock2D, CrossAttnDownBlock2D x 2 */
+        c->up_cross_attn[i] = i == 0 || i == 1;   /* CrossAttnUpBlock2D x 2, UpBlock2D */
+        c->num_heads[i] = i < 3 ? heads[i] : 0;   /* head dim 64 */
+        c->transformer_layers[i] = i < 3 ? depth[i] : 0;
+    }
+    c->cross_attention_dim = 2048;
+    c->use_linear_projection = 1;
+    c->sample_size = 128;
+    c->addition_embed = DL_ADD_TEXT_TIME;
+    c->addition_time_embed_dim = 256;
+    c->projection_class_embeddings_input_dim = 2816;
+    c->addition_time_ids = 6;
+}
+
 static void vae_sd(dl_vae_config *c)
 {
     static const int ch[4] = {128, 256, 512, 512};
@@ -119,7 +141,42 @@ int dl_model_config_preset(dl_model_config *cfg, const char *name)
         t->eos_token_id = 999;
         return DL_OK;
     }
-    return dl_error_set("unknown model preset '%s' (known: sd15, sd21, sd21-base, tiny)", name);
+    if (!strcmp(name, "sdxl")) {
+        unet_sdxl(&cfg->unet);
+        cfg->vae.scaling_factor = 0.13025f;
+        cfg->vae.sample_size = 1024;
+        return DL_OK;
+    }
+    if (!strcmp(name, "tiny-sdxl")) { /* what a single file of it detects back (checkpoint.c) */
+        static const int ch[3] = {32, 64, 128}, heads[3] = {0, 1, 2};
+        dl_unet_config *u = &cfg->unet;
+        unet_sdxl(u);
+        for (int i = 0; i < 3; i++) u->block_out_channels[i] = ch[i], u->num_heads[i] = heads[i];
+        u->transformer_layers[1] = 1, u->transformer_layers[2] = 2;
+        u->cross_attention_dim = 96;
+        u->time_embed_dim = 128;
+        u->sample_size = 16;
+        u->addition_time_embed_dim = 8;
+        u->projection_class_embeddings_input_dim = 6 * 8 + 40;
+        dl_vae_config *v = &cfg->vae;
+        v->n_blocks = 2;
+        v->block_out_channels[0] = v->block_out_channels[1] = 32;
+        v->block_out_channels[2] = v->block_out_channels[3] = 0;
+        v->layers_per_block = 1;
+        v->scaling_factor = 0.13025f;
+        v->sample_size = 32;
+        dl_clip_config *t = &cfg->text;
+        t->vocab_size = 1000;
+        t->hidden_size = 64;
+        t->intermediate_size = 128;
+        t->num_layers = 2;
+        t->num_heads = 1;
+        t->max_positions = 77;
+        t->bos_token_id = 998;
+        t->eos_token_id = 999;
+        return DL_OK;
+    }
+    return dl_error_set("unknown model preset '%s' (known: sd15, sd21, sd21-base, sdxl, tiny, tiny-sdxl)", name);
 }
 
 /* ---------------------------------------------------------------- JSON helpers */
@@ -168,10 +225,11 @@ static int get_float(const cJSON *o, const char *key, float *out, const char *la
     return DL_OK;
 }
 
+/* Boolean key; absent or null (diffusers' "not set", e.g. SDXL's upcast_attention) keeps *out. */
 static int get_bool(const cJSON *o, const char *key, int *out, const char *label)
 {
     const cJSON *j = cJSON_GetObjectItemCaseSensitive(o, key);
-    if (!j) return DL_OK;
+    if (!j || cJSON_IsNull(j)) return DL_OK;
     if (!cJSON_IsBool(j)) return dl_error_set("%s: \"%s\" must be true or false", label, key);
     *out = cJSON_IsTrue(j);
     return DL_OK;
@@ -233,7 +291,7 @@ static int check_unknown(const cJSON *o, const char *const *known, const char *l
     for (const cJSON *j = o->child; j; j = j->next) {
         if (j->string[0] == '_' || in_list(j->string, known)) continue;
         if (cJSON_IsNull(j) || cJSON_IsFalse(j)) continue;
-        return dl_error_set("%s: unknown key \"%s\" (not a feature of the SD 1.x/2.x architecture danlu supports)",
+        return dl_error_set("%s: unknown key \"%s\" (not a feature of the SD 1.x/2.x/SDXL architectures danlu supports)",
                             label, j->string);
     }
     return DL_OK;
@@ -299,12 +357,14 @@ static const char *const UNET_KEYS[] = {
 static int unet_parse_obj(dl_unet_config *c, const cJSON *o, const char *label)
 {
     DL_TRY(class_name(o, "UNet2DConditionModel", label));
-    {
-        const cJSON *j = cJSON_GetObjectItemCaseSensitive(o, "addition_embed_type");
-        if (j && !cJSON_IsNull(j))
-            return dl_error_set("%s: architecture with addition_embed_type \"%s\" (SDXL-style added "
-                                "conditioning) is not supported: SD 1.x and 2.x only",
-                                label, cJSON_IsString(j) ? j->valuestring : "?");
+    const cJSON *ja = cJSON_GetObjectItemCaseSensitive(o, "addition_embed_type");
+    c->addition_embed = DL_ADD_NONE;
+    if (ja && !cJSON_IsNull(ja)) {
+        if (!cJSON_IsString(ja) || strcmp(ja->valuestring, "text_time"))
+            return dl_error_set("%s: addition_embed_type \"%s\" is not supported (SDXL's \"text_time\" is; "
+                                "the others belong to Kandinsky-style UNets)",
+                                label, cJSON_IsString(ja) ? ja->valuestring : "?");
+        c->addition_embed = DL_ADD_TEXT_TIME;
     }
     DL_TRY(expect_str(o, "class_embed_type", NULL, label, "class-conditioned UNets (SD 2.x unCLIP) are not supported"));
     DL_TRY(expect_num(o, "num_class_embeds", NAN, label, "class-conditioned UNets are not supported"));
@@ -315,7 +375,9 @@ static int unet_parse_obj(dl_unet_config *c, const cJSON *o, const char *label)
     DL_TRY(expect_num(o, "only_cross_attention", NAN, label, "cross-attention-only transformers are not supported"));
     DL_TRY(expect_num(o, "center_input_sample", NAN, label, "input centering is not supported"));
     DL_TRY(expect_num(o, "class_embeddings_concat", NAN, label, "class embeddings are not supported"));
-    DL_TRY(expect_num(o, "projection_class_embeddings_input_dim", NAN, label, "class embeddings are not supported"));
+    if (!c->addition_embed)
+        DL_TRY(expect_num(o, "projection_class_embeddings_input_dim", NAN, label,
+                          "class embeddings are not supported"));
     DL_TRY(expect_num(o, "time_embedding_dim", NAN, label, "a custom time embedding width is not supported"));
     DL_TRY(expect_str(o, "time_embedding_act_fn", NULL, label, "a time embedding activation is not supported"));
     DL_TRY(expect_str(o, "timestep_post_act", NULL, label, "a timestep post-activation is not supported"));
@@ -376,6 +438,16 @@ static int unet_parse_obj(dl_unet_config *c, const cJSON *o, const char *label)
                         c->n_blocks, label));
     DL_TRY(get_int_list(o, "transformer_layers_per_block", c->transformer_layers, c->n_blocks, label));
     c->time_embed_dim = 4 * c->block_out_channels[0];
+    c->addition_time_embed_dim = c->projection_class_embeddings_input_dim = c->addition_time_ids = 0;
+    if (c->addition_embed == DL_ADD_TEXT_TIME) {
+        const char *need[2] = {"addition_time_embed_dim", "projection_class_embeddings_input_dim"};
+        for (int i = 0; i < 2; i++)
+            if (!is_int(cJSON_GetObjectItemCaseSensitive(o, need[i])))
+                return dl_error_set("%s: addition_embed_type \"text_time\" needs an integer \"%s\"", label, need[i]);
+        DL_TRY(get_int(o, "addition_time_embed_dim", &c->addition_time_embed_dim, label));
+        DL_TRY(get_int(o, "projection_class_embeddings_input_dim", &c->projection_class_embeddings_input_dim, label));
+        c->addition_time_ids = 6; /* what SDXL's pipelines pass (not a config key) */
+    }
     return dl_unet_config_validate(c, label);
 }
 
@@ -403,13 +475,34 @@ int dl_unet_config_validate(const dl_unet_config *c, const char *label)
         if (ch < 1 || ch % c->norm_num_groups)
             return dl_error_set("%s: block_out_channels[%d] = %d is not a positive multiple of norm_num_groups %d",
                                 label, i, ch, c->norm_num_groups);
+        /* heads and depth are read by the attentions of the level only (down block i, up block
+         * n-1-i, the mid block at the last level): a level without any may hold 0 */
+        const int attn = c->down_cross_attn[i] || c->up_cross_attn[c->n_blocks - 1 - i] || i == c->n_blocks - 1;
+        if (!attn && c->num_heads[i] >= 0 && c->transformer_layers[i] >= 0) continue;
         if (c->num_heads[i] < 1 || ch % c->num_heads[i])
             return dl_error_set("%s: %d attention heads do not divide the %d channels of block %d", label,
                                 c->num_heads[i], ch, i);
         if (c->transformer_layers[i] < 1)
             return dl_error_set("%s: transformer_layers_per_block[%d] = %d", label, i, c->transformer_layers[i]);
     }
+    if (c->addition_embed == DL_ADD_TEXT_TIME) {
+        const int A = c->addition_time_embed_dim, K = c->addition_time_ids;
+        if (A < 2 || A % 2 || c->freq_shift >= A / 2 || K < 1 || K > 64 ||
+            c->projection_class_embeddings_input_dim <= (int64_t)K * A)
+            return dl_error_set("%s: SDXL added conditioning out of range (addition_time_embed_dim %d must be even "
+                                "and above 2 x freq_shift %d; projection_class_embeddings_input_dim %d must exceed "
+                                "%d time ids x %d)", label, A, c->freq_shift,
+                                c->projection_class_embeddings_input_dim, K, A);
+    } else if (c->addition_embed != DL_ADD_NONE) {
+        return dl_error_set("%s: unknown added conditioning %d", label, (int)c->addition_embed);
+    }
     return DL_OK;
+}
+
+int dl_unet_text_embeds_dim(const dl_unet_config *c)
+{
+    if (c->addition_embed != DL_ADD_TEXT_TIME) return 0;
+    return c->projection_class_embeddings_input_dim - c->addition_time_ids * c->addition_time_embed_dim;
 }
 
 int dl_unet_config_load(dl_unet_config *cfg, const char *path)
@@ -647,6 +740,11 @@ char *dl_unet_config_to_json(const dl_unet_config *c)
     cJSON_AddItemToObject(o, "attention_head_dim", int_array(c->num_heads, n)); /* diffusers: = heads */
     cJSON_AddBoolToObject(o, "use_linear_projection", c->use_linear_projection);
     cJSON_AddBoolToObject(o, "upcast_attention", c->upcast_attention);
+    if (c->addition_embed == DL_ADD_TEXT_TIME) {
+        cJSON_AddStringToObject(o, "addition_embed_type", "text_time");
+        cJSON_AddNumberToObject(o, "addition_time_embed_dim", c->addition_time_embed_dim);
+        cJSON_AddNumberToObject(o, "projection_class_embeddings_input_dim", c->projection_class_embeddings_input_dim);
+    }
     return print_and_free(o);
 }
 
@@ -721,6 +819,8 @@ const char *dl_unet_config_diff(const dl_unet_config *a, const dl_unet_config *b
     DIFF(transformer_layers); DIFF(cross_attention_dim); DIFF(use_linear_projection);
     DIFF(upcast_attention); DIFF(norm_num_groups); DIFF(norm_eps); DIFF(time_embed_dim);
     DIFF(flip_sin_to_cos); DIFF(freq_shift); DIFF(sample_size); DIFF(prediction);
+    DIFF(addition_embed); DIFF(addition_time_embed_dim); DIFF(projection_class_embeddings_input_dim);
+    DIFF(addition_time_ids);
     return NULL;
 }
 

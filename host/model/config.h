@@ -1,5 +1,6 @@
-/* config.h - architecture configs of the SD 1.x/2.x networks (UNet, VAE, CLIP text encoder):
- * presets, diffusers config.json parsing (cJSON) and writing, validation.
+/* config.h - architecture configs of the SD 1.x/2.x and SDXL networks (UNet, VAE, CLIP text
+ * encoder): presets, diffusers config.json parsing (cJSON) and writing, validation. SDXL's
+ * second text encoder (OpenCLIP ViT-bigG with its projection) has no config here yet.
  *
  * Field meanings follow diffusers/transformers. One trap kept explicit here: diffusers'
  * UNet "attention_head_dim" is really the number of heads (SD1: 8 heads everywhere; SD2:
@@ -20,9 +21,26 @@ extern "C" {
 /* The text encoder's activation is one of the CPU op set's (DL_ACT_QUICK_GELU or DL_ACT_GELU). */
 typedef dl_act dl_clip_act;
 
+/* Added conditioning of the UNet (diffusers addition_embed_type). */
+typedef enum {
+    DL_ADD_NONE = 0,      /* SD 1.x / 2.x */
+    DL_ADD_TEXT_TIME = 1  /* SDXL "text_time": pooled text embedding + sinusoids of the time ids */
+} dl_add_embed;
+
 /* UNet2DConditionModel with CrossAttnDownBlock2D/DownBlock2D, UNetMidBlock2DCrossAttn,
  * UpBlock2D/CrossAttnUpBlock2D. Block arrays are indexed in diffusers order: down block i,
- * up block i (up block i mirrors down block n_blocks-1-i). */
+ * up block i (up block i mirrors down block n_blocks-1-i). num_heads[i] and
+ * transformer_layers[i] are read by the attentions of level i only (down block i, up block
+ * n_blocks-1-i, the mid block for the last level): a level without attention (SDXL's first)
+ * may hold 0 there.
+ *
+ * SDXL (addition_embed == DL_ADD_TEXT_TIME): the time embedding gets
+ *   add_embedding(concat(text_embeds [N, Dt], sinusoid_A(time_ids [N, K]) [N, K*A]))
+ * added before its final SiLU, add_embedding = linear_1 [Td, P] -> SiLU -> linear_2 [Td, Td],
+ * P = projection_class_embeddings_input_dim = Dt + K*A, the sinusoid as diffusers' add_time_proj
+ * (Timesteps(A, flip_sin_to_cos, freq_shift), per time id). K is not a diffusers config key:
+ * SDXL's pipelines pass 6 time ids (original size, crop top-left, target size), the refiner 5
+ * (its aesthetic score in place of the target size); Dt follows from P, K and A. */
 typedef struct dl_unet_config {
     int in_channels, out_channels;             /* 4, 4 (9 in for inpainting) */
     int n_blocks;                              /* len(block_out_channels) */
@@ -41,9 +59,17 @@ typedef struct dl_unet_config {
     int time_embed_dim;                        /* 4 * block_out_channels[0] */
     int flip_sin_to_cos;                       /* 1 */
     int freq_shift;                            /* 0 */
-    int sample_size;                           /* latent size the model was trained at: 64 / 96 */
+    int sample_size;                           /* latent size the model was trained at: 64 / 96 / 128 */
     dl_prediction prediction;                  /* from the scheduler config, or a flag */
+    dl_add_embed addition_embed;               /* DL_ADD_NONE, or SDXL's DL_ADD_TEXT_TIME */
+    int addition_time_embed_dim;               /* A: sinusoid width per time id (SDXL: 256) */
+    int projection_class_embeddings_input_dim; /* P = Dt + K*A (SDXL: 2816 = 1280 + 6 x 256) */
+    int addition_time_ids;                     /* K: time ids per sample (SDXL: 6; refiner: 5) */
 } dl_unet_config;
+
+/* Dt, the width of the pooled text embedding an SDXL UNet takes (P - K*A); 0 without added
+ * conditioning. */
+int dl_unet_text_embeds_dim(const dl_unet_config *cfg);
 
 /* AutoencoderKL with DownEncoderBlock2D / UpDecoderBlock2D blocks. Decoder up block i mirrors
  * encoder down block n_blocks-1-i and has layers_per_block+1 resnets. */
@@ -81,14 +107,17 @@ typedef struct dl_model_config {
 } dl_model_config;
 
 /* Fill cfg with a named preset: "sd15" (SD 1.x), "sd21" (SD 2.x 768-v, v-prediction),
- * "sd21-base" (SD 2.x 512, epsilon), "tiny" (the tiny test model of tests/gen/gen_checkpoint.py).
+ * "sd21-base" (SD 2.x 512, epsilon), "sdxl" (SDXL base 1.0: its UNet and VAE, and CLIP ViT-L as
+ * the text encoder: the second one is not modelled yet), "tiny" (the tiny test model of
+ * tests/gen/gen_checkpoint.py), "tiny-sdxl" (a small SDXL-architecture model whose config a
+ * single file's tensors give back: 32 norm groups, head dim 64, a 64-wide text encoder).
  * Returns DL_OK, or DL_ERR naming the unknown preset. */
 int dl_model_config_preset(dl_model_config *cfg, const char *name);
 
 /* Parse a diffusers unet/config.json text (label names it in messages). Unknown keys whose
  * value is null or false are ignored (absent features); any other unknown key, an architecture
- * other than UNet2DConditionModel, or a feature we do not support (e.g. SDXL's
- * addition_embed_type, class embeddings, dual cross attention) is DL_ERR naming the key. */
+ * other than UNet2DConditionModel, or a feature we do not support (an addition_embed_type other
+ * than SDXL's "text_time", class embeddings, dual cross attention) is DL_ERR naming the key. */
 int dl_unet_config_parse(dl_unet_config *cfg, const char *json, const char *label);
 /* Same for vae/config.json (AutoencoderKL). */
 int dl_vae_config_parse(dl_vae_config *cfg, const char *json, const char *label);

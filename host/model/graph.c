@@ -172,7 +172,7 @@ void dl_graph_size_table(const dl_net *net, const dl_pass_in *in0, int checkpoin
     static _Alignas(64) const float stand_in[16]; /* the pointers of a measuring run (never read) */
     float *io = (float *)stand_in;
     dl_pass_in in = *in0;
-    in.x = in.t = in.context = io;
+    in.x = in.t = in.context = in.text_embeds = in.time_ids = io;
     dl_tape *tp = malloc(sizeof *tp); /* sizing runs once, before the steady state */
     DL_ASSERTF(tp, "out of memory sizing a training pass");
     memset(tab, 0, sizeof *tab);

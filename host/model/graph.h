@@ -32,14 +32,17 @@ extern "C" {
 
 typedef enum {
     DL_NODE_CONV_IN = 0, /* conv_in: the latents -> C0 channels */
-    DL_NODE_TIME_EMBED,  /* time_embedding: timesteps -> SiLU(temb) [N, Td], read by every resnet */
+    DL_NODE_TIME_EMBED,  /* time_embedding: timesteps -> SiLU(temb) [N, Td], read by every resnet
+                            (temb itself when an ADD_EMBED node follows) */
     DL_NODE_RESNET,      /* ResnetBlock2D (on concat(x, skip) in the up path) */
     DL_NODE_TRANSFORMER, /* Transformer2DModel */
     DL_NODE_DOWNSAMPLE,  /* downsamplers.0: conv k3 s2 */
     DL_NODE_UPSAMPLE,    /* upsamplers.0: nearest 2x, conv k3 */
     DL_NODE_OUT,         /* conv_norm_out + SiLU -> conv_out */
     DL_NODE_ATTENTION,   /* the VAE's mid-block attention: GroupNorm, one head, residual */
-    DL_NODE_LINEAR       /* a 1x1 conv held as a linear (the VAE's quant_conv, post_quant_conv) */
+    DL_NODE_LINEAR,      /* a 1x1 conv held as a linear (the VAE's quant_conv, post_quant_conv) */
+    DL_NODE_ADD_EMBED    /* SDXL's add_embedding: SiLU(temb + add_embedding(text_embeds, time_ids)),
+                            a side node after the time embedding; the resnets read its output */
 } dl_node_kind;
 
 typedef struct dl_node {
@@ -50,7 +53,8 @@ typedef struct dl_node {
     int is_skip;           /* the output is also a skip of a later node */
     int level;             /* the input is at (H, W) / 2^level (negative: x 2^-level) */
     int side;              /* the output is a side input of later nodes (the time embedding), not
-                              on the chain of x */
+                              on the chain of x; each side node reads the previous one's (in->side)
+                              and replaces it */
     int cin, cout, cskip;  /* channels in (incl. the skip's cskip) and out */
     int heads, layers;     /* transformer: attention heads, transformer blocks */
     void *block;           /* the loaded block: dl_unet_resnet, dl_unet_transformer, dl_conv, the net */
@@ -108,7 +112,9 @@ typedef struct dl_pass_in {
     const float *t;           /* timesteps [N] (UNet) */
     const float *context;     /* [N, T, Dc] (UNet) */
     int T;
-    const float *side;        /* the side node's output (UNet: SiLU(temb) [N, Td]), set by the walk */
+    const float *side;        /* the last side node's output (UNet: SiLU(temb) [N, Td]), set by the walk */
+    const float *text_embeds; /* SDXL UNet: pooled text embedding [N, Dt] (NULL otherwise) */
+    const float *time_ids;    /* SDXL UNet: [N, K] original size, crop top-left, target size */
 } dl_pass_in;
 
 typedef struct dl_net {

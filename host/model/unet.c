@@ -1,6 +1,6 @@
-/* unet.c - SD 1.x/2.x UNet (diffusers UNet2DConditionModel): the node list built from the
- * config, the loader and the weight listing that walk it, one node's forward and backward (the
- * step every walker takes), and the inference forward. */
+/* unet.c - SD 1.x/2.x and SDXL UNet (diffusers UNet2DConditionModel): the node list built from
+ * the config, the loader and the weight listing that walk it, one node's forward and backward
+ * (the step every walker takes), and the inference forward. */
 #include "model/unet.h"
 #include "backend/backend.h"
 #include "core/error.h"
@@ -41,6 +41,11 @@ static void build_graph(dl_unet *u)
     skip[ns++] = cur;
     const int te = add(u, DL_NODE_TIME_EMBED, "time_embedding.", DL_NODE_NONE, 0, C[0], c->time_embed_dim, u);
     u->graph.node[te].side = 1;
+    if (c->addition_embed == DL_ADD_TEXT_TIME) { /* reads the time embedding's output, replaces it */
+        const int ae = add(u, DL_NODE_ADD_EMBED, "add_embedding.", DL_NODE_NONE, 0,
+                           c->projection_class_embeddings_input_dim, c->time_embed_dim, u);
+        u->graph.node[ae].side = 1;
+    }
     for (int i = 0; i < n; i++) {
         dl_unet_down *d = &u->down[i];
         for (int j = 0; j < L; j++) {
@@ -113,6 +118,9 @@ static int load_node(dl_unet *u, dl_netload *nl, dl_node *nd)
     case DL_NODE_TIME_EMBED:
         DL_TRY(dl_nl_linear(nl, &u->time_linear_1, nd->name, "linear_1", nd->cin, nd->cout, 1));
         return dl_nl_linear(nl, &u->time_linear_2, nd->name, "linear_2", nd->cout, nd->cout, 1);
+    case DL_NODE_ADD_EMBED:
+        DL_TRY(dl_nl_linear(nl, &u->add_linear_1, nd->name, "linear_1", nd->cin, nd->cout, 1));
+        return dl_nl_linear(nl, &u->add_linear_2, nd->name, "linear_2", nd->cout, nd->cout, 1);
     case DL_NODE_RESNET:
         return dl_resnet_load(nd->block, nl, nd->name, nd->cin, nd->cout, c->time_embed_dim, G, c->norm_eps);
     case DL_NODE_TRANSFORMER:
@@ -220,7 +228,8 @@ static int node_has_lora(const void *self, const dl_node *nd)
 {
     const dl_unet *u = self;
     switch (nd->kind) {
-    case DL_NODE_TIME_EMBED: return 0; /* not back-propagated: the time embedding is frozen */
+    case DL_NODE_TIME_EMBED:
+    case DL_NODE_ADD_EMBED: return 0; /* not back-propagated: the time and added embeddings are frozen */
     case DL_NODE_RESNET: return dl_resnet_has_lora(nd->block);
     case DL_NODE_TRANSFORMER: return dl_transformer_has_lora(nd->block);
     case DL_NODE_CONV_IN:
@@ -232,7 +241,8 @@ static int node_has_lora(const void *self, const dl_node *nd)
 }
 
 /* temb_act [N, Td] = SiLU(linear_2(SiLU(linear_1(sinusoid(t [N]))))), the sinusoid as diffusers'
- * Timesteps(C0, flip_sin_to_cos, freq_shift). */
+ * Timesteps(C0, flip_sin_to_cos, freq_shift); without the final SiLU when the added embedding
+ * is still to be summed in (SDXL: add_embed_fwd applies it). */
 static void time_embed_fwd(const dl_ctx *ctx, const dl_unet *u, int N, const float *t, float *temb_act,
                            dl_arena *scratch)
 {
@@ -246,8 +256,40 @@ static void time_embed_fwd(const dl_ctx *ctx, const dl_unet *u, int N, const flo
     float *h = dl_alloc_f32(scratch, (int64_t)N * Td);                               // [N, Td]
     dl_linear_fwd(ctx, &u->time_linear_1, N, sinus, h, scratch);                     // [N, Td]
     dl_be(ctx)->act_forward(ctx, DL_ACT_SILU, (int64_t)N * Td, h, h);                // [N, Td]
-    dl_linear_fwd(ctx, &u->time_linear_2, N, h, temb, scratch);                      // temb [N, Td]
-    dl_be(ctx)->act_forward(ctx, DL_ACT_SILU, (int64_t)N * Td, temb, temb_act);      // [N, Td]
+    if (c->addition_embed == DL_ADD_NONE) {
+        dl_linear_fwd(ctx, &u->time_linear_2, N, h, temb, scratch);                  // temb [N, Td]
+        dl_be(ctx)->act_forward(ctx, DL_ACT_SILU, (int64_t)N * Td, temb, temb_act);  // [N, Td]
+    } else {
+        dl_linear_fwd(ctx, &u->time_linear_2, N, h, temb_act, scratch);              // temb [N, Td]
+    }
+    dl_arena_release(scratch, mark);
+}
+
+/* SDXL's text_time conditioning: y [N, Td] = SiLU(temb [N, Td] + add_embedding(concat(
+ * text_embeds [N, Dt], sinusoid_A(time_ids [N, K]) [N, K*A]))), each time id's sinusoid as
+ * diffusers' add_time_proj = Timesteps(A, flip_sin_to_cos, freq_shift); add_embedding is
+ * linear_1 [Td, P] -> SiLU -> linear_2 [Td, Td], P = Dt + K*A. */
+static void add_embed_fwd(const dl_ctx *ctx, const dl_unet *u, const dl_pass_in *in, const float *temb, float *y,
+                          dl_arena *scratch)
+{
+    const dl_unet_config *c = &u->cfg;
+    const int N = in->N, A = c->addition_time_embed_dim, K = c->addition_time_ids, Td = c->time_embed_dim;
+    const int P = c->projection_class_embeddings_input_dim, Dt = dl_unet_text_embeds_dim(c);
+    DL_ASSERTF(in->text_embeds && in->time_ids && temb,
+               "an SDXL UNet (addition_embed_type text_time) needs text_embeds and time_ids");
+    size_t mark = dl_arena_mark(scratch);
+    float *sinus = dl_alloc_f32(scratch, (int64_t)N * K * A);                        // [N*K, A] = [N, K*A]
+    dl_be(ctx)->timestep_embedding(ctx, (int64_t)N * K, A, in->time_ids, c->flip_sin_to_cos, (float)c->freq_shift,
+                                   1.0f, 10000.0f, sinus);                           // [N, K*A]
+    float *cat = dl_alloc_f32(scratch, (int64_t)N * P);                              // [N, P]
+    dl_be(ctx)->concat_channels_forward(ctx, N, Dt, (int64_t)K * A, in->text_embeds, sinus, cat);
+    float *h = dl_alloc_f32(scratch, (int64_t)N * Td);                               // [N, Td]
+    dl_linear_fwd(ctx, &u->add_linear_1, N, cat, h, scratch);                        // [N, Td]
+    dl_be(ctx)->act_forward(ctx, DL_ACT_SILU, (int64_t)N * Td, h, h);                // [N, Td]
+    float *aug = dl_alloc_f32(scratch, (int64_t)N * Td);                             // [N, Td]
+    dl_linear_fwd(ctx, &u->add_linear_2, N, h, aug, scratch);                        // aug [N, Td]
+    dl_be(ctx)->add_forward(ctx, (int64_t)N * Td, temb, aug, aug);                   // temb + aug
+    dl_be(ctx)->act_forward(ctx, DL_ACT_SILU, (int64_t)N * Td, aug, y);              // [N, Td]
     dl_arena_release(scratch, mark);
 }
 
@@ -260,6 +302,7 @@ static float *node_forward(const dl_ctx *ctx, const void *self, const dl_node *n
     case DL_NODE_CONV_IN:
     case DL_NODE_DOWNSAMPLE: dl_conv_fwd(ctx, nd->block, N, h, w, x, y, NULL, NULL, scratch); return NULL;
     case DL_NODE_TIME_EMBED: time_embed_fwd(ctx, u, N, in->t, y, scratch); return NULL;
+    case DL_NODE_ADD_EMBED: add_embed_fwd(ctx, u, in, in->side, y, scratch); return NULL;
     case DL_NODE_RESNET:
         return dl_resnet_forward(ctx, nd->block, N, h, w, x, skip, nd->cskip, in->side, y, save, scratch);
     case DL_NODE_TRANSFORMER:
@@ -279,7 +322,8 @@ static void node_backward(const dl_ctx *ctx, const void *self, const dl_node *nd
     switch (nd->kind) {
     case DL_NODE_CONV_IN:
     case DL_NODE_DOWNSAMPLE: dl_conv_bwd(ctx, nd->block, N, h, w, x, dy, dx, scratch); return;
-    case DL_NODE_TIME_EMBED: DL_ASSERTF(0, "the time embedding is not back-propagated"); return;
+    case DL_NODE_TIME_EMBED:
+    case DL_NODE_ADD_EMBED: DL_ASSERTF(0, "the time and added embeddings are not back-propagated"); return;
     case DL_NODE_RESNET:
         dl_resnet_backward(ctx, nd->block, N, h, w, x, nd->cskip, in->side, saved, dy, dx, scratch);
         return;
@@ -301,23 +345,38 @@ dl_net dl_unet_net(const dl_unet *u)
 
 /* ================================================================ inference */
 
-void dl_unet_forward(const dl_ctx *ctx, const dl_unet *u, int N, int H, int W, const float *x, const float *t,
-                     const float *ctx_emb, int T, float *out, dl_arena *scratch)
+dl_pass_in dl_unet_pass_in(const dl_unet *u, int N, int H, int W, const float *x, const float *t,
+                           const float *ctx_emb, int T, const dl_unet_added *add)
 {
     const int n = u->cfg.n_blocks;
     DL_ASSERT(N > 0 && T > 0 && n >= 1);
     DL_ASSERTF(H % (1 << (n - 1)) == 0 && W % (1 << (n - 1)) == 0,
                "latent %dx%d is not divisible by 2^%d (the UNet's downsampling)", H, W, n - 1);
+    const int xl = u->cfg.addition_embed != DL_ADD_NONE;
+    return (dl_pass_in){N, H, W, x, t, ctx_emb, T, NULL, xl && add ? add->text_embeds : NULL,
+                        xl && add ? add->time_ids : NULL};
+}
+
+void dl_unet_forward_added(const dl_ctx *ctx, const dl_unet *u, int N, int H, int W, const float *x, const float *t,
+                           const float *ctx_emb, int T, const dl_unet_added *add, float *out, dl_arena *scratch)
+{
     const dl_net net = dl_unet_net(u);
-    const dl_pass_in in = {N, H, W, x, t, ctx_emb, T, NULL};
+    const dl_pass_in in = dl_unet_pass_in(u, N, H, W, x, t, ctx_emb, T, add);
     dl_graph_infer(ctx, &net, &in, out, scratch);
+}
+
+void dl_unet_forward(const dl_ctx *ctx, const dl_unet *u, int N, int H, int W, const float *x, const float *t,
+                     const float *ctx_emb, int T, float *out, dl_arena *scratch)
+{
+    dl_unet_forward_added(ctx, u, N, H, W, x, t, ctx_emb, T, NULL, out, scratch);
 }
 
 size_t dl_unet_scratch_bytes(const dl_unet *u, int N, int H, int W, int T)
 {
     static _Alignas(64) const float stand_in[16]; /* the pointers of a measuring run (never read) */
+    const dl_unet_added add = {stand_in, stand_in};
     dl_arena a;
     dl_arena_init_measure(&a, "UNet scratch (measuring)");
-    dl_unet_forward(dl_measure_ctx(), u, N, H, W, stand_in, stand_in, stand_in, T, (float *)stand_in, &a);
+    dl_unet_forward_added(dl_measure_ctx(), u, N, H, W, stand_in, stand_in, stand_in, T, &add, (float *)stand_in, &a);
     return a.peak;
 }

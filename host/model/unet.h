@@ -1,8 +1,11 @@
-/* unet.h - the SD 1.x/2.x denoising UNet (diffusers UNet2DConditionModel) on the CPU backend.
+/* unet.h - the SD 1.x/2.x and SDXL denoising UNet (diffusers UNet2DConditionModel), run through
+ * the ctx's backend.
  *
  * Structure (diffusers names, channels-last activations), described once as a node list
  * (model/graph.h) built from the config at load (dl_unet.graph):
  *   conv_in; time_embedding (time_proj sinusoid -> linear_1 -> SiLU -> linear_2, then SiLU)
+ *   SDXL: add_embedding (linear_1 -> SiLU -> linear_2 on concat(text_embeds, add_time_proj
+ *         sinusoids of the time ids)) added to the time embedding before that SiLU; frozen
  *   down_blocks.i.{resnets.j, attentions.j}, downsamplers.0          (every output a skip)
  *   mid_block.resnets.0 -> mid_block.attentions.0 -> mid_block.resnets.1
  *   up_blocks.i.{resnets.j on concat(h, skip), attentions.j}, upsamplers.0
@@ -65,6 +68,8 @@ typedef struct dl_unet {
     dl_conv conv_in;            /* [C0, 3, 3, in_channels] */
     dl_linear time_linear_1;    /* time_embedding.linear_1: [Td, C0] */
     dl_linear time_linear_2;    /* time_embedding.linear_2: [Td, Td] */
+    dl_linear add_linear_1;     /* SDXL add_embedding.linear_1: [Td, P] (unused without added conditioning) */
+    dl_linear add_linear_2;     /* SDXL add_embedding.linear_2: [Td, Td] */
     dl_unet_down down[DL_MAX_BLOCKS];
     dl_unet_resnet mid_res0, mid_res1;
     dl_unet_transformer mid_attn;
@@ -101,6 +106,13 @@ const dl_unet_module *dl_unet_modules(const dl_unet *u, int *n);
  * LoRA attached to u's modules at the time of the call (attach LoRAs first). */
 size_t dl_unet_scratch_bytes(const dl_unet *u, int N, int H, int W, int T);
 
+/* SDXL's added conditioning (cfg.addition_embed DL_ADD_TEXT_TIME), in backend memory. */
+typedef struct dl_unet_added {
+    const float *text_embeds; /* [N, Dt]: the pooled text embedding, Dt = dl_unet_text_embeds_dim */
+    const float *time_ids;    /* [N, K], K = cfg.addition_time_ids: original height, width, crop top,
+                                 left, target height, width (SDXL base) */
+} dl_unet_added;
+
 /* eps/v prediction: out [N, H, W, out_channels] from the latents x [N, H, W, in_channels],
  * timesteps t [N] (may be fractional) and the text context ctx [N, T, cross_attention_dim].
  * H and W must be divisible by 2^(n_blocks-1) (DL_ASSERT; diffusers' upsample_size path for
@@ -109,6 +121,13 @@ size_t dl_unet_scratch_bytes(const dl_unet *u, int N, int H, int W, int T);
  * return. */
 void dl_unet_forward(const dl_ctx *ctx, const dl_unet *u, int N, int H, int W, const float *x, const float *t,
                      const float *ctx_emb, int T, float *out, dl_arena *scratch);
+/* The same with SDXL's added conditioning: add is required (DL_ASSERT) when the config has it
+ * and ignored (may be NULL) when not. dl_unet_forward is this with add NULL. */
+void dl_unet_forward_added(const dl_ctx *ctx, const dl_unet *u, int N, int H, int W, const float *x, const float *t,
+                           const float *ctx_emb, int T, const dl_unet_added *add, float *out, dl_arena *scratch);
+/* The walkers' inputs of one UNet pass (model/graph.h), with the shape contract checked. */
+dl_pass_in dl_unet_pass_in(const dl_unet *u, int N, int H, int W, const float *x, const float *t,
+                           const float *ctx_emb, int T, const dl_unet_added *add);
 
 /* Every weight of a UNet of this config, in diffusers names and PyTorch shapes, in load order:
  * the loader run in listing mode (dl_model_weights' UNet part). Stops with DL_ERR when fn does. */

@@ -5,24 +5,22 @@
 
 #include <stdlib.h>
 
-static dl_pass_in pass_in(const dl_unet *u, int N, int H, int W, const float *x, const float *t, const float *context,
-                          int T)
+void dl_unet_train_forward_added(const dl_ctx *ctx, const dl_unet *u, dl_unet_tape *tape, int N, int H, int W,
+                                 const float *x, const float *t, const float *context, int T,
+                                 const dl_unet_added *add, float *out, int checkpoint, dl_arena *act,
+                                 dl_arena *scratch)
 {
-    const int n = u->cfg.n_blocks;
-    DL_ASSERT(N > 0 && T > 0 && n >= 1);
-    DL_ASSERTF(H % (1 << (n - 1)) == 0 && W % (1 << (n - 1)) == 0,
-               "latent %dx%d is not divisible by 2^%d (the UNet's downsampling)", H, W, n - 1);
-    return (dl_pass_in){N, H, W, x, t, context, T, NULL};
+    DL_ASSERT(ctx && u && tape && x && t && context && out && act && scratch);
+    const dl_net net = dl_unet_net(u);
+    const dl_pass_in in = dl_unet_pass_in(u, N, H, W, x, t, context, T, add);
+    dl_graph_train_forward(ctx, &net, tape, &in, out, checkpoint, act, scratch, NULL);
 }
 
 void dl_unet_train_forward(const dl_ctx *ctx, const dl_unet *u, dl_unet_tape *tape, int N, int H, int W,
                            const float *x, const float *t, const float *context, int T, float *out,
                            int checkpoint, dl_arena *act, dl_arena *scratch)
 {
-    DL_ASSERT(ctx && u && tape && x && t && context && out && act && scratch);
-    const dl_net net = dl_unet_net(u);
-    const dl_pass_in in = pass_in(u, N, H, W, x, t, context, T);
-    dl_graph_train_forward(ctx, &net, tape, &in, out, checkpoint, act, scratch, NULL);
+    dl_unet_train_forward_added(ctx, u, tape, N, H, W, x, t, context, T, NULL, out, checkpoint, act, scratch);
 }
 
 void dl_unet_backward(const dl_ctx *ctx, const dl_unet_tape *tape, const float *dout, float *dcontext,
@@ -36,7 +34,7 @@ void dl_unet_size_table(const dl_unet *u, int N, int H, int W, int T, int checkp
                         dl_size_table *tab)
 {
     const dl_net net = dl_unet_net(u);
-    const dl_pass_in in = pass_in(u, N, H, W, NULL, NULL, NULL, T);
+    const dl_pass_in in = dl_unet_pass_in(u, N, H, W, NULL, NULL, NULL, T, NULL);
     dl_graph_size_table(&net, &in, checkpoint, 0, want_dcontext, tab);
 }
 

@@ -63,6 +63,14 @@ void dl_unet_train_forward(const dl_ctx *ctx, const dl_unet *u, dl_unet_tape *ta
                            const float *x, const float *t, const float *context, int T, float *out,
                            int checkpoint, dl_arena *act, dl_arena *scratch);
 
+/* The same with SDXL's added conditioning (model/unet.h: dl_unet_added; required when u's config
+ * has it, ignored otherwise); text_embeds and time_ids are referenced like x. The added
+ * embedding is frozen: no gradient flows into it or its inputs. */
+void dl_unet_train_forward_added(const dl_ctx *ctx, const dl_unet *u, dl_unet_tape *tape, int N, int H, int W,
+                                 const float *x, const float *t, const float *context, int T,
+                                 const dl_unet_added *add, float *out, int checkpoint, dl_arena *act,
+                                 dl_arena *scratch);
+
 /* The backward of the recorded forward from dout [N, H, W, out_ch] (d loss / d out; may alias
  * the forward's out): every unmerged LoRA with dA/dB set gets its gradients ADDED (+=), so
  * several calls accumulate; dcontext [N, T, Dc], if not NULL, is overwritten with d loss /
