@@ -187,3 +187,93 @@ Test(cli_run, unet_matches_diffusers_in_nchw_on_cuda, .init = tu_tmpdir_init, .f
     g_backend = "cuda";
     unet_case();
 }
+
+/* ---- SDXL: the UNet takes text_embeds and time_ids (tests/golden/tiny_unet_sdxl, from
+ * tests/gen/gen_sdxl_unet.py); the single file with --unet-config (its heads and norm groups
+ * are not in its weights). */
+
+static int run_xl(const char *model, const char *in, const char *out, const char *unet_config)
+{
+    char *argv[] = {"run", "--model", (char *)model, "--component", "unet", "--inputs", (char *)in, "--out", (char *)out,
+                    "--threads", "2", "--backend", (char *)g_backend, "--unet-config", (char *)unet_config, NULL};
+    FILE *devnull = fopen("/dev/null", "w");
+    int rc = dl_cmd_run(unet_config ? 15 : 13, argv, devnull);
+    fclose(devnull);
+    return rc;
+}
+
+/* xl_1's inputs in the reference's conventions; time_ids as int64 (int_ids) or float32; drop: a
+ * tensor left out; te_cols: text_embeds' width (the golden's when 0). */
+static void write_xl_inputs(const char *path, int int_ids, const char *drop, int te_cols)
+{
+    dl_st_file g;
+    tu_golden_open(&g, "sdxl_unet");
+    const dl_st_tensor *tx = dl_st_find(&g, "xl_1.x"), *tc = dl_st_find(&g, "xl_1.ctx"),
+                       *tt = dl_st_find(&g, "xl_1.text_embeds");
+    const int N = (int)tx->shape[0], H = (int)tx->shape[1], W = (int)tx->shape[2], C = (int)tx->shape[3];
+    float *x = tu_golden_f32(&g, "xl_1.x", NULL), *xc = to_nchw(x, N, H, W, C);
+    float *ctx = tu_golden_f32(&g, "xl_1.ctx", NULL), *t = tu_golden_f32(&g, "xl_1.t", NULL);
+    float *te = tu_golden_f32(&g, "xl_1.text_embeds", NULL), *tid = tu_golden_f32(&g, "xl_1.time_ids", NULL);
+    int64_t ids[2 * 6];
+    for (int i = 0; i < N * 6; i++) ids[i] = (int64_t)tid[i];
+    dl_st_entry all[5] = {{"sample", DL_F32, 4, {N, C, H, W}, xc},
+                          {"timestep", DL_F32, 1, {N}, t},
+                          {"encoder_hidden_states", DL_F32, 3, {tc->shape[0], tc->shape[1], tc->shape[2]}, ctx},
+                          {"text_embeds", DL_F32, 2, {N, te_cols ? te_cols : tt->shape[1]}, te},
+                          {"time_ids", int_ids ? DL_I64 : DL_F32, 2, {N, 6}, int_ids ? (void *)ids : (void *)tid}};
+    dl_st_entry e[5];
+    int n = 0;
+    for (int i = 0; i < 5; i++)
+        if (!drop || strcmp(all[i].name, drop)) e[n++] = all[i];
+    cr_assert_eq(dl_st_save(path, e, n, NULL, 0), DL_OK, "%s", dl_error_msg());
+    free(x), free(xc), free(ctx), free(t), free(te), free(tid);
+    dl_st_close(&g);
+}
+
+static void sdxl_unet_case(void)
+{
+    write_xl_inputs(tu_tmp("in.safetensors"), !strcmp(g_backend, "cpu"), NULL, 0);
+    dl_st_file g;
+    tu_golden_open(&g, "sdxl_unet");
+    const dl_st_tensor *tx = dl_st_find(&g, "xl_1.x");
+    const int N = (int)tx->shape[0], H = (int)tx->shape[1], W = (int)tx->shape[2], C = (int)tx->shape[3];
+    float *ref = tu_golden_f32(&g, "xl_1.out", NULL), *refc = to_nchw(ref, N, H, W, C);
+    cr_assert_eq(run_xl(tu_path("tests/golden/tiny_unet_sdxl"), tu_tmp("in.safetensors"), tu_tmp("out.safetensors"), NULL),
+                 0, "%s", dl_error_msg());
+    expect_output(tu_tmp("out.safetensors"), "out", refc, (size_t)N * H * W * C, 1e-5);
+    cr_assert_eq(run_xl(tu_path("tests/golden/tiny_unet_sdxl.safetensors"), tu_tmp("in.safetensors"),
+                        tu_tmp("out1.safetensors"), tu_path("tests/golden/tiny_unet_sdxl/unet/config.json")),
+                 0, "%s", dl_error_msg());
+    expect_output(tu_tmp("out1.safetensors"), "out", refc, (size_t)N * H * W * C, 1e-5);
+    free(ref), free(refc);
+    dl_st_close(&g);
+}
+
+Test(cli_run, sdxl_unet_takes_text_embeds_and_time_ids, .init = tu_tmpdir_init, .fini = tu_tmpdir_fini)
+{
+    sdxl_unet_case();
+}
+
+Test(cli_run, sdxl_unet_takes_text_embeds_and_time_ids_on_cuda, .init = tu_tmpdir_init, .fini = tu_tmpdir_fini,
+     .timeout = 300)
+{
+    setenv("DANLU_CUDA_DEVICE", "emulated", 1);
+    g_backend = "cuda";
+    sdxl_unet_case();
+}
+
+Test(cli_run, sdxl_unet_inputs_are_checked, .init = tu_tmpdir_init, .fini = tu_tmpdir_fini)
+{
+    const char *model = tu_path("tests/golden/tiny_unet_sdxl");
+    write_xl_inputs(tu_tmp("a.safetensors"), 0, "time_ids", 0);
+    cr_expect_eq(run_xl(model, tu_tmp("a.safetensors"), tu_tmp("o.safetensors"), NULL), 1);
+    cr_expect(strstr(dl_error_msg(), "a.safetensors") && strstr(dl_error_msg(), "'time_ids'"), "%s", dl_error_msg());
+    write_xl_inputs(tu_tmp("b.safetensors"), 0, "text_embeds", 0);
+    cr_expect_eq(run_xl(model, tu_tmp("b.safetensors"), tu_tmp("o.safetensors"), NULL), 1);
+    cr_expect(strstr(dl_error_msg(), "'text_embeds'") && strstr(dl_error_msg(), "SDXL"), "%s", dl_error_msg());
+    write_xl_inputs(tu_tmp("c.safetensors"), 0, NULL, 10); /* 10 of the 20 columns */
+    cr_expect_eq(run_xl(model, tu_tmp("c.safetensors"), tu_tmp("o.safetensors"), NULL), 1);
+    cr_expect(strstr(dl_error_msg(), "'text_embeds' is [2, 10]") && strstr(dl_error_msg(), "[2, 20]"), "%s",
+              dl_error_msg());
+    cr_expect_eq(access(tu_tmp("o.safetensors"), F_OK), -1, "no output may be written on error");
+}

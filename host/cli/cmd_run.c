@@ -15,7 +15,7 @@
 #include <string.h>
 
 typedef struct {
-    const char *model, *component, *inputs, *out, *backend;
+    const char *model, *component, *inputs, *out, *backend, *unet_config;
     int threads;
 } run_args;
 
@@ -35,6 +35,9 @@ static const dl_opt k_run_opts[] = {
      "input tensors, named as above (required)"},
     {"--out", NULL, DL_OPT_STR, RA(out), "OUT.safetensors", NULL, 0, 0, NULL, NULL, "options",
      "where the output tensors are written (required)"},
+    {"--unet-config", NULL, DL_OPT_STR, RA(unet_config), "FILE", "detected from the weights", 0, 0, NULL, NULL,
+     "options", "a diffusers unet/config.json for a single file's UNet (its heads and norm groups are not in its "
+     "weights: detection assumes SD's and SDXL's)"},
     {"--threads", NULL, DL_OPT_INT, RA(threads), "N", "0", 0, 1024, NULL, NULL, "options",
      "CPU threads (0: DANLU_THREADS or every core)"},
     {"--backend", NULL, DL_OPT_STR, RA(backend), "NAME", "auto", 0, 0, "auto|cpu|cuda", NULL, "options",
@@ -53,13 +56,16 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: danlu run --model PATH --component COMPONENT --inputs IN.safetensors --out OUT.safetensors\n"
-            "                 [--threads N] [--backend auto|cpu|cuda]\n"
+            "                 [--unet-config FILE] [--threads N] [--backend auto|cpu|cuda]\n"
             "  Runs one component of a checkpoint (single .safetensors file or diffusers folder).\n"
             "  Tensors use diffusers/transformers conventions (images NCHW, float32/16/bf16 in, float32 out):\n"
             "    text-encoder  input_ids [N, T] (int64 or int32)\n"
             "                  -> last_hidden_state [N, T, C], penultimate_hidden_state [N, T, C]\n"
-            "                     (hidden_states[-2], before the final layer norm)\n"
+            "                     (hidden_states[-2], before the final layer norm); SDXL: its first text\n"
+            "                     encoder (CLIP ViT-L; the second is not implemented yet)\n"
             "    unet          sample [N, 4, H, W], timestep [N] or [], encoder_hidden_states [N, T, D]\n"
+            "                  SDXL also: text_embeds [N, 1280] (pooled), time_ids [N, 6] (original H, W, crop\n"
+            "                  top, left, target H, W; any count K with text_embeds [N, P - K * 256])\n"
             "                  -> out [N, 4, H, W]\n"
             "    vae-encode    image [N, 3, H, W] in [-1, 1], optional noise [N, 4, H/8, W/8]\n"
             "                  -> mean, logvar [N, 4, H/8, W/8] (and latent = mean + std * noise)\n"
@@ -86,6 +92,26 @@ static float *input_f32(const dl_st_file *in, const char *name, int ndim, int64_
     float *x = malloc((size_t)(dl_st_numel(t) ? dl_st_numel(t) : 1) * sizeof *x);
     if (dl_st_read_f32(in, t, x) != DL_OK) { free(x); return NULL; }
     return x;
+}
+
+/* A numeric tensor of any int or float dtype as fp32 (malloc'd; n floats, at least one). */
+static float *numbers_f32(const dl_st_file *in, const dl_st_tensor *t)
+{
+    const int64_t n = dl_st_numel(t);
+    float *v = malloc(sizeof(float) * (size_t)(n ? n : 1));
+    if (!v) return dl_error_set("out of memory"), NULL;
+    if (t->dtype == DL_I64 || t->dtype == DL_I32) {
+        for (int64_t i = 0; i < n; i++) {
+            int64_t x;
+            if (t->dtype == DL_I64) memcpy(&x, (const char *)t->data + 8 * i, 8);
+            else { int32_t w; memcpy(&w, (const char *)t->data + 4 * i, 4); x = w; }
+            v[i] = (float)x;
+        }
+    } else if (dl_st_read_f32(in, t, v) != DL_OK) {
+        free(v);
+        return NULL;
+    }
+    return v;
 }
 
 /* [N, C, H, W] <-> [N, H, W, C] */
@@ -225,6 +251,33 @@ static int run_text(run_state *s, const dl_st_file *in)
     return rc;
 }
 
+/* SDXL's added conditioning: text_embeds [N, Dt] and time_ids [N, K] (any numeric dtype) as fp32
+ * in *te, *tid (kept by s); es = {Dt, K}. The UNet is configured for K time ids before it loads
+ * (K is not in a config or the weights), and Dt must then be P - K x A. */
+static int sdxl_inputs(run_state *s, const dl_st_file *in, int64_t N, float **te, float **tid, int64_t es[2])
+{
+    dl_unet_config *u = &s->ck.cfg.unet;
+    int64_t sh[2];
+    *te = keep(s, input_f32(in, "text_embeds", 2, sh));
+    if (!*te) return dl_error_prefix("the UNet is SDXL's (text_time added conditioning): ");
+    if (sh[0] != N) return dl_error_set("%s: 'text_embeds' has %lld rows, 'sample' %lld", in->path, (long long)sh[0], (long long)N);
+    es[0] = sh[1];
+    const dl_st_tensor *t = dl_st_find(in, "time_ids");
+    if (!t) return dl_error_set("%s: no tensor 'time_ids' [N, 6] (the UNet is SDXL's; see danlu run --help)", in->path);
+    if (t->ndim != 2 || t->shape[0] != N || t->shape[1] < 1 || t->shape[1] > 64)
+        return dl_error_set("%s: 'time_ids' must be [%lld, K] with 1 <= K <= 64 (SDXL: K = 6)", in->path, (long long)N);
+    es[1] = t->shape[1];
+    if (!(*tid = keep(s, numbers_f32(in, t)))) return DL_ERR;
+    const int64_t want = u->projection_class_embeddings_input_dim - es[1] * u->addition_time_embed_dim;
+    if (es[0] != want)
+        return dl_error_set("%s: 'text_embeds' is [%lld, %lld]; with %lld time ids the UNet takes [%lld, %lld] "
+                            "(projection_class_embeddings_input_dim %d = text_embeds + time ids x %d)",
+                            in->path, (long long)N, (long long)es[0], (long long)es[1], (long long)N, (long long)want,
+                            u->projection_class_embeddings_input_dim, u->addition_time_embed_dim);
+    u->addition_time_ids = (int)es[1];
+    return DL_OK;
+}
+
 static int run_unet(run_state *s, const dl_st_file *in)
 {
     int64_t xs[4], cs[3], ts[1] = {1};
@@ -242,21 +295,14 @@ static int run_unet(run_state *s, const dl_st_file *in)
     int f = 1 << (u->n_blocks - 1);
     if (H % f || W % f) return dl_error_set("%s: 'sample' is %lldx%lld; H and W must be multiples of %d", in->path, (long long)H, (long long)W, f);
     if (nt != 1 && nt != N) return dl_error_set("%s: 'timestep' must hold 1 or N = %lld values", in->path, (long long)N);
-    float *tv = keep(s, malloc(sizeof(float) * (size_t)N)), *t1 = malloc(sizeof(float) * (size_t)nt);
-    if (tt->dtype == DL_I64 || tt->dtype == DL_I32) {
-        for (int64_t i = 0; i < nt; i++) {
-            int64_t v;
-            if (tt->dtype == DL_I64) memcpy(&v, (const char *)tt->data + 8 * i, 8);
-            else { int32_t w; memcpy(&w, (const char *)tt->data + 4 * i, 4); v = w; }
-            t1[i] = (float)v;
-        }
-    } else if (dl_st_read_f32(in, tt, t1) != DL_OK) {
-        free(t1);
-        return DL_ERR;
-    }
+    float *tv = keep(s, malloc(sizeof(float) * (size_t)N)), *t1 = numbers_f32(in, tt);
+    if (!t1) return DL_ERR;
     for (int64_t i = 0; i < N; i++) tv[i] = t1[nt == 1 ? 0 : i];
     free(t1);
     (void)ts;
+    float *te = NULL, *tid = NULL;
+    int64_t es[2] = {0, 0};
+    if (u->addition_embed == DL_ADD_TEXT_TIME) DL_TRY(sdxl_inputs(s, in, N, &te, &tid, es));
     dl_unet m;
     size_t wb;
     if (dl_unet_weights_bytes(&s->ck, &wb) != DL_OK || dl_arena_init_on(&s->weights, "weights", wb, &s->ctx) != DL_OK ||
@@ -270,9 +316,15 @@ static int run_unet(run_state *s, const dl_st_file *in)
     float *y = keep(s, malloc(ny));
     const float *dx = dev_in(s, xn, sizeof(float) * (size_t)(N * H * W * C)), *dt = dev_in(s, tv, sizeof(float) * N);
     const float *dc = dev_in(s, cond, sizeof(float) * (size_t)(cs[0] * cs[1] * cs[2]));
+    dl_unet_added add = {NULL, NULL};
+    if (te) {
+        add.text_embeds = dev_in(s, te, sizeof(float) * (size_t)(N * es[0]));
+        add.time_ids = dev_in(s, tid, sizeof(float) * (size_t)(N * es[1]));
+        if (!add.text_embeds || !add.time_ids) return fetch(s), DL_ERR;
+    }
     float *dy = dev_out(s, y, ny);
     if (!dx || !dt || !dc || !dy) return fetch(s), DL_ERR;
-    dl_unet_forward(&s->ctx, &m, (int)N, (int)H, (int)W, dx, dt, dc, (int)cs[1], dy, &s->scratch);
+    dl_unet_forward_added(&s->ctx, &m, (int)N, (int)H, (int)W, dx, dt, dc, (int)cs[1], &add, dy, &s->scratch);
     if (fetch(s) != DL_OK) return DL_ERR;
     int64_t os[4] = {N, u->out_channels, H, W};
     add_out(s, "out", keep(s, nhwc_to_nchw(y, N, H, W, u->out_channels)), 4, os);
@@ -393,7 +445,9 @@ int dl_cmd_run(int argc, char **argv, FILE *out)
         return 1;
     }
     const dl_backend *be = dl_backend_find(ra.backend ? ra.backend : "auto");
-    if (!be || dl_ctx_init_backend(&s.ctx, threads, be) != DL_OK || dl_ckpt_open(&s.ck, model, NULL) != DL_OK ||
+    /* SDXL: its UNet, VAE and first text encoder run */
+    const dl_ckpt_options copt = {.prediction = -1, .allow_sdxl = 1, .unet_config = ra.unet_config};
+    if (!be || dl_ctx_init_backend(&s.ctx, threads, be) != DL_OK || dl_ckpt_open(&s.ck, model, &copt) != DL_OK ||
         (dl_ckpt_set_pool(&s.ck, s.ctx.pool), fn(&s, &in)) != DL_OK ||
         dl_st_save(outp, s.out, s.n_out, NULL, 0) != DL_OK) {
         fprintf(stderr, "danlu run: %s\n", dl_error_msg());
