@@ -605,3 +605,82 @@ Test(sdxl_unet, checkpointing_gives_identical_gradients, .timeout = 120)
     free(o0), free(o1), free(d0), free(d1), free(g[0]), free(g[1]);
     rig_close(&r);
 }
+
+/* ================================================================ danlu-mkcheckpoint's SDXL presets */
+
+/* The built tool beside the test binary (build/tools/), or NULL. */
+static const char *mkcheckpoint_tool(void)
+{
+    static char tool[4200];
+    char exe[4096];
+    ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    cr_assert_gt(len, 0);
+    exe[len] = 0;
+    *strrchr(exe, '/') = 0;
+    snprintf(tool, sizeof tool, "%s/../tools/danlu-mkcheckpoint", exe);
+    return access(tool, X_OK) == 0 ? tool : NULL;
+}
+
+/* tiny-sdxl written by the tool in both layouts is recognised as SDXL, detected back as the
+ * preset (a single file: the sample sizes are not in the weights), every tensor is used, and the
+ * UNet runs with its added conditioning. */
+Test(sdxl_unet, mkcheckpoint_tiny_sdxl_round_trips, .timeout = 120)
+{
+    const char *tool = mkcheckpoint_tool();
+    if (!tool) cr_skip_test("danlu-mkcheckpoint not built");
+    dl_model_config want;
+    cr_assert_eq(dl_model_config_preset(&want, "tiny-sdxl"), DL_OK);
+    static const char *const layouts[2] = {"single", "diffusers"};
+    for (int l = 0; l < 2; l++) {
+        char out[256], cmd[9000];
+        snprintf(out, sizeof out, "/tmp/danlu_test_mkxl_%d_%s", (int)getpid(), layouts[l]);
+        snprintf(cmd, sizeof cmd, "rm -rf '%s' && '%s' -o '%s' --preset tiny-sdxl --layout %s --dtype fp32 > /dev/null",
+                 out, tool, out, layouts[l]);
+        cr_assert_eq(system(cmd), 0, "%s", cmd);
+        model m;
+        cr_assert_eq(dl_ckpt_open(&m.ck, out, &k_xl), DL_OK, "%s: %s", layouts[l], dl_error_msg());
+        cr_expect_eq(m.ck.sdxl, 1);
+        if (l == 0) {
+            cr_expect_eq(m.ck.text_layout, DL_TEXT_SDXL);
+            m.ck.cfg.unet.sample_size = want.unet.sample_size;
+            m.ck.cfg.vae.sample_size = want.vae.sample_size;
+        }
+        const char *d;
+        cr_expect_null(d = dl_unet_config_diff(&m.ck.cfg.unet, &want.unet), "%s unet: %s", layouts[l], d);
+        cr_expect_null(d = dl_vae_config_diff(&m.ck.cfg.vae, &want.vae), "%s vae: %s", layouts[l], d);
+        cr_expect_null(d = dl_clip_config_diff(&m.ck.cfg.text, &want.text), "%s text: %s", layouts[l], d);
+        size_t bytes;
+        cr_assert_eq(dl_unet_weights_bytes(&m.ck, &bytes), DL_OK, "%s", dl_error_msg());
+        cr_assert_eq(dl_arena_init(&m.w, "weights", bytes), DL_OK);
+        cr_assert_eq(dl_unet_load(&m.u, &m.ck, &m.w), DL_OK, "%s", dl_error_msg());
+        expect_all_unet_tensors_used(&m, layouts[l]);
+        /* a forward with random inputs: finite, and the added conditioning changes it */
+        const dl_unet_config *c = &m.u.cfg;
+        const int N = 2, H = 8, W = 8, T = 3, Dt = dl_unet_text_embeds_dim(c), K = c->addition_time_ids;
+        const size_t nx = (size_t)N * H * W * 4, nctx = (size_t)N * T * c->cross_attention_dim;
+        float *x = malloc(nx * sizeof(float)), *ctx = malloc(nctx * sizeof(float)), t[2] = {10, 900};
+        float *te = malloc((size_t)N * Dt * sizeof(float)), tid[2 * 6] = {1024, 1024, 0, 0, 1024, 1024,
+                                                                          768, 1344, 64, 0, 1024, 1024};
+        cr_assert_eq(K, 6);
+        tu_fill_uniform(x, nx, 1, -1, 1), tu_fill_uniform(ctx, nctx, 2, -1, 1);
+        tu_fill_uniform(te, (size_t)N * Dt, 3, -1, 1);
+        float *o1 = tu_alloc_nan(nx), *o2 = tu_alloc_nan(nx);
+        dl_arena s;
+        cr_assert_eq(dl_arena_init(&s, "scratch", dl_unet_scratch_bytes(&m.u, N, H, W, T)), DL_OK);
+        dl_unet_added add = {te, tid};
+        dl_unet_forward_added(tu_ctx(), &m.u, N, H, W, x, t, ctx, T, &add, o1, &s);
+        tid[1] = 512; /* the first sample's original width */
+        dl_unet_forward_added(tu_ctx(), &m.u, N, H, W, x, t, ctx, T, &add, o2, &s);
+        size_t finite = 0;
+        for (size_t i = 0; i < nx; i++) finite += isfinite(o1[i]) && isfinite(o2[i]);
+        cr_expect_eq(finite, nx, "%s: non-finite outputs", layouts[l]);
+        cr_expect(memcmp(o1, o2, nx / 2 * sizeof(float)) != 0, "%s: time_ids do not reach the output", layouts[l]);
+        cr_expect(memcmp(o1 + nx / 2, o2 + nx / 2, nx / 2 * sizeof(float)) == 0,
+                  "%s: one sample's time_ids changed another's output", layouts[l]);
+        dl_arena_free(&s);
+        free(x), free(ctx), free(te), free(o1), free(o2);
+        model_close(&m);
+        snprintf(cmd, sizeof cmd, "rm -rf '%s'", out);
+        cr_expect_eq(system(cmd), 0);
+    }
+}

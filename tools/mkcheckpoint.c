@@ -1,6 +1,7 @@
-/* mkcheckpoint.c - danlu-mkcheckpoint: write a random-weight SD checkpoint for a config, in the
- * single-file (original SD) or diffusers-folder layout, streaming so full-size models need
- * only a few MB of memory. For tests and benchmarks; the weights mean nothing. */
+/* mkcheckpoint.c - danlu-mkcheckpoint: write a random-weight SD 1.x/2.x or SDXL checkpoint for a
+ * config, in the single-file (original SD / SGM) or diffusers-folder layout, streaming so
+ * full-size models need only a few MB of memory. For tests and benchmarks; the weights mean
+ * nothing. SDXL's second text encoder is not modelled yet, so it is not written. */
 #include "core/dtype.h"
 #include "core/error.h"
 #include "model/checkpoint.h"
@@ -206,13 +207,16 @@ static void usage(FILE *f)
             "usage: danlu-mkcheckpoint -o OUT [options]\n"
             "Write a random-weight Stable Diffusion checkpoint (for tests and benchmarks).\n"
             "  -o, --out PATH           output .safetensors file (single) or folder (diffusers; must not exist)\n"
-            "  --preset NAME            sd15 (default), sd21, sd21-base, tiny\n"
+            "  --preset NAME            sd15 (default), sd21, sd21-base, sdxl, tiny, tiny-sdxl\n"
+            "                           (SDXL: the UNet, VAE and first text encoder; the second text\n"
+            "                           encoder is not written yet)\n"
             "  --unet-config FILE       diffusers unet/config.json (overrides the preset's UNet)\n"
             "  --vae-config FILE        diffusers vae/config.json\n"
             "  --text-config FILE       transformers text_encoder/config.json\n"
             "  --layout single|diffusers  (default single)\n"
             "  --text-layout hf|openclip  single-file text encoder keys (default: openclip for GELU\n"
-            "                           text encoders, i.e. SD 2.x, else hf)\n"
+            "                           text encoders, i.e. SD 2.x, else hf; SDXL files always hold\n"
+            "                           conditioner.embedders.0.transformer.*)\n"
             "  --dtype fp32|fp16|bf16   (default fp16)\n"
             "  --seed N                 (default 0)\n"
             "  --v-prediction           scheduler config says v_prediction (diffusers layout)\n");
@@ -257,7 +261,9 @@ int main(int argc, char **argv)
         return 1;
     }
     if (vpred == 1) cfg.unet.prediction = DL_PRED_V;
-    dl_text_layout tl = cfg.text.act == DL_ACT_GELU ? DL_TEXT_OPENCLIP : DL_TEXT_HF;
+    const int xl = cfg.unet.addition_embed != DL_ADD_NONE;
+    dl_text_layout tl = xl ? DL_TEXT_SDXL : cfg.text.act == DL_ACT_GELU ? DL_TEXT_OPENCLIP : DL_TEXT_HF;
+    if (xl && tl_name) { fprintf(stderr, "danlu-mkcheckpoint: --text-layout does not apply to SDXL\n"); return 2; }
     if (tl_name && !strcmp(tl_name, "hf")) tl = DL_TEXT_HF;
     else if (tl_name && !strcmp(tl_name, "openclip")) tl = DL_TEXT_OPENCLIP;
     else if (tl_name) { fprintf(stderr, "danlu-mkcheckpoint: --text-layout must be hf or openclip\n"); return 2; }
@@ -300,7 +306,12 @@ int main(int argc, char **argv)
         if (rc == DL_OK) rc = write_json(tmpdir, "scheduler/scheduler_config.json", dl_scheduler_config_to_json(cfg.unet.prediction));
         if (rc == DL_OK)
             rc = write_json(tmpdir, "model_index.json",
-                            strdup("{\n  \"_class_name\": \"StableDiffusionPipeline\",\n"
+                            strdup(xl ? "{\n  \"_class_name\": \"StableDiffusionXLPipeline\",\n"
+                                        "  \"scheduler\": [\"diffusers\", \"PNDMScheduler\"],\n"
+                                        "  \"text_encoder\": [\"transformers\", \"CLIPTextModel\"],\n"
+                                        "  \"unet\": [\"diffusers\", \"UNet2DConditionModel\"],\n"
+                                        "  \"vae\": [\"diffusers\", \"AutoencoderKL\"]\n}"
+                                      : "{\n  \"_class_name\": \"StableDiffusionPipeline\",\n"
                                    "  \"scheduler\": [\"diffusers\", \"PNDMScheduler\"],\n"
                                    "  \"text_encoder\": [\"transformers\", \"CLIPTextModel\"],\n"
                                    "  \"unet\": [\"diffusers\", \"UNet2DConditionModel\"],\n"
@@ -317,7 +328,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "danlu-mkcheckpoint: %s\n", dl_error_msg());
         return 1;
     }
-    printf("wrote %s: %s layout, %s, %lld parameters\n", out, layout == DL_LAYOUT_SINGLE ? "single-file" : "diffusers",
-           dl_dtype_name(dtype), params);
+    printf("wrote %s: %s layout, %s, %lld parameters%s\n", out, layout == DL_LAYOUT_SINGLE ? "single-file" : "diffusers",
+           dl_dtype_name(dtype), params, xl ? " (SDXL without its second text encoder)" : "");
     return 0;
 }

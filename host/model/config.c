@@ -147,7 +147,8 @@ int dl_model_config_preset(dl_model_config *cfg, const char *name)
         cfg->vae.sample_size = 1024;
         return DL_OK;
     }
-    if (!strcmp(name, "tiny-sdxl")) { /* what a single file of it detects back (checkpoint.c) */
+    if (!strcmp(name, "tiny-sdxl")) { /* what a single file of it detects back (checkpoint.c):
+                                          32 groups, head dim 64, 256-wide time-id sinusoids */
         static const int ch[3] = {32, 64, 128}, heads[3] = {0, 1, 2};
         dl_unet_config *u = &cfg->unet;
         unet_sdxl(u);
@@ -156,8 +157,7 @@ int dl_model_config_preset(dl_model_config *cfg, const char *name)
         u->cross_attention_dim = 96;
         u->time_embed_dim = 128;
         u->sample_size = 16;
-        u->addition_time_embed_dim = 8;
-        u->projection_class_embeddings_input_dim = 6 * 8 + 40;
+        u->projection_class_embeddings_input_dim = 6 * 256 + 40; /* SDXL's 256-wide sinusoids */
         dl_vae_config *v = &cfg->vae;
         v->n_blocks = 2;
         v->block_out_channels[0] = v->block_out_channels[1] = 32;
