@@ -1,9 +1,10 @@
 /* test_graph.c - the network descriptions (model/graph.h) on random legal configs: the UNet's
  * node list is built from a config drawn at random (1-3 levels, layers_per_block 1-2, heads,
  * linear or conv projections, transformer depth, norm groups, cross-attention, in/out
- * channels), a checkpoint of that config is written from the weight listing (the loader in
- * listing mode) with random weights, and the size table is checked against what the walkers
- * actually touch:
+ * channels; and SDXL-like ones: text_time added conditioning with random sinusoid width, time-id
+ * count and text embedding width, levels without attention holding 0 heads and layers), a
+ * checkpoint of that config is written from the weight listing (the loader in listing mode) with
+ * random weights, and the size table is checked against what the walkers actually touch:
  *  - weights: every node's weights lie where the table says, and the load takes exactly the
  *    table's total;
  *  - training (with and without gradient checkpointing, LoRA on all or a random subset of the
@@ -84,6 +85,23 @@ static void draw_config(dl_unet_config *c, uint64_t seed)
     c->time_embed_dim = 4 * c->block_out_channels[0];
 }
 
+/* An SDXL-like draw: text_time added conditioning (K time ids of A-wide sinusoids beside a
+ * Dt-wide text embedding), and the levels that no attention reads hold 0 heads and layers. */
+static void draw_sdxl_config(dl_unet_config *c, uint64_t seed)
+{
+    draw_config(c, seed);
+    uint64_t s = seed * 40503u + 7;
+    c->down_cross_attn[0] = 0; /* SDXL's first level: no attention */
+    c->up_cross_attn[c->n_blocks - 1] = 0;
+    c->addition_embed = DL_ADD_TEXT_TIME;
+    c->addition_time_embed_dim = 2 * pick(&s, 1, 4);
+    c->addition_time_ids = pick(&s, 1, 6); /* the inputs' count; a config holds P for 6 (SDXL's) or fewer */
+    c->projection_class_embeddings_input_dim = pick(&s, 1, 12) + 6 * c->addition_time_embed_dim;
+    for (int i = 0; i < c->n_blocks; i++)
+        if (!c->down_cross_attn[i] && !c->up_cross_attn[c->n_blocks - 1 - i] && i != c->n_blocks - 1)
+            c->num_heads[i] = c->transformer_layers[i] = 0;
+}
+
 /* ---- a diffusers folder of that config: the UNet written from the weight listing, the other
  * parts linked from a committed tiny pipeline */
 
@@ -151,6 +169,10 @@ static void write_folder(const char *dir, const dl_unet_config *c, uint64_t seed
             c->in_channels, c->out_channels);
     fprintf(f, "  \"norm_num_groups\": %d,\n  \"cross_attention_dim\": %d,\n  \"sample_size\": %d,\n",
             c->norm_num_groups, c->cross_attention_dim, c->sample_size);
+    if (c->addition_embed == DL_ADD_TEXT_TIME) /* the number of time ids is not a config key */
+        fprintf(f, "  \"addition_embed_type\": \"text_time\",\n  \"addition_time_embed_dim\": %d,\n"
+                "  \"projection_class_embeddings_input_dim\": %d,\n", c->addition_time_embed_dim,
+                c->projection_class_embeddings_input_dim);
     fprintf(f, "  \"use_linear_projection\": %s\n}\n", c->use_linear_projection ? "true" : "false");
     fclose(f);
     dl_model_config mc;
@@ -252,6 +274,12 @@ static void check_pass(const dl_unet *u, int N, int H, int W, int T, int checkpo
     tu_fill_uniform(x, nx, seed + 1, -1, 1);
     tu_fill_uniform(t, (size_t)N, seed + 2, 0, 999);
     tu_fill_uniform(ctx, nctx, seed + 3, -1, 1);
+    /* SDXL-like: the added conditioning's inputs (ignored without it) */
+    const size_t nte = (size_t)N * dl_unet_text_embeds_dim(c) + 1, ntid = (size_t)N * c->addition_time_ids + 1;
+    float *te = malloc(nte * sizeof(float)), *tid = malloc(ntid * sizeof(float));
+    tu_fill_uniform(te, nte, seed + 5, -1, 1);
+    tu_fill_uniform(tid, ntid, seed + 6, 0, 1024);
+    const dl_unet_added add = {te, tid};
     float *out = tu_alloc_nan(nout), *dout = malloc(nout * sizeof(float)), *dctx = tu_alloc_nan(nctx);
     tu_fill_uniform(dout, nout, seed + 4, -1, 1);
 
@@ -259,7 +287,7 @@ static void check_pass(const dl_unet *u, int N, int H, int W, int T, int checkpo
     arena_guarded(&act, "activations", tab->act);
     arena_guarded(&scratch, "scratch", tab->scratch_train);
     dl_unet_tape *tape = malloc(sizeof *tape);
-    dl_unet_train_forward(tu_ctx(), u, tape, N, H, W, x, t, ctx, T, out, checkpoint, &act, &scratch);
+    dl_unet_train_forward_added(tu_ctx(), u, tape, N, H, W, x, t, ctx, T, &add, out, checkpoint, &act, &scratch);
     cr_expect_eq(act.used, tab->act, "seed %llu: activations used %zu, table %zu", (unsigned long long)seed, act.used,
                  tab->act);
     for (int i = 0; i < g->n; i++) {
@@ -293,7 +321,7 @@ static void check_pass(const dl_unet *u, int N, int H, int W, int T, int checkpo
     dl_arena inf;
     arena_guarded(&inf, "scratch", tab->scratch_infer);
     float *y = tu_alloc_nan(nout);
-    dl_unet_forward(tu_ctx(), u, N, H, W, x, t, ctx, T, y, &inf);
+    dl_unet_forward_added(tu_ctx(), u, N, H, W, x, t, ctx, T, &add, y, &inf);
     cr_expect_eq(inf.peak, tab->scratch_infer, "seed %llu: inference scratch peak %zu, table %zu",
                  (unsigned long long)seed, inf.peak, tab->scratch_infer);
     expect_guard(&inf, "inference scratch", seed);
@@ -302,21 +330,28 @@ static void check_pass(const dl_unet *u, int N, int H, int W, int T, int checkpo
 
     inf.cap += GUARD, act.cap += GUARD, scratch.cap += GUARD;
     dl_arena_free(&inf), dl_arena_free(&act), dl_arena_free(&scratch);
-    free(x), free(t), free(ctx), free(out), free(dout), free(dctx), free(y), free(tape), free(tab);
+    free(x), free(t), free(ctx), free(te), free(tid), free(out), free(dout), free(dctx), free(y), free(tape), free(tab);
 }
 
+/* seeds 1-8: SD 1.x/2.x-like configs; 9-14: SDXL-like ones */
 Test(graph, unet_size_tables_match_what_the_walkers_touch, .timeout = 300)
 {
-    for (uint64_t seed = 1; seed <= 8; seed++) {
+    for (uint64_t seed = 1; seed <= 14; seed++) {
         dl_unet_config c;
-        draw_config(&c, seed);
+        if (seed <= 8) draw_config(&c, seed);
+        else draw_sdxl_config(&c, seed);
         cr_assert_eq(dl_unet_config_validate(&c, "drawn"), DL_OK, "seed %llu: %s", (unsigned long long)seed,
                      dl_error_msg());
         char dir[512];
         snprintf(dir, sizeof dir, "%s/unet%llu", tu_tmpdir(), (unsigned long long)seed);
         write_folder(dir, &c, seed);
         dl_checkpoint ck;
-        cr_assert_eq(dl_ckpt_open(&ck, dir, NULL), DL_OK, "seed %llu: %s", (unsigned long long)seed, dl_error_msg());
+        const dl_ckpt_options xl = {.prediction = -1, .allow_sdxl = 1};
+        cr_assert_eq(dl_ckpt_open(&ck, dir, &xl), DL_OK, "seed %llu: %s", (unsigned long long)seed, dl_error_msg());
+        cr_assert_eq(ck.sdxl, c.addition_embed != DL_ADD_NONE);
+        ck.cfg.unet.addition_time_ids = c.addition_time_ids; /* the inputs' count (danlu run: from time_ids) */
+        const char *d = dl_unet_config_diff(&ck.cfg.unet, &c);
+        cr_expect_null(d, "seed %llu: the folder's config differs from the draw in %s", (unsigned long long)seed, d);
         dl_arena w;
         const size_t wb = tu_unet_weights_bytes(&ck);
         cr_assert_eq(dl_arena_init(&w, "weights", wb), DL_OK);
@@ -334,7 +369,8 @@ Test(graph, unet_size_tables_match_what_the_walkers_touch, .timeout = 300)
 
         const int n = c.n_blocks, s = 1 << (n - 1);
         const int N = 1 + (int)(seed % 2), H = s * (1 + (int)(seed % 3)), W = s * (2 - (int)(seed % 2)), T = 3;
-        cr_log_info("seed %llu: %d levels, %d nodes, latent %dx%d, batch %d", (unsigned long long)seed, n, u->graph.n,
+        cr_log_info("seed %llu%s: %d levels, %d nodes, latent %dx%d, batch %d", (unsigned long long)seed,
+                    c.addition_embed ? " (SDXL-like)" : "", n, u->graph.n,
                     H, W, N);
         for (int all = 0; all < 2; all++) {
             loras L;
