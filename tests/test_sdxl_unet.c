@@ -11,6 +11,7 @@
 #include "core/arena.h"
 #include "core/error.h"
 #include "model/checkpoint.h"
+#include "model/clip.h"
 #include "model/unet.h"
 #include "ops/cpu/loss.h"
 #include "train/unet_train.h"
@@ -364,6 +365,43 @@ Test(sdxl_unet, single_file_names)
     cr_assert_eq(dl_model_weights(&cfg, DL_PART_UNET, count_weight, &st), DL_OK, "%s", dl_error_msg());
     cr_expect_eq(st.tensors, 1680);
     cr_expect_eq(st.params, 2567463684LL);
+}
+
+/* The first text encoder reads the same from conditioner.embedders.0.transformer.text_model.*
+ * as from the folder's text_encoder/ (config detected from the tensors; outputs bit-identical). */
+Test(sdxl_unet, first_text_encoder_in_both_layouts)
+{
+    const dl_ckpt_options so = single_opts();
+    dl_checkpoint ck[2];
+    cr_assert_eq(dl_ckpt_open(&ck[0], tu_path(FOLDER), &k_xl), DL_OK, "%s", dl_error_msg());
+    cr_assert_eq(dl_ckpt_open(&ck[1], tu_path(SINGLE), &so), DL_OK, "%s", dl_error_msg());
+    const char *d = dl_clip_config_diff(&ck[0].cfg.text, &ck[1].cfg.text);
+    cr_expect_null(d, "text encoder configs differ in %s", d);
+    const int N = 2, T = 7;
+    int32_t ids[2 * 7] = {62, 5, 9, 33, 63, 63, 63, 62, 17, 2, 40, 11, 8, 63};
+    float *out[2];
+    for (int k = 0; k < 2; k++) {
+        dl_arena w, s;
+        dl_clip m;
+        cr_assert_eq(dl_arena_init(&w, "weights", tu_clip_weights_bytes(&ck[k])), DL_OK);
+        cr_assert_eq(dl_clip_load(&m, &ck[k], &w), DL_OK, "%s", dl_error_msg());
+        cr_assert_eq(dl_arena_init(&s, "scratch", dl_clip_scratch_bytes(&m, N, T)), DL_OK);
+        out[k] = tu_alloc_nan((size_t)N * T * m.cfg.hidden_size);
+        dl_clip_forward(tu_ctx(), &m, N, T, ids, m.cfg.num_layers, 1, out[k], &s);
+        int nu = 0;
+        char **unused = dl_ckpt_unused(&ck[k], DL_PART_TEXT, &nu);
+        cr_expect_eq(nu, 0, "%d text encoder tensors never read (first: %s)", nu, nu ? unused[0] : "");
+        dl_ckpt_free_names(unused, nu);
+        dl_clip_free(&m);
+        dl_arena_free(&s), dl_arena_free(&w);
+    }
+    const size_t n = (size_t)N * T * ck[0].cfg.text.hidden_size;
+    cr_expect(memcmp(out[0], out[1], n * sizeof(float)) == 0, "folder and single file text encoder outputs differ");
+    size_t finite = 0;
+    for (size_t i = 0; i < n; i++) finite += isfinite(out[0][i]);
+    cr_expect_eq(finite, n, "non-finite text encoder outputs");
+    free(out[0]), free(out[1]);
+    dl_ckpt_close(&ck[0]), dl_ckpt_close(&ck[1]);
 }
 
 /* ================================================================ the CUDA backend (emulated device) */
