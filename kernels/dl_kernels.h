@@ -53,6 +53,15 @@ int dl_cuda_attention_forward_tc(dl_dtype dt, int N, int H, int Tq, int Tk, int 
                                  const void *v, int64_t ldv, void *o, int64_t ldo, float *lse,
                                  cudaStream_t stream);
 
+/* FlashAttention-2-style variant of dl_cuda_attention_forward for sm_80+ (mma.sync, ldmatrix,
+ * cp.async; P and O kept in registers), same contract and outputs, bf16 only (-1 otherwise, and
+ * when the device cannot give the kernel its shared memory). kernels/attention_mma.cu; under the
+ * emulator only its test builds it. */
+int dl_cuda_attention_forward_mma(dl_dtype dt, int N, int H, int Tq, int Tk, int d, float scale,
+                                  const void *q, int64_t ldq, const void *k, int64_t ldk,
+                                  const void *v, int64_t ldv, void *o, int64_t ldo, float *lse,
+                                  cudaStream_t stream);
+
 /* Tensor-core variant of dl_cuda_attention_backward, same contract, bf16 only (-1 otherwise);
  * d = 160 runs the portable kernels. kernels/attention_tc.cu. */
 int dl_cuda_attention_backward_tc(dl_dtype dt, int N, int H, int Tq, int Tk, int d, float scale,
