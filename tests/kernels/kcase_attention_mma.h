@@ -1,6 +1,7 @@
 /* kcase_attention_mma.h - a case of the tensor-core attention forward (bf16; by default
- * dl_cuda_attention_forward_mma) against dl_cpu_attention_forward on random inputs: Q, K, V and O
- * strided (ld = H·d + pad, a different pad per tensor, so ld > H·d and, with an odd pad, rows that
+ * dl_cuda_attention_forward_mma) or backward (dl_cuda_attention_backward_mma, atomic or
+ * deterministic dQ) against dl_cpu_attention_forward/backward on random inputs: Q, K, V and O
+ * (dO, dQ, dK, dV alike) strided (ld = H·d + pad, a different pad per tensor, so ld > H·d and, with an odd pad, rows that
  * are not 16-byte aligned), the pad columns of the inputs NaN, every output poisoned with NaN
  * before the run and guarded after; o's pad columns must come back untouched. Header-only, C++. */
 #ifndef DANLU_TESTS_KCASE_ATTENTION_MMA_H
@@ -101,6 +102,80 @@ static inline void kc_run_attention_mma(kc_env *e, const kc_attention_mma_case *
     void *bufs[] = {d_q, d_k, d_v, d_o, d_lse};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) cudaFree(bufs[i]);
     float *hb[] = {q, k, v, o_ref, lse_ref};
+    for (size_t i = 0; i < sizeof hb / sizeof hb[0]; i++) free(hb[i]);
+}
+
+/* Runs one backward case (o and lse from the CPU forward, o rounded to bf16); deterministic != 0
+ * runs it twice and demands the same bits of dq, dk, dv. */
+static inline void kc_run_attention_mma_backward(kc_env *e, const kc_attention_mma_case *c,
+                                                 int deterministic)
+{
+    const int N = c->N, H = c->H, Tq = c->Tq, Tk = c->Tk, d = c->d;
+    const int64_t hd = (int64_t)H * d;
+    const int64_t ldq = hd + c->pad, ldk = hd + 2 * c->pad, ldv = hd + 3 * c->pad, ldo = hd + c->pad;
+    const size_t nq = (size_t)N * Tq * hd, nk = (size_t)N * Tk * hd, nl = (size_t)N * H * Tq;
+    const float mul = c->scale_mul != 0.0f ? c->scale_mul : 1.0f;
+    dl_attention_shape s = {N, Tq, Tk, H, d, mul / sqrtf((float)d), 0};
+
+    float *q = kc_host(nq), *k = kc_host(nk), *v = kc_host(nk), *dout = kc_host(nq);
+    kc_fill(q, nq, c->seed, -1.5f, 1.5f);
+    kc_fill(k, nk, c->seed + 1, -1.5f, 1.5f);
+    kc_fill(v, nk, c->seed + 2, -1.0f, 1.0f);
+    kc_fill(dout, nq, c->seed + 3, -1.0f, 1.0f);
+    kc_quantize(q, nq, DL_BF16);
+    kc_quantize(k, nk, DL_BF16);
+    kc_quantize(v, nk, DL_BF16);
+    kc_quantize(dout, nq, DL_BF16);
+    float *o = kc_host(nq), *lse = kc_host(nl);
+    float *dq_ref = kc_host(nq), *dk_ref = kc_host(nk), *dv_ref = kc_host(nk);
+    dl_cpu_attention_forward(e->cpu, s, q, k, v, o, lse);
+    kc_quantize(o, nq, DL_BF16); // what a bf16 forward hands over
+    dl_cpu_attention_backward(e->cpu, s, q, k, v, o, lse, dout, dq_ref, dk_ref, dv_ref);
+
+    void *d_q = kc_upload_strided_bf16(q, (size_t)N * Tq, hd, ldq);
+    void *d_k = kc_upload_strided_bf16(k, (size_t)N * Tk, hd, ldk);
+    void *d_v = kc_upload_strided_bf16(v, (size_t)N * Tk, hd, ldv);
+    void *d_o = kc_upload_strided_bf16(o, (size_t)N * Tq, hd, ldo);
+    void *d_do = kc_upload_strided_bf16(dout, (size_t)N * Tq, hd, ldo);
+    float *d_lse = (float *)kc_upload(lse, nl, DL_F32);
+    float *d_delta = (float *)kc_dalloc(nl * 4);
+    const size_t wsb = dl_cuda_attention_backward_mma_workspace_size(N, H, Tq, Tk, d);
+    void *d_ws = kc_dalloc(wsb);
+    void *g[2][3] = {{NULL, NULL, NULL}, {NULL, NULL, NULL}}; // dq, dk, dv per run
+    const size_t gbytes[3] = {(size_t)N * Tq * ldq * 2, (size_t)N * Tk * ldk * 2, (size_t)N * Tk * ldv * 2};
+
+    for (int run = 0; run < (deterministic ? 2 : 1); run++) {
+        for (int i = 0; i < 3; i++) g[run][i] = kc_dalloc(gbytes[i]);
+        int rc = dl_cuda_attention_backward_mma(DL_BF16, N, H, Tq, Tk, d, s.scale, d_q, ldq, d_k, ldk, d_v,
+                                                ldv, d_o, d_do, ldo, d_lse, d_delta, g[run][0], g[run][1],
+                                                g[run][2], deterministic, d_ws, e->stream);
+        kc_check_launch(e, deterministic ? "attention mma backward (deterministic)" : "attention mma backward",
+                        rc);
+    }
+    kc_compare_strided_bf16(e, "attention mma dq", g[0][0], dq_ref, (size_t)N * Tq, hd, ldq);
+    kc_compare_strided_bf16(e, "attention mma dk", g[0][1], dk_ref, (size_t)N * Tk, hd, ldk);
+    kc_compare_strided_bf16(e, "attention mma dv", g[0][2], dv_ref, (size_t)N * Tk, hd, ldv);
+    kc_check_guard(e, "attention mma delta", d_delta, nl * 4);
+    kc_check_guard(e, "attention mma workspace", d_ws, wsb);
+    if (deterministic) { // the same bits twice
+        int same = 1;
+        for (int i = 0; i < 3; i++) {
+            unsigned char *a = (unsigned char *)malloc(gbytes[i]), *b = (unsigned char *)malloc(gbytes[i]);
+            cudaMemcpy(a, g[0][i], gbytes[i], cudaMemcpyDeviceToHost);
+            cudaMemcpy(b, g[1][i], gbytes[i], cudaMemcpyDeviceToHost);
+            same &= memcmp(a, b, gbytes[i]) == 0;
+            free(a);
+            free(b);
+        }
+        kc_note(e, "attention mma backward deterministic", same ? 0.0 : INFINITY, 0.0);
+    }
+
+    for (int run = 0; run < 2; run++)
+        for (int i = 0; i < 3; i++)
+            if (g[run][i]) cudaFree(g[run][i]);
+    void *bufs[] = {d_q, d_k, d_v, d_o, d_do, d_lse, d_delta, d_ws};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) cudaFree(bufs[i]);
+    float *hb[] = {q, k, v, dout, o, lse, dq_ref, dk_ref, dv_ref};
     for (size_t i = 0; i < sizeof hb / sizeof hb[0]; i++) free(hb[i]);
 }
 

@@ -1,10 +1,11 @@
 /* test_kernels_attention_mma.cpp - kernels/attention_mma.cu (mma.sync / ldmatrix / cp.async
- * attention forward) under the SIMT emulator against the CPU reference: head dims 40/64/80/160,
+ * attention forward and backward) under the SIMT emulator against the CPU reference: head dims 40/64/80/160,
  * token counts that are not multiples of the 128/64-query or 64/32-key tiles (77 keys of the
  * text context included), N·H > 1, ld > H·d (16-byte aligned and not), a negative and a sharp
  * scale, outputs poisoned with NaN; then in random interleaving, where a kernel missing its
  * barrier after the cp.async wait must fail, and a pipeline that waits one group short must fail
- * in any order. Shapes are small: the emulator runs the threads one by one. */
+ * in any order. The backward: dq, dk, dv with atomic and deterministic dQ (the latter twice, same
+ * bits). Shapes are small: the emulator runs the threads one by one. */
 #include "attention_mma.cu"
 
 #include "kcase_attention_mma.h"
@@ -104,4 +105,30 @@ Test(kernels_attention_mma, short_cp_async_wait_reads_nan)
 {
     const kc_attention_mma_case c = {1, 1, 16, 77, 160, 0, 1.0f, 123};
     cr_expect_gt(failures_of(c, faulty_forward<2>), 0, "a stage read before its cp.async group completed");
+}
+
+static void run_bwd(const char *name, kc_attention_mma_case c, int deterministic)
+{
+    kc_env e;
+    kc_env_begin(&e, name);
+    kc_run_attention_mma_backward(&e, &c, deterministic);
+    kc_env_end(&e);
+}
+
+// backward, {N, H, Tq, Tk, d, pad, scale_mul, seed}: key blocks of 64 and query steps of 32 not
+// filled (77 keys), several of each, N·H > 1, strided and unaligned rows
+Test(kernels_attention_mma, bwd_d40_cross77) { run_bwd("bwd d40 40x77 pad 8", {1, 2, 40, 77, 40, 8, 1.0f, 201}, 0); }
+Test(kernels_attention_mma, bwd_d40_deterministic) { run_bwd("bwd d40 70x130 det", {2, 1, 70, 130, 40, 0, 1.0f, 202}, 1); }
+Test(kernels_attention_mma, bwd_d64_self) { run_bwd("bwd d64 65x65", {1, 2, 65, 65, 64, 0, 1.0f, 203}, 0); }
+Test(kernels_attention_mma, bwd_d64_deterministic_ld) { run_bwd("bwd d64 33x77 pad 8 det", {1, 2, 33, 77, 64, 8, 1.0f, 204}, 1); }
+Test(kernels_attention_mma, bwd_d80_unaligned) { run_bwd("bwd d80 30x45 pad 3", {1, 2, 30, 45, 80, 3, 1.0f, 205}, 0); }
+Test(kernels_attention_mma, bwd_d80_negative_scale_det) { run_bwd("bwd d80 20x70 scale -2 det", {1, 1, 20, 70, 80, 0, -2.0f, 206}, 1); }
+Test(kernels_attention_mma, bwd_d160_portable) { run_bwd("bwd d160 9x33", {1, 1, 9, 33, 160, 0, 1.0f, 207}, 0); }
+
+Test(kernels_attention_mma, bwd_random_interleaving)
+{
+    simt::set_order("random", 2024);
+    run_bwd("random bwd d40 20x70 det", {1, 1, 20, 70, 40, 0, 1.0f, 210}, 1);
+    run_bwd("random bwd d64 40x33", {1, 1, 40, 33, 64, 8, 1.0f, 211}, 0);
+    simt::set_order(NULL);
 }
