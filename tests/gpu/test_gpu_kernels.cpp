@@ -120,6 +120,11 @@ int main(int argc, char **argv)
                      c->d, c->pad);
             rep.name = name;
             kc_run_attention_mma(&e, c, NULL);
+            for (int det = 0; det <= (big && i > 0 ? 0 : 1); det++) { // CPU references are slow
+                snprintf(name, sizeof name, "attn mma bwd%s N%d H%d %dx%d d%d pad %d", det ? " det" : "",
+                         c->N, c->H, c->Tq, c->Tk, c->d, c->pad);
+                kc_run_attention_mma_backward(&e, c, det);
+            }
         }
         size_t ng = big ? sizeof gn_big / sizeof *gn_big : sizeof gn_small / sizeof *gn_small;
         for (size_t i = 0; i < ng; i++) {
