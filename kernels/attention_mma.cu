@@ -666,7 +666,8 @@ attention_backward_mma_kernel(const dl_bf16 *q, int64_t ldq, const dl_bf16 *k, i
                     for (int e = 0; e < 4; e++) {
                         const int r = g + 8 * (e >> 1), c = 8 * nd + 2 * t + (e & 1);
                         if (q0 + 16 * qhalf + r < Tq) {
-                            if (DET) acc[r * D + c] += dqa[j][e];
+                            if (DET) /* L2 (ld.cg): L1 is not coherent with other SMs' adds */
+                                acc[r * D + c] = __ldcg(acc + r * D + c) + dqa[j][e];
                             else atomicAdd(acc + r * D + c, dqa[j][e]);
                         }
                     }
