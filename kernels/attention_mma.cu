@@ -663,12 +663,19 @@ attention_backward_mma_kernel(const dl_bf16 *q, int64_t ldq, const dl_bf16 *k, i
                 const int nd = dpar + 2 * j;
                 if (nd < C::ND)
                     DL_UNROLL
-                    for (int e = 0; e < 4; e++) {
-                        const int r = g + 8 * (e >> 1), c = 8 * nd + 2 * t + (e & 1);
+                    for (int hr = 0; hr < 2; hr++) { /* rows g, g + 8; columns 8nd + 2t, + 1 */
+                        const int r = g + 8 * hr;
                         if (q0 + 16 * qhalf + r < Tq) {
-                            if (DET) /* L2 (ld.cg): L1 is not coherent with other SMs' adds */
-                                acc[r * D + c] = __ldcg(acc + r * D + c) + dqa[j][e];
-                            else atomicAdd(acc + r * D + c, dqa[j][e]);
+                            float *p = acc + r * D + 8 * nd + 2 * t;
+                            if (DET) { /* L2 (ld.cg): L1 is not coherent with other SMs' adds */
+                                float2 x = __ldcg((const float2 *)p);
+                                x.x += dqa[j][2 * hr];
+                                x.y += dqa[j][2 * hr + 1];
+                                *(float2 *)p = x;
+                            } else {
+                                atomicAdd(p, dqa[j][2 * hr]);
+                                atomicAdd(p + 1, dqa[j][2 * hr + 1]);
+                            }
                         }
                     }
             }
