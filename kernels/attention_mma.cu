@@ -485,8 +485,8 @@ extern "C" int dl_cuda_attention_forward_mma(dl_dtype dt, int N, int H, int Tq, 
  * dQ's fp32 buffer (workspace) is added to either with atomics (order free) or, deterministic,
  * in key-block order: a per-(n, h, query step) counter says which key block adds next, so every
  * run gives the same bits. A prep kernel computes delta = rowsum(dO ∘ O) and zeroes the buffer
- * and the counters; a final kernel writes dq = scale · buffer as bf16. d = 160 (two 16 × 160
- * fp32 accumulators per lane would not fit next to the rest) runs the portable kernels. */
+ * and the counters; a final kernel writes dq = scale · buffer as bf16. d = 160 runs the portable
+ * kernels: a warp's 16 × 160 dK and dV tiles alone would take 160 fp32 registers per lane. */
 
 template <int D_>
 struct AttnMmaBwdCfg {
