@@ -357,7 +357,7 @@ static void check_vae_pass(const dl_net *net, int N, int H, int W, int cin, int6
                            const char *label)
 {
     const dl_graph *g = net->g;
-    dl_pass_in in = {N, H, W, NULL, NULL, NULL, 0, NULL};
+    dl_pass_in in = {N, H, W, NULL, NULL, NULL, 0, NULL, NULL};
     dl_size_table *tab = malloc(sizeof *tab);
     dl_graph_size_table(net, &in, checkpoint, 1, 0, tab);
     const size_t nx = (size_t)N * H * W * cin;
@@ -562,7 +562,7 @@ Test(graph, vae_backward_matches_finite_differences, .timeout = 300)
         float *g = malloc((size_t)nout * sizeof(float)), *out = tu_alloc_nan((size_t)nout);
         tu_fill_uniform(x, (size_t)nx, 31 + (uint64_t)enc, -1, 1);
         tu_fill_uniform(g, (size_t)nout, 41 + (uint64_t)enc, -1, 1);
-        dl_pass_in in = {N, h, wd, x, NULL, NULL, 0, NULL};
+        dl_pass_in in = {N, h, wd, x, NULL, NULL, 0, NULL, NULL};
         dl_size_table *tab = malloc(sizeof *tab);
         dl_graph_size_table(&net, &in, 0, 1, 0, tab);
         dl_arena act, s;
