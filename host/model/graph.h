@@ -9,7 +9,8 @@
  *   sizing           the size table: these walkers run against measuring arenas under a
  *                    measuring backend (nothing computed, every allocation counted and placed).
  * One forward/backward pair per block kind (model/resnet.c, model/transformer.c,
- * model/conv_blocks.c, the VAE's attention in model/vae.c) serves inference and training; what
+ * model/conv_blocks.c, the VAE's attention in model/vae.c, the text encoder's layer in
+ * model/clip.c) serves inference and training; what
  * a block's backward reads is laid out by one function per kind over one allocation (a dl_slab)
  * that the forward fills and the backward reads back from the same base. */
 #ifndef DANLU_MODEL_GRAPH_H
