@@ -16,8 +16,9 @@
  * The VAE's encoder and decoder get the same checks on the six committed random-config pipelines
  * (tests/golden/random_configs, drawn by tests/gen/gen_random_configs.py), and their backward
  * (d input and LoRA gradients, through every VAE block kind) is checked by finite differences.
- * The text encoder gets the same checks on those pipelines, for every run of its list (all
- * layers, clip skip 2, the raw hidden state) with LoRA on none, all or half of its linears.
+ * The text encoder gets the same checks on those pipelines and on configs drawn at random (layers,
+ * heads, widths, activation, positions), for every run of its list (all layers, clip skip 2, the
+ * raw hidden state) with LoRA on none, all or half of its linears.
  * The seed or model of each case is printed on failure. */
 #include "testutil.h"
 #include "core/arena.h"
@@ -121,21 +122,8 @@ static void write_int_list(FILE *f, const char *key, const int *v, int n)
     fprintf(f, "],\n");
 }
 
-static void write_folder(const char *dir, const dl_unet_config *c, uint64_t seed)
+static void write_unet_json(FILE *f, const dl_unet_config *c)
 {
-    char p[1024], q[1024];
-    snprintf(p, sizeof p, "%s/unet", dir);
-    cr_assert_eq(mkdir(dir, 0755), 0);
-    cr_assert_eq(mkdir(p, 0755), 0);
-    const char *linked[] = {"vae", "text_encoder", "model_index.json"};
-    for (int i = 0; i < 3; i++) {
-        snprintf(q, sizeof q, "tests/golden/random_configs/rc0/%s", linked[i]);
-        snprintf(p, sizeof p, "%s/%s", dir, linked[i]);
-        cr_assert_eq(symlink(tu_path(q), p), 0);
-    }
-    snprintf(p, sizeof p, "%s/unet/config.json", dir);
-    FILE *f = fopen(p, "w");
-    cr_assert_not_null(f);
     fprintf(f, "{\n  \"_class_name\": \"UNet2DConditionModel\",\n");
     write_int_list(f, "block_out_channels", c->block_out_channels, c->n_blocks);
     fprintf(f, "  \"down_block_types\": [");
@@ -152,14 +140,46 @@ static void write_folder(const char *dir, const dl_unet_config *c, uint64_t seed
     fprintf(f, "  \"norm_num_groups\": %d,\n  \"cross_attention_dim\": %d,\n  \"sample_size\": %d,\n",
             c->norm_num_groups, c->cross_attention_dim, c->sample_size);
     fprintf(f, "  \"use_linear_projection\": %s\n}\n", c->use_linear_projection ? "true" : "false");
+}
+
+static void write_text_json(FILE *f, const dl_clip_config *c)
+{
+    fprintf(f, "{\"architectures\": [\"CLIPTextModel\"], \"model_type\": \"clip_text_model\",\n");
+    fprintf(f, " \"hidden_act\": \"%s\",\n", c->act == DL_ACT_GELU ? "gelu" : "quick_gelu");
+    fprintf(f, " \"vocab_size\": %d, \"hidden_size\": %d, \"intermediate_size\": %d, \"num_hidden_layers\": %d,\n",
+            c->vocab_size, c->hidden_size, c->intermediate_size, c->num_layers);
+    fprintf(f, " \"num_attention_heads\": %d, \"max_position_embeddings\": %d, \"layer_norm_eps\": %g,\n",
+            c->num_heads, c->max_positions, (double)c->layer_norm_eps);
+    fprintf(f, " \"bos_token_id\": %d, \"eos_token_id\": %d, \"pad_token_id\": %d}\n", c->bos_token_id,
+            c->eos_token_id, c->pad_token_id);
+}
+
+/* dir: a diffusers folder whose UNet or text encoder (part) is mc's, written from the weight
+ * listing with random weights; the other parts are linked from rc0. */
+static void write_folder(const char *dir, const dl_model_config *mc, dl_part part, uint64_t seed)
+{
+    const int unet = part == DL_PART_UNET;
+    char p[1024], q[1024];
+    snprintf(p, sizeof p, "%s/%s", dir, unet ? "unet" : "text_encoder");
+    cr_assert_eq(mkdir(dir, 0755), 0);
+    cr_assert_eq(mkdir(p, 0755), 0);
+    const char *linked[] = {"vae", unet ? "text_encoder" : "unet", "model_index.json"};
+    for (int i = 0; i < 3; i++) {
+        snprintf(q, sizeof q, "tests/golden/random_configs/rc0/%s", linked[i]);
+        snprintf(p, sizeof p, "%s/%s", dir, linked[i]);
+        cr_assert_eq(symlink(tu_path(q), p), 0);
+    }
+    snprintf(p, sizeof p, "%s/%s/config.json", dir, unet ? "unet" : "text_encoder");
+    FILE *f = fopen(p, "w");
+    cr_assert_not_null(f);
+    if (unet) write_unet_json(f, &mc->unet);
+    else write_text_json(f, &mc->text);
     fclose(f);
-    dl_model_config mc;
-    memset(&mc, 0, sizeof mc);
-    mc.unet = *c;
     writer *w = calloc(1, sizeof *w);
     w->seed = seed * 7919;
-    cr_assert_eq(dl_model_weights(&mc, DL_PART_UNET, add_weight, w), DL_OK, "%s", dl_error_msg());
-    snprintf(p, sizeof p, "%s/unet/diffusion_pytorch_model.safetensors", dir);
+    cr_assert_eq(dl_model_weights(mc, part, add_weight, w), DL_OK, "%s", dl_error_msg());
+    snprintf(p, sizeof p, "%s/%s", dir,
+             unet ? "unet/diffusion_pytorch_model.safetensors" : "text_encoder/model.safetensors");
     cr_assert_eq(dl_st_save(p, w->e, w->n, NULL, 0), DL_OK, "%s", dl_error_msg());
     for (int i = 0; i < w->n; i++) {
         free((void *)w->e[i].name);
@@ -314,7 +334,10 @@ Test(graph, unet_size_tables_match_what_the_walkers_touch, .timeout = 300)
                      dl_error_msg());
         char dir[512];
         snprintf(dir, sizeof dir, "%s/unet%llu", tu_tmpdir(), (unsigned long long)seed);
-        write_folder(dir, &c, seed);
+        dl_model_config mc;
+        memset(&mc, 0, sizeof mc);
+        mc.unet = c;
+        write_folder(dir, &mc, DL_PART_UNET, seed);
         dl_checkpoint ck;
         cr_assert_eq(dl_ckpt_open(&ck, dir, NULL), DL_OK, "seed %llu: %s", (unsigned long long)seed, dl_error_msg());
         dl_arena w;
@@ -608,6 +631,24 @@ Test(graph, vae_backward_matches_finite_differences, .timeout = 300)
 
 /* ================================================================ the text encoder */
 
+/* A random legal text-encoder config (small: every walker runs on it). */
+static void draw_text_config(dl_clip_config *c, uint64_t seed)
+{
+    uint64_t s = seed * 40503u + 7;
+    dl_model_config d;
+    dl_model_config_preset(&d, "sd15");
+    *c = d.text;
+    c->num_heads = pick(&s, 1, 4);
+    c->hidden_size = c->num_heads * 4 * pick(&s, 1, 3);
+    c->intermediate_size = 8 * pick(&s, 1, 6);
+    c->num_layers = pick(&s, 1, 5);
+    c->vocab_size = 64;
+    c->max_positions = pick(&s, 2, 12);
+    c->act = pick(&s, 0, 1) ? DL_ACT_GELU : DL_ACT_QUICK_GELU;
+    c->layer_norm_eps = pick(&s, 0, 1) ? 1e-5f : 1e-6f;
+    c->bos_token_id = 62, c->eos_token_id = 63, c->pad_token_id = 1;
+}
+
 /* LoRA on none (mode 0), every (1) or a random half (2) of the text encoder's linears. */
 static void clip_attach(loras *L, const dl_clip *m, uint64_t seed, int mode)
 {
@@ -694,12 +735,27 @@ static void check_clip(dl_checkpoint *ck, const char *label, uint64_t seed)
 Test(graph, clip_size_tables_match_what_the_walkers_touch, .timeout = 300)
 {
     static const char *const models[] = {"rc0", "rc1", "rc2", "rc3", "rc4", "rcs"};
-    for (int k = 0; k < 6; k++) {
+    for (int k = 0; k < 6; k++) { /* the committed pipelines */
         char rel[128];
         snprintf(rel, sizeof rel, "tests/golden/random_configs/%s", models[k]);
         dl_checkpoint ck;
         cr_assert_eq(dl_ckpt_open(&ck, tu_path(rel), NULL), DL_OK, "%s: %s", rel, dl_error_msg());
         check_clip(&ck, models[k], (uint64_t)k + 1);
+        dl_ckpt_close(&ck);
+    }
+    for (uint64_t seed = 1; seed <= 8; seed++) { /* configs drawn at random */
+        dl_model_config mc;
+        memset(&mc, 0, sizeof mc);
+        draw_text_config(&mc.text, seed);
+        cr_assert_eq(dl_clip_config_validate(&mc.text, "drawn"), DL_OK, "seed %llu: %s", (unsigned long long)seed,
+                     dl_error_msg());
+        char dir[512], label[64];
+        snprintf(dir, sizeof dir, "%s/text%llu", tu_tmpdir(), (unsigned long long)seed);
+        snprintf(label, sizeof label, "seed %llu", (unsigned long long)seed);
+        write_folder(dir, &mc, DL_PART_TEXT, seed);
+        dl_checkpoint ck;
+        cr_assert_eq(dl_ckpt_open(&ck, dir, NULL), DL_OK, "%s: %s", label, dl_error_msg());
+        check_clip(&ck, label, seed);
         dl_ckpt_close(&ck);
     }
 }
