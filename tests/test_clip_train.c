@@ -1,8 +1,8 @@
 /* test_clip_train.c - text-encoder LoRA backward (host/train/clip_train.c) against transformers'
  * CLIPTextModel with a hand-written LoRA on every linear (tests/gen/gen_clip_train.py, float64):
  * loss and every dA, dB for clip skip 2 and the last layer (1 and 4 heads), accumulation, a
- * smaller batch, frozen adapters, fp32 finite differences, and the attached forward against
- * merged weights. */
+ * smaller batch, frozen adapters, gradient checkpointing, fp32 finite differences, and the
+ * attached forward against merged weights. */
 #include "model/clip.h"
 #include "ops/cpu/lora.h"
 #include "ops/cpu/loss.h"
@@ -260,6 +260,60 @@ Test(clip_train, frozen_adapters_and_partial_training)
         for (int i = 0; i < f.nmod; i++) f.lora[i].dA = keep[i][0], f.lora[i].dB = keep[i][1];
         free(out);
     }
+    teardown(&f);
+}
+
+static size_t n_a(const fixture *f, int i) { return (size_t)f->lora[i].r * f->mods[i].lin->in; }
+static size_t n_b(const fixture *f, int i) { return (size_t)f->mods[i].lin->out * f->lora[i].r; }
+
+/* Gradient checkpointing recomputes each layer's internals before its backward: the output and
+ * the LoRA gradients are those of the pass that stores its activations, bit for bit (4 heads,
+ * clip skip 1 and 2; every adapter trainable, or only layer 0's fc1 and layer 1's out_proj:
+ * layer 0 then runs its MLP branch only). */
+Test(clip_train, checkpointing_gives_the_same_lora_grads)
+{
+    fixture f;
+    setup(&f, 4);
+    const size_t n = (size_t)f.N * f.T * f.C;
+    float *out[2] = {tu_alloc_nan(n), tu_alloc_nan(n)}, *keep[MAXMOD][2], *got[MAXMOD][2];
+    for (int i = 0; i < f.nmod; i++) {
+        keep[i][0] = f.lora[i].dA, keep[i][1] = f.lora[i].dB;
+        got[i][0] = malloc(n_a(&f, i) * sizeof(float)), got[i][1] = malloc(n_b(&f, i) * sizeof(float));
+    }
+    for (int only = 0; only < 2; only++)
+        for (int skip = 1; skip <= 2; skip++)
+            for (int ckp = 0; ckp < 2; ckp++) {
+                for (int i = 0; i < f.nmod; i++) {
+                    const int on = !only || strstr(f.mods[i].name, "layers.0.mlp.fc1") ||
+                                   strstr(f.mods[i].name, "layers.1.self_attn.out_proj");
+                    f.lora[i].dA = on ? keep[i][0] : NULL, f.lora[i].dB = on ? keep[i][1] : NULL;
+                    memset(keep[i][0], 0, n_a(&f, i) * sizeof(float));
+                    memset(keep[i][1], 0, n_b(&f, i) * sizeof(float));
+                }
+                f.checkpoint = ckp;
+                step(&f, f.L - skip + 1, out[ckp], 1);
+                if (!ckp) { /* the reference */
+                    for (int i = 0; i < f.nmod; i++)
+                        memcpy(got[i][0], keep[i][0], n_a(&f, i) * sizeof(float)),
+                            memcpy(got[i][1], keep[i][1], n_b(&f, i) * sizeof(float));
+                    continue;
+                }
+                cr_expect(memcmp(out[0], out[1], n * sizeof(float)) == 0, "skip %d: the output differs", skip);
+                size_t nonzero = 0;
+                for (int i = 0; i < f.nmod; i++) {
+                    cr_expect(memcmp(got[i][0], keep[i][0], n_a(&f, i) * sizeof(float)) == 0 &&
+                                  memcmp(got[i][1], keep[i][1], n_b(&f, i) * sizeof(float)) == 0,
+                              "only %d, skip %d: %s: LoRA gradients differ under checkpointing", only, skip,
+                              f.mods[i].name);
+                    for (size_t j = 0; j < n_b(&f, i); j++) nonzero += keep[i][1][j] != 0;
+                }
+                cr_expect_gt(nonzero, 0, "only %d, skip %d: no gradient at all", only, skip);
+            }
+    for (int i = 0; i < f.nmod; i++) {
+        f.lora[i].dA = keep[i][0], f.lora[i].dB = keep[i][1];
+        free(got[i][0]), free(got[i][1]);
+    }
+    free(out[0]), free(out[1]);
     teardown(&f);
 }
 
