@@ -1039,7 +1039,7 @@ static void teardown(trainer *t)
     }
     void *bufs[] = {t->img, t->mean, t->logvar, t->vnoise, t->latents, t->noise, t->noisy, t->target, t->pred,
                     t->dpred, t->tmp, t->context, t->dcontext, t->tf, t->t, t->w, t->ids, t->m, t->v,
-                    t->emb_cache, t->signature, t->config_json};
+                    t->scal, t->emb_cache, t->signature, t->config_json};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) free(bufs[i]);
     kv_free(&t->meta);
     dl_prov_writer_free(&t->prov);
