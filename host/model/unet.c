@@ -309,7 +309,7 @@ void dl_unet_forward(const dl_ctx *ctx, const dl_unet *u, int N, int H, int W, c
     DL_ASSERTF(H % (1 << (n - 1)) == 0 && W % (1 << (n - 1)) == 0,
                "latent %dx%d is not divisible by 2^%d (the UNet's downsampling)", H, W, n - 1);
     const dl_net net = dl_unet_net(u);
-    const dl_pass_in in = {N, H, W, x, t, ctx_emb, T, NULL};
+    const dl_pass_in in = {N, H, W, x, t, ctx_emb, T, NULL, NULL};
     dl_graph_infer(ctx, &net, &in, out, scratch);
 }
 

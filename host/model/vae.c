@@ -344,7 +344,7 @@ void dl_vae_encode(const dl_ctx *ctx, const dl_vae *m, int N, int H, int W, cons
     size_t mark = dl_arena_mark(scratch);
     float *moments = dl_alloc_f32(scratch, M * 2 * L);                               // [N, h, w, 2L]
     const dl_net net = dl_vae_encoder_net(m);
-    const dl_pass_in in = {N, H, W, img, NULL, NULL, 0, NULL};
+    const dl_pass_in in = {N, H, W, img, NULL, NULL, 0, NULL, NULL};
     dl_graph_infer(ctx, &net, &in, moments, scratch);
     /* the moments come back to the host (mean and logvar are host arrays) */
     const float *host = moments;
@@ -376,7 +376,7 @@ void dl_vae_decode(const dl_ctx *ctx, const dl_vae *m, int N, int h, int w, cons
                    dl_arena *scratch)
 {
     const dl_net net = dl_vae_decoder_net(m);
-    const dl_pass_in in = {N, h, w, z, NULL, NULL, 0, NULL};
+    const dl_pass_in in = {N, h, w, z, NULL, NULL, 0, NULL, NULL};
     dl_graph_infer(ctx, &net, &in, img, scratch);
 }
 

@@ -12,7 +12,7 @@ static dl_pass_in pass_in(const dl_unet *u, int N, int H, int W, const float *x,
     DL_ASSERT(N > 0 && T > 0 && n >= 1);
     DL_ASSERTF(H % (1 << (n - 1)) == 0 && W % (1 << (n - 1)) == 0,
                "latent %dx%d is not divisible by 2^%d (the UNet's downsampling)", H, W, n - 1);
-    return (dl_pass_in){N, H, W, x, t, context, T, NULL};
+    return (dl_pass_in){N, H, W, x, t, context, T, NULL, NULL};
 }
 
 void dl_unet_train_forward(const dl_ctx *ctx, const dl_unet *u, dl_unet_tape *tape, int N, int H, int W,
