@@ -54,6 +54,28 @@ int dl_cuda_attention_forward_tc(dl_dtype dt, int N, int H, int Tq, int Tk, int 
                                  const void *v, int64_t ldv, void *o, int64_t ldo, float *lse,
                                  cudaStream_t stream);
 
+/* FlashAttention-2-style variant of dl_cuda_attention_forward for sm_80+ (mma.sync, ldmatrix,
+ * cp.async; P and O kept in registers), same contract and outputs, bf16 only (-1 otherwise, and
+ * when the device cannot give the kernel its shared memory). kernels/attention_mma.cu; under the
+ * emulator only its test builds it. */
+int dl_cuda_attention_forward_mma(dl_dtype dt, int N, int H, int Tq, int Tk, int d, float scale,
+                                  const void *q, int64_t ldq, const void *k, int64_t ldk,
+                                  const void *v, int64_t ldv, void *o, int64_t ldo, float *lse,
+                                  cudaStream_t stream);
+
+/* FlashAttention-2-style backward for sm_80+ (one kernel of 5 GEMMs per step, dK/dV in
+ * registers, dQ accumulated in fp32), the contract of dl_cuda_attention_backward plus: ws, scratch
+ * of dl_cuda_attention_backward_mma_workspace_size() bytes (needed when dq is not NULL), and
+ * deterministic != 0, which adds the dQ parts of the key blocks in a fixed order (same bits on
+ * every run) instead of with atomics. bf16 only (-1 otherwise); d = 160 runs the portable
+ * kernels (dl_cuda_attention_backward). kernels/attention_mma.cu. */
+size_t dl_cuda_attention_backward_mma_workspace_size(int N, int H, int Tq, int Tk, int d);
+int dl_cuda_attention_backward_mma(dl_dtype dt, int N, int H, int Tq, int Tk, int d, float scale,
+                                   const void *q, int64_t ldq, const void *k, int64_t ldk,
+                                   const void *v, int64_t ldv, const void *o, const void *dout,
+                                   int64_t ldo, const float *lse, float *delta, void *dq, void *dk,
+                                   void *dv, int deterministic, void *ws, cudaStream_t stream);
+
 /* Tensor-core variant of dl_cuda_attention_backward, same contract, bf16 only (-1 otherwise);
  * d = 160 runs the portable kernels. kernels/attention_tc.cu. */
 int dl_cuda_attention_backward_tc(dl_dtype dt, int N, int H, int Tq, int Tk, int d, float scale,

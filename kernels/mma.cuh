@@ -1,6 +1,7 @@
 /* mma.cuh - the sm_80+ warp-level building blocks of tensor-core kernels, in both builds:
  *
  *   dl_mma_m16n8k16_bf16 / _f16   mma.sync.aligned.m16n8k16.row.col.f32.{bf16,f16}.{bf16,f16}.f32
+ *   dl_mma_m16n8k8_bf16 / _f16    mma.sync.aligned.m16n8k8.row.col.f32.{bf16,f16}.{bf16,f16}.f32
  *   dl_ldmatrix_x4 / _x2 (+ _trans) ldmatrix.sync.aligned.m8n8.{x4,x2}[.trans].shared.b16
  *   dl_cp_async_16 / _commit / _wait<N>   cp.async.cg.shared.global (16 bytes) and its groups
  *
@@ -12,6 +13,8 @@
  *                             a[2] = A[g][2t+8..2t+9], a[3] = A[g+8][2t+8..2t+9]
  *       B (16x8, "col"):      b[0] = B[2t..2t+1][g], b[1] = B[2t+8..2t+9][g]
  *       C, D (16x8, fp32):    c[0..1] = C[g][2t..2t+1], c[2..3] = C[g+8][2t..2t+1]
+ *     and for m16n8k8 (the half k-step, e.g. a head dim of 40 = 16 + 16 + 8):
+ *       A (16x8):  a[0] = A[g][2t..2t+1], a[1] = A[g+8][2t..2t+1];   B (8x8): b[0] = B[2t..2t+1][g]
  *     (pairs packed low element first in each 32-bit register); the model gathers the operands
  *     with warp shuffles and accumulates the exact products in fp32, k in order.
  *   - ldmatrix: lanes 8i..8i+7 give the row addresses of 8x8 matrix i; register i of lane l
@@ -51,6 +54,22 @@ __device__ __forceinline__ void dl_mma_m16n8k16_f16(float d[4], const uint32_t a
                  : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]), "f"(c[1]),
                    "f"(c[2]), "f"(c[3]));
+}
+
+__device__ __forceinline__ void dl_mma_m16n8k8_bf16(float d[4], const uint32_t a[2], const uint32_t b[1],
+                                                    const float c[4])
+{
+    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%7,%8,%9,%10};\n"
+                 : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(b[0]), "f"(c[0]), "f"(c[1]), "f"(c[2]), "f"(c[3]));
+}
+
+__device__ __forceinline__ void dl_mma_m16n8k8_f16(float d[4], const uint32_t a[2], const uint32_t b[1],
+                                                   const float c[4])
+{
+    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%7,%8,%9,%10};\n"
+                 : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(b[0]), "f"(c[0]), "f"(c[1]), "f"(c[2]), "f"(c[3]));
 }
 
 __device__ __forceinline__ uint32_t dl_smem_addr(const void *p)
@@ -145,6 +164,33 @@ template <bool BF16> static inline void mma(float d[4], const uint32_t a[4], con
     }
 }
 
+/* D = A B + C for one m16n8k8 tile (A 16x8 in a[0..1], B 8x8 in b[0]). */
+template <bool BF16> static inline void mma_k8(float d[4], const uint32_t a[2], const uint32_t b[1], const float c[4])
+{
+    const unsigned l = lane_id(), g = l >> 2, t = l & 3;
+    float arow[2][8], bcol[2][8]; /* A rows g, g+8 and B columns 2t, 2t+1, over k */
+    for (unsigned j = 0; j < 4; j++) {
+        /* lane g*4 + j holds A[g][2j..2j+1] (a[0]) and A[g+8][2j..2j+1] (a[1]) */
+        for (int q = 0; q < 2; q++) {
+            const uint32_t r = __shfl_sync(0xffffffffu, a[q], (int)(g * 4 + j));
+            arow[q][2 * j] = BF16 ? lo_bf16(r) : lo_f16(r);
+            arow[q][2 * j + 1] = BF16 ? hi_bf16(r) : hi_f16(r);
+        }
+        /* lane n*4 + j holds B[2j..2j+1][n] */
+        for (unsigned col = 0; col < 2; col++) {
+            const uint32_t s0 = __shfl_sync(0xffffffffu, b[0], (int)((2 * t + col) * 4 + j));
+            bcol[col][2 * j] = BF16 ? lo_bf16(s0) : lo_f16(s0);
+            bcol[col][2 * j + 1] = BF16 ? hi_bf16(s0) : hi_f16(s0);
+        }
+    }
+    for (int i = 0; i < 4; i++) {
+        float acc = c[i];
+        const int row = i >> 1, col = i & 1;
+        for (int k = 0; k < 8; k++) acc += arow[row][k] * bcol[col][k];
+        d[i] = acc;
+    }
+}
+
 /* ldmatrix of nmat (2 or 4) 8x8 b16 matrices; lanes 8i..8i+7 point at the rows of matrix i. */
 static inline void ldmatrix(uint32_t *r, int nmat, bool trans, const void *row)
 {
@@ -224,6 +270,14 @@ static inline void dl_mma_m16n8k16_bf16(float d[4], const uint32_t a[4], const u
 static inline void dl_mma_m16n8k16_f16(float d[4], const uint32_t a[4], const uint32_t b[2], const float c[4])
 {
     dl_mma_model::mma<false>(d, a, b, c);
+}
+static inline void dl_mma_m16n8k8_bf16(float d[4], const uint32_t a[2], const uint32_t b[1], const float c[4])
+{
+    dl_mma_model::mma_k8<true>(d, a, b, c);
+}
+static inline void dl_mma_m16n8k8_f16(float d[4], const uint32_t a[2], const uint32_t b[1], const float c[4])
+{
+    dl_mma_model::mma_k8<false>(d, a, b, c);
 }
 static inline void dl_ldmatrix_x4(uint32_t r[4], const void *row) { dl_mma_model::ldmatrix(r, 4, false, row); }
 static inline void dl_ldmatrix_x4_trans(uint32_t r[4], const void *row) { dl_mma_model::ldmatrix(r, 4, true, row); }

@@ -1,8 +1,8 @@
 /* test_clip_train.c - text-encoder LoRA backward (host/train/clip_train.c) against transformers'
  * CLIPTextModel with a hand-written LoRA on every linear (tests/gen/gen_clip_train.py, float64):
  * loss and every dA, dB for clip skip 2 and the last layer (1 and 4 heads), accumulation, a
- * smaller batch, frozen adapters, fp32 finite differences, and the attached forward against
- * merged weights. */
+ * smaller batch, frozen adapters, gradient checkpointing, fp32 finite differences, and the
+ * attached forward against merged weights. */
 #include "model/clip.h"
 #include "ops/cpu/lora.h"
 #include "ops/cpu/loss.h"
@@ -32,7 +32,8 @@ typedef struct {
     float *target, scale;
     dl_clip_named_linear mods[MAXMOD];
     dl_lora lora[MAXMOD];
-    dl_clip_saved saved;
+    dl_clip_tape *tape;
+    int checkpoint;
 } fixture;
 
 static void setup(fixture *f, int heads)
@@ -77,12 +78,26 @@ static void setup(fixture *f, int heads)
         l->dB = calloc((size_t)m->lin->out * l->r, sizeof(float));
         m->lin->lora = l;
     }
-    size_t sb = dl_clip_scratch_bytes(&f->clip, f->N, f->T);
-    size_t bb = dl_clip_backward_scratch_bytes(&f->clip, f->N, f->T);
-    cr_assert_eq(dl_arena_init(&f->scratch, "scratch", sb > bb ? sb : bb), DL_OK);
-    cr_assert_eq(dl_arena_init(&f->acts, "activations", dl_clip_saved_bytes(&f->clip.cfg, f->N, f->T, f->L)), DL_OK);
-    cr_assert_eq(dl_clip_saved_init(&f->saved, &f->clip.cfg, f->N, f->T, f->L, &f->acts), DL_OK, "%s",
-                 dl_error_msg());
+    /* the arenas of the size table, with and without gradient checkpointing */
+    size_t sb = dl_clip_scratch_bytes(&f->clip, f->N, f->T), ab = 0;
+    dl_size_table *tab = malloc(sizeof *tab);
+    for (int ckp = 0; ckp < 2; ckp++) {
+        dl_clip_size_table(&f->clip, f->N, f->T, f->L, 1, ckp, tab);
+        if (tab->scratch_train > sb) sb = tab->scratch_train;
+        if (tab->act > ab) ab = tab->act;
+    }
+    free(tab);
+    cr_assert_eq(dl_arena_init(&f->scratch, "scratch", sb), DL_OK);
+    cr_assert_eq(dl_arena_init(&f->acts, "activations", ab), DL_OK);
+    f->tape = malloc(sizeof *f->tape);
+}
+
+/* The training forward of N sequences (ids) through `layers` layers and the final layer norm. */
+static void forward(fixture *f, int N, const int32_t *ids, int layers, float *out)
+{
+    dl_arena_reset(&f->acts);
+    dl_clip_train_forward(tu_ctx(), &f->clip, f->tape, N, f->T, ids, layers, 1, out, f->checkpoint, &f->acts,
+                          &f->scratch);
 }
 
 static void teardown(fixture *f)
@@ -93,6 +108,7 @@ static void teardown(fixture *f)
     }
     free(f->ids);
     free(f->target);
+    free(f->tape);
     dl_st_close(&f->g);
     dl_clip_free(&f->clip);
     dl_arena_free(&f->acts);
@@ -114,12 +130,12 @@ static void zero_grads(fixture *f)
 static double step(fixture *f, int layers, float *out, int backward)
 {
     const int64_t n = (int64_t)f->N * f->T * f->C;
-    dl_clip_train_forward(tu_ctx(), &f->clip, &f->saved, f->ids, layers, 1, out, &f->scratch);
+    forward(f, f->N, f->ids, layers, out);
     double loss = dl_cpu_mse_loss_forward(tu_ctx(), 1, n, out, f->target, NULL, NULL);
     if (backward) {
         float *d = tu_alloc_nan((size_t)n);
         dl_cpu_mse_loss_backward(tu_ctx(), 1, n, out, f->target, NULL, 1.0f, d, NULL);
-        dl_clip_backward(tu_ctx(), &f->clip, &f->saved, d, &f->scratch);
+        dl_clip_backward(tu_ctx(), f->tape, d, &f->scratch);
         free(d);
     }
     cr_expect_eq(dl_arena_mark(&f->scratch), 0, "scratch must be released");
@@ -200,7 +216,7 @@ Test(clip_train, backward_accumulates)
     teardown(&f);
 }
 
-/* A smaller batch than the saved capacity: each sequence alone (N = 1 in buffers for 2), with
+/* A smaller batch than the arenas were sized for: each sequence alone (N = 1 in arenas for 2), with
  * dloss = 1/2 so the two accumulated backwards equal the batch's mean-loss gradients. */
 Test(clip_train, smaller_batch_accumulates_to_the_batch_gradient)
 {
@@ -210,10 +226,9 @@ Test(clip_train, smaller_batch_accumulates_to_the_batch_gradient)
     float *out = tu_alloc_nan((size_t)n1), *d = tu_alloc_nan((size_t)n1);
     for (int s = 0; s < f.N; s++) {
         const float *tg = f.target + s * n1;
-        dl_clip_saved_set_batch(&f.saved, 1, f.T);
-        dl_clip_train_forward(tu_ctx(), &f.clip, &f.saved, f.ids + s * f.T, f.L, 1, out, &f.scratch);
+        forward(&f, 1, f.ids + s * f.T, f.L, out);
         dl_cpu_mse_loss_backward(tu_ctx(), 1, n1, out, tg, NULL, 1.0f / (float)f.N, d, NULL);
-        dl_clip_backward(tu_ctx(), &f.clip, &f.saved, d, &f.scratch);
+        dl_clip_backward(tu_ctx(), f.tape, d, &f.scratch);
     }
     for (int i = 0; i < f.nmod; i++) expect_grads(&f, "last", i, 1.0, TOL_GRAD);
     free(out);
@@ -248,6 +263,60 @@ Test(clip_train, frozen_adapters_and_partial_training)
     teardown(&f);
 }
 
+static size_t n_a(const fixture *f, int i) { return (size_t)f->lora[i].r * f->mods[i].lin->in; }
+static size_t n_b(const fixture *f, int i) { return (size_t)f->mods[i].lin->out * f->lora[i].r; }
+
+/* Gradient checkpointing recomputes each layer's internals before its backward: the output and
+ * the LoRA gradients are those of the pass that stores its activations, bit for bit (4 heads,
+ * clip skip 1 and 2; every adapter trainable, or only layer 0's fc1 and layer 1's out_proj:
+ * layer 0 then runs its MLP branch only). */
+Test(clip_train, checkpointing_gives_the_same_lora_grads)
+{
+    fixture f;
+    setup(&f, 4);
+    const size_t n = (size_t)f.N * f.T * f.C;
+    float *out[2] = {tu_alloc_nan(n), tu_alloc_nan(n)}, *keep[MAXMOD][2], *got[MAXMOD][2];
+    for (int i = 0; i < f.nmod; i++) {
+        keep[i][0] = f.lora[i].dA, keep[i][1] = f.lora[i].dB;
+        got[i][0] = malloc(n_a(&f, i) * sizeof(float)), got[i][1] = malloc(n_b(&f, i) * sizeof(float));
+    }
+    for (int only = 0; only < 2; only++)
+        for (int skip = 1; skip <= 2; skip++)
+            for (int ckp = 0; ckp < 2; ckp++) {
+                for (int i = 0; i < f.nmod; i++) {
+                    const int on = !only || strstr(f.mods[i].name, "layers.0.mlp.fc1") ||
+                                   strstr(f.mods[i].name, "layers.1.self_attn.out_proj");
+                    f.lora[i].dA = on ? keep[i][0] : NULL, f.lora[i].dB = on ? keep[i][1] : NULL;
+                    memset(keep[i][0], 0, n_a(&f, i) * sizeof(float));
+                    memset(keep[i][1], 0, n_b(&f, i) * sizeof(float));
+                }
+                f.checkpoint = ckp;
+                step(&f, f.L - skip + 1, out[ckp], 1);
+                if (!ckp) { /* the reference */
+                    for (int i = 0; i < f.nmod; i++)
+                        memcpy(got[i][0], keep[i][0], n_a(&f, i) * sizeof(float)),
+                            memcpy(got[i][1], keep[i][1], n_b(&f, i) * sizeof(float));
+                    continue;
+                }
+                cr_expect(memcmp(out[0], out[1], n * sizeof(float)) == 0, "skip %d: the output differs", skip);
+                size_t nonzero = 0;
+                for (int i = 0; i < f.nmod; i++) {
+                    cr_expect(memcmp(got[i][0], keep[i][0], n_a(&f, i) * sizeof(float)) == 0 &&
+                                  memcmp(got[i][1], keep[i][1], n_b(&f, i) * sizeof(float)) == 0,
+                              "only %d, skip %d: %s: LoRA gradients differ under checkpointing", only, skip,
+                              f.mods[i].name);
+                    for (size_t j = 0; j < n_b(&f, i); j++) nonzero += keep[i][1][j] != 0;
+                }
+                cr_expect_gt(nonzero, 0, "only %d, skip %d: no gradient at all", only, skip);
+            }
+    for (int i = 0; i < f.nmod; i++) {
+        f.lora[i].dA = keep[i][0], f.lora[i].dB = keep[i][1];
+        free(got[i][0]), free(got[i][1]);
+    }
+    free(out[0]), free(out[1]);
+    teardown(&f);
+}
+
 typedef struct {
     fixture *f;
     float **where; /* the fp32 parameters the doubles map to */
@@ -260,8 +329,7 @@ static double fd_loss(void *user, const double *x)
     fd_user *u = user;
     for (int i = 0; u->where[i]; i++) *u->where[i] = (float)x[i];
     const int64_t n = (int64_t)u->f->N * u->f->T * u->f->C;
-    fixture *f = u->f;
-    dl_clip_train_forward(tu_ctx(), &f->clip, &f->saved, f->ids, u->layers, 1, u->out, &f->scratch);
+    forward(u->f, u->f->N, u->f->ids, u->layers, u->out);
     return dl_cpu_mse_loss_forward(tu_ctx(), 1, n, u->out, u->f->target, NULL, NULL);
 }
 

@@ -17,8 +17,9 @@
  * The VAE's encoder and decoder get the same checks on the six committed random-config pipelines
  * (tests/golden/random_configs, drawn by tests/gen/gen_random_configs.py), and their backward
  * (d input and LoRA gradients, through every VAE block kind) is checked by finite differences.
- * The text encoder's measured sizes (saved activations, inference scratch, backward scratch) are
- * checked against the same runs on those pipelines.
+ * The text encoder gets the same checks on those pipelines and on configs drawn at random (layers,
+ * heads, widths, activation, positions), for every run of its list (all layers, clip skip 2, the
+ * raw hidden state) with LoRA on none, all or half of its linears.
  * The seed or model of each case is printed on failure. */
 #include "testutil.h"
 #include "core/arena.h"
@@ -139,21 +140,8 @@ static void write_int_list(FILE *f, const char *key, const int *v, int n)
     fprintf(f, "],\n");
 }
 
-static void write_folder(const char *dir, const dl_unet_config *c, uint64_t seed)
+static void write_unet_json(FILE *f, const dl_unet_config *c)
 {
-    char p[1024], q[1024];
-    snprintf(p, sizeof p, "%s/unet", dir);
-    cr_assert_eq(mkdir(dir, 0755), 0);
-    cr_assert_eq(mkdir(p, 0755), 0);
-    const char *linked[] = {"vae", "text_encoder", "model_index.json"};
-    for (int i = 0; i < 3; i++) {
-        snprintf(q, sizeof q, "tests/golden/random_configs/rc0/%s", linked[i]);
-        snprintf(p, sizeof p, "%s/%s", dir, linked[i]);
-        cr_assert_eq(symlink(tu_path(q), p), 0);
-    }
-    snprintf(p, sizeof p, "%s/unet/config.json", dir);
-    FILE *f = fopen(p, "w");
-    cr_assert_not_null(f);
     fprintf(f, "{\n  \"_class_name\": \"UNet2DConditionModel\",\n");
     write_int_list(f, "block_out_channels", c->block_out_channels, c->n_blocks);
     fprintf(f, "  \"down_block_types\": [");
@@ -174,14 +162,46 @@ static void write_folder(const char *dir, const dl_unet_config *c, uint64_t seed
                 "  \"projection_class_embeddings_input_dim\": %d,\n", c->addition_time_embed_dim,
                 c->projection_class_embeddings_input_dim);
     fprintf(f, "  \"use_linear_projection\": %s\n}\n", c->use_linear_projection ? "true" : "false");
+}
+
+static void write_text_json(FILE *f, const dl_clip_config *c)
+{
+    fprintf(f, "{\"architectures\": [\"CLIPTextModel\"], \"model_type\": \"clip_text_model\",\n");
+    fprintf(f, " \"hidden_act\": \"%s\",\n", c->act == DL_ACT_GELU ? "gelu" : "quick_gelu");
+    fprintf(f, " \"vocab_size\": %d, \"hidden_size\": %d, \"intermediate_size\": %d, \"num_hidden_layers\": %d,\n",
+            c->vocab_size, c->hidden_size, c->intermediate_size, c->num_layers);
+    fprintf(f, " \"num_attention_heads\": %d, \"max_position_embeddings\": %d, \"layer_norm_eps\": %g,\n",
+            c->num_heads, c->max_positions, (double)c->layer_norm_eps);
+    fprintf(f, " \"bos_token_id\": %d, \"eos_token_id\": %d, \"pad_token_id\": %d}\n", c->bos_token_id,
+            c->eos_token_id, c->pad_token_id);
+}
+
+/* dir: a diffusers folder whose UNet or text encoder (part) is mc's, written from the weight
+ * listing with random weights; the other parts are linked from rc0. */
+static void write_folder(const char *dir, const dl_model_config *mc, dl_part part, uint64_t seed)
+{
+    const int unet = part == DL_PART_UNET;
+    char p[1024], q[1024];
+    snprintf(p, sizeof p, "%s/%s", dir, unet ? "unet" : "text_encoder");
+    cr_assert_eq(mkdir(dir, 0755), 0);
+    cr_assert_eq(mkdir(p, 0755), 0);
+    const char *linked[] = {"vae", unet ? "text_encoder" : "unet", "model_index.json"};
+    for (int i = 0; i < 3; i++) {
+        snprintf(q, sizeof q, "tests/golden/random_configs/rc0/%s", linked[i]);
+        snprintf(p, sizeof p, "%s/%s", dir, linked[i]);
+        cr_assert_eq(symlink(tu_path(q), p), 0);
+    }
+    snprintf(p, sizeof p, "%s/%s/config.json", dir, unet ? "unet" : "text_encoder");
+    FILE *f = fopen(p, "w");
+    cr_assert_not_null(f);
+    if (unet) write_unet_json(f, &mc->unet);
+    else write_text_json(f, &mc->text);
     fclose(f);
-    dl_model_config mc;
-    memset(&mc, 0, sizeof mc);
-    mc.unet = *c;
     writer *w = calloc(1, sizeof *w);
     w->seed = seed * 7919;
-    cr_assert_eq(dl_model_weights(&mc, DL_PART_UNET, add_weight, w), DL_OK, "%s", dl_error_msg());
-    snprintf(p, sizeof p, "%s/unet/diffusion_pytorch_model.safetensors", dir);
+    cr_assert_eq(dl_model_weights(mc, part, add_weight, w), DL_OK, "%s", dl_error_msg());
+    snprintf(p, sizeof p, "%s/%s", dir,
+             unet ? "unet/diffusion_pytorch_model.safetensors" : "text_encoder/model.safetensors");
     cr_assert_eq(dl_st_save(p, w->e, w->n, NULL, 0), DL_OK, "%s", dl_error_msg());
     for (int i = 0; i < w->n; i++) {
         free((void *)w->e[i].name);
@@ -344,7 +364,10 @@ Test(graph, unet_size_tables_match_what_the_walkers_touch, .timeout = 300)
                      dl_error_msg());
         char dir[512];
         snprintf(dir, sizeof dir, "%s/unet%llu", tu_tmpdir(), (unsigned long long)seed);
-        write_folder(dir, &c, seed);
+        dl_model_config mc;
+        memset(&mc, 0, sizeof mc);
+        mc.unet = c;
+        write_folder(dir, &mc, DL_PART_UNET, seed);
         dl_checkpoint ck;
         const dl_ckpt_options xl = {.prediction = -1, .allow_sdxl = 1};
         cr_assert_eq(dl_ckpt_open(&ck, dir, &xl), DL_OK, "seed %llu: %s", (unsigned long long)seed, dl_error_msg());
@@ -387,18 +410,19 @@ Test(graph, unet_size_tables_match_what_the_walkers_touch, .timeout = 300)
 
 /* ================================================================ the VAE */
 
-/* The training pass of net (encoder or decoder) through arenas of exactly its size table, and
- * its inference through exactly the table's inference scratch, checked as the UNet's. */
-static void check_vae_pass(const dl_net *net, int N, int H, int W, int cin, int64_t nout, int checkpoint,
+/* The training pass of net (the VAE's encoder or decoder, the text encoder) through arenas of
+ * exactly its size table, and its inference through exactly the table's inference scratch,
+ * checked as the UNet's. in: the shapes and the token ids; nx > 0: an input x [nx] is drawn and
+ * d x asked for. */
+static void check_net_pass(const dl_net *net, dl_pass_in in, int64_t nx, int64_t nout, int checkpoint,
                            const char *label)
 {
     const dl_graph *g = net->g;
-    dl_pass_in in = {.N = N, .H = H, .W = W};
+    const int N = in.N, H = in.H, W = in.W;
     dl_size_table *tab = malloc(sizeof *tab);
-    dl_graph_size_table(net, &in, checkpoint, 1, 0, tab);
-    const size_t nx = (size_t)N * H * W * cin;
-    float *x = malloc(nx * sizeof(float)), *dx = tu_alloc_nan(nx);
-    tu_fill_uniform(x, nx, 11, -1, 1);
+    dl_graph_size_table(net, &in, checkpoint, nx > 0, 0, tab);
+    float *x = nx ? malloc((size_t)nx * sizeof(float)) : NULL, *dx = nx ? tu_alloc_nan((size_t)nx) : NULL;
+    if (nx) tu_fill_uniform(x, (size_t)nx, 11, -1, 1);
     in.x = x;
     float *out = tu_alloc_nan((size_t)nout), *dout = malloc((size_t)nout * sizeof(float));
     tu_fill_uniform(dout, (size_t)nout, 12, -1, 1);
@@ -414,14 +438,18 @@ static void check_vae_pass(const dl_net *net, int N, int H, int W, int cin, int6
                      g->node[i].name);
         cr_expect_eq(written(tape->node[i].y, e), (size_t)e, "%s: node %d (%s) output not fully written", label, i,
                      g->node[i].name);
+        cr_expect_eq(tab->row[i].y_bytes, dl_f32_bytes(e), "%s: node %d", label, i);
         if (tape->node[i].saved)
             cr_expect_eq((size_t)((char *)tape->node[i].saved - act.base), tab->row[i].saved_off, "%s: node %d", label,
                          i);
+        else cr_expect_eq(tab->row[i].saved_bytes, 0, "%s: node %d (%s) saves nothing", label, i, g->node[i].name);
     }
+    cr_expect_eq(written(out, nout), (size_t)nout, "%s: output not fully written", label);
     dl_graph_backward(tu_ctx(), tape, dout, dx, NULL, &scratch);
+    cr_expect_eq(scratch.used, 0, "%s: scratch not released", label);
     cr_expect_eq(scratch.peak, tab->scratch_train, "%s: scratch peak %zu, table %zu", label, scratch.peak,
                  tab->scratch_train);
-    cr_expect_eq(written(dx, (int64_t)nx), nx, "%s: d input not fully written", label);
+    cr_expect_eq(written(dx, nx), (size_t)nx, "%s: d input not fully written", label);
     expect_guard(&act, label, 0);
     expect_guard(&scratch, label, 0);
     arena_guarded(&inf, "scratch", tab->scratch_infer);
@@ -519,10 +547,11 @@ Test(graph, vae_size_tables_match_what_the_walkers_touch, .timeout = 300)
                     snprintf(label, sizeof label, "%s %s lora %d checkpointing %d", models[k],
                              enc ? "encoder" : "decoder", lora, ckp);
                     if (enc)
-                        check_vae_pass(&net, N, H, W, c->in_channels, (int64_t)N * (H / f) * (W / f) * 2 *
-                                       c->latent_channels, ckp, label);
+                        check_net_pass(&net, (dl_pass_in){.N = N, .H = H, .W = W}, (int64_t)N * H * W * c->in_channels,
+                                       (int64_t)N * (H / f) * (W / f) * 2 * c->latent_channels, ckp, label);
                     else
-                        check_vae_pass(&net, N, H / f, W / f, c->latent_channels,
+                        check_net_pass(&net, (dl_pass_in){.N = N, .H = H / f, .W = W / f},
+                                       (int64_t)N * (H / f) * (W / f) * c->latent_channels,
                                        (int64_t)N * H * W * c->out_channels, ckp, label);
                 }
                 if (lora) vae_detach(&L, m, enc);
@@ -638,58 +667,131 @@ Test(graph, vae_backward_matches_finite_differences, .timeout = 300)
 
 /* ================================================================ the text encoder */
 
-Test(graph, clip_measured_sizes_match_what_the_passes_touch, .timeout = 120)
+/* A random legal text-encoder config (small: every walker runs on it). */
+static void draw_text_config(dl_clip_config *c, uint64_t seed)
+{
+    uint64_t s = seed * 40503u + 7;
+    dl_model_config d;
+    dl_model_config_preset(&d, "sd15");
+    *c = d.text;
+    c->num_heads = pick(&s, 1, 4);
+    c->hidden_size = c->num_heads * 4 * pick(&s, 1, 3);
+    c->intermediate_size = 8 * pick(&s, 1, 6);
+    c->num_layers = pick(&s, 1, 5);
+    c->vocab_size = 64;
+    c->max_positions = pick(&s, 2, 12);
+    c->act = pick(&s, 0, 1) ? DL_ACT_GELU : DL_ACT_QUICK_GELU;
+    c->layer_norm_eps = pick(&s, 0, 1) ? 1e-5f : 1e-6f;
+    c->bos_token_id = 62, c->eos_token_id = 63, c->pad_token_id = 1;
+}
+
+/* LoRA on none (mode 0), every (1) or a random half (2) of the text encoder's linears. */
+static void clip_attach(loras *L, const dl_clip *m, uint64_t seed, int mode)
+{
+    dl_clip_named_linear mods[6 * DL_CLIP_MAX_LAYERS];
+    L->n = dl_clip_train_modules(m, mods, 6 * DL_CLIP_MAX_LAYERS);
+    L->l = calloc((size_t)L->n, sizeof *L->l);
+    uint64_t s = seed + 99;
+    for (int i = 0; i < L->n; i++) {
+        if (mode == 0 || (mode == 2 && next(&s) % 2)) continue;
+        const int64_t K = mods[i].lin->in, out = mods[i].lin->out;
+        dl_lora *l = &L->l[i];
+        l->r = 2, l->scale = 0.5f;
+        l->A = malloc((size_t)(2 * K) * sizeof(float)), l->B = malloc((size_t)(2 * out) * sizeof(float));
+        l->dA = calloc((size_t)(2 * K), sizeof(float)), l->dB = calloc((size_t)(2 * out), sizeof(float));
+        tu_fill_uniform(l->A, (size_t)(2 * K), seed + (uint64_t)i, -0.3f, 0.3f);
+        tu_fill_uniform(l->B, (size_t)(2 * out), seed + 5000 + (uint64_t)i, -0.3f, 0.3f);
+        mods[i].lin->lora = l;
+    }
+}
+
+static void clip_detach(loras *L, const dl_clip *m)
+{
+    dl_clip_named_linear mods[6 * DL_CLIP_MAX_LAYERS];
+    dl_clip_train_modules(m, mods, 6 * DL_CLIP_MAX_LAYERS);
+    for (int i = 0; i < L->n; i++) {
+        mods[i].lin->lora = NULL;
+        free(L->l[i].A), free(L->l[i].B), free(L->l[i].dA), free(L->l[i].dB);
+    }
+    free(L->l);
+}
+
+/* The text encoder of ck: its nodes tile the weights arena; every run (all layers, clip skip 2,
+ * the raw hidden state before the last layer) with LoRA on none, all or half of its linears,
+ * with and without gradient checkpointing, through arenas of exactly its size table. */
+static void check_clip(dl_checkpoint *ck, const char *label, uint64_t seed)
+{
+    dl_arena w;
+    const size_t wb = tu_clip_weights_bytes(ck);
+    cr_assert_eq(dl_arena_init(&w, "weights", wb), DL_OK);
+    dl_clip *m = malloc(sizeof *m);
+    cr_assert_eq(dl_clip_load(m, ck, &w), DL_OK, "%s: %s", label, dl_error_msg());
+    cr_expect_eq(w.used, wb);
+    size_t at = 0;
+    for (int i = 0; i < m->graph.n; i++) {
+        cr_expect_eq(m->graph.node[i].w_off, at, "%s: node %s weights at %zu, expected %zu", label,
+                     m->graph.node[i].name, m->graph.node[i].w_off, at);
+        at += m->graph.node[i].w_bytes;
+    }
+    cr_expect_eq(at, w.used, "%s: the nodes' weights do not tile the arena", label);
+    const dl_clip_config *c = &m->cfg;
+    const int L = c->num_layers, N = 1 + (int)(seed % 2), T = 1 + (int)(seed % (uint64_t)c->max_positions);
+    int32_t *ids = malloc((size_t)N * T * sizeof *ids);
+    for (int i = 0; i < N * T; i++) ids[i] = (int32_t)((seed + (uint64_t)i * 7919) % (uint64_t)c->vocab_size);
+    cr_log_info("%s: %d layers, %d heads, C %d, I %d, batch %d x %d tokens", label, L, c->num_heads, c->hidden_size,
+                c->intermediate_size, N, T);
+    dl_graph *g = malloc(sizeof *g);
+    dl_size_table *tab = malloc(sizeof *tab);
+    for (int mode = 0; mode < 3; mode++) {
+        loras ls;
+        clip_attach(&ls, m, seed, mode);
+        const int layers[3] = {L, L > 1 ? L - 1 : 1, L > 1 ? L - 1 : 1}, final_ln[3] = {1, 1, 0};
+        for (int r = 0; r < 3; r++)
+            for (int ckp = 0; ckp < 2; ckp++) {
+                char lb[160];
+                snprintf(lb, sizeof lb, "%s: lora %d, %d layers, final LN %d, checkpointing %d", label, mode,
+                         layers[r], final_ln[r], ckp);
+                dl_net net;
+                dl_pass_in in;
+                dl_clip_pass(m, N, T, ids, layers[r], final_ln[r], g, &net, &in);
+                cr_expect_eq(g->n, layers[r] + 1 + final_ln[r], "%s", lb);
+                check_net_pass(&net, in, 0, (int64_t)N * T * c->hidden_size, ckp, lb);
+            }
+        dl_clip_size_table(m, N, T, L, 1, 0, tab);
+        cr_expect_eq(dl_clip_scratch_bytes(m, N, T), tab->scratch_infer, "%s: inference scratch", label);
+        cr_expect_eq(tab->weights, w.used, "%s: the table's weights", label);
+        clip_detach(&ls, m);
+    }
+    free(g), free(tab), free(ids);
+    dl_clip_free(m);
+    free(m);
+    dl_arena_free(&w);
+}
+
+Test(graph, clip_size_tables_match_what_the_walkers_touch, .timeout = 300)
 {
     static const char *const models[] = {"rc0", "rc1", "rc2", "rc3", "rc4", "rcs"};
-    for (int k = 0; k < 6; k++) {
+    for (int k = 0; k < 6; k++) { /* the committed pipelines */
         char rel[128];
         snprintf(rel, sizeof rel, "tests/golden/random_configs/%s", models[k]);
         dl_checkpoint ck;
         cr_assert_eq(dl_ckpt_open(&ck, tu_path(rel), NULL), DL_OK, "%s: %s", rel, dl_error_msg());
-        dl_arena w;
-        cr_assert_eq(dl_arena_init(&w, "weights", tu_clip_weights_bytes(&ck)), DL_OK);
-        dl_clip m;
-        cr_assert_eq(dl_clip_load(&m, &ck, &w), DL_OK, "%s: %s", models[k], dl_error_msg());
-        const dl_clip_config *c = &m.cfg;
-        const int L = c->num_layers, N = 2, T = c->max_positions < 5 ? c->max_positions : 5;
-        dl_clip_named_linear mods[6 * DL_CLIP_MAX_LAYERS];
-        const int nm = dl_clip_train_modules(&m, mods, 6 * DL_CLIP_MAX_LAYERS);
-        vae_loras *ls = calloc((size_t)(nm + 7) / 8, sizeof *ls);
-        for (int i = 0; i < nm; i++) lora_on(&ls[i / 8], &mods[i].lin->lora, mods[i].lin->in, mods[i].lin->out);
-        int32_t *ids = malloc((size_t)N * T * sizeof *ids);
-        for (int i = 0; i < N * T; i++) ids[i] = (int32_t)((i * 7919) % c->vocab_size);
-        const size_t nout = (size_t)N * T * c->hidden_size;
-        float *out = tu_alloc_nan(nout), *d = malloc(nout * sizeof(float));
-        tu_fill_uniform(d, nout, 5, -1, 1);
-        const size_t sb = dl_clip_saved_bytes(c, N, T, L), fb = dl_clip_scratch_bytes(&m, N, T),
-                     bb = dl_clip_backward_scratch_bytes(&m, N, T);
-        dl_arena acts, fs, bs;
-        arena_guarded(&acts, "activations", sb);
-        arena_guarded(&fs, "scratch", fb);
-        arena_guarded(&bs, "scratch", bb);
-        dl_clip_saved saved;
-        cr_assert_eq(dl_clip_saved_init(&saved, c, N, T, L, &acts), DL_OK, "%s", dl_error_msg());
-        cr_expect_eq(acts.used, sb, "%s: saved activations %zu, measured %zu", models[k], acts.used, sb);
-        dl_clip_train_forward(tu_ctx(), &m, &saved, ids, L, 1, out, &fs);
-        dl_clip_backward(tu_ctx(), &m, &saved, d, &bs);
-        cr_expect_eq(bs.peak, bb, "%s: backward scratch peak %zu, measured %zu", models[k], bs.peak, bb);
-        fs.used = fs.peak = 0;
-        dl_clip_forward(tu_ctx(), &m, N, T, ids, L, 1, out, &fs);
-        cr_expect_eq(fs.peak, fb, "%s: forward scratch peak %zu, measured %zu", models[k], fs.peak, fb);
-        expect_guard(&acts, models[k], 0);
-        expect_guard(&fs, models[k], 0);
-        expect_guard(&bs, models[k], 0);
-        for (int i = 0; i < nm; i++) mods[i].lin->lora = NULL;
-        for (int i = 0; i < (nm + 7) / 8; i++)
-            for (int j = 0; j < ls[i].n; j++) {
-                dl_lora *l = &ls[i].l[j];
-                free(l->A), free(l->B), free(l->dA), free(l->dB);
-            }
-        acts.cap += GUARD, fs.cap += GUARD, bs.cap += GUARD;
-        dl_arena_free(&acts), dl_arena_free(&fs), dl_arena_free(&bs);
-        free(ls), free(ids), free(out), free(d);
-        dl_clip_free(&m);
-        dl_arena_free(&w);
+        check_clip(&ck, models[k], (uint64_t)k + 1);
+        dl_ckpt_close(&ck);
+    }
+    for (uint64_t seed = 1; seed <= 8; seed++) { /* configs drawn at random */
+        dl_model_config mc;
+        memset(&mc, 0, sizeof mc);
+        draw_text_config(&mc.text, seed);
+        cr_assert_eq(dl_clip_config_validate(&mc.text, "drawn"), DL_OK, "seed %llu: %s", (unsigned long long)seed,
+                     dl_error_msg());
+        char dir[512], label[64];
+        snprintf(dir, sizeof dir, "%s/text%llu", tu_tmpdir(), (unsigned long long)seed);
+        snprintf(label, sizeof label, "seed %llu", (unsigned long long)seed);
+        write_folder(dir, &mc, DL_PART_TEXT, seed);
+        dl_checkpoint ck;
+        cr_assert_eq(dl_ckpt_open(&ck, dir, NULL), DL_OK, "%s: %s", label, dl_error_msg());
+        check_clip(&ck, label, seed);
         dl_ckpt_close(&ck);
     }
 }

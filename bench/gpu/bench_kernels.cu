@@ -4,7 +4,8 @@
  * backward x + dy + dx) beside the measured device-to-device copy bandwidth; LoRA forward +
  * backward time beside the base cuBLAS GEMMs alone. CUDA events, warm-up, median of many runs,
  * inputs rotated over several buffer sets so they do not sit in L2. Calls the production
- * launchers of dl_kernels.h (attention also in its tensor-core variant, bf16). Prints a table; `--json FILE` also writes the figures as JSON;
+ * launchers of dl_kernels.h (attention also in its tensor-core variants, bf16: WMMA, and the
+ * mma.sync forward and backward on sm_80+, the backward with atomic dQ). Prints a table; `--json FILE` also writes the figures as JSON;
  * `--quick` runs one shape per family. cuDNN SDPA is not measured yet. */
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
@@ -182,6 +183,25 @@ static void bench_attention(cublasHandle_t blas, int N, int H, int Tq, int Tk, i
                                           s.o, s.dout, ld, s.lse, s.delta, s.dq, s.dk, s.dv,
                                           g_stream));
     };
+    auto fwd_mma = [&](int i) {
+        Set &s = S[i % R];
+        CKL(dl_cuda_attention_forward_mma(dt, N, H, Tq, Tk, d, scale, s.q, ld, s.k, ld, s.v, ld,
+                                          s.o, ld, s.lse, g_stream));
+    };
+    int dev = 0, major = 0;
+    CK(cudaGetDevice(&dev));
+    CK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+    void *ws_mma = NULL;
+    CK(cudaMalloc(&ws_mma, dl_cuda_attention_backward_mma_workspace_size(N, H, Tq, Tk, d) + 16));
+    auto bwd_mma = [&](int i) {
+        Set &s = S[i % R];
+        CKL(dl_cuda_attention_backward_mma(dt, N, H, Tq, Tk, d, scale, s.q, ld, s.k, ld, s.v, ld, s.o,
+                                           s.dout, ld, s.lse, s.delta, s.dq, s.dk, s.dv, 0, ws_mma,
+                                           g_stream));
+    };
+    double tmma = dt == DL_BF16 && major >= 8 ? time_ms(fwd_mma) : 0.0;
+    double tbmma = dt == DL_BF16 && major >= 8 ? time_ms(bwd_mma) : 0.0;
+    CK(cudaFree(ws_mma));
     double ttc = dt == DL_BF16 ? time_ms(fwd_tc) : 0.0;
     double tbtc = dt == DL_BF16 ? time_ms(bwd_tc) : 0.0;
     for (int r = 0; r < R; r++) fwd(r);
@@ -221,19 +241,23 @@ static void bench_attention(cublasHandle_t blas, int N, int H, int Tq, int Tk, i
     const double tff = flop / tf * 1e-9, tfb = 2.5 * flop / tb * 1e-9, tfbase = flop / tbase * 1e-9;
     const double tftc = ttc > 0 ? flop / ttc * 1e-9 : 0.0;
     const double tfbtc = tbtc > 0 ? 2.5 * flop / tbtc * 1e-9 : 0.0;
+    const double tfmma = tmma > 0 ? flop / tmma * 1e-9 : 0.0;
+    const double tfbmma = tbmma > 0 ? 2.5 * flop / tbmma * 1e-9 : 0.0;
     const double tfall = 3.5 * flop / (tf + tb) * 1e-9;
     const double tfalltc = ttc > 0 ? 3.5 * flop / (ttc + tbtc) * 1e-9 : 0.0;
     printf("attention %-4s N%d H%-2d %5dx%-5d d%-3d | portable fwd %7.2f bwd %7.2f fwd+bwd %7.2f | "
-           "tc fwd %7.2f bwd %7.2f fwd+bwd %7.2f | cuBLAS+softmax fwd %7.2f TFLOP/s\n",
-           dtn(dt), N, H, Tq, Tk, d, tff, tfb, tfall, tftc, tfbtc, tfalltc, tfbase);
+           "tc fwd %7.2f bwd %7.2f fwd+bwd %7.2f | mma fwd %7.2f bwd %7.2f | cuBLAS+softmax fwd %7.2f "
+           "TFLOP/s\n",
+           dtn(dt), N, H, Tq, Tk, d, tff, tfb, tfall, tftc, tfbtc, tfalltc, tfmma, tfbmma, tfbase);
     json_add("{\"kernel\": \"attention\", \"dtype\": \"%s\", \"N\": %d, \"H\": %d, \"Tq\": %d, "
              "\"Tk\": %d, \"d\": %d, \"fwd_ms\": %.4f, \"fwd_tflops\": %.3f, \"bwd_ms\": %.4f, "
              "\"bwd_tflops\": %.3f, \"fwd_tc_ms\": %.4f, \"fwd_tc_tflops\": %.3f, "
              "\"bwd_tc_ms\": %.4f, \"bwd_tc_tflops\": %.3f, \"fwd_bwd_tflops\": %.3f, "
-             "\"fwd_bwd_tc_tflops\": %.3f, \"baseline_cublas_softmax_fwd_ms\": %.4f, "
-             "\"baseline_fwd_tflops\": %.3f}",
+             "\"fwd_bwd_tc_tflops\": %.3f, \"fwd_mma_ms\": %.4f, \"fwd_mma_tflops\": %.3f, "
+             "\"bwd_mma_ms\": %.4f, \"bwd_mma_tflops\": %.3f, "
+             "\"baseline_cublas_softmax_fwd_ms\": %.4f, \"baseline_fwd_tflops\": %.3f}",
              dtn(dt), N, H, Tq, Tk, d, tf, tff, tb, tfb, ttc, tftc, tbtc, tfbtc, tfall, tfalltc,
-             tbase, tfbase);
+             tmma, tfmma, tbmma, tfbmma, tbase, tfbase);
     for (auto &s : S) {
         void *p[] = {s.q, s.k, s.v, s.o, s.dout, s.dq, s.dk, s.dv, s.lse, s.delta};
         for (void *x : p) CK(cudaFree(x));

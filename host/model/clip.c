@@ -1,17 +1,82 @@
-/* clip.c - CLIP text encoder: loading by transformers names (and the weight listing that runs
- * the loader), and the forward, layer by layer on the pieces the training forward shares. */
+/* clip.c - CLIP text encoder: the node list built from the config, the loader and the weight
+ * listing that walk it, one node's forward and backward (the encoder layer's serves inference
+ * and training), and the inference forward on the graph walkers. */
 #include "model/clip.h"
 #include "backend/backend.h"
 #include "core/error.h"
-#include "model/graph.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define NAME_LEN 96
-enum { NAMES_PER_LAYER = 8 };
+/* ================================================================ the description */
+
+static void build_graph(dl_clip *m)
+{
+    const int C = m->cfg.hidden_size;
+    char p[64];
+    dl_graph *g = &m->graph;
+    g->n = 0;
+    int cur = dl_graph_add(g, DL_NODE_EMBED, "text_model.embeddings.", DL_NODE_NONE, 0, C, C);
+    g->node[cur].block = m;
+    for (int l = 0; l < m->cfg.num_layers; l++) {
+        snprintf(p, sizeof p, "text_model.encoder.layers.%d.", l);
+        cur = dl_graph_add(g, DL_NODE_CLIP_LAYER, p, cur, 0, C, C);
+        g->node[cur].block = &m->layers[l];
+    }
+    cur = dl_graph_add(g, DL_NODE_LAYERNORM, "text_model.final_layer_norm", cur, 0, C, C);
+    g->node[cur].block = &m->final_ln;
+}
+
+/* ================================================================ loading */
+
+/* The weights in the order transformers lists them (k, v, q, out_proj, layer_norm1, fc1, fc2,
+ * layer_norm2 per layer): a listing (dl_model_weights) is the order LoRA targets are taken in. */
+static int load_node(dl_clip *m, dl_netload *nl, dl_node *nd)
+{
+    const int C = m->cfg.hidden_size, I = m->cfg.intermediate_size;
+    const float eps = m->cfg.layer_norm_eps;
+    switch (nd->kind) {
+    case DL_NODE_EMBED: {
+        const int64_t ts[2] = {m->cfg.vocab_size, C}, ps[2] = {m->cfg.max_positions, C};
+        if (!(m->tok_emb = dl_load_tensor(&nl->ld, "text_model.embeddings.token_embedding.weight", 2, ts)) ||
+            !(m->pos_emb = dl_load_tensor(&nl->ld, "text_model.embeddings.position_embedding.weight", 2, ps)))
+            return DL_ERR;
+        return DL_OK;
+    }
+    case DL_NODE_CLIP_LAYER: {
+        dl_clip_layer *y = nd->block;
+        DL_TRY(dl_nl_linear(nl, &y->k, nd->name, "self_attn.k_proj", C, C, 1));
+        DL_TRY(dl_nl_linear(nl, &y->v, nd->name, "self_attn.v_proj", C, C, 1));
+        DL_TRY(dl_nl_linear(nl, &y->q, nd->name, "self_attn.q_proj", C, C, 1));
+        DL_TRY(dl_nl_linear(nl, &y->o, nd->name, "self_attn.out_proj", C, C, 1));
+        DL_TRY(dl_nl_norm(nl, &y->ln1, nd->name, "layer_norm1", C, 0, eps));
+        DL_TRY(dl_nl_linear(nl, &y->fc1, nd->name, "mlp.fc1", C, I, 1));
+        DL_TRY(dl_nl_linear(nl, &y->fc2, nd->name, "mlp.fc2", I, C, 1));
+        return dl_nl_norm(nl, &y->ln2, nd->name, "layer_norm2", C, 0, eps);
+    }
+    case DL_NODE_LAYERNORM: return dl_nl_norm(nl, nd->block, "", nd->name, C, 0, eps);
+    default: return dl_error_set("text encoder node %s: unexpected kind %d", nd->name, (int)nd->kind);
+    }
+}
+
+static int load_all(dl_clip *m, dl_netload *nl)
+{
+    const int L = m->cfg.num_layers;
+    if (L > DL_CLIP_MAX_LAYERS)
+        return dl_error_set("text encoder with %d layers: at most %d are supported", L, DL_CLIP_MAX_LAYERS);
+    if (!(m->layers = calloc((size_t)(L > 0 ? L : 1), sizeof *m->layers)))
+        return dl_error_set("out of memory loading the text encoder");
+    build_graph(m);
+    for (int i = 0; i < m->graph.n; i++) {
+        dl_node *nd = &m->graph.node[i];
+        nd->w_off = nl->ld.arena->used;
+        DL_TRY(load_node(m, nl, nd));
+        nd->w_bytes = nl->ld.arena->used - nd->w_off;
+    }
+    return DL_OK;
+}
 
 int dl_clip_weights_bytes(dl_checkpoint *ck, size_t *bytes)
 {
@@ -24,47 +89,12 @@ int dl_clip_weights_bytes(dl_checkpoint *ck, size_t *bytes)
     return DL_OK;
 }
 
-/* The weights in the order transformers lists them (k, v, q, out_proj, layer_norm1, fc1, fc2,
- * layer_norm2 per layer): a listing (dl_model_weights) is the order LoRA targets are taken in. */
-static int load_all(dl_clip *m, const dl_loader *ld)
-{
-    const dl_clip_config *c = &m->cfg;
-    int C = c->hidden_size, I = c->intermediate_size, L = c->num_layers;
-    if (L > DL_CLIP_MAX_LAYERS)
-        return dl_error_set("text encoder with %d layers: at most %d are supported", L, DL_CLIP_MAX_LAYERS);
-    int64_t ts[2] = {c->vocab_size, C}, ps[2] = {c->max_positions, C};
-    m->layers = calloc((size_t)L, sizeof *m->layers);
-    m->names = calloc((size_t)L * NAMES_PER_LAYER, NAME_LEN);
-    if (!m->layers || !m->names) return dl_error_set("out of memory loading the text encoder");
-    if (!(m->tok_emb = dl_load_tensor(ld, "text_model.embeddings.token_embedding.weight", 2, ts))) return DL_ERR;
-    if (!(m->pos_emb = dl_load_tensor(ld, "text_model.embeddings.position_embedding.weight", 2, ps))) return DL_ERR;
-    for (int l = 0; l < L; l++) {
-        dl_clip_layer *y = &m->layers[l];
-        char *nm = m->names + (size_t)l * NAMES_PER_LAYER * NAME_LEN;
-        static const char *const parts[NAMES_PER_LAYER] = {"self_attn.k_proj", "self_attn.v_proj", "self_attn.q_proj",
-                                                           "self_attn.out_proj", "layer_norm1", "mlp.fc1", "mlp.fc2",
-                                                           "layer_norm2"};
-        for (int p = 0; p < NAMES_PER_LAYER; p++)
-            snprintf(nm + p * NAME_LEN, NAME_LEN, "text_model.encoder.layers.%d.%s", l, parts[p]);
-        DL_TRY(dl_linear_load(&y->k, ld, nm + 0 * NAME_LEN, C, C, 1));
-        DL_TRY(dl_linear_load(&y->v, ld, nm + 1 * NAME_LEN, C, C, 1));
-        DL_TRY(dl_linear_load(&y->q, ld, nm + 2 * NAME_LEN, C, C, 1));
-        DL_TRY(dl_linear_load(&y->o, ld, nm + 3 * NAME_LEN, C, C, 1));
-        DL_TRY(dl_norm_load(&y->ln1, ld, nm + 4 * NAME_LEN, C, 0, c->layer_norm_eps));
-        DL_TRY(dl_linear_load(&y->fc1, ld, nm + 5 * NAME_LEN, C, I, 1));
-        DL_TRY(dl_linear_load(&y->fc2, ld, nm + 6 * NAME_LEN, I, C, 1));
-        DL_TRY(dl_norm_load(&y->ln2, ld, nm + 7 * NAME_LEN, C, 0, c->layer_norm_eps));
-    }
-    DL_TRY(dl_norm_load(&m->final_ln, ld, "text_model.final_layer_norm", C, 0, c->layer_norm_eps));
-    return DL_OK;
-}
-
 int dl_clip_load(dl_clip *m, dl_checkpoint *ck, dl_arena *weights)
 {
     memset(m, 0, sizeof *m);
     m->cfg = ck->cfg.text;
-    dl_loader ld = {ck, DL_PART_TEXT, weights, NULL, NULL};
-    if (load_all(m, &ld) == DL_OK) return DL_OK;
+    dl_netload nl = {{ck, DL_PART_TEXT, weights, NULL, NULL}, &m->names, m, NULL};
+    if (load_all(m, &nl) == DL_OK) return DL_OK;
     dl_clip_free(m);
     return DL_ERR;
 }
@@ -76,8 +106,8 @@ int dl_clip_list_weights(const dl_clip_config *cfg, dl_weight_fn fn, void *user)
     m.cfg = *cfg;
     dl_arena a;
     dl_arena_init_measure(&a, "text encoder weights (listing)");
-    dl_loader ld = {NULL, DL_PART_TEXT, &a, fn, user};
-    int rc = load_all(&m, &ld);
+    dl_netload nl = {{NULL, DL_PART_TEXT, &a, fn, user}, &m.names, &m, NULL};
+    const int rc = load_all(&m, &nl);
     dl_clip_free(&m);
     return rc;
 }
@@ -85,100 +115,209 @@ int dl_clip_list_weights(const dl_clip_config *cfg, dl_weight_fn fn, void *user)
 void dl_clip_free(dl_clip *m)
 {
     free(m->layers);
-    free(m->names);
+    dl_names_free(&m->names);
     m->layers = NULL;
-    m->names = NULL;
+    m->graph.n = 0;
 }
 
 dl_linear *dl_clip_find(const dl_clip *m, const char *name)
 {
-    static const char prefix[] = "text_model.encoder.layers.";
-    if (!m->layers || strncmp(name, prefix, sizeof prefix - 1) != 0) return NULL;
-    const char *p = name + sizeof prefix - 1;
-    char *end;
-    long l = strtol(p, &end, 10);
-    if (end == p || *end != '.' || l < 0 || l >= m->cfg.num_layers) return NULL;
-    dl_clip_layer *y = &m->layers[l];
-    dl_linear *all[6] = {&y->q, &y->k, &y->v, &y->o, &y->fc1, &y->fc2};
-    for (int i = 0; i < 6; i++)
-        if (all[i]->name && strcmp(all[i]->name, name) == 0) return all[i];
+    for (int l = 0; m->layers && l < m->cfg.num_layers; l++) {
+        dl_clip_layer *y = &m->layers[l];
+        dl_linear *all[6] = {&y->q, &y->k, &y->v, &y->o, &y->fc1, &y->fc2};
+        for (int i = 0; i < 6; i++)
+            if (all[i]->name && strcmp(all[i]->name, name) == 0) return all[i];
+    }
     return NULL;
 }
 
-/* ================================================================ forward */
+/* ================================================================ the encoder layer */
 
-int dl_clip_layer_carve(dl_clip_layer_saved *v, const dl_clip_config *c, int N, int T, dl_arena *a)
+/* What the layer's backward reads besides its input x (M = N*T tokens). */
+typedef struct layer_saved {
+    float *mean1, *rstd1; /* [M]     ln1 statistics */
+    float *h1;            /* [M, C]  ln1 output: q/k/v input */
+    float *q, *k, *v;     /* [M, C]  [N, T, H*d] */
+    float *a;             /* [M, C]  attention output: out_proj input */
+    float *lse;           /* [N, H, T] attention row logsumexp */
+    float *x_mid;         /* [M, C]  residual after attention (ln2 input) */
+    float *mean2, *rstd2; /* [M]     ln2 statistics */
+    float *h2;            /* [M, C]  ln2 output: fc1 input */
+    float *f1;            /* [M, I]  fc1 output, pre-activation */
+    float *f2;            /* [M, I]  activation output: fc2 input */
+} layer_saved;
+
+static size_t layer_layout(const dl_clip_config *c, int N, int T, uintptr_t base, layer_saved *v)
 {
     const int64_t M = (int64_t)N * T, C = c->hidden_size, I = c->intermediate_size;
-    float **mc[] = {&v->x_in, &v->h1, &v->q, &v->k, &v->v, &v->a, &v->x_mid, &v->h2};
-    float **m1[] = {&v->mean1, &v->rstd1, &v->mean2, &v->rstd2};
-    for (size_t i = 0; i < sizeof mc / sizeof *mc; i++)
-        if (!(*mc[i] = dl_arena_alloc(a, (size_t)(M * C) * sizeof(float)))) return DL_ERR;
-    for (size_t i = 0; i < sizeof m1 / sizeof *m1; i++)
-        if (!(*m1[i] = dl_arena_alloc(a, (size_t)M * sizeof(float)))) return DL_ERR;
-    if (!(v->f1 = dl_arena_alloc(a, (size_t)(M * I) * sizeof(float))) ||
-        !(v->f2 = dl_arena_alloc(a, (size_t)(M * I) * sizeof(float))) ||
-        !(v->lse = dl_arena_alloc(a, (size_t)N * c->num_heads * T * sizeof(float))))
-        return DL_ERR;
-    return DL_OK;
+    dl_slab s = {base, 0};
+    v->mean1 = dl_slab_take(&s, M), v->rstd1 = dl_slab_take(&s, M), v->h1 = dl_slab_take(&s, M * C);
+    v->q = dl_slab_take(&s, M * C), v->k = dl_slab_take(&s, M * C), v->v = dl_slab_take(&s, M * C);
+    v->a = dl_slab_take(&s, M * C), v->lse = dl_slab_take(&s, (int64_t)N * c->num_heads * T);
+    v->x_mid = dl_slab_take(&s, M * C), v->mean2 = dl_slab_take(&s, M), v->rstd2 = dl_slab_take(&s, M);
+    v->h2 = dl_slab_take(&s, M * C), v->f1 = dl_slab_take(&s, M * I), v->f2 = dl_slab_take(&s, M * I);
+    return s.off;
 }
 
-void dl_clip_embed(const dl_ctx *ctx, const dl_clip *m, int N, int T, const int32_t *ids, float *x)
+static dl_attention_shape attn_shape(const dl_clip_config *c, int N, int T)
 {
-    if (dl_ctx_measuring(ctx)) return;
-    dl_be(ctx)->embed_tokens(ctx, N, T, m->cfg.hidden_size, m->cfg.vocab_size, ids, m->tok_emb, m->pos_emb,
-                             x); // [N, T, C]
+    const int d = c->hidden_size / c->num_heads;
+    return (dl_attention_shape){.N = N, .Tq = T, .Tk = T, .H = c->num_heads, .d = d,
+                                .scale = 1.0f / sqrtf((float)d), .causal = 1};
 }
 
-void dl_clip_layer_forward(const dl_ctx *ctx, const dl_clip *m, int l, int N, int T, const dl_clip_layer_saved *v,
-                           float *x_next, dl_arena *scratch)
+/* y [N, T, C] from x [N, T, C]; what the backward reads in one allocation from save. */
+static float *layer_forward(const dl_ctx *ctx, const dl_clip_config *c, const dl_clip_layer *y, int N, int T,
+                            const float *x, float *out, dl_arena *save, dl_arena *scratch)
+{
+    const int C = c->hidden_size, I = c->intermediate_size;
+    const int64_t M = (int64_t)N * T;
+    layer_saved v;
+    float *base = dl_alloc_f32(save, (int64_t)(layer_layout(c, N, T, 0, &v) / sizeof(float)));
+    layer_layout(c, N, T, (uintptr_t)base, &v);
+    dl_be(ctx)->layernorm_forward(ctx, M, C, y->ln1.eps, x, y->ln1.gamma, y->ln1.beta, v.h1, v.mean1,
+                                  v.rstd1);                                          // [M, C]
+    dl_linear_fwd(ctx, &y->q, M, v.h1, v.q, scratch);                                // [M, C]
+    dl_linear_fwd(ctx, &y->k, M, v.h1, v.k, scratch);                                // [M, C]
+    dl_linear_fwd(ctx, &y->v, M, v.h1, v.v, scratch);                                // [M, C]
+    dl_be(ctx)->attention_forward(ctx, attn_shape(c, N, T), v.q, v.k, v.v, v.a, v.lse); // [N, T, H*d], causal
+    dl_linear_fwd(ctx, &y->o, M, v.a, v.x_mid, scratch);                             // [M, C] attn
+    dl_be(ctx)->add_forward(ctx, M * C, x, v.x_mid, v.x_mid);                        // x_mid = x + attn
+    dl_be(ctx)->layernorm_forward(ctx, M, C, y->ln2.eps, v.x_mid, y->ln2.gamma, y->ln2.beta, v.h2, v.mean2,
+                                  v.rstd2);                                          // [M, C]
+    dl_linear_fwd(ctx, &y->fc1, M, v.h2, v.f1, scratch);                             // [M, I]
+    dl_be(ctx)->act_forward(ctx, c->act, M * I, v.f1, v.f2);                         // [M, I]
+    dl_linear_fwd(ctx, &y->fc2, M, v.f2, out, scratch);                              // [M, C] mlp
+    dl_be(ctx)->add_forward(ctx, M * C, v.x_mid, out, out);                          // y = x_mid + mlp
+    return base;
+}
+
+static int trainable(const dl_linear *lin) { return lin->lora && (lin->lora->dA || lin->lora->dB); }
+
+/* From dy = d y [N, T, C]: LoRA gradients accumulated; dx = d x overwritten (NULL: not wanted;
+ * then only the branches that reach a trainable adapter run). */
+static void layer_backward(const dl_ctx *ctx, const dl_clip_config *c, const dl_clip_layer *y, int N, int T,
+                           const float *x, const float *saved, const float *dy, float *dx, dl_arena *scratch)
+{
+    const int C = c->hidden_size, I = c->intermediate_size;
+    const int64_t M = (int64_t)N * T;
+    layer_saved v;
+    layer_layout(c, N, T, (uintptr_t)saved, &v);
+    const int below = dx != NULL;
+    const int qkv = below || trainable(&y->q) || trainable(&y->k) || trainable(&y->v);
+    const int attn = qkv || trainable(&y->o);                          // the attention branch matters
+    const int fc1 = attn || trainable(&y->fc1);
+    const size_t mark = dl_arena_mark(scratch);
+    float *g = dl_alloc_f32(scratch, M * C);   // [M, C] gradient inside a sublayer
+    float *t = dl_alloc_f32(scratch, M * C);   // [M, C] a term to accumulate
+    float *df = dl_alloc_f32(scratch, M * I);  // [M, I]
+    /* MLP branch: y = x_mid + fc2(act(fc1(ln2(x_mid)))) */
+    dl_linear_bwd(ctx, &y->fc2, M, v.f2, dy, fc1 ? df : NULL, scratch);    // [M, I] d f2
+    if (fc1) {
+        dl_be(ctx)->act_backward(ctx, c->act, M * I, v.f1, df, df);         // [M, I] d f1
+        dl_linear_bwd(ctx, &y->fc1, M, v.h2, df, attn ? g : NULL, scratch); // [M, C] d h2
+    }
+    if (attn) { /* attention branch: x_mid = x + out_proj(attn(q, k, v of ln1(x))) */
+        float *dm = dx ? dx : dl_alloc_f32(scratch, M * C);                 // [M, C] d x_mid
+        float *dq = dl_alloc_f32(scratch, M * C), *dk = dl_alloc_f32(scratch, M * C);
+        float *dv = dl_alloc_f32(scratch, M * C);                           // [N, T, H*d] each
+        dl_layernorm_bwd(ctx, &y->ln2, M, v.x_mid, v.mean2, v.rstd2, g, t); // [M, C]
+        dl_be(ctx)->add_forward(ctx, M * C, dy, t, dm);                     // d x_mid = dy + ln2's
+        dl_linear_bwd(ctx, &y->o, M, v.a, dm, qkv ? g : NULL, scratch);     // [M, C] d a
+        if (qkv) {
+            dl_be(ctx)->attention_backward(ctx, attn_shape(c, N, T), v.q, v.k, v.v, v.a, v.lse, g, dq, dk, dv);
+            dl_linear_bwd(ctx, &y->q, M, v.h1, dq, below ? g : NULL, scratch); // [M, C] d h1
+            dl_linear_bwd(ctx, &y->k, M, v.h1, dk, below ? t : NULL, scratch);
+            if (below) dl_be(ctx)->axpy(ctx, M * C, 1.0f, t, g);
+            dl_linear_bwd(ctx, &y->v, M, v.h1, dv, below ? t : NULL, scratch);
+        }
+        if (below) {
+            dl_be(ctx)->axpy(ctx, M * C, 1.0f, t, g);
+            dl_layernorm_bwd(ctx, &y->ln1, M, x, v.mean1, v.rstd1, g, t);   // [M, C]
+            dl_be(ctx)->axpy(ctx, M * C, 1.0f, t, dx);                      // d x = d x_mid + ln1's
+        }
+    }
+    dl_arena_release(scratch, mark);
+}
+
+/* ================================================================ one node */
+
+static int node_has_lora(const void *self, const dl_node *nd)
+{
+    (void)self;
+    if (nd->kind != DL_NODE_CLIP_LAYER) return 0; /* the embeddings and the norms are frozen */
+    const dl_clip_layer *y = nd->block;
+    return trainable(&y->q) || trainable(&y->k) || trainable(&y->v) || trainable(&y->o) || trainable(&y->fc1) ||
+           trainable(&y->fc2);
+}
+
+static float *node_forward(const dl_ctx *ctx, const void *self, const dl_node *nd, const dl_pass_in *in,
+                           const float *x, const float *skip, float *y, dl_arena *save, dl_arena *scratch)
+{
+    (void)skip;
+    const dl_clip *m = self;
+    const int C = m->cfg.hidden_size;
+    switch (nd->kind) {
+    case DL_NODE_EMBED:
+        dl_be(ctx)->embed_tokens(ctx, in->N, in->T, C, m->cfg.vocab_size, in->ids, m->tok_emb, m->pos_emb,
+                                 y);                                                 // [N, T, C]
+        return NULL;
+    case DL_NODE_CLIP_LAYER: return layer_forward(ctx, &m->cfg, nd->block, in->N, in->T, x, y, save, scratch);
+    case DL_NODE_LAYERNORM: { /* saves its statistics: mean [M] | rstd [M] */
+        const dl_norm *n = nd->block;
+        const int64_t M = (int64_t)in->N * in->T;
+        float *st = dl_alloc_f32(save, 2 * M);
+        dl_be(ctx)->layernorm_forward(ctx, M, C, n->eps, x, n->gamma, n->beta, y, st, st + M); // [N, T, C]
+        return st;
+    }
+    default: DL_ASSERTF(0, "text encoder node kind %d", (int)nd->kind); return NULL;
+    }
+}
+
+static void node_backward(const dl_ctx *ctx, const void *self, const dl_node *nd, const dl_pass_in *in,
+                          const float *x, const float *saved, const float *dy, float *dx, float *dctx,
+                          dl_arena *scratch)
+{
+    (void)dctx;
+    const dl_clip *m = self;
+    const int64_t M = (int64_t)in->N * in->T;
+    switch (nd->kind) {
+    case DL_NODE_EMBED: return; /* frozen, and nothing lies below */
+    case DL_NODE_CLIP_LAYER:
+        layer_backward(ctx, &m->cfg, nd->block, in->N, in->T, x, saved, dy, dx, scratch);
+        return;
+    case DL_NODE_LAYERNORM: dl_layernorm_bwd(ctx, nd->block, M, x, saved, saved + M, dy, dx); return; // [M, C]
+    default: DL_ASSERTF(0, "text encoder node kind %d", (int)nd->kind);
+    }
+}
+
+void dl_clip_pass(const dl_clip *m, int N, int T, const int32_t *ids, int layers, int final_ln, dl_graph *g,
+                  dl_net *net, dl_pass_in *in)
 {
     const dl_clip_config *c = &m->cfg;
-    const dl_clip_layer *y = &m->layers[l];
-    const int C = c->hidden_size, I = c->intermediate_size, d = C / c->num_heads;
-    const int64_t M = (int64_t)N * T;
-    const dl_attention_shape as = {.N = N, .Tq = T, .Tk = T, .H = c->num_heads, .d = d,
-                                   .scale = 1.0f / sqrtf((float)d), .causal = 1};
-    dl_be(ctx)->layernorm_forward(ctx, M, C, y->ln1.eps, v->x_in, y->ln1.gamma, y->ln1.beta, v->h1, v->mean1,
-                                  v->rstd1);                                         // [M, C]
-    dl_linear_fwd(ctx, &y->q, M, v->h1, v->q, scratch);                              // [M, C]
-    dl_linear_fwd(ctx, &y->k, M, v->h1, v->k, scratch);                              // [M, C]
-    dl_linear_fwd(ctx, &y->v, M, v->h1, v->v, scratch);                              // [M, C]
-    dl_be(ctx)->attention_forward(ctx, as, v->q, v->k, v->v, v->a, v->lse);          // [N, T, H*d], causal
-    dl_linear_fwd(ctx, &y->o, M, v->a, v->x_mid, scratch);                           // [M, C] attn
-    dl_be(ctx)->add_forward(ctx, M * C, v->x_in, v->x_mid, v->x_mid);                // x_mid = x_in + attn
-    dl_be(ctx)->layernorm_forward(ctx, M, C, y->ln2.eps, v->x_mid, y->ln2.gamma, y->ln2.beta, v->h2, v->mean2,
-                                  v->rstd2);                                         // [M, C]
-    dl_linear_fwd(ctx, &y->fc1, M, v->h2, v->f1, scratch);                           // [M, I]
-    dl_be(ctx)->act_forward(ctx, c->act, M * I, v->f1, v->f2);                       // [M, I]
-    dl_linear_fwd(ctx, &y->fc2, M, v->f2, x_next, scratch);                          // [M, C] mlp
-    dl_be(ctx)->add_forward(ctx, M * C, v->x_mid, x_next, x_next);                   // x_next = x_mid + mlp
+    DL_ASSERTF(N >= 1 && T >= 1 && T <= c->max_positions, "N = %d, T = %d", N, T);
+    DL_ASSERTF(layers >= 1 && layers <= c->num_layers, "layers = %d of %d", layers, c->num_layers);
+    DL_ASSERTF(c->hidden_size % c->num_heads == 0, "hidden %d, heads %d", c->hidden_size, c->num_heads);
+    g->n = layers + 1; /* the embeddings and the first `layers` layers */
+    memcpy(g->node, m->graph.node, (size_t)g->n * sizeof *g->node);
+    if (final_ln) { /* the final layer norm on the last layer run */
+        g->node[g->n] = m->graph.node[m->graph.n - 1];
+        g->node[g->n++].x = layers;
+    }
+    *net = (dl_net){m, g, node_forward, node_backward, node_has_lora, 0};
+    *in = (dl_pass_in){.N = N, .H = T, .W = 1, .T = T, .ids = ids};
 }
 
-/* The layers run on one set of buffers (the residual stream ping-pongs between x_in and x). */
+/* ================================================================ inference */
+
 void dl_clip_forward(const dl_ctx *ctx, const dl_clip *m, int N, int T, const int32_t *ids, int layers,
                      int final_ln, float *out, dl_arena *scratch)
 {
-    const dl_clip_config *c = &m->cfg;
-    const int64_t M = (int64_t)N * T, C = c->hidden_size;
-    DL_ASSERTF(T >= 1 && T <= c->max_positions, "T = %d", T);
-    DL_ASSERTF(layers >= 1 && layers <= c->num_layers, "layers = %d of %d", layers, c->num_layers);
-    size_t mark = dl_arena_mark(scratch);
-    dl_clip_layer_saved v;
-    DL_ASSERTF(dl_clip_layer_carve(&v, c, N, T, scratch) == DL_OK, "%s", dl_error_msg());
-    float *x = dl_alloc_f32(scratch, M * C);                                         // [N, T, C]
-    dl_clip_embed(ctx, m, N, T, ids, v.x_in);                                        // [N, T, C]
-    for (int l = 0; l < layers; l++) {
-        dl_clip_layer_forward(ctx, m, l, N, T, &v, x, scratch);                      // x [N, T, C]
-        float *t = v.x_in;
-        v.x_in = x, x = t;
-    }
-    if (final_ln)
-        dl_be(ctx)->layernorm_forward(ctx, M, C, m->final_ln.eps, v.x_in, m->final_ln.gamma, m->final_ln.beta, out,
-                                      v.mean1, v.rstd1);                             // [N, T, C]
-    else
-        dl_be(ctx)->copy(ctx, out, v.x_in, (size_t)(M * C) * sizeof(float));
-    dl_arena_release(scratch, mark);
+    dl_graph g; /* the run's list (on the stack: only its nodes are copied, ~7 KB for SD 1.5) */
+    dl_net net;
+    dl_pass_in in;
+    dl_clip_pass(m, N, T, ids, layers, final_ln, &g, &net, &in);
+    dl_graph_infer(ctx, &net, &in, out, scratch);
 }
 
 size_t dl_clip_scratch_bytes(const dl_clip *m, int N, int T)

@@ -173,6 +173,7 @@ void dl_graph_size_table(const dl_net *net, const dl_pass_in *in0, int checkpoin
     float *io = (float *)stand_in;
     dl_pass_in in = *in0;
     in.x = in.t = in.context = in.text_embeds = in.time_ids = io;
+    in.ids = (const int32_t *)stand_in;
     dl_tape *tp = malloc(sizeof *tp); /* sizing runs once, before the steady state */
     DL_ASSERTF(tp, "out of memory sizing a training pass");
     memset(tab, 0, sizeof *tab);

@@ -9,7 +9,8 @@
  *   sizing           the size table: these walkers run against measuring arenas under a
  *                    measuring backend (nothing computed, every allocation counted and placed).
  * One forward/backward pair per block kind (model/resnet.c, model/transformer.c,
- * model/conv_blocks.c, the VAE's attention in model/vae.c) serves inference and training; what
+ * model/conv_blocks.c, the VAE's attention in model/vae.c, the text encoder's layer in
+ * model/clip.c) serves inference and training; what
  * a block's backward reads is laid out by one function per kind over one allocation (a dl_slab)
  * that the forward fills and the backward reads back from the same base. */
 #ifndef DANLU_MODEL_GRAPH_H
@@ -28,7 +29,7 @@ extern "C" {
 
 #define DL_GRAPH_MAX_NODES 192
 #define DL_NODE_INPUT (-1)   /* x of a node fed by the network input */
-#define DL_NODE_NONE (-2)    /* no producer (skip unused; the time embedding reads timesteps) */
+#define DL_NODE_NONE (-2)    /* no producer (skip unused; the time embedding reads timesteps, the embeddings ids) */
 
 typedef enum {
     DL_NODE_CONV_IN = 0, /* conv_in: the latents -> C0 channels */
@@ -41,6 +42,9 @@ typedef enum {
     DL_NODE_OUT,         /* conv_norm_out + SiLU -> conv_out */
     DL_NODE_ATTENTION,   /* the VAE's mid-block attention: GroupNorm, one head, residual */
     DL_NODE_LINEAR,      /* a 1x1 conv held as a linear (the VAE's quant_conv, post_quant_conv) */
+    DL_NODE_EMBED,       /* token + position embeddings: ids [N, T] -> [N, T, C] (the text encoder) */
+    DL_NODE_CLIP_LAYER,  /* a CLIP encoder layer: pre-LN causal self-attention, pre-LN MLP */
+    DL_NODE_LAYERNORM,   /* a layer norm over the channels (the text encoder's final_layer_norm) */
     DL_NODE_ADD_EMBED    /* SDXL's add_embedding: SiLU(temb + add_embedding(text_embeds, time_ids)),
                             a side node after the time embedding; the resnets read its output */
 } dl_node_kind;
@@ -57,7 +61,7 @@ typedef struct dl_node {
                               and replaces it */
     int cin, cout, cskip;  /* channels in (incl. the skip's cskip) and out */
     int heads, layers;     /* transformer: attention heads, transformer blocks */
-    void *block;           /* the loaded block: dl_unet_resnet, dl_unet_transformer, dl_conv, the net */
+    void *block;           /* the loaded block (dl_unet_resnet, dl_clip_layer, dl_conv, dl_norm...) or the net */
     size_t w_off, w_bytes; /* its weights in the weights arena (set by the loader) */
 } dl_node;
 
@@ -113,6 +117,7 @@ typedef struct dl_pass_in {
     const float *context;     /* [N, T, Dc] (UNet) */
     int T;
     const float *side;        /* the last side node's output (UNet: SiLU(temb) [N, Td]), set by the walk */
+    const int32_t *ids;       /* token ids [N, T] (the text encoder: H = T, W = 1) */
     const float *text_embeds; /* SDXL UNet: pooled text embedding [N, Dt] (NULL otherwise) */
     const float *time_ids;    /* SDXL UNet: [N, K] original size, crop top-left, target size */
 } dl_pass_in;

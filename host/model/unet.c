@@ -353,8 +353,9 @@ dl_pass_in dl_unet_pass_in(const dl_unet *u, int N, int H, int W, const float *x
     DL_ASSERTF(H % (1 << (n - 1)) == 0 && W % (1 << (n - 1)) == 0,
                "latent %dx%d is not divisible by 2^%d (the UNet's downsampling)", H, W, n - 1);
     const int xl = u->cfg.addition_embed != DL_ADD_NONE;
-    return (dl_pass_in){N, H, W, x, t, ctx_emb, T, NULL, xl && add ? add->text_embeds : NULL,
-                        xl && add ? add->time_ids : NULL};
+    return (dl_pass_in){.N = N, .H = H, .W = W, .x = x, .t = t, .context = ctx_emb, .T = T,
+                        .text_embeds = xl && add ? add->text_embeds : NULL,
+                        .time_ids = xl && add ? add->time_ids : NULL};
 }
 
 void dl_unet_forward_added(const dl_ctx *ctx, const dl_unet *u, int N, int H, int W, const float *x, const float *t,

@@ -1,6 +1,10 @@
-/* clip_train.h - text-encoder LoRA training on the CPU backend: a CLIP forward that keeps what
- * the backward needs, and the backward into the LoRA adapters (q/k/v/out_proj, fc1, fc2 of each
- * layer); the base weights and embeddings are frozen and get no gradients. */
+/* clip_train.h - text-encoder LoRA training: the graph walkers (model/graph.h) on the text
+ * encoder's node list for the clip skip used (dl_clip_pass). The forward is inference's, node by
+ * node, saving what each backward reads into `act` (or, with gradient checkpointing, recomputing
+ * it into scratch before the node's backward: the same gradients, bit for bit); the backward
+ * reaches the LoRAs of q/k/v/out_proj, fc1, fc2 down to the lowest layer with a trainable one
+ * (dA or dB set). Weights, embeddings and norms are frozen. act and scratch are sized once from
+ * the size table (dl_clip_size_table, LoRAs attached) for the largest batch. */
 #ifndef DANLU_TRAIN_CLIP_TRAIN_H
 #define DANLU_TRAIN_CLIP_TRAIN_H
 
@@ -15,47 +19,33 @@
 extern "C" {
 #endif
 
-/* What dl_clip_train_forward keeps for dl_clip_backward. The LoRA temporaries h = x·Aᵀ are not
- * kept: dl_linear_bwd recomputes them from the saved layer input (r columns, cheap). */
-typedef struct dl_clip_saved {
-    int N, T, max_layers;      /* capacity (set by dl_clip_saved_init) */
-    int n, t;                  /* the batch run (n <= N, t <= T) */
-    int layers, final_ln;      /* of the last forward */
-    dl_clip_layer_saved l[DL_CLIP_MAX_LAYERS]; /* the first max_layers used */
-    float *x_out;              /* [M, C] residual after `layers` layers (final LN input) */
-    float *meanf, *rstdf;      /* [M]    final LN statistics */
-} dl_clip_saved;
+/* The text encoder's tape: the run's node list and the generic tape over it. Plain memory the
+ * caller owns (~35 KB: keep it off small stacks); the tape points into it, so it must not move
+ * between the forward and the backward. */
+typedef struct dl_clip_tape {
+    dl_graph g;
+    dl_tape tape;
+} dl_clip_tape;
 
-/* Bytes dl_clip_saved_init takes from its arena for N sequences of T tokens and up to
- * max_layers layers: dl_clip_saved_init run against a measuring arena. SD1.5 (C 768, I 3072),
- * N = 1, T = 77, 11 layers (clip skip 2): about 41 MB. */
-size_t dl_clip_saved_bytes(const dl_clip_config *cfg, int N, int T, int max_layers);
-/* Carve the saved buffers for (N, T, max_layers) out of arena (sized with dl_clip_saved_bytes).
- * DL_OK, or DL_ERR with the arena's message when it is too small. */
-int dl_clip_saved_init(dl_clip_saved *s, const dl_clip_config *cfg, int N, int T, int max_layers, dl_arena *arena);
+/* The size table of a training pass (and of inference) of N sequences of T tokens through
+ * `layers` layers (and the final layer norm when final_ln) with the LoRAs now attached to m:
+ * the walkers run against measuring arenas under the measuring backend (model/graph.h). */
+void dl_clip_size_table(const dl_clip *m, int N, int T, int layers, int final_ln, int checkpoint,
+                        dl_size_table *tab);
 
-/* Run the next forwards on a batch of N sequences of T tokens, at most the capacity (a smaller
- * last batch). dl_clip_saved_init sets the full capacity. */
-void dl_clip_saved_set_batch(dl_clip_saved *s, int N, int T);
+/* dl_clip_forward (bit-identical output) recorded on tape: ids [N, T] -> out [N, T, C] through
+ * `layers` layers, then the final layer norm when final_ln (clip skip k: layers = num_layers -
+ * k + 1, final_ln = 1, as sd-scripts). LoRAs attached to m's linears apply (unmerged). Saved
+ * activations are taken from act and stay there for the backward (the caller gives them back
+ * after it); scratch is released on return. */
+void dl_clip_train_forward(const dl_ctx *ctx, const dl_clip *m, dl_clip_tape *tape, int N, int T, const int32_t *ids,
+                           int layers, int final_ln, float *out, int checkpoint, dl_arena *act, dl_arena *scratch);
 
-/* dl_clip_forward (bit-identical output) that also fills s for the backward: ids [n, t] ->
- * out [n, t, C] with (n, t) = s's batch (dl_clip_saved_set_batch), running `layers` layers
- * (<= s->max_layers) then the final LN when final_ln (clip skip k: layers = num_layers - k + 1,
- * final_ln = 1, as sd-scripts). LoRAs attached to m's linears apply (unmerged). scratch:
- * dl_clip_scratch_bytes. */
-void dl_clip_train_forward(const dl_ctx *ctx, const dl_clip *m, dl_clip_saved *s, const int32_t *ids, int layers,
-                           int final_ln, float *out, dl_arena *scratch);
-
-/* Bytes of scratch dl_clip_backward takes with m's LoRAs as attached now, for N x T tokens
- * through every layer: the backward run against a measuring arena under the measuring backend. */
-size_t dl_clip_backward_scratch_bytes(const dl_clip *m, int N, int T);
-/* Backward of the last dl_clip_train_forward from d_out [N, T, C] (the gradient of the loss
- * with respect to its out): accumulates (+=) into dA / dB of every LoRA attached (unmerged,
- * with dA / dB set) to the linears of the layers that ran. Nothing else is written: the base
- * weights and embeddings are frozen. Layers below the lowest trainable adapter are skipped.
- * The weights and LoRAs must be those of the forward. Scratch is released on return. */
-void dl_clip_backward(const dl_ctx *ctx, const dl_clip *m, const dl_clip_saved *s, const float *d_out,
-                      dl_arena *scratch);
+/* Backward of the recorded forward from d_out [N, T, C] (the gradient of the loss with respect
+ * to its out): accumulates (+=) into dA / dB of every LoRA attached (unmerged, with dA / dB
+ * set) to the linears of the layers that ran. Nothing else is written. The weights and LoRAs
+ * must be those of the forward. Scratch is released on return; act is left as it is. */
+void dl_clip_backward(const dl_ctx *ctx, const dl_clip_tape *tape, const float *d_out, dl_arena *scratch);
 
 /* A linear of the text encoder by its transformers module name. */
 typedef struct dl_clip_named_linear {

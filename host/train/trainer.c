@@ -164,6 +164,7 @@ typedef struct trainer {
     dl_batch batch;
     int batch_ok;
     dl_unet_tape tape;            /* the UNet forward's record (in the trainer: no per-step malloc) */
+    dl_clip_tape te_tape;         /* the text encoder forward's record (train_te) */
     dl_image_reader reader;       /* image decoding without per-step allocations (latents not cached) */
     dl_prep_work prep;            /* resize working memory */
     dl_tok_work tok_work;         /* tokenizer working memory (captions change every step) */
@@ -892,9 +893,10 @@ static int setup_buffers(trainer *t)
     size_t cs = dl_clip_scratch_bytes(&t->clip, B, T);
     if (cs > scr) scr = cs;
     if (t->train_te) {
-        size_t cb = dl_clip_backward_scratch_bytes(&t->clip, B, T);
-        if (cb > scr) scr = cb;
-        te = dl_clip_saved_bytes(&t->ck.cfg.text, B, T, t->clip_layers);
+        dl_size_table tab; /* the text encoder's training pass, checkpointed as the UNet's */
+        dl_clip_size_table(&t->clip, B, T, t->clip_layers, 1, ckp, &tab);
+        if (tab.scratch_train > scr) scr = tab.scratch_train;
+        te = tab.act;
     }
     if (dl_be(&t->ctx)->device_memory) {
         const size_t L = (size_t)B * t->max_lat_hw * C * sizeof(float), E = (size_t)B * T * t->Dc * sizeof(float);
@@ -1037,7 +1039,7 @@ static void teardown(trainer *t)
     }
     void *bufs[] = {t->img, t->mean, t->logvar, t->vnoise, t->latents, t->noise, t->noisy, t->target, t->pred,
                     t->dpred, t->tmp, t->context, t->dcontext, t->tf, t->t, t->w, t->ids, t->m, t->v,
-                    t->emb_cache, t->signature, t->config_json};
+                    t->scal, t->emb_cache, t->signature, t->config_json};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) free(bufs[i]);
     kv_free(&t->meta);
     dl_prov_writer_free(&t->prov);
@@ -1054,7 +1056,6 @@ static int micro_step(trainer *t, float dloss, double *loss_out, int *epoch_out,
     const int n = b->n, h = b->reso.h / t->vae_f, w = b->reso.w / t->vae_f, C = t->C;
     const int64_t D = (int64_t)h * w * C;
     DL_TRY(batch_latents(t, b));
-    dl_clip_saved saved;
     size_t te_mark = 0;
     if (t->train_te) {
         for (int i = 0; i < n; i++)
@@ -1062,10 +1063,8 @@ static int micro_step(trainer *t, float dloss, double *loss_out, int *epoch_out,
                 return dl_error_prefix("caption of %s: ", t->ds.items[b->items[i]].image_path);
         if (t->dev) DL_TRY(dl_be_upload(&t->ctx, t->d.ids, t->ids, sizeof(int32_t) * (size_t)n * CTX_T));
         te_mark = dl_arena_mark(&t->te_arena);
-        DL_TRY(dl_clip_saved_init(&saved, &t->ck.cfg.text, n, CTX_T, t->clip_layers, &t->te_arena));
-        size_t mark = dl_arena_mark(&t->scratch);
-        dl_clip_train_forward(&t->ctx, &t->clip, &saved, t->d.ids, t->clip_layers, 1, t->d.context, &t->scratch);
-        dl_arena_release(&t->scratch, mark);
+        dl_clip_train_forward(&t->ctx, &t->clip, &t->te_tape, n, CTX_T, t->d.ids, t->clip_layers, 1, t->d.context,
+                              t->cfg->gradient_checkpointing, &t->te_arena, &t->scratch);
     } else {
         DL_TRY(batch_context_frozen(t, b));
     }
@@ -1089,7 +1088,7 @@ static int micro_step(trainer *t, float dloss, double *loss_out, int *epoch_out,
     dl_unet_backward(&t->ctx, tape, t->d.dpred, t->train_te ? t->d.dcontext : NULL, &t->scratch);
     dl_arena_release(&t->act, act_mark);
     if (t->train_te) {
-        dl_clip_backward(&t->ctx, &t->clip, &saved, t->d.dcontext, &t->scratch);
+        dl_clip_backward(&t->ctx, &t->te_tape, t->d.dcontext, &t->scratch);
         dl_arena_release(&t->te_arena, te_mark);
     }
     const double loss = dl_be_read_f32(&t->ctx, t->d.scal + 0);

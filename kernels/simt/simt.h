@@ -484,6 +484,9 @@ struct Worker { /* one per OS thread that runs blocks */
     unsigned char *sstat = nullptr; /* this OS thread's static shared section */
     size_t sstat_size = 0;
     std::vector<unsigned char> img_bar, img_merged; /* shared memory at the barrier / merged */
+    /* per warp: the barrier image plus its lanes' writes since (valid when img_warp_phase == phase) */
+    std::vector<std::vector<unsigned char>> img_warp;
+    std::vector<unsigned> img_warp_phase;
     std::unordered_map<size_t, unsigned long long> owner; /* byte -> (thread << 32 | warp epoch) + 1 */
 };
 
@@ -957,7 +960,7 @@ inline bool warp_try_resolve(Worker &w, unsigned i, unsigned running)
     for (unsigned l = 0; l < 32; l++) {
         if (!((part >> l) & 1u)) continue;
         w.threads[base + l].state = TState::Ready;
-        w.threads[base + l].fresh = false; /* resumes seeing the merged image (its lanes' writes) */
+        w.threads[base + l].fresh = false; /* resumes seeing its warp's image (its lanes' writes) */
         w.in_warp_op--;
         if (base + l != running) ready[nready++] = base + l;
     }
@@ -985,8 +988,13 @@ inline unsigned long long warp_op(WKind kind, unsigned mask, unsigned long long 
     t.state = TState::Warp;
     w.in_warp_op++;
     w.warp_wait[i >> 5] |= 1u << lane;
-    if (!warp_try_resolve(w, i, i)) {
+    /* random order: the lane that completes the rendezvous yields too (queued as ready), so that
+     * like its lanes it resumes from its warp's image, with their writes in it */
+    const bool rnd = order() == 3;
+    if (!warp_try_resolve(w, i, rnd ? ~0u : i)) {
         if (w.failed) fail_in_fiber(w, "(see above)");
+        yield(w);
+    } else if (rnd) {
         yield(w);
     }
     return t.result;
@@ -1145,8 +1153,8 @@ inline void describe_deadlock(Worker &w)
 /* ---- SIMT_ORDER=random: every thread runs as if all ran at once between barriers ----
  * Shared memory (static section, then dynamic) is imaged at each barrier. A thread's segment
  * (from a barrier, or from a warp intrinsic, to its next yield) starts from the barrier image
- * (after a barrier) or from the merged image (after a warp intrinsic: its lanes' writes are
- * visible); its writes are merged when it yields. Writes of the other threads in the same barrier
+ * (after a barrier) or from its warp's image (after a warp intrinsic: the barrier image plus the
+ * writes of its own lanes, not those of other warps); its writes are merged when it yields. Writes of the other threads in the same barrier
  * interval are therefore invisible, so a read-modify-write from several threads loses updates,
  * and two threads writing one byte between barriers (other than lanes of one warp separated by a
  * warp intrinsic) fail the launch as a race. */
@@ -1163,11 +1171,21 @@ inline void shared_load(Worker &w, const std::vector<unsigned char> &img)
     if (ns) memcpy(w.sstat, img.data(), ns);
     if (nd) memcpy(w.dyn_smem, img.data() + ns, nd);
 }
+/* Warp wi's image: the barrier image plus what its lanes wrote since the barrier. */
+inline std::vector<unsigned char> &warp_image(Worker &w, unsigned wi)
+{
+    if (w.img_warp_phase[wi] != w.phase) {
+        w.img_warp[wi] = w.img_bar;
+        w.img_warp_phase[wi] = w.phase;
+    }
+    return w.img_warp[wi];
+}
 inline void shared_merge(Worker &w, const SimThread &y, const std::vector<unsigned char> &base)
 {
     const size_t ns = w.sstat ? w.sstat_size : 0, nd = w.launch->smem;
     const unsigned yi = tindex(w, y);
     const unsigned long long me = (((unsigned long long)yi << 32) | w.warp_epoch[yi >> 5]) + 1;
+    std::vector<unsigned char> &wimg = warp_image(w, yi >> 5); /* may be base itself: same bytes */
     for (int part = 0; part < 2; part++) {
         const unsigned char *mem = part ? w.dyn_smem : w.sstat;
         const size_t n = part ? nd : ns, off0 = part ? ns : 0;
@@ -1190,6 +1208,7 @@ inline void shared_merge(Worker &w, const SimThread &y, const std::vector<unsign
                 }
                 w.owner[off0 + i] = me;
                 w.img_merged[off0 + i] = mem[i];
+                wimg[off0 + i] = mem[i];
             }
         }
     }
@@ -1239,6 +1258,8 @@ inline void run_block(Worker &w, LaunchCtx &L, unsigned long long b)
         w.owner.clear();
         shared_save(w, w.img_bar);
         w.img_merged = w.img_bar;
+        w.img_warp.resize((w.n + 31) / 32);
+        w.img_warp_phase.assign((w.n + 31) / 32, ~0u);
     }
     push_all(w, w.all_idx.data(), w.n);
 
@@ -1255,17 +1276,20 @@ inline void run_block(Worker &w, LaunchCtx &L, unsigned long long b)
         }
         w.cur = &t;
         t_thread_idx = t.tid;
-        if (rnd) shared_load(w, t.fresh ? w.img_bar : w.img_merged);
+        const std::vector<unsigned char> *img = !rnd ? nullptr : t.fresh ? &w.img_bar : &warp_image(w, i >> 5);
+        if (rnd) shared_load(w, *img);
         resume(w, t.fiber);
         SimThread &y = *w.cur; /* the thread that yielded: the fiber may have run several */
         w.cur = nullptr;
-        if (rnd && !w.failed) shared_merge(w, y, t.fresh ? w.img_bar : w.img_merged);
+        if (rnd && !w.failed) shared_merge(w, y, *img);
         if (w.failed) break;
         switch (y.state) {
         case TState::Done: on_exit(w, y); break;
         case TState::Barrier: on_barrier(w, y); break;
         case TState::Warp: break; /* waits for its lanes */
-        case TState::Ready: die("internal error: fiber yielded while ready");
+        case TState::Ready: /* random order: the last lane of a warp intrinsic, already queued */
+            if (!rnd) die("internal error: fiber yielded while ready");
+            break;
         }
     }
     if (!w.failed && w.done != w.n) describe_deadlock(w);

@@ -5,6 +5,7 @@
  * tiny shapes (for compute-sanitizer). Built only when CUDA is on (tests/gpu/CMakeLists.txt). */
 #define KC_HAVE_ATTENTION_TC 1 // kernels/attention_tc.cu is part of danlu_kernels on a GPU
 #include "kcase_attention.h"
+#include "kcase_attention_mma.h"
 #include "kcase_groupnorm.h"
 #include "kcase_lora.h"
 #include "kcase_ops.h"
@@ -125,6 +126,21 @@ int main(int argc, char **argv)
         {1, 2, 1024, 1024, 160, DL_BF16, 45}, {1, 4, 2500, 2500, 64, DL_F32, 46},
         {1, 8, 4096, 4096, 64, DL_BF16, 47},
     };
+    // tensor-core forward (sm_80+), {N, H, Tq, Tk, d, pad, scale_mul, seed}: the emulator's
+    // shapes, then SD1.5's self- (4096 tokens) and cross-attention (77 keys) per head dim
+    const kc_attention_mma_case mma_small[] = {
+        {1, 2, 130, 130, 40, 0, 1.0f, 101}, {2, 2, 77, 77, 40, 8, 1.0f, 102},
+        {1, 3, 40, 77, 64, 8, 1.0f, 103},   {2, 1, 20, 300, 64, 0, 1.0f, 104},
+        {1, 2, 70, 100, 80, 16, 1.0f, 105}, {2, 1, 70, 77, 160, 8, 1.0f, 106},
+        {1, 2, 65, 100, 160, 0, 1.0f, 107}, {1, 1, 5, 3, 40, 0, 1.0f, 108},
+        {1, 1, 40, 150, 64, 0, -3.0f, 109}, {1, 2, 50, 77, 40, 3, 1.0f, 110},
+    };
+    const kc_attention_mma_case mma_big[] = {
+        {2, 8, 4096, 4096, 40, 0, 1.0f, 141}, {2, 8, 4096, 77, 40, 0, 1.0f, 142},
+        {2, 8, 1024, 1024, 80, 0, 1.0f, 143}, {2, 8, 1024, 77, 80, 0, 1.0f, 144},
+        {2, 8, 256, 256, 160, 0, 1.0f, 145}, {2, 8, 256, 77, 160, 0, 1.0f, 146},
+        {1, 8, 4096, 4096, 64, 0, 1.0f, 147}, {1, 5, 1000, 1000, 40, 5, 1.0f, 148},
+    };
     // {N, HW, C, G, silu, dtype, seed, offset}
     const kc_groupnorm_case gn_small[] = {
         {2, 37, 64, 32, 0, DL_F32, 21, 0.0f},   {1, 300, 160, 32, 1, DL_F32, 22, 3.0f},
@@ -156,6 +172,20 @@ int main(int argc, char **argv)
                      c->Tk, c->d);
             rep.name = name;
             kc_run_attention(&e, c);
+        }
+        size_t nm = big ? sizeof mma_big / sizeof *mma_big : sizeof mma_small / sizeof *mma_small;
+        if (prop.major < 8) nm = 0; // mma.sync bf16, ldmatrix, cp.async
+        for (size_t i = 0; i < nm; i++) {
+            const kc_attention_mma_case *c = big ? &mma_big[i] : &mma_small[i];
+            snprintf(name, sizeof name, "attn mma N%d H%d %dx%d d%d pad %d", c->N, c->H, c->Tq, c->Tk,
+                     c->d, c->pad);
+            rep.name = name;
+            kc_run_attention_mma(&e, c, NULL);
+            for (int det = 0; det <= (big && i > 0 ? 0 : 1); det++) { // CPU references are slow
+                snprintf(name, sizeof name, "attn mma bwd%s N%d H%d %dx%d d%d pad %d", det ? " det" : "",
+                         c->N, c->H, c->Tq, c->Tk, c->d, c->pad);
+                kc_run_attention_mma_backward(&e, c, det);
+            }
         }
         size_t ng = big ? sizeof gn_big / sizeof *gn_big : sizeof gn_small / sizeof *gn_small;
         for (size_t i = 0; i < ng; i++) {

@@ -3,7 +3,8 @@
  * fragment layout, one m16n8k16 MMA, fragment -> global. tests/kernels/test_mma.cpp runs them
  * under the SIMT emulator against a CPU product (and checks that a wrong fragment mapping or a
  * missing cp.async wait is caught); scripts/sass_check.sh compiles them for sm_80+ to show the
- * HMMA, LDSM and LDGSTS instructions they become. */
+ * HMMA, LDSM and LDGSTS instructions they become. The k8 probe does the same for the half
+ * k-step m16n8k8 (A 16x8, B 8x8). */
 #include "common.cuh"
 #include "launch.cuh"
 #include "mma.cuh"
@@ -54,5 +55,40 @@ extern "C" int dl_mma_probe(int bf16, const uint16_t *A, const uint16_t *B, int 
 {
     if (bf16) DL_LAUNCH((mma_probe_kernel<true>), dim3(1), dim3(32), 0, stream, A, B, B_is_kn, C, D, variant);
     else DL_LAUNCH((mma_probe_kernel<false>), dim3(1), dim3(32), 0, stream, A, B, B_is_kn, C, D, variant);
+    return 0;
+}
+
+/* D [16][8] = A [16][8] x B [8][8] + C with m16n8k8: A row-major (ldmatrix x2: rows 0-7, 8-15),
+ * B as [k][n] (B_is_kn, ldmatrix .trans) or B^T [n][k]; x2 with both matrices the same 8 rows
+ * stands in for the x1 form. */
+template <bool BF16>
+__global__ void mma_probe_k8_kernel(const uint16_t *A, const uint16_t *B, int B_is_kn, const float *C, float *D)
+{
+    __shared__ __align__(16) uint16_t sA[16 * 8];
+    __shared__ __align__(16) uint16_t sB[8 * 8];
+    const int l = (int)threadIdx.x, g = l >> 2, t = l & 3;
+    if (l < 16) dl_cp_async_16(sA + 8 * l, A + 8 * l);
+    if (l < 8) dl_cp_async_16(sB + 8 * l, B + 8 * l);
+    dl_cp_async_commit();
+    dl_cp_async_wait<0>();
+    __syncthreads();
+    uint32_t a[2], b[2];
+    dl_ldmatrix_x2(a, sA + (l & 15) * 8);
+    if (B_is_kn) dl_ldmatrix_x2_trans(b, sB + (l & 7) * 8);
+    else dl_ldmatrix_x2(b, sB + (l & 7) * 8);
+    float c[4] = {C[g * 8 + 2 * t], C[g * 8 + 2 * t + 1], C[(g + 8) * 8 + 2 * t], C[(g + 8) * 8 + 2 * t + 1]}, d[4];
+    if (BF16) dl_mma_m16n8k8_bf16(d, a, b, c);
+    else dl_mma_m16n8k8_f16(d, a, b, c);
+    D[g * 8 + 2 * t] = d[0];
+    D[g * 8 + 2 * t + 1] = d[1];
+    D[(g + 8) * 8 + 2 * t] = d[2];
+    D[(g + 8) * 8 + 2 * t + 1] = d[3];
+}
+
+extern "C" int dl_mma_probe_k8(int bf16, const uint16_t *A, const uint16_t *B, int B_is_kn, const float *C,
+                               float *D, cudaStream_t stream)
+{
+    if (bf16) DL_LAUNCH((mma_probe_k8_kernel<true>), dim3(1), dim3(32), 0, stream, A, B, B_is_kn, C, D);
+    else DL_LAUNCH((mma_probe_k8_kernel<false>), dim3(1), dim3(32), 0, stream, A, B, B_is_kn, C, D);
     return 0;
 }

@@ -1,6 +1,6 @@
 /* test_mma.cpp - kernels/mma.cuh under the SIMT emulator: a one-warp m16n8k16 tile through
  * cp.async, ldmatrix (plain and .trans) and mma.sync equals the CPU product for bf16 and fp16;
- * the model is not layout-agnostic (a kernel that swaps two A fragment registers gets a wrong
+ * the half k-step m16n8k8 likewise; the model is not layout-agnostic (a kernel that swaps two A fragment registers gets a wrong
  * result), and a kernel that reads cp.async's destination without waiting sees NaN. */
 #include "mma_probe.cu"
 
@@ -109,4 +109,45 @@ Test(mma, tile_under_random_interleaving)
         cr_expect(e < 1e-5, "random order, seed %u: worst error %g (%s)", s, e, simt::last_error_message());
     }
     simt::set_order(NULL);
+}
+
+/* m16n8k8: A [16][8], B [8][8] given as [k][n] (kn) or [n][k]; worst |D - (A B + C)|. */
+static double run_k8(int bf16, int kn, unsigned seed)
+{
+    alignas(16) uint16_t A[16 * 8], B[8 * 8];
+    float Af[16 * 8], Bf[8 * 8], C[16 * 8], D[16 * 8];
+    srand(seed);
+    for (int i = 0; i < 128; i++) {
+        A[i] = to16((float)rand() / RAND_MAX * 2 - 1, bf16);
+        Af[i] = from16(A[i], bf16);
+    }
+    for (int k = 0; k < 8; k++)
+        for (int n = 0; n < 8; n++) {
+            uint16_t h = to16((float)rand() / RAND_MAX * 2 - 1, bf16);
+            Bf[k * 8 + n] = from16(h, bf16);
+            B[kn ? k * 8 + n : n * 8 + k] = h;
+        }
+    for (int i = 0; i < 128; i++) {
+        C[i] = (float)rand() / RAND_MAX - 0.5f;
+        D[i] = NAN;
+    }
+    cr_assert_eq(dl_mma_probe_k8(bf16, A, B, kn, C, D, 0), 0);
+    double w = 0;
+    for (int m = 0; m < 16; m++)
+        for (int n = 0; n < 8; n++) {
+            double ref = C[m * 8 + n];
+            for (int k = 0; k < 8; k++) ref += (double)Af[m * 8 + k] * Bf[k * 8 + n];
+            double e = fabs(D[m * 8 + n] - ref);
+            if (!(e <= w)) w = e;
+        }
+    return w;
+}
+
+Test(mma, k8_tile_through_ldmatrix_mma)
+{
+    for (int bf16 = 0; bf16 < 2; bf16++)
+        for (int kn = 0; kn < 2; kn++) {
+            double e = run_k8(bf16, kn, (unsigned)(30 + 2 * bf16 + kn));
+            cr_expect(e < 1e-5, "m16n8k8 %s, B %s: worst error %g", bf16 ? "bf16" : "fp16", kn ? "[k][n]" : "[n][k]", e);
+        }
 }

@@ -643,3 +643,29 @@ Test(simt, random_order_catches_missing_barrier)
     cr_expect_eq(wrong, 128, "random order: %d of 128 threads read another thread's unsynchronised write", 128 - wrong);
     cr_expect_gt(wrong_fwd, 0); // forward order: the threads after t have not run yet either
 }
+
+/* Each thread writes s[t], meets its warp in a shuffle, then reads its lane neighbour's s[t ^ 1]
+ * (same warp: visible after the warp intrinsic) and the other warp's s[(t + 32) % 64] (no
+ * barrier: must not be visible, whatever has run before). */
+__global__ void simt_warp_view_kernel(float *own, float *other)
+{
+    __shared__ float s[64];
+    const unsigned t = threadIdx.x;
+    s[t] = (float)t;
+    const int x = __shfl_sync(0xffffffffu, (int)t, 0);
+    own[t] = s[t ^ 1u] + (float)(x & 0);
+    other[t] = s[(t + 32u) % 64u];
+}
+
+Test(simt, random_order_after_warp_intrinsic_sees_only_its_warp)
+{
+    std::vector<float> own(64, 0.0f), other(64, 0.0f);
+    simt::set_order("random", 11);
+    cr_assert_eq(simt::launch("warpview", simt_warp_view_kernel, dim3(1), dim3(64), 0, nullptr, own.data(), other.data()),
+                 cudaSuccess);
+    simt::set_order(NULL);
+    for (unsigned t = 0; t < 64; t++) {
+        cr_expect_eq(own[t], (float)(t ^ 1u), "thread %u: its lane's write is not visible after the shuffle", t);
+        cr_expect(isnan(other[t]), "thread %u read the other warp's write (%g) without a barrier", t, other[t]);
+    }
+}
