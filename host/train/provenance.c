@@ -153,7 +153,8 @@ void dl_prov_items_free(dl_prov_item *items, int n)
 
 int dl_prov_scan(dl_dataset *ds, const char *dir, const dl_train_config *c, FILE *warn)
 {
-    /* the trainer's own settings (trainer.c setup_data): they decide which images it uses */
+    /* the trainer scans with this too (trainer.c setup_data): the settings that decide which
+     * images it uses */
     dl_dataset_cfg dc = {.train_data_dir = dir, .caption_extension = c->caption_extension, .warn = warn};
     dl_bucket_cfg_default(&dc.bucket, c->res_w, c->res_h);
     dc.bucket.enable = c->enable_bucket;

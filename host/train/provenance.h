@@ -81,8 +81,8 @@ void dl_prov_items_free(dl_prov_item *items, int n);
  * (dl_train_config_finish); label names the file in messages. Free c with dl_train_config_free. */
 int dl_prov_load_config(dl_train_config *c, const char *config_json, const char *label);
 
-/* Scan dir as the trainer would with the configuration c (caption extension, buckets), warnings
- * to warn (may be NULL). */
+/* Scan dir with the configuration c (caption extension, buckets), warnings to warn (may be
+ * NULL): the trainer's own scan, so verify sees the images a run used. */
 int dl_prov_scan(dl_dataset *ds, const char *dir, const dl_train_config *c, FILE *warn);
 
 /* ---- the trainer's side ---- */

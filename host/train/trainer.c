@@ -766,16 +766,7 @@ fail:
 static int setup_data(trainer *t)
 {
     const dl_train_config *c = t->cfg;
-    dl_dataset_cfg dc = {.train_data_dir = c->train_data_dir, .caption_extension = c->caption_extension,
-                         .warn = t->log};
-    dl_bucket_cfg_default(&dc.bucket, c->res_w, c->res_h);
-    dc.bucket.enable = c->enable_bucket;
-    dc.bucket.min_reso = c->min_bucket_reso;
-    dc.bucket.max_reso = c->max_bucket_reso;
-    dc.bucket.steps = c->bucket_reso_steps;
-    dc.bucket.no_upscale = c->bucket_no_upscale;
-    DL_TRY(dl_bucket_cfg_check(&dc.bucket));
-    DL_TRY(dl_dataset_scan(&t->ds, &dc));
+    DL_TRY(dl_prov_scan(&t->ds, c->train_data_dir, c, t->log)); /* the one scan verify repeats */
     t->ds_ok = 1;
     if (t->log) dl_dataset_print_summary(&t->ds, t->log);
     int mult = t->vae_f * (1 << (t->ck.cfg.unet.n_blocks - 1));
