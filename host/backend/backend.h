@@ -202,6 +202,29 @@ int dl_be_download(const dl_ctx *ctx, void *host_dst, const void *src, size_t by
 /* One float read back (the loss, a norm): waits for the stream. NAN with a message on error. */
 float dl_be_read_f32(const dl_ctx *ctx, const float *src);
 
+/* Host arrays crossing into and out of a network run on ctx's backend (the data boundary of
+ * sampling and `danlu run`): on the CPU the host arrays themselves; on a device backend copies
+ * in backend buffers, one per slot, grown on demand and kept for the next call. Begin with
+ * {.ctx = ctx} and end with dl_be_stage_free. */
+#define DL_BE_STAGE_SLOTS 8
+typedef struct dl_be_stage {
+    const dl_ctx *ctx;
+    void *buf[DL_BE_STAGE_SLOTS];
+    size_t cap[DL_BE_STAGE_SLOTS];
+    void *out[DL_BE_STAGE_SLOTS];      /* host destinations of pending outputs */
+    size_t out_bytes[DL_BE_STAGE_SLOTS];
+} dl_be_stage;
+/* The backend's copy of host input x (bytes) in slot: x itself on the CPU (or when x is NULL),
+ * else uploaded; NULL with a message on error. */
+const void *dl_be_stage_in(dl_be_stage *st, int slot, const void *x, size_t bytes);
+/* Where a network writes host output y (bytes): y itself on the CPU, else slot's buffer, which
+ * dl_be_stage_fetch downloads into y. NULL with a message on error. */
+void *dl_be_stage_out(dl_be_stage *st, int slot, void *y, size_t bytes);
+/* Waits for the backend and downloads every pending output: DL_OK, or DL_ERR with the
+ * backend's error. */
+int dl_be_stage_fetch(dl_be_stage *st);
+void dl_be_stage_free(dl_be_stage *st);
+
 /* The backend named `name`: "cpu", "cuda" (found in every build; whether a GPU is there is
  * known at open), or "auto" (cuda when a real GPU is usable, cpu otherwise; never the emulated
  * device); NULL with dl_error_set naming an unknown name. */

@@ -13,7 +13,7 @@
 static void *cpu_alloc(const dl_ctx *ctx, size_t bytes)
 {
     (void)ctx;
-    void *p = aligned_alloc(64, (bytes + 63) / 64 * 64 + (bytes ? 0 : 64));
+    void *p = aligned_alloc(64, bytes ? (bytes + 63) / 64 * 64 : 64);
     if (!p) dl_error_set("cpu backend: out of memory (%zu bytes)", bytes);
     return p;
 }
@@ -143,4 +143,50 @@ float dl_be_read_f32(const dl_ctx *ctx, const float *src)
 {
     float v;
     return dl_be_download(ctx, &v, src, sizeof v) == DL_OK ? v : NAN;
+}
+
+/* ---- staging at the data boundary ---- */
+static void *stage_buf(dl_be_stage *st, int slot, size_t bytes)
+{
+    DL_ASSERT(slot >= 0 && slot < DL_BE_STAGE_SLOTS);
+    st->out[slot] = NULL;
+    if (st->buf[slot] && st->cap[slot] >= bytes) return st->buf[slot];
+    dl_be_free(st->ctx, st->buf[slot]);
+    st->cap[slot] = 0;
+    if (!(st->buf[slot] = dl_be_alloc(st->ctx, bytes ? bytes : 1))) return NULL;
+    st->cap[slot] = bytes;
+    return st->buf[slot];
+}
+
+const void *dl_be_stage_in(dl_be_stage *st, int slot, const void *x, size_t bytes)
+{
+    if (!x || !dl_be(st->ctx)->device_memory) return x;
+    void *d = stage_buf(st, slot, bytes);
+    return d && dl_be_upload(st->ctx, d, x, bytes) == DL_OK ? d : NULL;
+}
+
+void *dl_be_stage_out(dl_be_stage *st, int slot, void *y, size_t bytes)
+{
+    if (!y || !dl_be(st->ctx)->device_memory) return y;
+    void *d = stage_buf(st, slot, bytes);
+    if (d) st->out[slot] = y, st->out_bytes[slot] = bytes;
+    return d;
+}
+
+int dl_be_stage_fetch(dl_be_stage *st)
+{
+    int rc = dl_be_sync(st->ctx);
+    for (int i = 0; i < DL_BE_STAGE_SLOTS; i++) {
+        if (rc == DL_OK && st->out[i]) rc = dl_be_download(st->ctx, st->out[i], st->buf[i], st->out_bytes[i]);
+        st->out[i] = NULL;
+    }
+    return rc;
+}
+
+void dl_be_stage_free(dl_be_stage *st)
+{
+    for (int i = 0; i < DL_BE_STAGE_SLOTS; i++) dl_be_free(st->ctx, st->buf[i]);
+    memset(st->buf, 0, sizeof st->buf);
+    memset(st->cap, 0, sizeof st->cap);
+    memset(st->out, 0, sizeof st->out);
 }

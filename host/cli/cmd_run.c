@@ -140,50 +140,8 @@ typedef struct {
     dl_st_entry out[4];
     float *owned[16];
     int n_out, n_owned;
-    /* a device backend: inputs uploaded to, outputs downloaded from these backend buffers */
-    void *dev[8];
-    void *fetch_to[8];
-    size_t fetch_bytes[8];
-    int n_dev;
+    dl_be_stage io;     /* inputs and outputs on the backend (backend/backend.h) */
 } run_state;
-
-/* The backend's view of host input x: x itself on the CPU, else an uploaded copy (NULL on error). */
-static void *dev_in(run_state *s, const void *x, size_t bytes)
-{
-    if (!dl_be(&s->ctx)->device_memory) return (void *)x;
-    DL_ASSERT(s->n_dev < 8);
-    void *d = dl_be_alloc(&s->ctx, bytes);
-    if (!d) return NULL;
-    s->fetch_to[s->n_dev] = NULL;
-    s->dev[s->n_dev++] = d;
-    return dl_be_upload(&s->ctx, d, x, bytes) == DL_OK ? d : NULL;
-}
-
-/* Where the network writes host output y: y itself on the CPU, else a backend buffer that
- * fetch() downloads into y. */
-static float *dev_out(run_state *s, float *y, size_t bytes)
-{
-    if (!y || !dl_be(&s->ctx)->device_memory) return y;
-    DL_ASSERT(s->n_dev < 8);
-    void *d = dl_be_alloc(&s->ctx, bytes);
-    if (!d) return NULL;
-    s->fetch_to[s->n_dev] = y;
-    s->fetch_bytes[s->n_dev] = bytes;
-    s->dev[s->n_dev++] = d;
-    return d;
-}
-
-/* Downloads every pending output and frees the backend buffers; the backend's error if any. */
-static int fetch(run_state *s)
-{
-    int rc = dl_be_sync(&s->ctx);
-    for (int i = 0; i < s->n_dev; i++) {
-        if (rc == DL_OK && s->fetch_to[i]) rc = dl_be_download(&s->ctx, s->fetch_to[i], s->dev[i], s->fetch_bytes[i]);
-        dl_be_free(&s->ctx, s->dev[i]);
-    }
-    s->n_dev = 0;
-    return rc;
-}
 
 static float *keep(run_state *s, float *p)
 {
@@ -235,15 +193,15 @@ static int run_text(run_state *s, const dl_st_file *in)
     int64_t shape[3] = {N, T, c->hidden_size};
     const size_t no = sizeof(float) * (size_t)(N * T * c->hidden_size);
     float *last = keep(s, malloc(no)), *pen = keep(s, malloc(no));
-    const int32_t *di = dev_in(s, ids, sizeof *ids * (size_t)N * T);
-    float *dl = dev_out(s, last, no), *dp = dev_out(s, pen, no);
+    const int32_t *di = dl_be_stage_in(&s->io, 0, ids, sizeof *ids * (size_t)N * T);
+    float *dl = dl_be_stage_out(&s->io, 1, last, no), *dp = dl_be_stage_out(&s->io, 2, pen, no);
     int rc = DL_ERR;
     if (di && dl && dp) {
         dl_clip_forward(&s->ctx, &m, N, T, di, c->num_layers, 1, dl, &s->scratch);
         dl_clip_forward(&s->ctx, &m, N, T, di, c->num_layers > 1 ? c->num_layers - 1 : 1, 0, dp, &s->scratch);
         rc = DL_OK;
     }
-    if (fetch(s) != DL_OK) rc = DL_ERR;
+    if (dl_be_stage_fetch(&s->io) != DL_OK) rc = DL_ERR;
     add_out(s, "last_hidden_state", last, 3, shape);
     add_out(s, "penultimate_hidden_state", pen, 3, shape);
     dl_clip_free(&m);
@@ -314,18 +272,19 @@ static int run_unet(run_state *s, const dl_st_file *in)
     float *xn = keep(s, nchw_to_nhwc(x, N, C, H, W));
     const size_t ny = sizeof(float) * (size_t)(N * H * W * u->out_channels);
     float *y = keep(s, malloc(ny));
-    const float *dx = dev_in(s, xn, sizeof(float) * (size_t)(N * H * W * C)), *dt = dev_in(s, tv, sizeof(float) * N);
-    const float *dc = dev_in(s, cond, sizeof(float) * (size_t)(cs[0] * cs[1] * cs[2]));
+    const float *dx = dl_be_stage_in(&s->io, 0, xn, sizeof(float) * (size_t)(N * H * W * C));
+    const float *dt = dl_be_stage_in(&s->io, 1, tv, sizeof(float) * N);
+    const float *dc = dl_be_stage_in(&s->io, 2, cond, sizeof(float) * (size_t)(cs[0] * cs[1] * cs[2]));
     dl_unet_added add = {NULL, NULL};
     if (te) {
-        add.text_embeds = dev_in(s, te, sizeof(float) * (size_t)(N * es[0]));
-        add.time_ids = dev_in(s, tid, sizeof(float) * (size_t)(N * es[1]));
-        if (!add.text_embeds || !add.time_ids) return fetch(s), DL_ERR;
+        add.text_embeds = dl_be_stage_in(&s->io, 3, te, sizeof(float) * (size_t)(N * es[0]));
+        add.time_ids = dl_be_stage_in(&s->io, 4, tid, sizeof(float) * (size_t)(N * es[1]));
+        if (!add.text_embeds || !add.time_ids) return DL_ERR;
     }
-    float *dy = dev_out(s, y, ny);
-    if (!dx || !dt || !dc || !dy) return fetch(s), DL_ERR;
+    float *dy = dl_be_stage_out(&s->io, 5, y, ny);
+    if (!dx || !dt || !dc || !dy) return DL_ERR;
     dl_unet_forward_added(&s->ctx, &m, (int)N, (int)H, (int)W, dx, dt, dc, (int)cs[1], &add, dy, &s->scratch);
-    if (fetch(s) != DL_OK) return DL_ERR;
+    if (dl_be_stage_fetch(&s->io) != DL_OK) return DL_ERR;
     int64_t os[4] = {N, u->out_channels, H, W};
     add_out(s, "out", keep(s, nhwc_to_nchw(y, N, H, W, u->out_channels)), 4, os);
     dl_unet_free(&m);
@@ -355,10 +314,10 @@ static int run_vae_encode(run_state *s, const dl_st_file *in)
     if (load_vae(s, &m, (int)N, (int)H, (int)W) != DL_OK) return DL_ERR;
     int64_t h = H / f, w = W / f, nl = N * h * w * L, ls[4] = {N, L, h, w};
     float *mean = keep(s, malloc(sizeof(float) * (size_t)nl)), *logvar = keep(s, malloc(sizeof(float) * (size_t)nl));
-    const float *di = dev_in(s, keep(s, nchw_to_nhwc(img, N, 3, H, W)), sizeof(float) * (size_t)(N * H * W * 3));
-    if (!di) return fetch(s), DL_ERR;
+    const float *di = dl_be_stage_in(&s->io, 0, keep(s, nchw_to_nhwc(img, N, 3, H, W)), sizeof(float) * (size_t)(N * H * W * 3));
+    if (!di) return DL_ERR;
     dl_vae_encode(&s->ctx, &m, (int)N, (int)H, (int)W, di, mean, logvar, &s->scratch); /* mean, logvar: host */
-    if (fetch(s) != DL_OK) return DL_ERR;
+    if (dl_be_stage_fetch(&s->io) != DL_OK) return DL_ERR;
     add_out(s, "mean", keep(s, nhwc_to_nchw(mean, N, h, w, L)), 4, ls);
     add_out(s, "logvar", keep(s, nhwc_to_nchw(logvar, N, h, w, L)), 4, ls);
     if (dl_st_find(in, "noise")) {
@@ -386,11 +345,11 @@ static int run_vae_decode(run_state *s, const dl_st_file *in)
     if (load_vae(s, &m, (int)N, (int)(h * f), (int)(w * f)) != DL_OK) return DL_ERR;
     const size_t ni = sizeof(float) * (size_t)(N * h * f * w * f * c->out_channels);
     float *img = keep(s, malloc(ni));
-    const float *dz = dev_in(s, keep(s, nchw_to_nhwc(z, N, zs[1], h, w)), sizeof(float) * (size_t)(N * zs[1] * h * w));
-    float *di = dev_out(s, img, ni);
-    if (!dz || !di) return fetch(s), DL_ERR;
+    const float *dz = dl_be_stage_in(&s->io, 0, keep(s, nchw_to_nhwc(z, N, zs[1], h, w)), sizeof(float) * (size_t)(N * zs[1] * h * w));
+    float *di = dl_be_stage_out(&s->io, 1, img, ni);
+    if (!dz || !di) return DL_ERR;
     dl_vae_decode(&s->ctx, &m, (int)N, (int)h, (int)w, dz, di, &s->scratch);
-    if (fetch(s) != DL_OK) return DL_ERR;
+    if (dl_be_stage_fetch(&s->io) != DL_OK) return DL_ERR;
     int64_t os[4] = {N, c->out_channels, h * f, w * f};
     add_out(s, "image", keep(s, nhwc_to_nchw(img, N, h * f, w * f, c->out_channels)), 4, os);
     dl_vae_free(&m);
@@ -438,6 +397,7 @@ int dl_cmd_run(int argc, char **argv, FILE *out)
     }
     run_state s;
     memset(&s, 0, sizeof s);
+    s.io.ctx = &s.ctx;
     dl_st_file in;
     int rc = 1;
     if (dl_st_open(&in, inputs) != DL_OK) {
@@ -464,6 +424,7 @@ int dl_cmd_run(int argc, char **argv, FILE *out)
     dl_ckpt_close(&s.ck);
     dl_arena_free(&s.weights);
     dl_arena_free(&s.scratch);
+    dl_be_stage_free(&s.io);
     if (s.ctx.pool) dl_ctx_free(&s.ctx);
     return rc;
 }

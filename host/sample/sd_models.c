@@ -35,33 +35,8 @@ struct dl_sd {
     dl_arena scratch;   /* grown on demand (re-created when a call needs more) */
     int n_lora;
     dl_lora_net *loras; /* [n_lora] merged, in merge order */
-    /* a device backend: the calls below take and return host arrays, staged through these
-     * backend buffers (grown on demand; the CPU backend runs on the host arrays themselves) */
-    void *io[5];
-    size_t io_cap[5];
+    dl_be_stage io;     /* the calls below take and return host arrays, staged through it */
 };
-
-static int on_device(const dl_sd *sd) { return dl_be(sd->ctx)->device_memory; }
-
-/* Backend buffer `slot` of at least bytes (device backends only). */
-static void *io_buf(dl_sd *sd, int slot, size_t bytes)
-{
-    if (sd->io[slot] && sd->io_cap[slot] >= bytes) return sd->io[slot];
-    dl_be_free(sd->ctx, sd->io[slot]);
-    sd->io_cap[slot] = 0;
-    if (!(sd->io[slot] = dl_be_alloc(sd->ctx, bytes ? bytes : 1))) return NULL;
-    sd->io_cap[slot] = bytes;
-    return sd->io[slot];
-}
-
-/* The backend copy of host input x (bytes) in slot, or x itself on the CPU; NULL on error. */
-static const void *stage_in(dl_sd *sd, int slot, const void *x, size_t bytes)
-{
-    if (!on_device(sd) || !x) return x;
-    void *d = io_buf(sd, slot, bytes);
-    if (!d || dl_be_upload(sd->ctx, d, x, bytes) != DL_OK) return NULL;
-    return d;
-}
 
 /* Make sure the scratch arena has at least bytes of room. */
 static int ensure_scratch(dl_sd *sd, size_t bytes)
@@ -77,6 +52,7 @@ int dl_sd_open(dl_sd **out, const char *path, const char *tokenizer, const dl_ct
     dl_sd *sd = calloc(1, sizeof *sd);
     if (!sd) return dl_error_set("out of memory");
     sd->ctx = ctx;
+    sd->io.ctx = ctx;
     if (dl_ckpt_open(&sd->ck, path, NULL) != DL_OK) {
         free(sd);
         return DL_ERR;
@@ -134,6 +110,7 @@ int dl_sd_view(dl_sd **out, const dl_model_config *cfg, int sd2, const dl_tokeni
     dl_sd *sd = calloc(1, sizeof *sd);
     if (!sd) return dl_error_set("out of memory");
     sd->ctx = ctx;
+    sd->io.ctx = ctx;
     sd->cfg = *cfg;
     sd->sd2 = sd2;
     sd->tokv = tok;
@@ -156,7 +133,7 @@ void dl_sd_close(dl_sd *sd)
     if (sd->ck_open) dl_ckpt_close(&sd->ck);
     dl_arena_free(&sd->weights);
     dl_arena_free(&sd->scratch);
-    for (int i = 0; i < 5; i++) dl_be_free(sd->ctx, sd->io[i]);
+    dl_be_stage_free(&sd->io);
     free(sd);
 }
 
@@ -218,11 +195,11 @@ int dl_sd_encode_text(dl_sd *sd, int N, const int32_t *ids, int clip_skip, float
         return dl_error_set("clip skip %d is outside 1..%d (the text encoder's layers)", clip_skip, c->num_layers);
     DL_TRY(ensure_scratch(sd, dl_clip_scratch_bytes(sd->clip, N, DL_TOK_CONTEXT)));
     const size_t no = (size_t)N * DL_TOK_CONTEXT * c->hidden_size * sizeof(float);
-    const int32_t *di = stage_in(sd, 0, ids, (size_t)N * DL_TOK_CONTEXT * sizeof(int32_t));
-    float *dout = on_device(sd) ? io_buf(sd, 1, no) : out;
+    const int32_t *di = dl_be_stage_in(&sd->io, 0, ids, (size_t)N * DL_TOK_CONTEXT * sizeof(int32_t));
+    float *dout = dl_be_stage_out(&sd->io, 1, out, no);
     if (!di || !dout) return DL_ERR;
     dl_clip_forward(sd->ctx, sd->clip, N, DL_TOK_CONTEXT, di, c->num_layers - clip_skip + 1, 1, dout, &sd->scratch);
-    return on_device(sd) ? dl_be_download(sd->ctx, out, dout, no) : DL_OK;
+    return dl_be_stage_fetch(&sd->io);
 }
 
 int dl_sd_unet(dl_sd *sd, int N, int h, int w, const float *x, const float *t, const float *context, int T,
@@ -231,21 +208,22 @@ int dl_sd_unet(dl_sd *sd, int N, int h, int w, const float *x, const float *t, c
     DL_TRY(ensure_scratch(sd, dl_unet_scratch_bytes(sd->unet, N, h, w, T)));
     const size_t nx = (size_t)N * h * w * sd->cfg.unet.in_channels * sizeof(float);
     const size_t no = (size_t)N * h * w * sd->cfg.unet.out_channels * sizeof(float);
-    const float *dx = stage_in(sd, 0, x, nx), *dt = stage_in(sd, 1, t, (size_t)N * sizeof(float));
-    const float *dc = stage_in(sd, 2, context, (size_t)N * T * sd->cfg.unet.cross_attention_dim * sizeof(float));
-    float *dout = on_device(sd) ? io_buf(sd, 3, no) : out;
+    const float *dx = dl_be_stage_in(&sd->io, 0, x, nx), *dt = dl_be_stage_in(&sd->io, 1, t, (size_t)N * sizeof(float));
+    const float *dc =
+        dl_be_stage_in(&sd->io, 2, context, (size_t)N * T * sd->cfg.unet.cross_attention_dim * sizeof(float));
+    float *dout = dl_be_stage_out(&sd->io, 3, out, no);
     if (!dx || !dt || !dc || !dout) return DL_ERR;
     dl_unet_forward(sd->ctx, sd->unet, N, h, w, dx, dt, dc, T, dout, &sd->scratch);
-    return on_device(sd) ? dl_be_download(sd->ctx, out, dout, no) : DL_OK;
+    return dl_be_stage_fetch(&sd->io);
 }
 
 int dl_sd_vae_encode(dl_sd *sd, int N, int H, int W, const float *img, float *mean, float *logvar)
 {
     DL_TRY(ensure_scratch(sd, dl_vae_scratch_bytes(&sd->cfg.vae, N, H, W)));
-    const float *di = stage_in(sd, 0, img, (size_t)N * H * W * sd->cfg.vae.in_channels * sizeof(float));
+    const float *di = dl_be_stage_in(&sd->io, 0, img, (size_t)N * H * W * sd->cfg.vae.in_channels * sizeof(float));
     if (!di) return DL_ERR;
     dl_vae_encode(sd->ctx, sd->vae, N, H, W, di, mean, logvar, &sd->scratch); /* mean, logvar: host */
-    return dl_be_sync(sd->ctx);
+    return dl_be_stage_fetch(&sd->io);
 }
 
 int dl_sd_vae_decode(dl_sd *sd, int N, int h, int w, const float *z, float *img)
@@ -253,9 +231,9 @@ int dl_sd_vae_decode(dl_sd *sd, int N, int h, int w, const float *z, float *img)
     int f = dl_sd_vae_factor(sd);
     DL_TRY(ensure_scratch(sd, dl_vae_scratch_bytes(&sd->cfg.vae, N, h * f, w * f)));
     const size_t no = (size_t)N * h * f * w * f * sd->cfg.vae.out_channels * sizeof(float);
-    const float *dz = stage_in(sd, 0, z, (size_t)N * h * w * sd->cfg.vae.latent_channels * sizeof(float));
-    float *dout = on_device(sd) ? io_buf(sd, 1, no) : img;
+    const float *dz = dl_be_stage_in(&sd->io, 0, z, (size_t)N * h * w * sd->cfg.vae.latent_channels * sizeof(float));
+    float *dout = dl_be_stage_out(&sd->io, 1, img, no);
     if (!dz || !dout) return DL_ERR;
     dl_vae_decode(sd->ctx, sd->vae, N, h, w, dz, dout, &sd->scratch);
-    return on_device(sd) ? dl_be_download(sd->ctx, img, dout, no) : DL_OK;
+    return dl_be_stage_fetch(&sd->io);
 }
