@@ -889,7 +889,7 @@ static int setup_buffers(trainer *t)
         if (tab.scratch_train > scr) scr = tab.scratch_train;
         te = tab.act;
     }
-    if (dl_be(&t->ctx)->device_memory) {
+    {   /* the backend's copies of the batch buffers and the moments (setup below) */
         const size_t L = (size_t)B * t->max_lat_hw * C * sizeof(float), E = (size_t)B * T * t->Dc * sizeof(float);
         const size_t bufs = (size_t)t->max_img_hw * 3 * sizeof(float) + 4 * L + E * (t->train_te ? 2 : 1) +
                             2 * (size_t)t->net.n_params * sizeof(float) + (size_t)B * (8 + 4 * T) + 16;
