@@ -27,32 +27,32 @@ static const char *const k_op_names[OP_N] = {"linear_forward", "linear_backward"
 static long g_calls[OP_N];
 static int g_poison; /* 1: linear forwards (plain and with LoRA) write zeros; 2: conv forwards do */
 
-static void c_linear_f(const dl_ctx *c, int64_t M, int64_t in, int64_t out, const float *x, const float *w,
-                       const float *b, float *y)
+static void c_linear_f(const dl_ctx *c, int64_t M, int64_t in, int64_t out, const float *x, const void *w,
+                       dl_dtype wdt, const float *b, float *y)
 {
     g_calls[OP_LINEAR_F]++;
     if (g_poison == 1) memset(y, 0, sizeof(float) * (size_t)(M * out));
-    else dl_backend_cpu.linear_forward(c, M, in, out, x, w, b, y);
+    else dl_backend_cpu.linear_forward(c, M, in, out, x, w, wdt, b, y);
 }
-static void c_linear_b(const dl_ctx *c, int64_t M, int64_t in, int64_t out, const float *x, const float *w,
-                       const float *dy, float *dx, float *dw, float *db)
+static void c_linear_b(const dl_ctx *c, int64_t M, int64_t in, int64_t out, const float *x, const void *w,
+                       dl_dtype wdt, const float *dy, float *dx, float *dw, float *db)
 {
     g_calls[OP_LINEAR_B]++;
-    dl_backend_cpu.linear_backward(c, M, in, out, x, w, dy, dx, dw, db);
+    dl_backend_cpu.linear_backward(c, M, in, out, x, w, wdt, dy, dx, dw, db);
 }
-static void c_conv_f(const dl_ctx *c, const dl_conv2d_shape *s, const float *x, const float *w, const float *b,
-                     float *y)
+static void c_conv_f(const dl_ctx *c, const dl_conv2d_shape *s, const float *x, const void *w, dl_dtype wdt,
+                     const float *b, float *y)
 {
     g_calls[OP_CONV_F]++;
     if (g_poison == 2)
         memset(y, 0, sizeof(float) * (size_t)s->N * dl_conv2d_out_h(s) * dl_conv2d_out_w(s) * (size_t)s->Cout);
-    else dl_backend_cpu.conv2d_forward(c, s, x, w, b, y);
+    else dl_backend_cpu.conv2d_forward(c, s, x, w, wdt, b, y);
 }
-static void c_conv_b(const dl_ctx *c, const dl_conv2d_shape *s, const float *x, const float *w, const float *dy,
-                     float *dx, float *dw, float *db)
+static void c_conv_b(const dl_ctx *c, const dl_conv2d_shape *s, const float *x, const void *w, dl_dtype wdt,
+                     const float *dy, float *dx, float *dw, float *db)
 {
     g_calls[OP_CONV_B]++;
-    dl_backend_cpu.conv2d_backward(c, s, x, w, dy, dx, dw, db);
+    dl_backend_cpu.conv2d_backward(c, s, x, w, wdt, dy, dx, dw, db);
 }
 static void c_gn_f(const dl_ctx *c, dl_groupnorm_shape s, const float *x, const float *g, const float *b, float *y,
                    float *mean, float *rstd)
@@ -98,27 +98,29 @@ static void c_mse_f(const dl_ctx *c, int64_t N, int64_t D, const float *p, const
 }
 
 static void c_lora_lin_f(const dl_ctx *c, int64_t M, int64_t in, int64_t out, int64_t r, float sc, const float *x,
-                         const float *W, const float *b, const float *A, const float *B, float *h, float *y)
+                         const void *W, dl_dtype wdt, const float *b, const float *A, const float *B, float *h,
+                         float *y)
 {
     g_calls[OP_LORA_LIN_F]++;
     if (g_poison == 1) memset(y, 0, sizeof(float) * (size_t)(M * out));
-    else dl_backend_cpu.lora_linear_forward(c, M, in, out, r, sc, x, W, b, A, B, h, y);
+    else dl_backend_cpu.lora_linear_forward(c, M, in, out, r, sc, x, W, wdt, b, A, B, h, y);
 }
 
 static void c_lora_lin_b(const dl_ctx *c, int64_t M, int64_t in, int64_t out, int64_t r, float sc, const float *x,
-                         const float *W, const float *A, const float *B, const float *h, const float *dy, float *dh,
-                         float *dx, float *dA, float *dB)
+                         const void *W, dl_dtype wdt, const float *A, const float *B, const float *h, const float *dy,
+                         float *dh, float *dx, float *dA, float *dB)
 {
     g_calls[OP_LORA_LIN_B]++;
-    dl_backend_cpu.lora_linear_backward(c, M, in, out, r, sc, x, W, A, B, h, dy, dh, dx, dA, dB);
+    dl_backend_cpu.lora_linear_backward(c, M, in, out, r, sc, x, W, wdt, A, B, h, dy, dh, dx, dA, dB);
 }
 static void c_lora_conv_f(const dl_ctx *c, const dl_conv2d_shape *s, int64_t r, float sc, const float *x,
-                          const float *W, const float *b, const float *A, const float *B, float *h, float *y)
+                          const void *W, dl_dtype wdt, const float *b, const float *A, const float *B, float *h,
+                          float *y)
 {
     g_calls[OP_LORA_CONV_F]++;
     if (g_poison == 2)
         memset(y, 0, sizeof(float) * (size_t)s->N * dl_conv2d_out_h(s) * dl_conv2d_out_w(s) * (size_t)s->Cout);
-    else dl_backend_cpu.lora_conv_forward(c, s, r, sc, x, W, b, A, B, h, y);
+    else dl_backend_cpu.lora_conv_forward(c, s, r, sc, x, W, wdt, b, A, B, h, y);
 }
 
 static dl_backend counting_backend(void)

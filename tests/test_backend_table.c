@@ -443,7 +443,7 @@ typedef struct lin_fd {
 static void lin_fwd(tgt *t, const void *ud)
 {
     const lin_fd *a = ud;
-    t->be->linear_forward(&t->ctx, a->M, a->in, a->out, a->x, a->w, a->b, a->y);
+    t->be->linear_forward(&t->ctx, a->M, a->in, a->out, a->x, a->w, DL_F32, a->b, a->y);
 }
 static void run_linear(tgt *t, const tcase *c)
 {
@@ -452,16 +452,16 @@ static void run_linear(tgt *t, const tcase *c)
     float *dx_x = t_in(t, x, M * in), *dx_w = t_in(t, w, out * in), *d_b = nulls(c) ? NULL : t_in(t, b, out);
     if (!strcmp(c->entry, "linear_forward")) {
         float *y = hnew(M * out), *d_y = t_out(t, M * out);
-        REF.linear_forward(cpu(), M, in, out, x, w, nulls(c) ? NULL : b, y);
-        CALL(t, t->be->linear_forward(&t->ctx, M, in, out, dx_x, dx_w, d_b, d_y));
+        REF.linear_forward(cpu(), M, in, out, x, w, DL_F32, nulls(c) ? NULL : b, y);
+        CALL(t, t->be->linear_forward(&t->ctx, M, in, out, dx_x, dx_w, DL_F32, d_b, d_y));
         t_expect(t, "y", d_y, y, M * out);
         return;
     }
     float *dy = hrand(M * out, 4, -1, 1), *d_dy = t_in(t, dy, M * out);
     float *gx = hnew(M * in), *gw = hnew(out * in), *gb = hnew(out);
     float *d_gx = nulls(c) ? NULL : t_out(t, M * in), *d_gw = t_out(t, out * in), *d_gb = nulls(c) ? NULL : t_out(t, out);
-    REF.linear_backward(cpu(), M, in, out, x, w, dy, gx, gw, gb);
-    CALL(t, t->be->linear_backward(&t->ctx, M, in, out, dx_x, dx_w, d_dy, d_gx, d_gw, d_gb));
+    REF.linear_backward(cpu(), M, in, out, x, w, DL_F32, dy, gx, gw, gb);
+    CALL(t, t->be->linear_backward(&t->ctx, M, in, out, dx_x, dx_w, DL_F32, d_dy, d_gx, d_gw, d_gb));
     if (d_gx) t_expect(t, "dx", d_gx, gx, M * in);
     t_expect(t, "dw", d_gw, gw, out * in);
     if (d_gb) t_expect(t, "db", d_gb, gb, out);
@@ -491,7 +491,7 @@ typedef struct conv_fd {
 static void conv_fwd(tgt *t, const void *ud)
 {
     const conv_fd *a = ud;
-    t->be->conv2d_forward(&t->ctx, &a->s, a->x, a->w, a->b, a->y);
+    t->be->conv2d_forward(&t->ctx, &a->s, a->x, a->w, DL_F32, a->b, a->y);
 }
 static void run_conv(tgt *t, const tcase *c)
 {
@@ -502,16 +502,16 @@ static void run_conv(tgt *t, const tcase *c)
     float *d_x = t_in(t, x, nx), *d_w = t_in(t, w, nw), *d_b = nulls(c) ? NULL : t_in(t, b, s.Cout);
     if (!strcmp(c->entry, "conv2d_forward")) {
         float *y = hnew(ny), *d_y = t_out(t, ny);
-        REF.conv2d_forward(cpu(), &s, x, w, nulls(c) ? NULL : b, y);
-        CALL(t, t->be->conv2d_forward(&t->ctx, &s, d_x, d_w, d_b, d_y));
+        REF.conv2d_forward(cpu(), &s, x, w, DL_F32, nulls(c) ? NULL : b, y);
+        CALL(t, t->be->conv2d_forward(&t->ctx, &s, d_x, d_w, DL_F32, d_b, d_y));
         t_expect(t, "y", d_y, y, ny);
         return;
     }
     float *dy = hrand(ny, 14, -1, 1), *d_dy = t_in(t, dy, ny);
     float *gx = hnew(nx), *gw = hnew(nw), *gb = hnew(s.Cout);
     float *d_gx = t_out(t, nx), *d_gw = nulls(c) ? NULL : t_out(t, nw), *d_gb = nulls(c) ? NULL : t_out(t, s.Cout);
-    REF.conv2d_backward(cpu(), &s, x, w, dy, gx, gw, gb);
-    CALL(t, t->be->conv2d_backward(&t->ctx, &s, d_x, d_w, d_dy, d_gx, d_gw, d_gb));
+    REF.conv2d_backward(cpu(), &s, x, w, DL_F32, dy, gx, gw, gb);
+    CALL(t, t->be->conv2d_backward(&t->ctx, &s, d_x, d_w, DL_F32, d_dy, d_gx, d_gw, d_gb));
     t_expect(t, "dx", d_gx, gx, nx);
     if (d_gw) t_expect(t, "dw", d_gw, gw, nw);
     if (d_gb) t_expect(t, "db", d_gb, gb, s.Cout);
@@ -1009,7 +1009,7 @@ typedef struct ll_fd {
 static void ll_fwd(tgt *t, const void *ud)
 {
     const ll_fd *a = ud;
-    t->be->lora_linear_forward(&t->ctx, a->M, a->in, a->out, a->r, a->s, a->x, a->W, NULL, a->A, a->B, a->h, a->y);
+    t->be->lora_linear_forward(&t->ctx, a->M, a->in, a->out, a->r, a->s, a->x, a->W, DL_F32, NULL, a->A, a->B, a->h, a->y);
 }
 static void run_lora_linear(tgt *t, const tcase *c)
 {
@@ -1018,20 +1018,20 @@ static void run_lora_linear(tgt *t, const tcase *c)
     float *x = hrand(M * in, 171, -1, 1), *W = hrand(out * in, 172, -0.3f, 0.3f), *b = hrand(out, 173, -1, 1),
           *A = hrand(r * in, 174, -0.3f, 0.3f), *B = hrand(out * r, 175, -0.3f, 0.3f);
     float *h = hnew(M * r), *y = hnew(M * out);
-    REF.lora_linear_forward(cpu(), M, in, out, r, s, x, W, nulls(c) ? NULL : b, A, B, h, y);
+    REF.lora_linear_forward(cpu(), M, in, out, r, s, x, W, DL_F32, nulls(c) ? NULL : b, A, B, h, y);
     float *d_x = t_in(t, x, M * in), *d_W = t_in(t, W, out * in), *d_A = t_in(t, A, r * in), *d_B = t_in(t, B, out * r);
     if (!strcmp(c->entry, "lora_linear_forward")) {
         float *d_b = nulls(c) ? NULL : t_in(t, b, out), *d_h = t_out(t, M * r), *d_y = t_out(t, M * out);
-        CALL(t, t->be->lora_linear_forward(&t->ctx, M, in, out, r, s, d_x, d_W, d_b, d_A, d_B, d_h, d_y));
+        CALL(t, t->be->lora_linear_forward(&t->ctx, M, in, out, r, s, d_x, d_W, DL_F32, d_b, d_A, d_B, d_h, d_y));
         t_expect(t, "h", d_h, h, M * r);
         t_expect(t, "y", d_y, y, M * out);
         return;
     }
     float *dy = hrand(M * out, 176, -1, 1), *dh = hnew(M * r), *gx = hnew(M * in), *gA = hnew(r * in), *gB = hnew(out * r);
-    REF.lora_linear_backward(cpu(), M, in, out, r, s, x, W, A, B, h, dy, dh, gx, gA, gB);
+    REF.lora_linear_backward(cpu(), M, in, out, r, s, x, W, DL_F32, A, B, h, dy, dh, gx, gA, gB);
     float *d_h = t_in(t, h, M * r), *d_dy = t_in(t, dy, M * out), *d_dh = t_out(t, M * r);
     float *d_gx = nulls(c) ? NULL : t_out(t, M * in), *d_gA = nulls(c) ? NULL : t_out(t, r * in), *d_gB = t_out(t, out * r);
-    CALL(t, t->be->lora_linear_backward(&t->ctx, M, in, out, r, s, d_x, d_W, d_A, d_B, d_h, d_dy, d_dh, d_gx, d_gA, d_gB));
+    CALL(t, t->be->lora_linear_backward(&t->ctx, M, in, out, r, s, d_x, d_W, DL_F32, d_A, d_B, d_h, d_dy, d_dh, d_gx, d_gA, d_gB));
     t_expect(t, "dh", d_dh, dh, M * r);
     if (d_gx) t_expect(t, "dx", d_gx, gx, M * in);
     if (d_gA) t_expect(t, "dA", d_gA, gA, r * in);
@@ -1057,7 +1057,7 @@ typedef struct lc_fd {
 static void lc_fwd(tgt *t, const void *ud)
 {
     const lc_fd *a = ud;
-    t->be->lora_conv_forward(&t->ctx, &a->s, a->r, a->sc, a->x, a->W, NULL, a->A, a->B, a->h, a->y);
+    t->be->lora_conv_forward(&t->ctx, &a->s, a->r, a->sc, a->x, a->W, DL_F32, NULL, a->A, a->B, a->h, a->y);
 }
 static void run_lora_conv(tgt *t, const tcase *c)
 {
@@ -1070,20 +1070,20 @@ static void run_lora_conv(tgt *t, const tcase *c)
     float *x = hrand(nx, 181, -1, 1), *W = hrand(nw, 182, -0.3f, 0.3f), *b = hrand(s.Cout, 183, -1, 1),
           *A = hrand(na, 184, -0.3f, 0.3f), *B = hrand(nb, 185, -0.3f, 0.3f);
     float *h = hnew(nh), *y = hnew(ny);
-    REF.lora_conv_forward(cpu(), &s, r, sc, x, W, nulls(c) ? NULL : b, A, B, h, y);
+    REF.lora_conv_forward(cpu(), &s, r, sc, x, W, DL_F32, nulls(c) ? NULL : b, A, B, h, y);
     float *d_x = t_in(t, x, nx), *d_W = t_in(t, W, nw), *d_A = t_in(t, A, na), *d_B = t_in(t, B, nb);
     if (!strcmp(c->entry, "lora_conv_forward")) {
         float *d_b = nulls(c) ? NULL : t_in(t, b, s.Cout), *d_h = t_out(t, nh), *d_y = t_out(t, ny);
-        CALL(t, t->be->lora_conv_forward(&t->ctx, &s, r, sc, d_x, d_W, d_b, d_A, d_B, d_h, d_y));
+        CALL(t, t->be->lora_conv_forward(&t->ctx, &s, r, sc, d_x, d_W, DL_F32, d_b, d_A, d_B, d_h, d_y));
         t_expect(t, "h", d_h, h, nh);
         t_expect(t, "y", d_y, y, ny);
         return;
     }
     float *dy = hrand(ny, 186, -1, 1), *dh = hnew(nh), *dxs = hnew(nx), *gx = hnew(nx), *gA = hnew(na), *gB = hnew(nb);
-    REF.lora_conv_backward(cpu(), &s, r, sc, x, W, A, B, h, dy, dh, dxs, gx, gA, gB);
+    REF.lora_conv_backward(cpu(), &s, r, sc, x, W, DL_F32, A, B, h, dy, dh, dxs, gx, gA, gB);
     float *d_h = t_in(t, h, nh), *d_dy = t_in(t, dy, ny), *d_dh = t_out(t, nh), *d_dxs = t_out(t, nx);
     float *d_gx = nulls(c) ? NULL : t_out(t, nx), *d_gA = t_out(t, na), *d_gB = nulls(c) ? NULL : t_out(t, nb);
-    CALL(t, t->be->lora_conv_backward(&t->ctx, &s, r, sc, d_x, d_W, d_A, d_B, d_h, d_dy, d_dh, d_dxs, d_gx, d_gA,
+    CALL(t, t->be->lora_conv_backward(&t->ctx, &s, r, sc, d_x, d_W, DL_F32, d_A, d_B, d_h, d_dy, d_dh, d_dxs, d_gx, d_gA,
                                       d_gB));
     t_expect(t, "dh", d_dh, dh, nh);
     if (d_gx) t_expect(t, "dx", d_gx, gx, nx);
@@ -1349,7 +1349,7 @@ Test(backend_table, sticky_error_surfaces_at_synchronize)
         const dl_conv2d_shape bad = dl_conv2d_shape_make(1, 3, 3, 2, 2, 5, 1, 0); /* 5x5 filter on 3x3 */
         float *x = t_out(t, 18), *w = t_out(t, 100), *y = t_out(t, 18);
         cr_assert_eq(t->be->synchronize(&t->ctx), DL_OK);
-        t->be->conv2d_forward(&t->ctx, &bad, x, w, NULL, y);
+        t->be->conv2d_forward(&t->ctx, &bad, x, w, DL_F32, NULL, y);
         t->be->act_forward(&t->ctx, DL_ACT_SILU, 18, x, y); /* not run */
         cr_expect_eq(t->be->synchronize(&t->ctx), DL_ERR, "%s: the error did not surface", t->name);
         const char *m = dl_error_msg();

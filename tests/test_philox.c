@@ -127,7 +127,7 @@ static void draw_nv(dl_philox_rng *g, int n, int C, int h, int w, float *tmp, fl
 Test(philox, pipeline_nv_ancestral_noise_order)
 {
     dl_sd *sd = NULL;
-    cr_assert_eq(dl_sd_open(&sd, tu_path("tests/golden/tiny_pipe"), NULL, tu_ctx()), DL_OK, "%s", dl_error_msg());
+    cr_assert_eq(dl_sd_open(&sd, tu_path("tests/golden/tiny_pipe"), NULL, tu_ctx(), 1), DL_OK, "%s", dl_error_msg());
     const int n = 2, h = 8, w = 8, C = dl_sd_latent_channels(sd), D = dl_sd_hidden(sd);
     const size_t per = (size_t)C * h * w, nx = per * n;
     const uint64_t seeds[2] = {7, 8};

@@ -28,7 +28,7 @@
 static dl_sd *open_tiny(void)
 {
     dl_sd *sd = NULL;
-    cr_assert_eq(dl_sd_open(&sd, tu_path("tests/golden/tiny_pipe"), NULL, tu_ctx()), DL_OK, "%s", dl_error_msg());
+    cr_assert_eq(dl_sd_open(&sd, tu_path("tests/golden/tiny_pipe"), NULL, tu_ctx(), 1), DL_OK, "%s", dl_error_msg());
     return sd;
 }
 
@@ -193,7 +193,7 @@ Test(sample, a1111_emphasis_embeddings)
 Test(sample, v_prediction_matches_diffusers)
 {
     dl_sd *sd = NULL;
-    cr_assert_eq(dl_sd_open(&sd, tu_path("tests/golden/tiny_pipe_v"), NULL, tu_ctx()), DL_OK, "%s", dl_error_msg());
+    cr_assert_eq(dl_sd_open(&sd, tu_path("tests/golden/tiny_pipe_v"), NULL, tu_ctx(), 1), DL_OK, "%s", dl_error_msg());
     cr_assert_eq(dl_sd_v_prediction(sd), 1);
     const char *names[] = {"euler", "dpmpp_2m", "ddim"};
     for (int i = 0; i < 3; i++) {

@@ -111,7 +111,7 @@ static void sample_on(const dl_backend *be, const char *lora, uint8_t *px)
     dl_ctx ctx;
     cr_assert_eq(dl_ctx_init_backend(&ctx, 2, be), DL_OK, "%s", dl_error_msg());
     dl_sd *sd;
-    cr_assert_eq(dl_sd_open(&sd, tu_path("tests/golden/tiny_pipe"), NULL, &ctx), DL_OK, "%s", dl_error_msg());
+    cr_assert_eq(dl_sd_open(&sd, tu_path("tests/golden/tiny_pipe"), NULL, &ctx, 1), DL_OK, "%s", dl_error_msg());
     cr_assert_eq(dl_sd_lora_add(sd, lora, 1.0f, 1.0f, 0), DL_OK, "%s", dl_error_msg());
     dl_gen_params p;
     dl_gen_params_default(&p);

@@ -38,6 +38,8 @@ extern "C" {
 typedef struct dl_backend {
     const char *name;  /* "cpu", "cuda" */
     int device_memory; /* nonzero: tensors live in the backend's own memory, not host memory */
+    unsigned weight_dtypes; /* bits 1u << DL_F16 / DL_BF16: linear/conv weights it computes from
+                               in that type (see "Weights" below); 0: fp32 weights only */
 
     /* ---- the backend's state, memory and ordering --------------------------------------------
      * open: sets up ctx->be_state (device, stream, workspace) for dl_ctx_init_backend; DL_OK or
@@ -66,17 +68,23 @@ typedef struct dl_backend {
      * before its first step. */
     int (*mem_info)(const dl_ctx *ctx, size_t *free_bytes, size_t *total_bytes);
 
+    /* Weights of linear and conv layers (w, and W of the LoRA entries) carry their element type
+     * wdt: DL_F32 always, and the types whose bit (1u << dt) is set in weight_dtypes (frozen
+     * weights kept in the checkpoint's fp16 / bf16: half the memory, no conversion at load).
+     * Every other tensor is fp32. A weight gradient (dw) needs wdt == DL_F32; lora_merge and
+     * lora_unmerge take fp32 weights only. */
+
     /* linear.h: y[M,out] = x[M,in] w^T + b; gradients dx, dw, db */
     void (*linear_forward)(const dl_ctx *ctx, int64_t M, int64_t in, int64_t out, const float *x,
-                           const float *w, const float *b, float *y);
+                           const void *w, dl_dtype wdt, const float *b, float *y);
     void (*linear_backward)(const dl_ctx *ctx, int64_t M, int64_t in, int64_t out, const float *x,
-                            const float *w, const float *dy, float *dx, float *dw, float *db);
+                            const void *w, dl_dtype wdt, const float *dy, float *dx, float *dw, float *db);
 
     /* conv2d.h: channels-last convolution x [N,H,W,Cin] * w [Cout,k,k,Cin] -> y [N,Ho,Wo,Cout] */
     void (*conv2d_forward)(const dl_ctx *ctx, const dl_conv2d_shape *s, const float *x,
-                           const float *w, const float *b, float *y);
+                           const void *w, dl_dtype wdt, const float *b, float *y);
     void (*conv2d_backward)(const dl_ctx *ctx, const dl_conv2d_shape *s, const float *x,
-                            const float *w, const float *dy, float *dx, float *dw, float *db);
+                            const void *w, dl_dtype wdt, const float *dy, float *dx, float *dw, float *db);
 
     /* groupnorm.h: x [N,HW,C], G groups, optional fused SiLU; saves mean, rstd [N,G] */
     void (*groupnorm_forward)(const dl_ctx *ctx, dl_groupnorm_shape s, const float *x,
@@ -161,17 +169,17 @@ typedef struct dl_backend {
 
     /* lora.h: LoRA on a frozen linear / kxk conv (LoCon), and merge / unmerge into W */
     void (*lora_linear_forward)(const dl_ctx *ctx, int64_t M, int64_t in, int64_t out, int64_t r,
-                                float s, const float *x, const float *W, const float *b,
+                                float s, const float *x, const void *W, dl_dtype wdt, const float *b,
                                 const float *A, const float *B, float *h, float *y);
     void (*lora_linear_backward)(const dl_ctx *ctx, int64_t M, int64_t in, int64_t out, int64_t r,
-                                 float s, const float *x, const float *W, const float *A,
+                                 float s, const float *x, const void *W, dl_dtype wdt, const float *A,
                                  const float *B, const float *h, const float *dy, float *dh,
                                  float *dx, float *dA, float *dB);
     void (*lora_conv_forward)(const dl_ctx *ctx, const dl_conv2d_shape *s, int64_t r, float scale,
-                              const float *x, const float *W, const float *b, const float *A,
+                              const float *x, const void *W, dl_dtype wdt, const float *b, const float *A,
                               const float *B, float *h, float *y);
     void (*lora_conv_backward)(const dl_ctx *ctx, const dl_conv2d_shape *s, int64_t r, float scale,
-                               const float *x, const float *W, const float *A, const float *B,
+                               const float *x, const void *W, dl_dtype wdt, const float *A, const float *B,
                                const float *h, const float *dy, float *dh, float *dx_scratch,
                                float *dx, float *dA, float *dB);
     void (*lora_merge)(const dl_ctx *ctx, int64_t out, int64_t K, int64_t r, float s,

@@ -72,6 +72,18 @@ static int chk(cu_state *st, const char *entry, dl_dev_status rc)
     }
     return 1;
 }
+/* Weights other than fp32 are not taken (weight_dtypes 0: the loaders convert to fp32): 1 and a
+ * sticky error if wdt is another type. */
+static int bad_wdt(cu_state *st, const char *entry, dl_dtype wdt)
+{
+    if (wdt == DL_F32) return 0;
+    if (!st->failed) {
+        st->failed = 1;
+        snprintf(st->err, sizeof st->err, "cuda backend: %s: %s weights are not supported (fp32 only)", entry,
+                 dl_dtype_name(wdt));
+    }
+    return 1;
+}
 /* DL_ERR with the sticky message when an earlier op failed, else DL_OK. */
 static int sticky(const cu_state *st)
 {
@@ -283,18 +295,22 @@ static void cu_describe(const dl_ctx *ctx, char *buf, size_t cap)
 }
 
 /* ---- linear ------------------------------------------------------------------------------------ */
-static void cu_linear_forward(const dl_ctx *ctx, int64_t M, int64_t in, int64_t out, const float *x, const float *w,
-                              const float *b, float *y)
+static void cu_linear_forward(const dl_ctx *ctx, int64_t M, int64_t in, int64_t out, const float *x, const void *wv,
+                              dl_dtype wdt, const float *b, float *y)
 {
     cu_state *st = ST(ctx);
+    const float *w = wv;
+    if (bad_wdt(st, "linear_forward", wdt)) return;
     // y [M, out] = x [M, in] · w [out, in]ᵀ + b (bias epilogue)
     rm_gemm_b(st, "linear_forward", 0, 1, M, out, in, 1.0f, x, in, w, in, 0.0f, y, out, b, (rm_batch){1, 0, 0, 0});
 }
-static void cu_linear_backward(const dl_ctx *ctx, int64_t M, int64_t in, int64_t out, const float *x, const float *w,
-                               const float *dy, float *dx, float *dw, float *db)
+static void cu_linear_backward(const dl_ctx *ctx, int64_t M, int64_t in, int64_t out, const float *x, const void *wv,
+                               dl_dtype wdt, const float *dy, float *dx, float *dw, float *db)
 {
     cu_state *st = ST(ctx);
     const char *e = "linear_backward";
+    const float *w = wv;
+    if (bad_wdt(st, e, wdt)) return;
     if (dx) rm_gemm(st, e, 0, 0, M, in, out, 1.0f, dy, out, w, in, 0.0f, dx, in); // dx [M, in] = dy · w
     if (dw) rm_gemm(st, e, 1, 0, out, in, M, 1.0f, dy, out, x, in, 0.0f, dw, in); // dw [out, in] = dyᵀ · x
     if (db) bias_grad(st, e, M, out, dy, db);                                     // db [out] = dyᵀ · 1
@@ -398,22 +414,26 @@ static int64_t conv_rows(const dl_conv2d_shape *s)
     return (int64_t)s->N * dl_conv2d_out_h(s) * dl_conv2d_out_w(s);
 }
 
-static void cu_conv2d_forward(const dl_ctx *ctx, const dl_conv2d_shape *s, const float *x, const float *w,
-                              const float *b, float *y)
+static void cu_conv2d_forward(const dl_ctx *ctx, const dl_conv2d_shape *s, const float *x, const void *wv,
+                              dl_dtype wdt, const float *b, float *y)
 {
     cu_state *st = ST(ctx);
     const char *e = "conv2d_forward";
+    const float *w = wv;
+    if (bad_wdt(st, e, wdt)) return;
     const conv_view v = conv_make(s, s->Cout);
     const float *xin = conv_input(st, e, s, &v, x);
     if (!xin) return;
     conv_fwd(st, e, &v, xin, w, 0.0f, y); // y [N, Ho, Wo, Cout]
     if (b && !st->failed) chk(st, e, dl_dev_add_bcast_forward(st->dev, st->s, DL_F32, 1, conv_rows(s), s->Cout, 0, y, b, y));
 }
-static void cu_conv2d_backward(const dl_ctx *ctx, const dl_conv2d_shape *s, const float *x, const float *w,
-                               const float *dy, float *dx, float *dw, float *db)
+static void cu_conv2d_backward(const dl_ctx *ctx, const dl_conv2d_shape *s, const float *x, const void *wv,
+                               dl_dtype wdt, const float *dy, float *dx, float *dw, float *db)
 {
     cu_state *st = ST(ctx);
     const char *e = "conv2d_backward";
+    const float *w = wv;
+    if (bad_wdt(st, e, wdt)) return;
     const conv_view v = conv_make(s, s->Cout);
     if (dx) {
         float *dxp = conv_dx_target(st, e, &v, dx);
@@ -667,21 +687,25 @@ static void cu_scale_by(const dl_ctx *ctx, int64_t n, const float *coef, float *
 
 /* ---- LoRA (lora.h), composed of GEMMs and convolutions ----------------------------------------- */
 static void cu_lora_linear_forward(const dl_ctx *ctx, int64_t M, int64_t in, int64_t out, int64_t r, float s,
-                                   const float *x, const float *W, const float *b, const float *A, const float *B,
-                                   float *h, float *y)
+                                   const float *x, const void *Wv, dl_dtype wdt, const float *b, const float *A,
+                                   const float *B, float *h, float *y)
 {
     cu_state *st = ST(ctx);
     const char *e = "lora_linear_forward";
+    const float *W = Wv;
+    if (bad_wdt(st, e, wdt)) return;
     rm_gemm(st, e, 0, 1, M, r, in, 1.0f, x, in, A, in, 0.0f, h, r);                                 // h = x Aᵀ [M, r]
     rm_gemm_b(st, e, 0, 1, M, out, in, 1.0f, x, in, W, in, 0.0f, y, out, b, (rm_batch){1, 0, 0, 0}); // y = x Wᵀ + b
     rm_gemm(st, e, 0, 1, M, out, r, s, h, r, B, r, 1.0f, y, out);                                   // y += s h Bᵀ
 }
 static void cu_lora_linear_backward(const dl_ctx *ctx, int64_t M, int64_t in, int64_t out, int64_t r, float s,
-                                    const float *x, const float *W, const float *A, const float *B, const float *h,
-                                    const float *dy, float *dh, float *dx, float *dA, float *dB)
+                                    const float *x, const void *Wv, dl_dtype wdt, const float *A, const float *B,
+                                    const float *h, const float *dy, float *dh, float *dx, float *dA, float *dB)
 {
     cu_state *st = ST(ctx);
     const char *e = "lora_linear_backward";
+    const float *W = Wv;
+    if (bad_wdt(st, e, wdt)) return;
     rm_gemm(st, e, 0, 0, M, r, out, s, dy, out, B, r, 0.0f, dh, r);          // dh = s dy B     [M, r]
     if (dB) rm_gemm(st, e, 1, 0, out, r, M, s, dy, out, h, r, 0.0f, dB, r);   // dB = s dyᵀ h    [out, r]
     if (dA) rm_gemm(st, e, 1, 0, r, in, M, 1.0f, dh, r, x, in, 0.0f, dA, in); // dA = dhᵀ x      [r, in]
@@ -691,10 +715,13 @@ static void cu_lora_linear_backward(const dl_ctx *ctx, int64_t M, int64_t in, in
     }
 }
 static void cu_lora_conv_forward(const dl_ctx *ctx, const dl_conv2d_shape *s, int64_t r, float scale, const float *x,
-                                 const float *W, const float *b, const float *A, const float *B, float *h, float *y)
+                                 const void *Wv, dl_dtype wdt, const float *b, const float *A, const float *B, float *h,
+                                 float *y)
 {
     cu_state *st = ST(ctx);
     const char *e = "lora_conv_forward";
+    const float *W = Wv;
+    if (bad_wdt(st, e, wdt)) return;
     const conv_view vb = conv_make(s, s->Cout), va = conv_make(s, (int)r);
     const float *xin = conv_input(st, e, s, &vb, x); // padded once for both convolutions
     if (!xin) return;
@@ -707,11 +734,13 @@ static void cu_lora_conv_forward(const dl_ctx *ctx, const dl_conv2d_shape *s, in
 /* dx_scratch is not used: the LoRA branch's input gradient is accumulated into dx (or its padded
  * form) by the convolution's beta = 1. */
 static void cu_lora_conv_backward(const dl_ctx *ctx, const dl_conv2d_shape *s, int64_t r, float scale, const float *x,
-                                  const float *W, const float *A, const float *B, const float *h, const float *dy,
-                                  float *dh, float *dx_scratch, float *dx, float *dA, float *dB)
+                                  const void *Wv, dl_dtype wdt, const float *A, const float *B, const float *h,
+                                  const float *dy, float *dh, float *dx_scratch, float *dx, float *dA, float *dB)
 {
     cu_state *st = ST(ctx);
     const char *e = "lora_conv_backward";
+    const float *W = Wv;
+    if (bad_wdt(st, e, wdt)) return;
     (void)dx_scratch;
     const conv_view vb = conv_make(s, s->Cout), va = conv_make(s, (int)r);
     const int64_t M = conv_rows(s), Cout = s->Cout;

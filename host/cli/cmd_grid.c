@@ -308,7 +308,7 @@ int dl_cmd_grid(int argc, char **argv, FILE *out)
         goto done;
     }
     if (dl_cli_ctx_init(&ctx, "grid", a.threads, a.backend) != 0) goto done;
-    if (dl_sa_open_model(&a, &ctx, &sd) != 0) goto done;
+    if (dl_sa_open_model(&a, &ctx, &sd, has_lora_axis || a.n_loras > 0) != 0) goto done;
     const char *ylab[MAX_VALUES] = {0};
     for (int j = 0; j < ay.n; j++) ylab[j] = ay.kind ? ay.label[j] : NULL;
     if (dl_grid_create(&grid, ax.n, ay.n, a.gp.width, a.gp.height, (const char *const *)ax.label, ylab) != DL_OK) {

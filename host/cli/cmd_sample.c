@@ -67,7 +67,7 @@ int dl_cmd_sample(int argc, char **argv, FILE *out)
     int hashing = start_model_hash(&a, &job); /* overlaps loading and sampling */
     if (dl_cli_ctx_init(&ctx, "sample", a.threads, a.backend) != 0) goto done;
     double t0 = dl_now_seconds();
-    if (dl_sa_open_model(&a, &ctx, &sd) != 0) goto done;
+    if (dl_sa_open_model(&a, &ctx, &sd, a.n_loras > 0) != 0) goto done;
     dl_phases_add(&ph, "load", dl_now_seconds() - t0);
     t0 = dl_now_seconds();
     if (dl_sa_merge(&a, sd, a.loras, a.n_loras) != 0) goto done;

@@ -349,9 +349,9 @@ int dl_sa_merge(dl_sample_args *a, dl_sd *sd, const dl_sa_lora *l, int n)
     return 0;
 }
 
-int dl_sa_open_model(dl_sample_args *a, const dl_ctx *ctx, dl_sd **sd)
+int dl_sa_open_model(dl_sample_args *a, const dl_ctx *ctx, dl_sd **sd, int merge_loras)
 {
-    if (dl_sd_open(sd, a->model, a->tokenizer, ctx) != DL_OK) {
+    if (dl_sd_open(sd, a->model, a->tokenizer, ctx, merge_loras) != DL_OK) {
         fprintf(stderr, "danlu %s: %s\n", a->cmd, dl_error_msg());
         return -1;
     }

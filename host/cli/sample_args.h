@@ -63,7 +63,7 @@ char *dl_sa_resolve_lora(const dl_sample_args *a, const char *name);
 void dl_sa_free(dl_sample_args *a);
 
 /* Open the model and merge the LoRAs of a (plus extra ones, may be NULL/0). Prints errors. */
-int dl_sa_open_model(dl_sample_args *a, const dl_ctx *ctx, dl_sd **sd);
+int dl_sa_open_model(dl_sample_args *a, const dl_ctx *ctx, dl_sd **sd, int merge_loras);
 /* Merge LoRAs into sd. Prints errors. */
 int dl_sa_merge(dl_sample_args *a, dl_sd *sd, const dl_sa_lora *l, int n);
 

@@ -415,7 +415,7 @@ void dl_lora_net_detach(dl_lora_net *net, dl_unet *u, dl_clip *te)
 
 static void merge_one(const dl_ctx *ctx, dl_lora_module *m, dl_linear *lin, dl_conv *conv, float sign)
 {
-    float *W = lin ? lin->w : conv->w; // [out, k, k, in]
+    float *W = lin ? lin->w : conv->w; // [out, k, k, in], fp32 (dl_lora_net_merge checked)
     const int64_t K = (int64_t)m->k * m->k * m->in;
     if (sign > 0) dl_be(ctx)->lora_merge(ctx, m->out, K, m->lora.r, m->lora.scale, m->lora.A, m->lora.B, W);
     else dl_be(ctx)->lora_unmerge(ctx, m->out, K, m->lora.r, m->lora.scale, m->lora.A, m->lora.B, W);
@@ -430,6 +430,10 @@ int dl_lora_net_merge(const dl_ctx *ctx, dl_lora_net *net, dl_unet *u, dl_clip *
         dl_linear *lin;
         dl_conv *conv;
         DL_ASSERT(resolve(m, u, te, &lin, &conv) == DL_OK);
+        const dl_dtype wdt = lin ? lin->wdt : conv->wdt;
+        if (wdt != DL_F32)
+            return dl_error_set("cannot merge a LoRA into %s: its weights are kept as %s (merging needs a model "
+                                "loaded with fp32 weights)", lin ? lin->name : conv->name, dl_dtype_name(wdt));
         merge_one(ctx, m, lin, conv, 1.0f);
         m->lora.merged = 1;
     }

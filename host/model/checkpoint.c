@@ -775,11 +775,12 @@ void dl_ckpt_set_pool(dl_checkpoint *ck, dl_pool *pool) { ck->pool = pool; }
 /* Conversion of one tensor to fp32, split over the checkpoint's pool: plain (dst = src) or, for
  * conv weights, transposed from [Cout, Cin, kh*kw] to [Cout, kh*kw, Cin]. */
 typedef struct convert_job {
-    float *dst;
+    void *dst;
     const char *src;
     dl_dtype t;
     size_t es;      /* source element size */
     int cin, khw;   /* conv: transpose rows of cin * khw */
+    int keep;       /* 1: dst has the source's type (a copy, no conversion) */
 } convert_job;
 
 enum { CONVERT_GRAIN = 1 << 16, CONVERT_BLOCK = 2048 };
@@ -788,7 +789,8 @@ static void convert_range(void *arg, int64_t b, int64_t e, int tid)
 {
     const convert_job *j = arg;
     (void)tid;
-    dl_convert_to_f32(j->dst + b, j->src + (size_t)b * j->es, j->t, (size_t)(e - b));
+    if (j->keep) memcpy((char *)j->dst + (size_t)b * j->es, j->src + (size_t)b * j->es, (size_t)(e - b) * j->es);
+    else dl_convert_to_f32((float *)j->dst + b, j->src + (size_t)b * j->es, j->t, (size_t)(e - b));
 }
 
 static void convert_conv_rows(void *arg, int64_t b, int64_t e, int tid)
@@ -798,9 +800,19 @@ static void convert_conv_rows(void *arg, int64_t b, int64_t e, int tid)
     float buf[CONVERT_BLOCK];
     const size_t cin = (size_t)j->cin, khw = (size_t)j->khw, n = cin * khw;
     const size_t CI = CONVERT_BLOCK / khw; /* input channels per block (dl_ckpt_load_conv: khw <= 64) */
+    if (j->keep) { /* 16-bit values (fp16 / bf16) moved, not converted */
+        DL_ASSERT(j->es == 2);
+        for (int64_t o = b; o < e; o++) {
+            const uint16_t *src = (const uint16_t *)(const void *)(j->src + (size_t)o * n * 2);
+            uint16_t *dst = (uint16_t *)j->dst + (size_t)o * n;
+            for (size_t i = 0; i < cin; i++)
+                for (size_t yx = 0; yx < khw; yx++) dst[yx * cin + i] = src[i * khw + yx];
+        }
+        return;
+    }
     for (int64_t o = b; o < e; o++) {
         const char *src = j->src + (size_t)o * n * j->es;
-        float *dst = j->dst + (size_t)o * n;
+        float *dst = (float *)j->dst + (size_t)o * n;
         for (size_t i0 = 0; i0 < cin; i0 += CI) { /* [i0, i0 + ci) x khw values, contiguous in src */
             size_t ci = cin - i0 < CI ? cin - i0 : CI;
             dl_convert_to_f32(buf, src + i0 * khw * j->es, j->t, ci * khw);
@@ -821,21 +833,62 @@ static void loaded(dl_checkpoint *ck, const ref *r)
     dl_st_drop_pages(file, r->t);
 }
 
-int dl_ckpt_load(dl_checkpoint *ck, dl_part part, const char *name, int ndim, const int64_t *shape, float *dst)
+int dl_ckpt_dtype(const dl_checkpoint *ck, dl_part part, const char *name, dl_dtype *dt)
 {
     ref r;
     char w[600];
+    int f = resolve(ck, part, name, &r);
+    if (f < 0) return DL_ERR;
+    if (f == 0) return dl_error_set("%s tensor %s not found (%s)", dl_part_name(part), name, where(ck, &r, w, sizeof w));
+    *dt = r.t->dtype;
+    return DL_OK;
+}
+
+dl_dtype dl_ckpt_weight_dtype(const dl_checkpoint *ck, dl_part part, const char *name)
+{
+    dl_dtype dt;
+    if (!ck || !ck->weight_dtypes) return DL_F32;
+    if (dl_ckpt_dtype(ck, part, name, &dt) != DL_OK) {
+        dl_error_clear();
+        return DL_F32;
+    }
+    return (dt == DL_F16 || dt == DL_BF16) && (ck->weight_dtypes & (1u << dt)) ? dt : DL_F32;
+}
+
+/* dst_dt: DL_F32 (converted) or the tensor's own type (copied); anything else is an error. */
+static int keep_type(const dl_checkpoint *ck, dl_part part, const char *name, const ref *r, dl_dtype dst_dt, int *keep)
+{
+    char w[600];
+    *keep = dst_dt != DL_F32;
+    if (*keep && dst_dt != r->t->dtype)
+        return dl_error_set("%s tensor %s (%s): stored as %s, cannot be loaded as %s", dl_part_name(part), name,
+                            where(ck, r, w, sizeof w), dl_dtype_name(r->t->dtype), dl_dtype_name(dst_dt));
+    return DL_OK;
+}
+
+int dl_ckpt_load(dl_checkpoint *ck, dl_part part, const char *name, int ndim, const int64_t *shape, float *dst)
+{
+    return dl_ckpt_load_as(ck, part, name, ndim, shape, dst, DL_F32);
+}
+
+int dl_ckpt_load_as(dl_checkpoint *ck, dl_part part, const char *name, int ndim, const int64_t *shape, void *dst,
+                    dl_dtype dst_dt)
+{
+    ref r;
+    char w[600];
+    int keep;
     DL_TRY(check(ck, part, name, ndim, shape, &r));
     if (!is_float_type(r.t->dtype))
         return dl_error_set("%s tensor %s (%s): dtype %s is not a float type", dl_part_name(part), name,
                             where(ck, &r, w, sizeof w), dl_dtype_name(r.t->dtype));
+    DL_TRY(keep_type(ck, part, name, &r, dst_dt, &keep));
     size_t n = (size_t)dl_st_numel(r.t), es = dl_dtype_size(r.t->dtype);
     const char *src = r.t->data;
     if (r.k.split >= 0) { /* one third of a fused q/k/v */
         n /= 3;
         src += (size_t)r.k.split * n * es;
     }
-    convert_job j = {.dst = dst, .src = src, .t = r.t->dtype, .es = es};
+    convert_job j = {.dst = dst, .src = src, .t = r.t->dtype, .es = es, .keep = keep};
     dl_parallel_for(ck->pool, (int64_t)n, CONVERT_GRAIN, convert_range, &j);
     loaded(ck, &r);
     return DL_OK;
@@ -843,10 +896,17 @@ int dl_ckpt_load(dl_checkpoint *ck, dl_part part, const char *name, int ndim, co
 
 int dl_ckpt_load_conv(dl_checkpoint *ck, dl_part part, const char *name, int cout, int cin, int kh, int kw, float *dst)
 {
+    return dl_ckpt_load_conv_as(ck, part, name, cout, cin, kh, kw, dst, DL_F32);
+}
+
+int dl_ckpt_load_conv_as(dl_checkpoint *ck, dl_part part, const char *name, int cout, int cin, int kh, int kw,
+                         void *dst, dl_dtype dst_dt)
+{
     const int64_t shape[4] = {cout, cin, kh, kw};
-    if (kh == 1 && kw == 1) return dl_ckpt_load(ck, part, name, 4, shape, dst); /* same memory order */
+    if (kh == 1 && kw == 1) return dl_ckpt_load_as(ck, part, name, 4, shape, dst, dst_dt); /* same memory order */
     ref r;
     char w[600];
+    int keep;
     DL_TRY(check(ck, part, name, 4, shape, &r));
     if (!is_float_type(r.t->dtype) || r.k.split >= 0)
         return dl_error_set("%s tensor %s (%s): dtype %s is not a float type", dl_part_name(part), name,
@@ -854,8 +914,9 @@ int dl_ckpt_load_conv(dl_checkpoint *ck, dl_part part, const char *name, int cou
     if (kh * kw > 64)
         return dl_error_set("%s tensor %s (%s): a %dx%d convolution kernel is not supported", dl_part_name(part), name,
                             where(ck, &r, w, sizeof w), kh, kw);
+    DL_TRY(keep_type(ck, part, name, &r, dst_dt, &keep));
     convert_job j = {.dst = dst, .src = r.t->data, .t = r.t->dtype, .es = dl_dtype_size(r.t->dtype), .cin = cin,
-                     .khw = kh * kw};
+                     .khw = kh * kw, .keep = keep};
     int64_t grain = (int64_t)(CONVERT_GRAIN / ((size_t)cin * kh * kw) + 1);
     dl_parallel_for(ck->pool, cout, grain, convert_conv_rows, &j); /* [Cout, Cin, kh, kw] -> [Cout, kh, kw, Cin] */
     loaded(ck, &r);

@@ -68,6 +68,10 @@ typedef struct dl_checkpoint {
     int part_file[DL_PART_COUNT];     /* index into files[] */
     uint8_t *used[DL_PART_COUNT];     /* per file: one flag per tensor, set when it was read */
     struct dl_pool *pool;             /* threads for the fp16/bf16 -> fp32 conversion, or NULL */
+    /* Bits 1u << DL_F16 / DL_BF16: the layer weights (linear and conv) stored in that type are
+     * kept in it by the loaders (the backend computes from them: dl_backend.weight_dtypes), half
+     * the memory of fp32 and no conversion. 0 (dl_ckpt_open's default): every tensor as fp32. */
+    unsigned weight_dtypes;
 } dl_checkpoint;
 
 /* Convert tensors on the threads of pool (NULL: the caller's thread) from now on. */
@@ -91,6 +95,15 @@ int dl_ckpt_shape(const dl_checkpoint *ck, dl_part part, const char *name, int *
  * DL_ERR naming the tensor (and its key in the file) when it is missing, with the expected
  * shape, or when the shape differs, with both shapes. Marks the tensor used. */
 int dl_ckpt_load(dl_checkpoint *ck, dl_part part, const char *name, int ndim, const int64_t *shape, float *dst);
+/* dl_ckpt_load into dst of type dst_dt: DL_F32 (converted), or the tensor's own type (copied;
+ * another type is DL_ERR naming both). */
+int dl_ckpt_load_as(dl_checkpoint *ck, dl_part part, const char *name, int ndim, const int64_t *shape, void *dst,
+                    dl_dtype dst_dt);
+/* The stored element type of a tensor (DL_ERR naming it if missing). */
+int dl_ckpt_dtype(const dl_checkpoint *ck, dl_part part, const char *name, dl_dtype *dt);
+/* The type a layer weight is kept in: its stored type when that is fp16 / bf16 and set in
+ * ck->weight_dtypes, else DL_F32 (also for a missing tensor: the load reports it). */
+dl_dtype dl_ckpt_weight_dtype(const dl_checkpoint *ck, dl_part part, const char *name);
 /* What dl_ckpt_load checks, without reading: the tensor is there with shape (ndim, shape);
  * the same DL_ERR messages. Does not mark the tensor used (a measuring load calls this). */
 int dl_ckpt_check(const dl_checkpoint *ck, dl_part part, const char *name, int ndim, const int64_t *shape);
@@ -98,6 +111,9 @@ int dl_ckpt_check(const dl_checkpoint *ck, dl_part part, const char *name, int n
  * errors as dl_ckpt_load (shapes named in the file's OIHW order). */
 int dl_ckpt_load_conv(dl_checkpoint *ck, dl_part part, const char *name, int cout, int cin, int kh, int kw,
                       float *dst);
+/* dl_ckpt_load_conv into dst of type dst_dt (as dl_ckpt_load_as). */
+int dl_ckpt_load_conv_as(dl_checkpoint *ck, dl_part part, const char *name, int cout, int cin, int kh, int kw,
+                         void *dst, dl_dtype dst_dt);
 
 /* Keys of the files that were never read, as "<file label>: <key>", malloc'd array of malloc'd
  * strings (free with dl_ckpt_free_names); *n set. part = DL_PART_COUNT lists every file's keys

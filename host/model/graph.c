@@ -202,10 +202,11 @@ void dl_graph_size_table(const dl_net *net, const dl_pass_in *in0, int checkpoin
 #define X const dl_ctx *c
 #define F const float *
 #define I int64_t
-static void m_linear_forward(X, I M, I i, I o, F x, F w, F b, float *y) {}
-static void m_linear_backward(X, I M, I i, I o, F x, F w, F dy, float *dx, float *dw, float *db) {}
-static void m_conv2d_forward(X, const dl_conv2d_shape *s, F x, F w, F b, float *y) {}
-static void m_conv2d_backward(X, const dl_conv2d_shape *s, F x, F w, F dy, float *dx, float *dw, float *db) {}
+static void m_linear_forward(X, I M, I i, I o, F x, const void *w, dl_dtype t, F b, float *y) {}
+static void m_linear_backward(X, I M, I i, I o, F x, const void *w, dl_dtype t, F dy, float *dx, float *dw, float *db) {}
+static void m_conv2d_forward(X, const dl_conv2d_shape *s, F x, const void *w, dl_dtype t, F b, float *y) {}
+static void m_conv2d_backward(X, const dl_conv2d_shape *s, F x, const void *w, dl_dtype t, F dy, float *dx, float *dw,
+                             float *db) {}
 static void m_groupnorm_forward(X, dl_groupnorm_shape s, F x, F g, F b, float *y, float *mu, float *rs) {}
 static void m_groupnorm_backward(X, dl_groupnorm_shape s, F x, F g, F b, F mu, F rs, F dy, float *dx, float *dg,
                                  float *db) {}
@@ -243,12 +244,13 @@ static int m_fill(X, void *d, int b, size_t n) { return DL_OK; }
 static int m_sync(X) { return DL_OK; }
 static void m_describe(X, char *buf, size_t cap) { snprintf(buf, cap, "measure"); }
 static int m_mem_info(X, size_t *f, size_t *t) { *f = *t = 0; return DL_ERR; }
-static void m_lora_linear_forward(X, I M, I i, I o, I r, float s, F x, F W, F b, F A, F B, float *h, float *y) {}
-static void m_lora_linear_backward(X, I M, I i, I o, I r, float s, F x, F W, F A, F B, F h, F dy, float *dh,
+static void m_lora_linear_forward(X, I M, I i, I o, I r, float s, F x, const void *W, dl_dtype t, F b, F A, F B, float *h,
+                                  float *y) {}
+static void m_lora_linear_backward(X, I M, I i, I o, I r, float s, F x, const void *W, dl_dtype t, F A, F B, F h, F dy, float *dh,
                                    float *dx, float *dA, float *dB) {}
-static void m_lora_conv_forward(X, const dl_conv2d_shape *sh, I r, float s, F x, F W, F b, F A, F B, float *h,
+static void m_lora_conv_forward(X, const dl_conv2d_shape *sh, I r, float s, F x, const void *W, dl_dtype t, F b, F A, F B, float *h,
                                 float *y) {}
-static void m_lora_conv_backward(X, const dl_conv2d_shape *sh, I r, float s, F x, F W, F A, F B, F h, F dy, float *dh,
+static void m_lora_conv_backward(X, const dl_conv2d_shape *sh, I r, float s, F x, const void *W, dl_dtype t, F A, F B, F h, F dy, float *dh,
                                  float *dxs, float *dx, float *dA, float *dB) {}
 static void m_lora_merge(X, I o, I K, I r, float s, F A, F B, float *W) {}
 #undef X
@@ -257,7 +259,7 @@ static void m_lora_merge(X, I o, I K, I r, float s, F A, F B, float *W) {}
 #pragma GCC diagnostic pop
 
 static const dl_backend measure_backend = {
-    .name = "measure", .alloc = m_alloc, .free = m_free, .upload = m_copy, .download = m_copy, .copy = m_copy,
+    .name = "measure", .weight_dtypes = (1u << DL_F16) | (1u << DL_BF16), .alloc = m_alloc, .free = m_free, .upload = m_copy, .download = m_copy, .copy = m_copy,
     .fill = m_fill, .synchronize = m_sync, .describe = m_describe, .mem_info = m_mem_info, .embed_tokens = m_embed_tokens,
     .clip_coef = m_clip_coef, .scale_by = m_scale_by, .linear_forward = m_linear_forward, .linear_backward = m_linear_backward,
     .conv2d_forward = m_conv2d_forward, .conv2d_backward = m_conv2d_backward,

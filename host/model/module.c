@@ -14,27 +14,32 @@ float *dl_alloc_f32(dl_arena *a, int64_t n)
     return p;
 }
 
-/* The one place a loader puts a checkpoint tensor into the weights arena: numel fp32 (a conv
- * weight reordered to [cout, k, k, cin], same count), one 64-byte aligned allocation. Against a
- * measuring arena the tensor is only checked (present, right shape: the errors a real load
- * gives) and counted, so running a loader there measures the arena it needs. NULL on error. */
-static float *place(const dl_loader *ld, const char *full, int ndim, const int64_t *shape, int conv)
+/* The one place a loader puts a checkpoint tensor into the weights arena: numel values (a conv
+ * weight reordered to [cout, k, k, cin], same count) of type dt, one 64-byte aligned allocation.
+ * dt is fp32, or for a layer weight (wdt non-NULL) the stored fp16 / bf16 where the checkpoint
+ * keeps that type (dl_ckpt_weight_dtype); *wdt is set to it. Against a measuring arena the
+ * tensor is only checked (present, right shape: the errors a real load gives) and counted, so
+ * running a loader there measures the arena it needs. NULL on error. */
+static void *place(const dl_loader *ld, const char *full, int ndim, const int64_t *shape, int conv, dl_dtype *wdt)
 {
     int64_t n = 1;
     for (int i = 0; i < ndim; i++) n *= shape[i];
-    float *p = dl_arena_alloc(ld->arena, (size_t)n * sizeof(float));
+    const dl_dtype dt = wdt && ld->ck ? dl_ckpt_weight_dtype(ld->ck, ld->part, full) : DL_F32;
+    const size_t bytes = (size_t)n * dl_dtype_size(dt);
+    if (wdt) *wdt = dt;
+    void *p = dl_arena_alloc(ld->arena, bytes);
     if (!p) return NULL;
     int rc;
     if (!ld->ck) return (ld->list ? ld->list(ld->list_user, ld->part, full, ndim, shape) : DL_OK) == DL_OK ? p : NULL;
     if (dl_arena_measuring(ld->arena)) return dl_ckpt_check(ld->ck, ld->part, full, ndim, shape) == DL_OK ? p : NULL;
     /* a device arena: converted in host memory, then uploaded (the host never touches p) */
-    float *dst = dl_arena_on_device(ld->arena) ? malloc((size_t)(n > 0 ? n : 1) * sizeof(float)) : p;
+    void *dst = dl_arena_on_device(ld->arena) ? malloc(bytes > 0 ? bytes : 1) : p;
     if (!dst) return dl_error_set("%s: out of host memory staging %lld values", full, (long long)n), NULL;
-    if (conv) rc = dl_ckpt_load_conv(ld->ck, ld->part, full, (int)shape[0], (int)shape[1], (int)shape[2],
-                                     (int)shape[3], dst);
-    else rc = dl_ckpt_load(ld->ck, ld->part, full, ndim, shape, dst);
+    if (conv) rc = dl_ckpt_load_conv_as(ld->ck, ld->part, full, (int)shape[0], (int)shape[1], (int)shape[2],
+                                        (int)shape[3], dst, dt);
+    else rc = dl_ckpt_load_as(ld->ck, ld->part, full, ndim, shape, dst, dt);
     if (dst != p) {
-        if (rc == DL_OK) rc = dl_be_upload(ld->arena->dev, p, dst, (size_t)n * sizeof(float));
+        if (rc == DL_OK) rc = dl_be_upload(ld->arena->dev, p, dst, bytes);
         free(dst);
     }
     return rc == DL_OK ? p : NULL;
@@ -42,14 +47,16 @@ static float *place(const dl_loader *ld, const char *full, int ndim, const int64
 
 float *dl_load_tensor(const dl_loader *ld, const char *name, int ndim, const int64_t *shape)
 {
-    return place(ld, name, ndim, shape, 0);
+    return place(ld, name, ndim, shape, 0, NULL);
 }
 
-static float *load_tensor(const dl_loader *ld, const char *name, const char *suffix, int ndim, const int64_t *shape)
+/* "<name>.<suffix>": fp32, or a layer weight in the type it is kept in (wdt non-NULL) */
+static void *load_tensor(const dl_loader *ld, const char *name, const char *suffix, int ndim, const int64_t *shape,
+                         dl_dtype *wdt)
 {
     char full[512];
     snprintf(full, sizeof full, "%s.%s", name, suffix);
-    return place(ld, full, ndim, shape, 0);
+    return place(ld, full, ndim, shape, 0, wdt);
 }
 
 int dl_linear_load(dl_linear *m, const dl_loader *ld, const char *name, int in, int out, int bias)
@@ -59,8 +66,8 @@ int dl_linear_load(dl_linear *m, const dl_loader *ld, const char *name, int in, 
     m->in = in;
     m->out = out;
     int64_t ws[2] = {out, in}, bs[1] = {out};
-    if (!(m->w = load_tensor(ld, name, "weight", 2, ws))) return DL_ERR;
-    if (bias && !(m->b = load_tensor(ld, name, "bias", 1, bs))) return DL_ERR;
+    if (!(m->w = load_tensor(ld, name, "weight", 2, ws, &m->wdt))) return DL_ERR;
+    if (bias && !(m->b = load_tensor(ld, name, "bias", 1, bs, NULL))) return DL_ERR;
     return DL_OK;
 }
 
@@ -82,8 +89,8 @@ int dl_linear_load_1x1(dl_linear *m, const dl_loader *ld, const char *name, int 
     m->in = in;
     m->out = out;
     int64_t ws[4] = {out, in, 1, 1}, bs[1] = {out};
-    if (!(m->w = load_tensor(ld, name, "weight", 4, ws))) return DL_ERR;
-    if (bias && !(m->b = load_tensor(ld, name, "bias", 1, bs))) return DL_ERR;
+    if (!(m->w = load_tensor(ld, name, "weight", 4, ws, &m->wdt))) return DL_ERR;
+    if (bias && !(m->b = load_tensor(ld, name, "bias", 1, bs, NULL))) return DL_ERR;
     return DL_OK;
 }
 
@@ -99,9 +106,9 @@ int dl_conv_load(dl_conv *m, const dl_loader *ld, const char *name, int cin, int
     char full[512];
     snprintf(full, sizeof full, "%s.weight", name);
     int64_t ws[4] = {cout, cin, k, k};
-    if (!(m->w = place(ld, full, 4, ws, 1))) return DL_ERR;
+    if (!(m->w = place(ld, full, 4, ws, 1, &m->wdt))) return DL_ERR;
     int64_t bs[1] = {cout};
-    if (!(m->b = load_tensor(ld, name, "bias", 1, bs))) return DL_ERR;
+    if (!(m->b = load_tensor(ld, name, "bias", 1, bs, NULL))) return DL_ERR;
     return DL_OK;
 }
 
@@ -113,8 +120,8 @@ int dl_norm_load(dl_norm *m, const dl_loader *ld, const char *name, int C, int G
     m->G = G;
     m->eps = eps;
     int64_t s[1] = {C};
-    if (!(m->gamma = load_tensor(ld, name, "weight", 1, s))) return DL_ERR;
-    if (!(m->beta = load_tensor(ld, name, "bias", 1, s))) return DL_ERR;
+    if (!(m->gamma = load_tensor(ld, name, "weight", 1, s, NULL))) return DL_ERR;
+    if (!(m->beta = load_tensor(ld, name, "bias", 1, s, NULL))) return DL_ERR;
     return DL_OK;
 }
 
@@ -122,12 +129,12 @@ void dl_linear_fwd(const dl_ctx *ctx, const dl_linear *m, int64_t M, const float
 {
     const dl_lora *l = m->lora;
     if (!l || l->merged) {
-        dl_be(ctx)->linear_forward(ctx, M, m->in, m->out, x, m->w, m->b, y);
+        dl_be(ctx)->linear_forward(ctx, M, m->in, m->out, x, m->w, m->wdt, m->b, y);
         return;
     }
     size_t mark = dl_arena_mark(scratch);
     float *h = dl_alloc_f32(scratch, M * l->r); // [M, r]
-    dl_be(ctx)->lora_linear_forward(ctx, M, m->in, m->out, l->r, l->scale, x, m->w, m->b, l->A, l->B, h, y);
+    dl_be(ctx)->lora_linear_forward(ctx, M, m->in, m->out, l->r, l->scale, x, m->w, m->wdt, m->b, l->A, l->B, h, y);
     dl_arena_release(scratch, mark);
 }
 
@@ -150,12 +157,12 @@ void dl_conv_fwd(const dl_ctx *ctx, const dl_conv *m, int N, int H, int W, const
     if (Wo) *Wo = wo;
     const dl_lora *l = m->lora;
     if (!l || l->merged) {
-        dl_be(ctx)->conv2d_forward(ctx, &s, x, m->w, m->b, y);
+        dl_be(ctx)->conv2d_forward(ctx, &s, x, m->w, m->wdt, m->b, y);
         return;
     }
     size_t mark = dl_arena_mark(scratch);
     float *h = dl_alloc_f32(scratch, (int64_t)N * ho * wo * l->r); // [N, Ho, Wo, r]
-    dl_be(ctx)->lora_conv_forward(ctx, &s, l->r, l->scale, x, m->w, m->b, l->A, l->B, h, y);
+    dl_be(ctx)->lora_conv_forward(ctx, &s, l->r, l->scale, x, m->w, m->wdt, m->b, l->A, l->B, h, y);
     dl_arena_release(scratch, mark);
 }
 
@@ -173,7 +180,7 @@ void dl_linear_bwd(const dl_ctx *ctx, const dl_linear *m, int64_t M, const float
 {
     const dl_lora *l = m->lora;
     if (!lora_active(l)) {
-        if (dx) dl_be(ctx)->linear_backward(ctx, M, m->in, m->out, x, m->w, dy, dx, NULL, NULL);
+        if (dx) dl_be(ctx)->linear_backward(ctx, M, m->in, m->out, x, m->w, m->wdt, dy, dx, NULL, NULL);
         return;
     }
     DL_ASSERT(x && dy);
@@ -183,8 +190,8 @@ void dl_linear_bwd(const dl_ctx *ctx, const dl_linear *m, int64_t M, const float
     float *dh = dl_alloc_f32(scratch, M * r);                                        // [M, r]
     float *dA = l->dA ? dl_alloc_f32(scratch, r * m->in) : NULL;                     // [r, in]
     float *dB = l->dB ? dl_alloc_f32(scratch, (int64_t)m->out * r) : NULL;           // [out, r]
-    dl_be(ctx)->linear_forward(ctx, M, m->in, r, x, l->A, NULL, h);                  // h = x Aᵀ [M, r]
-    dl_be(ctx)->lora_linear_backward(ctx, M, m->in, m->out, r, l->scale, x, m->w, l->A, l->B, h, dy, dh, dx, dA, dB);
+    dl_be(ctx)->linear_forward(ctx, M, m->in, r, x, l->A, DL_F32, NULL, h);                  // h = x Aᵀ [M, r]
+    dl_be(ctx)->lora_linear_backward(ctx, M, m->in, m->out, r, l->scale, x, m->w, m->wdt, l->A, l->B, h, dy, dh, dx, dA, dB);
     if (dA) dl_be(ctx)->axpy(ctx, r * m->in, 1.0f, dA, l->dA);                       // accumulate
     if (dB) dl_be(ctx)->axpy(ctx, (int64_t)m->out * r, 1.0f, dB, l->dB);
     dl_arena_release(scratch, mark);
@@ -196,7 +203,7 @@ void dl_conv_bwd(const dl_ctx *ctx, const dl_conv *m, int N, int H, int W, const
     dl_conv2d_shape s = conv_shape(m, N, H, W);
     const dl_lora *l = m->lora;
     if (!lora_active(l)) {
-        if (dx) dl_be(ctx)->conv2d_backward(ctx, &s, x, m->w, dy, dx, NULL, NULL);
+        if (dx) dl_be(ctx)->conv2d_backward(ctx, &s, x, m->w, m->wdt, dy, dx, NULL, NULL);
         return;
     }
     DL_ASSERT(x && dy);
@@ -210,8 +217,8 @@ void dl_conv_bwd(const dl_ctx *ctx, const dl_conv *m, int N, int H, int W, const
     float *dB = l->dB ? dl_alloc_f32(scratch, (int64_t)m->cout * r) : NULL;          // [cout, r]
     dl_conv2d_shape sa = s;
     sa.Cout = (int)r;
-    dl_be(ctx)->conv2d_forward(ctx, &sa, x, l->A, NULL, h);                          // h = conv(x, A)
-    dl_be(ctx)->lora_conv_backward(ctx, &s, r, l->scale, x, m->w, l->A, l->B, h, dy, dh, dxs, dx, dA, dB);
+    dl_be(ctx)->conv2d_forward(ctx, &sa, x, l->A, DL_F32, NULL, h);                          // h = conv(x, A)
+    dl_be(ctx)->lora_conv_backward(ctx, &s, r, l->scale, x, m->w, m->wdt, l->A, l->B, h, dy, dh, dxs, dx, dA, dB);
     if (dA) dl_be(ctx)->axpy(ctx, r * KK, 1.0f, dA, l->dA);                          // accumulate
     if (dB) dl_be(ctx)->axpy(ctx, (int64_t)m->cout * r, 1.0f, dB, l->dB);
     dl_arena_release(scratch, mark);

@@ -29,7 +29,8 @@ typedef struct dl_lora {
 typedef struct dl_linear {
     const char *name;   /* diffusers name without ".weight" (static or owned by the network) */
     int in, out;
-    float *w;           /* [out, in] */
+    void *w;            /* [out, in] of type wdt */
+    dl_dtype wdt;       /* DL_F32, or the checkpoint's fp16 / bf16 (checkpoint.h: weight_dtypes) */
     float *b;           /* [out] or NULL */
     dl_lora *lora;      /* NULL: none */
 } dl_linear;
@@ -38,7 +39,8 @@ typedef struct dl_conv {
     const char *name;
     int cin, cout, k, stride;
     int pad_top, pad_left, pad_bottom, pad_right;
-    float *w;           /* [cout, k, k, cin] */
+    void *w;            /* [cout, k, k, cin] of type wdt */
+    dl_dtype wdt;
     float *b;           /* [cout] or NULL */
     dl_lora *lora;
 } dl_conv;

@@ -46,7 +46,7 @@ static int ensure_scratch(dl_sd *sd, size_t bytes)
     return dl_arena_init_on(&sd->scratch, "scratch", bytes, sd->ctx);
 }
 
-int dl_sd_open(dl_sd **out, const char *path, const char *tokenizer, const dl_ctx *ctx)
+int dl_sd_open(dl_sd **out, const char *path, const char *tokenizer, const dl_ctx *ctx, int merge_loras)
 {
     *out = NULL;
     dl_sd *sd = calloc(1, sizeof *sd);
@@ -58,6 +58,7 @@ int dl_sd_open(dl_sd **out, const char *path, const char *tokenizer, const dl_ct
         return DL_ERR;
     }
     dl_ckpt_set_pool(&sd->ck, ctx ? ctx->pool : NULL); /* convert the weights on every core */
+    if (!merge_loras) sd->ck.weight_dtypes = dl_be(ctx)->weight_dtypes; /* fp16 stays fp16 where computed from */
     sd->ck_open = 1;
     sd->cfg = sd->ck.cfg;
     sd->sd2 = sd->ck.sd2;

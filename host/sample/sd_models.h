@@ -22,8 +22,11 @@ struct dl_vae;
 /* Open the checkpoint at path (diffusers folder or single .safetensors) and load its text
  * encoder, UNet and VAE. tokenizer: a tokenizer folder / vocab.json / CLIP bpe .txt.gz, or NULL
  * for the checkpoint's tokenizer/ folder (a single file needs one: DL_ERR says so). ctx is
- * borrowed. Returns DL_OK (*out set) or DL_ERR with a message. */
-int dl_sd_open(dl_sd **out, const char *path, const char *tokenizer, const dl_ctx *ctx);
+ * borrowed. merge_loras 1: LoRA files will be merged (dl_sd_lora_add), so every weight is held
+ * in fp32; 0: layer weights stored fp16 / bf16 stay so where ctx's backend computes from them
+ * (half the memory, no conversion; the same images bit for bit), and dl_sd_lora_add fails.
+ * Returns DL_OK (*out set) or DL_ERR with a message. */
+int dl_sd_open(dl_sd **out, const char *path, const char *tokenizer, const dl_ctx *ctx, int merge_loras);
 /* A view on networks loaded elsewhere, e.g. the trainer's, with its LoRA adapters attached and
  * live: nothing is loaded or copied (cfg is copied; tok, clip, unet, vae and ctx must outlive the
  * view). dl_sd_lora_add refuses a view (DL_ERR); dl_sd_close frees only the view's scratch. */

@@ -29,14 +29,24 @@ static uint64_t fnv_i64(uint64_t h, int64_t v) {
 }
 #define FNV0 0xcbf29ce484222325ULL
 
-/* The weights may be in a device backend's memory: hashed from a host copy then. */
-static uint64_t hash_floats(const dl_ctx *ctx, uint64_t h, const float *w, size_t n) {
+/* The weights may be in a device backend's memory (hashed from a host copy then) and kept in
+ * fp16 / bf16: hashed as their fp32 values, so the key does not depend on how they are held. */
+static uint64_t hash_weights(const dl_ctx *ctx, uint64_t h, const void *w, dl_dtype dt, size_t n) {
     if (!w) return fnv_i64(h, -1);
-    if (!dl_be(ctx)->device_memory) return fnv(h, w, n * sizeof *w);
+    if (!dl_be(ctx)->device_memory && dt == DL_F32) return fnv(h, w, n * sizeof(float));
+    const size_t es = dl_dtype_size(dt);
     float *c = malloc(n * sizeof *c + 1);
-    DL_ASSERTF(c, "out of memory hashing %zu VAE weights", n);
-    if (dl_be_download(ctx, c, w, n * sizeof *c) != DL_OK) h = fnv_i64(h, -2); /* the error surfaces at the next sync */
-    else h = fnv(h, c, n * sizeof *c);
+    void *raw = dt == DL_F32 ? (void *)c : malloc(n * es + 1);
+    DL_ASSERTF(c && raw, "out of memory hashing %zu VAE weights", n);
+    if (!dl_be(ctx)->device_memory) memcpy(raw, w, n * es);
+    else if (dl_be_download(ctx, raw, w, n * es) != DL_OK) { /* the error surfaces at the next sync */
+        h = fnv_i64(h, -2);
+        goto done;
+    }
+    if (raw != c) dl_convert_to_f32(c, raw, dt, n);
+    h = fnv(h, c, n * sizeof *c);
+done:
+    if (raw != c) free(raw);
     free(c);
     return h;
 }
@@ -50,10 +60,11 @@ uint64_t dl_vae_fingerprint(const dl_ctx *ctx, const dl_vae *m) {
     for (int b = 0; b < c->n_blocks; b++) h = fnv_i64(h, c->block_out_channels[b]);
     const dl_conv *convs[] = {&m->enc.conv_in, &m->enc.conv_out};
     for (int i = 0; i < 2; i++)
-        h = hash_floats(ctx, h, convs[i]->w, (size_t)convs[i]->cout * convs[i]->k * convs[i]->k * convs[i]->cin);
+        h = hash_weights(ctx, h, convs[i]->w, convs[i]->wdt,
+                         (size_t)convs[i]->cout * convs[i]->k * convs[i]->k * convs[i]->cin);
     const dl_linear *lins[] = {&m->quant_conv, &m->enc.mid_attn.q, &m->enc.mid_attn.k, &m->enc.mid_attn.v,
                                &m->enc.mid_attn.out};
-    for (int i = 0; i < 5; i++) h = hash_floats(ctx, h, lins[i]->w, (size_t)lins[i]->out * lins[i]->in);
+    for (int i = 0; i < 5; i++) h = hash_weights(ctx, h, lins[i]->w, lins[i]->wdt, (size_t)lins[i]->out * lins[i]->in);
     return h;
 }
 

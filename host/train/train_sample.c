@@ -193,7 +193,7 @@ int dl_train_sample(dl_train_sampler *s, const char *lora_path, const dl_train_p
                     const char *default_sampler, uint64_t seed, int clip_skip, const char *out_dir,
                     const char *prefix, FILE *log)
 {
-    if (!s->sd) DL_TRY(dl_sd_open(&s->sd, s->model, s->tokenizer, s->ctx));
+    if (!s->sd) DL_TRY(dl_sd_open(&s->sd, s->model, s->tokenizer, s->ctx, 1));
     if (lora_path) {
         dl_sd_lora_clear(s->sd);
         DL_TRY(dl_sd_lora_add(s->sd, lora_path, 1.0f, 1.0f, 0));

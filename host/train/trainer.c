@@ -723,6 +723,7 @@ static int setup_model(trainer *t)
         return dl_error_prefix("pretrained_model_name_or_path: ");
     t->ck_ok = 1;
     dl_ckpt_set_pool(&t->ck, t->ctx.pool); /* convert the weights on every core */
+    t->ck.weight_dtypes = dl_be(&t->ctx)->weight_dtypes; /* frozen fp16 weights stay fp16 where computed from */
     const char *tp = c->tokenizer ? c->tokenizer : t->ck.tokenizer_dir;
     if (!tp)
         return dl_error_set("%s: the model has no tokenizer/ folder; give one with --tokenizer (a tokenizer folder "

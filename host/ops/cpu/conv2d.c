@@ -124,17 +124,23 @@ static void pack_col_cols(const void *user, int64_t m0, int mr, int64_t k0, int 
 void dl_cpu_conv2d_forward(const dl_ctx *ctx, const dl_conv2d_shape *s, const float *x,
                            const float *w, const float *b, float *y)
 {
+    dl_cpu_conv2d_forward_t(ctx, s, x, w, DL_F32, b, y);
+}
+
+void dl_cpu_conv2d_forward_t(const dl_ctx *ctx, const dl_conv2d_shape *s, const float *x,
+                             const void *w, dl_dtype wdt, const float *b, float *y)
+{
     check_shape(s);
     DL_ASSERT(x && w && y);
     const int Ho = dl_conv2d_out_h(s), Wo = dl_conv2d_out_w(s);
     const int64_t P = (int64_t)s->N * Ho * Wo, KK = (int64_t)s->k * s->k * s->Cin;
     if (is_pointwise(s)) {
         // y[P, Cout] = x[P, Cin] · w[Cout, Cin]^T
-        dl_sgemm(ctx, 0, 1, P, s->Cout, s->Cin, 1.f, x, s->Cin, w, s->Cin, 0.f, y, s->Cout);
+        dl_sgemm_t(ctx, 0, 1, P, s->Cout, s->Cin, 1.f, x, s->Cin, w, wdt, s->Cin, 0.f, y, s->Cout);
     } else {
         // y[P, Cout] = col(x)[P, KK] · w[Cout, KK]^T
         col_src c = {s, Ho, Wo, x};
-        dl_sgemm_packed_a(ctx, P, s->Cout, KK, 1.f, pack_col_rows, &c, 0, 1, w, KK, 0.f, y, s->Cout);
+        dl_sgemm_packed_a_t(ctx, P, s->Cout, KK, 1.f, pack_col_rows, &c, 0, 1, w, wdt, KK, 0.f, y, s->Cout);
     }
     if (b) dl_cpu_bias_add(ctx, P, s->Cout, y, b);
 }
@@ -183,7 +189,8 @@ static void pack_dy_rows(const void *user, int64_t m0, int mr, int64_t k0, int k
 typedef struct {
     const dl_conv2d_shape *s;
     const dx_src *phase;
-    const float *w;   // [Cout, k, k, Cin]
+    const void *w;    // [Cout, k, k, Cin] of type wdt
+    dl_dtype wdt;
 } wphase_src;
 
 /* op(B)^T of the dx GEMM, [Cin, ntaps*Cout]: element (ci, t*Cout + co) = w[co, kh_t, kw_t, ci],
@@ -194,9 +201,17 @@ static void pack_w_phase(const void *user, int64_t m0, int mr, int64_t k0, int k
     const wphase_src *c = user;
     const dl_conv2d_shape *s = c->s;
     const int Cout = s->Cout, Cin = s->Cin, k = s->k;
+    const size_t es = dl_dtype_size(c->wdt);
+    float row[64]; /* mr <= the widest micro-tile (32) */
+    DL_ASSERT(mr <= 64);
     int t = (int)(k0 / Cout), co = (int)(k0 % Cout);
     for (int kk = 0; kk < kc; kk++) {
-        const float *src = c->w + (((int64_t)co * k + c->phase->tkh[t]) * k + c->phase->tkw[t]) * Cin + m0;
+        const char *at = (const char *)c->w + ((((int64_t)co * k + c->phase->tkh[t]) * k + c->phase->tkw[t]) * Cin + m0) * es;
+        const float *src = (const float *)at;
+        if (c->wdt != DL_F32) {
+            dl_convert_to_f32(row, at, c->wdt, (size_t)mr);
+            src = row;
+        }
         float *d = dst + kk * ks;
         if (rs == 1) for (int r = 0; r < mr; r++) d[r] = src[r];
         else for (int r = 0; r < mr; r++) d[r * rs] = src[r];
@@ -226,7 +241,7 @@ static void scatter_rows(void *arg, int64_t r0, int64_t r1, int tid)
 }
 
 static void conv2d_dx(const dl_ctx *ctx, const dl_conv2d_shape *s, int Ho, int Wo,
-                      const float *w, const float *dy, float *dx)
+                      const void *w, dl_dtype wdt, const float *dy, float *dx)
 {
     const int st = s->stride, k = s->k, Cin = s->Cin, Cout = s->Cout;
     DL_ASSERTF(k * k <= 64, "conv2d: kernel %d too large for the dx path", k);
@@ -254,7 +269,7 @@ static void conv2d_dx(const dl_ctx *ctx, const dl_conv2d_shape *s, int Ho, int W
                 memset(out, 0, (size_t)(M * Cin) * sizeof(float));
             } else {
                 // out[M, Cin] = gather(dy)[M, ntaps*Cout] · wphase[ntaps*Cout, Cin]
-                wphase_src wp = {s, &c, w};
+                wphase_src wp = {s, &c, w, wdt};
                 dl_sgemm_cb(ctx, M, Cin, (int64_t)c.ntaps * Cout, 1.f, pack_dy_rows, &c, 0, pack_w_phase, &wp, 1,
                             0.f, out, Cin);
             }
@@ -299,6 +314,12 @@ static void transpose_rows(void *arg, int64_t c0, int64_t c1, int tid)
 void dl_cpu_conv2d_backward(const dl_ctx *ctx, const dl_conv2d_shape *s, const float *x,
                             const float *w, const float *dy, float *dx, float *dw, float *db)
 {
+    dl_cpu_conv2d_backward_t(ctx, s, x, w, DL_F32, dy, dx, dw, db);
+}
+
+void dl_cpu_conv2d_backward_t(const dl_ctx *ctx, const dl_conv2d_shape *s, const float *x,
+                              const void *w, dl_dtype wdt, const float *dy, float *dx, float *dw, float *db)
+{
     check_shape(s);
     DL_ASSERT(dy);
     const int Ho = dl_conv2d_out_h(s), Wo = dl_conv2d_out_w(s);
@@ -308,9 +329,9 @@ void dl_cpu_conv2d_backward(const dl_ctx *ctx, const dl_conv2d_shape *s, const f
     if (dx) {
         DL_ASSERT(w);
         if (is_pointwise(s)) // dx[P, Cin] = dy[P, Cout] · w[Cout, Cin]
-            dl_sgemm(ctx, 0, 0, P, Cin, Cout, 1.f, dy, Cout, w, Cin, 0.f, dx, Cin);
+            dl_sgemm_t(ctx, 0, 0, P, Cin, Cout, 1.f, dy, Cout, w, wdt, Cin, 0.f, dx, Cin);
         else
-            conv2d_dx(ctx, s, Ho, Wo, w, dy, dx);
+            conv2d_dx(ctx, s, Ho, Wo, w, wdt, dy, dx);
     }
     if (dw) {
         DL_ASSERT(x);

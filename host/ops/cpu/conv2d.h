@@ -3,6 +3,7 @@
 #define DANLU_CPU_CONV2D_H
 
 #include "core/ctx.h"
+#include "core/dtype.h"
 
 #include <stdint.h>
 
@@ -49,6 +50,13 @@ void dl_cpu_conv2d_forward(const dl_ctx *ctx, const dl_conv2d_shape *s, const fl
  * ctx workspace (slots DL_WS_CONV_DX, DL_WS_CONV_DW; the gemm it calls uses its own). */
 void dl_cpu_conv2d_backward(const dl_ctx *ctx, const dl_conv2d_shape *s, const float *x,
                             const float *w, const float *dy, float *dx, float *dw, float *db);
+
+/* The same with w of type wdt (DL_F32, DL_F16, DL_BF16: frozen weights kept in the
+ * checkpoint's type, each value converted exactly where it is read). dw is fp32. */
+void dl_cpu_conv2d_forward_t(const dl_ctx *ctx, const dl_conv2d_shape *s, const float *x,
+                             const void *w, dl_dtype wdt, const float *b, float *y);
+void dl_cpu_conv2d_backward_t(const dl_ctx *ctx, const dl_conv2d_shape *s, const float *x,
+                              const void *w, dl_dtype wdt, const float *dy, float *dx, float *dw, float *db);
 
 #ifdef __cplusplus
 }

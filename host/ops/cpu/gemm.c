@@ -1,6 +1,7 @@
 /* gemm.c - packed, cache-blocked fp32 GEMM with AVX-512 / AVX2 register-blocked micro-kernels. */
 #include "gemm.h"
 #include "core/cpu_isa.h"
+#include "core/dtype.h"
 #include "core/error.h"
 
 #include <stdlib.h>
@@ -218,17 +219,30 @@ const char *dl_sgemm_kernel_name(void) { return pick_kernel()->name; }
 
 /* ---- packing ---- */
 
-typedef struct { const float *A; int64_t lda; int transA; } plain_a;
+/* A stored matrix: fp32, or fp16 / bf16 (frozen weights kept in the checkpoint's type), each
+ * value converted exactly to fp32 as it is packed, so the product is the one of the converted
+ * matrix bit for bit. */
+typedef struct { const void *A; int64_t lda; int transA; dl_dtype dt; } plain_a;
 
 #ifdef DL_GEMM_X86
 /* dst[i * 32 + r] = src[r * lds + i] for a 16 x 16 block (a transpose into a 32-wide B panel):
  * unpack pairs of rows, then 4-row groups, then 128-bit lanes twice. Moves data only. */
+/* Row r of a 16 x 16 block at src (leading dimension lds, in elements of type dt). */
+__attribute__((target(DL_AVX512), always_inline))
+static inline __m512 load_row16(const void *src, int64_t lds, int r, dl_dtype dt)
+{
+    if (dt == DL_F32) return _mm512_loadu_ps((const float *)src + r * lds);
+    __m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)src + r * lds));
+    if (dt == DL_F16) return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); /* bf16 */
+}
+
 __attribute__((target(DL_AVX512)))
-static void transpose16_to_panel32(const float *src, int64_t lds, float *dst)
+static void transpose16_to_panel32(const void *src, int64_t lds, dl_dtype dt, float *dst)
 {
     __m512 t[16], u[16];
     for (int r = 0; r < 16; r += 2) {
-        __m512 a = _mm512_loadu_ps(src + r * lds), b = _mm512_loadu_ps(src + (r + 1) * lds);
+        __m512 a = load_row16(src, lds, r, dt), b = load_row16(src, lds, r + 1, dt);
         t[r] = _mm512_unpacklo_ps(a, b);     /* per lane: a0 b0 a1 b1 */
         t[r + 1] = _mm512_unpackhi_ps(a, b); /* per lane: a2 b2 a3 b3 */
     }
@@ -251,19 +265,54 @@ static void transpose16_to_panel32(const float *src, int64_t lds, float *dst)
 /* dst[k * 32 + r] = A[r * lda + k] for r < mr (<= 32), k < kc: rows of a row-major matrix
  * into a 32-wide k-major panel, 16 x 16 blocks through registers, the edges scalar. */
 __attribute__((target(DL_AVX512)))
-static void pack_rows_panel32_avx512(const float *A, int64_t lda, int mr, int kc, float *dst)
+static void pack_rows_panel32_avx512(const void *A, int64_t lda, dl_dtype dt, int mr, int kc, float *dst)
 {
+    const size_t es = dl_dtype_size(dt);
+    const char *a = A;
+    float row[GEMM_KC];
     int r0 = 0;
     for (; r0 + 16 <= mr; r0 += 16) {
         int k = 0;
-        for (; k + 16 <= kc; k += 16) transpose16_to_panel32(A + r0 * lda + k, lda, dst + k * 32 + r0);
-        for (; k < kc; k++)
-            for (int r = r0; r < r0 + 16; r++) dst[k * 32 + r] = A[r * lda + k];
+        for (; k + 16 <= kc; k += 16)
+            transpose16_to_panel32(a + ((size_t)r0 * lda + k) * es, lda, dt, dst + k * 32 + r0);
+        for (int r = r0; k < kc && r < r0 + 16; r++) {
+            dl_convert_to_f32(row, a + ((size_t)r * lda + k) * es, dt, (size_t)(kc - k));
+            for (int q = k; q < kc; q++) dst[q * 32 + r] = row[q - k];
+        }
     }
-    for (int r = r0; r < mr; r++)
-        for (int k = 0; k < kc; k++) dst[k * 32 + r] = A[r * lda + k];
+    for (int r = r0; r < mr; r++) {
+        dl_convert_to_f32(row, a + (size_t)r * lda * es, dt, (size_t)kc);
+        for (int k = 0; k < kc; k++) dst[k * 32 + r] = row[k];
+    }
 }
 #endif
+
+/* pack_a_plain for fp16 / bf16: each run of values converted to fp32 first (kc, mr <= GEMM_KC). */
+static void pack_a_typed(const plain_a *p, int64_t m0, int mr, int64_t k0, int kc, float *dst, int64_t rs, int64_t ks)
+{
+    const size_t es = dl_dtype_size(p->dt);
+    const char *a = p->A;
+    float row[GEMM_KC];
+    if (!p->transA) {
+        for (int r = 0; r < mr; r++) {
+            const char *src = a + ((size_t)(m0 + r) * p->lda + k0) * es;
+            if (ks == 1) dl_convert_to_f32(dst + r * rs, src, p->dt, (size_t)kc);
+            else {
+                dl_convert_to_f32(row, src, p->dt, (size_t)kc);
+                for (int k = 0; k < kc; k++) dst[k * ks + r * rs] = row[k];
+            }
+        }
+    } else {
+        for (int k = 0; k < kc; k++) {
+            const char *src = a + ((size_t)(k0 + k) * p->lda + m0) * es;
+            if (rs == 1) dl_convert_to_f32(dst + k * ks, src, p->dt, (size_t)mr);
+            else {
+                dl_convert_to_f32(row, src, p->dt, (size_t)mr);
+                for (int r = 0; r < mr; r++) dst[k * ks + r * rs] = row[r];
+            }
+        }
+    }
+}
 
 /* Default A packer for a stored matrix (op(A) = A or A^T). */
 static void pack_a_plain(const void *user, int64_t m0, int mr, int64_t k0, int kc, float *dst,
@@ -274,19 +323,25 @@ static void pack_a_plain(const void *user, int64_t m0, int mr, int64_t k0, int k
     /* ks == 32 only with the AVX-512 kernel (NR 32), which runs only where the CPU has it: no
      * per-panel look at DANLU_CPU_ISA, the native capability (cached) guards the instruction set */
     if (!p->transA && rs == 1 && ks == 32 && mr <= 32 && dl_cpu_isa_native() >= DL_ISA_AVX512) {
-        pack_rows_panel32_avx512(p->A + m0 * p->lda + k0, p->lda, mr, kc, dst); /* B panels */
+        pack_rows_panel32_avx512((const char *)p->A + (size_t)(m0 * p->lda + k0) * dl_dtype_size(p->dt), p->lda,
+                                 p->dt, mr, kc, dst); /* B panels */
         return;
     }
 #endif
+    if (p->dt != DL_F32) {
+        pack_a_typed(p, m0, mr, k0, kc, dst, rs, ks);
+        return;
+    }
+    const float *A = p->A;
     if (!p->transA) {
         for (int r = 0; r < mr; r++) {
-            const float *src = p->A + (m0 + r) * p->lda + k0;
+            const float *src = A + (m0 + r) * p->lda + k0;
             if (ks == 1) memcpy(dst + r * rs, src, (size_t)kc * sizeof(float));
             else for (int k = 0; k < kc; k++) dst[k * ks + r * rs] = src[k];
         }
     } else {
         for (int k = 0; k < kc; k++) {
-            const float *src = p->A + (k0 + k) * p->lda + m0;
+            const float *src = A + (k0 + k) * p->lda + m0;
             if (rs == 1) for (int r = 0; r < mr; r++) dst[k * ks + r] = src[r];
             else for (int r = 0; r < mr; r++) dst[k * ks + r * rs] = src[r];
         }
@@ -540,20 +595,35 @@ void dl_sgemm_cb(const dl_ctx *ctx, int64_t M, int64_t N, int64_t K, float alpha
     gemm_core(ctx, pool, nt, kr, M, N, K, alpha, pack_a, ua, a_kmajor, pack_bt, ub, beta, C, ldc, 0);
 }
 
+void dl_sgemm_packed_a_t(const dl_ctx *ctx, int64_t M, int64_t N, int64_t K, float alpha,
+                         dl_gemm_pack_a_fn pack_a, const void *user, int a_kmajor, int transB,
+                         const void *B, dl_dtype bdt, int64_t ldb, float beta, float *C, int64_t ldc)
+{
+    DL_ASSERT(K == 0 || (B && ldb >= (transB ? K : N)));
+    DL_ASSERT(bdt == DL_F32 || bdt == DL_F16 || bdt == DL_BF16);
+    plain_a bt = {B, ldb, !transB, bdt}; /* op(B)^T [N, K] */
+    dl_sgemm_cb(ctx, M, N, K, alpha, pack_a, user, a_kmajor, pack_a_plain, &bt, !transB, beta, C, ldc);
+}
+
 void dl_sgemm_packed_a(const dl_ctx *ctx, int64_t M, int64_t N, int64_t K, float alpha,
                        dl_gemm_pack_a_fn pack_a, const void *user, int a_kmajor, int transB,
                        const float *B, int64_t ldb, float beta, float *C, int64_t ldc)
 {
-    DL_ASSERT(K == 0 || (B && ldb >= (transB ? K : N)));
-    plain_a bt = {B, ldb, !transB}; /* op(B)^T [N, K] */
-    dl_sgemm_cb(ctx, M, N, K, alpha, pack_a, user, a_kmajor, pack_a_plain, &bt, !transB, beta, C, ldc);
+    dl_sgemm_packed_a_t(ctx, M, N, K, alpha, pack_a, user, a_kmajor, transB, B, DL_F32, ldb, beta, C, ldc);
+}
+
+void dl_sgemm_t(const dl_ctx *ctx, int transA, int transB, int64_t M, int64_t N, int64_t K,
+                float alpha, const float *A, int64_t lda, const void *B, dl_dtype bdt, int64_t ldb,
+                float beta, float *C, int64_t ldc)
+{
+    DL_ASSERT(K == 0 || M == 0 || (A && lda >= (transA ? M : K)));
+    plain_a pa = {A, lda, transA, DL_F32};
+    dl_sgemm_packed_a_t(ctx, M, N, K, alpha, pack_a_plain, &pa, transA, transB, B, bdt, ldb, beta, C, ldc);
 }
 
 void dl_sgemm(const dl_ctx *ctx, int transA, int transB, int64_t M, int64_t N, int64_t K,
               float alpha, const float *A, int64_t lda, const float *B, int64_t ldb,
               float beta, float *C, int64_t ldc)
 {
-    DL_ASSERT(K == 0 || M == 0 || (A && lda >= (transA ? M : K)));
-    plain_a pa = {A, lda, transA};
-    dl_sgemm_packed_a(ctx, M, N, K, alpha, pack_a_plain, &pa, transA, transB, B, ldb, beta, C, ldc);
+    dl_sgemm_t(ctx, transA, transB, M, N, K, alpha, A, lda, B, DL_F32, ldb, beta, C, ldc);
 }

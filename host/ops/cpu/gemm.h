@@ -14,6 +14,7 @@
 #define DANLU_CPU_GEMM_H
 
 #include "core/ctx.h"
+#include "core/dtype.h"
 
 #include <stdint.h>
 
@@ -47,6 +48,16 @@ void dl_sgemm_cb(const dl_ctx *ctx, int64_t M, int64_t N, int64_t K, float alpha
                  dl_gemm_pack_a_fn pack_a, const void *ua, int a_kmajor,
                  dl_gemm_pack_a_fn pack_bt, const void *ub, int bt_kmajor,
                  float beta, float *C, int64_t ldc);
+
+/* dl_sgemm / dl_sgemm_packed_a with B of type bdt: DL_F32, or DL_F16 / DL_BF16 (frozen weights
+ * kept in the checkpoint's type). Each value of B is converted exactly to fp32 as it is packed:
+ * the result is bit for bit the product with the converted matrix. */
+void dl_sgemm_t(const dl_ctx *ctx, int transA, int transB, int64_t M, int64_t N, int64_t K,
+                float alpha, const float *A, int64_t lda, const void *B, dl_dtype bdt, int64_t ldb,
+                float beta, float *C, int64_t ldc);
+void dl_sgemm_packed_a_t(const dl_ctx *ctx, int64_t M, int64_t N, int64_t K, float alpha,
+                         dl_gemm_pack_a_fn pack_a, const void *user, int a_kmajor, int transB,
+                         const void *B, dl_dtype bdt, int64_t ldb, float beta, float *C, int64_t ldc);
 
 /* The micro-kernel in use: "avx512 14x32", "avx2 6x16" (for benchmark reports). */
 const char *dl_sgemm_kernel_name(void);

@@ -18,15 +18,21 @@ static void bias_rows(void *arg, int64_t m0, int64_t m1, int tid)
     }
 }
 
-void dl_cpu_linear_forward(const dl_ctx *ctx, int64_t M, int64_t in, int64_t out,
-                           const float *x, const float *w, const float *b, float *y)
+void dl_cpu_linear_forward_t(const dl_ctx *ctx, int64_t M, int64_t in, int64_t out,
+                             const float *x, const void *w, dl_dtype wdt, const float *b, float *y)
 {
     DL_ASSERT(M >= 0 && in > 0 && out > 0);
     DL_ASSERT(x && w && y);
     if (M == 0) return;
     // y[M, out] = x[M, in] · w[out, in]^T
-    dl_sgemm(ctx, 0, 1, M, out, in, 1.f, x, in, w, in, 0.f, y, out);
+    dl_sgemm_t(ctx, 0, 1, M, out, in, 1.f, x, in, w, wdt, in, 0.f, y, out);
     if (b) dl_cpu_bias_add(ctx, M, out, y, b);
+}
+
+void dl_cpu_linear_forward(const dl_ctx *ctx, int64_t M, int64_t in, int64_t out,
+                           const float *x, const float *w, const float *b, float *y)
+{
+    dl_cpu_linear_forward_t(ctx, M, in, out, x, w, DL_F32, b, y);
 }
 
 void dl_cpu_bias_add(const dl_ctx *ctx, int64_t M, int64_t C, float *y, const float *b)
@@ -72,12 +78,19 @@ void dl_cpu_linear_backward(const dl_ctx *ctx, int64_t M, int64_t in, int64_t ou
                             const float *x, const float *w, const float *dy,
                             float *dx, float *dw, float *db)
 {
+    dl_cpu_linear_backward_t(ctx, M, in, out, x, w, DL_F32, dy, dx, dw, db);
+}
+
+void dl_cpu_linear_backward_t(const dl_ctx *ctx, int64_t M, int64_t in, int64_t out,
+                              const float *x, const void *w, dl_dtype wdt, const float *dy,
+                              float *dx, float *dw, float *db)
+{
     DL_ASSERT(M >= 0 && in > 0 && out > 0);
     DL_ASSERT(dy || M == 0);
     // dx[M, in] = dy[M, out] · w[out, in]
     if (dx) {
         DL_ASSERT(w);
-        dl_sgemm(ctx, 0, 0, M, in, out, 1.f, dy, out, w, in, 0.f, dx, in);
+        dl_sgemm_t(ctx, 0, 0, M, in, out, 1.f, dy, out, w, wdt, in, 0.f, dx, in);
     }
     // dw[out, in] = dy[M, out]^T · x[M, in]
     if (dw) {

@@ -3,6 +3,7 @@
 #define DANLU_CPU_LINEAR_H
 
 #include "core/ctx.h"
+#include "core/dtype.h"
 
 #include <stdint.h>
 
@@ -20,6 +21,14 @@ void dl_cpu_linear_forward(const dl_ctx *ctx, int64_t M, int64_t in, int64_t out
 void dl_cpu_linear_backward(const dl_ctx *ctx, int64_t M, int64_t in, int64_t out,
                             const float *x, const float *w, const float *dy,
                             float *dx, float *dw, float *db);
+
+/* The same with w of type wdt (DL_F32, DL_F16, DL_BF16: frozen weights kept in the
+ * checkpoint's type, converted exactly as the GEMM packs them). dw needs wdt == DL_F32. */
+void dl_cpu_linear_forward_t(const dl_ctx *ctx, int64_t M, int64_t in, int64_t out,
+                             const float *x, const void *w, dl_dtype wdt, const float *b, float *y);
+void dl_cpu_linear_backward_t(const dl_ctx *ctx, int64_t M, int64_t in, int64_t out,
+                              const float *x, const void *w, dl_dtype wdt, const float *dy,
+                              float *dx, float *dw, float *db);
 
 /* y[M, C] += b[C] on every row. */
 void dl_cpu_bias_add(const dl_ctx *ctx, int64_t M, int64_t C, float *y, const float *b);

@@ -58,6 +58,23 @@ void dl_cpu_lora_conv_backward(const dl_ctx *ctx, const dl_conv2d_shape *s, int6
                                const float *h, const float *dy, float *dh, float *dx_scratch,
                                float *dx, float *dA, float *dB);
 
+/* The four above with the base weight W of type wdt (DL_F32, DL_F16, DL_BF16: frozen weights
+ * kept in the checkpoint's type, converted exactly as they are read). */
+void dl_cpu_lora_linear_forward_t(const dl_ctx *ctx, int64_t M, int64_t in, int64_t out, int64_t r,
+                                  float s, const float *x, const void *W, dl_dtype wdt, const float *b,
+                                  const float *A, const float *B, float *h, float *y);
+void dl_cpu_lora_linear_backward_t(const dl_ctx *ctx, int64_t M, int64_t in, int64_t out, int64_t r,
+                                   float s, const float *x, const void *W, dl_dtype wdt, const float *A,
+                                   const float *B, const float *h, const float *dy, float *dh,
+                                   float *dx, float *dA, float *dB);
+void dl_cpu_lora_conv_forward_t(const dl_ctx *ctx, const dl_conv2d_shape *s, int64_t r, float scale,
+                                const float *x, const void *W, dl_dtype wdt, const float *b, const float *A,
+                                const float *B, float *h, float *y);
+void dl_cpu_lora_conv_backward_t(const dl_ctx *ctx, const dl_conv2d_shape *s, int64_t r, float scale,
+                                 const float *x, const void *W, dl_dtype wdt, const float *A, const float *B,
+                                 const float *h, const float *dy, float *dh, float *dx_scratch,
+                                 float *dx, float *dA, float *dB);
+
 /* Merge into the base weight in place: W [out, K] += s * B [out, r] . A [r, K].
  * K = in for linear and 1x1 conv; K = k*k*Cin for a kxk LoCon (W [Cout, k, k, Cin] and
  * A [r, k, k, Cin] flattened): W[o, kh, kw, i] += s sum_r B[o, r] A[r, kh, kw, i]. */
