@@ -149,33 +149,40 @@ Test(weight_dtype, unet_training_step_same_with_fp16_weights_kept, .init = tu_tm
     const char *h = tu_tmp("unet_f16");
     cr_assert_eq(dl_ckpt_convert(tu_path("tests/golden/tiny_unet_sd1x"), h, DL_LAYOUT_DIFFUSERS, DL_F16, NULL), DL_OK,
                  "%s", dl_error_msg());
-    tu_unet_rig a, b;
-    tu_unet_rig_open_from(&a, h, 0);
-    tu_unet_rig_open_from(&b, h, 1u << DL_F16);
-    cr_expect(b.w.used < a.w.used * 6 / 10, "weights arena: %zu bytes kept fp16 against %zu as fp32", b.w.used,
-              a.w.used);
-    cr_expect_eq(b.u.conv_in.wdt, DL_F16);
-    cr_expect_eq(a.u.conv_in.wdt, DL_F32);
+    tu_unet_rig rig[3];
+    tu_unet_rig_open_from(&rig[0], h, 0, 0);            /* converted to fp32 */
+    tu_unet_rig_open_from(&rig[1], h, 1u << DL_F16, 0); /* fp16 copies */
+    tu_unet_rig_open_from(&rig[2], h, 1u << DL_F16, 1); /* fp16, linears in the file's mapping */
+    cr_expect(rig[1].w.used < rig[0].w.used * 6 / 10, "weights arena: %zu bytes kept fp16 against %zu as fp32",
+              rig[1].w.used, rig[0].w.used);
+    cr_expect(rig[2].w.used < rig[1].w.used, "in place: the arena still holds %zu bytes of %zu", rig[2].w.used,
+              rig[1].w.used);
+    cr_expect_eq(rig[1].u.conv_in.wdt, DL_F16);
+    cr_expect_eq(rig[0].u.conv_in.wdt, DL_F32);
+    const tu_unet_rig *a = &rig[0];
     dl_ctx *ctx = tu_ctx();
-    const size_t nout = (size_t)a.N * a.H * a.W * a.C_out, nctx = (size_t)a.N * a.T * a.u.cfg.cross_attention_dim;
+    const size_t nout = (size_t)a->N * a->H * a->W * a->C_out, nctx = (size_t)a->N * a->T * a->u.cfg.cross_attention_dim;
     size_t ng = nctx;
-    for (int i = 0; i < a.n; i++) ng += (size_t)(a.nA[i] + a.nB[i]);
-    float *out[2], *g[2], *dout = malloc(nout * sizeof(float)), *dctx = malloc(nctx * sizeof(float));
+    for (int i = 0; i < a->n; i++) ng += (size_t)(a->nA[i] + a->nB[i]);
+    float *out[3], *g[3], *dout = malloc(nout * sizeof(float)), *dctx = malloc(nctx * sizeof(float));
     dl_unet_tape *tape = malloc(sizeof *tape);
-    double loss[2];
-    tu_unet_rig *rig[2] = {&a, &b};
-    for (int k = 0; k < 2; k++) {
+    double loss[3];
+    for (int k = 0; k < 3; k++) {
         out[k] = malloc(nout * sizeof(float));
         g[k] = malloc(ng * sizeof(float));
-        loss[k] = tu_unet_rig_step(ctx, rig[k], tape, out[k], dout, dctx, g[k]);
+        loss[k] = tu_unet_rig_step(ctx, &rig[k], tape, out[k], dout, dctx, g[k]);
     }
-    cr_expect(loss[0] == loss[1], "loss %.9g (fp16 kept) against %.9g (fp32)", loss[1], loss[0]);
-    expect_same(out[1], out[0], nout, "UNet output");
-    expect_same(g[1], g[0], ng, "LoRA and context gradients");
-    for (int k = 0; k < 2; k++) free(out[k]), free(g[k]);
+    for (int k = 1; k < 3; k++) {
+        cr_expect(loss[0] == loss[k], "loss %.9g (fp16 kept, in place %d) against %.9g (fp32)", loss[k], k == 2,
+                  loss[0]);
+        expect_same(out[k], out[0], nout, k == 1 ? "UNet output" : "UNet output, in place");
+        expect_same(g[k], g[0], ng, k == 1 ? "LoRA and context gradients" : "gradients, in place");
+    }
+    for (int k = 0; k < 3; k++) {
+        free(out[k]), free(g[k]);
+        tu_unet_rig_close(&rig[k]);
+    }
     free(dout), free(dctx), free(tape);
-    tu_unet_rig_close(&a);
-    tu_unet_rig_close(&b);
 }
 
 /* Sampling from an fp16 pipeline: the same image whether the weights stay fp16 (merge_loras 0)

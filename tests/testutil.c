@@ -217,14 +217,15 @@ size_t tu_clip_weights_bytes(dl_checkpoint *ck)
 /* tiny_unet_sd1x with a rank-2 LoRA on every linear and conv, inputs from the unet_train golden. */
 void tu_unet_rig_open(tu_unet_rig *r)
 {
-    tu_unet_rig_open_from(r, tu_path("tests/golden/tiny_unet_sd1x"), 0);
+    tu_unet_rig_open_from(r, tu_path("tests/golden/tiny_unet_sd1x"), 0, 0);
 }
 
-void tu_unet_rig_open_from(tu_unet_rig *r, const char *model, unsigned weight_dtypes)
+void tu_unet_rig_open_from(tu_unet_rig *r, const char *model, unsigned weight_dtypes, int in_place)
 {
     memset(r, 0, sizeof *r);
     cr_assert_eq(dl_ckpt_open(&r->ck, model, NULL), DL_OK, "%s", dl_error_msg());
     r->ck.weight_dtypes = weight_dtypes;
+    r->ck.weights_in_place = in_place;
     cr_assert_eq(dl_arena_init(&r->w, "weights", tu_unet_weights_bytes(&r->ck)), DL_OK);
     cr_assert_eq(dl_unet_load(&r->u, &r->ck, &r->w), DL_OK, "%s", dl_error_msg());
     tu_golden_open(&r->g, "unet_train");

@@ -85,8 +85,8 @@ typedef struct tu_unet_rig {
 } tu_unet_rig;
 void tu_unet_rig_open(tu_unet_rig *r);
 /* The same rig on the UNet of model (a path; tiny_unet_sd1x's architecture) with the checkpoint's
- * weight_dtypes set (layer weights kept fp16 / bf16). */
-void tu_unet_rig_open_from(tu_unet_rig *r, const char *model, unsigned weight_dtypes);
+ * weight_dtypes and weights_in_place set (layer weights kept fp16 / bf16, in the file's mapping). */
+void tu_unet_rig_open_from(tu_unet_rig *r, const char *model, unsigned weight_dtypes, int in_place);
 void tu_unet_rig_close(tu_unet_rig *r);
 /* One step through dl_be(c): zeroed LoRA grads, tape forward, MSE, backward; every gradient
  * (dA, dB of each module, then d context) copied to grads. tape, out, dout, dctx are the

@@ -408,7 +408,8 @@ int dl_cmd_run(int argc, char **argv, FILE *out)
     /* SDXL: its UNet, VAE and first text encoder run */
     const dl_ckpt_options copt = {.prediction = -1, .allow_sdxl = 1, .unet_config = ra.unet_config};
     if (!be || dl_ctx_init_backend(&s.ctx, threads, be) != DL_OK || dl_ckpt_open(&s.ck, model, &copt) != DL_OK ||
-        (dl_ckpt_set_pool(&s.ck, s.ctx.pool), s.ck.weight_dtypes = be->weight_dtypes, fn(&s, &in)) != DL_OK ||
+        (dl_ckpt_set_pool(&s.ck, s.ctx.pool), s.ck.weight_dtypes = be->weight_dtypes,
+         s.ck.weights_in_place = !be->device_memory, fn(&s, &in)) != DL_OK ||
         dl_st_save(outp, s.out, s.n_out, NULL, 0) != DL_OK) {
         fprintf(stderr, "danlu run: %s\n", dl_error_msg());
     } else {

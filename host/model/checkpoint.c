@@ -855,6 +855,24 @@ dl_dtype dl_ckpt_weight_dtype(const dl_checkpoint *ck, dl_part part, const char 
     return (dt == DL_F16 || dt == DL_BF16) && (ck->weight_dtypes & (1u << dt)) ? dt : DL_F32;
 }
 
+const void *dl_ckpt_weight_in_place(dl_checkpoint *ck, dl_part part, const char *name, int ndim,
+                                    const int64_t *shape, int mark)
+{
+    ref r;
+    if (!ck || !ck->weights_in_place || check(ck, part, name, ndim, shape, &r) != DL_OK) {
+        dl_error_clear();
+        return NULL;
+    }
+    const dl_dtype dt = r.t->dtype;
+    if ((dt != DL_F16 && dt != DL_BF16) || !(ck->weight_dtypes & (1u << dt))) return NULL;
+    size_t n = (size_t)dl_st_numel(r.t);
+    const char *src = r.t->data;
+    if (r.k.split >= 0) src += (size_t)r.k.split * (n / 3) * 2; /* one third of a fused q/k/v */
+    if ((uintptr_t)src % 2) return NULL;                          /* 16-bit loads want alignment */
+    if (mark) ck->used[r.file][r.t - ck->files[r.file].tensors] = 1;
+    return src;
+}
+
 /* dst_dt: DL_F32 (converted) or the tensor's own type (copied); anything else is an error. */
 static int keep_type(const dl_checkpoint *ck, dl_part part, const char *name, const ref *r, dl_dtype dst_dt, int *keep)
 {

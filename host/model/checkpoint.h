@@ -72,6 +72,10 @@ typedef struct dl_checkpoint {
      * kept in it by the loaders (the backend computes from them: dl_backend.weight_dtypes), half
      * the memory of fp32 and no conversion. 0 (dl_ckpt_open's default): every tensor as fp32. */
     unsigned weight_dtypes;
+    /* 1 (with weight_dtypes, for a backend whose memory is host memory): such a weight that needs
+     * no reordering (linear, 1x1 conv) is not copied at all: the layer points into the file's
+     * read-only mapping, which lives until dl_ckpt_close. */
+    int weights_in_place;
 } dl_checkpoint;
 
 /* Convert tensors on the threads of pool (NULL: the caller's thread) from now on. */
@@ -101,6 +105,11 @@ int dl_ckpt_load_as(dl_checkpoint *ck, dl_part part, const char *name, int ndim,
                     dl_dtype dst_dt);
 /* The stored element type of a tensor (DL_ERR naming it if missing). */
 int dl_ckpt_dtype(const dl_checkpoint *ck, dl_part part, const char *name, dl_dtype *dt);
+/* With weights_in_place: where a kept fp16 / bf16 layer weight of shape (ndim, shape) in the
+ * file's order already lies, valid until dl_ckpt_close (marked used when mark); NULL when it
+ * is not kept, not 2-byte aligned, or fails the checks (the load reports those). */
+const void *dl_ckpt_weight_in_place(dl_checkpoint *ck, dl_part part, const char *name, int ndim,
+                                    const int64_t *shape, int mark);
 /* The type a layer weight is kept in: its stored type when that is fp16 / bf16 and set in
  * ck->weight_dtypes, else DL_F32 (also for a missing tensor: the load reports it). */
 dl_dtype dl_ckpt_weight_dtype(const dl_checkpoint *ck, dl_part part, const char *name);

@@ -17,7 +17,9 @@ float *dl_alloc_f32(dl_arena *a, int64_t n)
 /* The one place a loader puts a checkpoint tensor into the weights arena: numel values (a conv
  * weight reordered to [cout, k, k, cin], same count) of type dt, one 64-byte aligned allocation.
  * dt is fp32, or for a layer weight (wdt non-NULL) the stored fp16 / bf16 where the checkpoint
- * keeps that type (dl_ckpt_weight_dtype); *wdt is set to it. Against a measuring arena the
+ * keeps that type (dl_ckpt_weight_dtype); *wdt is set to it. Such a weight in the file's own
+ * order is not placed at all where the checkpoint allows (weights_in_place): the layer points
+ * into the file's mapping, in the measuring pass too. Against a measuring arena the
  * tensor is only checked (present, right shape: the errors a real load gives) and counted, so
  * running a loader there measures the arena it needs. NULL on error. */
 static void *place(const dl_loader *ld, const char *full, int ndim, const int64_t *shape, int conv, dl_dtype *wdt)
@@ -27,6 +29,10 @@ static void *place(const dl_loader *ld, const char *full, int ndim, const int64_
     const dl_dtype dt = wdt && ld->ck ? dl_ckpt_weight_dtype(ld->ck, ld->part, full) : DL_F32;
     const size_t bytes = (size_t)n * dl_dtype_size(dt);
     if (wdt) *wdt = dt;
+    if (dt != DL_F32 && (!conv || (shape[2] == 1 && shape[3] == 1))) { /* file order = ours: in place? */
+        const void *at = dl_ckpt_weight_in_place(ld->ck, ld->part, full, ndim, shape, !dl_arena_measuring(ld->arena));
+        if (at) return (void *)at; /* read-only: weights are never written (no merge into kept types) */
+    }
     void *p = dl_arena_alloc(ld->arena, bytes);
     if (!p) return NULL;
     int rc;

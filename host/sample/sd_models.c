@@ -58,7 +58,10 @@ int dl_sd_open(dl_sd **out, const char *path, const char *tokenizer, const dl_ct
         return DL_ERR;
     }
     dl_ckpt_set_pool(&sd->ck, ctx ? ctx->pool : NULL); /* convert the weights on every core */
-    if (!merge_loras) sd->ck.weight_dtypes = dl_be(ctx)->weight_dtypes; /* fp16 stays fp16 where computed from */
+    if (!merge_loras) { /* fp16 stays fp16 where computed from; in the file's mapping in host memory */
+        sd->ck.weight_dtypes = dl_be(ctx)->weight_dtypes;
+        sd->ck.weights_in_place = !dl_be(ctx)->device_memory;
+    }
     sd->ck_open = 1;
     sd->cfg = sd->ck.cfg;
     sd->sd2 = sd->ck.sd2;

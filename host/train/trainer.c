@@ -724,6 +724,7 @@ static int setup_model(trainer *t)
     t->ck_ok = 1;
     dl_ckpt_set_pool(&t->ck, t->ctx.pool); /* convert the weights on every core */
     t->ck.weight_dtypes = dl_be(&t->ctx)->weight_dtypes; /* frozen fp16 weights stay fp16 where computed from */
+    t->ck.weights_in_place = !dl_be(&t->ctx)->device_memory;
     const char *tp = c->tokenizer ? c->tokenizer : t->ck.tokenizer_dir;
     if (!tp)
         return dl_error_set("%s: the model has no tokenizer/ folder; give one with --tokenizer (a tokenizer folder "
