@@ -231,6 +231,8 @@ int dl_cuda_adamw_step(int64_t n, double lr, double beta1, double beta2, double 
 int dl_cuda_sumsq(int64_t n, const float *x, float *out, cudaStream_t stream);
 int dl_cuda_clip_coef(const float *sumsq, float max_norm, float *coef, cudaStream_t stream);
 int dl_cuda_scale_by(int64_t n, const float *coef, float *x, cudaStream_t stream);
+/* y [n] = x [n] widened to fp32; x fp16 or bf16 (DL_F16 / DL_BF16), exact. */
+int dl_cuda_to_f32(dl_dtype dt, int64_t n, const void *x, float *y, cudaStream_t stream);
 
 #ifdef __cplusplus
 }

@@ -775,6 +775,17 @@ __global__ void ops_scale_by_kernel(int64_t n, const float *coef, float *x)
     if (K > 1 && blockIdx.x == 0 && i < n) x[i] *= c;
 }
 
+// y = x as fp32, x fp16 or bf16 (frozen weights kept in the checkpoint's type, widened where an op
+// computes in fp32): exact, one element per thread of a grid-stride loop.
+__device__ __forceinline__ float ops_widen(__half h) { return __half2float(h); }
+__device__ __forceinline__ float ops_widen(__nv_bfloat16 b) { return __bfloat162float(b); }
+template <typename T>
+__global__ void ops_to_f32_kernel(int64_t n, const T *x, float *y)
+{
+    const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) y[i] = ops_widen(x[i]);
+}
+
 // ---- launchers ---------------------------------------------------------------------------------
 
 static inline bool ops_dt_ok(dl_dtype dt) { return dt == DL_F32 || dt == DL_BF16; }
@@ -1233,5 +1244,18 @@ extern "C" int dl_cuda_scale_by(int64_t n, const float *coef, float *x, cudaStre
                   x);
     else
         DL_LAUNCH(ops_scale_by_kernel<1>, dim3(ops_grid(n, OPS_THREADS)), dim3(OPS_THREADS), 0, stream, n, coef, x);
+    return 0;
+}
+
+extern "C" int dl_cuda_to_f32(dl_dtype dt, int64_t n, const void *x, float *y, cudaStream_t stream)
+{
+    if ((dt != DL_F16 && dt != DL_BF16) || n < 0 || (n && (!x || !y))) return -1;
+    if (n == 0) return 0;
+    if (dt == DL_F16)
+        DL_LAUNCH(ops_to_f32_kernel<__half>, dim3(ops_grid(n, OPS_THREADS)), dim3(OPS_THREADS), 0, stream, n,
+                  (const __half *)x, y);
+    else
+        DL_LAUNCH(ops_to_f32_kernel<__nv_bfloat16>, dim3(ops_grid(n, OPS_THREADS)), dim3(OPS_THREADS), 0, stream, n,
+                  (const __nv_bfloat16 *)x, y);
     return 0;
 }

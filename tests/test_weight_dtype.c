@@ -247,3 +247,36 @@ Test(weight_dtype, sample_same_image_with_fp16_weights_kept, .init = tu_tmpdir_i
     }
     free(px);
 }
+
+/* The CUDA backend (on the emulated device) keeps fp16 weights in device memory and widens each
+ * one for the op that reads it: the same image as with fp32 weights. */
+Test(weight_dtype, cuda_backend_samples_the_same_with_fp16_weights, .init = tu_tmpdir_init, .fini = tu_tmpdir_fini,
+     .timeout = 600)
+{
+    setenv("DANLU_CUDA_DEVICE", "emulated", 1);
+    const dl_backend *be = dl_backend_find("cuda");
+    cr_assert(be && be->weight_dtypes & (1u << DL_F16));
+    const char *h = tu_tmp("pipe_f16.safetensors");
+    cr_assert_eq(dl_ckpt_convert(tu_path("tests/golden/tiny_pipe"), h, DL_LAYOUT_SINGLE, DL_F16, NULL), DL_OK, "%s",
+                 dl_error_msg());
+    dl_ctx ctx;
+    cr_assert_eq(dl_ctx_init_backend(&ctx, 2, be), DL_OK, "%s", dl_error_msg());
+    float img[2][16 * 16 * 3];
+    for (int k = 0; k < 2; k++) {
+        dl_sd *sd;
+        cr_assert_eq(dl_sd_open(&sd, h, tu_path("tests/golden/tiny_pipe/tokenizer"), &ctx, k == 0), DL_OK, "%s",
+                     dl_error_msg());
+        dl_gen_params p;
+        dl_gen_params_default(&p);
+        p.prompt = "a red circle on a blue background";
+        p.width = p.height = 16;
+        p.steps = 2;
+        p.cfg_scale = 5.0f;
+        const uint64_t seed = 7;
+        cr_assert_eq(dl_pipeline_generate(sd, &p, 1, &seed, DL_SEED_PER_IMAGE, img[k], NULL, NULL, NULL), DL_OK, "%s",
+                     dl_error_msg());
+        dl_sd_close(sd);
+    }
+    expect_same(img[1], img[0], 16 * 16 * 3, "cuda (emulated) image");
+    dl_ctx_free(&ctx);
+}

@@ -36,6 +36,7 @@ enum {
     SC_DELTA,     /* attention kernel backward: rowwise dO·O [N, H, Tq] */
     SC_ATTN_P,    /* attention fallback: S then P [H, Tq, Tk] of one sample */
     SC_ATTN_DP,   /* attention fallback backward: dP then dS [H, Tq, Tk] */
+    SC_WEIGHT,    /* an fp16 / bf16 layer weight widened to fp32 for the op that reads it */
     SC_N
 };
 
@@ -72,18 +73,6 @@ static int chk(cu_state *st, const char *entry, dl_dev_status rc)
     }
     return 1;
 }
-/* Weights other than fp32 are not taken (weight_dtypes 0: the loaders convert to fp32): 1 and a
- * sticky error if wdt is another type. */
-static int bad_wdt(cu_state *st, const char *entry, dl_dtype wdt)
-{
-    if (wdt == DL_F32) return 0;
-    if (!st->failed) {
-        st->failed = 1;
-        snprintf(st->err, sizeof st->err, "cuda backend: %s: %s weights are not supported (fp32 only)", entry,
-                 dl_dtype_name(wdt));
-    }
-    return 1;
-}
 /* DL_ERR with the sticky message when an earlier op failed, else DL_OK. */
 static int sticky(const cu_state *st)
 {
@@ -109,6 +98,17 @@ static void *grow(cu_state *st, const char *entry, cu_buf *b, size_t bytes)
 static void *scratch(cu_state *st, const char *entry, int slot, size_t bytes)
 {
     return grow(st, entry, &st->sc[slot], bytes);
+}
+
+/* The fp32 weight of n values an op computes from: w itself, or an fp16 / bf16 weight (kept in
+ * the checkpoint's type: half the device memory) widened exactly into scratch. NULL after a
+ * failure (the sticky error is set). */
+static const float *weight_f32(cu_state *st, const char *entry, const void *w, dl_dtype wdt, int64_t n)
+{
+    if (wdt == DL_F32) return w;
+    float *f = scratch(st, entry, SC_WEIGHT, (size_t)n * sizeof(float));
+    if (!f || chk(st, entry, dl_dev_to_f32(st->dev, st->s, wdt, n, w, f))) return NULL;
+    return f;
 }
 
 /* n fp32 ones (grown and refilled when n outgrows them). */
@@ -299,8 +299,8 @@ static void cu_linear_forward(const dl_ctx *ctx, int64_t M, int64_t in, int64_t 
                               dl_dtype wdt, const float *b, float *y)
 {
     cu_state *st = ST(ctx);
-    const float *w = wv;
-    if (bad_wdt(st, "linear_forward", wdt)) return;
+    const float *w = weight_f32(st, "linear_forward", wv, wdt, in * out);
+    if (!w) return;
     // y [M, out] = x [M, in] · w [out, in]ᵀ + b (bias epilogue)
     rm_gemm_b(st, "linear_forward", 0, 1, M, out, in, 1.0f, x, in, w, in, 0.0f, y, out, b, (rm_batch){1, 0, 0, 0});
 }
@@ -309,8 +309,8 @@ static void cu_linear_backward(const dl_ctx *ctx, int64_t M, int64_t in, int64_t
 {
     cu_state *st = ST(ctx);
     const char *e = "linear_backward";
-    const float *w = wv;
-    if (bad_wdt(st, e, wdt)) return;
+    const float *w = dx ? weight_f32(st, e, wv, wdt, in * out) : NULL;
+    if (dx && !w) return;
     if (dx) rm_gemm(st, e, 0, 0, M, in, out, 1.0f, dy, out, w, in, 0.0f, dx, in); // dx [M, in] = dy · w
     if (dw) rm_gemm(st, e, 1, 0, out, in, M, 1.0f, dy, out, x, in, 0.0f, dw, in); // dw [out, in] = dyᵀ · x
     if (db) bias_grad(st, e, M, out, dy, db);                                     // db [out] = dyᵀ · 1
@@ -419,8 +419,8 @@ static void cu_conv2d_forward(const dl_ctx *ctx, const dl_conv2d_shape *s, const
 {
     cu_state *st = ST(ctx);
     const char *e = "conv2d_forward";
-    const float *w = wv;
-    if (bad_wdt(st, e, wdt)) return;
+    const float *w = weight_f32(st, e, wv, wdt, (int64_t)s->Cout * s->k * s->k * s->Cin);
+    if (!w) return;
     const conv_view v = conv_make(s, s->Cout);
     const float *xin = conv_input(st, e, s, &v, x);
     if (!xin) return;
@@ -432,8 +432,8 @@ static void cu_conv2d_backward(const dl_ctx *ctx, const dl_conv2d_shape *s, cons
 {
     cu_state *st = ST(ctx);
     const char *e = "conv2d_backward";
-    const float *w = wv;
-    if (bad_wdt(st, e, wdt)) return;
+    const float *w = dx ? weight_f32(st, e, wv, wdt, (int64_t)s->Cout * s->k * s->k * s->Cin) : NULL;
+    if (dx && !w) return;
     const conv_view v = conv_make(s, s->Cout);
     if (dx) {
         float *dxp = conv_dx_target(st, e, &v, dx);
@@ -692,8 +692,8 @@ static void cu_lora_linear_forward(const dl_ctx *ctx, int64_t M, int64_t in, int
 {
     cu_state *st = ST(ctx);
     const char *e = "lora_linear_forward";
-    const float *W = Wv;
-    if (bad_wdt(st, e, wdt)) return;
+    const float *W = weight_f32(st, e, Wv, wdt, in * out);
+    if (!W) return;
     rm_gemm(st, e, 0, 1, M, r, in, 1.0f, x, in, A, in, 0.0f, h, r);                                 // h = x Aᵀ [M, r]
     rm_gemm_b(st, e, 0, 1, M, out, in, 1.0f, x, in, W, in, 0.0f, y, out, b, (rm_batch){1, 0, 0, 0}); // y = x Wᵀ + b
     rm_gemm(st, e, 0, 1, M, out, r, s, h, r, B, r, 1.0f, y, out);                                   // y += s h Bᵀ
@@ -704,8 +704,8 @@ static void cu_lora_linear_backward(const dl_ctx *ctx, int64_t M, int64_t in, in
 {
     cu_state *st = ST(ctx);
     const char *e = "lora_linear_backward";
-    const float *W = Wv;
-    if (bad_wdt(st, e, wdt)) return;
+    const float *W = dx ? weight_f32(st, e, Wv, wdt, in * out) : NULL;
+    if (dx && !W) return;
     rm_gemm(st, e, 0, 0, M, r, out, s, dy, out, B, r, 0.0f, dh, r);          // dh = s dy B     [M, r]
     if (dB) rm_gemm(st, e, 1, 0, out, r, M, s, dy, out, h, r, 0.0f, dB, r);   // dB = s dyᵀ h    [out, r]
     if (dA) rm_gemm(st, e, 1, 0, r, in, M, 1.0f, dh, r, x, in, 0.0f, dA, in); // dA = dhᵀ x      [r, in]
@@ -720,8 +720,8 @@ static void cu_lora_conv_forward(const dl_ctx *ctx, const dl_conv2d_shape *s, in
 {
     cu_state *st = ST(ctx);
     const char *e = "lora_conv_forward";
-    const float *W = Wv;
-    if (bad_wdt(st, e, wdt)) return;
+    const float *W = weight_f32(st, e, Wv, wdt, (int64_t)s->Cout * s->k * s->k * s->Cin);
+    if (!W) return;
     const conv_view vb = conv_make(s, s->Cout), va = conv_make(s, (int)r);
     const float *xin = conv_input(st, e, s, &vb, x); // padded once for both convolutions
     if (!xin) return;
@@ -739,8 +739,8 @@ static void cu_lora_conv_backward(const dl_ctx *ctx, const dl_conv2d_shape *s, i
 {
     cu_state *st = ST(ctx);
     const char *e = "lora_conv_backward";
-    const float *W = Wv;
-    if (bad_wdt(st, e, wdt)) return;
+    const float *W = dx ? weight_f32(st, e, Wv, wdt, (int64_t)s->Cout * s->k * s->k * s->Cin) : NULL;
+    if (dx && !W) return;
     (void)dx_scratch;
     const conv_view vb = conv_make(s, s->Cout), va = conv_make(s, (int)r);
     const int64_t M = conv_rows(s), Cout = s->Cout;
@@ -779,6 +779,7 @@ size_t dl_backend_cuda_grows(const dl_ctx *ctx)
 const dl_backend dl_backend_cuda = {
     .name = "cuda",
     .device_memory = 1,
+    .weight_dtypes = (1u << DL_F16) | (1u << DL_BF16),
     .open = cu_open,
     .close = cu_close,
     .alloc = cu_alloc,

@@ -611,3 +611,9 @@ dl_dev_status dl_dev_scale_by(dl_dev *dev, dl_dev_stream *s, int64_t n, const fl
                 (const void *)coef, (void *)x);
     return dev->vt->scale_by(dev, s, n, coef, x);
 }
+dl_dev_status dl_dev_to_f32(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int64_t n, const void *x, float *y)
+{
+    OPS_REQUIRE((dt == DL_F16 || dt == DL_BF16) && n >= 0 && (n == 0 || (x && y)),
+                "dl_dev_to_f32: dtype %s, n %lld, x %p, y %p", dl_dtype_name(dt), (long long)n, x, (void *)y);
+    return dev->vt->to_f32(dev, s, dt, n, x, y);
+}

@@ -555,6 +555,12 @@ static dl_dev_status real_scale_by(dl_dev *d, dl_dev_stream *s, int64_t n, const
     return kcheck("dl_dev_scale_by", dl_cuda_scale_by(n, coef, x, CS(s)));
 }
 
+static dl_dev_status real_to_f32(dl_dev *d, dl_dev_stream *s, dl_dtype dt, int64_t n, const void *x, float *y)
+{
+    (void)d;
+    return kcheck("dl_dev_to_f32", dl_cuda_to_f32(dt, n, x, y, CS(s)));
+}
+
 static const dl_dev_vt kRealVt = {
     real_close, real_name, real_sync, real_malloc, real_free, real_memcpy, real_memset,
     real_stream_create, real_stream_destroy, real_stream_sync, real_event_create, real_event_destroy,
@@ -565,7 +571,7 @@ static const dl_dev_vt kRealVt = {
     real_add_bcast_forward, real_add_bcast_backward, real_concat_forward, real_concat_backward,
     real_upsample_forward, real_upsample_backward, real_pad2d, real_timestep_embedding, real_layernorm_forward,
     real_layernorm_backward, real_embed_tokens, real_softmax_forward, real_softmax_backward, real_mse_forward,
-    real_mse_backward, real_adamw_step, real_sumsq, real_clip_coef, real_scale_by,
+    real_mse_backward, real_adamw_step, real_sumsq, real_clip_coef, real_scale_by, real_to_f32,
 };
 
 dl_dev *dl_dev_cuda_open(void)

@@ -55,6 +55,7 @@
 #define dl_cuda_sumsq dl_emu_k_sumsq
 #define dl_cuda_clip_coef dl_emu_k_clip_coef
 #define dl_cuda_scale_by dl_emu_k_scale_by
+#define dl_cuda_to_f32 dl_emu_k_to_f32
 #include "ops/cpu/activation.h" /* ops.cu's dl_act, outside the namespace */
 namespace dlk {
 #include "attention.cu"
@@ -1165,6 +1166,13 @@ dl_dev_status emu_scale_by(dl_dev *d, dl_dev_stream *s, int64_t n, const float *
                       [&](Emu *e) { return dlk::dl_cuda_scale_by(n, X(e, coef), X(e, x), nullptr); });
 }
 
+dl_dev_status emu_to_f32(dl_dev *d, dl_dev_stream *s, dl_dtype dt, int64_t n, const void *x, float *y)
+{
+    Arg a[2] = {{"x", x, (size_t)n * 2, false}, {"y", y, (size_t)n * 4, true}};
+    return run_kernel(d, s, "dl_dev_to_f32", a, 2,
+                      [&](Emu *e) { return dlk::dl_cuda_to_f32(dt, n, X(e, x), X(e, y), nullptr); });
+}
+
 const dl_dev_vt kEmuVt = {
     emu_close, emu_name, emu_synchronize, emu_malloc, emu_free, emu_memcpy, emu_memset,
     emu_stream_create, emu_stream_destroy, emu_stream_synchronize, emu_event_create, emu_event_destroy,
@@ -1175,7 +1183,7 @@ const dl_dev_vt kEmuVt = {
     emu_add_bcast_forward, emu_add_bcast_backward, emu_concat_forward, emu_concat_backward, emu_upsample_forward,
     emu_upsample_backward, emu_pad2d, emu_timestep_embedding, emu_layernorm_forward, emu_layernorm_backward,
     emu_embed_tokens, emu_softmax_forward, emu_softmax_backward, emu_mse_forward, emu_mse_backward, emu_adamw_step,
-    emu_sumsq, emu_clip_coef, emu_scale_by,
+    emu_sumsq, emu_clip_coef, emu_scale_by, emu_to_f32,
 };
 
 } // namespace

@@ -119,6 +119,7 @@ typedef struct dl_dev_vt {
     dl_dev_status (*sumsq)(dl_dev *dev, dl_dev_stream *s, int64_t n, const float *x, float *out);
     dl_dev_status (*clip_coef)(dl_dev *dev, dl_dev_stream *s, const float *sumsq, float max_norm, float *coef);
     dl_dev_status (*scale_by)(dl_dev *dev, dl_dev_stream *s, int64_t n, const float *coef, float *x);
+    dl_dev_status (*to_f32)(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int64_t n, const void *x, float *y);
 } dl_dev_vt;
 
 struct dl_dev {

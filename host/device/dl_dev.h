@@ -284,6 +284,8 @@ dl_dev_status dl_dev_sumsq(dl_dev *dev, dl_dev_stream *s, int64_t n, const float
  * *coef = min(1, max_norm / (sqrt(*sumsq) + 1e-6)) computed by dl_dev_clip_coef). */
 dl_dev_status dl_dev_clip_coef(dl_dev *dev, dl_dev_stream *s, const float *sumsq, float max_norm, float *coef);
 dl_dev_status dl_dev_scale_by(dl_dev *dev, dl_dev_stream *s, int64_t n, const float *coef, float *x);
+/* y [n] = x [n] (fp16 or bf16) widened to fp32, exactly. */
+dl_dev_status dl_dev_to_f32(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int64_t n, const void *x, float *y);
 
 #ifdef __cplusplus
 }
