@@ -6,6 +6,7 @@
  * Golden data: tests/gen/gen_sdxl_pipe.py -> tests/golden/sdxl_text.safetensors. */
 #include "cli/commands.h"
 #include "model/clip.h"
+#include "model/tokenizer.h"
 #include "testutil.h"
 
 #include <criterion/criterion.h>
@@ -348,5 +349,47 @@ Test(sdxl_text, mkcheckpoint_writes_the_second_encoder, .timeout = 120)
         dl_ckpt_close(&ck);
         snprintf(cmd, sizeof cmd, "rm -rf '%s'", out);
         cr_expect_eq(system(cmd), 0);
+    }
+}
+
+/* SDXL's tokenizer_2 pads with "!" (tiny_sdxl_pipe/tokenizer_2's special_tokens_map.json, as
+ * SDXL's), tokenizer 1 with <|endoftext|>; the ids before the padding are the same. `danlu
+ * tokenize --encoder 2` prints tokenizer_2's. */
+Test(sdxl_text, tokenizer_2_pads_with_exclamation_mark)
+{
+    dl_tokenizer *t1, *t2;
+    cr_assert_eq(dl_tokenizer_load(&t1, tu_path(FOLDER "/tokenizer")), DL_OK, "%s", dl_error_msg());
+    cr_assert_eq(dl_tokenizer_load(&t2, tu_path(FOLDER "/tokenizer_2")), DL_OK, "%s", dl_error_msg());
+    int32_t a[77], b[77];
+    /* the vocabulary entry "!" (byte 33; not "!</w>", what a "!" in a prompt encodes to) */
+    const int32_t bang[1] = {33};
+    cr_expect_eq(dl_tokenizer_pad(t2), bang[0], "tokenizer_2's pad is the id of \"!\"");
+    cr_expect_eq(dl_tokenizer_pad(t1), 999, "tokenizer 1 pads with <|endoftext|>");
+    cr_assert_eq(dl_tokenizer_encode_padded(t1, "a photo of a cat", a), DL_OK);
+    cr_assert_eq(dl_tokenizer_encode_padded(t2, "a photo of a cat", b), DL_OK);
+    int eos = 0;
+    while (eos < 77 && a[eos] != 999) eos++;
+    cr_assert_lt(eos, 76);
+    cr_expect(memcmp(a, b, sizeof(int32_t) * (size_t)(eos + 1)) == 0, "ids up to EOS differ");
+    for (int i = eos + 1; i < 77; i++) {
+        cr_expect_eq(a[i], 999);
+        cr_expect_eq(b[i], bang[0]);
+    }
+    dl_tokenizer_free(t1);
+    dl_tokenizer_free(t2);
+    /* danlu tokenize --encoder 2 on the folder (and on its tokenizer/ alone) */
+    for (int k = 0; k < 2; k++) {
+        FILE *out = tmpfile();
+        char *argv[] = {"tokenize", k ? "--tokenizer" : "--model", (char *)tu_path(k ? FOLDER "/tokenizer" : FOLDER),
+                        "--encoder", "2", "--windows", "1", "a cat", NULL};
+        cr_assert_eq(dl_cmd_tokenize(8, argv, out), 0, "%s", dl_error_msg());
+        rewind(out);
+        char text[8192] = {0};
+        size_t n = fread(text, 1, sizeof text - 1, out);
+        text[n] = 0;
+        fclose(out);
+        char want[64];
+        snprintf(want, sizeof want, " 999 %d %d ", bang[0], bang[0]);
+        cr_expect(strstr(text, want) != NULL, "encoder 2 (%s): %s", k ? "--tokenizer" : "--model", text);
     }
 }
