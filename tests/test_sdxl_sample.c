@@ -126,13 +126,15 @@ Test(sdxl_sample, context_is_both_penultimate_states_and_time_ids_matter, .timeo
 
 /* danlu sample on the SDXL folder writes the PNG diffusers' pipeline gives (uint8 of the golden
  * image), with the size options. */
-Test(sdxl_sample, danlu_sample_writes_the_image, .init = tu_tmpdir_init, .fini = tu_tmpdir_fini, .timeout = 300)
+static const char *g_backend = "cpu";
+
+static void sample_cli(void)
 {
     /* euler_sizes: original_size (h 40, w 24), crops_coords_top_left (4, 8), target_size (32, 32) */
     char *argv[] = {"sample", "--model", (char *)tu_path(FOLDER), "--prompt", PROMPT, "--negative-prompt", NEGATIVE,
                     "--sampler", "euler", "--steps", "3", "--cfg-scale", "5", "--seed", "13", "--seed-mode", "batch",
                     "--width", "16", "--height", "16", "--original-size", "24x40", "--crop", "4,8", "--target-size",
-                    "32x32", "--out-dir", (char *)tu_tmp("o"), "--backend", "cpu", "--quiet", "--threads", "2", NULL};
+                    "32x32", "--out-dir", (char *)tu_tmp("o"), "--backend", (char *)g_backend, "--quiet", "--threads", "2", NULL};
     const int argc = (int)(sizeof argv / sizeof *argv) - 1;
     FILE *devnull = fopen("/dev/null", "w");
     int rc = dl_cmd_sample(argc, argv, devnull);
@@ -160,4 +162,17 @@ Test(sdxl_sample, danlu_sample_writes_the_image, .init = tu_tmpdir_init, .fini =
     FILE *dn = fopen("/dev/null", "w");
     cr_expect_neq(dl_cmd_sample(argc, argv, dn), 0, "--original-size 24by40 accepted");
     fclose(dn);
+}
+
+Test(sdxl_sample, danlu_sample_writes_the_image, .init = tu_tmpdir_init, .fini = tu_tmpdir_fini, .timeout = 300)
+{
+    sample_cli();
+}
+
+/* the same on the CUDA backend over the emulated device (staged pooled embeddings and time ids) */
+Test(sdxl_sample, danlu_sample_on_cuda, .init = tu_tmpdir_init, .fini = tu_tmpdir_fini, .timeout = 600)
+{
+    setenv("DANLU_CUDA_DEVICE", "emulated", 1);
+    g_backend = "cuda";
+    sample_cli();
 }

@@ -173,19 +173,21 @@ Test(sdxl_text, single_file_reads_like_the_folder)
     te2_close(&f);
 }
 
+static const char *g_backend = "cpu"; /* danlu run's backend in the tests below */
+
 static int run_cli(const char *model, const char *comp, const char *in, const char *out)
 {
     char ucfg[4200];
     snprintf(ucfg, sizeof ucfg, "%s", tu_path(FOLDER "/unet/config.json"));
     char *argv[] = {"run", "--model", (char *)model, "--component", (char *)comp, "--inputs", (char *)in,
-                    "--out", (char *)out, "--threads", "2", "--backend", "cpu", "--unet-config", ucfg, NULL};
+                    "--out", (char *)out, "--threads", "2", "--backend", (char *)g_backend, "--unet-config", ucfg, NULL};
     FILE *devnull = fopen("/dev/null", "w");
     int rc = dl_cmd_run(strstr(model, ".safetensors") ? 15 : 13, argv, devnull);
     fclose(devnull);
     return rc;
 }
 
-Test(sdxl_text, danlu_run_text_encoder_2, .init = tu_tmpdir_init, .fini = tu_tmpdir_fini)
+static void run_text_encoder_2(void)
 {
     dl_st_file g;
     tu_golden_open(&g, "sdxl_text");
@@ -213,6 +215,17 @@ Test(sdxl_text, danlu_run_text_encoder_2, .init = tu_tmpdir_init, .fini = tu_tmp
     cr_expect_eq(run_cli(tu_path("tests/golden/tiny_sd15"), "text-encoder-2", tu_tmp("in.safetensors"),
                          tu_tmp("o.safetensors")), 1);
     dl_st_close(&g);
+}
+
+Test(sdxl_text, danlu_run_text_encoder_2, .init = tu_tmpdir_init, .fini = tu_tmpdir_fini) { run_text_encoder_2(); }
+
+/* the same on the CUDA backend over the emulated device (device memory: the pooled rows are
+ * gathered with the backend's copy) */
+Test(sdxl_text, danlu_run_text_encoder_2_on_cuda, .init = tu_tmpdir_init, .fini = tu_tmpdir_fini, .timeout = 300)
+{
+    setenv("DANLU_CUDA_DEVICE", "emulated", 1);
+    g_backend = "cuda";
+    run_text_encoder_2();
 }
 
 /* A single file without one of its second text encoder's tensors, and a folder with a mis-shaped
