@@ -511,3 +511,16 @@ Test(sample, cli_model_hash_comes_from_the_cache_on_the_second_run, .init = mk, 
     }
     unsetenv("XDG_CACHE_HOME");
 }
+
+/* A tokenizer with more tokens than the text encoder: one message naming the tokenizer and both
+ * sizes (the message was once formatted from freed memory, and the process crashed). */
+Test(sample, tokenizer_larger_than_the_text_encoder_is_refused)
+{
+    dl_sd *sd = NULL;
+    const char *bpe = tu_shared_path("clip/bpe_simple_vocab_16e6.txt.gz");
+    cr_assert_eq(dl_sd_open(&sd, tu_path("tests/golden/tiny_pipe"), bpe, tu_ctx(), 0), DL_ERR);
+    cr_expect_null(sd);
+    cr_expect(strstr(dl_error_msg(), "bpe_simple_vocab_16e6.txt.gz: the tokenizer has 49408 tokens but the text "
+                                     "encoder only"),
+              "message: %s", dl_error_msg());
+}

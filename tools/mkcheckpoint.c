@@ -1,7 +1,7 @@
 /* mkcheckpoint.c - danlu-mkcheckpoint: write a random-weight SD 1.x/2.x or SDXL checkpoint for a
  * config, in the single-file (original SD / SGM) or diffusers-folder layout, streaming so
  * full-size models need only a few MB of memory. For tests and benchmarks; the weights mean
- * nothing. SDXL's second text encoder is not modelled yet, so it is not written. */
+ * nothing. SDXL checkpoints hold both text encoders (the second with its projection). */
 #include "core/dtype.h"
 #include "core/error.h"
 #include "model/checkpoint.h"
@@ -67,6 +67,10 @@ static int add_tensor(void *user, dl_part part, const char *name, int ndim, cons
         DL_TRY(dl_ckpt_map_single(p->cfg, p->tl, part, name, &k));
         if (k.split > 0) return DL_OK; /* k and v live in the fused tensor emitted for q */
         if (k.split == 0) t->shape[0] *= 3;
+        if (k.transpose) { /* OpenCLIP's text_projection: [in, out] */
+            t->shape[0] = shape[1];
+            t->shape[1] = shape[0];
+        }
         if (k.conv1x1) {
             t->ndim = 4;
             t->shape[2] = t->shape[3] = 1;
@@ -208,11 +212,11 @@ static void usage(FILE *f)
             "Write a random-weight Stable Diffusion checkpoint (for tests and benchmarks).\n"
             "  -o, --out PATH           output .safetensors file (single) or folder (diffusers; must not exist)\n"
             "  --preset NAME            sd15 (default), sd21, sd21-base, sdxl, tiny, tiny-sdxl\n"
-            "                           (SDXL: the UNet, VAE and first text encoder; the second text\n"
-            "                           encoder is not written yet)\n"
+            "                           (SDXL: the UNet, VAE and both text encoders)\n"
             "  --unet-config FILE       diffusers unet/config.json (overrides the preset's UNet)\n"
             "  --vae-config FILE        diffusers vae/config.json\n"
             "  --text-config FILE       transformers text_encoder/config.json\n"
+            "  --text-config-2 FILE     transformers text_encoder_2/config.json (SDXL)\n"
             "  --layout single|diffusers  (default single)\n"
             "  --text-layout hf|openclip  single-file text encoder keys (default: openclip for GELU\n"
             "                           text encoders, i.e. SD 2.x, else hf; SDXL files always hold\n"
@@ -224,7 +228,7 @@ static void usage(FILE *f)
 
 int main(int argc, char **argv)
 {
-    const char *out = NULL, *preset = "sd15", *ucfg = NULL, *vcfg = NULL, *tcfg = NULL, *tl_name = NULL;
+    const char *out = NULL, *preset = "sd15", *ucfg = NULL, *vcfg = NULL, *tcfg = NULL, *t2cfg = NULL, *tl_name = NULL;
     dl_ckpt_layout layout = DL_LAYOUT_SINGLE;
     dl_dtype dtype = DL_F16;
     uint64_t seed = 0;
@@ -237,6 +241,7 @@ int main(int argc, char **argv)
         else if (ARG("--unet-config")) ucfg = v;
         else if (ARG("--vae-config")) vcfg = v;
         else if (ARG("--text-config")) tcfg = v;
+        else if (ARG("--text-config-2")) t2cfg = v;
         else if (ARG("--text-layout")) tl_name = v;
         else if (ARG("--seed")) seed = strtoull(v, NULL, 0);
         else if (ARG("--layout")) {
@@ -256,12 +261,18 @@ int main(int argc, char **argv)
     if (!out) { usage(stderr); return 2; }
     dl_model_config cfg;
     if (dl_model_config_preset(&cfg, preset) != DL_OK || (ucfg && dl_unet_config_load(&cfg.unet, ucfg) != DL_OK) ||
-        (vcfg && dl_vae_config_load(&cfg.vae, vcfg) != DL_OK) || (tcfg && dl_clip_config_load(&cfg.text, tcfg) != DL_OK)) {
+        (vcfg && dl_vae_config_load(&cfg.vae, vcfg) != DL_OK) || (tcfg && dl_clip_config_load(&cfg.text, tcfg) != DL_OK) ||
+        (t2cfg && dl_clip_config_load(&cfg.text2, t2cfg) != DL_OK)) {
         fprintf(stderr, "danlu-mkcheckpoint: %s\n", dl_error_msg());
         return 1;
     }
     if (vpred == 1) cfg.unet.prediction = DL_PRED_V;
     const int xl = cfg.unet.addition_embed != DL_ADD_NONE;
+    if (!xl) memset(&cfg.text2, 0, sizeof cfg.text2); /* only SDXL has a second text encoder */
+    if (xl && t2cfg && !cfg.text2.projection_dim) {
+        fprintf(stderr, "danlu-mkcheckpoint: %s: SDXL's second text encoder is a CLIPTextModelWithProjection\n", t2cfg);
+        return 2;
+    }
     dl_text_layout tl = xl ? DL_TEXT_SDXL : cfg.text.act == DL_ACT_GELU ? DL_TEXT_OPENCLIP : DL_TEXT_HF;
     if (xl && tl_name) { fprintf(stderr, "danlu-mkcheckpoint: --text-layout does not apply to SDXL\n"); return 2; }
     if (tl_name && !strcmp(tl_name, "hf")) tl = DL_TEXT_HF;
@@ -286,11 +297,13 @@ int main(int argc, char **argv)
         struct stat st;
         if (stat(out, &st) == 0) rc = dl_error_set("%s: already exists (will not overwrite a folder)", out);
         else if (mkdir(tmpdir, 0755) != 0) rc = dl_error_set("%s: cannot create folder (%s)", tmpdir, strerror(errno));
-        static const char *const sub[DL_PART_COUNT] = {"unet", "vae", "text_encoder"};
+        static const char *const sub[DL_PART_COUNT] = {"unet", "vae", "text_encoder", "text_encoder_2"};
         static const char *const file[DL_PART_COUNT] = {"unet/diffusion_pytorch_model.safetensors",
                                                         "vae/diffusion_pytorch_model.safetensors",
-                                                        "text_encoder/model.safetensors"};
+                                                        "text_encoder/model.safetensors",
+                                                        "text_encoder_2/model.safetensors"};
         for (int part = 0; part < DL_PART_COUNT && rc == DL_OK; part++) {
+            if (part == DL_PART_TEXT2 && !cfg.text2.num_layers) continue;
             p.n = 0;
             rc = mkdir_in(tmpdir, sub[part]);
             if (rc == DL_OK) rc = dl_model_weights(&cfg, (dl_part)part, add_tensor, &p);
@@ -302,6 +315,8 @@ int main(int argc, char **argv)
         if (rc == DL_OK) rc = write_json(tmpdir, "unet/config.json", dl_unet_config_to_json(&cfg.unet));
         if (rc == DL_OK) rc = write_json(tmpdir, "vae/config.json", dl_vae_config_to_json(&cfg.vae));
         if (rc == DL_OK) rc = write_json(tmpdir, "text_encoder/config.json", dl_clip_config_to_json(&cfg.text));
+        if (rc == DL_OK && cfg.text2.num_layers)
+            rc = write_json(tmpdir, "text_encoder_2/config.json", dl_clip_config_to_json(&cfg.text2));
         if (rc == DL_OK) rc = mkdir_in(tmpdir, "scheduler");
         if (rc == DL_OK) rc = write_json(tmpdir, "scheduler/scheduler_config.json", dl_scheduler_config_to_json(cfg.unet.prediction));
         if (rc == DL_OK)
@@ -309,6 +324,7 @@ int main(int argc, char **argv)
                             strdup(xl ? "{\n  \"_class_name\": \"StableDiffusionXLPipeline\",\n"
                                         "  \"scheduler\": [\"diffusers\", \"PNDMScheduler\"],\n"
                                         "  \"text_encoder\": [\"transformers\", \"CLIPTextModel\"],\n"
+                                        "  \"text_encoder_2\": [\"transformers\", \"CLIPTextModelWithProjection\"],\n"
                                         "  \"unet\": [\"diffusers\", \"UNet2DConditionModel\"],\n"
                                         "  \"vae\": [\"diffusers\", \"AutoencoderKL\"]\n}"
                                       : "{\n  \"_class_name\": \"StableDiffusionPipeline\",\n"
@@ -329,6 +345,6 @@ int main(int argc, char **argv)
         return 1;
     }
     printf("wrote %s: %s layout, %s, %lld parameters%s\n", out, layout == DL_LAYOUT_SINGLE ? "single-file" : "diffusers",
-           dl_dtype_name(dtype), params, xl ? " (SDXL without its second text encoder)" : "");
+           dl_dtype_name(dtype), params, xl && !cfg.text2.num_layers ? " (SDXL without its second text encoder)" : "");
     return 0;
 }

@@ -30,7 +30,7 @@ static const dl_opt k_run_opts[] = {
     {"--model", NULL, DL_OPT_STR, RA(model), "PATH", NULL, 0, 0, NULL, NULL, "options",
      "checkpoint: a single .safetensors file or a diffusers folder (required)"},
     {"--component", NULL, DL_OPT_STR, RA(component), "COMPONENT", NULL, 0, 0,
-     "text-encoder|unet|vae-encode|vae-decode", NULL, "options", "the network to run (required)"},
+     "text-encoder|text-encoder-2|unet|vae-encode|vae-decode", NULL, "options", "the network to run (required)"},
     {"--inputs", NULL, DL_OPT_STR, RA(inputs), "IN.safetensors", NULL, 0, 0, NULL, NULL, "options",
      "input tensors, named as above (required)"},
     {"--out", NULL, DL_OPT_STR, RA(out), "OUT.safetensors", NULL, 0, 0, NULL, NULL, "options",
@@ -62,7 +62,10 @@ static void usage(FILE *f)
             "    text-encoder  input_ids [N, T] (int64 or int32)\n"
             "                  -> last_hidden_state [N, T, C], penultimate_hidden_state [N, T, C]\n"
             "                     (hidden_states[-2], before the final layer norm); SDXL: its first text\n"
-            "                     encoder (CLIP ViT-L; the second is not implemented yet)\n"
+            "                     encoder (CLIP ViT-L)\n"
+            "    text-encoder-2  SDXL's second text encoder (OpenCLIP ViT-bigG, CLIPTextModelWithProjection):\n"
+            "                  input_ids [N, T] -> last_hidden_state, penultimate_hidden_state [N, T, 1280],\n"
+            "                     text_embeds [N, 1280] (text_projection of the final-LN state at the EOS token)\n"
             "    unet          sample [N, 4, H, W], timestep [N] or [], encoder_hidden_states [N, T, D]\n"
             "                  SDXL also: text_embeds [N, 1280] (pooled), time_ids [N, 6] (original H, W, crop\n"
             "                  top, left, target H, W; any count K with text_embeds [N, P - K * 256])\n"
@@ -160,14 +163,17 @@ static void add_out(run_state *s, const char *name, float *data, int ndim, const
     e->data = data;
 }
 
-static int run_text(run_state *s, const dl_st_file *in)
+static int run_text_part(run_state *s, const dl_st_file *in, dl_part part)
 {
     const dl_st_tensor *t = dl_st_find(in, "input_ids");
     if (!t) return dl_error_set("%s: no tensor 'input_ids' (see danlu run --help)", in->path);
     if (t->ndim != 2 || (t->dtype != DL_I64 && t->dtype != DL_I32))
         return dl_error_set("%s: 'input_ids' must be int64 or int32 [N, T]", in->path);
     int N = (int)t->shape[0], T = (int)t->shape[1];
-    const dl_clip_config *c = &s->ck.cfg.text;
+    if (part == DL_PART_TEXT2 && !s->ck.cfg.text2.num_layers)
+        return dl_error_set("%s: no second text encoder (an SDXL model with text_encoder_2/ or "
+                            "conditioner.embedders.1.model.*)", s->ck.path);
+    const dl_clip_config *c = part == DL_PART_TEXT2 ? &s->ck.cfg.text2 : &s->ck.cfg.text;
     if (T < 1 || T > c->max_positions || N < 1)
         return dl_error_set("%s: 'input_ids' is [%d, %d]; T must be 1..%d", in->path, N, T, c->max_positions);
     int32_t *ids = malloc(sizeof *ids * (size_t)N * T);
@@ -184,8 +190,8 @@ static int run_text(run_state *s, const dl_st_file *in)
     }
     dl_clip m;
     size_t wb;
-    if (dl_clip_weights_bytes(&s->ck, &wb) != DL_OK || dl_arena_init_on(&s->weights, "weights", wb, &s->ctx) != DL_OK ||
-        dl_clip_load(&m, &s->ck, &s->weights) != DL_OK ||
+    if (dl_clip_weights_bytes_as(&s->ck, part, &wb) != DL_OK ||
+        dl_arena_init_on(&s->weights, "weights", wb, &s->ctx) != DL_OK || dl_clip_load_as(&m, &s->ck, part, &s->weights) != DL_OK ||
         dl_arena_init_on(&s->scratch, "scratch", dl_clip_scratch_bytes(&m, N, T), &s->ctx) != DL_OK) {
         free(ids);
         return DL_ERR;
@@ -195,19 +201,35 @@ static int run_text(run_state *s, const dl_st_file *in)
     float *last = keep(s, malloc(no)), *pen = keep(s, malloc(no));
     const int32_t *di = dl_be_stage_in(&s->io, 0, ids, sizeof *ids * (size_t)N * T);
     float *dl = dl_be_stage_out(&s->io, 1, last, no), *dp = dl_be_stage_out(&s->io, 2, pen, no);
+    const int P = c->projection_dim;
+    float *pooled = P ? keep(s, malloc(sizeof(float) * (size_t)N * P)) : NULL;
+    float *dpool = P ? dl_be_stage_out(&s->io, 3, pooled, sizeof(float) * (size_t)N * P) : NULL;
+    int *pos = malloc(sizeof *pos * (size_t)N);
     int rc = DL_ERR;
-    if (di && dl && dp) {
+    if (di && dl && dp && pos && (!P || dpool)) {
         dl_clip_forward(&s->ctx, &m, N, T, di, c->num_layers, 1, dl, &s->scratch);
         dl_clip_forward(&s->ctx, &m, N, T, di, c->num_layers > 1 ? c->num_layers - 1 : 1, 0, dp, &s->scratch);
+        if (P) {
+            dl_clip_eos_positions(c, N, T, ids, pos);
+            dl_clip_pooled(&s->ctx, &m, N, T, pos, dl, dpool, &s->scratch);
+        }
         rc = DL_OK;
     }
+    free(pos);
     if (dl_be_stage_fetch(&s->io) != DL_OK) rc = DL_ERR;
     add_out(s, "last_hidden_state", last, 3, shape);
     add_out(s, "penultimate_hidden_state", pen, 3, shape);
+    if (P) {
+        const int64_t ps[2] = {N, P};
+        add_out(s, "text_embeds", pooled, 2, ps);
+    }
     dl_clip_free(&m);
     free(ids);
     return rc;
 }
+
+static int run_text(run_state *s, const dl_st_file *in) { return run_text_part(s, in, DL_PART_TEXT); }
+static int run_text2(run_state *s, const dl_st_file *in) { return run_text_part(s, in, DL_PART_TEXT2); }
 
 /* SDXL's added conditioning: text_embeds [N, Dt] and time_ids [N, K] (any numeric dtype) as fp32
  * in *te, *tid (kept by s); es = {Dt, K}. The UNet is configured for K time ids before it loads
@@ -386,13 +408,18 @@ int dl_cmd_run(int argc, char **argv, FILE *out)
         usage(stderr);
         return 2;
     }
-    dl_part part = !strcmp(component, "text-encoder") ? DL_PART_TEXT : !strcmp(component, "unet") ? DL_PART_UNET : DL_PART_VAE;
+    dl_part part = !strcmp(component, "text-encoder")     ? DL_PART_TEXT
+                   : !strcmp(component, "text-encoder-2") ? DL_PART_TEXT2
+                   : !strcmp(component, "unet")           ? DL_PART_UNET
+                                                          : DL_PART_VAE;
     int (*fn)(run_state *, const dl_st_file *) = !strcmp(component, "text-encoder") ? run_text
+                                               : !strcmp(component, "text-encoder-2") ? run_text2
                                                : !strcmp(component, "unet")         ? run_unet
                                                : !strcmp(component, "vae-encode")   ? run_vae_encode
                                                : !strcmp(component, "vae-decode")   ? run_vae_decode : NULL;
     if (!fn) {
-        fprintf(stderr, "danlu run: unknown component '%s' (text-encoder, unet, vae-encode, vae-decode)\n", component);
+        fprintf(stderr, "danlu run: unknown component '%s' (text-encoder, text-encoder-2, unet, vae-encode, vae-decode)\n",
+                component);
         return 2;
     }
     run_state s;
@@ -405,7 +432,7 @@ int dl_cmd_run(int argc, char **argv, FILE *out)
         return 1;
     }
     const dl_backend *be = dl_backend_find(ra.backend ? ra.backend : "auto");
-    /* SDXL: its UNet, VAE and first text encoder run */
+    /* SDXL: its UNet, VAE and both text encoders run */
     const dl_ckpt_options copt = {.prediction = -1, .allow_sdxl = 1, .unet_config = ra.unet_config};
     if (!be || dl_ctx_init_backend(&s.ctx, threads, be) != DL_OK || dl_ckpt_open(&s.ck, model, &copt) != DL_OK ||
         (dl_ckpt_set_pool(&s.ck, s.ctx.pool), s.ck.weight_dtypes = be->weight_dtypes,

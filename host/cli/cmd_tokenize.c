@@ -10,7 +10,7 @@
 
 typedef struct {
     const char *model, *tokenizer;
-    int windows;
+    int windows, encoder;
 } tokenize_args;
 
 static void tokenize_defaults(void *obj)
@@ -18,6 +18,7 @@ static void tokenize_defaults(void *obj)
     tokenize_args *t = obj;
     memset(t, 0, sizeof *t);
     t->windows = 3;
+    t->encoder = 1;
 }
 
 #define TA(f) offsetof(tokenize_args, f)
@@ -29,6 +30,9 @@ static const dl_opt k_tokenize_opts[] = {
      "a tokenizer folder, vocab.json, or CLIP's bpe_simple_vocab_16e6.txt.gz"},
     {"--windows", NULL, DL_OPT_INT, TA(windows), "N", "3", 1, 1000000, NULL, NULL, "options",
      "at most N windows of 75 tokens per prompt (3 = sd-scripts' max_token_length 225)"},
+    {"--encoder", NULL, DL_OPT_INT, TA(encoder), "1|2", "1", 1, 2, NULL, NULL, "options",
+     "which text encoder's tokenizer: 2 is SDXL's tokenizer_2 (the model's tokenizer_2/, else its tokenizer/ or "
+     "--tokenizer), which pads with \"!\" where tokenizer 1 pads with <|endoftext|>"},
 };
 
 int dl_tokenize_optsets(dl_optset *sets)
@@ -41,7 +45,7 @@ int dl_tokenize_optsets(dl_optset *sets)
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: danlu tokenize (--model PATH | --tokenizer PATH) [--windows N] \"prompt\"...\n"
+    fprintf(f, "usage: danlu tokenize (--model PATH | --tokenizer PATH) [--windows N] [--encoder 1|2] \"prompt\"...\n"
                "  Prints the CLIP token ids of each prompt, in windows of 75 as sd-scripts pads them.\n");
     dl_optset sets[DL_CMD_MAX_OPTSETS];
     dl_opt_usage(f, sets, dl_tokenize_optsets(sets));
@@ -74,7 +78,8 @@ int dl_cmd_tokenize(int argc, char **argv, FILE *out)
     char *dir = NULL;
     if (!tokpath) {
         dl_checkpoint ck;
-        if (dl_ckpt_open(&ck, model, NULL) != DL_OK) {
+        const dl_ckpt_options copt = {.prediction = -1, .allow_sdxl = 1};
+        if (dl_ckpt_open(&ck, model, &copt) != DL_OK) {
             fprintf(stderr, "danlu tokenize: %s\n", dl_error_msg());
             return 1;
         }
@@ -83,13 +88,19 @@ int dl_cmd_tokenize(int argc, char **argv, FILE *out)
             dl_ckpt_close(&ck);
             return 1;
         }
-        dir = strdup(ck.tokenizer_dir);
+        dir = strdup(ta.encoder == 2 && ck.tokenizer2_dir ? ck.tokenizer2_dir : ck.tokenizer_dir);
         dl_ckpt_close(&ck);
         tokpath = dir;
     }
     dl_tokenizer *tok;
     if (dl_tokenizer_load(&tok, tokpath) != DL_OK) {
         fprintf(stderr, "danlu tokenize: %s\n", dl_error_msg());
+        free(dir);
+        return 1;
+    }
+    if (ta.encoder == 2 && dl_tokenizer_set_pad(tok, "!") != DL_OK) { /* SDXL's tokenizer_2 */
+        fprintf(stderr, "danlu tokenize: %s\n", dl_error_msg());
+        dl_tokenizer_free(tok);
         free(dir);
         return 1;
     }

@@ -75,6 +75,21 @@ static int add_lora_cli(void *obj, const char *cmd, const char *opt, const char 
     return 0;
 }
 
+/* --original-size / --target-size WIDTHxHEIGHT, --crop TOP,LEFT (SDXL's time ids): -1 bad */
+static int parse_pair(const char *cmd, const char *opt, const char *v, int *a_out, int *b_out, char sep)
+{
+    if (!v) return 0;
+    char *e1, *e2 = NULL;
+    long a = strtol(v, &e1, 10), b = *e1 == sep ? strtol(e1 + 1, &e2, 10) : -1;
+    if (e1 == v || *e1 != sep || e2 == e1 + 1 || *e2 || a < 0 || b < 0 || a > 1 << 20 || b > 1 << 20) {
+        fprintf(stderr, "danlu %s: %s '%s': expected %s\n", cmd, opt, v,
+                sep == 'x' ? "WIDTHxHEIGHT in pixels" : "TOP,LEFT in pixels");
+        return -1;
+    }
+    *a_out = (int)a, *b_out = (int)b;
+    return 0;
+}
+
 #define SA(f) offsetof(dl_sample_args, f)
 
 /* name, alias, kind, field, placeholder, default shown, range, values, setter, group, meaning */
@@ -105,6 +120,13 @@ static const dl_opt k_sa_opts[] = {
      "size, seeds and batches", "image width in pixels, a multiple of 8"},
     {"--height", NULL, DL_OPT_INT, SA(height), "N", "512; img2img: the init image's size", 8, 16384, NULL, NULL,
      "size, seeds and batches", "image height in pixels, a multiple of 8"},
+    {"--original-size", NULL, DL_OPT_STR, SA(original_size), "WxH", "the image size", 0, 0, NULL, NULL,
+     "size, seeds and batches",
+     "SDXL: the original_size the UNet is conditioned on (StableDiffusionXLPipeline's, as width x height)"},
+    {"--crop", NULL, DL_OPT_STR, SA(crop), "TOP,LEFT", "0,0", 0, 0, NULL, NULL, "size, seeds and batches",
+     "SDXL: the crop's top-left corner the UNet is conditioned on (crops_coords_top_left)"},
+    {"--target-size", NULL, DL_OPT_STR, SA(target_size), "WxH", "the image size", 0, 0, NULL, NULL,
+     "size, seeds and batches", "SDXL: the target_size the UNet is conditioned on (as width x height)"},
     {"--seed", NULL, DL_OPT_I64, SA(seed), "N", "-1", -1, 4294967295.0, NULL, NULL, "size, seeds and batches",
      "seed of the first image (-1: a random one)"},
     {"--seed-mode", NULL, DL_OPT_FN, 0, "MODE", "per-image", 0, 0, "per-image|batch", set_seed_mode,
@@ -254,6 +276,10 @@ int dl_sa_finish(dl_sample_args *a)
     g->clip_skip = a->clip_skip;
     g->emphasis = !a->no_emphasis;
     g->negative = a->negative;
+    if (parse_pair(c, "--original-size", a->original_size, &g->orig_w, &g->orig_h, 'x') ||
+        parse_pair(c, "--crop", a->crop, &g->crop_top, &g->crop_left, ',') ||
+        parse_pair(c, "--target-size", a->target_size, &g->target_w, &g->target_h, 'x'))
+        return -1;
     /* LoRA tags in the prompt, then --lora */
     dl_prompt_lora *tags = NULL;
     int nt = 0;

@@ -27,6 +27,7 @@ typedef struct dl_sample_args {
     const char *sampler_name, *schedule;
     const char *backend;             /* --backend */
     int width, height;               /* 0: not given */
+    const char *original_size, *crop, *target_size; /* SDXL size conditioning: WxH, TOP,LEFT, WxH; NULL: default */
     int steps, clip_skip, batch_size, batch_count, threads, overwrite, quiet, no_emphasis;
     int verbose, no_hash_cache;
     float cfg_scale, eta;

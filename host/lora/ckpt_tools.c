@@ -260,7 +260,8 @@ static int save_folder(const char *out, ofile *files, int n, int dtype, const ch
 
 static const char *const k_part_file[DL_PART_COUNT] = {"unet/diffusion_pytorch_model.safetensors",
                                                        "vae/diffusion_pytorch_model.safetensors",
-                                                       "text_encoder/model.safetensors"};
+                                                       "text_encoder/model.safetensors",
+                                                       "text_encoder_2/model.safetensors"};
 
 /* Every tensor of a source file as an output tensor pointing at its bytes. */
 static int copy_all(ofile *o, const dl_st_file *f)
@@ -489,7 +490,8 @@ int dl_ckpt_convert(const char *in, const char *out, int layout, int dtype, FILE
     dl_model_config ocfg = ck.cfg;
     conv_ctx c = {.ck = &ck, .of = of, .to_single = layout == DL_LAYOUT_SINGLE, .ocfg = &ocfg};
     c.tl = ck.cfg.text.act == DL_ACT_GELU ? DL_TEXT_OPENCLIP : DL_TEXT_HF;
-    for (int p = 0; p < DL_PART_COUNT; p++) {
+    const int nparts = ck.cfg.text2.num_layers ? DL_PART_COUNT : DL_PART_TEXT2; /* the parts the model has */
+    for (int p = 0; p < nparts; p++) {
         if (!c.to_single) snprintf(of[p].rel, sizeof of[p].rel, "%s", k_part_file[p]);
         if (dl_model_weights(&ck.cfg, (dl_part)p, conv_one, &c) != DL_OK) goto done;
     }
@@ -498,7 +500,7 @@ int dl_ckpt_convert(const char *in, const char *out, int layout, int dtype, FILE
         ret = ofile_save(&of[0], out, dtype, NULL, 0);
     } else {
         of[0].meta_src = &ck.files[0];
-        ret = save_folder(out, of, DL_PART_COUNT, dtype, NULL, &ck.cfg, NULL, 0);
+        ret = save_folder(out, of, nparts, dtype, NULL, &ck.cfg, NULL, 0);
     }
     if (ret == DL_OK && log)
         fprintf(log, "%s: %d weights written (%s layout); %d tensors of the source belong to no part and were left out\n",

@@ -20,6 +20,7 @@
 #define P_TEXT_HF "cond_stage_model.transformer."
 #define P_TEXT_OC "cond_stage_model.model."
 #define P_TEXT_XL "conditioner.embedders.0.transformer." /* SDXL's first text encoder (CLIP ViT-L) */
+#define P_TEXT_XL2 "conditioner.embedders.1.model."     /* SDXL's second text encoder (OpenCLIP ViT-bigG) */
 #define P_XL "conditioner.embedders."                    /* SDXL's text encoders (SGM's conditioner) */
 
 const char *dl_part_name(dl_part part)
@@ -28,6 +29,7 @@ const char *dl_part_name(dl_part part)
     case DL_PART_UNET: return "unet";
     case DL_PART_VAE: return "vae";
     case DL_PART_TEXT: return "text_encoder";
+    case DL_PART_TEXT2: return "text_encoder_2";
     default: return "?";
     }
 }
@@ -41,6 +43,7 @@ int dl_model_weights(const dl_model_config *cfg, dl_part part, dl_weight_fn fn, 
     case DL_PART_UNET: return dl_unet_list_weights(&cfg->unet, fn, user);
     case DL_PART_VAE: return dl_vae_list_weights(&cfg->vae, fn, user);
     case DL_PART_TEXT: return dl_clip_list_weights(&cfg->text, fn, user);
+    case DL_PART_TEXT2: return cfg->text2.num_layers ? dl_clip_list_weights_as(&cfg->text2, DL_PART_TEXT2, fn, user) : DL_OK;
     default: return dl_error_set("dl_model_weights: bad part %d", (int)part);
     }
 }
@@ -183,31 +186,44 @@ static int map_vae(const dl_vae_config *v, const char *name, dl_ckpt_key *k)
     return DL_ERR;
 }
 
-static int map_text(dl_text_layout tl, const char *name, dl_ckpt_key *k)
+/* A transformers CLIP text model name in OpenCLIP's naming under prefix pre (SD2's
+ * cond_stage_model.model., SDXL's conditioner.embedders.1.model.): q/k/v are thirds of the fused
+ * attn.in_proj_*, the projection is stored [in, out] (the text tower computes x @ text_projection). */
+static int map_openclip(const char *pre, const char *name, dl_ckpt_key *k)
 {
     const char *s = name;
-    if (tl == DL_TEXT_HF) return fmt_key(k, P_TEXT_HF "%s", name);
-    if (tl == DL_TEXT_SDXL) return fmt_key(k, P_TEXT_XL "%s", name);
+    if (!strcmp(s, "text_projection.weight")) {
+        k->transpose = 1;
+        return fmt_key(k, "%stext_projection", pre);
+    }
     if (!take(&s, "text_model.")) return DL_ERR;
-    if (tl == DL_TEXT_HF_OLD) return fmt_key(k, P_TEXT_HF "%s", s);
-    /* OpenCLIP */
-    if (!strcmp(s, "embeddings.token_embedding.weight")) return fmt_key(k, P_TEXT_OC "token_embedding.weight");
-    if (!strcmp(s, "embeddings.position_embedding.weight")) return fmt_key(k, P_TEXT_OC "positional_embedding");
-    if (take(&s, "final_layer_norm.")) return fmt_key(k, P_TEXT_OC "ln_final.%s", s);
+    if (!strcmp(s, "embeddings.token_embedding.weight")) return fmt_key(k, "%stoken_embedding.weight", pre);
+    if (!strcmp(s, "embeddings.position_embedding.weight")) return fmt_key(k, "%spositional_embedding", pre);
+    if (take(&s, "final_layer_norm.")) return fmt_key(k, "%sln_final.%s", pre, s);
     int l;
     if (!take(&s, "encoder.") || !take_index(&s, "layers", &l)) return DL_ERR;
     static const char *const qkv[3] = {"self_attn.q_proj.", "self_attn.k_proj.", "self_attn.v_proj."};
     for (int q = 0; q < 3; q++)
         if (take(&s, qkv[q])) {
             k->split = q;
-            return fmt_key(k, P_TEXT_OC "transformer.resblocks.%d.attn.in_proj_%s", l, s);
+            return fmt_key(k, "%stransformer.resblocks.%d.attn.in_proj_%s", pre, l, s);
         }
     static const char *const map[][2] = {{"self_attn.out_proj.", "attn.out_proj."}, {"layer_norm1.", "ln_1."},
                                          {"layer_norm2.", "ln_2."},             {"mlp.fc1.", "mlp.c_fc."},
                                          {"mlp.fc2.", "mlp.c_proj."}};
     for (size_t m = 0; m < sizeof map / sizeof map[0]; m++)
-        if (take(&s, map[m][0])) return fmt_key(k, P_TEXT_OC "transformer.resblocks.%d.%s%s", l, map[m][1], s);
+        if (take(&s, map[m][0])) return fmt_key(k, "%stransformer.resblocks.%d.%s%s", pre, l, map[m][1], s);
     return DL_ERR;
+}
+
+static int map_text(dl_text_layout tl, const char *name, dl_ckpt_key *k)
+{
+    const char *s = name;
+    if (tl == DL_TEXT_HF) return fmt_key(k, P_TEXT_HF "%s", name);
+    if (tl == DL_TEXT_SDXL) return fmt_key(k, P_TEXT_XL "%s", name);
+    if (tl == DL_TEXT_HF_OLD) return take(&s, "text_model.") ? fmt_key(k, P_TEXT_HF "%s", s) : DL_ERR;
+    if (!strncmp(name, "text_projection.", 16)) return DL_ERR; /* SD2's single files: CLIPTextModel */
+    return map_openclip(P_TEXT_OC, name, k);
 }
 
 int dl_ckpt_map_single(const dl_model_config *cfg, dl_text_layout tl, dl_part part, const char *name, dl_ckpt_key *out)
@@ -215,11 +231,13 @@ int dl_ckpt_map_single(const dl_model_config *cfg, dl_text_layout tl, dl_part pa
     out->key[0] = 0;
     out->split = -1;
     out->conv1x1 = 0;
+    out->transpose = 0;
     int r = DL_ERR;
     switch (part) {
     case DL_PART_UNET: r = map_unet(&cfg->unet, name, out); break;
     case DL_PART_VAE: r = map_vae(&cfg->vae, name, out); break;
     case DL_PART_TEXT: r = map_text(tl, name, out); break;
+    case DL_PART_TEXT2: r = cfg->text2.num_layers ? map_openclip(P_TEXT_XL2, name, out) : DL_ERR; break;
     default: break;
     }
     if (r != DL_OK) return dl_error_set("'%s' is not a %s tensor name of this architecture", name, dl_part_name(part));
@@ -231,9 +249,8 @@ int dl_ckpt_map_single(const dl_model_config *cfg, dl_text_layout tl, dl_part pa
 /* For callers that do not handle SDXL (dl_ckpt_options.allow_sdxl 0). */
 static int refuse_sdxl(const char *path)
 {
-    return dl_error_set("%s: an SDXL checkpoint: danlu runs its UNet, VAE and first text encoder (danlu run) but "
-                        "not yet its second text encoder, so SDXL sampling, training and conversion are not "
-                        "supported yet", path);
+    return dl_error_set("%s: an SDXL checkpoint: danlu runs its networks (danlu run) and samples from it (danlu "
+                        "sample, grid), but SDXL training, LoRA tools and conversion are not supported yet", path);
 }
 
 static int file_exists(const char *path)
@@ -352,6 +369,14 @@ static int open_diffusers(dl_checkpoint *ck, const dl_ckpt_options *opt)
     DL_TRY(open_part(ck, DL_PART_UNET, "unet", "diffusion_pytorch_model"));
     DL_TRY(open_part(ck, DL_PART_VAE, "vae", "diffusion_pytorch_model"));
     DL_TRY(open_part(ck, DL_PART_TEXT, "text_encoder", "model"));
+    if (ck->cfg.unet.addition_embed != DL_ADD_NONE) { /* SDXL's second text encoder, when there */
+        p = join(ck->path, "text_encoder_2/config.json");
+        if (!p) return dl_error_set("out of memory");
+        r = file_exists(p) ? dl_clip_config_load(&ck->cfg.text2, p) : DL_OK;
+        free(p);
+        DL_TRY(r);
+        if (ck->cfg.text2.num_layers) DL_TRY(open_part(ck, DL_PART_TEXT2, "text_encoder_2", "model"));
+    }
     if (opt->prediction < 0) {
         p = join(ck->path, "scheduler/scheduler_config.json");
         r = DL_OK;
@@ -361,6 +386,11 @@ static int open_diffusers(dl_checkpoint *ck, const dl_ckpt_options *opt)
     }
     char *v = join(ck->path, "tokenizer/vocab.json"), *m = join(ck->path, "tokenizer/merges.txt");
     if (v && m && file_exists(v) && file_exists(m)) ck->tokenizer_dir = join(ck->path, "tokenizer");
+    free(v);
+    free(m);
+    v = join(ck->path, "tokenizer_2/vocab.json"), m = join(ck->path, "tokenizer_2/merges.txt");
+    if (ck->cfg.text2.num_layers && v && m && file_exists(v) && file_exists(m))
+        ck->tokenizer2_dir = join(ck->path, "tokenizer_2");
     free(v);
     free(m);
     ck->sdxl = ck->cfg.unet.addition_embed != DL_ADD_NONE;
@@ -561,10 +591,45 @@ static int detect_text(dl_checkpoint *ck)
     return dl_clip_config_validate(c, path);
 }
 
-/* The text encoder's, UNet's (or opt->unet_config's) and VAE's configs of a single file. */
+/* SDXL's second text encoder from conditioner.embedders.1.model.* (OpenCLIP ViT-bigG: every layer
+ * is used, GELU, head dim 64, text_projection [hidden, projection_dim]); none: num_layers 0. */
+static int detect_text2(dl_checkpoint *ck)
+{
+    dl_clip_config *c = &ck->cfg.text2;
+    const char *path = ck->path;
+    memset(c, 0, sizeof *c);
+    const dl_st_tensor *tok = findf(ck, P_TEXT_XL2 "token_embedding.weight");
+    if (!tok) return DL_OK;
+    const dl_st_tensor *pos = findf(ck, P_TEXT_XL2 "positional_embedding");
+    const dl_st_tensor *fc = findf(ck, P_TEXT_XL2 "transformer.resblocks.0.mlp.c_fc.weight");
+    const dl_st_tensor *proj = findf(ck, P_TEXT_XL2 "text_projection");
+    const int layers = max_index(&ck->files[0], P_TEXT_XL2 "transformer.resblocks.") + 1;
+    if (!pos || !fc || !proj || tok->ndim != 2 || pos->ndim != 2 || fc->ndim != 2 || proj->ndim != 2 || layers < 1)
+        return dl_error_set("%s: incomplete second text encoder (" P_TEXT_XL2 "token_embedding, positional_embedding, "
+                            "transformer.resblocks.*, text_projection)", path);
+    c->vocab_size = (int)tok->shape[0];
+    c->hidden_size = (int)tok->shape[1];
+    c->max_positions = (int)pos->shape[0];
+    c->intermediate_size = (int)fc->shape[0];
+    c->num_layers = layers;
+    c->projection_dim = (int)proj->shape[1];
+    if (c->hidden_size % 64)
+        return dl_error_set("%s: second text encoder width %d is not a multiple of 64: its head count cannot be "
+                            "inferred (use a diffusers folder with text_encoder_2/config.json)", path, c->hidden_size);
+    c->num_heads = c->hidden_size / 64;
+    c->act = DL_ACT_GELU;
+    c->layer_norm_eps = 1e-5f;
+    c->bos_token_id = c->vocab_size - 2;
+    c->eos_token_id = c->vocab_size - 1;
+    c->pad_token_id = 1;
+    return dl_clip_config_validate(c, path);
+}
+
+/* The text encoders', UNet's (or opt->unet_config's) and VAE's configs of a single file. */
 static int detect_parts(dl_checkpoint *ck, const dl_ckpt_options *opt)
 {
     DL_TRY(detect_text(ck));
+    if (ck->sdxl) DL_TRY(detect_text2(ck));
     if (opt->unet_config) {
         DL_TRY(dl_unet_config_load(&ck->cfg.unet, opt->unet_config));
         if ((ck->cfg.unet.addition_embed != DL_ADD_NONE) != ck->sdxl)
@@ -660,6 +725,7 @@ void dl_ckpt_close(dl_checkpoint *ck)
     }
     free(ck->path);
     free(ck->tokenizer_dir);
+    free(ck->tokenizer2_dir);
     memset(ck, 0, sizeof *ck);
 }
 
@@ -679,6 +745,8 @@ static int resolve(const dl_checkpoint *ck, dl_part part, const char *name, ref 
     memset(r, 0, sizeof *r);
     r->k.split = -1;
     if ((int)part < 0 || part >= DL_PART_COUNT) return dl_error_set("bad model part %d", (int)part);
+    if (part == DL_PART_TEXT2 && !ck->cfg.text2.num_layers)
+        return dl_error_set("%s: no second text encoder (text_encoder_2/, conditioner.embedders.1.model.*)", ck->path);
     r->file = ck->part_file[part];
     const dl_st_file *f = &ck->files[r->file];
     if (ck->layout == DL_LAYOUT_SINGLE) {
@@ -688,7 +756,7 @@ static int resolve(const dl_checkpoint *ck, dl_part part, const char *name, ref 
     } else {
         snprintf(r->k.key, sizeof r->k.key, "%s", name);
         r->t = dl_st_find(f, name);
-        if (!r->t && part == DL_PART_TEXT && !strncmp(name, "text_model.", 11)) {
+        if (!r->t && (part == DL_PART_TEXT || part == DL_PART_TEXT2) && !strncmp(name, "text_model.", 11)) {
             /* transformers >= 5 saves CLIPTextModel without the "text_model." prefix */
             r->t = dl_st_find(f, name + 11);
             if (r->t) snprintf(r->k.key, sizeof r->k.key, "%s", name + 11);
@@ -709,6 +777,12 @@ static int resolve(const dl_checkpoint *ck, dl_part part, const char *name, ref 
     if (!r->t) return 0;
     r->ndim = r->t->ndim;
     memcpy(r->shape, r->t->shape, sizeof r->shape);
+    if (r->k.transpose) {
+        if (r->ndim != 2)
+            return dl_error_set("%s: %s has %d dimensions, expected a 2-D projection", ck->path, r->k.key, r->ndim);
+        const int64_t t = r->shape[0];
+        r->shape[0] = r->shape[1], r->shape[1] = t;
+    }
     if (r->k.split >= 0) {
         if (r->ndim < 1 || r->shape[0] % 3)
             return dl_error_set("%s: fused tensor %s has shape[0] = %lld, not a multiple of 3", ck->path, r->k.key,
@@ -846,12 +920,14 @@ int dl_ckpt_dtype(const dl_checkpoint *ck, dl_part part, const char *name, dl_dt
 
 dl_dtype dl_ckpt_weight_dtype(const dl_checkpoint *ck, dl_part part, const char *name)
 {
-    dl_dtype dt;
+    ref r;
     if (!ck || !ck->weight_dtypes) return DL_F32;
-    if (dl_ckpt_dtype(ck, part, name, &dt) != DL_OK) {
+    if (resolve(ck, part, name, &r) != 1) {
         dl_error_clear();
         return DL_F32;
     }
+    const dl_dtype dt = r.t->dtype;
+    if (r.k.transpose) return DL_F32; /* stored transposed: turned around as fp32 */
     return (dt == DL_F16 || dt == DL_BF16) && (ck->weight_dtypes & (1u << dt)) ? dt : DL_F32;
 }
 
@@ -864,7 +940,7 @@ const void *dl_ckpt_weight_in_place(dl_checkpoint *ck, dl_part part, const char 
         return NULL;
     }
     const dl_dtype dt = r.t->dtype;
-    if ((dt != DL_F16 && dt != DL_BF16) || !(ck->weight_dtypes & (1u << dt))) return NULL;
+    if ((dt != DL_F16 && dt != DL_BF16) || !(ck->weight_dtypes & (1u << dt)) || r.k.transpose) return NULL;
     size_t n = (size_t)dl_st_numel(r.t);
     const char *src = r.t->data;
     if (r.k.split >= 0) src += (size_t)r.k.split * (n / 3) * 2; /* one third of a fused q/k/v */
@@ -905,6 +981,20 @@ int dl_ckpt_load_as(dl_checkpoint *ck, dl_part part, const char *name, int ndim,
     if (r.k.split >= 0) { /* one third of a fused q/k/v */
         n /= 3;
         src += (size_t)r.k.split * n * es;
+    }
+    if (r.k.transpose) { /* stored [in, out]: dst [out, in] (fp32: dl_ckpt_weight_dtype keeps none) */
+        if (keep)
+            return dl_error_set("%s tensor %s (%s): a transposed tensor is loaded as F32 only", dl_part_name(part),
+                                name, where(ck, &r, w, sizeof w));
+        const int64_t rows = r.t->shape[0], cols = r.t->shape[1];
+        float *tmp = malloc(sizeof(float) * (n ? n : 1)), *d = dst;
+        if (!tmp) return dl_error_set("out of memory reading %s", r.k.key);
+        dl_convert_to_f32(tmp, src, r.t->dtype, n);
+        for (int64_t i = 0; i < rows; i++)
+            for (int64_t o = 0; o < cols; o++) d[o * rows + i] = tmp[i * cols + o];
+        free(tmp);
+        loaded(ck, &r);
+        return DL_OK;
     }
     convert_job j = {.dst = dst, .src = src, .t = r.t->dtype, .es = es, .keep = keep};
     dl_parallel_for(ck->pool, (int64_t)n, CONVERT_GRAIN, convert_range, &j);
@@ -947,6 +1037,7 @@ static dl_part key_part(const char *key)
     if (!strncmp(key, P_UNET, strlen(P_UNET))) return DL_PART_UNET;
     if (!strncmp(key, P_VAE, strlen(P_VAE))) return DL_PART_VAE;
     if (!strncmp(key, "cond_stage_model.", 17) || !strncmp(key, P_TEXT_XL, strlen(P_TEXT_XL))) return DL_PART_TEXT;
+    if (!strncmp(key, "conditioner.embedders.1.", 24)) return DL_PART_TEXT2;
     return DL_PART_COUNT;
 }
 

@@ -8,13 +8,15 @@
  * first_stage_model.*, cond_stage_model.transformer.* or SD2's OpenCLIP
  * cond_stage_model.model.* with q/k/v fused in attn.in_proj_*; SDXL: the UNet's add_embedding
  * as model.diffusion_model.label_emb.0.{0,2}.*, the first text encoder as
- * conditioner.embedders.0.transformer.*), as diffusers' single-file converters do.
+ * conditioner.embedders.0.transformer.*, the second as conditioner.embedders.1.model.* in OpenCLIP
+ * names with its text_projection stored [in, out]), as diffusers' single-file converters do.
  *
  * SDXL: a checkpoint is SDXL when its UNet has the text_time added conditioning (unet/config.json's
  * addition_embed_type, or a single file's label_emb beside conditioner.embedders.* text
- * encoders). Its UNet, VAE and first text encoder (CLIP ViT-L, "text_encoder") load; the second
- * text encoder (text_encoder_2/, conditioner.embedders.1.*) is not modelled yet, so sampling and
- * training cannot use one: dl_ckpt_open refuses SDXL unless the caller says it handles it. Shapes asked for and reported are in the diffusers (PyTorch) convention:
+ * encoders). Its UNet, VAE and text encoders (CLIP ViT-L, "text_encoder"; OpenCLIP ViT-bigG with
+ * its projection, "text_encoder_2", DL_PART_TEXT2) load; training and the LoRA and conversion
+ * tools do not handle SDXL yet: dl_ckpt_open refuses SDXL unless the caller says it handles it.
+ * Shapes asked for and reported are in the diffusers (PyTorch) convention:
  * linear [out, in], conv [Cout, Cin, kh, kw]; dl_ckpt_load_conv hands conv weights out in
  * danlu's [Cout, kh, kw, Cin]. Weights are read from F32, F16 or BF16 into fp32.
  * Pickle checkpoints (.ckpt, .pt, .pth, .bin) are refused: unpickling can run code. */
@@ -31,7 +33,9 @@ extern "C" {
 #endif
 
 typedef enum { DL_LAYOUT_SINGLE = 0, DL_LAYOUT_DIFFUSERS = 1 } dl_ckpt_layout;
-typedef enum { DL_PART_UNET = 0, DL_PART_VAE = 1, DL_PART_TEXT = 2, DL_PART_COUNT = 3 } dl_part;
+/* DL_PART_TEXT2: SDXL's second text encoder (text_encoder_2/, conditioner.embedders.1.model.*);
+ * a model without one (cfg.text2.num_layers 0) has no tensors in that part. */
+typedef enum { DL_PART_UNET = 0, DL_PART_VAE = 1, DL_PART_TEXT = 2, DL_PART_TEXT2 = 3, DL_PART_COUNT = 4 } dl_part;
 /* How a single file stores the text encoder. */
 typedef enum {
     DL_TEXT_HF = 0,       /* cond_stage_model.transformer.text_model.* (SD1, transformers names) */
@@ -44,8 +48,8 @@ typedef struct dl_ckpt_options {
     /* Prediction type: -1 = from the folder's scheduler/scheduler_config.json (epsilon for a
      * single file: it cannot be seen in the weights), 0 = epsilon, 1 = v-prediction. */
     int prediction;
-    /* 1: the caller handles SDXL (its UNet and VAE; danlu run); 0: an SDXL checkpoint is DL_ERR
-     * saying what is not implemented yet (its second text encoder, sampling, training). */
+    /* 1: the caller handles SDXL (danlu run, sample); 0: an SDXL checkpoint is DL_ERR saying what
+     * is not implemented yet (training, the LoRA and conversion tools). */
     int allow_sdxl;
     /* A diffusers unet/config.json to use for a single file's UNet instead of the config detected
      * from its tensors (heads and norm groups are not in the weights: detection assumes SD's 8
@@ -62,6 +66,7 @@ typedef struct dl_checkpoint {
     int sdxl;                         /* 1: SDXL (the UNet's text_time added conditioning) */
     dl_model_config cfg;              /* from config.json files, or detected from the tensors */
     char *tokenizer_dir;              /* diffusers tokenizer/ with vocab.json + merges.txt, or NULL */
+    char *tokenizer2_dir;             /* SDXL: diffusers tokenizer_2/ (vocab.json + merges.txt), or NULL */
     int n_files;
     dl_st_file files[DL_PART_COUNT];  /* single: files[0] holds everything; diffusers: one per part */
     char *file_label[DL_PART_COUNT];  /* "unet/diffusion_pytorch_model.safetensors", ... */
@@ -135,6 +140,8 @@ void dl_ckpt_free_names(char **names, int n);
 typedef struct dl_ckpt_key {
     char key[256];   /* the key in the file */
     int split;       /* -1: the whole tensor; 0/1/2: q/k/v third of a fused in_proj (dim 0) */
+    int transpose;   /* the file stores this [out, in] linear weight as [in, out] (OpenCLIP's
+                        text_projection) */
     int conv1x1;     /* the file stores this [C, C] linear as a [C, C, 1, 1] conv (ldm VAE attention) */
 } dl_ckpt_key;
 
@@ -148,7 +155,7 @@ int dl_ckpt_map_single(const dl_model_config *cfg, dl_text_layout tl, dl_part pa
 typedef int (*dl_weight_fn)(void *user, dl_part part, const char *name, int ndim, const int64_t *shape);
 int dl_model_weights(const dl_model_config *cfg, dl_part part, dl_weight_fn fn, void *user);
 
-/* "unet", "vae", "text_encoder". */
+/* "unet", "vae", "text_encoder", "text_encoder_2". */
 const char *dl_part_name(dl_part part);
 
 #ifdef __cplusplus

@@ -27,7 +27,14 @@ static void build_graph(dl_clip *m)
     }
     cur = dl_graph_add(g, DL_NODE_LAYERNORM, "text_model.final_layer_norm", cur, 0, C, C);
     g->node[cur].block = &m->final_ln;
+    if (m->cfg.projection_dim > 0) {
+        cur = dl_graph_add(g, DL_NODE_CLIP_PROJ, "text_projection", cur, 0, C, m->cfg.projection_dim);
+        g->node[cur].block = &m->proj;
+    }
 }
+
+/* The final layer norm's node (the last but the projection). */
+static int final_ln_node(const dl_clip *m) { return m->cfg.num_layers + 1; }
 
 /* ================================================================ loading */
 
@@ -57,6 +64,7 @@ static int load_node(dl_clip *m, dl_netload *nl, dl_node *nd)
         return dl_nl_norm(nl, &y->ln2, nd->name, "layer_norm2", C, 0, eps);
     }
     case DL_NODE_LAYERNORM: return dl_nl_norm(nl, nd->block, "", nd->name, C, 0, eps);
+    case DL_NODE_CLIP_PROJ: return dl_nl_linear(nl, nd->block, "", nd->name, C, m->cfg.projection_dim, 0);
     default: return dl_error_set("text encoder node %s: unexpected kind %d", nd->name, (int)nd->kind);
     }
 }
@@ -78,38 +86,52 @@ static int load_all(dl_clip *m, dl_netload *nl)
     return DL_OK;
 }
 
-int dl_clip_weights_bytes(dl_checkpoint *ck, size_t *bytes)
+int dl_clip_weights_bytes_as(dl_checkpoint *ck, dl_part part, size_t *bytes)
 {
     dl_arena a;
     dl_arena_init_measure(&a, "text encoder weights (measuring)");
     dl_clip m;
-    if (dl_clip_load(&m, ck, &a) != DL_OK) return DL_ERR;
+    if (dl_clip_load_as(&m, ck, part, &a) != DL_OK) return DL_ERR;
     dl_clip_free(&m);
     *bytes = a.used;
     return DL_OK;
 }
 
-int dl_clip_load(dl_clip *m, dl_checkpoint *ck, dl_arena *weights)
+int dl_clip_weights_bytes(dl_checkpoint *ck, size_t *bytes) { return dl_clip_weights_bytes_as(ck, DL_PART_TEXT, bytes); }
+
+int dl_clip_load_as(dl_clip *m, dl_checkpoint *ck, dl_part part, dl_arena *weights)
 {
     memset(m, 0, sizeof *m);
-    m->cfg = ck->cfg.text;
-    dl_netload nl = {{ck, DL_PART_TEXT, weights, NULL, NULL}, &m->names, m, NULL};
+    if (part != DL_PART_TEXT && part != DL_PART_TEXT2) return dl_error_set("dl_clip_load: bad part %d", (int)part);
+    if (part == DL_PART_TEXT2 && ck->cfg.text2.num_layers < 1)
+        return dl_error_set("%s: no second text encoder (text_encoder_2/, conditioner.embedders.1.model.*)", ck->path);
+    m->cfg = part == DL_PART_TEXT2 ? ck->cfg.text2 : ck->cfg.text;
+    m->part = part;
+    dl_netload nl = {{ck, part, weights, NULL, NULL}, &m->names, m, NULL};
     if (load_all(m, &nl) == DL_OK) return DL_OK;
     dl_clip_free(m);
     return DL_ERR;
 }
 
-int dl_clip_list_weights(const dl_clip_config *cfg, dl_weight_fn fn, void *user)
+int dl_clip_load(dl_clip *m, dl_checkpoint *ck, dl_arena *weights) { return dl_clip_load_as(m, ck, DL_PART_TEXT, weights); }
+
+int dl_clip_list_weights_as(const dl_clip_config *cfg, dl_part part, dl_weight_fn fn, void *user)
 {
     dl_clip m;
     memset(&m, 0, sizeof m);
     m.cfg = *cfg;
+    m.part = part;
     dl_arena a;
     dl_arena_init_measure(&a, "text encoder weights (listing)");
-    dl_netload nl = {{NULL, DL_PART_TEXT, &a, fn, user}, &m.names, &m, NULL};
+    dl_netload nl = {{NULL, part, &a, fn, user}, &m.names, &m, NULL};
     const int rc = load_all(&m, &nl);
     dl_clip_free(&m);
     return rc;
+}
+
+int dl_clip_list_weights(const dl_clip_config *cfg, dl_weight_fn fn, void *user)
+{
+    return dl_clip_list_weights_as(cfg, DL_PART_TEXT, fn, user);
 }
 
 void dl_clip_free(dl_clip *m)
@@ -301,7 +323,7 @@ void dl_clip_pass(const dl_clip *m, int N, int T, const int32_t *ids, int layers
     g->n = layers + 1; /* the embeddings and the first `layers` layers */
     memcpy(g->node, m->graph.node, (size_t)g->n * sizeof *g->node);
     if (final_ln) { /* the final layer norm on the last layer run */
-        g->node[g->n] = m->graph.node[m->graph.n - 1];
+        g->node[g->n] = m->graph.node[final_ln_node(m)];
         g->node[g->n++].x = layers;
     }
     *net = (dl_net){m, g, node_forward, node_backward, node_has_lora, 0};
@@ -327,5 +349,44 @@ size_t dl_clip_scratch_bytes(const dl_clip *m, int N, int T)
     dl_arena_init_measure(&a, "text encoder scratch (measuring)");
     dl_clip_forward(dl_measure_ctx(), m, N, T, (const int32_t *)stand_in, m->cfg.num_layers, 1, (float *)stand_in,
                     &a);
+    if (m->cfg.projection_dim > 0) { /* dl_clip_pooled after it */
+        int *pos = calloc((size_t)N, sizeof *pos);
+        DL_ASSERTF(pos, "out of memory");
+        dl_clip_pooled(dl_measure_ctx(), m, N, T, pos, stand_in, (float *)stand_in, &a);
+        free(pos);
+    }
     return a.peak;
+}
+
+/* ================================================================ the pooled projection */
+
+void dl_clip_eos_positions(const dl_clip_config *c, int N, int T, const int32_t *ids, int *pos)
+{
+    for (int n = 0; n < N; n++) {
+        const int32_t *r = ids + (size_t)n * T;
+        int at = 0;
+        if (c->eos_token_id == 2) {
+            for (int t = 1; t < T; t++)
+                if (r[t] > r[at]) at = t;
+        } else {
+            for (int t = 0; t < T; t++)
+                if (r[t] == c->eos_token_id) { at = t; break; }
+        }
+        pos[n] = at;
+    }
+}
+
+void dl_clip_pooled(const dl_ctx *ctx, const dl_clip *m, int N, int T, const int *pos, const float *hidden,
+                    float *out, dl_arena *scratch)
+{
+    const int C = m->cfg.hidden_size;
+    DL_ASSERTF(m->cfg.projection_dim > 0 && m->proj.w, "text encoder without text_projection");
+    const size_t mark = dl_arena_mark(scratch);
+    float *rows = dl_alloc_f32(scratch, (int64_t)N * C); // [N, C] the pooled tokens
+    for (int n = 0; n < N; n++) {
+        DL_ASSERTF(pos[n] >= 0 && pos[n] < T, "pooled position %d of %d", pos[n], T);
+        dl_be(ctx)->copy(ctx, rows + (size_t)n * C, hidden + ((size_t)n * T + (size_t)pos[n]) * C, sizeof(float) * (size_t)C);
+    }
+    dl_linear_fwd(ctx, &m->proj, N, rows, out, scratch); // [N, P]
+    dl_arena_release(scratch, mark);
 }

@@ -87,6 +87,18 @@ static void clip_sd15(dl_clip_config *c)
     c->pad_token_id = 1;
 }
 
+/* OpenCLIP ViT-bigG/14's text tower as SDXL's text_encoder_2 (CLIPTextModelWithProjection). */
+static void clip_bigg(dl_clip_config *c)
+{
+    clip_sd15(c);
+    c->hidden_size = 1280;
+    c->intermediate_size = 5120;
+    c->num_layers = 32;
+    c->num_heads = 20;
+    c->act = DL_ACT_GELU;
+    c->projection_dim = 1280;
+}
+
 int dl_model_config_preset(dl_model_config *cfg, const char *name)
 {
     memset(cfg, 0, sizeof *cfg);
@@ -143,6 +155,7 @@ int dl_model_config_preset(dl_model_config *cfg, const char *name)
     }
     if (!strcmp(name, "sdxl")) {
         unet_sdxl(&cfg->unet);
+        clip_bigg(&cfg->text2);
         cfg->vae.scaling_factor = 0.13025f;
         cfg->vae.sample_size = 1024;
         return DL_OK;
@@ -154,7 +167,7 @@ int dl_model_config_preset(dl_model_config *cfg, const char *name)
         unet_sdxl(u);
         for (int i = 0; i < 3; i++) u->block_out_channels[i] = ch[i], u->num_heads[i] = heads[i];
         u->transformer_layers[1] = 1, u->transformer_layers[2] = 2;
-        u->cross_attention_dim = 96;
+        u->cross_attention_dim = 128; /* the two text encoders' widths, 64 + 64 */
         u->time_embed_dim = 128;
         u->sample_size = 16;
         u->projection_class_embeddings_input_dim = 6 * 256 + 40; /* SDXL's 256-wide sinusoids */
@@ -174,6 +187,10 @@ int dl_model_config_preset(dl_model_config *cfg, const char *name)
         t->max_positions = 77;
         t->bos_token_id = 998;
         t->eos_token_id = 999;
+        dl_clip_config *t2 = &cfg->text2; /* single-file detection: head dim 64 */
+        *t2 = *t;
+        t2->act = DL_ACT_GELU;
+        t2->projection_dim = 40; /* the UNet's pooled text embedding */
         return DL_OK;
     }
     return dl_error_set("unknown model preset '%s' (known: sd15, sd21, sd21-base, sdxl, tiny, tiny-sdxl)", name);
@@ -596,12 +613,20 @@ static int clip_parse_obj(dl_clip_config *c, const cJSON *o, const char *label)
         return dl_error_set("%s: model_type \"%s\" is not supported (expected clip_text_model)", label,
                             cJSON_IsString(mt) ? mt->valuestring : "?");
     const cJSON *ar = cJSON_GetObjectItemCaseSensitive(o, "architectures");
+    int with_projection = 0;
     if (ar && cJSON_IsArray(ar)) {
-        for (const cJSON *e = ar->child; e; e = e->next)
+        for (const cJSON *e = ar->child; e; e = e->next) {
             if (!cJSON_IsString(e) ||
                 (strcmp(e->valuestring, "CLIPTextModel") && strcmp(e->valuestring, "CLIPTextModelWithProjection")))
-                return dl_error_set("%s: architecture \"%s\" is not supported (expected CLIPTextModel)", label,
-                                    cJSON_IsString(e) ? e->valuestring : "?");
+                return dl_error_set("%s: architecture \"%s\" is not supported (expected CLIPTextModel or "
+                                    "CLIPTextModelWithProjection)", label, cJSON_IsString(e) ? e->valuestring : "?");
+            with_projection |= !strcmp(e->valuestring, "CLIPTextModelWithProjection");
+        }
+    }
+    c->projection_dim = 0;
+    if (with_projection) {
+        c->projection_dim = 512; /* transformers' CLIPTextConfig default */
+        DL_TRY(get_int(o, "projection_dim", &c->projection_dim, label));
     }
     DL_TRY(get_int(o, "vocab_size", &c->vocab_size, label));
     DL_TRY(get_int(o, "hidden_size", &c->hidden_size, label));
@@ -637,7 +662,7 @@ int dl_clip_config_parse(dl_clip_config *cfg, const char *json, const char *labe
 int dl_clip_config_validate(const dl_clip_config *c, const char *label)
 {
     if (c->vocab_size < 1 || c->hidden_size < 1 || c->intermediate_size < 1 || c->num_layers < 1 ||
-        c->num_heads < 1 || c->max_positions < 1 || !(c->layer_norm_eps > 0))
+        c->num_heads < 1 || c->max_positions < 1 || !(c->layer_norm_eps > 0) || c->projection_dim < 0)
         return dl_error_set("%s: a size is out of range (vocab, hidden, intermediate, layers, heads, positions, eps)",
                             label);
     if (c->hidden_size % c->num_heads)
@@ -775,7 +800,7 @@ char *dl_clip_config_to_json(const dl_clip_config *c)
 {
     cJSON *o = cJSON_CreateObject();
     cJSON *ar = cJSON_CreateArray();
-    cJSON_AddItemToArray(ar, cJSON_CreateString("CLIPTextModel"));
+    cJSON_AddItemToArray(ar, cJSON_CreateString(c->projection_dim ? "CLIPTextModelWithProjection" : "CLIPTextModel"));
     cJSON_AddItemToObject(o, "architectures", ar);
     cJSON_AddStringToObject(o, "model_type", "clip_text_model");
     cJSON_AddNumberToObject(o, "vocab_size", c->vocab_size);
@@ -789,7 +814,7 @@ char *dl_clip_config_to_json(const dl_clip_config *c)
     cJSON_AddNumberToObject(o, "bos_token_id", c->bos_token_id);
     cJSON_AddNumberToObject(o, "eos_token_id", c->eos_token_id);
     cJSON_AddNumberToObject(o, "pad_token_id", c->pad_token_id);
-    cJSON_AddNumberToObject(o, "projection_dim", c->hidden_size);
+    cJSON_AddNumberToObject(o, "projection_dim", c->projection_dim ? c->projection_dim : c->hidden_size);
     return print_and_free(o);
 }
 
@@ -836,6 +861,6 @@ const char *dl_clip_config_diff(const dl_clip_config *a, const dl_clip_config *b
 {
     DIFF(vocab_size); DIFF(hidden_size); DIFF(intermediate_size); DIFF(num_layers); DIFF(num_heads);
     DIFF(max_positions); DIFF(act); DIFF(layer_norm_eps); DIFF(bos_token_id); DIFF(eos_token_id);
-    DIFF(pad_token_id);
+    DIFF(pad_token_id); DIFF(projection_dim);
     return NULL;
 }

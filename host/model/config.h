@@ -1,6 +1,6 @@
 /* config.h - architecture configs of the SD 1.x/2.x and SDXL networks (UNet, VAE, CLIP text
- * encoder): presets, diffusers config.json parsing (cJSON) and writing, validation. SDXL's
- * second text encoder (OpenCLIP ViT-bigG with its projection) has no config here yet.
+ * encoders, SDXL's second one with its projection): presets, diffusers config.json parsing (cJSON)
+ * and writing, validation.
  *
  * Field meanings follow diffusers/transformers. One trap kept explicit here: diffusers'
  * UNet "attention_head_dim" is really the number of heads (SD1: 8 heads everywhere; SD2:
@@ -87,7 +87,10 @@ typedef struct dl_vae_config {
 } dl_vae_config;
 
 /* CLIPTextModel (transformers). SD2's OpenCLIP ViT-H text tower maps to hidden 1024, 16 heads,
- * 23 layers (the 24th is never used by SD2), GELU. */
+ * 23 layers (the 24th is never used by SD2), GELU. SDXL's second text encoder (OpenCLIP ViT-bigG,
+ * transformers' CLIPTextModelWithProjection) is hidden 1280, 20 heads, 32 layers, GELU, with a
+ * bias-free text_projection [projection_dim, hidden] applied to the final-LN hidden state at each
+ * sequence's EOS token (text_embeds). */
 typedef struct dl_clip_config {
     int vocab_size;                            /* 49408 */
     int hidden_size;                           /* 768 / 1024 */
@@ -98,19 +101,23 @@ typedef struct dl_clip_config {
     dl_clip_act act;                           /* quick_gelu (SD1) / gelu (SD2) */
     float layer_norm_eps;                      /* 1e-5 */
     int bos_token_id, eos_token_id, pad_token_id;
+    int projection_dim;                        /* text_projection's width (CLIPTextModelWithProjection);
+                                                  0: no projection (CLIPTextModel) */
 } dl_clip_config;
 
 typedef struct dl_model_config {
     dl_unet_config unet;
     dl_vae_config vae;
     dl_clip_config text;
+    dl_clip_config text2;                      /* SDXL's second text encoder; num_layers 0: none */
 } dl_model_config;
 
 /* Fill cfg with a named preset: "sd15" (SD 1.x), "sd21" (SD 2.x 768-v, v-prediction),
- * "sd21-base" (SD 2.x 512, epsilon), "sdxl" (SDXL base 1.0: its UNet and VAE, and CLIP ViT-L as
- * the text encoder: the second one is not modelled yet), "tiny" (the tiny test model of
+ * "sd21-base" (SD 2.x 512, epsilon), "sdxl" (SDXL base 1.0: its UNet and VAE, CLIP ViT-L and
+ * OpenCLIP ViT-bigG with its projection as the text encoders), "tiny" (the tiny test model of
  * tests/gen/gen_checkpoint.py), "tiny-sdxl" (a small SDXL-architecture model whose config a
- * single file's tensors give back: 32 norm groups, head dim 64, a 64-wide text encoder).
+ * single file's tensors give back: 32 norm groups, head dim 64, 64- and 128-wide text encoders
+ * whose widths add up to the UNet's cross-attention width).
  * Returns DL_OK, or DL_ERR naming the unknown preset. */
 int dl_model_config_preset(dl_model_config *cfg, const char *name);
 
@@ -122,7 +129,8 @@ int dl_unet_config_parse(dl_unet_config *cfg, const char *json, const char *labe
 /* Same for vae/config.json (AutoencoderKL). */
 int dl_vae_config_parse(dl_vae_config *cfg, const char *json, const char *label);
 /* Same for text_encoder/config.json (transformers CLIPTextConfig; generic transformers keys are
- * ignored, model_type must be clip_text_model, hidden_act quick_gelu or gelu). */
+ * ignored, model_type must be clip_text_model, hidden_act quick_gelu or gelu). projection_dim is
+ * kept only for the architecture CLIPTextModelWithProjection (text_encoder_2/config.json). */
 int dl_clip_config_parse(dl_clip_config *cfg, const char *json, const char *label);
 /* prediction_type of a scheduler/scheduler_config.json ("epsilon" or "v_prediction"). */
 int dl_prediction_parse(dl_prediction *pred, const char *json, const char *label);

@@ -45,6 +45,9 @@ typedef enum {
     DL_NODE_EMBED,       /* token + position embeddings: ids [N, T] -> [N, T, C] (the text encoder) */
     DL_NODE_CLIP_LAYER,  /* a CLIP encoder layer: pre-LN causal self-attention, pre-LN MLP */
     DL_NODE_LAYERNORM,   /* a layer norm over the channels (the text encoder's final_layer_norm) */
+    DL_NODE_CLIP_PROJ,   /* text_projection (CLIPTextModelWithProjection): the final-LN hidden state at
+                            each sequence's EOS token -> [N, P]; loaded and listed with the list, run by
+                            dl_clip_pooled, never by the walkers */
     DL_NODE_ADD_EMBED    /* SDXL's add_embedding: SiLU(temb + add_embedding(text_embeds, time_ids)),
                             a side node after the time embedding; the resnets read its output */
 } dl_node_kind;

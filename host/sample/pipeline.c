@@ -27,9 +27,59 @@ void dl_gen_params_default(dl_gen_params *p)
     dl_sampler_opts_default(&p->sopts);
 }
 
+int dl_pipeline_encode_prompt_xl(dl_sd *sd, const char *text, int clip_skip, int emphasis, int max_chunks,
+                                 float **emb, int *T, float *pooled)
+{
+    *emb = NULL;
+    *T = 0;
+    if (!dl_sd_is_xl(sd)) return dl_error_set("dl_pipeline_encode_prompt_xl: not an SDXL model");
+    dl_prompt_chunks c1, c2;
+    DL_TRY(dl_prompt_chunks_build(dl_sd_tokenizer(sd), text ? text : "", emphasis, max_chunks, &c1));
+    if (dl_prompt_chunks_build(dl_sd_tokenizer2(sd), text ? text : "", emphasis, max_chunks, &c2) != DL_OK) {
+        dl_prompt_chunks_free(&c1);
+        return DL_ERR;
+    }
+    const int n = c1.n, C = dl_sd_hidden(sd), C2 = dl_sd_hidden2(sd), C1 = C - C2, P = dl_sd_pooled_dim(sd);
+    const size_t rows = (size_t)n * DL_TOK_CONTEXT;
+    float *z1 = malloc(sizeof(float) * rows * C1), *z2 = malloc(sizeof(float) * rows * C2);
+    float *pl = malloc(sizeof(float) * (size_t)n * P), *z = malloc(sizeof(float) * rows * C);
+    int rc = DL_ERR;
+    if (c2.n != n) {
+        dl_error_set("the two tokenizers cut the prompt into %d and %d chunks", n, c2.n);
+        goto done;
+    }
+    if (!z1 || !z2 || !pl || !z) {
+        dl_error_set("out of memory encoding a prompt");
+        goto done;
+    }
+    /* all chunks in one batch: the encoders treat each sequence independently */
+    if (dl_sd_encode_text_xl(sd, n, c1.ids, c2.ids, clip_skip, z1, z2, pl) != DL_OK) goto done;
+    for (int k = 0; k < n; k++) {
+        dl_prompt_apply_emphasis(z1 + (size_t)k * DL_TOK_CONTEXT * C1, c1.mult + (size_t)k * DL_TOK_CONTEXT,
+                                 DL_TOK_CONTEXT, C1);
+        dl_prompt_apply_emphasis(z2 + (size_t)k * DL_TOK_CONTEXT * C2, c2.mult + (size_t)k * DL_TOK_CONTEXT,
+                                 DL_TOK_CONTEXT, C2);
+    }
+    for (size_t r = 0; r < rows; r++) { /* [T, C1] | [T, C2] -> [T, C1 + C2] */
+        memcpy(z + r * C, z1 + r * C1, sizeof(float) * (size_t)C1);
+        memcpy(z + r * C + C1, z2 + r * C2, sizeof(float) * (size_t)C2);
+    }
+    if (pooled) memcpy(pooled, pl, sizeof(float) * (size_t)P); /* the first chunk's */
+    *emb = z;
+    z = NULL;
+    *T = n * DL_TOK_CONTEXT;
+    rc = DL_OK;
+done:
+    free(z1), free(z2), free(pl), free(z);
+    dl_prompt_chunks_free(&c1);
+    dl_prompt_chunks_free(&c2);
+    return rc;
+}
+
 int dl_pipeline_encode_prompt(dl_sd *sd, const char *text, int clip_skip, int emphasis, int max_chunks, float **emb,
                               int *T)
 {
+    if (dl_sd_is_xl(sd)) return dl_pipeline_encode_prompt_xl(sd, text, clip_skip, emphasis, max_chunks, emb, T, NULL);
     *emb = NULL;
     *T = 0;
     dl_prompt_chunks ch;
@@ -140,6 +190,8 @@ typedef struct {
     const float *cond, *uncond;  /* [Tc, D], [Tu, D] */
     int Tc, Tu, D;
     float *xb, *ctx, *tb, *ob;   /* batch buffers [2n, ...] */
+    float *te, *tid;             /* SDXL: text_embeds [2n, P] (uncond x n; cond x n), time ids [2n, 6]; else NULL */
+    int P;
 } guided;
 
 static void fill_ctx(float *dst, const float *src, int n, int T, int D)
@@ -153,21 +205,22 @@ static int guided_cb(void *user, const float *x_in, float t, float *out)
     size_t per = (size_t)m->h * m->w * m->C, nx = per * m->n;
     int n = m->n;
     for (int i = 0; i < 2 * n; i++) m->tb[i] = t;
+    const float *te_u = m->te, *te_c = m->te ? m->te + (size_t)n * m->P : NULL; /* SDXL's pooled rows */
     if (m->g <= 1.0f) {
         fill_ctx(m->ctx, m->cond, n, m->Tc, m->D);
-        return dl_sd_unet(m->sd, n, m->h, m->w, x_in, m->tb, m->ctx, m->Tc, out);
+        return dl_sd_unet_added(m->sd, n, m->h, m->w, x_in, m->tb, m->ctx, m->Tc, te_c, m->tid, out);
     }
     if (m->Tc == m->Tu) { /* one batch [uncond; cond], as diffusers */
         memcpy(m->xb, x_in, sizeof(float) * nx);
         memcpy(m->xb + nx, x_in, sizeof(float) * nx);
         fill_ctx(m->ctx, m->uncond, n, m->Tu, m->D);
         fill_ctx(m->ctx + (size_t)n * m->Tu * m->D, m->cond, n, m->Tc, m->D);
-        DL_TRY(dl_sd_unet(m->sd, 2 * n, m->h, m->w, m->xb, m->tb, m->ctx, m->Tc, m->ob));
+        DL_TRY(dl_sd_unet_added(m->sd, 2 * n, m->h, m->w, m->xb, m->tb, m->ctx, m->Tc, te_u, m->tid, m->ob));
     } else { /* different chunk counts: two calls (A1111 without pad_cond_uncond) */
         fill_ctx(m->ctx, m->uncond, n, m->Tu, m->D);
-        DL_TRY(dl_sd_unet(m->sd, n, m->h, m->w, x_in, m->tb, m->ctx, m->Tu, m->ob));
+        DL_TRY(dl_sd_unet_added(m->sd, n, m->h, m->w, x_in, m->tb, m->ctx, m->Tu, te_u, m->tid, m->ob));
         fill_ctx(m->ctx, m->cond, n, m->Tc, m->D);
-        DL_TRY(dl_sd_unet(m->sd, n, m->h, m->w, x_in, m->tb, m->ctx, m->Tc, m->ob + nx));
+        DL_TRY(dl_sd_unet_added(m->sd, n, m->h, m->w, x_in, m->tb, m->ctx, m->Tc, te_c, m->tid, m->ob + nx));
     }
     const float *u = m->ob, *c = m->ob + nx;
     for (size_t i = 0; i < nx; i++) out[i] = u[i] + m->g * (c[i] - u[i]);
@@ -202,11 +255,46 @@ int dl_pipeline_generate(dl_sd *sd, const dl_gen_params *p, int n, const uint64_
     int rc = DL_ERR;
     if (dl_sampler_create(&s, p->sampler, &scfg, p->steps, &so, (int64_t)nx) != DL_OK) goto done;
     double t0 = dl_now_seconds();
-    if (dl_pipeline_encode_prompt(sd, p->prompt, p->clip_skip, p->emphasis, p->max_chunks, &cond, &m.Tc) != DL_OK)
-        goto done;
-    if (p->cfg_scale > 1.0f &&
-        dl_pipeline_encode_prompt(sd, p->negative, p->clip_skip, p->emphasis, p->max_chunks, &uncond, &m.Tu) != DL_OK)
-        goto done;
+    const int xl = dl_sd_is_xl(sd);
+    if (xl) { /* SDXL: pooled text_embeds [2n, P] (uncond rows, cond rows) and time ids [2n, 6] */
+        m.P = dl_sd_pooled_dim(sd);
+        m.te = calloc((size_t)2 * n * m.P, sizeof(float));
+        m.tid = malloc(sizeof(float) * 12 * (size_t)n);
+        if (!m.te || !m.tid) {
+            dl_error_set("out of memory");
+            goto done;
+        }
+        const float ids[6] = {(float)(p->orig_h ? p->orig_h : p->height), (float)(p->orig_w ? p->orig_w : p->width),
+                              (float)p->crop_top, (float)p->crop_left,
+                              (float)(p->target_h ? p->target_h : p->height),
+                              (float)(p->target_w ? p->target_w : p->width)};
+        for (int i = 0; i < 2 * n; i++) memcpy(m.tid + 6 * (size_t)i, ids, sizeof ids);
+        if (dl_pipeline_encode_prompt_xl(sd, p->prompt, p->clip_skip, p->emphasis, p->max_chunks, &cond, &m.Tc,
+                                         m.te + (size_t)n * m.P) != DL_OK)
+            goto done;
+        for (int i = 1; i < n; i++) memcpy(m.te + (size_t)(n + i) * m.P, m.te + (size_t)n * m.P, sizeof(float) * m.P);
+        if (p->cfg_scale > 1.0f && (!p->negative || !p->negative[0])) {
+            /* force_zeros_for_empty_prompt: zeros for the context and the pooled embedding */
+            uncond = calloc((size_t)m.Tc * D, sizeof(float));
+            m.Tu = m.Tc;
+            if (!uncond) {
+                dl_error_set("out of memory");
+                goto done;
+            }
+        } else if (p->cfg_scale > 1.0f) {
+            if (dl_pipeline_encode_prompt_xl(sd, p->negative, p->clip_skip, p->emphasis, p->max_chunks, &uncond, &m.Tu,
+                                             m.te) != DL_OK)
+                goto done;
+            for (int i = 1; i < n; i++) memcpy(m.te + (size_t)i * m.P, m.te, sizeof(float) * m.P);
+        }
+    } else {
+        if (dl_pipeline_encode_prompt(sd, p->prompt, p->clip_skip, p->emphasis, p->max_chunks, &cond, &m.Tc) != DL_OK)
+            goto done;
+        if (p->cfg_scale > 1.0f &&
+            dl_pipeline_encode_prompt(sd, p->negative, p->clip_skip, p->emphasis, p->max_chunks, &uncond, &m.Tu) !=
+                DL_OK)
+            goto done;
+    }
     if (p->phases) dl_phases_add(p->phases, "text encoding", dl_now_seconds() - t0);
     m.cond = cond;
     m.uncond = uncond;
@@ -307,6 +395,8 @@ done:
     free(m.ob);
     free(m.tb);
     free(m.ctx);
+    free(m.te);
+    free(m.tid);
     return rc;
 }
 

@@ -51,18 +51,30 @@ typedef struct dl_gen_params {
     dl_rng_source rng;           /* noise source (DL_RNG_TORCH_CPU by default) */
     dl_phases *phases;           /* when non-NULL, receives the time of text encoding, each
                                     sampling step and the VAE (--verbose); NULL by default */
+    /* SDXL's size conditioning (time ids, pixels), as StableDiffusionXLPipeline's original_size,
+     * crops_coords_top_left and target_size; 0: the default (height, width) / (0, 0) / (height,
+     * width). Ignored by SD 1.x/2.x models. */
+    int orig_h, orig_w, crop_top, crop_left, target_h, target_w;
 } dl_gen_params;
 
 /* Defaults: 512x512, 20 steps, CFG 7, clip skip 1, emphasis on, 8 chunks, Euler a, no init. */
 void dl_gen_params_default(dl_gen_params *p);
 
 /* Prompt -> context [n_chunks * 77, C] (malloc'd into *emb, *T = n_chunks * 77): each chunk
- * through the text encoder with clip skip, then A1111's emphasis on it. */
+ * through the text encoder with clip skip, then A1111's emphasis on it.
+ * SDXL: each chunk through both tokenizers and text encoders (dl_sd_encode_text_xl: the hidden
+ * states before the final layer norm, penultimate at clip skip 1), emphasis on each encoder's
+ * output, then concatenated along the channels (C = C1 + C2); pooled (when non-NULL, [P]) gets
+ * the first chunk's text_embeds. */
 int dl_pipeline_encode_prompt(dl_sd *sd, const char *text, int clip_skip, int emphasis, int max_chunks, float **emb,
                               int *T);
+int dl_pipeline_encode_prompt_xl(dl_sd *sd, const char *text, int clip_skip, int emphasis, int max_chunks,
+                                 float **emb, int *T, float *pooled);
 
 /* Generate n images: images [n, height, width, 3] in [0, 1] (diffusers' output_type "np"
- * before the uint8 conversion); latents, when non-NULL, receives the final latents
+ * before the uint8 conversion). SDXL as StableDiffusionXLPipeline: the pooled text_embeds and
+ * the time ids (original size, crop, target size) condition the UNet, and an empty negative prompt
+ * is zeros (context and pooled; force_zeros_for_empty_prompt of SDXL base's config); latents, when non-NULL, receives the final latents
  * [n, h, w, C] (diffusers' output_type "latent"). seeds: n seeds (DL_SEED_PER_IMAGE) or one
  * (DL_SEED_BATCH). progress, when non-NULL, is called after every model call.
  * Returns DL_OK or DL_ERR with a message. */

@@ -1,4 +1,5 @@
-/* sd_models.c - one SD checkpoint's tokenizer, text encoder, UNet and VAE loaded for sampling. */
+/* sd_models.c - one SD checkpoint's tokenizer, text encoder, UNet and VAE loaded for sampling
+ * (SDXL: both tokenizers and text encoders). */
 #include "sample/sd_models.h"
 
 #include "backend/backend.h"
@@ -24,6 +25,10 @@ struct dl_sd {
     dl_tokenizer *tok;        /* owned unless view */
     const dl_tokenizer *tokv; /* what is used: tok, or the viewed one */
     dl_clip *clip;            /* &clip_own, or the viewed network */
+    int xl;                   /* SDXL: the second tokenizer and text encoder below, added conditioning */
+    dl_tokenizer *tok2;       /* SDXL's tokenizer_2 (pads with "!") */
+    dl_clip clip2;            /* SDXL's second text encoder (with its projection) */
+    int have_clip2;
     dl_unet *unet;
     dl_vae *vae;
     dl_clip clip_own;
@@ -53,7 +58,8 @@ int dl_sd_open(dl_sd **out, const char *path, const char *tokenizer, const dl_ct
     if (!sd) return dl_error_set("out of memory");
     sd->ctx = ctx;
     sd->io.ctx = ctx;
-    if (dl_ckpt_open(&sd->ck, path, NULL) != DL_OK) {
+    const dl_ckpt_options copt = {.prediction = -1, .allow_sdxl = 1};
+    if (dl_ckpt_open(&sd->ck, path, &copt) != DL_OK) {
         free(sd);
         return DL_ERR;
     }
@@ -70,9 +76,10 @@ int dl_sd_open(dl_sd **out, const char *path, const char *tokenizer, const dl_ct
     sd->vae = &sd->vae_own;
     const char *tp = tokenizer ? tokenizer : sd->ck.tokenizer_dir;
     if (!tp) {
+        dl_error_set("%s: the model has no tokenizer/ folder; give one with --tokenizer "
+                     "(a tokenizer folder or CLIP's bpe_simple_vocab_16e6.txt.gz)", path);
         dl_sd_close(sd);
-        return dl_error_set("%s: the model has no tokenizer/ folder; give one with --tokenizer "
-                            "(a tokenizer folder or CLIP's bpe_simple_vocab_16e6.txt.gz)", path);
+        return DL_ERR;
     }
     if (dl_tokenizer_load(&sd->tok, tp) != DL_OK) {
         dl_sd_close(sd);
@@ -80,18 +87,56 @@ int dl_sd_open(dl_sd **out, const char *path, const char *tokenizer, const dl_ct
     }
     sd->tokv = sd->tok;
     const dl_model_config *c = &sd->ck.cfg;
+    /* messages are set before dl_sd_close: tp and c may point into sd */
     if (dl_tokenizer_vocab_size(sd->tok) > c->text.vocab_size) {
-        int v = dl_tokenizer_vocab_size(sd->tok);
+        dl_error_set("%s: the tokenizer has %d tokens but the text encoder only %d", tp,
+                     dl_tokenizer_vocab_size(sd->tok), c->text.vocab_size);
         dl_sd_close(sd);
-        return dl_error_set("%s: the tokenizer has %d tokens but the text encoder only %d", tp, v, c->text.vocab_size);
+        return DL_ERR;
     }
-    size_t wc, wu, wv; /* measured by running each loader against a measuring arena */
+    sd->xl = sd->ck.sdxl;
+    if (sd->xl) { /* SDXL: tokenizer_2 (the folder's, else the same vocabulary), padding with "!" */
+        const char *tp2 = !tokenizer && sd->ck.tokenizer2_dir ? sd->ck.tokenizer2_dir : tp;
+        const dl_unet_config *u = &c->unet;
+        if (!c->text2.num_layers) {
+            dl_error_set("%s: an SDXL model without its second text encoder (text_encoder_2/ or "
+                         "conditioner.embedders.1.model.*) cannot sample", path);
+            dl_sd_close(sd);
+            return DL_ERR;
+        }
+        if (c->text.hidden_size + c->text2.hidden_size != u->cross_attention_dim ||
+            c->text2.projection_dim != dl_unet_text_embeds_dim(u) || u->addition_time_ids != 6) {
+            dl_error_set("%s: the text encoders (widths %d + %d, pooled %d) do not fit the UNet (cross "
+                         "attention %d, pooled %d, %d time ids; SDXL base takes 6, the refiner is not "
+                         "supported)", path, c->text.hidden_size, c->text2.hidden_size, c->text2.projection_dim,
+                         u->cross_attention_dim, dl_unet_text_embeds_dim(u), u->addition_time_ids);
+            dl_sd_close(sd);
+            return DL_ERR;
+        }
+        if (dl_tokenizer_load(&sd->tok2, tp2) != DL_OK || dl_tokenizer_set_pad(sd->tok2, "!") != DL_OK) {
+            dl_sd_close(sd);
+            return DL_ERR;
+        }
+        if (dl_tokenizer_vocab_size(sd->tok2) > c->text2.vocab_size) {
+            dl_error_set("%s: the tokenizer has %d tokens but the second text encoder only %d", tp2,
+                         dl_tokenizer_vocab_size(sd->tok2), c->text2.vocab_size);
+            dl_sd_close(sd);
+            return DL_ERR;
+        }
+    }
+    size_t wc, wc2 = 0, wu, wv; /* measured by running each loader against a measuring arena */
     if (dl_clip_weights_bytes(&sd->ck, &wc) != DL_OK || dl_unet_weights_bytes(&sd->ck, &wu) != DL_OK ||
-        dl_vae_weights_bytes(&sd->ck, &wv) != DL_OK)
+        dl_vae_weights_bytes(&sd->ck, &wv) != DL_OK ||
+        (sd->xl && dl_clip_weights_bytes_as(&sd->ck, DL_PART_TEXT2, &wc2) != DL_OK))
         goto fail;
+    wc += wc2;
     if (dl_arena_init_on(&sd->weights, "weights", wc + wu + wv, ctx) != DL_OK) goto fail;
     if (dl_clip_load(sd->clip, &sd->ck, &sd->weights) != DL_OK) goto fail;
     sd->have_clip = 1;
+    if (sd->xl) {
+        if (dl_clip_load_as(&sd->clip2, &sd->ck, DL_PART_TEXT2, &sd->weights) != DL_OK) goto fail;
+        sd->have_clip2 = 1;
+    }
     if (dl_unet_load(sd->unet, &sd->ck, &sd->weights) != DL_OK) goto fail;
     sd->have_unet = 1;
     if (dl_vae_load(sd->vae, &sd->ck, &sd->weights) != DL_OK) goto fail;
@@ -131,6 +176,8 @@ void dl_sd_close(dl_sd *sd)
     if (!sd) return;
     dl_sd_lora_clear(sd);
     if (sd->have_clip) dl_clip_free(sd->clip);
+    if (sd->have_clip2) dl_clip_free(&sd->clip2);
+    if (sd->tok2) dl_tokenizer_free(sd->tok2);
     if (sd->have_unet) dl_unet_free(sd->unet);
     if (sd->have_vae) dl_vae_free(sd->vae);
     if (sd->tok) dl_tokenizer_free(sd->tok);
@@ -142,7 +189,11 @@ void dl_sd_close(dl_sd *sd)
 }
 
 const struct dl_tokenizer *dl_sd_tokenizer(const dl_sd *sd) { return sd->tokv; }
-int dl_sd_hidden(const dl_sd *sd) { return sd->cfg.text.hidden_size; }
+int dl_sd_hidden(const dl_sd *sd) { return sd->cfg.text.hidden_size + (sd->xl ? sd->cfg.text2.hidden_size : 0); }
+int dl_sd_is_xl(const dl_sd *sd) { return sd->xl; }
+const struct dl_tokenizer *dl_sd_tokenizer2(const dl_sd *sd) { return sd->xl ? sd->tok2 : NULL; }
+int dl_sd_hidden2(const dl_sd *sd) { return sd->xl ? sd->cfg.text2.hidden_size : 0; }
+int dl_sd_pooled_dim(const dl_sd *sd) { return sd->xl ? sd->cfg.text2.projection_dim : 0; }
 int dl_sd_text_layers(const dl_sd *sd) { return sd->cfg.text.num_layers; }
 int dl_sd_latent_channels(const dl_sd *sd) { return sd->cfg.vae.latent_channels; }
 int dl_sd_vae_factor(const dl_sd *sd) { return 1 << (sd->cfg.vae.n_blocks - 1); }
@@ -155,6 +206,7 @@ int dl_sd_lora_count(const dl_sd *sd) { return sd->n_lora; }
 int dl_sd_lora_add(dl_sd *sd, const char *path, float te_w, float unet_w, int verbose)
 {
     if (sd->view) return dl_error_set("%s: LoRA files are not merged into borrowed networks", path);
+    if (sd->xl) return dl_error_set("%s: SDXL LoRAs are not supported yet (sampling SDXL works without LoRAs)", path);
     dl_lora_net *v = realloc(sd->loras, sizeof *v * (size_t)(sd->n_lora + 1));
     if (!v) return dl_error_set("out of memory loading %s", path);
     sd->loras = v;
@@ -195,6 +247,7 @@ void dl_sd_lora_clear(dl_sd *sd)
 int dl_sd_encode_text(dl_sd *sd, int N, const int32_t *ids, int clip_skip, float *out)
 {
     const dl_clip_config *c = &sd->cfg.text;
+    if (sd->xl) return dl_error_set("dl_sd_encode_text: an SDXL model encodes with dl_sd_encode_text_xl");
     if (clip_skip < 1 || clip_skip > c->num_layers)
         return dl_error_set("clip skip %d is outside 1..%d (the text encoder's layers)", clip_skip, c->num_layers);
     DL_TRY(ensure_scratch(sd, dl_clip_scratch_bytes(sd->clip, N, DL_TOK_CONTEXT)));
@@ -206,9 +259,64 @@ int dl_sd_encode_text(dl_sd *sd, int N, const int32_t *ids, int clip_skip, float
     return dl_be_stage_fetch(&sd->io);
 }
 
+/* One text encoder's hidden state before the final layer norm, clip skip k: layers L - k. */
+static int encode_raw(dl_sd *sd, const dl_clip *m, int N, const int32_t *di, int clip_skip, float *out, int slot)
+{
+    const dl_clip_config *c = &m->cfg;
+    const size_t no = (size_t)N * DL_TOK_CONTEXT * c->hidden_size * sizeof(float);
+    float *dout = dl_be_stage_out(&sd->io, slot, out, no);
+    if (!dout) return DL_ERR;
+    dl_clip_forward(sd->ctx, m, N, DL_TOK_CONTEXT, di, c->num_layers - clip_skip, 0, dout, &sd->scratch);
+    return DL_OK;
+}
+
+int dl_sd_encode_text_xl(dl_sd *sd, int N, const int32_t *ids1, const int32_t *ids2, int clip_skip, float *out1,
+                         float *out2, float *pooled)
+{
+    if (!sd->xl) return dl_error_set("dl_sd_encode_text_xl: not an SDXL model");
+    const dl_clip_config *c1 = &sd->cfg.text, *c2 = &sd->cfg.text2;
+    const int lmin = c1->num_layers < c2->num_layers ? c1->num_layers : c2->num_layers;
+    if (clip_skip < 1 || clip_skip >= lmin)
+        return dl_error_set("clip skip %d is outside 1..%d (SDXL reads its text encoders' penultimate layer at clip "
+                            "skip 1)", clip_skip, lmin - 1);
+    size_t s1 = dl_clip_scratch_bytes(sd->clip, N, DL_TOK_CONTEXT), s2 = dl_clip_scratch_bytes(&sd->clip2, N, DL_TOK_CONTEXT);
+    const size_t nl = (size_t)N * DL_TOK_CONTEXT * c2->hidden_size * sizeof(float);
+    DL_TRY(ensure_scratch(sd, (s1 > s2 ? s1 : s2) + nl + 64));
+    const int32_t *d1 = dl_be_stage_in(&sd->io, 0, ids1, (size_t)N * DL_TOK_CONTEXT * sizeof(int32_t));
+    const int32_t *d2 = dl_be_stage_in(&sd->io, 1, ids2, (size_t)N * DL_TOK_CONTEXT * sizeof(int32_t));
+    if (!d1 || !d2) return DL_ERR;
+    DL_TRY(encode_raw(sd, sd->clip, N, d1, clip_skip, out1, 2));
+    DL_TRY(encode_raw(sd, &sd->clip2, N, d2, clip_skip, out2, 3));
+    /* pooled: text_projection of the last hidden state (every layer, final layer norm) at EOS */
+    int *pos = malloc(sizeof *pos * (size_t)N);
+    if (!pos) return dl_error_set("out of memory encoding a prompt");
+    dl_clip_eos_positions(c2, N, DL_TOK_CONTEXT, ids2, pos);
+    const size_t mark = dl_arena_mark(&sd->scratch);
+    float *last = dl_alloc_f32(&sd->scratch, (int64_t)N * DL_TOK_CONTEXT * c2->hidden_size);
+    float *dp = dl_be_stage_out(&sd->io, 4, pooled, (size_t)N * c2->projection_dim * sizeof(float));
+    int rc = DL_ERR;
+    if (dp) {
+        dl_clip_forward(sd->ctx, &sd->clip2, N, DL_TOK_CONTEXT, d2, c2->num_layers, 1, last, &sd->scratch);
+        dl_clip_pooled(sd->ctx, &sd->clip2, N, DL_TOK_CONTEXT, pos, last, dp, &sd->scratch);
+        rc = DL_OK;
+    }
+    dl_arena_release(&sd->scratch, mark);
+    free(pos);
+    if (dl_be_stage_fetch(&sd->io) != DL_OK) rc = DL_ERR;
+    return rc;
+}
+
 int dl_sd_unet(dl_sd *sd, int N, int h, int w, const float *x, const float *t, const float *context, int T,
                float *out)
 {
+    return dl_sd_unet_added(sd, N, h, w, x, t, context, T, NULL, NULL, out);
+}
+
+int dl_sd_unet_added(dl_sd *sd, int N, int h, int w, const float *x, const float *t, const float *context, int T,
+                     const float *text_embeds, const float *time_ids, float *out)
+{
+    if (sd->cfg.unet.addition_embed != DL_ADD_NONE && (!text_embeds || !time_ids))
+        return dl_error_set("the SDXL UNet needs text_embeds and time_ids");
     DL_TRY(ensure_scratch(sd, dl_unet_scratch_bytes(sd->unet, N, h, w, T)));
     const size_t nx = (size_t)N * h * w * sd->cfg.unet.in_channels * sizeof(float);
     const size_t no = (size_t)N * h * w * sd->cfg.unet.out_channels * sizeof(float);
@@ -217,7 +325,15 @@ int dl_sd_unet(dl_sd *sd, int N, int h, int w, const float *x, const float *t, c
         dl_be_stage_in(&sd->io, 2, context, (size_t)N * T * sd->cfg.unet.cross_attention_dim * sizeof(float));
     float *dout = dl_be_stage_out(&sd->io, 3, out, no);
     if (!dx || !dt || !dc || !dout) return DL_ERR;
-    dl_unet_forward(sd->ctx, sd->unet, N, h, w, dx, dt, dc, T, dout, &sd->scratch);
+    if (sd->cfg.unet.addition_embed != DL_ADD_NONE) {
+        const int K = sd->cfg.unet.addition_time_ids, P = dl_unet_text_embeds_dim(&sd->cfg.unet);
+        dl_unet_added add = {dl_be_stage_in(&sd->io, 4, text_embeds, (size_t)N * P * sizeof(float)),
+                             dl_be_stage_in(&sd->io, 5, time_ids, (size_t)N * K * sizeof(float))};
+        if (!add.text_embeds || !add.time_ids) return DL_ERR;
+        dl_unet_forward_added(sd->ctx, sd->unet, N, h, w, dx, dt, dc, T, &add, dout, &sd->scratch);
+    } else {
+        dl_unet_forward(sd->ctx, sd->unet, N, h, w, dx, dt, dc, T, dout, &sd->scratch);
+    }
     return dl_be_stage_fetch(&sd->io);
 }
 

@@ -25,7 +25,10 @@ struct dl_vae;
  * borrowed. merge_loras 1: LoRA files will be merged (dl_sd_lora_add), so every weight is held
  * in fp32; 0: layer weights stored fp16 / bf16 stay so where ctx's backend computes from them
  * (half the memory, no conversion; the same images bit for bit), and dl_sd_lora_add fails.
- * Returns DL_OK (*out set) or DL_ERR with a message. */
+ * Returns DL_OK (*out set) or DL_ERR with a message.
+ * SDXL: both text encoders load, and tokenizer_2 is the folder's tokenizer_2/ (or, with a
+ * tokenizer given or none there, the same vocabulary) padding with "!"; a model whose second
+ * text encoder or UNet do not fit (the refiner's 5 time ids) is DL_ERR. LoRAs: not for SDXL yet. */
 int dl_sd_open(dl_sd **out, const char *path, const char *tokenizer, const dl_ctx *ctx, int merge_loras);
 /* A view on networks loaded elsewhere, e.g. the trainer's, with its LoRA adapters attached and
  * live: nothing is loaded or copied (cfg is copied; tok, clip, unet, vae and ctx must outlive the
@@ -37,7 +40,12 @@ void dl_sd_close(dl_sd *sd);
 
 /* Facts about the model. */
 const struct dl_tokenizer *dl_sd_tokenizer(const dl_sd *sd);
-int dl_sd_hidden(const dl_sd *sd);            /* text encoder width = UNet cross-attention dim */
+int dl_sd_hidden(const dl_sd *sd);            /* text encoder width = UNet cross-attention dim
+                                                 (SDXL: both encoders' widths) */
+int dl_sd_is_xl(const dl_sd *sd);             /* SDXL: two text encoders, pooled + time ids */
+const struct dl_tokenizer *dl_sd_tokenizer2(const dl_sd *sd); /* SDXL's tokenizer_2, else NULL */
+int dl_sd_hidden2(const dl_sd *sd);           /* SDXL: the second encoder's width (else 0) */
+int dl_sd_pooled_dim(const dl_sd *sd);        /* SDXL: text_embeds width (else 0) */
 int dl_sd_text_layers(const dl_sd *sd);       /* text encoder layers */
 int dl_sd_latent_channels(const dl_sd *sd);   /* 4 */
 int dl_sd_vae_factor(const dl_sd *sd);        /* pixels per latent: 2^(vae blocks - 1) */
@@ -48,9 +56,18 @@ int dl_sd_is_sd2(const dl_sd *sd);
 
 /* Text encoder: out [N, 77, C] from ids [N, 77], clip skip k >= 1 (1 = last layer). */
 int dl_sd_encode_text(dl_sd *sd, int N, const int32_t *ids, int clip_skip, float *out);
+/* SDXL: out1 [N, 77, C1], out2 [N, 77, C2] the two encoders' hidden states before the final
+ * layer norm at clip skip k (1: hidden_states[-2], as StableDiffusionXLPipeline; k: diffusers'
+ * clip_skip k - 1), from ids1 (tokenizer) and ids2 (tokenizer_2); pooled [N, P] = the second
+ * encoder's text_embeds (CLIPTextModelWithProjection: its projection at the EOS token). */
+int dl_sd_encode_text_xl(dl_sd *sd, int N, const int32_t *ids1, const int32_t *ids2, int clip_skip, float *out1,
+                         float *out2, float *pooled);
 /* UNet: out [N, h, w, 4] from x [N, h, w, 4], t [N], context [N, T, C]. */
 int dl_sd_unet(dl_sd *sd, int N, int h, int w, const float *x, const float *t, const float *context, int T,
                float *out);
+/* The same with SDXL's added conditioning: text_embeds [N, P], time_ids [N, 6] (NULL for SD). */
+int dl_sd_unet_added(dl_sd *sd, int N, int h, int w, const float *x, const float *t, const float *context, int T,
+                     const float *text_embeds, const float *time_ids, float *out);
 /* VAE encoder: mean, logvar [N, h, w, 4] from img [N, H, W, 3] in [-1, 1]. */
 int dl_sd_vae_encode(dl_sd *sd, int N, int H, int W, const float *img, float *mean, float *logvar);
 /* VAE decoder: img [N, h*f, w*f, 3] from the unscaled latent z [N, h, w, 4]. */
