@@ -10,13 +10,22 @@
  * products in that thread's workspace (L2-sized), so nothing image-sized is materialised and
  * the result does not depend on the thread count.
  *
- * Rounding differs from the direct (implicit GEMM) convolution: measured against a float64
- * direct convolution on SD shapes, the relative L2 error is ~1e-7 (direct), ~2e-7 (m = 2) and
- * ~4e-7 (m = 4); see docs/perf.md. Policy (dl_cpu_conv2d_use_winograd): ctx->conv_algo, or when
- * that is DL_CONV_AUTO the environment variable DANLU_CONV=direct|winograd, else the shape: 3x3,
- * stride 1, pads 0 or 1, Cin and Cout >= 32 and enough tiles. The trainer's ctx asks for the
- * direct convolution (its forwards feed gradients checked against PEFT and finite
- * differences), so Winograd serves inference: sampling's UNet and VAE decode. */
+ * Which: F(4x4) wherever its cost (fitted per tile and per call on bench_winograd, Zen 4) is
+ * below F(2x2)'s, which is every VAE shape and the UNet's 64x64 and 32x32 levels; F(2x2) on
+ * small images with many channels (the UNet's 16x16 level at 256x256), where F(4x4)'s
+ * 36-element weight transform is not paid back by the few tiles; the direct convolution where
+ * neither pays (the 1280-channel 8x8 and 4x4 levels: the weights outnumber the pixels).
+ *
+ * Rounding differs from the direct (implicit GEMM) convolution. Relative L2 error against a
+ * float64 convolution (uniform inputs, bench_winograd and tests/test_conv_winograd.c): direct
+ * ~2e-7; F(2x2) 1e-7..6e-7; F(4x4) 3e-7..4e-6, growing with Cin (512 channels: 3-4e-6).
+ * Policy (dl_cpu_conv2d_use_winograd): ctx->conv_algo, or when that is DL_CONV_AUTO the
+ * environment variable DANLU_CONV=direct|winograd, else the shape: 3x3, stride 1, pads 0 or 1,
+ * Cin and Cout >= 32 and a modelled cost below 0.85x the direct one. The training walkers
+ * (model/graph.c) run on a ctx copy set to direct: training forwards feed gradients checked
+ * against PEFT and finite differences at tight bounds, so Winograd serves inference only
+ * (sampling's UNet and VAE, VAE encoding, the trainer's sample images). Every golden test of
+ * the VAE, UNet and sampler also passes with DANLU_CONV=winograd. */
 #ifndef DANLU_CPU_CONV_WINOGRAD_H
 #define DANLU_CPU_CONV_WINOGRAD_H
 
