@@ -24,6 +24,7 @@ int dl_ctx_init(dl_ctx *ctx, int nthreads)
     ctx->ws = NULL;
     ctx->be = &dl_backend_cpu;
     ctx->be_state = NULL;
+    ctx->conv_algo = DL_CONV_AUTO;
     ctx->pool = dl_pool_create(nthreads);
     if (!ctx->pool) return dl_error_set("cannot start the CPU thread pool");
     dl_workspace *ws = calloc(1, sizeof *ws);

@@ -35,11 +35,19 @@ extern "C" {
 typedef struct dl_workspace dl_workspace;
 struct dl_backend;
 
+/* How the CPU runs 3x3 stride-1 convolution forwards (ops/cpu/conv_winograd.h). */
+typedef enum {
+    DL_CONV_AUTO = 0,  /* DANLU_CONV=direct|winograd if set, else Winograd where it pays */
+    DL_CONV_DIRECT,    /* implicit GEMM always (the trainer's choice) */
+    DL_CONV_WINOGRAD,  /* Winograd for every shape it supports */
+} dl_conv_algo;
+
 typedef struct dl_ctx {
     dl_pool *pool;     /* CPU threads (may be NULL: run on the caller) */
     dl_workspace *ws;  /* reusable scratch (may be NULL: ops malloc their scratch) */
     const struct dl_backend *be; /* the op table networks call (backend/backend.h); NULL: CPU */
     void *be_state;    /* the backend's own state (its device, stream, workspace), or NULL */
+    int conv_algo;     /* dl_conv_algo (0: auto) */
 } dl_ctx;
 
 /* Shared workspace slots, one per (op, buffer). Callers of other ops in brackets. */
@@ -48,6 +56,7 @@ enum {
     DL_WS_GEMM_T,        /* gemm.c: transposed C of the swapped product */
     DL_WS_CONV_DX,       /* conv2d.c: strided dx phase buffer (calls gemm) */
     DL_WS_CONV_DW,       /* conv2d.c: transposed dw (calls gemm) */
+    DL_WS_CONV_WINO,     /* conv_winograd.c: transformed weights */
     DL_WS_ATTN_DQ,       /* attention.c: backward dQ partials */
     DL_WS_GN_PART,       /* groupnorm.c: per-block partial sums */
     DL_WS_GN_COEF,       /* groupnorm.c: per-channel coefficients */

@@ -73,9 +73,20 @@ void dl_graph_infer(const dl_ctx *ctx, const dl_net *net, const dl_pass_in *in0,
     dl_arena_release(scratch, mark);
 }
 
-void dl_graph_train_forward(const dl_ctx *ctx, const dl_net *net, dl_tape *tp, const dl_pass_in *in, float *out,
+/* The training walkers run the direct convolution whatever ctx asks: their forwards (and the
+ * recomputed ones of gradient checkpointing) feed gradients checked at tight bounds, and
+ * Winograd's rounding serves inference only (ops/cpu/conv_winograd.h). */
+static dl_ctx train_ctx(const dl_ctx *ctx)
+{
+    dl_ctx c = *ctx;
+    c.conv_algo = DL_CONV_DIRECT;
+    return c;
+}
+
+void dl_graph_train_forward(const dl_ctx *ctx0, const dl_net *net, dl_tape *tp, const dl_pass_in *in, float *out,
                             int checkpoint, dl_arena *act, dl_arena *scratch, dl_size_table *tab)
 {
+    const dl_ctx tctx = train_ctx(ctx0), *ctx = &tctx;
     const dl_graph *g = net->g;
     const int N = in->N, H = in->H, W = in->W;
     memset(tp, 0, sizeof *tp);
@@ -103,9 +114,10 @@ void dl_graph_train_forward(const dl_ctx *ctx, const dl_net *net, dl_tape *tp, c
     }
 }
 
-void dl_graph_backward(const dl_ctx *ctx, const dl_tape *tp, const float *dout, float *dx_in, float *dctx,
+void dl_graph_backward(const dl_ctx *ctx0, const dl_tape *tp, const float *dout, float *dx_in, float *dctx,
                        dl_arena *scratch)
 {
+    const dl_ctx tctx = train_ctx(ctx0), *ctx = &tctx;
     const dl_net *net = &tp->net;
     const dl_graph *g = net->g;
     const int N = tp->in.N, H = tp->in.H, W = tp->in.W;
@@ -278,7 +290,7 @@ static const dl_backend measure_backend = {
     .lora_unmerge = m_lora_merge,
 };
 
-static const dl_ctx measure_ctx = {NULL, NULL, &measure_backend, NULL};
+static const dl_ctx measure_ctx = {NULL, NULL, &measure_backend, NULL, DL_CONV_AUTO};
 
 const dl_ctx *dl_measure_ctx(void) { return &measure_ctx; }
 

@@ -1,5 +1,6 @@
 /* conv2d.c - channels-last 2-D convolution on the CPU as implicit GEMMs (forward, dx, dw). */
 #include "conv2d.h"
+#include "conv_winograd.h"
 #include "core/error.h"
 #include "gemm.h"
 #include "linear.h"
@@ -134,6 +135,10 @@ void dl_cpu_conv2d_forward_t(const dl_ctx *ctx, const dl_conv2d_shape *s, const 
     DL_ASSERT(x && w && y);
     const int Ho = dl_conv2d_out_h(s), Wo = dl_conv2d_out_w(s);
     const int64_t P = (int64_t)s->N * Ho * Wo, KK = (int64_t)s->k * s->k * s->Cin;
+    if (dl_cpu_conv2d_use_winograd(ctx, s)) { // 3x3 stride 1 where it pays (conv_winograd.h)
+        dl_cpu_conv2d_winograd(ctx, s, x, w, DL_F32, b, y);
+        return;
+    }
     if (is_pointwise(s)) {
         // y[P, Cout] = x[P, Cin] · w[Cout, Cin]^T
         dl_sgemm_t(ctx, 0, 1, P, s->Cout, s->Cin, 1.f, x, s->Cin, w, wdt, s->Cin, 0.f, y, s->Cout);
