@@ -9,6 +9,7 @@
 #include "lora/ckpt_tools.h"
 #include "model/unet.h"
 #include "model/vae.h"
+#include "ops/cpu/conv_winograd.h"
 #include "ops/cpu/gemm.h"
 #include "sample/pipeline.h"
 #include "sample/sd_models.h"
@@ -72,9 +73,11 @@ Test(weight_dtype, backend_entries_with_fp16_weights_equal_converted)
     cr_assert(be->weight_dtypes & (1u << DL_F16) && be->weight_dtypes & (1u << DL_BF16));
     dl_ctx *ctx = tu_ctx();
     /* convolutions: 3x3 stride 1, the VAE's asymmetric stride-2 downsample, a 1x1 */
-    static const dl_conv2d_shape cs[] = {{2, 9, 7, 24, 40, 3, 1, 1, 1, 1, 1},
+    static const dl_conv2d_shape cs[] = {{1, 48, 48, 128, 128, 3, 1, 1, 1, 1, 1}, /* Winograd's (checked below) */
+                                         {2, 9, 7, 24, 40, 3, 1, 1, 1, 1, 1},
                                          {1, 10, 12, 16, 16, 3, 2, 0, 0, 1, 1},
                                          {2, 5, 6, 48, 20, 1, 1, 0, 0, 0, 0}};
+    cr_assert(dl_cpu_conv2d_use_winograd(ctx, &cs[0]), "the first shape no longer takes the Winograd path");
     for (size_t i = 0; i < sizeof cs / sizeof *cs; i++) {
         const dl_conv2d_shape *s = &cs[i];
         const size_t nx = (size_t)s->N * s->H * s->W * s->Cin, nw = (size_t)s->Cout * s->k * s->k * s->Cin,

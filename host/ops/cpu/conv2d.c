@@ -136,7 +136,7 @@ void dl_cpu_conv2d_forward_t(const dl_ctx *ctx, const dl_conv2d_shape *s, const 
     const int Ho = dl_conv2d_out_h(s), Wo = dl_conv2d_out_w(s);
     const int64_t P = (int64_t)s->N * Ho * Wo, KK = (int64_t)s->k * s->k * s->Cin;
     if (dl_cpu_conv2d_use_winograd(ctx, s)) { // 3x3 stride 1 where it pays (conv_winograd.h)
-        dl_cpu_conv2d_winograd(ctx, s, x, w, DL_F32, b, y);
+        dl_cpu_conv2d_winograd(ctx, s, x, w, wdt, b, y);
         return;
     }
     if (is_pointwise(s)) {
