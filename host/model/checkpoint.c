@@ -874,13 +874,19 @@ static void convert_conv_rows(void *arg, int64_t b, int64_t e, int tid)
     float buf[CONVERT_BLOCK];
     const size_t cin = (size_t)j->cin, khw = (size_t)j->khw, n = cin * khw;
     const size_t CI = CONVERT_BLOCK / khw; /* input channels per block (dl_ckpt_load_conv: khw <= 64) */
-    if (j->keep) { /* 16-bit values (fp16 / bf16) moved, not converted */
+    if (j->keep) { /* 16-bit values (fp16 / bf16) moved, not converted: blocks of 64 input
+                      channels, read whole into L1, then written out one tap row at a time */
         DL_ASSERT(j->es == 2);
+        uint16_t tile[64 * 64];
         for (int64_t o = b; o < e; o++) {
-            const uint16_t *src = (const uint16_t *)(const void *)(j->src + (size_t)o * n * 2);
+            const char *src = j->src + (size_t)o * n * 2;
             uint16_t *dst = (uint16_t *)j->dst + (size_t)o * n;
-            for (size_t i = 0; i < cin; i++)
-                for (size_t yx = 0; yx < khw; yx++) dst[yx * cin + i] = src[i * khw + yx];
+            for (size_t i0 = 0; i0 < cin; i0 += 64) {
+                const size_t ci = cin - i0 < 64 ? cin - i0 : 64;
+                memcpy(tile, src + i0 * khw * 2, ci * khw * 2);
+                for (size_t yx = 0; yx < khw; yx++)
+                    for (size_t i = 0; i < ci; i++) dst[yx * cin + i0 + i] = tile[i * khw + yx];
+            }
         }
         return;
     }
