@@ -55,13 +55,15 @@ static void usage(FILE *f)
                "  --checkpointing 0|1   gradient checkpointing (default 0)\n"
                "  --threads N           CPU threads (default: DANLU_THREADS or every core)\n"
                "  --steps S             timed steps after the warm-up step (default 3)\n"
+               "  --weights native|f32  frozen weights in the checkpoint's fp16/bf16 where the backend takes\n"
+               "                        them, as the trainer holds them (default), or converted to fp32\n"
                "  --json PATH           write the figures as one JSON object\n");
 }
 
 int main(int argc, char **argv)
 {
     const char *model = NULL, *json = NULL, *backend = "cpu";
-    int threads = 0, steps = 3, size = 32, rank = 16, ckpt = 0;
+    int threads = 0, steps = 3, size = 32, rank = 16, ckpt = 0, native = 1;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) { usage(stdout); return 0; }
         if (i + 1 >= argc) { fprintf(stderr, PROG ": %s needs a value\n", argv[i]); return 2; }
@@ -74,6 +76,7 @@ int main(int argc, char **argv)
         else if (!strcmp(o, "--size")) size = atoi(v);
         else if (!strcmp(o, "--rank")) rank = atoi(v);
         else if (!strcmp(o, "--checkpointing")) ckpt = atoi(v);
+        else if (!strcmp(o, "--weights") && (!strcmp(v, "native") || !strcmp(v, "f32"))) native = !strcmp(v, "native");
         else { fprintf(stderr, PROG ": unknown option %s\n", o); return 2; }
     }
     if (!model || steps < 1 || size < 8 || rank < 1) {
@@ -84,6 +87,10 @@ int main(int argc, char **argv)
     dl_ctx ctx;
     dl_checkpoint ck;
     if (dl_ctx_init_backend(&ctx, threads, be) != DL_OK || dl_ckpt_open(&ck, model, NULL) != DL_OK) die();
+    if (native) { /* as the trainer: fp16 stays fp16 where computed from, in the file's mapping on the CPU */
+        ck.weight_dtypes = be->weight_dtypes;
+        ck.weights_in_place = !be->device_memory;
+    }
     char device[256];
     be->describe(&ctx, device, sizeof device);
     double t_load = bench_now();
@@ -165,7 +172,8 @@ int main(int argc, char **argv)
     if (json) {
         FILE *f = fopen(json, "w");
         if (!f) { fprintf(stderr, PROG ": cannot write %s\n", json); return 1; }
-        fprintf(f, "{\"what\": \"train_step\", \"backend\": \"%s\", \"precision\": \"fp32\", \"device\": ", be->name);
+        fprintf(f, "{\"what\": \"train_step\", \"backend\": \"%s\", \"precision\": \"fp32\", \"weights\": \"%s\", "
+                   "\"device\": ", be->name, native ? "native" : "f32");
         bench_json_str(f, device);
         fprintf(f,
                 ", \"latent\": %d, \"rank\": %d, \"modules\": %d, \"checkpointing\": %d, \"threads\": %d, "
