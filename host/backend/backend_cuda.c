@@ -40,6 +40,8 @@ enum {
     SC_N
 };
 
+#define CONV_MEMO 256 /* convolution shapes whose algorithm is remembered (SD1.5 training: ~120) */
+
 typedef struct cu_buf {
     void *p;
     size_t cap;
@@ -51,6 +53,11 @@ typedef struct cu_state {
     void *gemm_ws;      /* DL_DEV_GEMM_WORKSPACE bytes */
     cu_buf ones;        /* fp32 ones, for bias gradients as a GEMM */
     cu_buf sc[SC_N];
+    struct conv_memo {  /* the algorithm cuDNN's heuristic picked per (direction, shape) */
+        int key[17], algo;
+        size_t ws;
+    } memo[CONV_MEMO];
+    int n_memo;
     size_t grows;       /* scratch / ones growths since open */
     int failed;         /* sticky error */
     char err[1024];
@@ -359,8 +366,25 @@ static int conv_algo(cu_state *st, const char *e, dl_dev_conv_dir dir, const con
     int algo = 0;
     *ws = NULL;
     *wsb = 0;
-    if (st->failed || chk(st, e, dl_dev_conv_algo(st->dev, dir, &v->xd, &v->wd, &v->cd, &v->yd, &algo, wsb)))
-        return -1;
+    if (st->failed) return -1;
+    const int key[17] = {(int)dir, (int)v->xd.dt, v->xd.n, v->xd.c, v->xd.h, v->xd.w, (int)v->wd.dt, v->wd.k, v->wd.c,
+                         v->wd.r, v->wd.s, v->cd.pad_h, v->cd.pad_w, v->cd.stride_h, v->cd.stride_w, v->cd.dil_h,
+                         v->cd.dil_w};
+    int hit = -1;
+    for (int i = 0; i < st->n_memo && hit < 0; i++)
+        if (!memcmp(st->memo[i].key, key, sizeof key)) hit = i;
+    if (hit >= 0) {
+        algo = st->memo[hit].algo;
+        *wsb = st->memo[hit].ws;
+    } else {
+        if (chk(st, e, dl_dev_conv_algo(st->dev, dir, &v->xd, &v->wd, &v->cd, &v->yd, &algo, wsb))) return -1;
+        if (st->n_memo < CONV_MEMO) { /* beyond that (unusual shape churn) the heuristic is asked each time */
+            struct conv_memo *m = &st->memo[st->n_memo++];
+            memcpy(m->key, key, sizeof key);
+            m->algo = algo;
+            m->ws = *wsb;
+        }
+    }
     if (*wsb && !(*ws = scratch(st, e, SC_CONV_WS, *wsb))) return -1;
     return algo;
 }
