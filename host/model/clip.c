@@ -93,7 +93,7 @@ int dl_clip_load(dl_clip *m, dl_checkpoint *ck, dl_arena *weights)
 {
     memset(m, 0, sizeof *m);
     m->cfg = ck->cfg.text;
-    dl_netload nl = {{ck, DL_PART_TEXT, weights, NULL, NULL}, &m->names, m, NULL};
+    dl_netload nl = {{.ck = ck, .part = DL_PART_TEXT, .arena = weights}, &m->names, m, NULL};
     if (load_all(m, &nl) == DL_OK) return DL_OK;
     dl_clip_free(m);
     return DL_ERR;
@@ -106,7 +106,7 @@ int dl_clip_list_weights(const dl_clip_config *cfg, dl_weight_fn fn, void *user)
     m.cfg = *cfg;
     dl_arena a;
     dl_arena_init_measure(&a, "text encoder weights (listing)");
-    dl_netload nl = {{NULL, DL_PART_TEXT, &a, fn, user}, &m.names, &m, NULL};
+    dl_netload nl = {{.part = DL_PART_TEXT, .arena = &a, .list = fn, .list_user = user}, &m.names, &m, NULL};
     const int rc = load_all(&m, &nl);
     dl_clip_free(&m);
     return rc;
@@ -221,7 +221,7 @@ static void layer_backward(const dl_ctx *ctx, const dl_clip_config *c, const dl_
         float *dm = dx ? dx : dl_alloc_f32(scratch, M * C);                 // [M, C] d x_mid
         float *dq = dl_alloc_f32(scratch, M * C), *dk = dl_alloc_f32(scratch, M * C);
         float *dv = dl_alloc_f32(scratch, M * C);                           // [N, T, H*d] each
-        dl_layernorm_bwd(ctx, &y->ln2, M, v.x_mid, v.mean2, v.rstd2, g, t); // [M, C]
+        dl_layernorm_bwd(ctx, &y->ln2, M, v.x_mid, v.mean2, v.rstd2, g, t, scratch); // [M, C]
         dl_be(ctx)->add_forward(ctx, M * C, dy, t, dm);                     // d x_mid = dy + ln2's
         dl_linear_bwd(ctx, &y->o, M, v.a, dm, qkv ? g : NULL, scratch);     // [M, C] d a
         if (qkv) {
@@ -233,7 +233,7 @@ static void layer_backward(const dl_ctx *ctx, const dl_clip_config *c, const dl_
         }
         if (below) {
             dl_be(ctx)->axpy(ctx, M * C, 1.0f, t, g);
-            dl_layernorm_bwd(ctx, &y->ln1, M, x, v.mean1, v.rstd1, g, t);   // [M, C]
+            dl_layernorm_bwd(ctx, &y->ln1, M, x, v.mean1, v.rstd1, g, t, scratch);   // [M, C]
             dl_be(ctx)->axpy(ctx, M * C, 1.0f, t, dx);                      // d x = d x_mid + ln1's
         }
     }
@@ -242,7 +242,7 @@ static void layer_backward(const dl_ctx *ctx, const dl_clip_config *c, const dl_
 
 /* ================================================================ one node */
 
-static int node_has_lora(const void *self, const dl_node *nd)
+static int node_trains(const void *self, const dl_node *nd)
 {
     (void)self;
     if (nd->kind != DL_NODE_CLIP_LAYER) return 0; /* the embeddings and the norms are frozen */
@@ -276,9 +276,9 @@ static float *node_forward(const dl_ctx *ctx, const void *self, const dl_node *n
 
 static void node_backward(const dl_ctx *ctx, const void *self, const dl_node *nd, const dl_pass_in *in,
                           const float *x, const float *saved, const float *dy, float *dx, float *dctx,
-                          dl_arena *scratch)
+                          float *dside, dl_arena *scratch)
 {
-    (void)dctx;
+    (void)dctx, (void)dside;
     const dl_clip *m = self;
     const int64_t M = (int64_t)in->N * in->T;
     switch (nd->kind) {
@@ -286,7 +286,7 @@ static void node_backward(const dl_ctx *ctx, const void *self, const dl_node *nd
     case DL_NODE_CLIP_LAYER:
         layer_backward(ctx, &m->cfg, nd->block, in->N, in->T, x, saved, dy, dx, scratch);
         return;
-    case DL_NODE_LAYERNORM: dl_layernorm_bwd(ctx, nd->block, M, x, saved, saved + M, dy, dx); return; // [M, C]
+    case DL_NODE_LAYERNORM: dl_layernorm_bwd(ctx, nd->block, M, x, saved, saved + M, dy, dx, scratch); return; // [M, C]
     default: DL_ASSERTF(0, "text encoder node kind %d", (int)nd->kind);
     }
 }
@@ -304,7 +304,7 @@ void dl_clip_pass(const dl_clip *m, int N, int T, const int32_t *ids, int layers
         g->node[g->n] = m->graph.node[m->graph.n - 1];
         g->node[g->n++].x = layers;
     }
-    *net = (dl_net){m, g, node_forward, node_backward, node_has_lora, 0};
+    *net = (dl_net){m, g, node_forward, node_backward, node_trains, 0};
     *in = (dl_pass_in){.N = N, .H = T, .W = 1, .T = T, .ids = ids};
 }
 
