@@ -871,11 +871,8 @@ static int setup_model(trainer *t)
     dl_ckpt_set_pool(&t->ck, t->ctx.pool); /* convert the weights on every core */
     t->ck.weight_dtypes = dl_be(&t->ctx)->weight_dtypes; /* frozen fp16 weights stay fp16 where computed from */
     t->ck.weights_in_place = !dl_be(&t->ctx)->device_memory;
-    if (t->ft) {
-        if (t->ck.sdxl) return dl_error_set("%s: full fine-tuning of SDXL is not implemented", c->pretrained_model_name_or_path);
-        t->ck.weight_dtypes = 0; /* every weight fp32 and writable: they train (the VAE's and text encoder's too) */
-        t->ck.weights_in_place = 0;
-    }
+    if (t->ft && t->ck.sdxl)
+        return dl_error_set("%s: full fine-tuning of SDXL is not implemented", c->pretrained_model_name_or_path);
     const char *tp = c->tokenizer ? c->tokenizer : t->ck.tokenizer_dir;
     if (!tp)
         return dl_error_set("%s: the model has no tokenizer/ folder; give one with --tokenizer (a tokenizer folder "
@@ -886,9 +883,16 @@ static int setup_model(trainer *t)
         return dl_error_set("%s: the tokenizer has %d tokens but the text encoder only %d", tp,
                             dl_tokenizer_vocab_size(t->tok), mc->text.vocab_size);
     size_t wc, wu, wv; /* measured by running each loader against a measuring arena */
-    if (dl_clip_weights_bytes(&t->ck, &wc) != DL_OK || dl_unet_weights_bytes(&t->ck, &wu) != DL_OK ||
-        dl_vae_weights_bytes(&t->ck, &wv) != DL_OK)
-        goto fail;
+    if (dl_clip_weights_bytes(&t->ck, &wc) != DL_OK || dl_vae_weights_bytes(&t->ck, &wv) != DL_OK) goto fail;
+    {   /* full fine-tuning: the UNet's weights train, so they load fp32 and writable (its loader
+         * with gradients ignores the kept types; measured so); the VAE and text encoder stay frozen */
+        const unsigned keep_dt = t->ck.weight_dtypes;
+        const int keep_in_place = t->ck.weights_in_place;
+        if (t->ft) t->ck.weight_dtypes = 0, t->ck.weights_in_place = 0;
+        const int rc = dl_unet_weights_bytes(&t->ck, &wu);
+        t->ck.weight_dtypes = keep_dt, t->ck.weights_in_place = keep_in_place;
+        if (rc != DL_OK) goto fail;
+    }
     size_t fr, tot;
     const size_t wg = t->ft ? wu : 0; /* full fine-tuning: the UNet's gradients beside its weights */
     if (dl_be(&t->ctx)->mem_info(&t->ctx, &fr, &tot) == DL_OK && wc + wu + wg + wv > fr)
