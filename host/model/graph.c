@@ -253,6 +253,7 @@ static void m_sumsq(X, I n, F x, float *out) {}
 static void m_clip_coef(X, F sq, float mx, float *coef) {}
 static void m_scale_by(X, I n, F coef, float *x) {}
 static void m_embed_tokens(X, I N, I T, I C, I V, const int32_t *ids, F tok, F pos, float *out) {}
+static void m_embed_tokens_backward(X, I N, I T, I C, I V, const int32_t *ids, F dout, float *dtok, float *dpos) {}
 static void *m_alloc(X, size_t bytes) { return NULL; }
 static void m_free(X, void *p) {}
 static int m_copy(X, void *d, const void *s, size_t n) { return DL_OK; }
@@ -277,6 +278,7 @@ static void m_lora_merge(X, I o, I K, I r, float s, F A, F B, float *W) {}
 static const dl_backend measure_backend = {
     .name = "measure", .weight_dtypes = (1u << DL_F16) | (1u << DL_BF16), .alloc = m_alloc, .free = m_free, .upload = m_copy, .download = m_copy, .copy = m_copy,
     .fill = m_fill, .synchronize = m_sync, .describe = m_describe, .mem_info = m_mem_info, .embed_tokens = m_embed_tokens,
+    .embed_tokens_backward = m_embed_tokens_backward,
     .clip_coef = m_clip_coef, .scale_by = m_scale_by, .linear_forward = m_linear_forward, .linear_backward = m_linear_backward,
     .conv2d_forward = m_conv2d_forward, .conv2d_backward = m_conv2d_backward,
     .groupnorm_forward = m_groupnorm_forward, .groupnorm_backward = m_groupnorm_backward,
