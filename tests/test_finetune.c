@@ -10,6 +10,7 @@
 #include "model/checkpoint.h"
 #include "model/unet.h"
 #include "ops/cpu/loss.h"
+#include "train/clip_train.h"
 #include "train/param_set.h"
 #include "train/unet_train.h"
 
@@ -309,6 +310,130 @@ Test(finetune, three_adamw_steps_match_torch)
     cr_expect_leq(rel_w, 1e-5, "weights: rel L2 %.3g", rel_w);
     cr_expect_leq(rel_upd, 1e-3, "update: rel L2 %.3g", rel_upd);
     free(ref_loss), free(ref_norm), free(w0), free(m), free(v);
+    dl_st_close(&g);
+    rig_close(&r);
+}
+
+/* With the text encoder trained too (finetune --train_text_encoder): tests/golden/tiny_sd15's
+ * UNet and text encoder loaded into one arena (UNet first, gradients at the same offsets), the
+ * text encoder's training pass feeding the UNet's, d(context) back through it down to the
+ * token and position embeddings, one clip over every gradient, AdamW with a learning rate per
+ * part (1e-3 UNet, 5e-4 text encoder); against diffusers + transformers + torch.optim.AdamW in
+ * float32. Bounds: losses 1e-5 relative, gradient norms 1e-4, the text encoder's weights 1e-5
+ * relative L2 and what the steps changed in them 1e-3 (k_proj's bias aside, below). */
+Test(finetune, text_encoder_steps_match_torch)
+{
+    dl_st_file g;
+    tu_golden_open(&g, "finetune_te_ref");
+    const dl_st_tensor *tx = dl_st_find(&g, "te.s0.noisy"), *ti = dl_st_find(&g, "te.s0.ids");
+    cr_assert(tx && ti);
+    const int N = (int)tx->shape[0], H = (int)tx->shape[1], W = (int)tx->shape[2], T = (int)ti->shape[1];
+    ft_rig r;
+    memset(&r, 0, sizeof r);
+    cr_assert_eq(dl_ckpt_open(&r.ck, tu_path("tests/golden/tiny_pipe"), NULL), DL_OK, "%s", dl_error_msg());
+    size_t wu = 0, wc = 0;
+    cr_assert_eq(dl_unet_weights_bytes(&r.ck, &wu), DL_OK);
+    cr_assert_eq(dl_clip_weights_bytes(&r.ck, &wc), DL_OK);
+    cr_assert_eq(dl_arena_init(&r.w, "weights", wu + wc), DL_OK);
+    memset(r.w.base, 0, wu + wc);
+    r.grads = calloc(1, wu + wc);
+    cr_assert_not_null(r.grads);
+    const dl_trainable tr = {r.grads, on_placed, &r};
+    cr_assert_eq(dl_unet_load_trainable(&r.u, &r.ck, &r.w, &tr), DL_OK, "%s", dl_error_msg());
+    const size_t unet_bytes = r.w.used;
+    const int n_unet_tensors = r.n_pl;
+    dl_clip clip;
+    cr_assert_eq(dl_clip_load_trainable(&clip, &r.ck, &r.w, &tr), DL_OK, "%s", dl_error_msg());
+    const int L = clip.cfg.num_layers, Dc = clip.cfg.hidden_size;
+    dl_size_table *tab = malloc(sizeof *tab);
+    dl_clip_size_table(&clip, N, T, L, 1, 0, tab);
+    dl_arena te_act;
+    cr_assert_eq(dl_arena_init(&te_act, "text encoder activations", tab->act + 4096), DL_OK);
+    const size_t cs = tab->scratch_train;
+    free(tab);
+    cr_assert_eq(dl_arena_init(&r.act, "act", dl_unet_train_act_bytes(&r.u, N, H, W, T, 0) + 4096), DL_OK);
+    size_t s = dl_unet_train_scratch_bytes(&r.u, N, H, W, T, 0, 1);
+    cr_assert_eq(dl_arena_init(&r.scratch, "scratch", (s > cs ? s : cs) + 4096), DL_OK);
+    const size_t wb = r.w.used;
+    float *w0 = malloc(wb), *m = calloc(1, wb), *v = calloc(1, wb), scal[4];
+    cr_assert(w0 && m && v);
+    memcpy(w0, r.w.base, wb);
+    const int64_t n = (int64_t)(wb / sizeof(float));
+    const dl_param_set ps = {(float *)r.w.base, (float *)r.grads, m, v, n, (int64_t)(unet_bytes / sizeof(float))};
+    const dl_adamw_hparams hp = {.lr = 0, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .weight_decay = 1e-2};
+    float *ref_loss = tu_golden_f32(&g, "te.loss", NULL), *ref_norm = tu_golden_f32(&g, "te.gnorm", NULL);
+    const int C = r.u.cfg.out_channels;
+    const int64_t D = (int64_t)H * W * C;
+    float *ctx = tu_alloc_nan((size_t)N * T * Dc), *dctx = tu_alloc_nan((size_t)N * T * Dc);
+    float *out = tu_alloc_nan((size_t)(N * D)), *dout = tu_alloc_nan((size_t)(N * D));
+    dl_clip_tape *ctape = malloc(sizeof *ctape);
+    dl_unet_tape *utape = malloc(sizeof *utape);
+    cr_assert(ctape && utape);
+    for (int st = 0; st < 3; st++) {
+        char key[64];
+        float *x, *t, *idf, *target;
+        snprintf(key, sizeof key, "te.s%d.noisy", st), x = tu_golden_f32(&g, key, NULL);
+        snprintf(key, sizeof key, "te.s%d.target", st), target = tu_golden_f32(&g, key, NULL);
+        snprintf(key, sizeof key, "te.s%d.t", st), t = tu_golden_f32(&g, key, NULL);
+        snprintf(key, sizeof key, "te.s%d.ids", st), idf = tu_golden_f32(&g, key, NULL);
+        int32_t ids[64];
+        cr_assert_leq(N * T, 64);
+        for (int i = 0; i < N * T; i++) ids[i] = (int32_t)idf[i];
+        dl_param_set_zero_grads(tu_ctx(), &ps);
+        dl_clip_train_forward(tu_ctx(), &clip, ctape, N, T, ids, L, 1, ctx, 0, &te_act, &r.scratch);
+        dl_unet_train_forward(tu_ctx(), &r.u, utape, N, H, W, x, t, ctx, T, out, 0, &r.act, &r.scratch);
+        const double loss = dl_cpu_mse_loss_forward(tu_ctx(), N, D, out, target, NULL, NULL);
+        dl_cpu_mse_loss_backward(tu_ctx(), N, D, out, target, NULL, 1.0f, dout, NULL);
+        dl_unet_backward(tu_ctx(), utape, dout, dctx, &r.scratch);
+        dl_arena_reset(&r.act);
+        dl_clip_backward(tu_ctx(), ctape, dctx, &r.scratch);
+        dl_arena_reset(&te_act);
+        dl_param_set_step(tu_ctx(), &ps, 1.0, &hp, 1e-3, 5e-4, st + 1, scal);
+        const double norm = sqrt(scal[0]);
+        cr_log_info("finetune+te step %d: loss %.9g (torch %.9g, rel %.2g), gradient norm %.7g (torch %.7g)", st + 1,
+                    loss, ref_loss[st], fabs(loss - ref_loss[st]) / ref_loss[st], norm, ref_norm[st]);
+        cr_expect_leq(fabs(loss - ref_loss[st]), 1e-5 * ref_loss[st], "step %d: loss %.9g, torch %.9g", st + 1, loss,
+                      ref_loss[st]);
+        cr_expect_leq(fabs(norm - ref_norm[st]), 1e-4 * ref_norm[st], "step %d: gradient norm %.7g, torch %.7g",
+                      st + 1, norm, ref_norm[st]);
+        free(x), free(target), free(t), free(idf);
+    }
+    int n_ref = 0;
+    for (int i = 0; i < g.n_tensors; i++) n_ref += !strncmp(g.tensors[i].name, "te.w.", 5);
+    cr_expect_eq(n_ref, r.n_pl - n_unet_tensors, "transformers has %d parameters, danlu placed %d tensors", n_ref,
+                 r.n_pl - n_unet_tensors);
+    double dd = 0, dw = 0, ww = 0, worst = 0;
+    const char *worst_name = "";
+    for (int i = n_unet_tensors; i < r.n_pl; i++) {
+        const placed *p = &r.pl[i];
+        char key[200];
+        snprintf(key, sizeof key, "te.w.%s", p->name);
+        /* the key projection's bias has a zero gradient (a shift of every key's score for a query
+         * leaves its softmax as it is): both sides see rounding noise there, which AdamW scales
+         * to steps of +-lr of either sign. Not compared. */
+        if (strstr(p->name, "k_proj.bias")) continue;
+        int64_t k = 0;
+        float *ref = tu_golden_f32(&g, key, &k);
+        cr_assert_eq(k, numel_of(p), "%s", p->name);
+        const float *got = (const float *)(r.w.base + p->off), *ini = (const float *)((const char *)w0 + p->off);
+        double e = 0, c = 0;
+        for (int64_t j = 0; j < k; j++) {
+            const double d = (double)got[j] - ref[j], ch = (double)ref[j] - ini[j];
+            e += d * d, c += ch * ch, ww += (double)ref[j] * ref[j];
+        }
+        dd += e, dw += c;
+        if (c > 0 && sqrt(e / c) > worst) worst = sqrt(e / c), worst_name = p->name;
+        free(ref);
+    }
+    const double rel_w = sqrt(dd / ww), rel_upd = sqrt(dd / dw);
+    cr_log_info("finetune+te text encoder weights after 3 steps: rel L2 %.2g of the weights, %.2g of the update "
+                "(worst tensor %s: %.2g of its update)", rel_w, rel_upd, worst_name, worst);
+    cr_expect_leq(rel_w, 1e-5, "text encoder weights: rel L2 %.3g", rel_w);
+    cr_expect_leq(rel_upd, 1e-3, "text encoder update: rel L2 %.3g", rel_upd);
+    free(ctape), free(utape), free(ctx), free(dctx), free(out), free(dout);
+    free(ref_loss), free(ref_norm), free(w0), free(m), free(v);
+    dl_clip_free(&clip);
+    dl_arena_free(&te_act);
     dl_st_close(&g);
     rig_close(&r);
 }

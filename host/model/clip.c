@@ -43,6 +43,7 @@ static int load_node(dl_clip *m, dl_netload *nl, dl_node *nd)
         if (!(m->tok_emb = dl_load_tensor(&nl->ld, "text_model.embeddings.token_embedding.weight", 2, ts)) ||
             !(m->pos_emb = dl_load_tensor(&nl->ld, "text_model.embeddings.position_embedding.weight", 2, ps)))
             return DL_ERR;
+        m->d_tok_emb = dl_loader_grad(&nl->ld, m->tok_emb), m->d_pos_emb = dl_loader_grad(&nl->ld, m->pos_emb);
         return DL_OK;
     }
     case DL_NODE_CLIP_LAYER: {
@@ -89,11 +90,15 @@ int dl_clip_weights_bytes(dl_checkpoint *ck, size_t *bytes)
     return DL_OK;
 }
 
-int dl_clip_load(dl_clip *m, dl_checkpoint *ck, dl_arena *weights)
+int dl_clip_load(dl_clip *m, dl_checkpoint *ck, dl_arena *weights) { return dl_clip_load_trainable(m, ck, weights, NULL); }
+
+int dl_clip_load_trainable(dl_clip *m, dl_checkpoint *ck, dl_arena *weights, const dl_trainable *tr)
 {
     memset(m, 0, sizeof *m);
     m->cfg = ck->cfg.text;
-    dl_netload nl = {{.ck = ck, .part = DL_PART_TEXT, .arena = weights}, &m->names, m, NULL};
+    dl_netload nl = {{.ck = ck, .part = DL_PART_TEXT, .arena = weights, .grads = tr ? tr->grads : NULL,
+                      .placed = tr ? tr->placed : NULL, .placed_user = tr ? tr->user : NULL},
+                     &m->names, m, NULL};
     if (load_all(m, &nl) == DL_OK) return DL_OK;
     dl_clip_free(m);
     return DL_ERR;
@@ -192,10 +197,12 @@ static float *layer_forward(const dl_ctx *ctx, const dl_clip_config *c, const dl
     return base;
 }
 
-static int trainable(const dl_linear *lin) { return lin->lora && (lin->lora->dA || lin->lora->dB); }
+/* a linear with gradients: a LoRA with dA / dB, or the layer itself (full fine-tuning) */
+static int trainable(const dl_linear *lin) { return (lin->lora && (lin->lora->dA || lin->lora->dB)) || lin->dw; }
 
-/* From dy = d y [N, T, C]: LoRA gradients accumulated; dx = d x overwritten (NULL: not wanted;
- * then only the branches that reach a trainable adapter run). */
+/* From dy = d y [N, T, C]: parameter gradients (LoRAs, or under full fine-tuning the layer's own
+ * linears and layer norms) accumulated; dx = d x overwritten (NULL: not wanted; then only the
+ * branches that reach a parameter with gradients run). */
 static void layer_backward(const dl_ctx *ctx, const dl_clip_config *c, const dl_clip_layer *y, int N, int T,
                            const float *x, const float *saved, const float *dy, float *dx, dl_arena *scratch)
 {
@@ -204,9 +211,11 @@ static void layer_backward(const dl_ctx *ctx, const dl_clip_config *c, const dl_
     layer_saved v;
     layer_layout(c, N, T, (uintptr_t)saved, &v);
     const int below = dx != NULL;
-    const int qkv = below || trainable(&y->q) || trainable(&y->k) || trainable(&y->v);
+    const int dh1 = below || dl_norm_trains(&y->ln1);                  // d ln1(x) is needed
+    const int qkv = dh1 || trainable(&y->q) || trainable(&y->k) || trainable(&y->v);
     const int attn = qkv || trainable(&y->o);                          // the attention branch matters
-    const int fc1 = attn || trainable(&y->fc1);
+    const int dh2 = attn || dl_norm_trains(&y->ln2);                   // d ln2(x_mid) is needed
+    const int fc1 = dh2 || trainable(&y->fc1);
     const size_t mark = dl_arena_mark(scratch);
     float *g = dl_alloc_f32(scratch, M * C);   // [M, C] gradient inside a sublayer
     float *t = dl_alloc_f32(scratch, M * C);   // [M, C] a term to accumulate
@@ -215,8 +224,9 @@ static void layer_backward(const dl_ctx *ctx, const dl_clip_config *c, const dl_
     dl_linear_bwd(ctx, &y->fc2, M, v.f2, dy, fc1 ? df : NULL, scratch);    // [M, I] d f2
     if (fc1) {
         dl_be(ctx)->act_backward(ctx, c->act, M * I, v.f1, df, df);         // [M, I] d f1
-        dl_linear_bwd(ctx, &y->fc1, M, v.h2, df, attn ? g : NULL, scratch); // [M, C] d h2
+        dl_linear_bwd(ctx, &y->fc1, M, v.h2, df, dh2 ? g : NULL, scratch);  // [M, C] d h2
     }
+    if (dh2 && !attn) dl_layernorm_bwd(ctx, &y->ln2, M, v.x_mid, v.mean2, v.rstd2, g, NULL, scratch); // its weights
     if (attn) { /* attention branch: x_mid = x + out_proj(attn(q, k, v of ln1(x))) */
         float *dm = dx ? dx : dl_alloc_f32(scratch, M * C);                 // [M, C] d x_mid
         float *dq = dl_alloc_f32(scratch, M * C), *dk = dl_alloc_f32(scratch, M * C);
@@ -226,15 +236,15 @@ static void layer_backward(const dl_ctx *ctx, const dl_clip_config *c, const dl_
         dl_linear_bwd(ctx, &y->o, M, v.a, dm, qkv ? g : NULL, scratch);     // [M, C] d a
         if (qkv) {
             dl_be(ctx)->attention_backward(ctx, attn_shape(c, N, T), v.q, v.k, v.v, v.a, v.lse, g, dq, dk, dv);
-            dl_linear_bwd(ctx, &y->q, M, v.h1, dq, below ? g : NULL, scratch); // [M, C] d h1
-            dl_linear_bwd(ctx, &y->k, M, v.h1, dk, below ? t : NULL, scratch);
-            if (below) dl_be(ctx)->axpy(ctx, M * C, 1.0f, t, g);
-            dl_linear_bwd(ctx, &y->v, M, v.h1, dv, below ? t : NULL, scratch);
+            dl_linear_bwd(ctx, &y->q, M, v.h1, dq, dh1 ? g : NULL, scratch);   // [M, C] d h1
+            dl_linear_bwd(ctx, &y->k, M, v.h1, dk, dh1 ? t : NULL, scratch);
+            if (dh1) dl_be(ctx)->axpy(ctx, M * C, 1.0f, t, g);
+            dl_linear_bwd(ctx, &y->v, M, v.h1, dv, dh1 ? t : NULL, scratch);
         }
-        if (below) {
+        if (dh1) {
             dl_be(ctx)->axpy(ctx, M * C, 1.0f, t, g);
-            dl_layernorm_bwd(ctx, &y->ln1, M, x, v.mean1, v.rstd1, g, t, scratch);   // [M, C]
-            dl_be(ctx)->axpy(ctx, M * C, 1.0f, t, dx);                      // d x = d x_mid + ln1's
+            dl_layernorm_bwd(ctx, &y->ln1, M, x, v.mean1, v.rstd1, g, below ? t : NULL, scratch); // [M, C]
+            if (below) dl_be(ctx)->axpy(ctx, M * C, 1.0f, t, dx);          // d x = d x_mid + ln1's
         }
     }
     dl_arena_release(scratch, mark);
@@ -244,11 +254,13 @@ static void layer_backward(const dl_ctx *ctx, const dl_clip_config *c, const dl_
 
 static int node_trains(const void *self, const dl_node *nd)
 {
-    (void)self;
-    if (nd->kind != DL_NODE_CLIP_LAYER) return 0; /* the embeddings and the norms are frozen */
+    const dl_clip *m = self;
+    if (nd->kind == DL_NODE_EMBED) return m->d_tok_emb || m->d_pos_emb; /* full fine-tuning only */
+    if (nd->kind == DL_NODE_LAYERNORM) return dl_norm_trains(nd->block);
+    if (nd->kind != DL_NODE_CLIP_LAYER) return 0;
     const dl_clip_layer *y = nd->block;
     return trainable(&y->q) || trainable(&y->k) || trainable(&y->v) || trainable(&y->o) || trainable(&y->fc1) ||
-           trainable(&y->fc2);
+           trainable(&y->fc2) || dl_norm_trains(&y->ln1) || dl_norm_trains(&y->ln2);
 }
 
 static float *node_forward(const dl_ctx *ctx, const void *self, const dl_node *nd, const dl_pass_in *in,
@@ -282,7 +294,11 @@ static void node_backward(const dl_ctx *ctx, const void *self, const dl_node *nd
     const dl_clip *m = self;
     const int64_t M = (int64_t)in->N * in->T;
     switch (nd->kind) {
-    case DL_NODE_EMBED: return; /* frozen, and nothing lies below */
+    case DL_NODE_EMBED: /* the embeddings' gradients (full fine-tuning); nothing lies below */
+        if (m->d_tok_emb || m->d_pos_emb)
+            dl_be(ctx)->embed_tokens_backward(ctx, in->N, in->T, m->cfg.hidden_size, m->cfg.vocab_size, in->ids, dy,
+                                              m->d_tok_emb, m->d_pos_emb);
+        return;
     case DL_NODE_CLIP_LAYER:
         layer_backward(ctx, &m->cfg, nd->block, in->N, in->T, x, saved, dy, dx, scratch);
         return;

@@ -62,6 +62,8 @@ static float *grad_of(const dl_loader *ld, const void *p)
     return (float *)(ld->grads + (c - ld->arena->base));
 }
 
+float *dl_loader_grad(const dl_loader *ld, const void *p) { return grad_of(ld, p); }
+
 float *dl_load_tensor(const dl_loader *ld, const char *name, int ndim, const int64_t *shape)
 {
     return place(ld, name, ndim, shape, 0, NULL);

@@ -93,6 +93,9 @@ typedef struct dl_loader {
 /* Tensor `name` (full checkpoint name, diffusers convention) of shape (ndim, shape) as fp32 in
  * the loader's arena. NULL (DL_ERR message naming the tensor, the shapes or the full arena). */
 float *dl_load_tensor(const dl_loader *ld, const char *name, int ndim, const int64_t *shape);
+/* The gradient of a tensor the loader placed at p (full fine-tuning: p's offset in ld->grads), or
+ * NULL (frozen weights, a measuring or listing pass). */
+float *dl_loader_grad(const dl_loader *ld, const void *p);
 /* Load "<name>.weight" (and "<name>.bias" when bias) for a linear [out, in]. DL_ERR names the
  * tensor and the shapes (from the checkpoint) or the full arena. name must outlive m. */
 int dl_linear_load(dl_linear *m, const dl_loader *ld, const char *name, int in, int out, int bias);

@@ -80,7 +80,7 @@ static const key_def k_keys[] = {
              "safetensors|diffusers",
              "layout of the saved model: safetensors (one file, the SD layout) or diffusers (a folder)"),
     KEY_ONLY(DL_TKEY_FT, "train_text_encoder", K_BOOL, train_text_encoder, "false", 0, 1, 0, G_NET, NULL, NULL,
-             "train the text encoder's weights too (not available yet: refused)"),
+             "train the text encoder's weights too (its learning rate: text_encoder_lr)"),
     KEY("train_batch_size", K_INT, train_batch_size, "1", 1, 4096, 0, G_TRAIN, "N", NULL,
         "images per micro-batch"),
     KEY("max_train_steps", K_INT, max_train_steps, "1600", 1, 1e9, 0, G_TRAIN, "N", NULL,
@@ -717,9 +717,6 @@ int dl_train_config_finish(dl_train_config *c)
         if (!key_accepts("save_model_as", c->save_model_as, 0))
             return dl_error_set("save_model_as: expected 'safetensors' or 'diffusers', got '%s'",
                                 c->save_model_as ? c->save_model_as : "");
-        if (c->train_text_encoder)
-            return dl_error_set("train_text_encoder: training the text encoder's weights is not available yet "
-                                "(danlu finetune trains the UNet)");
     }
     return DL_OK;
 }

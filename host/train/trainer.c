@@ -112,6 +112,7 @@ typedef struct ft_tensor {
     int64_t shape[4];   /* PyTorch shape */
     size_t off;         /* bytes into the UNet weights arena */
     int conv;           /* stored [cout, k, k, cin] (written back as [cout, cin, k, k]) */
+    dl_part part;
 } ft_tensor;
 
 /* ---- the trainer ---- */
@@ -145,6 +146,8 @@ typedef struct trainer {
     /* full fine-tuning (cfg->finetune): every UNet weight trains in place in w_unet */
     int ft;
     char *ft_grads;               /* [w_unet.cap bytes] their gradients at the weights' offsets (backend memory) */
+    size_t ft_unet_bytes;         /* w_unet's UNet part; the text encoder's follows with train_text_encoder */
+    dl_part ft_part;              /* the part being loaded (ft_placed records it) */
     ft_tensor *ft_t;              /* the UNet's tensors as placed, in load order */
     int ft_n, ft_cap;
     float *ft_host;               /* a host copy of w_unet for files (NULL on the CPU: the arena itself) */
@@ -578,9 +581,9 @@ static const ft_tensor *ft_find(ft_writer *w, const char *name)
 static int ft_fill(void *user, dl_part part, const char *name, int ndim, const int64_t *shape, float *out)
 {
     ft_writer *w = user;
-    if (part != DL_PART_UNET) return 0; /* the VAE and the text encoder as they are */
+    if (part == DL_PART_VAE || (part == DL_PART_TEXT && !w->t->train_te)) return 0; /* frozen: as they are */
     const ft_tensor *e = ft_find(w, name);
-    if (!e) return dl_error_set("UNet weight %s: not among the trained weights", name);
+    if (!e || e->part != part) return dl_error_set("%s weight %s: not among the trained weights", dl_part_name(part), name);
     int64_t n = 1, m = 1;
     for (int i = 0; i < ndim; i++) n *= shape[i];
     for (int i = 0; i < e->ndim; i++) m *= e->shape[i];
@@ -856,6 +859,7 @@ static void ft_placed(void *user, const char *name, int ndim, const int64_t *sha
     for (int i = 0; i < ndim && i < 4; i++) e->shape[i] = shape[i];
     e->off = off;
     e->conv = conv;
+    e->part = t->ft_part;
 }
 
 static int setup_model(trainer *t)
@@ -882,35 +886,52 @@ static int setup_model(trainer *t)
     if (dl_tokenizer_vocab_size(t->tok) > mc->text.vocab_size)
         return dl_error_set("%s: the tokenizer has %d tokens but the text encoder only %d", tp,
                             dl_tokenizer_vocab_size(t->tok), mc->text.vocab_size);
+    /* full fine-tuning: the weights that train load fp32 and writable (their loaders with
+     * gradients ignore the kept types; measured so), the UNet's and, with train_text_encoder, the
+     * text encoder's after them in the same arena (one parameter set); the rest stays frozen */
+    const int te_ft = t->ft && c->train_text_encoder;
     size_t wc, wu, wv; /* measured by running each loader against a measuring arena */
-    if (dl_clip_weights_bytes(&t->ck, &wc) != DL_OK || dl_vae_weights_bytes(&t->ck, &wv) != DL_OK) goto fail;
-    {   /* full fine-tuning: the UNet's weights train, so they load fp32 and writable (its loader
-         * with gradients ignores the kept types; measured so); the VAE and text encoder stay frozen */
+    if (dl_vae_weights_bytes(&t->ck, &wv) != DL_OK) goto fail;
+    {
         const unsigned keep_dt = t->ck.weight_dtypes;
         const int keep_in_place = t->ck.weights_in_place;
         if (t->ft) t->ck.weight_dtypes = 0, t->ck.weights_in_place = 0;
-        const int rc = dl_unet_weights_bytes(&t->ck, &wu);
+        int rc = dl_unet_weights_bytes(&t->ck, &wu);
+        if (!te_ft) t->ck.weight_dtypes = keep_dt, t->ck.weights_in_place = keep_in_place;
+        if (rc == DL_OK) rc = dl_clip_weights_bytes(&t->ck, &wc);
         t->ck.weight_dtypes = keep_dt, t->ck.weights_in_place = keep_in_place;
         if (rc != DL_OK) goto fail;
     }
     size_t fr, tot;
-    const size_t wg = t->ft ? wu : 0; /* full fine-tuning: the UNet's gradients beside its weights */
+    const size_t wt = wu + (te_ft ? wc : 0);  /* the weights that train (UNet first) */
+    const size_t wg = t->ft ? wt : 0;         /* full fine-tuning: their gradients beside them */
     if (dl_be(&t->ctx)->mem_info(&t->ctx, &fr, &tot) == DL_OK && wc + wu + wg + wv > fr)
-        return dl_error_set("the model's weights need %.1f MiB on %s (UNet %.1f%s, text encoder %.1f, VAE %.1f) and "
-                            "%.1f MiB of its %.1f MiB are free", MIB(wc + wu + wg + wv), dl_be(&t->ctx)->name, MIB(wu),
-                            wg ? " and as much for its gradients" : "", MIB(wc), MIB(wv), MIB(fr), MIB(tot));
-    DL_TRY(dl_arena_init_on(&t->w_clip, "text encoder weights", wc, &t->ctx));
-    DL_TRY(dl_arena_init_on(&t->w_unet, "UNet weights", wu, &t->ctx));
+        return dl_error_set("the model's weights need %.1f MiB on %s (UNet %.1f, text encoder %.1f, VAE %.1f%s) "
+                            "and %.1f MiB of its %.1f MiB are free", MIB(wc + wu + wg + wv), dl_be(&t->ctx)->name,
+                            MIB(wu), MIB(wc), MIB(wv), wg ? ", the gradients of what trains as much again" : "",
+                            MIB(fr), MIB(tot));
+    if (!te_ft) DL_TRY(dl_arena_init_on(&t->w_clip, "text encoder weights", wc, &t->ctx));
+    DL_TRY(dl_arena_init_on(&t->w_unet, te_ft ? "UNet and text encoder weights" : "UNet weights", wt, &t->ctx));
     DL_TRY(dl_arena_init_on(&t->w_vae, "VAE weights", wv, &t->ctx));
-    if (dl_clip_load(&t->clip, &t->ck, &t->w_clip) != DL_OK) goto fail;
-    t->have_clip = 1;
+    if (!te_ft) {
+        if (dl_clip_load(&t->clip, &t->ck, &t->w_clip) != DL_OK) goto fail;
+        t->have_clip = 1;
+    }
     if (t->ft) { /* the weights train in place: zero padding, gradients at the same offsets */
-        if (!(t->ft_grads = dl_be_alloc(&t->ctx, wu > 0 ? wu : 1))) return dl_error_prefix("the UNet's gradients: ");
-        DL_TRY(dl_be(&t->ctx)->fill(&t->ctx, t->ft_grads, 0, wu));
-        DL_TRY(dl_be(&t->ctx)->fill(&t->ctx, t->w_unet.base, 0, wu));
+        if (!(t->ft_grads = dl_be_alloc(&t->ctx, wt > 0 ? wt : 1))) return dl_error_prefix("the gradients: ");
+        DL_TRY(dl_be(&t->ctx)->fill(&t->ctx, t->ft_grads, 0, wt));
+        DL_TRY(dl_be(&t->ctx)->fill(&t->ctx, t->w_unet.base, 0, wt));
         const dl_trainable tr = {t->ft_grads, ft_placed, t};
+        t->ft_part = DL_PART_UNET;
         if (dl_unet_load_trainable(&t->unet, &t->ck, &t->w_unet, &tr) != DL_OK) goto fail;
-        if (t->ft_n < 0) return dl_error_set("out of memory listing the UNet's weights");
+        t->have_unet = 1;
+        t->ft_unet_bytes = t->w_unet.used;
+        if (te_ft) {
+            t->ft_part = DL_PART_TEXT;
+            if (dl_clip_load_trainable(&t->clip, &t->ck, &t->w_unet, &tr) != DL_OK) goto fail;
+            t->have_clip = 1;
+        }
+        if (t->ft_n < 0) return dl_error_set("out of memory listing the trained weights");
     } else if (dl_unet_load(&t->unet, &t->ck, &t->w_unet) != DL_OK) {
         goto fail;
     }
@@ -984,11 +1005,11 @@ static char *ft_signature(const trainer *t)
 static int setup_network(trainer *t)
 {
     const dl_train_config *c = t->cfg;
-    if (t->ft) { /* every UNet weight, in place in its arena (padding included, zero: it stays zero) */
-        t->train_te = 0;
+    if (t->ft) { /* every UNet (and text encoder) weight, in place in its arena (padding zero: it stays zero) */
+        t->train_te = c->train_text_encoder;
         t->ps = (dl_param_set){.p = (float *)t->w_unet.base, .g = (float *)t->ft_grads,
                                .n = (int64_t)(t->w_unet.used / sizeof(float))};
-        t->ps.n_unet = t->ps.n;
+        t->ps.n_unet = (int64_t)(t->ft_unet_bytes / sizeof(float));
         if (dl_be(&t->ctx)->device_memory && !(t->ft_host = malloc(t->w_unet.used > 0 ? t->w_unet.used : 1)))
             return dl_error_set("out of memory for the host copy of the UNet's weights");
         t->signature = ft_signature(t);
@@ -998,7 +1019,8 @@ static int setup_network(trainer *t)
             for (int d = 0; d < t->ft_t[i].ndim; d++) k *= t->ft_t[i].shape[d];
             n += k;
         }
-        say(t, "full fine-tuning: every UNet weight (%d tensors, %lld parameters)", t->ft_n, (long long)n);
+        say(t, "full fine-tuning: every UNet%s weight (%d tensors, %lld parameters)",
+            t->train_te ? " and text encoder" : "", t->ft_n, (long long)n);
         return DL_OK;
     }
     dl_lora_spec spec = {0};
