@@ -5,7 +5,8 @@
  * BMP images of several sizes over 2 buckets decoded and prepared every step with random crops
  * and flips, captions shuffled with tag dropout behind kept tokens, the text encoder trained
  * (so tokenized every step), batch 2 with gradient accumulation 2; (c) `danlu finetune` (every
- * UNet weight trains), latents cached, batch 2, accumulation 2, gradient checkpointing. Also
+ * UNet and text-encoder weight trains), latents cached, batch 2, accumulation 2, gradient
+ * checkpointing. Also
  * checks the counter
  * itself (the main thread and pool threads). A plain program: exit status 0 when all pass.
  * To find an allocation: DANLU_ALLOC_TRACE=1 prints the stack of every counted call, with a
@@ -213,7 +214,7 @@ int main(int argc, char **argv)
                                      "--gradient_accumulation_steps", "2", "--text_encoder_lr", "1e-3", NULL};
     run_case("uncached", src, uncached, 3, 0);
     static const char *finetune[] = {"--cache_latents", "--train_batch_size", "2", "--gradient_accumulation_steps", "2",
-                                     "--gradient_checkpointing", NULL};
+                                     "--gradient_checkpointing", "--train_text_encoder", NULL};
     run_case("finetune", src, finetune, 3, 1);
     rm_rf(g_dir);
     printf(g_fail ? "test_steady_alloc: FAILED\n" : "test_steady_alloc: passed\n");
