@@ -13,6 +13,7 @@
 #include "lora/ckpt_tools.h"
 #include "sample/pipeline.h"
 #include "sample/sd_models.h"
+#include "train/provenance.h"
 #include "train/config.h"
 #include "train/trainer.h"
 #include "testutil.h"
@@ -484,5 +485,23 @@ Test(finetune_train, text_encoder_trains_resumes_and_matches_on_cuda, .timeout =
     dl_train_result_free(&rp);
     dl_train_result_free(&rr);
     dl_train_result_free(&rg);
+    cleanup();
+}
+
+/* A fine-tuned checkpoint carries danlu's provenance record and its configuration: `danlu verify
+ * --reproduce` (dl_prov_reproduce) reads it as finetune's, retrains and finds every tensor of the
+ * model bit-identical. */
+Test(finetune_train, verify_reproduces_a_finetune_run, .timeout = 600)
+{
+    make_data();
+    const char *o[] = {"--max_train_steps", "2", "--train_text_encoder", NULL};
+    dl_train_result r;
+    run_ok("rec", o, 0, &r);
+    dl_prov_repro_opts po = {0};
+    dl_prov_repro pr;
+    cr_assert_eq(dl_prov_reproduce(r.output_path, &po, &pr), DL_OK, "%s", dl_error_msg());
+    cr_expect(pr.identical, "retrained model differs: rel L2 %.3g", pr.rel_l2);
+    dl_prov_repro_free(&pr);
+    dl_train_result_free(&r);
     cleanup();
 }

@@ -482,6 +482,18 @@ done:
     return rc;
 }
 
+int dl_train_config_json_is_finetune(const char *text)
+{
+    cJSON *root = text ? cJSON_Parse(text) : NULL;
+    int ft = 0;
+    for (const cJSON *it = root && cJSON_IsObject(root) ? root->child : NULL; it && !ft; it = it->next) {
+        const key_def *k = find_key(it->string);
+        ft = k && k->only == DL_TKEY_FT;
+    }
+    cJSON_Delete(root);
+    return ft;
+}
+
 static int has_suffix(const char *s, const char *suf)
 {
     size_t n = strlen(s), m = strlen(suf);

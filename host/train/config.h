@@ -151,6 +151,9 @@ void dl_train_config_free(dl_train_config *c);
 /* Apply the keys of a JSON object file. ".toml" files are refused with a message saying that
  * only JSON is read. DL_ERR names the file and the key (unknown key, wrong type, out of range). */
 int dl_train_config_load_json(dl_train_config *c, const char *path);
+/* 1 when a configuration's JSON text (dl_train_config_to_json) is `danlu finetune`'s: it holds a
+ * key of that command only. */
+int dl_train_config_json_is_finetune(const char *text);
 /* Apply a JSON text (label names it in messages). */
 int dl_train_config_apply_json_text(dl_train_config *c, const char *text, const char *label);
 /* Set one key from its text form (as on the command line). Booleans accept
