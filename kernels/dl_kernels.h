@@ -210,6 +210,11 @@ int dl_cuda_layernorm_backward(dl_dtype dt, int64_t M, int64_t C, const void *x,
  * fp32. An id outside [0, V) is clamped into it (callers check ids where they can). */
 int dl_cuda_embed_tokens(dl_dtype dt, int64_t N, int64_t T, int64_t C, int64_t V, const int32_t *ids,
                          const float *tok, const float *pos, void *out, cudaStream_t stream);
+/* Its backward, fp32: dtok[ids[n, t], :] += dout[n, t, :], dpos[t, :] += dout[n, t, :] (added
+ * into; NULL skips either). One thread per channel walks the rows in order: no atomics, the same
+ * sums as the CPU's, bit for bit. An id outside [0, V) is clamped. */
+int dl_cuda_embed_tokens_backward(int64_t N, int64_t T, int64_t C, int64_t V, const int32_t *ids, const float *dout,
+                                  float *dtok, float *dpos, cudaStream_t stream);
 /* Row softmax of scale·x, x and y [rows, cols] fp32 (y may alias x), lse [rows] (NULL skipped);
  * causal_tq > 0 keeps columns j <= row % causal_tq (y is 0 past them). Backward in place:
  * dp = y ∘ (dp − rowsum(dp ∘ y)). */

@@ -1131,6 +1131,31 @@ extern "C" int dl_cuda_embed_tokens(dl_dtype dt, int64_t N, int64_t T, int64_t C
     return 0;
 }
 
+/* thread c: channel c of every row, in row order (deterministic, no atomics) */
+__global__ void ops_embed_backward_kernel(int64_t rows, int64_t T, int64_t C, int64_t V, const int32_t *ids,
+                                          const float *dout, float *dtok, float *dpos)
+{
+    const int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    for (int64_t r = 0; r < rows; r++) {
+        int64_t id = ids[r];
+        id = id < 0 ? 0 : id >= V ? V - 1 : id;
+        const float d = dout[r * C + c];
+        if (dtok) dtok[id * C + c] += d;
+        if (dpos) dpos[(r % T) * C + c] += d;
+    }
+}
+
+extern "C" int dl_cuda_embed_tokens_backward(int64_t N, int64_t T, int64_t C, int64_t V, const int32_t *ids,
+                                             const float *dout, float *dtok, float *dpos, cudaStream_t stream)
+{
+    if (N < 0 || T < 0 || C <= 0 || V <= 0 || (N * T != 0 && (!ids || !dout))) return -1;
+    if (N * T == 0 || (!dtok && !dpos)) return 0;
+    DL_LAUNCH(ops_embed_backward_kernel, dim3(ops_grid(C, OPS_THREADS)), dim3(OPS_THREADS), 0, stream, N * T, T, C, V,
+              ids, dout, dtok, dpos);
+    return 0;
+}
+
 extern "C" int dl_cuda_softmax_forward(int64_t rows, int64_t cols, float scale, int64_t causal_tq, const float *x,
                                        float *y, float *lse, cudaStream_t stream)
 {

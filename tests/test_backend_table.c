@@ -38,7 +38,8 @@
     X(attention_backward) X(act_forward) X(act_backward) X(geglu_forward) X(geglu_backward)             \
     X(add_forward) X(scale_forward) X(axpy) X(add_bcast_forward) X(add_bcast_backward)                  \
     X(concat_channels_forward) X(concat_channels_backward) X(upsample_nearest2x_forward)                \
-    X(upsample_nearest2x_backward) X(embed_tokens) X(timestep_embedding) X(mse_loss_forward)            \
+    X(upsample_nearest2x_backward) X(embed_tokens) X(embed_tokens_backward) X(timestep_embedding)      \
+    X(mse_loss_forward)                                                                                \
     X(mse_loss_backward) X(adamw_step) X(sumsq) X(clip_coef) X(scale_by) X(lora_linear_forward)         \
     X(lora_linear_backward) X(lora_conv_forward) X(lora_conv_backward) X(lora_merge) X(lora_unmerge)
 typedef struct entry_info {
@@ -892,6 +893,56 @@ static void run_embed(tgt *t, const tcase *c)
     free(ids);
 }
 
+/* embed_tokens_backward: p = {N, T, C, V, rows of pos (>= T)}; the gradients are added into
+ * dtok and dpos (drawn nonzero), a token id repeats (two rows into one table row); F_NULLS: dpos
+ * NULL. Finite differences of <embed_tokens(tok, pos), dout> on what was added. */
+typedef struct embed_fd {
+    int64_t N, T, C, V;
+    const int32_t *ids;
+    const float *tok, *pos;
+    float *out;
+} embed_fd;
+static void embed_fwd(tgt *t, const void *ud)
+{
+    const embed_fd *a = ud;
+    t->be->embed_tokens(&t->ctx, a->N, a->T, a->C, a->V, a->ids, a->tok, a->pos, a->out);
+}
+static void run_embed_backward(tgt *t, const tcase *c)
+{
+    const int64_t N = c->p[0], T = c->p[1], C = c->p[2], V = c->p[3], P = c->p[4], R = N * T;
+    int32_t *ids = malloc(R * sizeof(int32_t));
+    for (int64_t i = 0; i < R; i++) ids[i] = (int32_t)((i * 7919 + 13) % V);
+    ids[0] = 0;
+    if (R > 2) ids[R - 2] = ids[1];
+    ids[R - 1] = (int32_t)(V - 1);
+    float *dy = hrand(R * C, 121, -1, 1), *gt0 = hrand(V * C, 122, -1, 1), *gp0 = hrand(P * C, 123, -1, 1);
+    float *gt = hnew(V * C), *gp = hnew(P * C);
+    memcpy(gt, gt0, V * C * sizeof(float));
+    memcpy(gp, gp0, P * C * sizeof(float));
+    REF.embed_tokens_backward(cpu(), N, T, C, V, ids, dy, gt, nulls(c) ? NULL : gp);
+    if (nulls(c)) memcpy(gp, gp0, P * C * sizeof(float));
+    int32_t *d_ids = t->be->alloc(&t->ctx, R * sizeof(int32_t));
+    cr_assert(d_ids);
+    t->bufs[t->nbufs++] = d_ids;
+    cr_assert_eq(t->be->upload(&t->ctx, d_ids, ids, R * sizeof(int32_t)), DL_OK);
+    float *d_dy = t_in(t, dy, R * C), *d_gt = t_in(t, gt0, V * C), *d_gp = t_in(t, gp0, P * C);
+    CALL(t, t->be->embed_tokens_backward(&t->ctx, N, T, C, V, d_ids, d_dy, d_gt, nulls(c) ? NULL : d_gp));
+    t_expect(t, "dtok", d_gt, gt, V * C);
+    t_expect(t, "dpos", d_gp, gp, P * C);
+    if (c->flags & F_FD) {
+        float *tok = hrand(V * C, 124, -1, 1), *pos = hrand(P * C, 125, -1, 1);
+        float *d_tok = t_in(t, tok, V * C), *d_pos = t_in(t, pos, P * C);
+        embed_fd a = {N, T, C, V, d_ids, d_tok, d_pos, t_out(t, R * C)};
+        fd_fn f = {embed_fwd, &a, {{a.out, dy, (size_t)(R * C)}}};
+        float *added_t = t_host(t, d_gt, V * C), *added_p = t_host(t, d_gp, P * C);
+        for (int64_t i = 0; i < V * C; i++) added_t[i] -= gt0[i];
+        for (int64_t i = 0; i < P * C; i++) added_p[i] -= gp0[i];
+        fd_check(t, "tok", &f, tok, d_tok, V * C, added_t);
+        if (!nulls(c)) fd_check(t, "pos", &f, pos, d_pos, P * C, added_p);
+    }
+    free(ids);
+}
+
 /* timestep_embedding: p = {N, dim, flip_sin_to_cos}, f = {downscale_freq_shift, scale, max_period} */
 static void run_timestep(tgt *t, const tcase *c)
 {
@@ -1240,6 +1291,9 @@ static const tcase k_cases[] = {
     {"upsample_nearest2x_backward", run_upsample, G_POINT, P(1, 8, 8, 320), P(0), 0, 0},
     {"embed_tokens", run_embed, G_POINT, P(1, 5, 8, 11, 5), P(0), 0, 0},
     {"embed_tokens", run_embed, G_POINT, P(2, 77, 768, 1000, 80), P(0), 0, 0},
+    {"embed_tokens_backward", run_embed_backward, G_POINT, P(1, 5, 8, 11, 5), P(0), F_FD, 0},
+    {"embed_tokens_backward", run_embed_backward, G_POINT, P(2, 7, 6, 9, 8), P(0), F_NULLS | F_FD, 0},
+    {"embed_tokens_backward", run_embed_backward, G_POINT, P(2, 77, 768, 1000, 80), P(0), 0, 0},
     {"timestep_embedding", run_timestep, G_POINT, P(3, 320, 1), P(0.0f, 1.0f, 10000.0f), 0, 0},
     {"timestep_embedding", run_timestep, G_POINT, P(2, 7, 0), P(1.0f, 2.0f, 100.0f), 0, 0},
 

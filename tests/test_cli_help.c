@@ -1,7 +1,7 @@
 /* test_cli_help.c - `danlu <command> --help` lists every option its parser accepts, with its
  * default and meaning, and every option the help lists is accepted by that parser: both sides
  * are driven from the real tables (cli/opts.h for sample, grid, run, inspect and tokenize;
- * train/config.h's key table for train). */
+ * train/config.h's key table for train and finetune). */
 #include "cli/commands.h"
 #include "cli/sample_args.h"
 #include "core/error.h"
@@ -396,13 +396,17 @@ Test(cli_help, listed_values_are_the_accepted_ones)
 
 #define REQ "--pretrained_model_name_or_path", "m.safetensors", "--train_data_dir", "d", "--output_dir", "o"
 
+/* The command the train/finetune tests below look at: 0 `danlu train`, 1 `danlu finetune` (one
+ * key table; each test runs in its own process). */
+static int g_ft;
+
 /* Parse the required keys, --sample_prompts (so the sampling keys are valid) and extra. */
 static int train_parse(dl_train_config *c, const char *name, const char *value, FILE *warn)
 {
     char flag[160];
     snprintf(flag, sizeof flag, "--%s", name);
-    const char *argv[] = {"train", REQ, "--sample_prompts", "p.txt", flag, value, NULL};
-    dl_train_config_defaults(c);
+    const char *argv[] = {g_ft ? "finetune" : "train", REQ, "--sample_prompts", "p.txt", flag, value, NULL};
+    dl_train_config_defaults_for(c, g_ft);
     return dl_train_config_parse_args(c, value ? 11 : 10, (char **)argv, warn);
 }
 
@@ -515,11 +519,19 @@ static void train_expect_accepted(const dl_train_key *k)
     }
 }
 
-Test(cli_help, train_lists_every_key_with_its_default)
+/* 1 when name is a key of the command g_ft names */
+static int key_of_command(const char *name)
 {
-    char *help = capture_help(dl_cmd_train, "train");
+    for (int i = 0; i < dl_train_config_n_keys(); i++)
+        if (!strcmp(dl_train_config_key(i)->name, name)) return dl_train_key_applies(dl_train_config_key(i), g_ft);
+    return 0;
+}
+
+static void help_lists_every_key_with_its_default(void)
+{
+    char *help = g_ft ? capture_help(dl_cmd_finetune, "finetune") : capture_help(dl_cmd_train, "train");
     dl_train_config d;
-    dl_train_config_defaults(&d);
+    dl_train_config_defaults_for(&d, g_ft);
     cJSON *root;
     int n = dl_train_config_n_keys();
     cr_assert(n > 50);
@@ -527,6 +539,11 @@ Test(cli_help, train_lists_every_key_with_its_default)
         const dl_train_key *k = dl_train_config_key(i);
         char head[160], block[2048], tail[256];
         snprintf(head, sizeof head, "--%s", k->name);
+        if (!dl_train_key_applies(k, g_ft)) { /* the other command's option: not listed */
+            cr_expect_eq(entry(help, head, block, sizeof block), 0, "%s --help lists %s", g_ft ? "finetune" : "train",
+                         head);
+            continue;
+        }
         cr_expect_eq(entry(help, head, block, sizeof block), 1, "train --help: %s listed %d times", head,
                      entry(help, head, block, sizeof block));
         cr_expect(contains_squeezed(block, k->help), "%s: meaning missing: %s", head, block);
@@ -564,7 +581,8 @@ Test(cli_help, train_lists_every_key_with_its_default)
     for (int i = 0; i < dl_train_config_n_ignored(); i++) {
         char flag[80];
         snprintf(flag, sizeof flag, " --%s", dl_train_config_ignored(i));
-        cr_expect(strstr(block, flag), "ignored%s not listed", flag);
+        if (key_of_command(dl_train_config_ignored(i))) cr_expect(!strstr(block, flag), "%s is a key, not ignored", flag);
+        else cr_expect(strstr(block, flag), "ignored%s not listed", flag);
     }
     /* every option line names a key or a config-file flag */
     for (const char *p = help; (p = strstr(p, "\n  --")); p++) {
@@ -572,24 +590,64 @@ Test(cli_help, train_lists_every_key_with_its_default)
         size_t l = strcspn(p + 5, " \n");
         snprintf(name, sizeof name, "%.*s", (int)l, p + 5);
         int found = 0;
-        for (int i = 0; i < n; i++) found |= !strcmp(dl_train_config_key(i)->name, name);
+        for (int i = 0; i < n; i++) found |= !strcmp(dl_train_config_key(i)->name, name) && key_of_command(name);
         for (int i = 0; i < dl_train_config_n_file_flags(); i++) found |= !strcmp(dl_train_config_file_flag(i)->name, name);
         cr_expect(found, "train --help lists --%s, which is not in the table", name);
     }
-    /* every heading has options */
+    /* every heading shown has options; train shows every heading */
     for (int g = 0; g < dl_train_config_n_groups(); g++) {
         int used = g == dl_train_config_n_groups() - 1; /* "other" holds --help */
-        for (int i = 0; i < n; i++) used |= dl_train_config_key(i)->group == g;
+        for (int i = 0; i < n; i++) used |= dl_train_config_key(i)->group == g && dl_train_key_applies(dl_train_config_key(i), g_ft);
         for (int i = 0; i < dl_train_config_n_file_flags(); i++) used |= dl_train_config_file_flag(i)->group == g;
-        cr_expect(used, "heading '%s' is empty", dl_train_config_group_name(g));
+        char h[128];
+        snprintf(h, sizeof h, "\n%s:\n", dl_train_config_group_name(g));
+        if (g_ft) cr_expect_eq(strstr(help, h) != NULL, used, "heading '%s' shown %d, has options %d",
+                               dl_train_config_group_name(g), strstr(help, h) != NULL, used);
+        else cr_expect(used, "heading '%s' is empty", dl_train_config_group_name(g));
     }
     dl_train_config_free(&d);
     free(help);
 }
 
+Test(cli_help, train_lists_every_key_with_its_default) { help_lists_every_key_with_its_default(); }
+
+Test(cli_help, finetune_lists_every_key_with_its_default)
+{
+    g_ft = 1;
+    help_lists_every_key_with_its_default();
+}
+
+/* finetune: its keys accepted, the LoRA trainer's refused as unknown, --help anywhere */
+Test(cli_help, finetune_accepts_every_listed_option)
+{
+    g_ft = 1;
+    for (int i = 0; i < dl_train_config_n_keys(); i++) {
+        const dl_train_key *k = dl_train_config_key(i);
+        if (dl_train_key_applies(k, 1)) {
+            train_expect_accepted(k);
+            continue;
+        }
+        dl_train_config c;
+        cr_expect_neq(train_parse(&c, k->name, k->kind == DL_TKEY_BOOL ? NULL : "1", NULL), DL_OK, "--%s accepted",
+                      k->name);
+        cr_expect(strstr(dl_error_msg(), "unknown option") && strstr(dl_error_msg(), k->name), "--%s: %s", k->name,
+                  dl_error_msg());
+        dl_train_config_free(&c);
+    }
+    char *argv[] = {"finetune", "--max_train_steps", "8", "-h", NULL};
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *o = open_memstream(&buf, &len);
+    cr_expect_eq(dl_cmd_finetune(4, argv, o), 0);
+    fclose(o);
+    cr_expect(buf && strstr(buf, "--save_model_as NAME") && !strstr(buf, "--network_dim"));
+    free(buf);
+}
+
 Test(cli_help, train_accepts_every_listed_option)
 {
-    for (int i = 0; i < dl_train_config_n_keys(); i++) train_expect_accepted(dl_train_config_key(i));
+    for (int i = 0; i < dl_train_config_n_keys(); i++)
+        if (dl_train_key_applies(dl_train_config_key(i), 0)) train_expect_accepted(dl_train_config_key(i));
     /* --config / --config_file (both spellings, =value too) */
     char path[256];
     snprintf(path, sizeof path, "/tmp/danlu_test_help_%d.json", (int)getpid());

@@ -8,7 +8,7 @@
  *  - weights: every node's weights lie where the table says, and the load takes exactly the
  *    table's total;
  *  - training (with and without gradient checkpointing, LoRA on all or a random subset of the
- *    layers): every node's output starts at its table offset and every element of it is
+ *    layers, and full fine-tuning: every weight with its own gradient): every node's output starts at its table offset and every element of it is
  *    written; its saved tensors start at theirs; the activations arena is used exactly to the
  *    table's size; the scratch peak equals the table's; nothing is written past either (guard
  *    bytes behind each arena keep their poison);
@@ -400,6 +400,31 @@ Test(graph, unet_size_tables_match_what_the_walkers_touch, .timeout = 300)
             attach(&L, u, seed, all);
             for (int ckp = 0; ckp < 2; ckp++) check_pass(u, N, H, W, T, ckp, seed);
             detach(&L, u);
+        }
+        {   /* full fine-tuning: every weight trains with its own gradients (the time embedding too,
+             * without SDXL's added embedding): what the blocks keep changes, the table follows */
+            dl_arena wt;
+            cr_assert_eq(dl_arena_init(&wt, "weights", wb), DL_OK);
+            char *grads = calloc(1, wb);
+            cr_assert_not_null(grads);
+            const dl_trainable tr = {grads, NULL, NULL};
+            dl_unet *ut = malloc(sizeof *ut);
+            cr_assert_eq(dl_unet_load_trainable(ut, &ck, &wt, &tr), DL_OK, "seed %llu: %s", (unsigned long long)seed,
+                         dl_error_msg());
+            cr_expect_eq(wt.used, wb);
+            for (int ckp = 0; ckp < 2; ckp++) check_pass(ut, N, H, W, T, ckp, seed);
+            const float *gt = (const float *)(grads + ((const char *)ut->time_linear_1.w - wt.base));
+            cr_expect_eq(ut->time_linear_1.dw, gt, "seed %llu: the time embedding's gradient is not at its weight's offset",
+                         (unsigned long long)seed);
+            size_t nz = 0;
+            for (size_t i = 0; i < wb / sizeof(float); i++) nz += ((const float *)grads)[i] != 0;
+            if (c.addition_embed == DL_ADD_NONE) /* (SDXL-like: the time and added embeddings, often most weights, stay frozen) */
+                cr_expect_gt(nz, wb / sizeof(float) / 2, "seed %llu: only %zu gradients are nonzero",
+                             (unsigned long long)seed, nz);
+            else cr_expect_gt(nz, 0, "seed %llu: no gradient", (unsigned long long)seed);
+            dl_unet_free(ut);
+            free(ut), free(grads);
+            dl_arena_free(&wt);
         }
         dl_unet_free(u);
         free(u);

@@ -138,9 +138,12 @@ typedef struct dl_backend {
                                         int64_t C, const float *dy, float *dx);
 
     /* text-encoder input: out[n,t,:] = tok[ids[n,t],:] + pos[t,:]; ids int32 [N,T] in backend
-     * memory, tok [V,C], pos [>=T,C] (no backward: the embeddings are frozen) */
+     * memory, tok [V,C], pos [>=T,C]. The backward ADDS into dtok [V,C] and dpos [>=T,C] (a
+     * scatter by token id; NULL skips), in row order (embedding.h) */
     void (*embed_tokens)(const dl_ctx *ctx, int64_t N, int64_t T, int64_t C, int64_t V,
                          const int32_t *ids, const float *tok, const float *pos, float *out);
+    void (*embed_tokens_backward)(const dl_ctx *ctx, int64_t N, int64_t T, int64_t C, int64_t V,
+                                  const int32_t *ids, const float *dout, float *dtok, float *dpos);
 
     /* embedding.h: sinusoidal timestep embedding t [N] -> out [N,dim] (no backward) */
     void (*timestep_embedding)(const dl_ctx *ctx, int64_t N, int64_t dim, const float *t,

@@ -74,6 +74,7 @@ const dl_backend dl_backend_cpu = {
     .describe = cpu_describe,
     .mem_info = cpu_mem_info,
     .embed_tokens = dl_cpu_embed_tokens,
+    .embed_tokens_backward = dl_cpu_embed_tokens_backward,
     .linear_forward = dl_cpu_linear_forward_t,
     .linear_backward = dl_cpu_linear_backward_t,
     .conv2d_forward = dl_cpu_conv2d_forward_t,

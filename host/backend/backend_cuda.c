@@ -670,6 +670,11 @@ static void cu_embed_tokens(const dl_ctx *ctx, int64_t N, int64_t T, int64_t C, 
 {
     CU_KERNEL("embed_tokens", dl_dev_embed_tokens(DEV, DL_F32, N, T, C, V, ids, tok, pos, out));
 }
+static void cu_embed_tokens_backward(const dl_ctx *ctx, int64_t N, int64_t T, int64_t C, int64_t V, const int32_t *ids,
+                                     const float *dout, float *dtok, float *dpos)
+{
+    CU_KERNEL("embed_tokens_backward", dl_dev_embed_tokens_backward(DEV, N, T, C, V, ids, dout, dtok, dpos));
+}
 static void cu_timestep_embedding(const dl_ctx *ctx, int64_t N, int64_t dim, const float *t, int flip_sin_to_cos,
                                   float downscale_freq_shift, float scale, float max_period, float *out)
 {
@@ -839,6 +844,7 @@ const dl_backend dl_backend_cuda = {
     .upsample_nearest2x_forward = cu_upsample_forward,
     .upsample_nearest2x_backward = cu_upsample_backward,
     .embed_tokens = cu_embed_tokens,
+    .embed_tokens_backward = cu_embed_tokens_backward,
     .timestep_embedding = cu_timestep_embedding,
     .mse_loss_forward = cu_mse_loss_forward,
     .mse_loss_backward = cu_mse_loss_backward,

@@ -1,5 +1,6 @@
-/* cmd_train.c - `danlu train`: LoRA training with sd-scripts' option names (JSON config and/or
- * command-line flags). */
+/* cmd_train.c - `danlu train` (LoRA training) and `danlu finetune` (full fine-tuning of the
+ * UNet), with sd-scripts' option names (JSON config and/or command-line flags): one key table
+ * (train/config.c), each command showing and accepting its own keys. */
 #include "cli/commands.h"
 
 #include "core/error.h"
@@ -37,21 +38,46 @@ static void key_entry(FILE *f, const dl_train_key *k, int with_tail)
     dl_help_entry(f, flag, meaning, values, with_tail ? tail : NULL);
 }
 
-static void train_usage(FILE *f)
+/* 1 when name is a key of the command (then it is not listed among the ignored flags) */
+static int is_key_of(const char *name, int ft)
 {
-    fprintf(f,
-            "usage: danlu train [--config FILE.json] [--option value | --option=value | --flag] ...\n\n"
-            "Trains a LoRA for a Stable Diffusion 1.x/2.x checkpoint on a folder of images and captions.\n"
-            "Options are named as in kohya-ss/sd-scripts (train_network.py) and are also the keys of the\n"
-            "JSON file; flags override the file. A boolean --flag may be followed by true or false; an\n"
-            "option shown \"default: unset\" is off until given (\"none\" unsets it); a list option takes\n"
-            "every following value up to the next --option. Dashes in names are read as underscores.\n");
+    for (int i = 0; i < dl_train_config_n_keys(); i++)
+        if (!strcmp(dl_train_config_key(i)->name, name)) return dl_train_key_applies(dl_train_config_key(i), ft);
+    return 0;
+}
+
+static void train_usage(FILE *f, int ft)
+{
+    if (ft)
+        fprintf(f,
+                "usage: danlu finetune [--config FILE.json] [--option value | --option=value | --flag] ...\n\n"
+                "Fine-tunes every weight of a Stable Diffusion 1.x/2.x checkpoint's UNet on a folder of images and\n"
+                "captions (sd-scripts' fine_tune.py / train_db.py) and saves the whole model as a checkpoint\n"
+                "(--save_model_as safetensors: one file in the SD layout; diffusers: a folder). Options are\n"
+                "named as in kohya-ss/sd-scripts and are also the keys of the JSON file; flags override the\n"
+                "file. A boolean --flag may be followed by true or false; an option shown \"default: unset\" is\n"
+                "off until given (\"none\" unsets it); a list option takes every following value up to the next\n"
+                "--option. Dashes in names are read as underscores.\n");
+    else
+        fprintf(f,
+                "usage: danlu train [--config FILE.json] [--option value | --option=value | --flag] ...\n\n"
+                "Trains a LoRA for a Stable Diffusion 1.x/2.x checkpoint on a folder of images and captions.\n"
+                "Options are named as in kohya-ss/sd-scripts (train_network.py) and are also the keys of the\n"
+                "JSON file; flags override the file. A boolean --flag may be followed by true or false; an\n"
+                "option shown \"default: unset\" is off until given (\"none\" unsets it); a list option takes\n"
+                "every following value up to the next --option. Dashes in names are read as underscores.\n");
     for (int g = 0; g < dl_train_config_n_groups(); g++) {
+        int any = g + 1 == dl_train_config_n_groups();
+        for (int i = 0; i < dl_train_config_n_file_flags(); i++) any |= dl_train_config_file_flag(i)->group == g;
+        for (int i = 0; i < dl_train_config_n_keys(); i++)
+            any |= dl_train_config_key(i)->group == g && dl_train_key_applies(dl_train_config_key(i), ft);
+        if (!any) continue;
         fprintf(f, "\n%s:\n", dl_train_config_group_name(g));
         for (int i = 0; i < dl_train_config_n_file_flags(); i++)
             if (dl_train_config_file_flag(i)->group == g) key_entry(f, dl_train_config_file_flag(i), 0);
         for (int i = 0; i < dl_train_config_n_keys(); i++)
-            if (dl_train_config_key(i)->group == g) key_entry(f, dl_train_config_key(i), 1);
+            if (dl_train_config_key(i)->group == g && dl_train_key_applies(dl_train_config_key(i), ft))
+                key_entry(f, dl_train_config_key(i), 1);
         if (g + 1 < dl_train_config_n_groups()) continue;
         /* the last heading ("other") also lists the help flag and the ignored sd-scripts flags */
         const dl_opt *h = &dl_opt_help_table[0];
@@ -62,33 +88,35 @@ static void train_usage(FILE *f)
         size_t n = (size_t)snprintf(ign, sizeof ign, "sd-scripts options that do not apply here, accepted with a "
                                                      "warning and ignored:");
         for (int i = 0; i < dl_train_config_n_ignored() && n < sizeof ign; i++)
-            n += (size_t)snprintf(ign + n, sizeof ign - n, " --%s", dl_train_config_ignored(i));
+            if (!is_key_of(dl_train_config_ignored(i), ft))
+                n += (size_t)snprintf(ign + n, sizeof ign - n, " --%s", dl_train_config_ignored(i));
         dl_help_entry(f, "(ignored)", ign, NULL, NULL);
     }
     fprintf(f, "\nCtrl-C saves a resumable state (<output_name>-state.safetensors) and exits.\n");
 }
 
-int dl_cmd_train(int argc, char **argv, FILE *out)
+static int run_command(int argc, char **argv, FILE *out, int ft)
 {
+    const char *cmd = ft ? "finetune" : "train";
     dl_optset help = {dl_opt_help_table, 1, NULL, 0, NULL};
     for (int i = 1; i < argc; i++)
-        if (dl_opt_find(&help, 1, argv[i], NULL)) { train_usage(out); return 0; }
-    if (argc < 2) { train_usage(stderr); return 2; }
+        if (dl_opt_find(&help, 1, argv[i], NULL)) { train_usage(out, ft); return 0; }
+    if (argc < 2) { train_usage(stderr, ft); return 2; }
     dl_train_config cfg;
-    dl_train_config_defaults(&cfg);
+    dl_train_config_defaults_for(&cfg, ft);
     if (dl_train_config_parse_args(&cfg, argc, argv, stderr) != DL_OK) {
-        fprintf(stderr, "danlu train: %s\n", dl_error_msg());
+        fprintf(stderr, "danlu %s: %s\n", cmd, dl_error_msg());
         dl_train_config_free(&cfg);
         return 1;
     }
-    fprintf(stderr, "danlu train: configuration\n");
+    fprintf(stderr, "danlu %s: configuration\n", cmd);
     dl_train_config_print(&cfg, stderr);
     dl_trainer_opts opts = {.log = stderr, .tty = -1};
     dl_train_result res;
     int rc = dl_train_run(&cfg, &opts, &res);
     dl_train_config_free(&cfg);
     if (rc != DL_OK) {
-        fprintf(stderr, "danlu train: %s\n", dl_error_msg());
+        fprintf(stderr, "danlu %s: %s\n", cmd, dl_error_msg());
         return 1;
     }
     if (res.interrupted) fprintf(out, "interrupted: state %s\n", res.output_path);
@@ -96,3 +124,7 @@ int dl_cmd_train(int argc, char **argv, FILE *out)
     dl_train_result_free(&res);
     return 0;
 }
+
+int dl_cmd_train(int argc, char **argv, FILE *out) { return run_command(argc, argv, out, 0); }
+
+int dl_cmd_finetune(int argc, char **argv, FILE *out) { return run_command(argc, argv, out, 1); }

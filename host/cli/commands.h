@@ -22,6 +22,9 @@ int dl_cmd_grid(int argc, char **argv, FILE *out);
 
 /* danlu train [--config FILE.json] [--option value ...]: LoRA training (sd-scripts option names). */
 int dl_cmd_train(int argc, char **argv, FILE *out);
+/* danlu finetune [--config FILE.json] [--option value ...]: full fine-tuning of the UNet, saved as a
+ * checkpoint (sd-scripts' fine_tune.py option names). */
+int dl_cmd_finetune(int argc, char **argv, FILE *out);
 
 /* danlu lora merge|resize|extract ...: the LoRA tools (lora/lora_tools.h, lora/ckpt_tools.h);
  * dl_cmd_lora dispatches, the others take argv[0] = the subcommand name. */
@@ -39,7 +42,7 @@ int dl_cli_dtype(const char *s);
 
 /* The option tables of each command, what its parser and its --help walk (obj pointers NULL;
  * the command points them at its own argument structs). Fill sets (at most DL_CMD_MAX_OPTSETS)
- * and return their number. `danlu train` reads train/config.h's table instead. */
+ * and return their number. `danlu train` and `danlu finetune` read train/config.h's table instead. */
 #define DL_CMD_MAX_OPTSETS 4
 int dl_sample_optsets(dl_optset *sets);
 int dl_grid_optsets(dl_optset *sets);

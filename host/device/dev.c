@@ -543,6 +543,15 @@ dl_dev_status dl_dev_embed_tokens(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, in
                 (long long)C, (long long)V, (const void *)ids, (const void *)tok, (const void *)pos, out);
     return dev->vt->embed_tokens(dev, s, dt, N, T, C, V, ids, tok, pos, out);
 }
+dl_dev_status dl_dev_embed_tokens_backward(dl_dev *dev, dl_dev_stream *s, int64_t N, int64_t T, int64_t C, int64_t V,
+                                           const int32_t *ids, const float *dout, float *dtok, float *dpos)
+{
+    const char *op = "dl_dev_embed_tokens_backward";
+    OPS_REQUIRE(N >= 0 && T >= 0 && C > 0 && V > 0 && (N * T == 0 || (ids && dout)),
+                "%s: N %lld, T %lld, C %lld, V %lld, ids %p, dout %p", op, (long long)N, (long long)T, (long long)C,
+                (long long)V, (const void *)ids, (const void *)dout);
+    return dev->vt->embed_tokens_backward(dev, s, N, T, C, V, ids, dout, dtok, dpos);
+}
 dl_dev_status dl_dev_softmax_forward(dl_dev *dev, dl_dev_stream *s, int64_t rows, int64_t cols, float scale,
                                      int64_t causal_tq, const float *x, float *y, float *lse)
 {

@@ -505,6 +505,14 @@ static dl_dev_status real_embed_tokens(dl_dev *d, dl_dev_stream *s, dl_dtype dt,
     (void)d;
     return kcheck("dl_dev_embed_tokens", dl_cuda_embed_tokens(dt, N, T, C, V, ids, tok, pos, out, CS(s)));
 }
+static dl_dev_status real_embed_tokens_backward(dl_dev *d, dl_dev_stream *s, int64_t N, int64_t T, int64_t C,
+                                                int64_t V, const int32_t *ids, const float *dout, float *dtok,
+                                                float *dpos)
+{
+    (void)d;
+    return kcheck("dl_dev_embed_tokens_backward",
+                  dl_cuda_embed_tokens_backward(N, T, C, V, ids, dout, dtok, dpos, CS(s)));
+}
 static dl_dev_status real_softmax_forward(dl_dev *d, dl_dev_stream *s, int64_t rows, int64_t cols, float scale,
                                           int64_t causal_tq, const float *x, float *y, float *lse)
 {
@@ -570,7 +578,7 @@ static const dl_dev_vt kRealVt = {
     real_act_forward, real_act_backward, real_geglu_forward, real_geglu_backward, real_add, real_scale, real_axpy,
     real_add_bcast_forward, real_add_bcast_backward, real_concat_forward, real_concat_backward,
     real_upsample_forward, real_upsample_backward, real_pad2d, real_timestep_embedding, real_layernorm_forward,
-    real_layernorm_backward, real_embed_tokens, real_softmax_forward, real_softmax_backward, real_mse_forward,
+    real_layernorm_backward, real_embed_tokens, real_embed_tokens_backward, real_softmax_forward, real_softmax_backward, real_mse_forward,
     real_mse_backward, real_adamw_step, real_sumsq, real_clip_coef, real_scale_by, real_to_f32,
 };
 

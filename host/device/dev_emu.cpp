@@ -47,6 +47,7 @@
 #define dl_cuda_layernorm_forward dl_emu_k_layernorm_forward
 #define dl_cuda_layernorm_backward dl_emu_k_layernorm_backward
 #define dl_cuda_embed_tokens dl_emu_k_embed_tokens
+#define dl_cuda_embed_tokens_backward dl_emu_k_embed_tokens_backward
 #define dl_cuda_softmax_forward dl_emu_k_softmax_forward
 #define dl_cuda_softmax_backward dl_emu_k_softmax_backward
 #define dl_cuda_mse_loss_forward dl_emu_k_mse_loss_forward
@@ -1094,6 +1095,30 @@ dl_dev_status emu_embed_tokens(dl_dev *d, dl_dev_stream *s, dl_dtype dt, int64_t
     if (st == DL_DEV_SUCCESS) record_writes(e, S(s), op, a, 4);
     return st;
 }
+dl_dev_status emu_embed_tokens_backward(dl_dev *d, dl_dev_stream *s, int64_t N, int64_t T, int64_t C, int64_t V,
+                                        const int32_t *ids, const float *dout, float *dtok, float *dpos)
+{
+    const char *op = "dl_dev_embed_tokens_backward";
+    const int64_t rows = N * T;
+    const bool any = rows > 0;
+    Arg a[6] = {{"ids", ids, (size_t)rows * 4, false}, {"dout", any ? dout : nullptr, (size_t)(rows * C) * 4, false},
+                {"dtok (read)", any ? dtok : nullptr, (size_t)(V * C) * 4, false},
+                {"dtok", any ? dtok : nullptr, (size_t)(V * C) * 4, true},
+                {"dpos (read)", any ? dpos : nullptr, (size_t)(T * C) * 4, false},
+                {"dpos", any ? dpos : nullptr, (size_t)(T * C) * 4, true}};
+    Emu *e = E(d);
+    std::lock_guard<std::mutex> lk(e->mu);
+    dl_dev_status st = check_args(e, S(s), op, a, 6);
+    if (st != DL_DEV_SUCCESS) return st;
+    const int32_t *hid = X(e, ids);
+    for (int64_t r = 0; r < rows; r++)
+        if (hid[r] < 0 || hid[r] >= V)
+            return dl_dev_fail(DL_DEV_ERR_BAD_PARAM, "%s: token id %d at [n %lld, t %lld] is outside the vocabulary "
+                               "[0, %lld)", op, (int)hid[r], (long long)(r / T), (long long)(r % T), (long long)V);
+    st = kernel_rc(op, dlk::dl_cuda_embed_tokens_backward(N, T, C, V, hid, X(e, dout), X(e, dtok), X(e, dpos), nullptr));
+    if (st == DL_DEV_SUCCESS) record_writes(e, S(s), op, a, 6);
+    return st;
+}
 dl_dev_status emu_softmax_forward(dl_dev *d, dl_dev_stream *s, int64_t rows, int64_t cols, float scale,
                                   int64_t causal_tq, const float *x, float *y, float *lse)
 {
@@ -1182,7 +1207,7 @@ const dl_dev_vt kEmuVt = {
     emu_act_forward, emu_act_backward, emu_geglu_forward, emu_geglu_backward, emu_add, emu_scale, emu_axpy,
     emu_add_bcast_forward, emu_add_bcast_backward, emu_concat_forward, emu_concat_backward, emu_upsample_forward,
     emu_upsample_backward, emu_pad2d, emu_timestep_embedding, emu_layernorm_forward, emu_layernorm_backward,
-    emu_embed_tokens, emu_softmax_forward, emu_softmax_backward, emu_mse_forward, emu_mse_backward, emu_adamw_step,
+    emu_embed_tokens, emu_embed_tokens_backward, emu_softmax_forward, emu_softmax_backward, emu_mse_forward, emu_mse_backward, emu_adamw_step,
     emu_sumsq, emu_clip_coef, emu_scale_by, emu_to_f32,
 };
 

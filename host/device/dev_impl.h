@@ -103,6 +103,8 @@ typedef struct dl_dev_vt {
                                         const void *dy, void *dx, float *dgamma, float *dbeta);
     dl_dev_status (*embed_tokens)(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int64_t N, int64_t T, int64_t C,
                                   int64_t V, const int32_t *ids, const float *tok, const float *pos, void *out);
+    dl_dev_status (*embed_tokens_backward)(dl_dev *dev, dl_dev_stream *s, int64_t N, int64_t T, int64_t C, int64_t V,
+                                           const int32_t *ids, const float *dout, float *dtok, float *dpos);
     dl_dev_status (*softmax_forward)(dl_dev *dev, dl_dev_stream *s, int64_t rows, int64_t cols, float scale,
                                      int64_t causal_tq, const float *x, float *y, float *lse);
     dl_dev_status (*softmax_backward)(dl_dev *dev, dl_dev_stream *s, int64_t rows, int64_t cols, const float *y,

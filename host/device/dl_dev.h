@@ -254,6 +254,10 @@ dl_dev_status dl_dev_layernorm_backward(dl_dev *dev, dl_dev_stream *s, dl_dtype 
  * outside [0, V) is DL_DEV_ERR_BAD_PARAM on the emulated device; the real one clamps it. */
 dl_dev_status dl_dev_embed_tokens(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int64_t N, int64_t T, int64_t C,
                                   int64_t V, const int32_t *ids, const float *tok, const float *pos, void *out);
+/* Its backward (fp32): dtok[ids[n, t], :] += dout[n, t, :], dpos[t, :] += dout[n, t, :] (added into,
+ * NULL skips either; each sum in row order, as the CPU's). A bad id as for the forward. */
+dl_dev_status dl_dev_embed_tokens_backward(dl_dev *dev, dl_dev_stream *s, int64_t N, int64_t T, int64_t C, int64_t V,
+                                           const int32_t *ids, const float *dout, float *dtok, float *dpos);
 /* Row softmax with logsumexp, for attention the attention kernels do not take (other head dims,
  * the text encoder's causal mask): x [rows, cols] fp32 -> y = softmax(scale · x) per row (y may
  * alias x), lse [rows] = logsumexp of scale · x (NULL: skipped). causal_tq > 0 masks column

@@ -215,11 +215,26 @@ static int write_text(const char *path, char *text)
 /* Write a diffusers folder: files[0..n) under out (built in a temporary folder, renamed into
  * place); src_dir (may be NULL) has its other files copied; cfg (may be NULL) writes config.json
  * files for a folder made from a single file. */
+static int save_folder_ex(const char *out, ofile *files, int n, int dtype, const char *src_dir,
+                          const dl_model_config *cfg, const char *tok_dir, const char *const *extra, int n_extra,
+                          int replace);
+
 static int save_folder(const char *out, ofile *files, int n, int dtype, const char *src_dir, const dl_model_config *cfg,
                        const char *const *extra, int n_extra)
 {
+    return save_folder_ex(out, files, n, dtype, src_dir, cfg, NULL, extra, n_extra, 0);
+}
+
+/* save_folder with a tokenizer folder copied in as tokenizer/ (tok_dir, may be NULL), and, with
+ * replace, an existing out replaced once the new folder is complete (renamed away, then removed). */
+static int save_folder_ex(const char *out, ofile *files, int n, int dtype, const char *src_dir,
+                          const dl_model_config *cfg, const char *tok_dir, const char *const *extra, int n_extra,
+                          int replace)
+{
     struct stat st;
-    if (stat(out, &st) == 0) return dl_error_set("%s: already exists (a folder is never overwritten)", out);
+    const int exists = stat(out, &st) == 0;
+    if (exists && (!replace || !S_ISDIR(st.st_mode)))
+        return dl_error_set("%s: already exists (%s)", out, replace ? "not a folder" : "a folder is never overwritten");
     char tmp[4096];
     if (snprintf(tmp, sizeof tmp, "%s.tmp-%d", out, (int)getpid()) >= (int)sizeof tmp) return dl_error_set("%.200s...: path too long", out);
     if (mkdir(tmp, 0755) != 0) return dl_error_set("%s: cannot create folder (%s)", tmp, strerror(errno));
@@ -247,13 +262,37 @@ static int save_folder(const char *out, ofile *files, int n, int dtype, const ch
         if (ret == DL_OK) ret = write_text(p, dl_scheduler_config_to_json(cfg->unet.prediction));
         snprintf(p, sizeof p, "%s/model_index.json", tmp);
         if (ret == DL_OK)
-            ret = write_text(p, strdup("{\n  \"_class_name\": \"StableDiffusionPipeline\",\n"
-                                       "  \"scheduler\": [\"diffusers\", \"PNDMScheduler\"],\n"
-                                       "  \"text_encoder\": [\"transformers\", \"CLIPTextModel\"],\n"
-                                       "  \"unet\": [\"diffusers\", \"UNet2DConditionModel\"],\n"
-                                       "  \"vae\": [\"diffusers\", \"AutoencoderKL\"]\n}"));
+            ret = write_text(p, strdup(tok_dir ? "{\n  \"_class_name\": \"StableDiffusionPipeline\",\n"
+                                                 "  \"feature_extractor\": [null, null],\n"
+                                                 "  \"requires_safety_checker\": false,\n"
+                                                 "  \"safety_checker\": [null, null],\n"
+                                                 "  \"scheduler\": [\"diffusers\", \"PNDMScheduler\"],\n"
+                                                 "  \"text_encoder\": [\"transformers\", \"CLIPTextModel\"],\n"
+                                                 "  \"tokenizer\": [\"transformers\", \"CLIPTokenizer\"],\n"
+                                                 "  \"unet\": [\"diffusers\", \"UNet2DConditionModel\"],\n"
+                                                 "  \"vae\": [\"diffusers\", \"AutoencoderKL\"]\n}"
+                                               : "{\n  \"_class_name\": \"StableDiffusionPipeline\",\n"
+                                                 "  \"scheduler\": [\"diffusers\", \"PNDMScheduler\"],\n"
+                                                 "  \"text_encoder\": [\"transformers\", \"CLIPTextModel\"],\n"
+                                                 "  \"unet\": [\"diffusers\", \"UNet2DConditionModel\"],\n"
+                                                 "  \"vae\": [\"diffusers\", \"AutoencoderKL\"]\n}"));
     }
-    if (ret == DL_OK && rename(tmp, out) != 0) ret = dl_error_set("%s: cannot rename into place (%s)", out, strerror(errno));
+    if (ret == DL_OK && tok_dir) {
+        char p[8192];
+        snprintf(p, sizeof p, "%s/tokenizer", tmp);
+        if (mkdir(p, 0755) != 0) ret = dl_error_set("%s: cannot create folder (%s)", p, strerror(errno));
+        else ret = copy_tree(tok_dir, p, "", NULL, 0);
+    }
+    char old[4200] = "";
+    if (ret == DL_OK && exists) { /* the previous folder goes only once the new one is complete */
+        snprintf(old, sizeof old, "%s.old-%d", out, (int)getpid());
+        if (rename(out, old) != 0) ret = dl_error_set("%s: cannot move the previous folder away (%s)", out, strerror(errno));
+    }
+    if (ret == DL_OK && rename(tmp, out) != 0) {
+        ret = dl_error_set("%s: cannot rename into place (%s)", out, strerror(errno));
+        if (*old) rename(old, out);
+    }
+    if (ret == DL_OK && *old) rm_tree(old);
     if (ret != DL_OK) rm_tree(tmp);
     return ret;
 }
@@ -414,7 +453,13 @@ typedef struct conv_ctx {
     dl_text_layout tl;         /* of a single-file output */
     dl_model_config *ocfg;     /* of a single-file output */
     int n_used;
+    dl_weight_fill_fn fill;    /* replacement weights (NULL: none) */
+    void *fill_user;
 } conv_ctx;
+
+static int k_split_of(conv_ctx *c, dl_part part, const char *name);
+static int conv_put(conv_ctx *c, dl_part part, const char *name, int ndim, const int64_t *shape, const uint8_t *src,
+                    dl_dtype sdt, void *owned);
 
 static int conv_one(void *user, dl_part part, const char *name, int ndim, const int64_t *shape)
 {
@@ -422,21 +467,55 @@ static int conv_one(void *user, dl_part part, const char *name, int ndim, const 
     int fi, split, c11;
     const dl_st_tensor *t = locate(c->ck, part, name, &fi, &split, &c11);
     if (!t) return dl_error_set("%s: no tensor for %s weight %s", c->ck->path, dl_part_name(part), name);
-    const size_t es = dl_dtype_size(t->dtype);
-    const int64_t nel = numel_of(ndim, shape);
-    if (nel * (split >= 0 ? 3 : 1) != dl_st_numel(t))
+    const size_t tes = dl_dtype_size(t->dtype);
+    const int64_t nel0 = numel_of(ndim, shape);
+    if (nel0 * (split >= 0 ? 3 : 1) != dl_st_numel(t))
         return dl_error_set("%s: %s holds %lld values, %s needs %lld", c->ck->path, t->name, (long long)dl_st_numel(t), name,
-                            (long long)nel);
-    const uint8_t *src = (const uint8_t *)t->data + (split >= 0 ? (size_t)split * (size_t)nel * es : 0);
+                            (long long)nel0);
+    const uint8_t *src = (const uint8_t *)t->data + (split >= 0 ? (size_t)split * (size_t)nel0 * tes : 0);
+    dl_dtype sdt = t->dtype;
+    float *mine = NULL; /* a replacement (fp32), owned by the output tensor or freed below */
+    if (c->fill) {
+        if (!(mine = malloc((size_t)(nel0 > 0 ? nel0 : 1) * sizeof(float)))) return dl_error_set("out of memory");
+        const int r = c->fill(c->fill_user, part, name, ndim, shape, mine);
+        if (r < 0) { free(mine); return DL_ERR; }
+        if (r == 0) { free(mine); mine = NULL; }
+        else src = (const uint8_t *)mine, sdt = DL_F32;
+    }
     c->n_used++;
+    if (!c->to_single || k_split_of(c, part, name) < 0) { /* one output tensor: it takes mine */
+        int rc = conv_put(c, part, name, ndim, shape, src, sdt, mine);
+        if (rc != DL_OK) free(mine);
+        return rc;
+    }
+    int rc = conv_put(c, part, name, ndim, shape, src, sdt, NULL);
+    free(mine);
+    return rc;
+}
+
+/* The row third a single-file output keeps name's values in (-1: a tensor of its own). */
+static int k_split_of(conv_ctx *c, dl_part part, const char *name)
+{
+    dl_ckpt_key k;
+    return dl_ckpt_map_single(c->ocfg, c->tl, part, name, &k) == DL_OK ? k.split : -1;
+}
+
+/* Put name's values (src: numel of shape in dtype sdt; owned: handed to the output tensor, or
+ * NULL) into the output, under its own name (diffusers) or its single-file key. */
+static int conv_put(conv_ctx *c, dl_part part, const char *name, int ndim, const int64_t *shape, const uint8_t *src,
+                    dl_dtype sdt, void *owned)
+{
+    const size_t es = dl_dtype_size(sdt);
+    const int64_t nel = numel_of(ndim, shape);
     if (!c->to_single) { /* diffusers: one tensor per name, shape as the model asks */
         ofile *o = &c->of[part];
         otensor *x = ofile_add(o, name);
         if (!x) return dl_error_set("out of memory");
-        x->dtype = t->dtype;
+        x->dtype = sdt;
         x->ndim = ndim;
         memcpy(x->shape, shape, sizeof *shape * (size_t)ndim); /* shape has ndim entries (emitters pass 4) */
         x->data = src;
+        x->owned = owned;
         return DL_OK;
     }
     dl_ckpt_key k;
@@ -447,25 +526,69 @@ static int conv_one(void *user, dl_part part, const char *name, int ndim, const 
         if (x) return dl_error_set("%s: two tensors map to %s", c->ck->path, k.key);
         x = ofile_add(o, k.key);
         if (!x) return dl_error_set("out of memory");
-        x->dtype = t->dtype;
+        x->dtype = sdt;
         x->ndim = ndim;
         memcpy(x->shape, shape, sizeof *shape * (size_t)ndim); /* shape has ndim entries (emitters pass 4) */
         if (k.conv1x1 && ndim == 2) x->ndim = 4, x->shape[2] = 1, x->shape[3] = 1;
         x->data = src;
+        x->owned = owned;
         return DL_OK;
     }
     if (!x) { /* a fused q/k/v tensor: three thirds gathered into one buffer */
         x = ofile_add(o, k.key);
         if (!x || !(x->owned = malloc((size_t)(3 * nel) * es))) return dl_error_set("out of memory");
-        x->dtype = t->dtype;
+        x->dtype = sdt;
         x->ndim = ndim;
         memcpy(x->shape, shape, sizeof *shape * (size_t)ndim); /* shape has ndim entries (emitters pass 4) */
         x->shape[0] *= 3;
         x->data = x->owned;
     }
-    if (x->dtype != t->dtype) return dl_error_set("%s: the q, k and v parts of %s differ in dtype", c->ck->path, k.key);
+    if (x->dtype != sdt) return dl_error_set("%s: the q, k and v parts of %s differ in dtype", c->ck->path, k.key);
     memcpy((uint8_t *)x->owned + (size_t)k.split * (size_t)nel * es, src, (size_t)nel * es);
     return DL_OK;
+}
+
+/* ck's UNet, VAE and text-encoder weights through dl_model_weights into layout (the mapping of a
+ * change of layout), fill replacing those it says; metadata: ck's (keep_meta) and extra. total:
+ * the source's tensor count (for the log line). A folder made without keep_meta gets ck's
+ * tokenizer/ (when it has one). */
+static int write_mapped(dl_checkpoint *ck, const char *out, int layout, int dtype, dl_weight_fill_fn fill, void *user,
+                        int keep_meta, const char *const *extra, int n_extra, int replace, int total, FILE *log)
+{
+    ofile of[DL_PART_COUNT];
+    memset(of, 0, sizeof of);
+    int ret = DL_ERR;
+    dl_model_config ocfg = ck->cfg;
+    conv_ctx c = {.ck = ck, .of = of, .to_single = layout == DL_LAYOUT_SINGLE, .ocfg = &ocfg, .fill = fill,
+                  .fill_user = user};
+    c.tl = ck->cfg.text.act == DL_ACT_GELU ? DL_TEXT_OPENCLIP : DL_TEXT_HF;
+    const int nparts = ck->cfg.text2.num_layers ? DL_PART_COUNT : DL_PART_TEXT2; /* the parts the model has */
+    for (int p = 0; p < nparts; p++) {
+        if (!c.to_single) snprintf(of[p].rel, sizeof of[p].rel, "%s", k_part_file[p]);
+        if (dl_model_weights(&ck->cfg, (dl_part)p, conv_one, &c) != DL_OK) goto done;
+    }
+    if (c.to_single) {
+        of[0].meta_src = keep_meta ? &ck->files[ck->part_file[DL_PART_UNET]] : NULL;
+        ret = ofile_save(&of[0], out, dtype, extra, n_extra); /* atomic: a file is always replaced */
+    } else {
+        of[0].meta_src = keep_meta ? &ck->files[0] : NULL;
+        ret = save_folder_ex(out, of, nparts, dtype, NULL, &ck->cfg, keep_meta ? NULL : ck->tokenizer_dir,
+                             extra, n_extra, replace);
+    }
+    if (ret == DL_OK && log)
+        fprintf(log, "%s: %d weights written (%s layout); %d tensors of the source belong to no part and were left out\n",
+                out, c.n_used, c.to_single ? "single-file" : "diffusers", total - c.n_used);
+done:
+    for (int f = 0; f < DL_PART_COUNT; f++) ofile_free(&of[f]);
+    return ret;
+}
+
+int dl_ckpt_write(dl_checkpoint *ck, const char *out, int layout, int dtype, dl_weight_fill_fn fill, void *user,
+                  const char *const *meta, int n_meta, int replace, FILE *log)
+{
+    int total = 0;
+    for (int f = 0; f < ck->n_files; f++) total += ck->files[f].n_tensors;
+    return write_mapped(ck, out, layout, dtype, fill, user, 0, meta, n_meta, replace, total, log);
 }
 
 int dl_ckpt_convert(const char *in, const char *out, int layout, int dtype, FILE *log)
@@ -487,24 +610,7 @@ int dl_ckpt_convert(const char *in, const char *out, int layout, int dtype, FILE
         if (ret == DL_OK && log) fprintf(log, "%s: %d tensors written\n", out, total);
         goto done;
     }
-    dl_model_config ocfg = ck.cfg;
-    conv_ctx c = {.ck = &ck, .of = of, .to_single = layout == DL_LAYOUT_SINGLE, .ocfg = &ocfg};
-    c.tl = ck.cfg.text.act == DL_ACT_GELU ? DL_TEXT_OPENCLIP : DL_TEXT_HF;
-    const int nparts = ck.cfg.text2.num_layers ? DL_PART_COUNT : DL_PART_TEXT2; /* the parts the model has */
-    for (int p = 0; p < nparts; p++) {
-        if (!c.to_single) snprintf(of[p].rel, sizeof of[p].rel, "%s", k_part_file[p]);
-        if (dl_model_weights(&ck.cfg, (dl_part)p, conv_one, &c) != DL_OK) goto done;
-    }
-    if (c.to_single) {
-        of[0].meta_src = &ck.files[ck.part_file[DL_PART_UNET]];
-        ret = ofile_save(&of[0], out, dtype, NULL, 0);
-    } else {
-        of[0].meta_src = &ck.files[0];
-        ret = save_folder(out, of, nparts, dtype, NULL, &ck.cfg, NULL, 0);
-    }
-    if (ret == DL_OK && log)
-        fprintf(log, "%s: %d weights written (%s layout); %d tensors of the source belong to no part and were left out\n",
-                out, c.n_used, c.to_single ? "single-file" : "diffusers", total - c.n_used);
+    ret = write_mapped(&ck, out, layout, dtype, NULL, NULL, 1, NULL, 0, 0, total, log);
 done:
     for (int f = 0; f < DL_PART_COUNT; f++) ofile_free(&of[f]);
     dl_ckpt_close(&ck);

@@ -35,6 +35,23 @@ int dl_ckpt_merge_loras(const char *model, const dl_lora_weight *loras, int n, c
  * no tokenizer/. Same-layout conversions copy every tensor (and a folder's other files). */
 int dl_ckpt_convert(const char *in, const char *out, int layout, int dtype, FILE *log);
 
+/* Replacement weights for dl_ckpt_write: fill out (fp32, the numel of shape, PyTorch layout) with
+ * the new value of part's weight `name` (diffusers name, PyTorch shape, as dl_model_weights lists
+ * them) and return 1; return 0 to keep the checkpoint's tensor, DL_ERR to stop the write. */
+typedef int (*dl_weight_fill_fn)(void *user, dl_part part, const char *name, int ndim, const int64_t *shape,
+                                 float *out);
+
+/* Write the open checkpoint ck to out in layout (DL_LAYOUT_SINGLE: one .safetensors file in the SD
+ * single-file layout; DL_LAYOUT_DIFFUSERS: a folder with config.json files from ck's config and
+ * ck's tokenizer/ when it has one) through the mapping dl_ckpt_convert uses for a change of
+ * layout: exactly the UNet, VAE and text-encoder weights, in the same order, names and shapes,
+ * each replaced where fill says so (fill NULL: none), every float tensor in dtype (-1: as it is,
+ * a replaced one fp32). The metadata is meta[0..2 n_meta) (key, value pairs), not ck's. A file is
+ * replaced atomically; an existing folder is refused unless replace (then it is replaced once the
+ * new one is complete). DL_ERR names the file and the problem; nothing half-written is left. */
+int dl_ckpt_write(dl_checkpoint *ck, const char *out, int layout, int dtype, dl_weight_fill_fn fill, void *user,
+                  const char *const *meta, int n_meta, int replace, FILE *log);
+
 #ifdef __cplusplus
 }
 #endif

@@ -50,6 +50,7 @@ static int load_node(dl_clip *m, dl_netload *nl, dl_node *nd)
         if (!(m->tok_emb = dl_load_tensor(&nl->ld, "text_model.embeddings.token_embedding.weight", 2, ts)) ||
             !(m->pos_emb = dl_load_tensor(&nl->ld, "text_model.embeddings.position_embedding.weight", 2, ps)))
             return DL_ERR;
+        m->d_tok_emb = dl_loader_grad(&nl->ld, m->tok_emb), m->d_pos_emb = dl_loader_grad(&nl->ld, m->pos_emb);
         return DL_OK;
     }
     case DL_NODE_CLIP_LAYER: {
@@ -99,7 +100,8 @@ int dl_clip_weights_bytes_as(dl_checkpoint *ck, dl_part part, size_t *bytes)
 
 int dl_clip_weights_bytes(dl_checkpoint *ck, size_t *bytes) { return dl_clip_weights_bytes_as(ck, DL_PART_TEXT, bytes); }
 
-int dl_clip_load_as(dl_clip *m, dl_checkpoint *ck, dl_part part, dl_arena *weights)
+/* One text encoder (part) loaded; tr non-NULL: for full fine-tuning (gradients beside the weights). */
+static int clip_load(dl_clip *m, dl_checkpoint *ck, dl_part part, dl_arena *weights, const dl_trainable *tr)
 {
     memset(m, 0, sizeof *m);
     if (part != DL_PART_TEXT && part != DL_PART_TEXT2) return dl_error_set("dl_clip_load: bad part %d", (int)part);
@@ -107,12 +109,22 @@ int dl_clip_load_as(dl_clip *m, dl_checkpoint *ck, dl_part part, dl_arena *weigh
         return dl_error_set("%s: no second text encoder (text_encoder_2/, conditioner.embedders.1.model.*)", ck->path);
     m->cfg = part == DL_PART_TEXT2 ? ck->cfg.text2 : ck->cfg.text;
     m->part = part;
-    dl_netload nl = {{ck, part, weights, NULL, NULL}, &m->names, m, NULL};
+    dl_netload nl = {{.ck = ck, .part = part, .arena = weights, .grads = tr ? tr->grads : NULL,
+                      .placed = tr ? tr->placed : NULL, .placed_user = tr ? tr->user : NULL},
+                     &m->names, m, NULL};
     if (load_all(m, &nl) == DL_OK) return DL_OK;
     dl_clip_free(m);
     return DL_ERR;
 }
 
+int dl_clip_load_as(dl_clip *m, dl_checkpoint *ck, dl_part part, dl_arena *weights)
+{
+    return clip_load(m, ck, part, weights, NULL);
+}
+int dl_clip_load_trainable(dl_clip *m, dl_checkpoint *ck, dl_arena *weights, const dl_trainable *tr)
+{
+    return clip_load(m, ck, DL_PART_TEXT, weights, tr);
+}
 int dl_clip_load(dl_clip *m, dl_checkpoint *ck, dl_arena *weights) { return dl_clip_load_as(m, ck, DL_PART_TEXT, weights); }
 
 int dl_clip_list_weights_as(const dl_clip_config *cfg, dl_part part, dl_weight_fn fn, void *user)
@@ -123,7 +135,7 @@ int dl_clip_list_weights_as(const dl_clip_config *cfg, dl_part part, dl_weight_f
     m.part = part;
     dl_arena a;
     dl_arena_init_measure(&a, "text encoder weights (listing)");
-    dl_netload nl = {{NULL, part, &a, fn, user}, &m.names, &m, NULL};
+    dl_netload nl = {{.part = part, .arena = &a, .list = fn, .list_user = user}, &m.names, &m, NULL};
     const int rc = load_all(&m, &nl);
     dl_clip_free(&m);
     return rc;
@@ -214,10 +226,12 @@ static float *layer_forward(const dl_ctx *ctx, const dl_clip_config *c, const dl
     return base;
 }
 
-static int trainable(const dl_linear *lin) { return lin->lora && (lin->lora->dA || lin->lora->dB); }
+/* a linear with gradients: a LoRA with dA / dB, or the layer itself (full fine-tuning) */
+static int trainable(const dl_linear *lin) { return (lin->lora && (lin->lora->dA || lin->lora->dB)) || lin->dw; }
 
-/* From dy = d y [N, T, C]: LoRA gradients accumulated; dx = d x overwritten (NULL: not wanted;
- * then only the branches that reach a trainable adapter run). */
+/* From dy = d y [N, T, C]: parameter gradients (LoRAs, or under full fine-tuning the layer's own
+ * linears and layer norms) accumulated; dx = d x overwritten (NULL: not wanted; then only the
+ * branches that reach a parameter with gradients run). */
 static void layer_backward(const dl_ctx *ctx, const dl_clip_config *c, const dl_clip_layer *y, int N, int T,
                            const float *x, const float *saved, const float *dy, float *dx, dl_arena *scratch)
 {
@@ -226,9 +240,11 @@ static void layer_backward(const dl_ctx *ctx, const dl_clip_config *c, const dl_
     layer_saved v;
     layer_layout(c, N, T, (uintptr_t)saved, &v);
     const int below = dx != NULL;
-    const int qkv = below || trainable(&y->q) || trainable(&y->k) || trainable(&y->v);
+    const int dh1 = below || dl_norm_trains(&y->ln1);                  // d ln1(x) is needed
+    const int qkv = dh1 || trainable(&y->q) || trainable(&y->k) || trainable(&y->v);
     const int attn = qkv || trainable(&y->o);                          // the attention branch matters
-    const int fc1 = attn || trainable(&y->fc1);
+    const int dh2 = attn || dl_norm_trains(&y->ln2);                   // d ln2(x_mid) is needed
+    const int fc1 = dh2 || trainable(&y->fc1);
     const size_t mark = dl_arena_mark(scratch);
     float *g = dl_alloc_f32(scratch, M * C);   // [M, C] gradient inside a sublayer
     float *t = dl_alloc_f32(scratch, M * C);   // [M, C] a term to accumulate
@@ -237,26 +253,27 @@ static void layer_backward(const dl_ctx *ctx, const dl_clip_config *c, const dl_
     dl_linear_bwd(ctx, &y->fc2, M, v.f2, dy, fc1 ? df : NULL, scratch);    // [M, I] d f2
     if (fc1) {
         dl_be(ctx)->act_backward(ctx, c->act, M * I, v.f1, df, df);         // [M, I] d f1
-        dl_linear_bwd(ctx, &y->fc1, M, v.h2, df, attn ? g : NULL, scratch); // [M, C] d h2
+        dl_linear_bwd(ctx, &y->fc1, M, v.h2, df, dh2 ? g : NULL, scratch);  // [M, C] d h2
     }
+    if (dh2 && !attn) dl_layernorm_bwd(ctx, &y->ln2, M, v.x_mid, v.mean2, v.rstd2, g, NULL, scratch); // its weights
     if (attn) { /* attention branch: x_mid = x + out_proj(attn(q, k, v of ln1(x))) */
         float *dm = dx ? dx : dl_alloc_f32(scratch, M * C);                 // [M, C] d x_mid
         float *dq = dl_alloc_f32(scratch, M * C), *dk = dl_alloc_f32(scratch, M * C);
         float *dv = dl_alloc_f32(scratch, M * C);                           // [N, T, H*d] each
-        dl_layernorm_bwd(ctx, &y->ln2, M, v.x_mid, v.mean2, v.rstd2, g, t); // [M, C]
+        dl_layernorm_bwd(ctx, &y->ln2, M, v.x_mid, v.mean2, v.rstd2, g, t, scratch); // [M, C]
         dl_be(ctx)->add_forward(ctx, M * C, dy, t, dm);                     // d x_mid = dy + ln2's
         dl_linear_bwd(ctx, &y->o, M, v.a, dm, qkv ? g : NULL, scratch);     // [M, C] d a
         if (qkv) {
             dl_be(ctx)->attention_backward(ctx, attn_shape(c, N, T), v.q, v.k, v.v, v.a, v.lse, g, dq, dk, dv);
-            dl_linear_bwd(ctx, &y->q, M, v.h1, dq, below ? g : NULL, scratch); // [M, C] d h1
-            dl_linear_bwd(ctx, &y->k, M, v.h1, dk, below ? t : NULL, scratch);
-            if (below) dl_be(ctx)->axpy(ctx, M * C, 1.0f, t, g);
-            dl_linear_bwd(ctx, &y->v, M, v.h1, dv, below ? t : NULL, scratch);
+            dl_linear_bwd(ctx, &y->q, M, v.h1, dq, dh1 ? g : NULL, scratch);   // [M, C] d h1
+            dl_linear_bwd(ctx, &y->k, M, v.h1, dk, dh1 ? t : NULL, scratch);
+            if (dh1) dl_be(ctx)->axpy(ctx, M * C, 1.0f, t, g);
+            dl_linear_bwd(ctx, &y->v, M, v.h1, dv, dh1 ? t : NULL, scratch);
         }
-        if (below) {
+        if (dh1) {
             dl_be(ctx)->axpy(ctx, M * C, 1.0f, t, g);
-            dl_layernorm_bwd(ctx, &y->ln1, M, x, v.mean1, v.rstd1, g, t);   // [M, C]
-            dl_be(ctx)->axpy(ctx, M * C, 1.0f, t, dx);                      // d x = d x_mid + ln1's
+            dl_layernorm_bwd(ctx, &y->ln1, M, x, v.mean1, v.rstd1, g, below ? t : NULL, scratch); // [M, C]
+            if (below) dl_be(ctx)->axpy(ctx, M * C, 1.0f, t, dx);          // d x = d x_mid + ln1's
         }
     }
     dl_arena_release(scratch, mark);
@@ -264,13 +281,15 @@ static void layer_backward(const dl_ctx *ctx, const dl_clip_config *c, const dl_
 
 /* ================================================================ one node */
 
-static int node_has_lora(const void *self, const dl_node *nd)
+static int node_trains(const void *self, const dl_node *nd)
 {
-    (void)self;
-    if (nd->kind != DL_NODE_CLIP_LAYER) return 0; /* the embeddings and the norms are frozen */
+    const dl_clip *m = self;
+    if (nd->kind == DL_NODE_EMBED) return m->d_tok_emb || m->d_pos_emb; /* full fine-tuning only */
+    if (nd->kind == DL_NODE_LAYERNORM) return dl_norm_trains(nd->block);
+    if (nd->kind != DL_NODE_CLIP_LAYER) return 0;
     const dl_clip_layer *y = nd->block;
     return trainable(&y->q) || trainable(&y->k) || trainable(&y->v) || trainable(&y->o) || trainable(&y->fc1) ||
-           trainable(&y->fc2);
+           trainable(&y->fc2) || dl_norm_trains(&y->ln1) || dl_norm_trains(&y->ln2);
 }
 
 static float *node_forward(const dl_ctx *ctx, const void *self, const dl_node *nd, const dl_pass_in *in,
@@ -298,17 +317,21 @@ static float *node_forward(const dl_ctx *ctx, const void *self, const dl_node *n
 
 static void node_backward(const dl_ctx *ctx, const void *self, const dl_node *nd, const dl_pass_in *in,
                           const float *x, const float *saved, const float *dy, float *dx, float *dctx,
-                          dl_arena *scratch)
+                          float *dside, dl_arena *scratch)
 {
-    (void)dctx;
+    (void)dctx, (void)dside;
     const dl_clip *m = self;
     const int64_t M = (int64_t)in->N * in->T;
     switch (nd->kind) {
-    case DL_NODE_EMBED: return; /* frozen, and nothing lies below */
+    case DL_NODE_EMBED: /* the embeddings' gradients (full fine-tuning); nothing lies below */
+        if (m->d_tok_emb || m->d_pos_emb)
+            dl_be(ctx)->embed_tokens_backward(ctx, in->N, in->T, m->cfg.hidden_size, m->cfg.vocab_size, in->ids, dy,
+                                              m->d_tok_emb, m->d_pos_emb);
+        return;
     case DL_NODE_CLIP_LAYER:
         layer_backward(ctx, &m->cfg, nd->block, in->N, in->T, x, saved, dy, dx, scratch);
         return;
-    case DL_NODE_LAYERNORM: dl_layernorm_bwd(ctx, nd->block, M, x, saved, saved + M, dy, dx); return; // [M, C]
+    case DL_NODE_LAYERNORM: dl_layernorm_bwd(ctx, nd->block, M, x, saved, saved + M, dy, dx, scratch); return; // [M, C]
     default: DL_ASSERTF(0, "text encoder node kind %d", (int)nd->kind);
     }
 }
@@ -326,7 +349,7 @@ void dl_clip_pass(const dl_clip *m, int N, int T, const int32_t *ids, int layers
         g->node[g->n] = m->graph.node[final_ln_node(m)];
         g->node[g->n++].x = layers;
     }
-    *net = (dl_net){m, g, node_forward, node_backward, node_has_lora, 0};
+    *net = (dl_net){m, g, node_forward, node_backward, node_trains, 0};
     *in = (dl_pass_in){.N = N, .H = T, .W = 1, .T = T, .ids = ids};
 }
 

@@ -34,6 +34,7 @@ typedef struct dl_clip {
     dl_clip_config cfg;
     float *tok_emb;                   /* [vocab, C] */
     float *pos_emb;                   /* [max_positions, C] */
+    float *d_tok_emb, *d_pos_emb;     /* their gradients (full fine-tuning), or NULL: frozen */
     dl_clip_layer *layers;            /* [num_layers] (malloc'd; dl_clip_free) */
     dl_norm final_ln;                 /* [C] */
     dl_linear proj;                   /* text_projection [P, C], no bias (projection_dim P > 0) */
@@ -53,6 +54,10 @@ int dl_clip_load(dl_clip *m, dl_checkpoint *ck, dl_arena *weights);
  * encoder, ck->cfg.text2; DL_ERR when ck has none). */
 int dl_clip_weights_bytes_as(dl_checkpoint *ck, dl_part part, size_t *bytes);
 int dl_clip_load_as(dl_clip *m, dl_checkpoint *ck, dl_part part, dl_arena *weights);
+/* dl_clip_load for full fine-tuning (tr NULL: dl_clip_load): every weight fp32 in the arena with
+ * its gradient at the same offset in tr->grads (the embeddings', the layers' linears and norms',
+ * the final layer norm's), each placed tensor reported to tr->placed (model/module.h). */
+int dl_clip_load_trainable(dl_clip *m, dl_checkpoint *ck, dl_arena *weights, const dl_trainable *tr);
 void dl_clip_free(dl_clip *m);
 /* The linear layer called name (transformers name without ".weight", e.g.
  * "text_model.encoder.layers.0.self_attn.q_proj", "...mlp.fc1"), or NULL: for LoRA injection. */

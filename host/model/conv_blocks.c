@@ -9,13 +9,13 @@
 
 /* ================================================================ upsampler */
 
-/* Saved: the upsampled input [N, 2H, 2W, C] (the conv's input) when the conv has a LoRA. */
+/* Saved: the upsampled input [N, 2H, 2W, C] (the conv's input) when the conv trains. */
 float *dl_upsample_forward(const dl_ctx *ctx, const dl_conv *conv, int N, int H, int W, const float *x, float *y,
                            dl_arena *save, dl_arena *scratch)
 {
     const int C = conv->cin;
     const int64_t n = (int64_t)N * 4 * H * W * C;
-    float *saved = conv->lora ? dl_alloc_f32(save, n) : NULL;
+    float *saved = dl_conv_trains(conv) ? dl_alloc_f32(save, n) : NULL;
     size_t mark = dl_arena_mark(scratch);
     float *up = saved ? saved : dl_alloc_f32(scratch, n);                            // [N, 2H, 2W, C]
     dl_be(ctx)->upsample_nearest2x_forward(ctx, N, H, W, C, x, up);                  // up [N, 2H, 2W, C]
@@ -39,14 +39,14 @@ void dl_upsample_backward(const dl_ctx *ctx, const dl_conv *conv, int N, int H, 
 
 typedef struct head_saved {
     float *mean, *rstd; /* [N, G] */
-    float *a;           /* [N, H, W, C] SiLU(GN(x)) when the conv has a LoRA, else NULL */
+    float *a;           /* [N, H, W, C] SiLU(GN(x)) when the conv trains, else NULL */
 } head_saved;
 
 static size_t head_layout(const dl_norm *norm, const dl_conv *conv, int N, int64_t P, uintptr_t base, head_saved *sv)
 {
     dl_slab s = {base, 0};
     sv->mean = dl_slab_take(&s, (int64_t)N * norm->G), sv->rstd = dl_slab_take(&s, (int64_t)N * norm->G);
-    sv->a = conv->lora ? dl_slab_take(&s, P * norm->C) : NULL;
+    sv->a = dl_conv_trains(conv) ? dl_slab_take(&s, P * norm->C) : NULL;
     return s.off;
 }
 
@@ -73,8 +73,9 @@ void dl_head_backward(const dl_ctx *ctx, const dl_norm *norm, const dl_conv *con
     head_saved sv;
     head_layout(norm, conv, N, P, (uintptr_t)saved, &sv);
     size_t mark = dl_arena_mark(scratch);
-    float *da = dx ? dl_alloc_f32(scratch, P * norm->C) : NULL;                      // [N, H, W, C]
+    const int below = dx || dl_norm_trains(norm);
+    float *da = below ? dl_alloc_f32(scratch, P * norm->C) : NULL;                   // [N, H, W, C]
     dl_conv_bwd(ctx, conv, N, H, W, sv.a, dy, da, scratch);
-    if (dx) dl_groupnorm_bwd(ctx, norm, N, (int64_t)H * W, x, sv.mean, sv.rstd, da, dx, 1);
+    if (below) dl_groupnorm_bwd(ctx, norm, N, (int64_t)H * W, x, sv.mean, sv.rstd, da, dx, 1, scratch);
     dl_arena_release(scratch, mark);
 }

@@ -121,14 +121,26 @@ void dl_graph_backward(const dl_ctx *ctx0, const dl_tape *tp, const float *dout,
     const dl_net *net = &tp->net;
     const dl_graph *g = net->g;
     const int N = tp->in.N, H = tp->in.H, W = tp->in.W;
+    /* the last side node (what the chain's nodes read as in->side): trained, its output's
+     * gradient is gathered in dside and it is back-propagated after the chain */
+    int side = -1;
+    for (int i = 0; i < g->n; i++)
+        if (g->node[i].side) side = i;
+    const int side_trains = side >= 0 && net->trains(net->self, &g->node[side]);
     /* the first node whose backward matters; nodes before it are not back-propagated */
-    int first = dx_in ? 0 : g->n;
+    int first = dx_in || side_trains ? 0 : g->n;
     for (int i = 0; i < first; i++) {
         const dl_node *nd = &g->node[i];
-        if (!nd->side && (net->has_lora(net->self, nd) || (dctx && nd->kind == DL_NODE_TRANSFORMER))) first = i;
+        if (!nd->side && (net->trains(net->self, nd) || (dctx && nd->kind == DL_NODE_TRANSFORMER))) first = i;
     }
     if (dctx) zero_f32(ctx, (int64_t)N * tp->in.T * net->context_dim, dctx);
     const size_t k0 = dl_arena_mark(scratch);
+    float *dside = NULL;
+    if (side_trains) {
+        const int64_t e = dl_node_numel(&g->node[side], N, H, W);
+        dside = dl_alloc_f32(scratch, e);                                            // [N, side's cout]
+        zero_f32(ctx, e, dside);
+    }
     /* gradients of the skip outputs (accumulated from both consumers), and two chain buffers */
     float *dskip[DL_GRAPH_MAX_NODES] = {0};
     int64_t chain = 0;
@@ -161,7 +173,7 @@ void dl_graph_backward(const dl_ctx *ctx0, const dl_tape *tp, const float *dout,
             float *y = dl_alloc_f32(scratch, e);
             sv = net->forward(ctx, net->self, nd, &tp->in, tn->x, tn->skip, y, scratch, scratch);
         }
-        net->backward(ctx, net->self, nd, &tp->in, tn->x, sv, dy, dx, dctx, scratch);
+        net->backward(ctx, net->self, nd, &tp->in, tn->x, sv, dy, dx, dctx, dside, scratch);
         dl_arena_release(scratch, k);
         if (nd->cskip && dx) { /* split d concat(x, skip): the skip's part joins its gradient */
             const int64_t P = (int64_t)N * dl_level_size(H, nd->level) * dl_level_size(W, nd->level);
@@ -174,6 +186,10 @@ void dl_graph_backward(const dl_ctx *ctx0, const dl_tape *tp, const float *dout,
             dx = dxa;
         }
         dy = dx;
+    }
+    if (side_trains) { /* side nodes are never recomputed: their saved tensors are on the tape */
+        const dl_tape_node *tn = &tp->node[side];
+        net->backward(ctx, net->self, &g->node[side], &tp->in, tn->x, tn->saved, dside, NULL, NULL, NULL, scratch);
     }
     dl_arena_release(scratch, k0);
 }
@@ -249,6 +265,7 @@ static void m_sumsq(X, I n, F x, float *out) {}
 static void m_clip_coef(X, F sq, float mx, float *coef) {}
 static void m_scale_by(X, I n, F coef, float *x) {}
 static void m_embed_tokens(X, I N, I T, I C, I V, const int32_t *ids, F tok, F pos, float *out) {}
+static void m_embed_tokens_backward(X, I N, I T, I C, I V, const int32_t *ids, F dout, float *dtok, float *dpos) {}
 static void *m_alloc(X, size_t bytes) { return NULL; }
 static void m_free(X, void *p) {}
 static int m_copy(X, void *d, const void *s, size_t n) { return DL_OK; }
@@ -273,6 +290,7 @@ static void m_lora_merge(X, I o, I K, I r, float s, F A, F B, float *W) {}
 static const dl_backend measure_backend = {
     .name = "measure", .weight_dtypes = (1u << DL_F16) | (1u << DL_BF16), .alloc = m_alloc, .free = m_free, .upload = m_copy, .download = m_copy, .copy = m_copy,
     .fill = m_fill, .synchronize = m_sync, .describe = m_describe, .mem_info = m_mem_info, .embed_tokens = m_embed_tokens,
+    .embed_tokens_backward = m_embed_tokens_backward,
     .clip_coef = m_clip_coef, .scale_by = m_scale_by, .linear_forward = m_linear_forward, .linear_backward = m_linear_backward,
     .conv2d_forward = m_conv2d_forward, .conv2d_backward = m_conv2d_backward,
     .groupnorm_forward = m_groupnorm_forward, .groupnorm_backward = m_groupnorm_backward,

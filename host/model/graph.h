@@ -131,10 +131,12 @@ typedef struct dl_net {
     /* node nd's forward: y from x (and skip); returns its saved allocation from save (NULL: none) */
     float *(*forward)(const dl_ctx *ctx, const void *self, const dl_node *nd, const dl_pass_in *in, const float *x,
                       const float *skip, float *y, dl_arena *save, dl_arena *scratch);
-    /* its backward: dx overwritten (NULL: not wanted), dctx accumulated (NULL: not wanted) */
+    /* its backward: dx overwritten (NULL: not wanted), dctx and dside (d of in->side, the side
+     * nodes' output the node read; NULL: not wanted) accumulated, parameter gradients
+     * accumulated. A side node's backward gets dy = d(its output) and dx NULL. */
     void (*backward)(const dl_ctx *ctx, const void *self, const dl_node *nd, const dl_pass_in *in, const float *x,
-                     const float *saved, const float *dy, float *dx, float *dctx, dl_arena *scratch);
-    int (*has_lora)(const void *self, const dl_node *nd);
+                     const float *saved, const float *dy, float *dx, float *dctx, float *dside, dl_arena *scratch);
+    int (*trains)(const void *self, const dl_node *nd); /* 1 when the node has parameters with gradients */
     int context_dim;          /* Dc of the context [N, T, Dc] (0: the network has none) */
 } dl_net;
 
@@ -165,9 +167,12 @@ void dl_graph_infer(const dl_ctx *ctx, const dl_net *net, const dl_pass_in *in, 
  * size table's rows (measuring runs), else NULL. */
 void dl_graph_train_forward(const dl_ctx *ctx, const dl_net *net, dl_tape *tp, const dl_pass_in *in, float *out,
                             int checkpoint, dl_arena *act, dl_arena *scratch, dl_size_table *tab);
-/* Backward of the recorded forward from dout: LoRA gradients accumulated, dctx (NULL: not
- * wanted) overwritten, dx_in [the network input] (NULL: not wanted) overwritten. Nodes whose
- * backward reaches neither a LoRA nor a wanted gradient are not run. Scratch released. */
+/* Backward of the recorded forward from dout: parameter gradients (LoRAs, or the layers
+ * themselves under full fine-tuning) accumulated, dctx (NULL: not wanted) overwritten, dx_in
+ * [the network input] (NULL: not wanted) overwritten. Nodes whose backward reaches neither a
+ * parameter with a gradient nor a wanted gradient are not run. When the last side node trains
+ * (the UNet's time embedding under full fine-tuning), the gradient of its output is gathered from
+ * every node that read it and its backward runs last. Scratch released. */
 void dl_graph_backward(const dl_ctx *ctx, const dl_tape *tp, const float *dout, float *dx_in, float *dctx,
                        dl_arena *scratch);
 /* The size table of net for in's shapes (its pointers are ignored): the three walkers above run

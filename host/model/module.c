@@ -26,7 +26,7 @@ static void *place(const dl_loader *ld, const char *full, int ndim, const int64_
 {
     int64_t n = 1;
     for (int i = 0; i < ndim; i++) n *= shape[i];
-    const dl_dtype dt = wdt && ld->ck ? dl_ckpt_weight_dtype(ld->ck, ld->part, full) : DL_F32;
+    const dl_dtype dt = wdt && ld->ck && !ld->grads ? dl_ckpt_weight_dtype(ld->ck, ld->part, full) : DL_F32;
     const size_t bytes = (size_t)n * dl_dtype_size(dt);
     if (wdt) *wdt = dt;
     if (dt != DL_F32 && (!conv || (shape[2] == 1 && shape[3] == 1))) { /* file order = ours: in place? */
@@ -41,6 +41,7 @@ static void *place(const dl_loader *ld, const char *full, int ndim, const int64_
     /* a device arena: converted in host memory, then uploaded (the host never touches p) */
     void *dst = dl_arena_on_device(ld->arena) ? malloc(bytes > 0 ? bytes : 1) : p;
     if (!dst) return dl_error_set("%s: out of host memory staging %lld values", full, (long long)n), NULL;
+    if (ld->grads && ld->placed) ld->placed(ld->placed_user, full, ndim, shape, (size_t)((char *)p - ld->arena->base), conv);
     if (conv) rc = dl_ckpt_load_conv_as(ld->ck, ld->part, full, (int)shape[0], (int)shape[1], (int)shape[2],
                                         (int)shape[3], dst, dt);
     else rc = dl_ckpt_load_as(ld->ck, ld->part, full, ndim, shape, dst, dt);
@@ -50,6 +51,18 @@ static void *place(const dl_loader *ld, const char *full, int ndim, const int64_
     }
     return rc == DL_OK ? p : NULL;
 }
+
+/* The gradient of the tensor placed at p (full fine-tuning: at the same offset in ld->grads),
+ * or NULL (frozen weights, or a measuring / listing pass). */
+static float *grad_of(const dl_loader *ld, const void *p)
+{
+    if (!ld->grads || !p || dl_arena_measuring(ld->arena)) return NULL;
+    const char *c = p;
+    DL_ASSERTF(c >= ld->arena->base && c < ld->arena->base + ld->arena->cap, "a trained weight outside its arena");
+    return (float *)(ld->grads + (c - ld->arena->base));
+}
+
+float *dl_loader_grad(const dl_loader *ld, const void *p) { return grad_of(ld, p); }
 
 float *dl_load_tensor(const dl_loader *ld, const char *name, int ndim, const int64_t *shape)
 {
@@ -74,6 +87,7 @@ int dl_linear_load(dl_linear *m, const dl_loader *ld, const char *name, int in, 
     int64_t ws[2] = {out, in}, bs[1] = {out};
     if (!(m->w = load_tensor(ld, name, "weight", 2, ws, &m->wdt))) return DL_ERR;
     if (bias && !(m->b = load_tensor(ld, name, "bias", 1, bs, NULL))) return DL_ERR;
+    m->dw = grad_of(ld, m->w), m->db = grad_of(ld, m->b);
     return DL_OK;
 }
 
@@ -97,6 +111,7 @@ int dl_linear_load_1x1(dl_linear *m, const dl_loader *ld, const char *name, int 
     int64_t ws[4] = {out, in, 1, 1}, bs[1] = {out};
     if (!(m->w = load_tensor(ld, name, "weight", 4, ws, &m->wdt))) return DL_ERR;
     if (bias && !(m->b = load_tensor(ld, name, "bias", 1, bs, NULL))) return DL_ERR;
+    m->dw = grad_of(ld, m->w), m->db = grad_of(ld, m->b);
     return DL_OK;
 }
 
@@ -115,6 +130,7 @@ int dl_conv_load(dl_conv *m, const dl_loader *ld, const char *name, int cin, int
     if (!(m->w = place(ld, full, 4, ws, 1, &m->wdt))) return DL_ERR;
     int64_t bs[1] = {cout};
     if (!(m->b = load_tensor(ld, name, "bias", 1, bs, NULL))) return DL_ERR;
+    m->dw = grad_of(ld, m->w), m->db = grad_of(ld, m->b);
     return DL_OK;
 }
 
@@ -128,6 +144,7 @@ int dl_norm_load(dl_norm *m, const dl_loader *ld, const char *name, int C, int G
     int64_t s[1] = {C};
     if (!(m->gamma = load_tensor(ld, name, "weight", 1, s, NULL))) return DL_ERR;
     if (!(m->beta = load_tensor(ld, name, "bias", 1, s, NULL))) return DL_ERR;
+    m->dgamma = grad_of(ld, m->gamma), m->dbeta = grad_of(ld, m->beta);
     return DL_OK;
 }
 
@@ -181,14 +198,47 @@ static int lora_active(const dl_lora *l)
     return 1;
 }
 
+int dl_linear_trains(const dl_linear *m) { return m->lora != NULL || m->dw != NULL; }
+int dl_conv_trains(const dl_conv *m) { return m->lora != NULL || m->dw != NULL; }
+int dl_norm_trains(const dl_norm *m) { return m->dgamma != NULL || m->dbeta != NULL; }
+
+/* The op's gradients of a trained weight and bias into scratch (the op overwrites its outputs),
+ * then added into the layer's (so micro-batches accumulate). */
+typedef struct wgrad {
+    float *dw, *db;     /* scratch, or NULL */
+    int64_t nw, nb;
+} wgrad;
+
+static wgrad wgrad_take(dl_arena *scratch, const float *dw, const float *db, int64_t nw, int64_t nb)
+{
+    wgrad g = {dw ? dl_alloc_f32(scratch, nw) : NULL, db ? dl_alloc_f32(scratch, nb) : NULL, nw, nb};
+    return g;
+}
+
+static void wgrad_add(const dl_ctx *ctx, const wgrad *g, float *dw, float *db)
+{
+    if (g->dw) dl_be(ctx)->axpy(ctx, g->nw, 1.0f, g->dw, dw);
+    if (g->db) dl_be(ctx)->axpy(ctx, g->nb, 1.0f, g->db, db);
+}
+
 void dl_linear_bwd(const dl_ctx *ctx, const dl_linear *m, int64_t M, const float *x, const float *dy, float *dx,
                    dl_arena *scratch)
 {
     const dl_lora *l = m->lora;
     if (!lora_active(l)) {
-        if (dx) dl_be(ctx)->linear_backward(ctx, M, m->in, m->out, x, m->w, m->wdt, dy, dx, NULL, NULL);
+        if (!m->dw) {
+            if (dx) dl_be(ctx)->linear_backward(ctx, M, m->in, m->out, x, m->w, m->wdt, dy, dx, NULL, NULL);
+            return;
+        }
+        DL_ASSERT(x && dy && m->wdt == DL_F32);
+        size_t mark = dl_arena_mark(scratch);
+        wgrad g = wgrad_take(scratch, m->dw, m->db, (int64_t)m->out * m->in, m->out); // [out, in], [out]
+        dl_be(ctx)->linear_backward(ctx, M, m->in, m->out, x, m->w, m->wdt, dy, dx, g.dw, g.db);
+        wgrad_add(ctx, &g, m->dw, m->db);
+        dl_arena_release(scratch, mark);
         return;
     }
+    DL_ASSERTF(!m->dw, "%s: a LoRA on a layer that trains itself", m->name);
     DL_ASSERT(x && dy);
     const int64_t r = l->r;
     size_t mark = dl_arena_mark(scratch);
@@ -209,9 +259,19 @@ void dl_conv_bwd(const dl_ctx *ctx, const dl_conv *m, int N, int H, int W, const
     dl_conv2d_shape s = conv_shape(m, N, H, W);
     const dl_lora *l = m->lora;
     if (!lora_active(l)) {
-        if (dx) dl_be(ctx)->conv2d_backward(ctx, &s, x, m->w, m->wdt, dy, dx, NULL, NULL);
+        if (!m->dw) {
+            if (dx) dl_be(ctx)->conv2d_backward(ctx, &s, x, m->w, m->wdt, dy, dx, NULL, NULL);
+            return;
+        }
+        DL_ASSERT(x && dy && m->wdt == DL_F32);
+        size_t mark = dl_arena_mark(scratch);
+        wgrad g = wgrad_take(scratch, m->dw, m->db, (int64_t)m->cout * m->k * m->k * m->cin, m->cout);
+        dl_be(ctx)->conv2d_backward(ctx, &s, x, m->w, m->wdt, dy, dx, g.dw, g.db); // [cout, k, k, cin], [cout]
+        wgrad_add(ctx, &g, m->dw, m->db);
+        dl_arena_release(scratch, mark);
         return;
     }
+    DL_ASSERTF(!m->dw, "%s: a LoRA on a layer that trains itself", m->name);
     DL_ASSERT(x && dy);
     const int64_t r = l->r, KK = (int64_t)m->k * m->k * m->cin;
     const int64_t P = (int64_t)N * dl_conv2d_out_h(&s) * dl_conv2d_out_w(&s);
@@ -231,17 +291,25 @@ void dl_conv_bwd(const dl_ctx *ctx, const dl_conv *m, int N, int H, int W, const
 }
 
 void dl_groupnorm_bwd(const dl_ctx *ctx, const dl_norm *m, int N, int64_t HW, const float *x, const float *mean,
-                      const float *rstd, const float *dy, float *dx, int silu)
+                      const float *rstd, const float *dy, float *dx, int silu, dl_arena *scratch)
 {
     DL_ASSERT(m->G > 0);
-    if (!dx) return;
+    if (!dx && !dl_norm_trains(m)) return;
     dl_groupnorm_shape s = {.N = N, .HW = (int)HW, .C = m->C, .G = m->G, .eps = m->eps, .silu = silu};
-    dl_be(ctx)->groupnorm_backward(ctx, s, x, m->gamma, m->beta, mean, rstd, dy, dx, NULL, NULL);
+    size_t mark = dl_arena_mark(scratch);
+    wgrad g = wgrad_take(scratch, m->dgamma, m->dbeta, m->C, m->C);                   // [C], [C]
+    dl_be(ctx)->groupnorm_backward(ctx, s, x, m->gamma, m->beta, mean, rstd, dy, dx, g.dw, g.db);
+    wgrad_add(ctx, &g, m->dgamma, m->dbeta);
+    dl_arena_release(scratch, mark);
 }
 
 void dl_layernorm_bwd(const dl_ctx *ctx, const dl_norm *m, int64_t M, const float *x, const float *mean,
-                      const float *rstd, const float *dy, float *dx)
+                      const float *rstd, const float *dy, float *dx, dl_arena *scratch)
 {
-    if (!dx) return;
-    dl_be(ctx)->layernorm_backward(ctx, M, m->C, x, m->gamma, mean, rstd, dy, dx, NULL, NULL);
+    if (!dx && !dl_norm_trains(m)) return;
+    size_t mark = dl_arena_mark(scratch);
+    wgrad g = wgrad_take(scratch, m->dgamma, m->dbeta, m->C, m->C);                   // [C], [C]
+    dl_be(ctx)->layernorm_backward(ctx, M, m->C, x, m->gamma, mean, rstd, dy, dx, g.dw, g.db);
+    wgrad_add(ctx, &g, m->dgamma, m->dbeta);
+    dl_arena_release(scratch, mark);
 }

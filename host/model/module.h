@@ -33,6 +33,8 @@ typedef struct dl_linear {
     dl_dtype wdt;       /* DL_F32, or the checkpoint's fp16 / bf16 (checkpoint.h: weight_dtypes) */
     float *b;           /* [out] or NULL */
     dl_lora *lora;      /* NULL: none */
+    float *dw, *db;     /* full fine-tuning: gradients of w [out, in] and b [out] (backward adds
+                           into them); NULL: the weight is frozen. Only with wdt fp32, no LoRA. */
 } dl_linear;
 
 typedef struct dl_conv {
@@ -43,6 +45,7 @@ typedef struct dl_conv {
     dl_dtype wdt;
     float *b;           /* [cout] or NULL */
     dl_lora *lora;
+    float *dw, *db;     /* full fine-tuning: gradients of w [cout, k, k, cin] and b (as dl_linear) */
 } dl_conv;
 
 typedef struct dl_norm {
@@ -50,9 +53,22 @@ typedef struct dl_norm {
     int C, G;           /* G = 0: layer norm over C */
     float eps;
     float *gamma, *beta;/* [C] */
+    float *dgamma, *dbeta;/* full fine-tuning: their gradients [C] (backward adds into them); NULL: frozen */
 } dl_norm;
 
-/* Where weights come from and where they go: the frozen-weights arena. */
+/* Full fine-tuning: each tensor the loader placed (full name, PyTorch shape, byte offset in the
+ * weights arena; conv: a kxk conv weight stored as [cout, k, k, cin], not in the file's order). */
+typedef void (*dl_placed_fn)(void *user, const char *name, int ndim, const int64_t *shape, size_t off, int conv);
+
+/* Loading weights that train (full fine-tuning): where their gradients go (memory of the weights
+ * arena's size in its backend, dl_loader.grads) and who hears of each tensor placed (may be NULL). */
+typedef struct dl_trainable {
+    char *grads;
+    dl_placed_fn placed;
+    void *user;
+} dl_trainable;
+
+/* Where weights come from and where they go: the weights arena. */
 typedef struct dl_loader {
     dl_checkpoint *ck;
     dl_part part;
@@ -60,6 +76,13 @@ typedef struct dl_loader {
     dl_weight_fn list;  /* ck NULL: listing mode (dl_model_weights), each tensor reported to list
                            (list_user, part, name, ndim, PyTorch shape) when set; arena measuring */
     void *list_user;
+    char *grads;        /* full fine-tuning (NULL: frozen weights): gradient memory of the arena's
+                           size, in the arena's backend; every tensor placed at offset o of the
+                           arena gets its gradient at grads + o (dl_linear.dw, dl_norm.dgamma...),
+                           and every weight is fp32 and in the arena (nothing kept in the file's
+                           type or mapping) */
+    dl_placed_fn placed;/* with grads: told of every tensor placed (NULL: nobody) */
+    void *placed_user;
 } dl_loader;
 
 /* Every loader below places its tensors through one function (module.c: place), which a
@@ -70,6 +93,9 @@ typedef struct dl_loader {
 /* Tensor `name` (full checkpoint name, diffusers convention) of shape (ndim, shape) as fp32 in
  * the loader's arena. NULL (DL_ERR message naming the tensor, the shapes or the full arena). */
 float *dl_load_tensor(const dl_loader *ld, const char *name, int ndim, const int64_t *shape);
+/* The gradient of a tensor the loader placed at p (full fine-tuning: p's offset in ld->grads), or
+ * NULL (frozen weights, a measuring or listing pass). */
+float *dl_loader_grad(const dl_loader *ld, const void *p);
 /* Load "<name>.weight" (and "<name>.bias" when bias) for a linear [out, in]. DL_ERR names the
  * tensor and the shapes (from the checkpoint) or the full arena. name must outlive m. */
 int dl_linear_load(dl_linear *m, const dl_loader *ld, const char *name, int in, int out, int bias);
@@ -88,28 +114,36 @@ void dl_linear_fwd(const dl_ctx *ctx, const dl_linear *m, int64_t M, const float
 /* y [N, Ho, Wo, cout] from x [N, H, W, cin]; *Ho, *Wo set when non-NULL. */
 void dl_conv_fwd(const dl_ctx *ctx, const dl_conv *m, int N, int H, int W, const float *x, float *y,
                  int *Ho, int *Wo, dl_arena *scratch);
-/* ---- backward (training): activation gradients, and LoRA gradients accumulated (+=) into
- * lora->dA / lora->dB when the layer has an unmerged LoRA with those buffers set (the base
- * weights are frozen: no dW, db). A merged LoRA is a programming error here (DL_ASSERT). The
+/* 1 when the layer's backward computes a parameter gradient (a LoRA, or dw / dgamma set), so
+ * the forward input must be kept for it. */
+int dl_linear_trains(const dl_linear *m);
+int dl_conv_trains(const dl_conv *m);
+int dl_norm_trains(const dl_norm *m);
+
+/* ---- backward (training): activation gradients, and parameter gradients accumulated (+=):
+ * into lora->dA / lora->dB when the layer has an unmerged LoRA with those buffers set, or into
+ * dw / db (dgamma / dbeta) when the layer itself trains (full fine-tuning); otherwise the
+ * weights are frozen. A merged LoRA is a programming error here (DL_ASSERT). The
  * LoRA's forward temporary h = x·Aᵀ is recomputed from x, so the forward need not keep it.
  * Scratch comes from `scratch` and is released on return (a walker run against a measuring
  * arena sizes it: model/graph.h). */
 
 /* dx [M, in] = dy [M, out] · w (+ the LoRA path) overwritten (NULL: skipped); x [M, in] is the
- * forward input (needed only with a LoRA; may be NULL without). */
+ * forward input (needed only when the layer trains; may be NULL otherwise). */
 void dl_linear_bwd(const dl_ctx *ctx, const dl_linear *m, int64_t M, const float *x, const float *dy, float *dx,
                    dl_arena *scratch);
 /* dx [N, H, W, cin] from dy [N, Ho, Wo, cout] overwritten (NULL: skipped); x is the forward
- * input (needed only with a LoRA). */
+ * input (needed only when the layer trains). */
 void dl_conv_bwd(const dl_ctx *ctx, const dl_conv *m, int N, int H, int W, const float *x, const float *dy,
                  float *dx, dl_arena *scratch);
-/* Group norm (+ SiLU) backward: dx [N, HW, C] overwritten from the forward input x, its saved
- * mean, rstd [N, G] and dy. gamma/beta are frozen (no gradients). */
+/* Group norm (+ SiLU) backward: dx [N, HW, C] overwritten (NULL: skipped) from the forward
+ * input x, its saved mean, rstd [N, G] and dy; dgamma / dbeta accumulated when set. */
 void dl_groupnorm_bwd(const dl_ctx *ctx, const dl_norm *m, int N, int64_t HW, const float *x, const float *mean,
-                      const float *rstd, const float *dy, float *dx, int silu);
-/* Layer norm backward: dx [M, C] overwritten from x, the saved mean, rstd [M] and dy. */
+                      const float *rstd, const float *dy, float *dx, int silu, dl_arena *scratch);
+/* Layer norm backward: dx [M, C] overwritten (NULL: skipped) from x, the saved mean, rstd [M]
+ * and dy; dgamma / dbeta accumulated when set. */
 void dl_layernorm_bwd(const dl_ctx *ctx, const dl_norm *m, int64_t M, const float *x, const float *mean,
-                      const float *rstd, const float *dy, float *dx);
+                      const float *rstd, const float *dy, float *dx, dl_arena *scratch);
 
 /* Allocate floats from an arena or abort with the arena's message (networks size their
  * arenas beforehand; running out is a programming error). */

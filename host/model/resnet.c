@@ -20,20 +20,21 @@ int dl_resnet_load(dl_unet_resnet *r, dl_netload *nl, const char *pre, int cin, 
     return DL_OK;
 }
 
-int dl_resnet_has_lora(const dl_unet_resnet *r)
+int dl_resnet_trains(const dl_unet_resnet *r)
 {
-    return r->conv1.lora || r->conv2.lora || (r->has_shortcut && r->conv_shortcut.lora) || r->time_emb_proj.lora;
+    return dl_conv_trains(&r->conv1) || dl_conv_trains(&r->conv2) || (r->has_shortcut && dl_conv_trains(&r->conv_shortcut)) ||
+           dl_linear_trains(&r->time_emb_proj) || dl_norm_trains(&r->norm1) || dl_norm_trains(&r->norm2);
 }
 
 /* What the backward reads (P = N*H*W pixels). The SiLU(GN(.)) outputs are kept only where a
- * LoRA reads them as its input; otherwise they are scratch. */
+ * conv that trains (a LoRA, or full fine-tuning) reads them as its input; otherwise scratch. */
 typedef struct saved {
     float *cat;            /* [P, cin] concat(x, skip) (up path), else NULL */
     float *mean1, *rstd1;  /* [N, G] */
-    float *a1;             /* [P, cin] SiLU(GN1(x)) when conv1 has a LoRA, else NULL */
+    float *a1;             /* [P, cin] SiLU(GN1(x)) when conv1 trains, else NULL */
     float *y1;             /* [P, cout] conv1(a1) + time_emb_proj(temb_act): norm2's input */
     float *mean2, *rstd2;  /* [N, G] */
-    float *a2;             /* [P, cout] SiLU(GN2(y1)) when conv2 has a LoRA, else NULL */
+    float *a2;             /* [P, cout] SiLU(GN2(y1)) when conv2 trains, else NULL */
 } saved;
 
 static size_t layout(const dl_unet_resnet *r, int N, int64_t P, int cskip, uintptr_t base, saved *sv)
@@ -41,10 +42,10 @@ static size_t layout(const dl_unet_resnet *r, int N, int64_t P, int cskip, uintp
     dl_slab s = {base, 0};
     sv->cat = cskip ? dl_slab_take(&s, P * r->cin) : NULL;
     sv->mean1 = dl_slab_take(&s, (int64_t)N * r->norm1.G), sv->rstd1 = dl_slab_take(&s, (int64_t)N * r->norm1.G);
-    sv->a1 = r->conv1.lora ? dl_slab_take(&s, P * r->cin) : NULL;
+    sv->a1 = dl_conv_trains(&r->conv1) ? dl_slab_take(&s, P * r->cin) : NULL;
     sv->y1 = dl_slab_take(&s, P * r->cout);
     sv->mean2 = dl_slab_take(&s, (int64_t)N * r->norm2.G), sv->rstd2 = dl_slab_take(&s, (int64_t)N * r->norm2.G);
-    sv->a2 = r->conv2.lora ? dl_slab_take(&s, P * r->cout) : NULL;
+    sv->a2 = dl_conv_trains(&r->conv2) ? dl_slab_take(&s, P * r->cout) : NULL;
     return s.off;
 }
 
@@ -88,7 +89,7 @@ float *dl_resnet_forward(const dl_ctx *ctx, const dl_unet_resnet *r, int N, int 
 }
 
 void dl_resnet_backward(const dl_ctx *ctx, const dl_unet_resnet *r, int N, int H, int W, const float *x, int cskip,
-                        const float *temb_act, const float *saved_base, const float *dy, float *dx,
+                        const float *temb_act, const float *saved_base, const float *dy, float *dx, float *dtemb,
                         dl_arena *scratch)
 {
     const int64_t HW = (int64_t)H * W, P = N * HW;
@@ -100,23 +101,24 @@ void dl_resnet_backward(const dl_ctx *ctx, const dl_unet_resnet *r, int N, int H
     float *t1 = dl_alloc_f32(scratch, P * cout);                                     // [N, H, W, cout]
     float *t2 = dl_alloc_f32(scratch, P * mx);                                       // [N, H, W, max]
     float *t3 = dl_alloc_f32(scratch, P * cin);                                      // [N, H, W, cin]
-    if (dx) { /* the residual branch */
-        if (r->has_shortcut) dl_conv_bwd(ctx, &r->conv_shortcut, N, H, W, xin, dy, dx, scratch);
-        else dl_be(ctx)->scale_forward(ctx, P * cout, 1.0f, dy, dx);                  // dx = dy
-    } else if (r->has_shortcut) {
-        dl_conv_bwd(ctx, &r->conv_shortcut, N, H, W, xin, dy, NULL, scratch);         // its LoRA only
-    }
+    /* the residual branch (the shortcut's own gradients even when dx is not wanted) */
+    if (r->has_shortcut) dl_conv_bwd(ctx, &r->conv_shortcut, N, H, W, xin, dy, dx, scratch);
+    else if (dx) dl_be(ctx)->scale_forward(ctx, P * cout, 1.0f, dy, dx);              // dx = dy
     dl_conv_bwd(ctx, &r->conv2, N, H, W, sv.a2, dy, t1, scratch);                     // t1 = d a2
-    dl_groupnorm_bwd(ctx, &r->norm2, N, HW, sv.y1, sv.mean2, sv.rstd2, t1, t2, 1);    // t2 = d y1
-    if (r->time_emb_proj.lora) { /* not a default target, but supported */
+    dl_groupnorm_bwd(ctx, &r->norm2, N, HW, sv.y1, sv.mean2, sv.rstd2, t1, t2, 1, scratch); // t2 = d y1
+    if (temb_act && (dl_linear_trains(&r->time_emb_proj) || dtemb)) {
+        const int Td = r->time_emb_proj.in;
         float *dtp = dl_alloc_f32(scratch, (int64_t)N * cout);                       // [N, cout]
+        float *dt = dtemb ? dl_alloc_f32(scratch, (int64_t)N * Td) : NULL;           // [N, Td]
         dl_be(ctx)->add_bcast_backward(ctx, N, HW, cout, 1, t2, NULL, dtp);
-        dl_linear_bwd(ctx, &r->time_emb_proj, N, temb_act, dtp, NULL, scratch);
+        dl_linear_bwd(ctx, &r->time_emb_proj, N, temb_act, dtp, dt, scratch);
+        if (dt) dl_be(ctx)->axpy(ctx, (int64_t)N * Td, 1.0f, dt, dtemb);             // accumulate
     }
-    dl_conv_bwd(ctx, &r->conv1, N, H, W, sv.a1, t2, dx ? t3 : NULL, scratch);        // t3 = d a1
-    if (dx) {
-        dl_groupnorm_bwd(ctx, &r->norm1, N, HW, xin, sv.mean1, sv.rstd1, t3, t2, 1);  // t2 = d x
-        dl_be(ctx)->axpy(ctx, P * cin, 1.0f, t2, dx);
+    const int below = dx || dl_norm_trains(&r->norm1);
+    dl_conv_bwd(ctx, &r->conv1, N, H, W, sv.a1, t2, below ? t3 : NULL, scratch);     // t3 = d a1
+    if (below) {
+        dl_groupnorm_bwd(ctx, &r->norm1, N, HW, xin, sv.mean1, sv.rstd1, t3, dx ? t2 : NULL, 1, scratch); // t2 = d x
+        if (dx) dl_be(ctx)->axpy(ctx, P * cin, 1.0f, t2, dx);
     }
     dl_arena_release(scratch, mark);
 }

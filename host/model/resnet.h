@@ -32,8 +32,8 @@ typedef struct dl_unet_resnet {
  * "conv_shortcut" (when cin != cout). DL_ERR as the module loaders. */
 int dl_resnet_load(dl_unet_resnet *r, dl_netload *nl, const char *pre, int cin, int cout, int temb_dim, int G,
                    float eps);
-/* 1 when any layer of r has a LoRA. */
-int dl_resnet_has_lora(const dl_unet_resnet *r);
+/* 1 when any layer of r has parameters with gradients (a LoRA, or full fine-tuning). */
+int dl_resnet_trains(const dl_unet_resnet *r);
 
 /* y [N, H, W, cout] from x [N, H, W, cin - cskip] and, when cskip > 0, skip [N, H, W, cskip]
  * concatenated after it; temb_act [N, Td] = SiLU(temb), NULL: no time embedding. What the
@@ -43,10 +43,12 @@ float *dl_resnet_forward(const dl_ctx *ctx, const dl_unet_resnet *r, int N, int 
                          const float *skip, int cskip, const float *temb_act, float *y, dl_arena *save,
                          dl_arena *scratch);
 /* From dy [N, H, W, cout]: dx [N, H, W, cin] (of the whole concatenated input) overwritten, NULL:
- * not wanted; LoRA gradients accumulated. x, cskip, temb_act as given to the forward, saved its
- * return. Scratch released. */
+ * not wanted; dtemb [N, Td] (d temb_act) accumulated, NULL: not wanted; parameter gradients
+ * (LoRAs, or the layers' own under full fine-tuning) accumulated. x, cskip, temb_act as given
+ * to the forward, saved its return. Scratch released. */
 void dl_resnet_backward(const dl_ctx *ctx, const dl_unet_resnet *r, int N, int H, int W, const float *x, int cskip,
-                        const float *temb_act, const float *saved, const float *dy, float *dx, dl_arena *scratch);
+                        const float *temb_act, const float *saved, const float *dy, float *dx, float *dtemb,
+                        dl_arena *scratch);
 
 #ifdef __cplusplus
 }

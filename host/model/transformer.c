@@ -49,14 +49,21 @@ int dl_transformer_load(dl_unet_transformer *tr, dl_netload *nl, const char *pre
     return dl_nl_proj(nl, &tr->proj_out, pre, "proj_out", C, conv1x1);
 }
 
-static int attn_has_lora(const dl_unet_attn *a) { return a->to_q.lora || a->to_k.lora || a->to_v.lora || a->to_out.lora; }
-
-int dl_transformer_has_lora(const dl_unet_transformer *tr)
+static int attn_trains(const dl_unet_attn *a)
 {
-    if (tr->proj_in.lora || tr->proj_out.lora) return 1;
+    return dl_linear_trains(&a->to_q) || dl_linear_trains(&a->to_k) || dl_linear_trains(&a->to_v) ||
+           dl_linear_trains(&a->to_out);
+}
+
+int dl_transformer_trains(const dl_unet_transformer *tr)
+{
+    if (dl_linear_trains(&tr->proj_in) || dl_linear_trains(&tr->proj_out) || dl_norm_trains(&tr->norm)) return 1;
     for (int i = 0; i < tr->n_blocks; i++) {
         const dl_unet_tblock *b = &tr->blocks[i];
-        if (attn_has_lora(&b->attn1) || attn_has_lora(&b->attn2) || b->ff_proj.lora || b->ff_out.lora) return 1;
+        if (attn_trains(&b->attn1) || attn_trains(&b->attn2) || dl_linear_trains(&b->ff_proj) ||
+            dl_linear_trains(&b->ff_out) || dl_norm_trains(&b->norm1) || dl_norm_trains(&b->norm2) ||
+            dl_norm_trains(&b->norm3))
+            return 1;
     }
     return 0;
 }
@@ -130,7 +137,7 @@ static void attn_bwd(const dl_ctx *ctx, const dl_unet_attn *at, int N, int Tq, c
 /* ================================================================ transformer block */
 
 /* The normed streams LN_i(h_i) and the GEGLU output are not kept: the backward recomputes them
- * (cheap, and bit-identical) only where a LoRA needs them as its input. */
+ * (cheap, and bit-identical) only where a layer that trains needs them as its input. */
 typedef struct tblock_saved {
     float *h[3];            /* [M, C] inputs of norm1, norm2, norm3 */
     float *mean[3], *rstd[3];/* [M] */
@@ -179,7 +186,7 @@ static void tblock_fwd(const dl_ctx *ctx, const dl_unet_tblock *b, int N, int S,
     dl_arena_release(scratch, mark);
 }
 
-/* LN(h) [M, C] recomputed into n when need (a LoRA reads it), else NULL. */
+/* LN(h) [M, C] recomputed into n when need (a layer that trains reads it), else NULL. */
 static float *ln_again(const dl_ctx *ctx, const dl_norm *m, int64_t M, const float *h, float *n, int need)
 {
     if (!need) return NULL;
@@ -201,31 +208,32 @@ static void tblock_bwd(const dl_ctx *ctx, const dl_unet_tblock *b, int N, int S,
         float *df = dl_alloc_f32(scratch, M * 4 * C);                                // [N, S, 4C]
         float *dg = dl_alloc_f32(scratch, M * 8 * C);                                // [N, S, 8C]
         float *f = NULL;
-        if (b->ff_out.lora) {
+        if (dl_linear_trains(&b->ff_out)) {
             f = dl_alloc_f32(scratch, M * 4 * C);                                    // [N, S, 4C] again
             dl_be(ctx)->geglu_forward(ctx, M, 4 * C, sv->g, f);
         }
         dl_linear_bwd(ctx, &b->ff_out, M, f, dh, df, scratch);
         dl_be(ctx)->geglu_backward(ctx, M, 4 * C, sv->g, df, dg);
-        const float *n3 = ln_again(ctx, &b->norm3, M, sv->h[2], nb, b->ff_proj.lora != NULL);
+        const float *n3 = ln_again(ctx, &b->norm3, M, sv->h[2], nb, dl_linear_trains(&b->ff_proj));
         dl_linear_bwd(ctx, &b->ff_proj, M, n3, dg, dn, scratch);
         dl_arena_release(scratch, kf);
     }
-    dl_layernorm_bwd(ctx, &b->norm3, M, sv->h[2], sv->mean[2], sv->rstd[2], dn, dt);
+    dl_layernorm_bwd(ctx, &b->norm3, M, sv->h[2], sv->mean[2], sv->rstd[2], dn, dt, scratch);
     dl_be(ctx)->axpy(ctx, M * C, 1.0f, dt, dh);
     {   /* cross-attention */
         size_t kc = dl_arena_mark(scratch);
         float *dkv = dctx ? dl_alloc_f32(scratch, Mk * b->attn2.to_k.in) : NULL;     // [N, T, Dc]
-        const float *n2 = ln_again(ctx, &b->norm2, M, sv->h[1], nb, b->attn2.to_q.lora != NULL);
+        const float *n2 = ln_again(ctx, &b->norm2, M, sv->h[1], nb, dl_linear_trains(&b->attn2.to_q));
         attn_bwd(ctx, &b->attn2, N, S, n2, T, context, &sv->a2, dh, dn, dkv, 0, scratch);
         if (dctx) dl_be(ctx)->axpy(ctx, Mk * b->attn2.to_k.in, 1.0f, dkv, dctx);
         dl_arena_release(scratch, kc);
     }
-    dl_layernorm_bwd(ctx, &b->norm2, M, sv->h[1], sv->mean[1], sv->rstd[1], dn, dt);
+    dl_layernorm_bwd(ctx, &b->norm2, M, sv->h[1], sv->mean[1], sv->rstd[1], dn, dt, scratch);
     dl_be(ctx)->axpy(ctx, M * C, 1.0f, dt, dh);
-    const float *n1 = ln_again(ctx, &b->norm1, M, sv->h[0], nb, a1->to_q.lora || a1->to_k.lora || a1->to_v.lora);
+    const float *n1 = ln_again(ctx, &b->norm1, M, sv->h[0], nb,
+                               dl_linear_trains(&a1->to_q) || dl_linear_trains(&a1->to_k) || dl_linear_trains(&a1->to_v));
     attn_bwd(ctx, a1, N, S, n1, S, n1, &sv->a1, dh, dn, NULL, 1, scratch);           // self
-    dl_layernorm_bwd(ctx, &b->norm1, M, sv->h[0], sv->mean[0], sv->rstd[0], dn, dt);
+    dl_layernorm_bwd(ctx, &b->norm1, M, sv->h[0], sv->mean[0], sv->rstd[0], dn, dt, scratch);
     dl_be(ctx)->axpy(ctx, M * C, 1.0f, dt, dh);
     dl_arena_release(scratch, mark);
 }
@@ -299,10 +307,9 @@ void dl_transformer_backward(const dl_ctx *ctx, const dl_unet_transformer *tr, i
         block_record(tr, &sv, i, N, S, T, &b);
         tblock_bwd(ctx, &tr->blocks[i], N, S, C, context, T, &b, dh, dctx, scratch);
     }
-    dl_linear_bwd(ctx, &tr->proj_in, M, sv.a, dh, dx ? da : NULL, scratch);          // da = d a
-    if (dx) {
-        dl_groupnorm_bwd(ctx, &tr->norm, N, S, x, sv.mean, sv.rstd, da, dh, 0);      // dh = d x (norm path)
-        dl_be(ctx)->add_forward(ctx, M * C, dh, dy, dx);                             // + the residual
-    }
+    const int below = dx || dl_norm_trains(&tr->norm);
+    dl_linear_bwd(ctx, &tr->proj_in, M, sv.a, dh, below ? da : NULL, scratch);       // da = d a
+    if (below) dl_groupnorm_bwd(ctx, &tr->norm, N, S, x, sv.mean, sv.rstd, da, dx ? dh : NULL, 0, scratch); // dh = d x (norm path)
+    if (dx) dl_be(ctx)->add_forward(ctx, M * C, dh, dy, dx);                          // + the residual
     dl_arena_release(scratch, mark);
 }

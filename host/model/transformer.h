@@ -49,15 +49,15 @@ typedef struct dl_unet_transformer {
  * is malloc'd first (the caller frees it, also after an error). */
 int dl_transformer_load(dl_unet_transformer *tr, dl_netload *nl, const char *pre, int C, int heads, int layers,
                         int Dc, int G, int conv1x1);
-/* 1 when any linear of tr has a LoRA. */
-int dl_transformer_has_lora(const dl_unet_transformer *tr);
+/* 1 when any layer of tr has parameters with gradients (a LoRA, or full fine-tuning). */
+int dl_transformer_trains(const dl_unet_transformer *tr);
 
 /* y [N, H, W, C] = x + Transformer2D(x, context [N, T, Dc]). What the backward needs is saved
  * in one allocation from `save` (returned); temporaries from scratch, released. */
 float *dl_transformer_forward(const dl_ctx *ctx, const dl_unet_transformer *tr, int N, int H, int W, const float *x,
                               const float *context, int T, float *y, dl_arena *save, dl_arena *scratch);
 /* From dy [N, H, W, C]: dx overwritten (NULL: not wanted), dctx [N, T, Dc] accumulated (+=,
- * NULL: not wanted), LoRA gradients accumulated. saved: the forward's return. Scratch released. */
+ * NULL: not wanted), parameter gradients accumulated. saved: the forward's return. Scratch released. */
 void dl_transformer_backward(const dl_ctx *ctx, const dl_unet_transformer *tr, int N, int H, int W, const float *x,
                              const float *context, int T, const float *saved, const float *dy, float *dx,
                              float *dctx, dl_arena *scratch);

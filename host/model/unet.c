@@ -164,6 +164,11 @@ int dl_unet_weights_bytes(dl_checkpoint *ck, size_t *bytes)
 
 int dl_unet_load(dl_unet *u, dl_checkpoint *ck, dl_arena *weights)
 {
+    return dl_unet_load_trainable(u, ck, weights, NULL);
+}
+
+int dl_unet_load_trainable(dl_unet *u, dl_checkpoint *ck, dl_arena *weights, const dl_trainable *tr)
+{
     memset(u, 0, sizeof *u);
     u->cfg = ck->cfg.unet;
     const dl_unet_config *c = &u->cfg;
@@ -174,7 +179,9 @@ int dl_unet_load(dl_unet *u, dl_checkpoint *ck, dl_arena *weights)
     if (c->time_embed_dim < 1 || c->freq_shift < 0 || c->freq_shift >= c->block_out_channels[0] / 2)
         return dl_error_set("%s: UNet time embedding (time_embed_dim %d, freq_shift %d) out of range", ck->path,
                             c->time_embed_dim, c->freq_shift);
-    dl_netload nl = {{ck, DL_PART_UNET, weights, NULL, NULL}, &u->names, u, reg};
+    dl_netload nl = {{.ck = ck, .part = DL_PART_UNET, .arena = weights, .grads = tr ? tr->grads : NULL,
+                      .placed = tr ? tr->placed : NULL, .placed_user = tr ? tr->user : NULL},
+                     &u->names, u, reg};
     if (load_all(u, &nl) != DL_OK) {
         dl_error_prefix("%s: loading the UNet: ", ck->path);
         dl_unet_free(u);
@@ -193,7 +200,7 @@ int dl_unet_list_weights(const dl_unet_config *cfg, dl_weight_fn fn, void *user)
     u->cfg = *cfg;
     dl_arena a;
     dl_arena_init_measure(&a, "UNet weights (listing)");
-    dl_netload nl = {{NULL, DL_PART_UNET, &a, fn, user}, &u->names, u, reg};
+    dl_netload nl = {{.part = DL_PART_UNET, .arena = &a, .list = fn, .list_user = user}, &u->names, u, reg};
     int rc = load_all(u, &nl);
     dl_unet_free(u);
     free(u);
@@ -224,43 +231,98 @@ const dl_unet_module *dl_unet_modules(const dl_unet *u, int *n)
 
 /* ================================================================ one node */
 
-static int node_has_lora(const void *self, const dl_node *nd)
+/* The time embedding trains with its linears (full fine-tuning), and only without SDXL's added
+ * embedding (which is frozen and lies between it and the resnets). */
+static int time_embed_trains(const dl_unet *u)
+{
+    return u->cfg.addition_embed == DL_ADD_NONE &&
+           (dl_linear_trains(&u->time_linear_1) || dl_linear_trains(&u->time_linear_2));
+}
+
+static int node_trains(const void *self, const dl_node *nd)
 {
     const dl_unet *u = self;
     switch (nd->kind) {
-    case DL_NODE_TIME_EMBED:
-    case DL_NODE_ADD_EMBED: return 0; /* not back-propagated: the time and added embeddings are frozen */
-    case DL_NODE_RESNET: return dl_resnet_has_lora(nd->block);
-    case DL_NODE_TRANSFORMER: return dl_transformer_has_lora(nd->block);
+    case DL_NODE_TIME_EMBED: return time_embed_trains(u);
+    case DL_NODE_ADD_EMBED: return 0; /* not back-propagated: SDXL's added embedding is frozen */
+    case DL_NODE_RESNET: return dl_resnet_trains(nd->block);
+    case DL_NODE_TRANSFORMER: return dl_transformer_trains(nd->block);
     case DL_NODE_CONV_IN:
     case DL_NODE_DOWNSAMPLE:
-    case DL_NODE_UPSAMPLE: return ((const dl_conv *)nd->block)->lora != NULL;
-    case DL_NODE_OUT: return u->conv_out.lora != NULL;
+    case DL_NODE_UPSAMPLE: return dl_conv_trains(nd->block);
+    case DL_NODE_OUT: return dl_conv_trains(&u->conv_out) || dl_norm_trains(&u->conv_norm_out);
     default: return 0;
     }
 }
 
+/* What the time embedding's backward reads (saved only when it trains). */
+typedef struct temb_saved {
+    float *sinus;       /* [N, C0] the sinusoid (linear_1's input) */
+    float *h;           /* [N, Td] linear_1's output (before its SiLU) */
+    float *temb;        /* [N, Td] linear_2's output (before the final SiLU) */
+} temb_saved;
+
+static size_t temb_layout(const dl_unet *u, int N, uintptr_t base, temb_saved *sv)
+{
+    const int C0 = u->cfg.block_out_channels[0], Td = u->cfg.time_embed_dim;
+    dl_slab s = {base, 0};
+    sv->sinus = dl_slab_take(&s, (int64_t)N * C0);
+    sv->h = dl_slab_take(&s, (int64_t)N * Td);
+    sv->temb = dl_slab_take(&s, (int64_t)N * Td);
+    return s.off;
+}
+
 /* temb_act [N, Td] = SiLU(linear_2(SiLU(linear_1(sinusoid(t [N]))))), the sinusoid as diffusers'
  * Timesteps(C0, flip_sin_to_cos, freq_shift); without the final SiLU when the added embedding
- * is still to be summed in (SDXL: add_embed_fwd applies it). */
-static void time_embed_fwd(const dl_ctx *ctx, const dl_unet *u, int N, const float *t, float *temb_act,
-                           dl_arena *scratch)
+ * is still to be summed in (SDXL: add_embed_fwd applies it). When the embedding trains, its
+ * backward's inputs are kept in one allocation from save (returned; else NULL). */
+static float *time_embed_fwd(const dl_ctx *ctx, const dl_unet *u, int N, const float *t, float *temb_act,
+                             dl_arena *save, dl_arena *scratch)
 {
     const dl_unet_config *c = &u->cfg;
     const int C0 = c->block_out_channels[0], Td = c->time_embed_dim;
+    temb_saved sv = {0};
+    float *base = NULL;
+    if (time_embed_trains(u)) {
+        base = dl_alloc_f32(save, (int64_t)(temb_layout(u, N, 0, &sv) / sizeof(float)));
+        temb_layout(u, N, (uintptr_t)base, &sv);
+    }
     size_t mark = dl_arena_mark(scratch);
-    float *temb = dl_alloc_f32(scratch, (int64_t)N * Td);                            // [N, Td]
-    float *sinus = dl_alloc_f32(scratch, (int64_t)N * C0);                           // [N, C0]
+    float *temb = sv.temb ? sv.temb : dl_alloc_f32(scratch, (int64_t)N * Td);      // [N, Td]
+    float *sinus = sv.sinus ? sv.sinus : dl_alloc_f32(scratch, (int64_t)N * C0);   // [N, C0]
     dl_be(ctx)->timestep_embedding(ctx, N, C0, t, c->flip_sin_to_cos, (float)c->freq_shift, 1.0f, 10000.0f,
                                    sinus);                                           // [N, C0]
     float *h = dl_alloc_f32(scratch, (int64_t)N * Td);                               // [N, Td]
-    dl_linear_fwd(ctx, &u->time_linear_1, N, sinus, h, scratch);                     // [N, Td]
-    dl_be(ctx)->act_forward(ctx, DL_ACT_SILU, (int64_t)N * Td, h, h);                // [N, Td]
+    dl_linear_fwd(ctx, &u->time_linear_1, N, sinus, sv.h ? sv.h : h, scratch);       // [N, Td]
+    dl_be(ctx)->act_forward(ctx, DL_ACT_SILU, (int64_t)N * Td, sv.h ? sv.h : h, h);  // [N, Td]
     if (c->addition_embed == DL_ADD_NONE) {
         dl_linear_fwd(ctx, &u->time_linear_2, N, h, temb, scratch);                  // temb [N, Td]
         dl_be(ctx)->act_forward(ctx, DL_ACT_SILU, (int64_t)N * Td, temb, temb_act);  // [N, Td]
     } else {
         dl_linear_fwd(ctx, &u->time_linear_2, N, h, temb_act, scratch);              // temb [N, Td]
+    }
+    dl_arena_release(scratch, mark);
+    return base;
+}
+
+/* From dy = d temb_act [N, Td]: the time embedding's linears' gradients accumulated (nothing lies
+ * below: the timesteps take no gradient). saved: time_embed_fwd's return. */
+static void time_embed_bwd(const dl_ctx *ctx, const dl_unet *u, int N, const float *saved, const float *dy,
+                           dl_arena *scratch)
+{
+    const int Td = u->cfg.time_embed_dim;
+    const int64_t n = (int64_t)N * Td;
+    temb_saved sv;
+    temb_layout(u, N, (uintptr_t)saved, &sv);
+    size_t mark = dl_arena_mark(scratch);
+    float *dt = dl_alloc_f32(scratch, n), *a = dl_alloc_f32(scratch, n);             // [N, Td]
+    float *da = dl_alloc_f32(scratch, n);                                            // [N, Td]
+    dl_be(ctx)->act_backward(ctx, DL_ACT_SILU, n, sv.temb, dy, dt);                  // d temb
+    dl_be(ctx)->act_forward(ctx, DL_ACT_SILU, n, sv.h, a);                           // linear_2's input again
+    dl_linear_bwd(ctx, &u->time_linear_2, N, a, dt, dl_linear_trains(&u->time_linear_1) ? da : NULL, scratch);
+    if (dl_linear_trains(&u->time_linear_1)) {
+        dl_be(ctx)->act_backward(ctx, DL_ACT_SILU, n, sv.h, da, dt);                 // d h
+        dl_linear_bwd(ctx, &u->time_linear_1, N, sv.sinus, dt, NULL, scratch);
     }
     dl_arena_release(scratch, mark);
 }
@@ -301,7 +363,7 @@ static float *node_forward(const dl_ctx *ctx, const void *self, const dl_node *n
     switch (nd->kind) {
     case DL_NODE_CONV_IN:
     case DL_NODE_DOWNSAMPLE: dl_conv_fwd(ctx, nd->block, N, h, w, x, y, NULL, NULL, scratch); return NULL;
-    case DL_NODE_TIME_EMBED: time_embed_fwd(ctx, u, N, in->t, y, scratch); return NULL;
+    case DL_NODE_TIME_EMBED: return time_embed_fwd(ctx, u, N, in->t, y, save, scratch);
     case DL_NODE_ADD_EMBED: add_embed_fwd(ctx, u, in, in->side, y, scratch); return NULL;
     case DL_NODE_RESNET:
         return dl_resnet_forward(ctx, nd->block, N, h, w, x, skip, nd->cskip, in->side, y, save, scratch);
@@ -315,7 +377,7 @@ static float *node_forward(const dl_ctx *ctx, const void *self, const dl_node *n
 
 static void node_backward(const dl_ctx *ctx, const void *self, const dl_node *nd, const dl_pass_in *in,
                           const float *x, const float *saved, const float *dy, float *dx, float *dctx,
-                          dl_arena *scratch)
+                          float *dside, dl_arena *scratch)
 {
     const dl_unet *u = self;
     const int N = in->N, h = in->H >> nd->level, w = in->W >> nd->level, T = in->T;
@@ -323,9 +385,12 @@ static void node_backward(const dl_ctx *ctx, const void *self, const dl_node *nd
     case DL_NODE_CONV_IN:
     case DL_NODE_DOWNSAMPLE: dl_conv_bwd(ctx, nd->block, N, h, w, x, dy, dx, scratch); return;
     case DL_NODE_TIME_EMBED:
-    case DL_NODE_ADD_EMBED: DL_ASSERTF(0, "the time and added embeddings are not back-propagated"); return;
+        DL_ASSERTF(time_embed_trains(u), "the time embedding is frozen here");
+        time_embed_bwd(ctx, u, N, saved, dy, scratch);
+        return;
+    case DL_NODE_ADD_EMBED: DL_ASSERTF(0, "the added embedding is not back-propagated"); return;
     case DL_NODE_RESNET:
-        dl_resnet_backward(ctx, nd->block, N, h, w, x, nd->cskip, in->side, saved, dy, dx, scratch);
+        dl_resnet_backward(ctx, nd->block, N, h, w, x, nd->cskip, in->side, saved, dy, dx, dside, scratch);
         return;
     case DL_NODE_TRANSFORMER:
         dl_transformer_backward(ctx, nd->block, N, h, w, x, in->context, T, saved, dy, dx, dctx, scratch);
@@ -340,7 +405,7 @@ static void node_backward(const dl_ctx *ctx, const void *self, const dl_node *nd
 
 dl_net dl_unet_net(const dl_unet *u)
 {
-    return (dl_net){u, &u->graph, node_forward, node_backward, node_has_lora, u->cfg.cross_attention_dim};
+    return (dl_net){u, &u->graph, node_forward, node_backward, node_trains, u->cfg.cross_attention_dim};
 }
 
 /* ================================================================ inference */

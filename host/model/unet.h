@@ -94,6 +94,13 @@ int dl_unet_weights_bytes(dl_checkpoint *ck, size_t *bytes);
  * (with both shapes), the full arena, or an unsupported config (layers_per_block >
  * DL_UNET_MAX_LAYERS); on error u holds nothing to free (the arena keeps what it handed out). */
 int dl_unet_load(dl_unet *u, dl_checkpoint *ck, dl_arena *weights);
+/* dl_unet_load for full fine-tuning (tr NULL: dl_unet_load): every weight fp32 in the arena
+ * (ck->weight_dtypes and weights_in_place are not used) with its gradient at the same offset in
+ * tr->grads (memory of the arena's size, in its backend: dl_linear.dw, dl_conv.dw, dl_norm.dgamma
+ * ...), each placed tensor reported to tr->placed. The backward then accumulates every weight's
+ * gradient, the time embedding's included. dl_unet_weights_bytes measures the arena when ck has
+ * weight_dtypes 0 and weights_in_place 0. */
+int dl_unet_load_trainable(dl_unet *u, dl_checkpoint *ck, dl_arena *weights, const dl_trainable *tr);
 /* Release the bookkeeping of u (not the weights: they belong to the arena). */
 void dl_unet_free(dl_unet *u);
 

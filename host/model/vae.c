@@ -152,7 +152,7 @@ int dl_vae_load(dl_vae *m, dl_checkpoint *ck, dl_arena *weights)
 {
     memset(m, 0, sizeof *m);
     m->cfg = ck->cfg.vae;
-    dl_netload nl = {{ck, DL_PART_VAE, weights, NULL, NULL}, &m->names, m, NULL};
+    dl_netload nl = {{.ck = ck, .part = DL_PART_VAE, .arena = weights}, &m->names, m, NULL};
     if (load_all(m, &nl, ck->path) == DL_OK) return DL_OK;
     dl_vae_free(m);
     return DL_ERR;
@@ -170,7 +170,7 @@ static dl_vae *shapes_only(const dl_vae_config *cfg, dl_weight_fn fn, void *user
     m->cfg = *cfg;
     dl_arena a;
     dl_arena_init_measure(&a, "VAE weights (listing)");
-    dl_netload nl = {{NULL, DL_PART_VAE, &a, fn, user}, &m->names, m, NULL};
+    dl_netload nl = {{.part = DL_PART_VAE, .arena = &a, .list = fn, .list_user = user}, &m->names, m, NULL};
     if (load_all(m, &nl, "VAE config") != DL_OK) {
         dl_vae_free(m);
         free(m);
@@ -254,7 +254,7 @@ static void attn_backward(const dl_ctx *ctx, const dl_vae_attn *a, int N, int S,
     dl_linear_bwd(ctx, &a->v, M, sv.h, dv, t, scratch);
     if (dx) {
         dl_be(ctx)->axpy(ctx, M * C, 1.0f, t, dh);
-        dl_groupnorm_bwd(ctx, &a->norm, N, S, x, sv.mean, sv.rstd, dh, dx, 0);       // d x (norm path)
+        dl_groupnorm_bwd(ctx, &a->norm, N, S, x, sv.mean, sv.rstd, dh, dx, 0, scratch);       // d x (norm path)
         dl_be(ctx)->axpy(ctx, M * C, 1.0f, dy, dx);                                  // + the residual
     }
     dl_arena_release(scratch, mark);
@@ -262,14 +262,14 @@ static void attn_backward(const dl_ctx *ctx, const dl_vae_attn *a, int N, int S,
 
 /* ================================================================ one node */
 
-static int node_has_lora(const void *self, const dl_node *nd)
+static int node_trains(const void *self, const dl_node *nd)
 {
     (void)self;
     switch (nd->kind) {
     case DL_NODE_CONV_IN:
     case DL_NODE_DOWNSAMPLE:
     case DL_NODE_UPSAMPLE: return ((const dl_conv *)nd->block)->lora != NULL;
-    case DL_NODE_RESNET: return dl_resnet_has_lora(nd->block);
+    case DL_NODE_RESNET: return dl_resnet_trains(nd->block);
     case DL_NODE_ATTENTION: {
         const dl_vae_attn *a = nd->block;
         return a->q.lora || a->k.lora || a->v.lora || a->out.lora;
@@ -302,14 +302,14 @@ static float *node_forward(const dl_ctx *ctx, const void *self, const dl_node *n
 
 static void node_backward(const dl_ctx *ctx, const void *self, const dl_node *nd, const dl_pass_in *in,
                           const float *x, const float *saved, const float *dy, float *dx, float *dctx,
-                          dl_arena *scratch)
+                          float *dside, dl_arena *scratch)
 {
-    (void)self, (void)dctx;
+    (void)self, (void)dctx, (void)dside;
     const int N = in->N, h = dl_level_size(in->H, nd->level), w = dl_level_size(in->W, nd->level);
     switch (nd->kind) {
     case DL_NODE_CONV_IN:
     case DL_NODE_DOWNSAMPLE: dl_conv_bwd(ctx, nd->block, N, h, w, x, dy, dx, scratch); return;
-    case DL_NODE_RESNET: dl_resnet_backward(ctx, nd->block, N, h, w, x, 0, NULL, saved, dy, dx, scratch); return;
+    case DL_NODE_RESNET: dl_resnet_backward(ctx, nd->block, N, h, w, x, 0, NULL, saved, dy, dx, NULL, scratch); return;
     case DL_NODE_UPSAMPLE: dl_upsample_backward(ctx, nd->block, N, h, w, saved, dy, dx, scratch); return;
     case DL_NODE_ATTENTION: attn_backward(ctx, nd->block, N, h * w, x, saved, dy, dx, scratch); return;
     case DL_NODE_OUT: {
@@ -324,12 +324,12 @@ static void node_backward(const dl_ctx *ctx, const void *self, const dl_node *nd
 
 dl_net dl_vae_encoder_net(const dl_vae *m)
 {
-    return (dl_net){m, &m->enc_graph, node_forward, node_backward, node_has_lora, 0};
+    return (dl_net){m, &m->enc_graph, node_forward, node_backward, node_trains, 0};
 }
 
 dl_net dl_vae_decoder_net(const dl_vae *m)
 {
-    return (dl_net){m, &m->dec_graph, node_forward, node_backward, node_has_lora, 0};
+    return (dl_net){m, &m->dec_graph, node_forward, node_backward, node_trains, 0};
 }
 
 /* ================================================================ encode, decode */

@@ -1,9 +1,10 @@
-/* clip_train.h - text-encoder LoRA training: the graph walkers (model/graph.h) on the text
+/* clip_train.h - text-encoder training: the graph walkers (model/graph.h) on the text
  * encoder's node list for the clip skip used (dl_clip_pass). The forward is inference's, node by
  * node, saving what each backward reads into `act` (or, with gradient checkpointing, recomputing
  * it into scratch before the node's backward: the same gradients, bit for bit); the backward
  * reaches the LoRAs of q/k/v/out_proj, fc1, fc2 down to the lowest layer with a trainable one
- * (dA or dB set). Weights, embeddings and norms are frozen. act and scratch are sized once from
+ * (dA or dB set), or, for a text encoder loaded with dl_clip_load_trainable (full fine-tuning),
+ * every weight down to the token and position embeddings. act and scratch are sized once from
  * the size table (dl_clip_size_table, LoRAs attached) for the largest batch. */
 #ifndef DANLU_TRAIN_CLIP_TRAIN_H
 #define DANLU_TRAIN_CLIP_TRAIN_H
@@ -43,7 +44,8 @@ void dl_clip_train_forward(const dl_ctx *ctx, const dl_clip *m, dl_clip_tape *ta
 
 /* Backward of the recorded forward from d_out [N, T, C] (the gradient of the loss with respect
  * to its out): accumulates (+=) into dA / dB of every LoRA attached (unmerged, with dA / dB
- * set) to the linears of the layers that ran. Nothing else is written. The weights and LoRAs
+ * set) to the linears of the layers that ran, or into the weights' own gradients under full
+ * fine-tuning. Nothing else is written. The weights and LoRAs
  * must be those of the forward. Scratch is released on return; act is left as it is. */
 void dl_clip_backward(const dl_ctx *ctx, const dl_clip_tape *tape, const float *d_out, dl_arena *scratch);
 

@@ -40,15 +40,18 @@ static const char *const k_groups[G_COUNT] = {
  * ('|'-separated; for lists the accepted KEY=), one-line meaning. The order is the order of the
  * JSON and of the printed configuration. */
 #define KEY(name, kind, field, def, lo, hi, opt, grp, meta, values, help) \
-    {name, kind, OFF(field), def, lo, hi, opt, 0, grp, meta, values, help}
-#define REQUIRED(name, field, grp, meta, help) {name, K_STR, OFF(field), NULL, 0, 0, 0, 1, grp, meta, NULL, help}
+    {name, kind, OFF(field), def, lo, hi, opt, 0, grp, 0, meta, values, help}
+/* an option of one command only (DL_TKEY_LORA: train, DL_TKEY_FT: finetune) */
+#define KEY_ONLY(only, name, kind, field, def, lo, hi, opt, grp, meta, values, help) \
+    {name, kind, OFF(field), def, lo, hi, opt, 0, grp, only, meta, values, help}
+#define REQUIRED(name, field, grp, meta, help) {name, K_STR, OFF(field), NULL, 0, 0, 0, 1, grp, 0, meta, NULL, help}
 
 static const key_def k_keys[] = {
     REQUIRED("pretrained_model_name_or_path", pretrained_model_name_or_path, G_MODEL, "PATH",
              "base model: a single .safetensors checkpoint or a diffusers folder"),
     REQUIRED("train_data_dir", train_data_dir, G_DATA, "DIR",
              "training images and captions; a subfolder N_name repeats its images N times per epoch"),
-    REQUIRED("output_dir", output_dir, G_SAVE, "DIR", "where the LoRA files, states, log and samples go"),
+    REQUIRED("output_dir", output_dir, G_SAVE, "DIR", "where the saved LoRA or model, states, log and samples go"),
     KEY("output_name", K_STR, output_name, "last", 0, 0, 0, G_SAVE, "NAME", NULL,
         "file name stem of everything written to output_dir"),
     KEY("resolution", K_STR, resolution, "512", 0, 0, 0, G_DATA, "S|W,H", NULL,
@@ -57,22 +60,27 @@ static const key_def k_keys[] = {
         "train with the v-prediction target (SD 2.x 768-v models) instead of the noise"),
     KEY("clip_skip", K_INT, clip_skip, "1", 1, 12, 0, G_MODEL, "N", NULL,
         "use the text encoder's output N layers from the end (2: the penultimate layer)"),
-    KEY("network_module", K_STR, network_module, "networks.lora", 0, 0, 0, G_NET, "NAME", "networks.lora",
+    KEY_ONLY(DL_TKEY_LORA, "network_module", K_STR, network_module, "networks.lora", 0, 0, 0, G_NET, "NAME", "networks.lora",
         "network type"),
-    KEY("network_dim", K_INT, network_dim, "4", 1, 4096, 0, G_NET, "N", NULL, "LoRA rank"),
-    KEY("network_alpha", K_DBL, network_alpha, "1", 0, 1e6, 0, G_NET, "X", NULL,
+    KEY_ONLY(DL_TKEY_LORA, "network_dim", K_INT, network_dim, "4", 1, 4096, 0, G_NET, "N", NULL, "LoRA rank"),
+    KEY_ONLY(DL_TKEY_LORA, "network_alpha", K_DBL, network_alpha, "1", 0, 1e6, 0, G_NET, "X", NULL,
         "the LoRA output is scaled by alpha / rank (0: alpha = rank)"),
-    KEY("network_args", K_LIST, network_args, NULL, 0, 0, 0, G_NET, "KEY=VALUE...", "conv_dim|conv_alpha|preset",
+    KEY_ONLY(DL_TKEY_LORA, "network_args", K_LIST, network_args, NULL, 0, 0, 0, G_NET, "KEY=VALUE...", "conv_dim|conv_alpha|preset",
         "conv_dim=N conv_alpha=X add LoRA to the 3x3 convolutions (LoCon); preset=default|attn-only|"
         "attn-mlp|full chooses the UNet layers"),
-    KEY("network_train_unet_only", K_BOOL, network_train_unet_only, "false", 0, 1, 0, G_NET, NULL, NULL,
+    KEY_ONLY(DL_TKEY_LORA, "network_train_unet_only", K_BOOL, network_train_unet_only, "false", 0, 1, 0, G_NET, NULL, NULL,
         "no text-encoder LoRA: train the UNet's only"),
-    KEY("network_train_text_encoder_only", K_BOOL, network_train_text_encoder_only, "false", 0, 1, 0, G_NET, NULL,
+    KEY_ONLY(DL_TKEY_LORA, "network_train_text_encoder_only", K_BOOL, network_train_text_encoder_only, "false", 0, 1, 0, G_NET, NULL,
         NULL, "no UNet LoRA: train the text encoder's only"),
-    KEY("network_weights", K_STR, network_weights, NULL, 0, 0, 0, G_NET, "PATH", NULL,
+    KEY_ONLY(DL_TKEY_LORA, "network_weights", K_STR, network_weights, NULL, 0, 0, 0, G_NET, "PATH", NULL,
         "start from the weights of this LoRA file"),
-    KEY("lora_format", K_STR, lora_format, "kohya", 0, 0, 0, G_SAVE, "NAME", "kohya|peft",
+    KEY_ONLY(DL_TKEY_LORA, "lora_format", K_STR, lora_format, "kohya", 0, 0, 0, G_SAVE, "NAME", "kohya|peft",
         "tensor names of the saved LoRA: kohya (lora_unet_*, lora_te_*) or peft (diffusers)"),
+    KEY_ONLY(DL_TKEY_FT, "save_model_as", K_STR, save_model_as, "safetensors", 0, 0, 0, G_SAVE, "NAME",
+             "safetensors|diffusers",
+             "layout of the saved model: safetensors (one file, the SD layout) or diffusers (a folder)"),
+    KEY_ONLY(DL_TKEY_FT, "train_text_encoder", K_BOOL, train_text_encoder, "false", 0, 1, 0, G_NET, NULL, NULL,
+             "train the text encoder's weights too (its learning rate: text_encoder_lr)"),
     KEY("train_batch_size", K_INT, train_batch_size, "1", 1, 4096, 0, G_TRAIN, "N", NULL,
         "images per micro-batch"),
     KEY("max_train_steps", K_INT, max_train_steps, "1600", 1, 1e9, 0, G_TRAIN, "N", NULL,
@@ -80,11 +88,11 @@ static const key_def k_keys[] = {
     KEY("max_train_epochs", K_INT, max_train_epochs, NULL, 1, 1e7, 1, G_TRAIN, "N", NULL,
         "train for N epochs instead; when set it decides the number of steps"),
     KEY("learning_rate", K_DBL, learning_rate, "2e-6", 0, 10, 0, G_OPT, "X", NULL,
-        "learning rate of every LoRA weight without a rate of its own"),
+        "learning rate of every trained weight without a rate of its own"),
     KEY("unet_lr", K_DBL, unet_lr, NULL, 0, 10, 1, G_OPT, "X", NULL,
-        "learning rate of the UNet LoRA instead of learning_rate"),
+        "learning rate of what trains in the UNet instead of learning_rate"),
     KEY("text_encoder_lr", K_DBL, text_encoder_lr, NULL, 0, 10, 1, G_OPT, "X", NULL,
-        "learning rate of the text-encoder LoRA instead of learning_rate"),
+        "learning rate of what trains in the text encoder instead of learning_rate"),
     KEY("lr_scheduler", K_STR, lr_scheduler, "constant", 0, 0, 0, G_OPT, "NAME",
         "constant|constant_with_warmup|linear|cosine|cosine_with_restarts|polynomial",
         "how the learning rate changes over the steps"),
@@ -121,7 +129,7 @@ static const key_def k_keys[] = {
     KEY("save_last_n_epochs", K_INT, save_last_n_epochs, NULL, 1, 1e9, 1, G_SAVE, "N", NULL,
         "keep only the last N epoch saves"),
     KEY("save_precision", K_STR, save_precision, "float", 0, 0, 0, G_SAVE, "NAME", "float|fp32|fp16|bf16",
-        "dtype of the saved LoRA weights"),
+        "dtype of the saved weights"),
     KEY("save_state", K_BOOL, save_state, "false", 0, 1, 0, G_SAVE, NULL, NULL,
         "write a resumable NAME-...-state.safetensors beside each save"),
     KEY("resume", K_STR, resume, NULL, 0, 0, 0, G_SAVE, "PATH", NULL,
@@ -136,7 +144,7 @@ static const key_def k_keys[] = {
         "ddim|euler|k_euler|euler_a|k_euler_a|heun|dpmsolver++|dpmsolver|dpmpp_2m|dpmpp_2m_karras|lcm",
         "sampler of the sample images"),
     KEY("training_comment", K_STR, training_comment, NULL, 0, 0, 0, G_SAVE, "TEXT", NULL,
-        "stored as ss_training_comment in the LoRA's metadata"),
+        "stored as ss_training_comment in the saved file's metadata"),
     KEY("keep_tokens", K_INT, keep_tokens, "0", 0, 1e6, 0, G_DATA, "N", NULL,
         "the first N comma-separated tags stay in place when shuffling or dropping tags"),
     KEY("shuffle_caption", K_BOOL, shuffle_caption, "false", 0, 1, 0, G_DATA, NULL, NULL,
@@ -181,9 +189,9 @@ static const key_def k_keys[] = {
 
 /* Flags of the command line that are not keys: the config file, read before any flag. */
 static const key_def k_file_flags[] = {
-    {"config", K_STR, 0, NULL, 0, 0, 0, 0, G_FILE, "FILE.json", NULL,
+    {"config", K_STR, 0, NULL, 0, 0, 0, 0, G_FILE, 0, "FILE.json", NULL,
      "read options from this JSON object first; flags override it (TOML is not read)"},
-    {"config_file", K_STR, 0, NULL, 0, 0, 0, 0, G_FILE, "FILE.json", NULL, "the same as --config (sd-scripts' name)"},
+    {"config_file", K_STR, 0, NULL, 0, 0, 0, 0, G_FILE, 0, "FILE.json", NULL, "the same as --config (sd-scripts' name)"},
 };
 #define N_FILE_FLAGS ((int)(sizeof k_file_flags / sizeof *k_file_flags))
 
@@ -205,11 +213,24 @@ const char *dl_train_config_ignored(int i) { return i >= 0 && i < N_IGNORED ? k_
 int dl_train_config_n_groups(void) { return G_COUNT; }
 const char *dl_train_config_group_name(int g) { return g >= 0 && g < G_COUNT ? k_groups[g] : NULL; }
 
+int dl_train_key_applies(const dl_train_key *k, int finetune)
+{
+    return !k->only || k->only == (finetune ? DL_TKEY_FT : DL_TKEY_LORA);
+}
+
+/* A key of any command (its accepted values), or NULL. */
 static const key_def *find_key(const char *name)
 {
     for (int i = 0; i < N_KEYS; i++)
         if (strcmp(k_keys[i].name, name) == 0) return &k_keys[i];
     return NULL;
+}
+
+/* A key of c's command, or NULL (an option of the other command is unknown here). */
+static const key_def *find_key_for(const dl_train_config *c, const char *name)
+{
+    const key_def *k = find_key(name);
+    return k && dl_train_key_applies(k, c->finetune) ? k : NULL;
 }
 
 static int is_ignored(const char *name)
@@ -351,9 +372,12 @@ static int set_text(dl_train_config *c, const key_def *k, const char *value, con
     }
 }
 
-void dl_train_config_defaults(dl_train_config *c)
+void dl_train_config_defaults(dl_train_config *c) { dl_train_config_defaults_for(c, 0); }
+
+void dl_train_config_defaults_for(dl_train_config *c, int finetune)
 {
     memset(c, 0, sizeof *c);
+    c->finetune = finetune != 0;
     for (int i = 0; i < N_KEYS; i++) {
         const key_def *k = &k_keys[i];
         if (k->def) {
@@ -380,7 +404,7 @@ void dl_train_config_free(dl_train_config *c)
 
 int dl_train_config_set(dl_train_config *c, const char *key, const char *value)
 {
-    const key_def *k = find_key(key);
+    const key_def *k = find_key_for(c, key);
     if (!k) return dl_error_set("unknown option '%s'", key);
     return set_text(c, k, value, "");
 }
@@ -445,7 +469,7 @@ int dl_train_config_apply_json_text(dl_train_config *c, const char *text, const 
         goto done;
     }
     for (const cJSON *it = root->child; it; it = it->next) {
-        const key_def *k = find_key(it->string);
+        const key_def *k = find_key_for(c, it->string);
         if (!k) {
             if (is_ignored(it->string)) continue;
             rc = dl_error_set("%sunknown key '%s'", where, it->string);
@@ -456,6 +480,18 @@ int dl_train_config_apply_json_text(dl_train_config *c, const char *text, const 
 done:
     cJSON_Delete(root);
     return rc;
+}
+
+int dl_train_config_json_is_finetune(const char *text)
+{
+    cJSON *root = text ? cJSON_Parse(text) : NULL;
+    int ft = 0;
+    for (const cJSON *it = root && cJSON_IsObject(root) ? root->child : NULL; it && !ft; it = it->next) {
+        const key_def *k = find_key(it->string);
+        ft = k && k->only == DL_TKEY_FT;
+    }
+    cJSON_Delete(root);
+    return ft;
 }
 
 static int has_suffix(const char *s, const char *suf)
@@ -529,7 +565,7 @@ int dl_train_config_parse_args(dl_train_config *c, int argc, char **argv, FILE *
             if (!eq) i++;
             continue;
         }
-        const key_def *k = find_key(name);
+        const key_def *k = find_key_for(c, name);
         if (!k) {
             if (is_ignored(name)) {
                 if (warn) fprintf(warn, "warning: --%s does not apply to danlu and is ignored\n", name);
@@ -689,6 +725,11 @@ int dl_train_config_finish(dl_train_config *c)
     if (c->cache_latents_to_disk) c->cache_latents = 1;
     if (!c->caption_extension || !*c->caption_extension)
         return dl_error_set("caption_extension: must not be empty");
+    if (c->finetune) {
+        if (!key_accepts("save_model_as", c->save_model_as, 0))
+            return dl_error_set("save_model_as: expected 'safetensors' or 'diffusers', got '%s'",
+                                c->save_model_as ? c->save_model_as : "");
+    }
     return DL_OK;
 }
 
@@ -737,7 +778,8 @@ char *dl_train_config_to_json(const dl_train_config *c)
 {
     cJSON *root = cJSON_CreateObject();
     if (!root) return NULL;
-    for (int i = 0; i < N_KEYS; i++) cJSON_AddItemToObject(root, k_keys[i].name, key_json(c, &k_keys[i]));
+    for (int i = 0; i < N_KEYS; i++)
+        if (dl_train_key_applies(&k_keys[i], c->finetune)) cJSON_AddItemToObject(root, k_keys[i].name, key_json(c, &k_keys[i]));
     char *s = cJSON_PrintUnformatted(root);
     cJSON_Delete(root);
     return s;
@@ -746,6 +788,7 @@ char *dl_train_config_to_json(const dl_train_config *c)
 void dl_train_config_print(const dl_train_config *c, FILE *f)
 {
     for (int i = 0; i < N_KEYS; i++) {
+        if (!dl_train_key_applies(&k_keys[i], c->finetune)) continue;
         cJSON *v = key_json(c, &k_keys[i]);
         char *s = v ? cJSON_PrintUnformatted(v) : NULL;
         fprintf(f, "  %-32s %s\n", k_keys[i].name, s ? s : "?");

@@ -26,6 +26,9 @@ typedef enum dl_save_precision {
 /* Names follow sd-scripts' train_network.py. Numbers that sd-scripts leaves as None when not
  * given are marked "unset": NaN for doubles, 0 for ints (0 means off for them). */
 typedef struct dl_train_config {
+    int finetune;                        /* the command: 0 `danlu train` (a LoRA), 1 `danlu finetune`
+                                            (every UNet weight); set by dl_train_config_defaults_for,
+                                            not a key. Keys of the other command are unknown. */
     /* model and data */
     char *pretrained_model_name_or_path; /* required: .safetensors file or diffusers folder */
     char *train_data_dir;                /* required: images + captions, N_name subfolders */
@@ -47,6 +50,9 @@ typedef struct dl_train_config {
     int network_train_text_encoder_only;
     char *network_weights;               /* start from this LoRA file (or NULL) */
     char *lora_format;                   /* output layout: "kohya" (default) or "peft" */
+    /* full fine-tuning (danlu finetune) */
+    char *save_model_as;                 /* "safetensors" (single file, default) or "diffusers" (a folder) */
+    int train_text_encoder;              /* also train the text encoder (not implemented: refused) */
     /* optimisation */
     int train_batch_size;                /* default 1 */
     int max_train_steps;                 /* default 1600 */
@@ -113,11 +119,16 @@ typedef struct dl_train_key {
     int optional;           /* a number that may be unset (null in JSON, "none" on the command line) */
     int required;           /* must be given */
     int group;              /* help heading: dl_train_config_group_name(group) */
+    int only;               /* 0: every command; DL_TKEY_LORA: `danlu train` only; DL_TKEY_FT: `danlu finetune` only */
     const char *meta;       /* value placeholder in the help ("N", "PATH"); NULL for booleans */
     const char *values;     /* accepted values, '|'-separated (lists: the accepted KEY of KEY=VALUE);
                                NULL: any */
     const char *help;       /* one-line meaning */
 } dl_train_key;
+
+enum { DL_TKEY_LORA = 1, DL_TKEY_FT = 2 };
+/* 1 when key k is an option of the command (finetune 0: train, 1: finetune). */
+int dl_train_key_applies(const dl_train_key *k, int finetune);
 
 int dl_train_config_n_keys(void);
 const dl_train_key *dl_train_config_key(int i);
@@ -131,13 +142,18 @@ const char *dl_train_config_ignored(int i);
 int dl_train_config_n_groups(void);
 const char *dl_train_config_group_name(int g);
 
-/* Fill every field with sd-scripts' default. */
+/* Fill every field with sd-scripts' default, for `danlu train`. */
 void dl_train_config_defaults(dl_train_config *c);
+/* The same for a command: finetune 0 `danlu train`, 1 `danlu finetune` (c->finetune set). */
+void dl_train_config_defaults_for(dl_train_config *c, int finetune);
 void dl_train_config_free(dl_train_config *c);
 
 /* Apply the keys of a JSON object file. ".toml" files are refused with a message saying that
  * only JSON is read. DL_ERR names the file and the key (unknown key, wrong type, out of range). */
 int dl_train_config_load_json(dl_train_config *c, const char *path);
+/* 1 when a configuration's JSON text (dl_train_config_to_json) is `danlu finetune`'s: it holds a
+ * key of that command only. */
+int dl_train_config_json_is_finetune(const char *text);
 /* Apply a JSON text (label names it in messages). */
 int dl_train_config_apply_json_text(dl_train_config *c, const char *text, const char *label);
 /* Set one key from its text form (as on the command line). Booleans accept
@@ -157,7 +173,8 @@ int dl_train_config_parse_args(dl_train_config *c, int argc, char **argv, FILE *
  * DL_ERR names the key. */
 int dl_train_config_finish(dl_train_config *c);
 
-/* The effective configuration as a JSON object text (malloc'd; every key, unset as null). */
+/* The effective configuration as a JSON object text (malloc'd; every key of the command, unset
+ * as null). */
 char *dl_train_config_to_json(const dl_train_config *c);
 /* Print "key: value" lines of the effective configuration. */
 void dl_train_config_print(const dl_train_config *c, FILE *f);

@@ -168,7 +168,7 @@ int dl_prov_scan(dl_dataset *ds, const char *dir, const dl_train_config *c, FILE
 
 int dl_prov_load_config(dl_train_config *c, const char *config_json, const char *label)
 {
-    dl_train_config_defaults(c);
+    dl_train_config_defaults_for(c, dl_train_config_json_is_finetune(config_json)); /* the command that wrote it */
     if (dl_train_config_apply_json_text(c, config_json, label) != DL_OK || dl_train_config_finish(c) != DL_OK) {
         dl_error_prefix("%s: danlu.config: ", label);
         dl_train_config_free(c);

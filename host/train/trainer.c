@@ -1,5 +1,8 @@
-/* trainer.c - the LoRA training loop (CPU backend): load, data, network, objective, AdamW,
- * schedules, logs, atomic saves with ss_* metadata, states, Ctrl-C and resume. */
+/* trainer.c - the training loop of `danlu train` (a LoRA) and `danlu finetune` (every UNet
+ * weight): load, data, what trains, objective, AdamW, schedules, logs, atomic saves with ss_*
+ * metadata, states, Ctrl-C and resume. The two differ only in the parameter set the optimizer
+ * updates (train/param_set.h) and in what a save writes (a LoRA file, or the whole model as a
+ * checkpoint through lora/ckpt_tools.h). */
 #include "train/trainer.h"
 #include "train/train_sample.h"
 
@@ -11,6 +14,7 @@
 #include "core/error.h"
 #include "core/rng.h"
 #include "io/image.h"
+#include "lora/ckpt_tools.h"
 #include "lora/lora_io.h"
 #include "lora/lora_net.h"
 #include "model/checkpoint.h"
@@ -26,6 +30,7 @@
 #include "train/latent_cache.h"
 #include "train/lr_schedule.h"
 #include "train/objective.h"
+#include "train/param_set.h"
 #include "train/plot.h"
 #include "train/progress.h"
 #include "train/provenance.h"
@@ -34,6 +39,7 @@
 
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <ftw.h>
 #include <inttypes.h>
 #include <math.h>
 #include <stdarg.h>
@@ -99,6 +105,16 @@ static void kv_free(kv_list *l)
     memset(l, 0, sizeof *l);
 }
 
+/* A UNet tensor as a full fine-tuning load placed it (to write the model back). */
+typedef struct ft_tensor {
+    char *name;         /* diffusers name ("conv_in.weight") */
+    int ndim;
+    int64_t shape[4];   /* PyTorch shape */
+    size_t off;         /* bytes into the UNet weights arena */
+    int conv;           /* stored [cout, k, k, cin] (written back as [cout, cin, k, k]) */
+    dl_part part;
+} ft_tensor;
+
 /* ---- the trainer ---- */
 typedef struct trainer {
     const dl_train_config *cfg;
@@ -127,6 +143,15 @@ typedef struct trainer {
     int ds_ok;
     dl_lora_net net;
     int net_ok, attached;
+    /* full fine-tuning (cfg->finetune): every UNet weight trains in place in w_unet */
+    int ft;
+    char *ft_grads;               /* [w_unet.cap bytes] their gradients at the weights' offsets (backend memory) */
+    size_t ft_unet_bytes;         /* w_unet's UNet part; the text encoder's follows with train_text_encoder */
+    dl_part ft_part;              /* the part being loaded (ft_placed records it) */
+    ft_tensor *ft_t;              /* the UNet's tensors as placed, in load order */
+    int ft_n, ft_cap;
+    float *ft_host;               /* a host copy of w_unet for files (NULL on the CPU: the arena itself) */
+    dl_param_set ps;              /* what the optimizer updates: the LoRA's, or the UNet's weights */
     int train_te;
     dl_objective *obj;
     dl_batcher batcher;
@@ -345,26 +370,28 @@ static int build_metadata(trainer *t)
     kv_add(m, "ss_max_train_steps", "%d", t->total_steps);
     kv_add(m, "ss_lr_warmup_steps", "%d", c->lr_warmup_steps);
     kv_add(m, "ss_lr_scheduler", "%s", c->lr_scheduler);
-    kv_add(m, "ss_network_module", "networks.lora");
-    kv_add(m, "ss_network_dim", "%d", c->network_dim);
-    fmt_py_float(f1, sizeof f1, c->network_alpha);
-    kv_add(m, "ss_network_alpha", "%s", f1);
-    kv_add(m, "ss_network_dropout", "None");
-    {
-        cJSON *o = cJSON_CreateObject();
-        for (int i = 0; i < c->network_args.n; i++) {
-            char key[64];
-            const char *eq = strchr(c->network_args.v[i], '=');
-            if (!eq) continue;
-            snprintf(key, sizeof key, "%.*s", (int)(eq - c->network_args.v[i]), c->network_args.v[i]);
-            cJSON_AddStringToObject(o, key, eq + 1);
+    if (!t->ft) { /* a LoRA's network (full fine-tuning trains the UNet itself) */
+        kv_add(m, "ss_network_module", "networks.lora");
+        kv_add(m, "ss_network_dim", "%d", c->network_dim);
+        fmt_py_float(f1, sizeof f1, c->network_alpha);
+        kv_add(m, "ss_network_alpha", "%s", f1);
+        kv_add(m, "ss_network_dropout", "None");
+        {
+            cJSON *o = cJSON_CreateObject();
+            for (int i = 0; i < c->network_args.n; i++) {
+                char key[64];
+                const char *eq = strchr(c->network_args.v[i], '=');
+                if (!eq) continue;
+                snprintf(key, sizeof key, "%.*s", (int)(eq - c->network_args.v[i]), c->network_args.v[i]);
+                cJSON_AddStringToObject(o, key, eq + 1);
+            }
+            char *s = cJSON_PrintUnformatted(o);
+            if (c->network_args.n) kv_add(m, "ss_network_args", "%s", s ? s : "{}");
+            free(s);
+            cJSON_Delete(o);
         }
-        char *s = cJSON_PrintUnformatted(o);
-        if (c->network_args.n) kv_add(m, "ss_network_args", "%s", s ? s : "{}");
-        free(s);
-        cJSON_Delete(o);
+        kv_add(m, "ss_network_train_unet_only", "%s", py_bool(!t->train_te));
     }
-    kv_add(m, "ss_network_train_unet_only", "%s", py_bool(!t->train_te));
     kv_add(m, "ss_mixed_precision", "no");
     kv_add(m, "ss_full_fp16", "False");
     kv_add(m, "ss_v2", "%s", py_bool(t->ck.sd2));
@@ -488,9 +515,9 @@ static int build_metadata(trainer *t)
     }
     /* modelspec (Stability AI model spec 1.0.0) */
     kv_add(m, "modelspec.sai_model_spec", "1.0.0");
-    kv_add(m, "modelspec.architecture", "%s",
-           t->ck.sd2 ? (t->v_pred ? "stable-diffusion-v2-768-v/lora" : "stable-diffusion-v2-512/lora")
-                     : "stable-diffusion-v1/lora");
+    kv_add(m, "modelspec.architecture", "%s%s",
+           t->ck.sd2 ? (t->v_pred ? "stable-diffusion-v2-768-v" : "stable-diffusion-v2-512") : "stable-diffusion-v1",
+           t->ft ? "" : "/lora");
     kv_add(m, "modelspec.implementation", "diffusers");
     kv_add(m, "modelspec.title", "%s", c->output_name);
     kv_add(m, "modelspec.resolution", "%dx%d", c->res_w, c->res_h);
@@ -528,6 +555,62 @@ static void finish_model_hash(trainer *t)
     dl_phases_add(&t->phases, hit ? "hash wait (cached)" : "hash wait", dl_now_seconds() - t0);
 }
 
+static const float *pull_params(trainer *t);
+
+/* ---- full fine-tuning: the model written back ---- */
+typedef struct ft_writer {
+    trainer *t;
+    const float *host;  /* the UNet weights arena's contents */
+    int cursor;         /* where the next name is expected (the writer lists in load order) */
+} ft_writer;
+
+static const ft_tensor *ft_find(ft_writer *w, const char *name)
+{
+    trainer *t = w->t;
+    for (int k = 0; k < t->ft_n; k++) {
+        const int i = (w->cursor + k) % t->ft_n;
+        if (!strcmp(t->ft_t[i].name, name)) {
+            w->cursor = i + 1;
+            return &t->ft_t[i];
+        }
+    }
+    return NULL;
+}
+
+/* dl_ckpt_write's source of the UNet's weights: the trained values, back in PyTorch's layout. */
+static int ft_fill(void *user, dl_part part, const char *name, int ndim, const int64_t *shape, float *out)
+{
+    ft_writer *w = user;
+    if (part == DL_PART_VAE || (part == DL_PART_TEXT && !w->t->train_te)) return 0; /* frozen: as they are */
+    const ft_tensor *e = ft_find(w, name);
+    if (!e || e->part != part) return dl_error_set("%s weight %s: not among the trained weights", dl_part_name(part), name);
+    int64_t n = 1, m = 1;
+    for (int i = 0; i < ndim; i++) n *= shape[i];
+    for (int i = 0; i < e->ndim; i++) m *= e->shape[i];
+    if (n != m) return dl_error_set("UNet weight %s: %lld values written, %lld trained", name, (long long)n, (long long)m);
+    const float *src = (const float *)((const char *)w->host + e->off);
+    if (!e->conv || e->shape[2] * e->shape[3] == 1) {
+        memcpy(out, src, sizeof(float) * (size_t)n);
+        return 1;
+    }
+    const int64_t co = e->shape[0], ci = e->shape[1], kk = e->shape[2] * e->shape[3];
+    for (int64_t o = 0; o < co; o++) /* [cout, k, k, cin] -> [cout, cin, k, k] */
+        for (int64_t q = 0; q < kk; q++)
+            for (int64_t c = 0; c < ci; c++) out[(o * ci + c) * kk + q] = src[(o * kk + q) * ci + c];
+    return 1;
+}
+
+/* The whole model (the UNet as trained, the VAE and text encoder as loaded) to path in the
+ * layout of save_model_as, every weight in dt. */
+static int save_model(trainer *t, const char *path, dl_dtype dt)
+{
+    ft_writer w = {t, pull_params(t), 0};
+    if (!w.host) return DL_ERR;
+    const int layout = strcmp(t->cfg->save_model_as, "diffusers") == 0 ? DL_LAYOUT_DIFFUSERS : DL_LAYOUT_SINGLE;
+    return dl_ckpt_write(&t->ck, path, layout, (int)dt, ft_fill, &w, (const char *const *)t->meta.kv, t->meta.n, 1,
+                         NULL);
+}
+
 static int save_lora(trainer *t, const char *path, int step, int epoch)
 {
     finish_model_hash(t);
@@ -544,9 +627,14 @@ static int save_lora(trainer *t, const char *path, int step, int epoch)
     kv_set(&t->meta, DL_PROV_KEY, prov);
     free(prov);
     dl_dtype dt = t->cfg->save_dtype == DL_SAVE_FP16 ? DL_F16 : t->cfg->save_dtype == DL_SAVE_BF16 ? DL_BF16 : DL_F32;
-    dl_lora_format fmt = strcmp(t->cfg->lora_format, "peft") == 0 ? DL_LORA_FMT_PEFT : DL_LORA_FMT_KOHYA;
-    int rc = dl_lora_net_pull(&t->net);
-    if (rc == DL_OK) rc = dl_lora_save(path, &t->net, fmt, dt, (const char *const *)t->meta.kv, t->meta.n);
+    int rc;
+    if (t->ft) {
+        rc = save_model(t, path, dt);
+    } else {
+        dl_lora_format fmt = strcmp(t->cfg->lora_format, "peft") == 0 ? DL_LORA_FMT_PEFT : DL_LORA_FMT_KOHYA;
+        rc = dl_lora_net_pull(&t->net);
+        if (rc == DL_OK) rc = dl_lora_save(path, &t->net, fmt, dt, (const char *const *)t->meta.kv, t->meta.n);
+    }
     dl_phases_add(&t->phases, "save", dl_now_seconds() - t0);
     return rc;
 }
@@ -554,17 +642,35 @@ static int save_lora(trainer *t, const char *path, int step, int epoch)
 /* AdamW's moments between the backend (d.m, d.v) and the host arrays (m, v): no-ops on the CPU. */
 static int pull_moments(trainer *t)
 {
-    const size_t b = sizeof(float) * (size_t)t->net.n_params;
+    const size_t b = sizeof(float) * (size_t)t->ps.n;
     if (!t->dev) return DL_OK;
     DL_TRY(dl_be_download(&t->ctx, t->m, t->d.m, b));
     return dl_be_download(&t->ctx, t->v, t->d.v, b);
 }
 static int push_moments(trainer *t)
 {
-    const size_t b = sizeof(float) * (size_t)t->net.n_params;
+    const size_t b = sizeof(float) * (size_t)t->ps.n;
     if (!t->dev) return DL_OK;
     DL_TRY(dl_be_upload(&t->ctx, t->d.m, t->m, b));
     return dl_be_upload(&t->ctx, t->d.v, t->v, b);
+}
+
+/* The trained parameters' host copy, brought up to date (LoRA: dl_lora_net_pull; full
+ * fine-tuning: the UNet weights arena downloaded, or the arena itself on the CPU). */
+static const float *pull_params(trainer *t)
+{
+    if (!t->ft) return dl_lora_net_pull(&t->net) == DL_OK ? t->net.host : NULL;
+    if (!t->dev) return t->ps.p;
+    return dl_be_download(&t->ctx, t->ft_host, t->ps.p, sizeof(float) * (size_t)t->ps.n) == DL_OK ? t->ft_host : NULL;
+}
+/* Set the trained parameters from host values (a resumed state). */
+static int push_params(trainer *t, const float *host)
+{
+    if (!t->ft) {
+        memcpy(t->net.host, host, sizeof(float) * (size_t)t->ps.n);
+        return dl_lora_net_push(&t->net);
+    }
+    return dl_be_upload(&t->ctx, t->ps.p, host, sizeof(float) * (size_t)t->ps.n);
 }
 
 static int save_state(trainer *t, const char *path, int step, int epoch, int64_t micro)
@@ -573,16 +679,37 @@ static int save_state(trainer *t, const char *path, int step, int epoch, int64_t
     dl_batcher_state bs;
     dl_batcher_get_state(&t->batcher, &bs);
     dl_batcher_state_pack(&bs, words);
-    DL_TRY(dl_lora_net_pull(&t->net));
+    const float *params = pull_params(t);
+    if (!params) return DL_ERR;
     DL_TRY(pull_moments(t));
     dl_train_state s = {
-        .step = step, .epoch = epoch, .micro_step = micro, .n_params = t->net.n_params,
-        .params = t->net.host, .m = t->m, .v = t->v, .rng = t->rng, .noise_rng = t->noise_rng,
+        .step = step, .epoch = epoch, .micro_step = micro, .n_params = t->ps.n,
+        .params = (float *)params, .m = t->m, .v = t->v, .rng = t->rng, .noise_rng = t->noise_rng,
         .data_state = (uint8_t *)words, .data_state_len = sizeof words, .signature = t->signature,
         .config_json = t->config_json,
     };
     const char *meta[] = {"ss_output_name", t->cfg->output_name};
     return dl_train_state_save(path, &s, meta, 1);
+}
+
+/* What a save's file name ends with: ".safetensors", or "" for a diffusers folder. */
+static const char *model_ext(const trainer *t)
+{
+    return t->ft && strcmp(t->cfg->save_model_as, "diffusers") == 0 ? "" : ".safetensors";
+}
+
+/* Remove a save: a file, or a diffusers folder and everything in it. 0 when removed. */
+static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb, (void)flag, (void)ftw;
+    return remove(p);
+}
+static int remove_save(const char *path)
+{
+    struct stat st;
+    if (lstat(path, &st) != 0) return -1;
+    if (S_ISDIR(st.st_mode)) return nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    return unlink(path);
 }
 
 static char *out_file(trainer *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -609,7 +736,7 @@ static void write_plot(trainer *t)
 static int save_numbered(trainer *t, const char *stem, const char *old_stem, int step, int epoch, int64_t micro,
                          char **state_path)
 {
-    char *p = out_file(t, "%s.safetensors", stem);
+    char *p = out_file(t, "%s%s", stem, model_ext(t));
     if (!p) return dl_error_set("out of memory");
     int rc = save_lora(t, p, step, epoch);
     if (rc == DL_OK) say(t, "saved %s", p);
@@ -623,9 +750,9 @@ static int save_numbered(trainer *t, const char *stem, const char *old_stem, int
         *state_path = sp;
     }
     if (old_stem) {
-        char *old = out_file(t, "%s.safetensors", old_stem);
+        char *old = out_file(t, "%s%s", old_stem, model_ext(t));
         char *olds = out_file(t, "%s-state.safetensors", old_stem);
-        if (old && unlink(old) == 0) say(t, "removed %s", old);
+        if (old && remove_save(old) == 0) say(t, "removed %s", old);
         if (olds) unlink(olds);
         free(old);
         free(olds);
@@ -712,6 +839,29 @@ static void release_unused_networks(trainer *t)
     }
 }
 
+/* dl_trainable's report of each UNet tensor placed (full fine-tuning): kept to write them back.
+ * Out of memory leaves ft_n at -1. */
+static void ft_placed(void *user, const char *name, int ndim, const int64_t *shape, size_t off, int conv)
+{
+    trainer *t = user;
+    if (t->ft_n < 0) return;
+    if (t->ft_n == t->ft_cap) {
+        const int cap = t->ft_cap ? 2 * t->ft_cap : 512;
+        ft_tensor *n = realloc(t->ft_t, (size_t)cap * sizeof *n);
+        if (!n) { t->ft_n = -1; return; }
+        t->ft_t = n, t->ft_cap = cap;
+    }
+    ft_tensor *e = &t->ft_t[t->ft_n++];
+    memset(e, 0, sizeof *e);
+    e->name = strdup(name);
+    if (!e->name) { t->ft_n = -1; return; }
+    e->ndim = ndim;
+    for (int i = 0; i < ndim && i < 4; i++) e->shape[i] = shape[i];
+    e->off = off;
+    e->conv = conv;
+    e->part = t->ft_part;
+}
+
 static int setup_model(trainer *t)
 {
     const dl_train_config *c = t->cfg;
@@ -725,6 +875,8 @@ static int setup_model(trainer *t)
     dl_ckpt_set_pool(&t->ck, t->ctx.pool); /* convert the weights on every core */
     t->ck.weight_dtypes = dl_be(&t->ctx)->weight_dtypes; /* frozen fp16 weights stay fp16 where computed from */
     t->ck.weights_in_place = !dl_be(&t->ctx)->device_memory;
+    if (t->ft && t->ck.sdxl)
+        return dl_error_set("%s: full fine-tuning of SDXL is not implemented", c->pretrained_model_name_or_path);
     const char *tp = c->tokenizer ? c->tokenizer : t->ck.tokenizer_dir;
     if (!tp)
         return dl_error_set("%s: the model has no tokenizer/ folder; give one with --tokenizer (a tokenizer folder "
@@ -734,21 +886,55 @@ static int setup_model(trainer *t)
     if (dl_tokenizer_vocab_size(t->tok) > mc->text.vocab_size)
         return dl_error_set("%s: the tokenizer has %d tokens but the text encoder only %d", tp,
                             dl_tokenizer_vocab_size(t->tok), mc->text.vocab_size);
+    /* full fine-tuning: the weights that train load fp32 and writable (their loaders with
+     * gradients ignore the kept types; measured so), the UNet's and, with train_text_encoder, the
+     * text encoder's after them in the same arena (one parameter set); the rest stays frozen */
+    const int te_ft = t->ft && c->train_text_encoder;
     size_t wc, wu, wv; /* measured by running each loader against a measuring arena */
-    if (dl_clip_weights_bytes(&t->ck, &wc) != DL_OK || dl_unet_weights_bytes(&t->ck, &wu) != DL_OK ||
-        dl_vae_weights_bytes(&t->ck, &wv) != DL_OK)
-        goto fail;
+    if (dl_vae_weights_bytes(&t->ck, &wv) != DL_OK) goto fail;
+    {
+        const unsigned keep_dt = t->ck.weight_dtypes;
+        const int keep_in_place = t->ck.weights_in_place;
+        if (t->ft) t->ck.weight_dtypes = 0, t->ck.weights_in_place = 0;
+        int rc = dl_unet_weights_bytes(&t->ck, &wu);
+        if (!te_ft) t->ck.weight_dtypes = keep_dt, t->ck.weights_in_place = keep_in_place;
+        if (rc == DL_OK) rc = dl_clip_weights_bytes(&t->ck, &wc);
+        t->ck.weight_dtypes = keep_dt, t->ck.weights_in_place = keep_in_place;
+        if (rc != DL_OK) goto fail;
+    }
     size_t fr, tot;
-    if (dl_be(&t->ctx)->mem_info(&t->ctx, &fr, &tot) == DL_OK && wc + wu + wv > fr)
-        return dl_error_set("the model's weights need %.1f MiB on %s (UNet %.1f, text encoder %.1f, VAE %.1f) and "
-                            "%.1f MiB of its %.1f MiB are free", MIB(wc + wu + wv), dl_be(&t->ctx)->name, MIB(wu),
-                            MIB(wc), MIB(wv), MIB(fr), MIB(tot));
-    DL_TRY(dl_arena_init_on(&t->w_clip, "text encoder weights", wc, &t->ctx));
-    DL_TRY(dl_arena_init_on(&t->w_unet, "UNet weights", wu, &t->ctx));
+    const size_t wt = wu + (te_ft ? wc : 0);  /* the weights that train (UNet first) */
+    const size_t wg = t->ft ? wt : 0;         /* full fine-tuning: their gradients beside them */
+    if (dl_be(&t->ctx)->mem_info(&t->ctx, &fr, &tot) == DL_OK && wc + wu + wg + wv > fr)
+        return dl_error_set("the model's weights need %.1f MiB on %s (UNet %.1f, text encoder %.1f, VAE %.1f%s) "
+                            "and %.1f MiB of its %.1f MiB are free", MIB(wc + wu + wg + wv), dl_be(&t->ctx)->name,
+                            MIB(wu), MIB(wc), MIB(wv), wg ? ", the gradients of what trains as much again" : "",
+                            MIB(fr), MIB(tot));
+    if (!te_ft) DL_TRY(dl_arena_init_on(&t->w_clip, "text encoder weights", wc, &t->ctx));
+    DL_TRY(dl_arena_init_on(&t->w_unet, te_ft ? "UNet and text encoder weights" : "UNet weights", wt, &t->ctx));
     DL_TRY(dl_arena_init_on(&t->w_vae, "VAE weights", wv, &t->ctx));
-    if (dl_clip_load(&t->clip, &t->ck, &t->w_clip) != DL_OK) goto fail;
-    t->have_clip = 1;
-    if (dl_unet_load(&t->unet, &t->ck, &t->w_unet) != DL_OK) goto fail;
+    if (!te_ft) {
+        if (dl_clip_load(&t->clip, &t->ck, &t->w_clip) != DL_OK) goto fail;
+        t->have_clip = 1;
+    }
+    if (t->ft) { /* the weights train in place: zero padding, gradients at the same offsets */
+        if (!(t->ft_grads = dl_be_alloc(&t->ctx, wt > 0 ? wt : 1))) return dl_error_prefix("the gradients: ");
+        DL_TRY(dl_be(&t->ctx)->fill(&t->ctx, t->ft_grads, 0, wt));
+        DL_TRY(dl_be(&t->ctx)->fill(&t->ctx, t->w_unet.base, 0, wt));
+        const dl_trainable tr = {t->ft_grads, ft_placed, t};
+        t->ft_part = DL_PART_UNET;
+        if (dl_unet_load_trainable(&t->unet, &t->ck, &t->w_unet, &tr) != DL_OK) goto fail;
+        t->have_unet = 1;
+        t->ft_unet_bytes = t->w_unet.used;
+        if (te_ft) {
+            t->ft_part = DL_PART_TEXT;
+            if (dl_clip_load_trainable(&t->clip, &t->ck, &t->w_unet, &tr) != DL_OK) goto fail;
+            t->have_clip = 1;
+        }
+        if (t->ft_n < 0) return dl_error_set("out of memory listing the trained weights");
+    } else if (dl_unet_load(&t->unet, &t->ck, &t->w_unet) != DL_OK) {
+        goto fail;
+    }
     t->have_unet = 1;
     if (dl_vae_load(&t->vae, &t->ck, &t->w_vae) != DL_OK) goto fail;
     t->have_vae = 1;
@@ -799,9 +985,44 @@ static int setup_data(trainer *t)
     return DL_OK;
 }
 
+/* The signature of a full fine-tuning run (must match on resume): the UNet's tensors. */
+static char *ft_signature(const trainer *t)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (int i = 0; i < t->ft_n; i++) {
+        const ft_tensor *e = &t->ft_t[i];
+        char buf[256];
+        int len = snprintf(buf, sizeof buf, "%s|%zu|%lld;", e->name, e->off,
+                           (long long)(e->shape[0] * (e->ndim > 1 ? e->shape[1] : 1)));
+        for (int j = 0; j < len && j < (int)sizeof buf; j++) { h ^= (unsigned char)buf[j]; h *= 1099511628211ull; }
+    }
+    char *s = NULL;
+    if (asprintf(&s, "finetune unet tensors=%d floats=%lld fnv=%016" PRIx64, t->ft_n, (long long)t->ps.n, h) < 0)
+        return NULL;
+    return s;
+}
+
 static int setup_network(trainer *t)
 {
     const dl_train_config *c = t->cfg;
+    if (t->ft) { /* every UNet (and text encoder) weight, in place in its arena (padding zero: it stays zero) */
+        t->train_te = c->train_text_encoder;
+        t->ps = (dl_param_set){.p = (float *)t->w_unet.base, .g = (float *)t->ft_grads,
+                               .n = (int64_t)(t->w_unet.used / sizeof(float))};
+        t->ps.n_unet = (int64_t)(t->ft_unet_bytes / sizeof(float));
+        if (dl_be(&t->ctx)->device_memory && !(t->ft_host = malloc(t->w_unet.used > 0 ? t->w_unet.used : 1)))
+            return dl_error_set("out of memory for the host copy of the UNet's weights");
+        t->signature = ft_signature(t);
+        int64_t n = 0;
+        for (int i = 0; i < t->ft_n; i++) {
+            int64_t k = 1;
+            for (int d = 0; d < t->ft_t[i].ndim; d++) k *= t->ft_t[i].shape[d];
+            n += k;
+        }
+        say(t, "full fine-tuning: every UNet%s weight (%d tensors, %lld parameters)",
+            t->train_te ? " and text encoder" : "", t->ft_n, (long long)n);
+        return DL_OK;
+    }
     dl_lora_spec spec = {0};
     DL_TRY(dl_lora_preset_parse(c->preset, &spec.preset));
     spec.rank = c->network_dim;
@@ -823,6 +1044,7 @@ static int setup_network(trainer *t)
     DL_TRY(dl_lora_net_attach(&t->net, &t->unet, t->train_te ? &t->clip : NULL));
     t->attached = 1;
     DL_TRY(dl_lora_net_to_backend(&t->ctx, &t->net)); /* parameters, gradients: backend memory */
+    t->ps = (dl_param_set){.p = t->net.params, .g = t->net.grads, .n = t->net.n_params, .n_unet = t->net.n_params_unet};
     t->signature = net_signature(&t->net);
     say(t, "network: %d modules (%d UNet, %d text encoder), %lld parameters, rank %d alpha %g%s", t->net.n,
         t->net.n_unet, t->net.n - t->net.n_unet, (long long)t->net.n_params, c->network_dim, c->network_alpha,
@@ -894,7 +1116,7 @@ static int setup_buffers(trainer *t)
     {   /* the backend's copies of the batch buffers and the moments (setup below) */
         const size_t L = (size_t)B * t->max_lat_hw * C * sizeof(float), E = (size_t)B * T * t->Dc * sizeof(float);
         const size_t bufs = (size_t)t->max_img_hw * 3 * sizeof(float) + 4 * L + E * (t->train_te ? 2 : 1) +
-                            2 * (size_t)t->net.n_params * sizeof(float) + (size_t)B * (8 + 4 * T) + 16;
+                            2 * (size_t)t->ps.n * sizeof(float) + (size_t)B * (8 + 4 * T) + 16;
         DL_TRY(plan_memory(t, act + 4096, scr + 4096, te ? te + 4096 : 0, bufs));
     }
     DL_TRY(dl_arena_init_on(&t->act, "activations", act + 4096, &t->ctx));
@@ -919,8 +1141,8 @@ static int setup_buffers(trainer *t)
     t->t = xcalloc((size_t)B, sizeof(int64_t), &fail);
     t->w = xcalloc((size_t)B, sizeof(float), &fail);
     t->ids = xcalloc((size_t)B * T, sizeof(int32_t), &fail);
-    t->m = xcalloc((size_t)t->net.n_params, sizeof(float), &fail);
-    t->v = xcalloc((size_t)t->net.n_params, sizeof(float), &fail);
+    t->m = xcalloc((size_t)t->ps.n, sizeof(float), &fail);
+    t->v = xcalloc((size_t)t->ps.n, sizeof(float), &fail);
     t->scal = xcalloc(4, sizeof(float), &fail);
     if (fail) return dl_error_set("out of memory allocating training buffers");
     /* the backend's copies */
@@ -936,13 +1158,14 @@ static int setup_buffers(trainer *t)
     DEV(tf, t->tf, (size_t)B * sizeof(float));
     DEV(w, t->w, (size_t)B * sizeof(float));
     DEV(ids, t->ids, (size_t)B * T * sizeof(int32_t));
-    DEV(m, t->m, (size_t)(t->net.n_params > 0 ? t->net.n_params : 1) * sizeof(float));
-    DEV(v, t->v, (size_t)(t->net.n_params > 0 ? t->net.n_params : 1) * sizeof(float));
+    DEV(m, t->m, (size_t)(t->ps.n > 0 ? t->ps.n : 1) * sizeof(float));
+    DEV(v, t->v, (size_t)(t->ps.n > 0 ? t->ps.n : 1) * sizeof(float));
     DEV(scal, t->scal, 4 * sizeof(float));
 #undef DEV
     if (fail) return dl_error_prefix("allocating the training buffers on %s: ", dl_be(&t->ctx)->name);
+    t->ps.m = t->d.m, t->ps.v = t->d.v;
     if (t->dev) {
-        const size_t pb = (size_t)(t->net.n_params > 0 ? t->net.n_params : 1) * sizeof(float);
+        const size_t pb = (size_t)(t->ps.n > 0 ? t->ps.n : 1) * sizeof(float);
         DL_TRY(dl_be(&t->ctx)->fill(&t->ctx, t->d.m, 0, pb));
         DL_TRY(dl_be(&t->ctx)->fill(&t->ctx, t->d.v, 0, pb));
     }
@@ -1006,6 +1229,10 @@ static void teardown(trainer *t)
     dl_train_sampler_free(t->sampler);
     if (t->attached) dl_lora_net_detach(&t->net, &t->unet, t->train_te ? &t->clip : NULL);
     if (t->net_ok) dl_lora_net_free(&t->net);
+    if (t->ft_grads) dl_be_free(&t->ctx, t->ft_grads);
+    for (int i = 0; i < t->ft_n; i++) free(t->ft_t[i].name);
+    free(t->ft_t);
+    free(t->ft_host);
     if (t->lc_ok) dl_latent_cache_free(&t->lc);
     if (t->batch_ok) dl_batch_free(&t->batch);
     dl_image_reader_free(&t->reader);
@@ -1102,6 +1329,7 @@ int dl_train_run(const dl_train_config *cfg, const dl_trainer_opts *opts, dl_tra
     t->cfg = cfg;
     t->opts = opts;
     t->log = opts->log;
+    t->ft = cfg->finetune;
     int rc = DL_ERR;
     char *state_path = NULL;
     dl_train_state rs = {0};
@@ -1182,7 +1410,7 @@ int dl_train_run(const dl_train_config *cfg, const dl_trainer_opts *opts, dl_tra
     int step = 0, epoch = 0;
     int64_t micro = 0;
     if (have_rs) {
-        if (rs.n_params != t->net.n_params || strcmp(rs.signature, t->signature ? t->signature : "") != 0) {
+        if (rs.n_params != t->ps.n || strcmp(rs.signature, t->signature ? t->signature : "") != 0) {
             dl_error_set("resume: %s: the state's network (%s) differs from this configuration's (%s)", cfg->resume,
                          rs.signature, t->signature ? t->signature : "?");
             goto out;
@@ -1197,10 +1425,9 @@ int dl_train_run(const dl_train_config *cfg, const dl_trainer_opts *opts, dl_tra
         dl_batcher_state bs;
         dl_batcher_state_unpack(&bs, words);
         if (dl_batcher_set_state(&t->batcher, &bs) != DL_OK) { dl_error_prefix("resume: %s: ", cfg->resume); goto out; }
-        memcpy(t->net.host, rs.params, sizeof(float) * (size_t)rs.n_params);
         memcpy(t->m, rs.m, sizeof(float) * (size_t)rs.n_params);
         memcpy(t->v, rs.v, sizeof(float) * (size_t)rs.n_params);
-        if (dl_lora_net_push(&t->net) != DL_OK || push_moments(t) != DL_OK) { dl_error_prefix("resume: "); goto out; }
+        if (push_params(t, rs.params) != DL_OK || push_moments(t) != DL_OK) { dl_error_prefix("resume: "); goto out; }
         t->rng = rs.rng;
         t->noise_rng = rs.noise_rng;
         step = (int)rs.step;
@@ -1224,12 +1451,11 @@ int dl_train_run(const dl_train_config *cfg, const dl_trainer_opts *opts, dl_tra
         t->total_steps, t->num_epochs, t->batches_per_epoch, t->B, accum, (int)t->ds.num_train_images);
 
     dl_train_signal_install();
-    const int64_t n_unet = t->net.n_params_unet, n_all = t->net.n_params;
     const float dloss = 1.0f / (float)accum;
     int interrupted = 0;
     while (step < t->total_steps) {
         double ts = dl_now_seconds();
-        dl_lora_net_zero_grads(&t->net);
+        dl_param_set_zero_grads(&t->ctx, &t->ps);
         double loss_sum = 0;
         int cur_epoch = epoch + 1, epoch_end = 0;
         for (int a = 0; a < accum; a++) {
@@ -1240,25 +1466,14 @@ int dl_train_run(const dl_train_config *cfg, const dl_trainer_opts *opts, dl_tra
             loss_sum += l;
             if (ee) { epoch_end = 1; break; } /* the epoch's last batch ends an accumulation early */
         }
-        /* the gradient norm stays in backend memory: clipping needs no host round trip */
-        if (cfg->max_grad_norm > 0) {
-            dl_be(&t->ctx)->sumsq(&t->ctx, n_all, t->net.grads, t->d.scal + 1);
-            dl_be(&t->ctx)->clip_coef(&t->ctx, t->d.scal + 1, (float)cfg->max_grad_norm, t->d.scal + 2);
-            dl_be(&t->ctx)->scale_by(&t->ctx, n_all, t->d.scal + 2, t->net.grads);
-        }
-        /* LambdaLR: one multiplier for every group (polynomial's lr_end is relative to the
-         * optimizer's default lr, sd-scripts' learning_rate) */
-        double mult = dl_lr_multiplier(&t->lrs, step, cfg->learning_rate);
-        dl_adamw_hparams hp = {.lr = t->unet_lr * mult, .beta1 = cfg->adam_beta1, .beta2 = cfg->adam_beta2,
-                               .eps = cfg->adam_eps, .weight_decay = cfg->weight_decay};
-        if (n_unet > 0)
-            dl_be(&t->ctx)->adamw_step(&t->ctx, n_unet, &hp, step + 1, t->net.params, t->net.grads, t->d.m, t->d.v);
-        if (n_all > n_unet) {
-            dl_adamw_hparams ht = hp;
-            ht.lr = t->te_lr * mult;
-            dl_be(&t->ctx)->adamw_step(&t->ctx, n_all - n_unet, &ht, step + 1, t->net.params + n_unet, t->net.grads + n_unet,
-                              t->d.m + n_unet, t->d.v + n_unet);
-        }
+        /* clipping and AdamW in backend memory (LambdaLR: one multiplier for every group;
+         * polynomial's lr_end is relative to the optimizer's default lr, sd-scripts'
+         * learning_rate) */
+        const double mult = dl_lr_multiplier(&t->lrs, step, cfg->learning_rate);
+        const dl_adamw_hparams hp = {.lr = t->unet_lr * mult, .beta1 = cfg->adam_beta1, .beta2 = cfg->adam_beta2,
+                                     .eps = cfg->adam_eps, .weight_decay = cfg->weight_decay};
+        dl_param_set_step(&t->ctx, &t->ps, cfg->max_grad_norm, &hp, t->unet_lr * mult, t->te_lr * mult, step + 1,
+                          t->d.scal + 1);
         step++;
         if (epoch_end) epoch = cur_epoch;
         double loss = loss_sum / accum; /* the step's loss: mean over its micro-batches */
@@ -1295,7 +1510,7 @@ int dl_train_run(const dl_train_config *cfg, const dl_trainer_opts *opts, dl_tra
         res->interrupted = 1;
         write_plot(t);
     } else {
-        char *p = out_file(t, "%s.safetensors", cfg->output_name);
+        char *p = out_file(t, "%s%s", cfg->output_name, model_ext(t));
         if (!p || save_lora(t, p, step, epoch > 0 ? epoch : 1) != DL_OK) { free(p); goto out_sig; }
         say(t, "saved %s", p);
         res->output_path = p;

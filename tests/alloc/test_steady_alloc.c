@@ -4,7 +4,10 @@
  * Two configurations: (a) latents and text embeddings cached; (b) nothing cached: PNG, JPEG and
  * BMP images of several sizes over 2 buckets decoded and prepared every step with random crops
  * and flips, captions shuffled with tag dropout behind kept tokens, the text encoder trained
- * (so tokenized every step), batch 2 with gradient accumulation 2. Also checks the counter
+ * (so tokenized every step), batch 2 with gradient accumulation 2; (c) `danlu finetune` (every
+ * UNet and text-encoder weight trains), latents cached, batch 2, accumulation 2, gradient
+ * checkpointing. Also
+ * checks the counter
  * itself (the main thread and pool threads). A plain program: exit status 0 when all pass.
  * To find an allocation: DANLU_ALLOC_TRACE=1 prints the stack of every counted call, with a
  * "==== after step N" line after each step (addr2line -e danlu_alloc_test resolves offsets). */
@@ -143,23 +146,24 @@ static void rm_rf(const char *dir)
 }
 
 /* ---- one run ---- */
-static void run_case(const char *name, const char *src_dir, const char **extra, int epochs)
+/* ft: `danlu finetune` (every UNet weight trains) instead of `danlu train` (a LoRA) */
+static void run_case(const char *name, const char *src_dir, const char **extra, int epochs, int ft)
 {
     char data[256], out[256], model[512], ep[16];
     snprintf(data, sizeof data, "%s/data", g_dir);
     snprintf(out, sizeof out, "%s/out-%s", g_dir, name);
     snprintf(model, sizeof model, "%s/tests/golden/tiny_pipe", src_dir);
     snprintf(ep, sizeof ep, "%d", epochs);
-    const char *a[64] = {"train", "--pretrained_model_name_or_path", model, "--train_data_dir", data, "--output_dir",
-                         out, "--resolution", "96", "--enable_bucket", "--min_bucket_reso", "64",
-                         "--max_bucket_reso", "128", "--bucket_reso_steps", "32", "--seed", "3", "--threads", "2",
-                         "--max_train_epochs", ep, "--learning_rate", "1e-3", "--network_dim", "2"};
+    const char *a[64] = {ft ? "finetune" : "train", "--pretrained_model_name_or_path", model, "--train_data_dir",
+                         data, "--output_dir", out, "--resolution", "96", "--enable_bucket", "--min_bucket_reso",
+                         "64", "--max_bucket_reso", "128", "--bucket_reso_steps", "32", "--seed", "3", "--threads",
+                         "2", "--max_train_epochs", ep, "--learning_rate", "1e-3", ft ? NULL : "--network_dim", "2"};
     int n = 0;
     while (a[n]) n++;
     for (int i = 0; extra[i]; i++) a[n++] = extra[i];
     a[n] = NULL;
     dl_train_config c;
-    dl_train_config_defaults(&c);
+    dl_train_config_defaults_for(&c, ft);
     if (dl_train_config_parse_args(&c, n, (char **)a, NULL) != DL_OK) {
         CHECK(0, "%s: config: %s", name, dl_error_msg());
         return;
@@ -204,11 +208,14 @@ int main(int argc, char **argv)
     check_counter();
     make_dataset();
     static const char *cached[] = {"--cache_latents", "--network_train_unet_only", "--train_batch_size", "2", NULL};
-    run_case("cached", src, cached, 3);
+    run_case("cached", src, cached, 3, 0);
     static const char *uncached[] = {"--random_crop", "--flip_aug", "--shuffle_caption", "--caption_tag_dropout_rate",
                                      "0.3", "--keep_tokens", "1", "--train_batch_size", "2",
                                      "--gradient_accumulation_steps", "2", "--text_encoder_lr", "1e-3", NULL};
-    run_case("uncached", src, uncached, 3);
+    run_case("uncached", src, uncached, 3, 0);
+    static const char *finetune[] = {"--cache_latents", "--train_batch_size", "2", "--gradient_accumulation_steps", "2",
+                                     "--gradient_checkpointing", "--train_text_encoder", NULL};
+    run_case("finetune", src, finetune, 3, 1);
     rm_rf(g_dir);
     printf(g_fail ? "test_steady_alloc: FAILED\n" : "test_steady_alloc: passed\n");
     return g_fail;

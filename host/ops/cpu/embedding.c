@@ -75,3 +75,36 @@ void dl_cpu_embed_tokens(const dl_ctx *ctx, int64_t N, int64_t T, int64_t C, int
     embed_job j = {T, C, V, ids, tok, pos, out};
     dl_parallel_for(ctx ? ctx->pool : NULL, N * T, 16, embed_rows, &j);
 }
+
+typedef struct embed_bwd_job {
+    int64_t rows, T, C, V;
+    const int32_t *ids;
+    const float *dout;
+    float *dtok, *dpos;
+} embed_bwd_job;
+
+/* channels [begin, end): every row in order (each element's sum in row order) */
+static void embed_bwd_cols(void *arg, int64_t begin, int64_t end, int tid)
+{
+    (void)tid;
+    const embed_bwd_job *j = arg;
+    for (int64_t row = 0; row < j->rows; row++) {
+        const int64_t id = j->ids[row], t = row % j->T;
+        DL_ASSERTF(id >= 0 && id < j->V, "token id %lld outside the vocabulary of %lld", (long long)id,
+                   (long long)j->V);
+        const float *d = j->dout + row * j->C;
+        if (j->dtok)
+            for (int64_t c = begin; c < end; c++) j->dtok[id * j->C + c] += d[c];
+        if (j->dpos)
+            for (int64_t c = begin; c < end; c++) j->dpos[t * j->C + c] += d[c];
+    }
+}
+
+void dl_cpu_embed_tokens_backward(const dl_ctx *ctx, int64_t N, int64_t T, int64_t C, int64_t V,
+                                  const int32_t *ids, const float *dout, float *dtok, float *dpos)
+{
+    DL_ASSERT(N >= 0 && T >= 0 && C > 0 && V > 0 && (N * T == 0 || (ids && dout)));
+    embed_bwd_job j = {N * T, T, C, V, ids, dout, dtok, dpos};
+    if (N * T == 0 || (!dtok && !dpos)) return;
+    dl_parallel_for(ctx ? ctx->pool : NULL, C, 64, embed_bwd_cols, &j);
+}

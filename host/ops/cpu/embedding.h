@@ -22,9 +22,16 @@ extern "C" {
  * not trained. */
 /* Text-encoder input embedding: out[n, t, :] = tok[ids[n, t], :] + pos[t, :] for ids int32
  * [N, T], tok [V, C], pos [>= T, C]; out [N, T, C] overwritten. An id outside [0, V) is a
- * programming error (DL_ASSERT): the tokenizer never makes one. No backward (frozen). */
+ * programming error (DL_ASSERT): the tokenizer never makes one. */
 void dl_cpu_embed_tokens(const dl_ctx *ctx, int64_t N, int64_t T, int64_t C, int64_t V,
                          const int32_t *ids, const float *tok, const float *pos, float *out);
+/* Its backward (training the embeddings): from dout [N, T, C], dtok[ids[n, t], :] += dout[n, t, :]
+ * and dpos[t, :] += dout[n, t, :], ADDED INTO dtok [V, C] and dpos [>= T, C] (unlike the other
+ * backward entries: a scatter into a table that most rows of which no token touches; NULL skips
+ * either). Every element's additions are made in row order (n, t), so the result does not
+ * depend on the thread count. */
+void dl_cpu_embed_tokens_backward(const dl_ctx *ctx, int64_t N, int64_t T, int64_t C, int64_t V,
+                                  const int32_t *ids, const float *dout, float *dtok, float *dpos);
 
 void dl_cpu_timestep_embedding(const dl_ctx *ctx, int64_t N, int64_t dim, const float *t,
                                int flip_sin_to_cos, float downscale_freq_shift, float scale,
