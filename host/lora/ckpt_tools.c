@@ -243,15 +243,36 @@ static int save_folder(const char *out, ofile *files, int n, int dtype, const ch
         if (ret == DL_OK) ret = write_text(p, dl_vae_config_to_json(&cfg->vae));
         snprintf(p, sizeof p, "%s/text_encoder/config.json", tmp);
         if (ret == DL_OK) ret = write_text(p, dl_clip_config_to_json(&cfg->text));
+        const int xl = cfg->unet.addition_embed != DL_ADD_NONE;
+        if (xl && cfg->text2.num_layers) { /* SDXL's second text encoder */
+            snprintf(p, sizeof p, "%s/text_encoder_2/config.json", tmp);
+            if (ret == DL_OK) ret = mkdirs_for(p);
+            if (ret == DL_OK) ret = write_text(p, dl_clip_config_to_json(&cfg->text2));
+        }
         snprintf(p, sizeof p, "%s/scheduler/scheduler_config.json", tmp);
         if (ret == DL_OK) ret = write_text(p, dl_scheduler_config_to_json(cfg->unet.prediction));
         snprintf(p, sizeof p, "%s/model_index.json", tmp);
-        if (ret == DL_OK)
+        if (ret == DL_OK && !xl)
             ret = write_text(p, strdup("{\n  \"_class_name\": \"StableDiffusionPipeline\",\n"
                                        "  \"scheduler\": [\"diffusers\", \"PNDMScheduler\"],\n"
                                        "  \"text_encoder\": [\"transformers\", \"CLIPTextModel\"],\n"
                                        "  \"unet\": [\"diffusers\", \"UNet2DConditionModel\"],\n"
                                        "  \"vae\": [\"diffusers\", \"AutoencoderKL\"]\n}"));
+        else if (ret == DL_OK)
+            ret = write_text(p, strdup(cfg->text2.num_layers
+                                           ? "{\n  \"_class_name\": \"StableDiffusionXLPipeline\",\n"
+                                             "  \"force_zeros_for_empty_prompt\": true,\n"
+                                             "  \"scheduler\": [\"diffusers\", \"PNDMScheduler\"],\n"
+                                             "  \"text_encoder\": [\"transformers\", \"CLIPTextModel\"],\n"
+                                             "  \"text_encoder_2\": [\"transformers\", \"CLIPTextModelWithProjection\"],\n"
+                                             "  \"unet\": [\"diffusers\", \"UNet2DConditionModel\"],\n"
+                                             "  \"vae\": [\"diffusers\", \"AutoencoderKL\"]\n}"
+                                           : "{\n  \"_class_name\": \"StableDiffusionXLPipeline\",\n"
+                                             "  \"force_zeros_for_empty_prompt\": true,\n"
+                                             "  \"scheduler\": [\"diffusers\", \"PNDMScheduler\"],\n"
+                                             "  \"text_encoder\": [\"transformers\", \"CLIPTextModel\"],\n"
+                                             "  \"unet\": [\"diffusers\", \"UNet2DConditionModel\"],\n"
+                                             "  \"vae\": [\"diffusers\", \"AutoencoderKL\"]\n}"));
     }
     if (ret == DL_OK && rename(tmp, out) != 0) ret = dl_error_set("%s: cannot rename into place (%s)", out, strerror(errno));
     if (ret != DL_OK) rm_tree(tmp);
@@ -281,22 +302,36 @@ static int copy_all(ofile *o, const dl_st_file *f)
 
 /* The tensor of diffusers name `name` in ck: file index, the tensor, its row third (-1: all). */
 static const dl_st_tensor *locate(const dl_checkpoint *ck, dl_part part, const char *name, int *file, int *split,
-                                  int *conv1x1)
+                                  int *conv1x1, int *transpose)
 {
     *file = ck->part_file[part];
     *split = -1;
     *conv1x1 = 0;
+    *transpose = 0;
     const dl_st_file *f = &ck->files[*file];
     if (ck->layout == DL_LAYOUT_SINGLE) {
         dl_ckpt_key k;
         if (dl_ckpt_map_single(&ck->cfg, ck->text_layout, part, name, &k) != DL_OK) return NULL;
         *split = k.split;
         *conv1x1 = k.conv1x1;
+        *transpose = k.transpose;
         return dl_st_find(f, k.key);
     }
     const dl_st_tensor *t = dl_st_find(f, name);
-    if (!t && part == DL_PART_TEXT && !strncmp(name, "text_model.", 11)) t = dl_st_find(f, name + 11);
+    if (!t && (part == DL_PART_TEXT || part == DL_PART_TEXT2) && !strncmp(name, "text_model.", 11))
+        t = dl_st_find(f, name + 11);
     return t;
+}
+
+/* The [rows, cols] matrix of es-byte elements at src transposed into a new buffer. */
+static void *transposed(const void *src, int64_t rows, int64_t cols, size_t es)
+{
+    uint8_t *d = malloc((size_t)(rows * cols > 0 ? rows * cols : 1) * es);
+    if (!d) return NULL;
+    for (int64_t i = 0; i < rows; i++)
+        for (int64_t j = 0; j < cols; j++)
+            memcpy(d + ((size_t)j * (size_t)rows + (size_t)i) * es, (const uint8_t *)src + ((size_t)i * (size_t)cols + (size_t)j) * es, es);
+    return d;
 }
 
 /* ------------------------------------------------------------------ merge */
@@ -304,7 +339,8 @@ static const dl_st_tensor *locate(const dl_checkpoint *ck, dl_part part, const c
 int dl_ckpt_merge_loras(const char *model, const dl_lora_weight *loras, int n, const char *out, int dtype, FILE *log)
 {
     dl_checkpoint ck;
-    DL_TRY(dl_ckpt_open(&ck, model, NULL));
+    const dl_ckpt_options copt = {.prediction = -1, .allow_sdxl = 1};
+    DL_TRY(dl_ckpt_open(&ck, model, &copt));
     ofile of[DL_PART_COUNT];
     memset(of, 0, sizeof of);
     int ret = DL_ERR, n_mod = 0;
@@ -321,9 +357,10 @@ int dl_ckpt_merge_loras(const char *model, const dl_lora_weight *loras, int n, c
             const dl_lora_module *m = &net.mods[i];
             char w[200];
             snprintf(w, sizeof w, "%s.weight", m->name);
-            const dl_part part = m->part == DL_LORA_UNET ? DL_PART_UNET : DL_PART_TEXT;
-            int fi, split, c11;
-            const dl_st_tensor *t = locate(&ck, part, w, &fi, &split, &c11);
+            const dl_part part = m->part == DL_LORA_UNET ? DL_PART_UNET : m->part == DL_LORA_TEXT ? DL_PART_TEXT
+                                                                                                 : DL_PART_TEXT2;
+            int fi, split, c11, tr;
+            const dl_st_tensor *t = locate(&ck, part, w, &fi, &split, &c11, &tr);
             if (!t) {
                 dl_error_set("%s: %s has no weight %s for LoRA module %s", model, dl_part_name(part), w, m->kohya);
                 dl_lora_net_free(&net);
@@ -333,7 +370,7 @@ int dl_ckpt_merge_loras(const char *model, const dl_lora_weight *loras, int n, c
             DL_ASSERT(o);
             const int64_t nel = dl_st_numel(t);
             const int k = m->k, r = m->lora.r, in = m->in, rows0 = split >= 0 ? split * m->out : 0;
-            if (nel != (int64_t)(split >= 0 ? 3 : 1) * m->out * in * k * k) {
+            if (tr || nel != (int64_t)(split >= 0 ? 3 : 1) * m->out * in * k * k) {
                 dl_error_set("%s: %s has %lld values, LoRA module %s needs [%d, %d, %d, %d]", model, t->name,
                              (long long)nel, m->kohya, m->out, in, k, k);
                 dl_lora_net_free(&net);
@@ -419,8 +456,8 @@ typedef struct conv_ctx {
 static int conv_one(void *user, dl_part part, const char *name, int ndim, const int64_t *shape)
 {
     conv_ctx *c = user;
-    int fi, split, c11;
-    const dl_st_tensor *t = locate(c->ck, part, name, &fi, &split, &c11);
+    int fi, split, c11, tr;
+    const dl_st_tensor *t = locate(c->ck, part, name, &fi, &split, &c11, &tr);
     if (!t) return dl_error_set("%s: no tensor for %s weight %s", c->ck->path, dl_part_name(part), name);
     const size_t es = dl_dtype_size(t->dtype);
     const int64_t nel = numel_of(ndim, shape);
@@ -428,7 +465,7 @@ static int conv_one(void *user, dl_part part, const char *name, int ndim, const 
         return dl_error_set("%s: %s holds %lld values, %s needs %lld", c->ck->path, t->name, (long long)dl_st_numel(t), name,
                             (long long)nel);
     const uint8_t *src = (const uint8_t *)t->data + (split >= 0 ? (size_t)split * (size_t)nel * es : 0);
-    c->n_used++;
+    c->n_used += split <= 0; /* a fused q/k/v tensor is one source tensor */
     if (!c->to_single) { /* diffusers: one tensor per name, shape as the model asks */
         ofile *o = &c->of[part];
         otensor *x = ofile_add(o, name);
@@ -437,6 +474,11 @@ static int conv_one(void *user, dl_part part, const char *name, int ndim, const 
         x->ndim = ndim;
         memcpy(x->shape, shape, sizeof *shape * (size_t)ndim); /* shape has ndim entries (emitters pass 4) */
         x->data = src;
+        if (tr) { /* stored [in, out] in the single file (SDXL's text_projection): [out, in] here */
+            if (ndim != 2 || !(x->owned = transposed(src, shape[1], shape[0], es)))
+                return dl_error_set("%s: cannot transpose %s", c->ck->path, t->name);
+            x->data = x->owned;
+        }
         return DL_OK;
     }
     dl_ckpt_key k;
@@ -452,6 +494,12 @@ static int conv_one(void *user, dl_part part, const char *name, int ndim, const 
         memcpy(x->shape, shape, sizeof *shape * (size_t)ndim); /* shape has ndim entries (emitters pass 4) */
         if (k.conv1x1 && ndim == 2) x->ndim = 4, x->shape[2] = 1, x->shape[3] = 1;
         x->data = src;
+        if (k.transpose) { /* the single file stores this [out, in] weight as [in, out] */
+            if (ndim != 2 || !(x->owned = transposed(src, shape[0], shape[1], es)))
+                return dl_error_set("%s: cannot transpose %s", c->ck->path, t->name);
+            x->data = x->owned;
+            x->shape[0] = shape[1], x->shape[1] = shape[0];
+        }
         return DL_OK;
     }
     if (!x) { /* a fused q/k/v tensor: three thirds gathered into one buffer */
@@ -471,7 +519,8 @@ static int conv_one(void *user, dl_part part, const char *name, int ndim, const 
 int dl_ckpt_convert(const char *in, const char *out, int layout, int dtype, FILE *log)
 {
     dl_checkpoint ck;
-    DL_TRY(dl_ckpt_open(&ck, in, NULL));
+    const dl_ckpt_options copt = {.prediction = -1, .allow_sdxl = 1};
+    DL_TRY(dl_ckpt_open(&ck, in, &copt));
     if (layout < 0) layout = (int)ck.layout;
     ofile of[DL_PART_COUNT];
     memset(of, 0, sizeof of);
@@ -489,7 +538,7 @@ int dl_ckpt_convert(const char *in, const char *out, int layout, int dtype, FILE
     }
     dl_model_config ocfg = ck.cfg;
     conv_ctx c = {.ck = &ck, .of = of, .to_single = layout == DL_LAYOUT_SINGLE, .ocfg = &ocfg};
-    c.tl = ck.cfg.text.act == DL_ACT_GELU ? DL_TEXT_OPENCLIP : DL_TEXT_HF;
+    c.tl = ck.sdxl ? DL_TEXT_SDXL : ck.cfg.text.act == DL_ACT_GELU ? DL_TEXT_OPENCLIP : DL_TEXT_HF;
     const int nparts = ck.cfg.text2.num_layers ? DL_PART_COUNT : DL_PART_TEXT2; /* the parts the model has */
     for (int p = 0; p < nparts; p++) {
         if (!c.to_single) snprintf(of[p].rel, sizeof of[p].rel, "%s", k_part_file[p]);
