@@ -118,9 +118,9 @@ Test(sdxl_sample, context_is_both_penultimate_states_and_time_ids_matter, .timeo
     cr_assert_eq(dl_pipeline_generate(sd, &p, 1, &seed, DL_SEED_PER_IMAGE, b, lb, NULL, NULL), DL_OK, "%s",
                  dl_error_msg());
     cr_expect(memcmp(la, lb, sizeof la) != 0, "the original size does not reach the latents");
-    /* SDXL LoRAs are refused by name */
+    /* an SD 1.x LoRA is refused, saying so (SDXL LoRAs: test_sdxl_lora.c) */
     cr_expect_eq(dl_sd_lora_add(sd, tu_path("tests/golden/tiny_pipe_loras/epoch1.safetensors"), 1, 1, 0), DL_ERR);
-    cr_expect(strstr(dl_error_msg(), "SDXL"), "%s", dl_error_msg());
+    cr_expect(strstr(dl_error_msg(), "SD 1.x/2.x") && strstr(dl_error_msg(), "SDXL"), "%s", dl_error_msg());
     dl_sd_close(sd);
 }
 

@@ -67,23 +67,42 @@ static int is_lora(const char *path)
     return l;
 }
 
+/* A LoRA for SDXL: a stem of a second text encoder (kohya lora_te1_ / lora_te2_, PEFT
+ * text_encoder_2.). */
+static int lora_is_xl(const dl_lora_file *lf)
+{
+    for (int i = 0; i < lf->n; i++) {
+        const char *s = lf->m[i].stem;
+        if (!strncmp(s, "lora_te1_", 9) || !strncmp(s, "lora_te2_", 9) || !strncmp(s, "text_encoder_2.", 15)) return 1;
+    }
+    return 0;
+}
+
 static int convert_lora(const convert_args *a, const char *in, int dt)
 {
     dl_model_config cfg;
-    if (a->model) {
-        dl_checkpoint ck;
-        DL_TRY(dl_ckpt_open(&ck, a->model, NULL));
-        cfg = ck.cfg;
-        dl_ckpt_close(&ck);
-    } else {
-        DL_TRY(dl_model_config_preset(&cfg, "sd21")); /* names of SD 1.x and 2.x (23 text layers) */
-    }
     dl_lora_file lf;
     DL_TRY(dl_lf_read(&lf, in));
+    int ret = DL_OK;
+    if (a->model) {
+        dl_checkpoint ck;
+        const dl_ckpt_options copt = {.prediction = -1, .allow_sdxl = 1};
+        ret = dl_ckpt_open(&ck, a->model, &copt);
+        if (ret == DL_OK) {
+            cfg = ck.cfg;
+            dl_ckpt_close(&ck);
+        }
+    } else { /* SD 1.x/2.x (23 text layers), or SDXL base when the file names a second text encoder */
+        ret = dl_model_config_preset(&cfg, lora_is_xl(&lf) ? "sdxl" : "sd21");
+    }
+    if (ret != DL_OK) {
+        dl_lf_free(&lf);
+        return DL_ERR;
+    }
     int to_peft = lf.peft;
     if (!strcmp(a->layout, "peft")) to_peft = 1;
     else if (!strcmp(a->layout, "kohya")) to_peft = 0;
-    int ret = dl_lf_relayout(&lf, &cfg, to_peft, in);
+    ret = dl_lf_relayout(&lf, &cfg, to_peft, in);
     if (ret == DL_OK) ret = dl_lf_save(&lf, a->out, dt >= 0 ? (dl_dtype)dt : lf.dtype, (const char *const *)lf.meta, lf.n_meta);
     if (ret == DL_OK) fprintf(stderr, "%s: %d LoRA modules (%s layout)\n", a->out, lf.n, to_peft ? "PEFT" : "kohya");
     dl_lf_free(&lf);

@@ -366,7 +366,8 @@ static int cmd_extract(int argc, char **argv, FILE *out)
     dl_checkpoint b, t;
     memset(&t, 0, sizeof t);
     int rc = 1;
-    if (dl_ckpt_open(&b, a.base, NULL) != DL_OK) {
+    const dl_ckpt_options copt = {.prediction = -1, .allow_sdxl = 1};
+    if (dl_ckpt_open(&b, a.base, &copt) != DL_OK) {
         fprintf(stderr, "danlu lora extract: %s\n", dl_error_msg());
         return 1;
     }
@@ -374,7 +375,12 @@ static int cmd_extract(int argc, char **argv, FILE *out)
     dl_extract_stats st;
     dl_extract_opts o = {.rank = a.rank, .conv_rank = a.conv_rank, .clamp_quantile = a.clamp, .min_diff = a.min_diff,
                          .module_threshold = a.threshold, .no_text = a.unet_only};
-    if (dl_ckpt_open(&t, a.tuned, NULL) != DL_OK) goto done;
+    if (dl_ckpt_open(&t, a.tuned, &copt) != DL_OK) goto done;
+    if (b.sdxl != t.sdxl) {
+        dl_error_set("%s and %s: one is SDXL, the other is not (a LoRA is extracted between a model and its "
+                     "fine-tune)", a.base, a.tuned);
+        goto done;
+    }
     if (dl_lora_extract(&b, &t, &o, &lf, &st) != DL_OK) goto done;
     char dim[16], cdim[16], args[96];
     snprintf(dim, sizeof dim, "%d", a.rank);
@@ -382,8 +388,9 @@ static int cmd_extract(int argc, char **argv, FILE *out)
     snprintf(args, sizeof args, a.conv_rank ? "{\"conv_dim\": \"%d\", \"conv_alpha\": \"%d.0\"}" : "{}", a.conv_rank,
              a.conv_rank);
     const char *meta[] = {"ss_network_module", "networks.lora", "ss_network_dim", dim, "ss_network_alpha", dim,
-                          "ss_network_args", args, "ss_v2", b.sd2 ? "True" : "False"};
-    if (dl_lf_save(&lf, a.out, (dl_dtype)dt, meta, 5) != DL_OK) {
+                          "ss_network_args", args, "ss_v2", b.sd2 ? "True" : "False",
+                          "ss_base_model_version", "sdxl_base_v1-0"};
+    if (dl_lf_save(&lf, a.out, (dl_dtype)dt, meta, b.sdxl ? 6 : 5) != DL_OK) {
         dl_lf_free(&lf);
         goto done;
     }

@@ -258,10 +258,16 @@ static int save_folder_ex(const char *out, ofile *files, int n, int dtype, const
         if (ret == DL_OK) ret = write_text(p, dl_vae_config_to_json(&cfg->vae));
         snprintf(p, sizeof p, "%s/text_encoder/config.json", tmp);
         if (ret == DL_OK) ret = write_text(p, dl_clip_config_to_json(&cfg->text));
+        const int xl = cfg->unet.addition_embed != DL_ADD_NONE;
+        if (xl && cfg->text2.num_layers) { /* SDXL's second text encoder */
+            snprintf(p, sizeof p, "%s/text_encoder_2/config.json", tmp);
+            if (ret == DL_OK) ret = mkdirs_for(p);
+            if (ret == DL_OK) ret = write_text(p, dl_clip_config_to_json(&cfg->text2));
+        }
         snprintf(p, sizeof p, "%s/scheduler/scheduler_config.json", tmp);
         if (ret == DL_OK) ret = write_text(p, dl_scheduler_config_to_json(cfg->unet.prediction));
         snprintf(p, sizeof p, "%s/model_index.json", tmp);
-        if (ret == DL_OK)
+        if (ret == DL_OK && !xl)
             ret = write_text(p, strdup(tok_dir ? "{\n  \"_class_name\": \"StableDiffusionPipeline\",\n"
                                                  "  \"feature_extractor\": [null, null],\n"
                                                  "  \"requires_safety_checker\": false,\n"
@@ -276,6 +282,21 @@ static int save_folder_ex(const char *out, ofile *files, int n, int dtype, const
                                                  "  \"text_encoder\": [\"transformers\", \"CLIPTextModel\"],\n"
                                                  "  \"unet\": [\"diffusers\", \"UNet2DConditionModel\"],\n"
                                                  "  \"vae\": [\"diffusers\", \"AutoencoderKL\"]\n}"));
+        else if (ret == DL_OK)
+            ret = write_text(p, strdup(cfg->text2.num_layers
+                                           ? "{\n  \"_class_name\": \"StableDiffusionXLPipeline\",\n"
+                                             "  \"force_zeros_for_empty_prompt\": true,\n"
+                                             "  \"scheduler\": [\"diffusers\", \"PNDMScheduler\"],\n"
+                                             "  \"text_encoder\": [\"transformers\", \"CLIPTextModel\"],\n"
+                                             "  \"text_encoder_2\": [\"transformers\", \"CLIPTextModelWithProjection\"],\n"
+                                             "  \"unet\": [\"diffusers\", \"UNet2DConditionModel\"],\n"
+                                             "  \"vae\": [\"diffusers\", \"AutoencoderKL\"]\n}"
+                                           : "{\n  \"_class_name\": \"StableDiffusionXLPipeline\",\n"
+                                             "  \"force_zeros_for_empty_prompt\": true,\n"
+                                             "  \"scheduler\": [\"diffusers\", \"PNDMScheduler\"],\n"
+                                             "  \"text_encoder\": [\"transformers\", \"CLIPTextModel\"],\n"
+                                             "  \"unet\": [\"diffusers\", \"UNet2DConditionModel\"],\n"
+                                             "  \"vae\": [\"diffusers\", \"AutoencoderKL\"]\n}"));
     }
     if (ret == DL_OK && tok_dir) {
         char p[8192];
@@ -320,22 +341,36 @@ static int copy_all(ofile *o, const dl_st_file *f)
 
 /* The tensor of diffusers name `name` in ck: file index, the tensor, its row third (-1: all). */
 static const dl_st_tensor *locate(const dl_checkpoint *ck, dl_part part, const char *name, int *file, int *split,
-                                  int *conv1x1)
+                                  int *conv1x1, int *transpose)
 {
     *file = ck->part_file[part];
     *split = -1;
     *conv1x1 = 0;
+    *transpose = 0;
     const dl_st_file *f = &ck->files[*file];
     if (ck->layout == DL_LAYOUT_SINGLE) {
         dl_ckpt_key k;
         if (dl_ckpt_map_single(&ck->cfg, ck->text_layout, part, name, &k) != DL_OK) return NULL;
         *split = k.split;
         *conv1x1 = k.conv1x1;
+        *transpose = k.transpose;
         return dl_st_find(f, k.key);
     }
     const dl_st_tensor *t = dl_st_find(f, name);
-    if (!t && part == DL_PART_TEXT && !strncmp(name, "text_model.", 11)) t = dl_st_find(f, name + 11);
+    if (!t && (part == DL_PART_TEXT || part == DL_PART_TEXT2) && !strncmp(name, "text_model.", 11))
+        t = dl_st_find(f, name + 11);
     return t;
+}
+
+/* The [rows, cols] matrix of es-byte elements at src transposed into a new buffer. */
+static void *transposed(const void *src, int64_t rows, int64_t cols, size_t es)
+{
+    uint8_t *d = malloc((size_t)(rows * cols > 0 ? rows * cols : 1) * es);
+    if (!d) return NULL;
+    for (int64_t i = 0; i < rows; i++)
+        for (int64_t j = 0; j < cols; j++)
+            memcpy(d + ((size_t)j * (size_t)rows + (size_t)i) * es, (const uint8_t *)src + ((size_t)i * (size_t)cols + (size_t)j) * es, es);
+    return d;
 }
 
 /* ------------------------------------------------------------------ merge */
@@ -343,7 +378,8 @@ static const dl_st_tensor *locate(const dl_checkpoint *ck, dl_part part, const c
 int dl_ckpt_merge_loras(const char *model, const dl_lora_weight *loras, int n, const char *out, int dtype, FILE *log)
 {
     dl_checkpoint ck;
-    DL_TRY(dl_ckpt_open(&ck, model, NULL));
+    const dl_ckpt_options copt = {.prediction = -1, .allow_sdxl = 1};
+    DL_TRY(dl_ckpt_open(&ck, model, &copt));
     ofile of[DL_PART_COUNT];
     memset(of, 0, sizeof of);
     int ret = DL_ERR, n_mod = 0;
@@ -360,9 +396,10 @@ int dl_ckpt_merge_loras(const char *model, const dl_lora_weight *loras, int n, c
             const dl_lora_module *m = &net.mods[i];
             char w[200];
             snprintf(w, sizeof w, "%s.weight", m->name);
-            const dl_part part = m->part == DL_LORA_UNET ? DL_PART_UNET : DL_PART_TEXT;
-            int fi, split, c11;
-            const dl_st_tensor *t = locate(&ck, part, w, &fi, &split, &c11);
+            const dl_part part = m->part == DL_LORA_UNET ? DL_PART_UNET : m->part == DL_LORA_TEXT ? DL_PART_TEXT
+                                                                                                 : DL_PART_TEXT2;
+            int fi, split, c11, tr;
+            const dl_st_tensor *t = locate(&ck, part, w, &fi, &split, &c11, &tr);
             if (!t) {
                 dl_error_set("%s: %s has no weight %s for LoRA module %s", model, dl_part_name(part), w, m->kohya);
                 dl_lora_net_free(&net);
@@ -372,7 +409,7 @@ int dl_ckpt_merge_loras(const char *model, const dl_lora_weight *loras, int n, c
             DL_ASSERT(o);
             const int64_t nel = dl_st_numel(t);
             const int k = m->k, r = m->lora.r, in = m->in, rows0 = split >= 0 ? split * m->out : 0;
-            if (nel != (int64_t)(split >= 0 ? 3 : 1) * m->out * in * k * k) {
+            if (tr || nel != (int64_t)(split >= 0 ? 3 : 1) * m->out * in * k * k) {
                 dl_error_set("%s: %s has %lld values, LoRA module %s needs [%d, %d, %d, %d]", model, t->name,
                              (long long)nel, m->kohya, m->out, in, k, k);
                 dl_lora_net_free(&net);
@@ -464,8 +501,8 @@ static int conv_put(conv_ctx *c, dl_part part, const char *name, int ndim, const
 static int conv_one(void *user, dl_part part, const char *name, int ndim, const int64_t *shape)
 {
     conv_ctx *c = user;
-    int fi, split, c11;
-    const dl_st_tensor *t = locate(c->ck, part, name, &fi, &split, &c11);
+    int fi, split, c11, tr;
+    const dl_st_tensor *t = locate(c->ck, part, name, &fi, &split, &c11, &tr);
     if (!t) return dl_error_set("%s: no tensor for %s weight %s", c->ck->path, dl_part_name(part), name);
     const size_t tes = dl_dtype_size(t->dtype);
     const int64_t nel0 = numel_of(ndim, shape);
@@ -474,22 +511,29 @@ static int conv_one(void *user, dl_part part, const char *name, int ndim, const 
                             (long long)nel0);
     const uint8_t *src = (const uint8_t *)t->data + (split >= 0 ? (size_t)split * (size_t)nel0 * tes : 0);
     dl_dtype sdt = t->dtype;
-    float *mine = NULL; /* a replacement (fp32), owned by the output tensor or freed below */
+    void *own = NULL; /* values in the model's orientation (a replacement, or the source turned around),
+                         owned by the output tensor or freed below */
     if (c->fill) {
-        if (!(mine = malloc((size_t)(nel0 > 0 ? nel0 : 1) * sizeof(float)))) return dl_error_set("out of memory");
-        const int r = c->fill(c->fill_user, part, name, ndim, shape, mine);
-        if (r < 0) { free(mine); return DL_ERR; }
-        if (r == 0) { free(mine); mine = NULL; }
-        else src = (const uint8_t *)mine, sdt = DL_F32;
+        float *f = malloc((size_t)(nel0 > 0 ? nel0 : 1) * sizeof(float));
+        if (!f) return dl_error_set("out of memory");
+        const int r = c->fill(c->fill_user, part, name, ndim, shape, f);
+        if (r < 0) { free(f); return DL_ERR; }
+        if (r == 0) free(f);
+        else own = f, src = (const uint8_t *)f, sdt = DL_F32;
     }
-    c->n_used++;
-    if (!c->to_single || k_split_of(c, part, name) < 0) { /* one output tensor: it takes mine */
-        int rc = conv_put(c, part, name, ndim, shape, src, sdt, mine);
-        if (rc != DL_OK) free(mine);
+    if (tr && !own) { /* stored [in, out] in the single file (SDXL's text_projection): [out, in] from here */
+        if (ndim != 2 || !(own = transposed(src, shape[1], shape[0], tes)))
+            return dl_error_set("%s: cannot transpose %s", c->ck->path, t->name);
+        src = own;
+    }
+    c->n_used += split <= 0; /* a fused q/k/v tensor is one source tensor */
+    if (!c->to_single || k_split_of(c, part, name) < 0) { /* one output tensor: it takes own */
+        int rc = conv_put(c, part, name, ndim, shape, src, sdt, own);
+        if (rc != DL_OK) free(own);
         return rc;
     }
     int rc = conv_put(c, part, name, ndim, shape, src, sdt, NULL);
-    free(mine);
+    free(own);
     return rc;
 }
 
@@ -500,8 +544,9 @@ static int k_split_of(conv_ctx *c, dl_part part, const char *name)
     return dl_ckpt_map_single(c->ocfg, c->tl, part, name, &k) == DL_OK ? k.split : -1;
 }
 
-/* Put name's values (src: numel of shape in dtype sdt; owned: handed to the output tensor, or
- * NULL) into the output, under its own name (diffusers) or its single-file key. */
+/* Put name's values (src: numel of shape in dtype sdt, in the model's orientation; owned: handed
+ * to the output tensor, or NULL) into the output, under its own name (diffusers) or its
+ * single-file key. */
 static int conv_put(conv_ctx *c, dl_part part, const char *name, int ndim, const int64_t *shape, const uint8_t *src,
                     dl_dtype sdt, void *owned)
 {
@@ -531,6 +576,14 @@ static int conv_put(conv_ctx *c, dl_part part, const char *name, int ndim, const
         memcpy(x->shape, shape, sizeof *shape * (size_t)ndim); /* shape has ndim entries (emitters pass 4) */
         if (k.conv1x1 && ndim == 2) x->ndim = 4, x->shape[2] = 1, x->shape[3] = 1;
         x->data = src;
+        if (k.transpose) { /* the single file stores this [out, in] weight as [in, out] */
+            void *t2 = ndim == 2 ? transposed(src, shape[0], shape[1], es) : NULL;
+            if (!t2) return dl_error_set("%s: cannot transpose %s", c->ck->path, k.key);
+            free(owned); /* the output keeps the turned copy */
+            owned = t2;
+            x->data = t2;
+            x->shape[0] = shape[1], x->shape[1] = shape[0];
+        }
         x->owned = owned;
         return DL_OK;
     }
@@ -561,7 +614,7 @@ static int write_mapped(dl_checkpoint *ck, const char *out, int layout, int dtyp
     dl_model_config ocfg = ck->cfg;
     conv_ctx c = {.ck = ck, .of = of, .to_single = layout == DL_LAYOUT_SINGLE, .ocfg = &ocfg, .fill = fill,
                   .fill_user = user};
-    c.tl = ck->cfg.text.act == DL_ACT_GELU ? DL_TEXT_OPENCLIP : DL_TEXT_HF;
+    c.tl = ck->sdxl ? DL_TEXT_SDXL : ck->cfg.text.act == DL_ACT_GELU ? DL_TEXT_OPENCLIP : DL_TEXT_HF;
     const int nparts = ck->cfg.text2.num_layers ? DL_PART_COUNT : DL_PART_TEXT2; /* the parts the model has */
     for (int p = 0; p < nparts; p++) {
         if (!c.to_single) snprintf(of[p].rel, sizeof of[p].rel, "%s", k_part_file[p]);
@@ -594,7 +647,8 @@ int dl_ckpt_write(dl_checkpoint *ck, const char *out, int layout, int dtype, dl_
 int dl_ckpt_convert(const char *in, const char *out, int layout, int dtype, FILE *log)
 {
     dl_checkpoint ck;
-    DL_TRY(dl_ckpt_open(&ck, in, NULL));
+    const dl_ckpt_options copt = {.prediction = -1, .allow_sdxl = 1};
+    DL_TRY(dl_ckpt_open(&ck, in, &copt));
     if (layout < 0) layout = (int)ck.layout;
     ofile of[DL_PART_COUNT];
     memset(of, 0, sizeof of);

@@ -362,6 +362,7 @@ int dl_lf_relayout(dl_lora_file *lf, const dl_model_config *cfg, int to_peft, co
     dl_lora_module *c = NULL;
     int n = 0;
     DL_TRY(dl_lora_targets(cfg, &all, &c, &n));
+    const int xl = dl_lora_cfg_is_xl(cfg);
     const char *as = dl_lf_meta(lf, "danlu_kohya_alphas");
     cJSON *alphas = as ? cJSON_Parse(as) : NULL;
     int ret = DL_OK;
@@ -369,16 +370,18 @@ int dl_lf_relayout(dl_lora_file *lf, const dl_model_config *cfg, int to_peft, co
         dl_lf_module *m = &lf->m[i];
         char nw[256] = "";
         for (int j = 0; j < n && !nw[0]; j++) {
-            const char *pre = c[j].part == DL_LORA_UNET ? "unet" : "text_encoder";
-            char ps[256];
-            snprintf(ps, sizeof ps, "%s.%s", pre, c[j].name);
-            if (to_peft && !strcmp(m->stem, c[j].kohya)) snprintf(nw, sizeof nw, "%s", ps);
+            char ps[256], alias[192] = "";
+            snprintf(ps, sizeof ps, "%s.%s", dl_lora_part_prefix(c[j].part), c[j].name);
+            /* SDXL: kohya files on the UNet's diffusers paths too (written back in sd-scripts' names) */
+            if (xl && c[j].part == DL_LORA_UNET) dl_lora_kohya_name(DL_LORA_UNET, c[j].name, alias, sizeof alias);
+            if (to_peft && (!strcmp(m->stem, c[j].kohya) || (alias[0] && !strcmp(m->stem, alias))))
+                snprintf(nw, sizeof nw, "%s", ps);
             if (!to_peft && !strcmp(m->stem, ps)) snprintf(nw, sizeof nw, "%s", c[j].kohya);
         }
         if (!nw[0]) {
-            ret = dl_error_set("%s: %s is not a module of this model (a LoRA for another architecture, or a name "
-                               "danlu cannot map; --model names the checkpoint it was made for)",
-                               label, m->stem);
+            ret = dl_error_set("%s: %s is not a module of this %s model (a LoRA for another architecture, or a "
+                               "name danlu cannot map; --model names the checkpoint it was made for)",
+                               label, m->stem, xl ? "SDXL" : "SD 1.x/2.x");
             break;
         }
         if (!to_peft && alphas) { /* undo the B x alpha / r of a danlu PEFT file */

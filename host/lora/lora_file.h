@@ -6,7 +6,8 @@
  * alpha (scale = alpha / r). Layouts:
  *   kohya:  <stem>.lora_down.weight, <stem>.lora_up.weight, <stem>.alpha (absent: alpha = r)
  *   PEFT:   <stem>.lora_A.weight, <stem>.lora_B.weight (also <stem>.lora.down/up.weight), stem
- *           "unet.<diffusers name>" / "text_encoder.<transformers name>"; alpha from
+ *           "unet.<diffusers name>" / "text_encoder.<transformers name>" (SDXL also
+ *           "text_encoder_2.<transformers name>"); alpha from
  *           "<stem>.alpha", else diffusers' "lora_adapter_metadata" (lora_alpha, alpha_pattern),
  *           else r. danlu writes PEFT files with B x alpha / r (diffusers assumes alpha = r) and
  *           records the original alphas in the metadata key "danlu_kohya_alphas" (a JSON object
@@ -60,8 +61,10 @@ const char *dl_lf_meta(const dl_lora_file *lf, const char *key);
 void dl_lf_free(dl_lora_file *lf);
 
 /* Rename every stem from kohya to PEFT (to_peft = 1) or back, by the module names of a model of
- * config cfg (every linear and conv of its UNet and text encoder). DL_ERR names a stem that is no
- * module of such a model. PEFT -> kohya restores alphas recorded in "danlu_kohya_alphas". */
+ * config cfg (every linear and conv of its UNet and text encoder; SDXL: both text encoders, PEFT
+ * "text_encoder_2." stems, sd-scripts' SDXL kohya names, and kohya stems on the UNet's diffusers
+ * paths read too). DL_ERR names a stem that is no module of such a model. PEFT -> kohya restores
+ * alphas recorded in "danlu_kohya_alphas". */
 int dl_lf_relayout(dl_lora_file *lf, const dl_model_config *cfg, int to_peft, const char *label);
 
 #ifdef __cplusplus

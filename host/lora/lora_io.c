@@ -80,7 +80,7 @@ int dl_lora_save(const char *path, const dl_lora_net *net, dl_lora_format fmt, d
         const int four_d = m->is_conv || m->conv1x1_on_disk;
         char pre[200];
         if (fmt == DL_LORA_FMT_KOHYA) snprintf(pre, sizeof pre, "%s", m->kohya);
-        else snprintf(pre, sizeof pre, "%s.%s", m->part == DL_LORA_UNET ? "unet" : "text_encoder", m->name);
+        else snprintf(pre, sizeof pre, "%s.%s", dl_lora_part_prefix(m->part), m->name);
         /* down / lora_A: danlu [r, k, k, in] -> OIHW [r, in, k, k] */
         for (int o = 0; o < r; o++)
             for (int c = 0; c < in; c++)
@@ -151,7 +151,9 @@ typedef struct found {
 typedef struct cand_set {
     const dl_lora_module *c; /* candidates */
     int n;
-    char (*alias)[192];      /* kohya name of the ldm layer (or "") */
+    char (*alias)[192];      /* another kohya name of the layer (or ""): SD 1.x/2.x the ldm path's,
+                                SDXL the diffusers path's */
+    int xl;                  /* the model is SDXL */
 } cand_set;
 
 static int ends(const char *s, const char *suf, size_t *stem)
@@ -181,14 +183,17 @@ static int find_name(const cand_set *cs, const char *stem)
     else if (!strncmp(stem, "text_encoder.", 13)) {
         stem += 13;
         part = DL_LORA_TEXT;
+    } else if (!strncmp(stem, "text_encoder_2.", 15)) {
+        stem += 15;
+        part = DL_LORA_TEXT2;
     } else any = 1;
     for (int i = 0; i < cs->n; i++)
         if ((any || cs->c[i].part == part) && !strcmp(cs->c[i].name, stem)) return i;
-    if (part == DL_LORA_TEXT && !strncmp(stem, "encoder.", 8)) { /* transformers 5 dropped "text_model." */
+    if (part != DL_LORA_UNET && !strncmp(stem, "encoder.", 8)) { /* transformers 5 dropped "text_model." */
         char full[300];
         snprintf(full, sizeof full, "text_model.%s", stem);
         for (int i = 0; i < cs->n; i++)
-            if (cs->c[i].part == DL_LORA_TEXT && !strcmp(cs->c[i].name, full)) return i;
+            if (cs->c[i].part == part && !strcmp(cs->c[i].name, full)) return i;
     }
     return -1;
 }
@@ -265,8 +270,15 @@ static const char *shape_str(const dl_st_tensor *t, char *buf, size_t cap)
     return buf;
 }
 
+/* What a shape that does not fit suggests, for a model that is SDXL (xl) or not. */
+static const char *arch_hint(int xl)
+{
+    return xl ? "a LoRA made for another model, e.g. SD 1.x/2.x on SDXL?" : "a LoRA made for another model, e.g. SD2 or "
+                                                                           "SDXL on SD1?";
+}
+
 /* Check the shapes of a found module against candidate c: sets *r. */
-static int check_shapes(const char *path, const dl_lora_module *c, const found *f, int *r)
+static int check_shapes(const char *path, const dl_lora_module *c, const found *f, int xl, int *r)
 {
     char a[96], b[96];
     const dl_st_tensor *d = f->t[ROLE_DOWN], *u = f->t[ROLE_UP];
@@ -284,18 +296,16 @@ static int check_shapes(const char *path, const dl_lora_module *c, const found *
     if (!ok) {
         if (k == 1) snprintf(b, sizeof b, "[r, %d]", c->in);
         else snprintf(b, sizeof b, "[r, %d, %d, %d]", c->in, k, k);
-        return dl_error_set("%s: %s has shape %s but layer %s of this model needs %s (a LoRA made for another "
-                            "model, e.g. SD2 or SDXL on SD1?)",
-                            path, d->name, shape_str(d, a, sizeof a), c->name, b);
+        return dl_error_set("%s: %s has shape %s but layer %s of this model needs %s (%s)", path, d->name,
+                            shape_str(d, a, sizeof a), c->name, b, arch_hint(xl));
     }
     *r = (int)d->shape[0];
     ok = (u->ndim == 2 || (u->ndim == 4 && u->shape[2] == 1 && u->shape[3] == 1)) && u->shape[0] == c->out &&
          u->shape[1] == *r;
     if (!ok) {
         snprintf(b, sizeof b, "[%d, %d]", c->out, *r);
-        return dl_error_set("%s: %s has shape %s but layer %s of this model with rank %d needs %s (a LoRA made "
-                            "for another model?)",
-                            path, u->name, shape_str(u, a, sizeof a), c->name, *r, b);
+        return dl_error_set("%s: %s has shape %s but layer %s of this model with rank %d needs %s (%s)", path,
+                            u->name, shape_str(u, a, sizeof a), c->name, *r, b, arch_hint(xl));
     }
     if (f->t[ROLE_ALPHA] && dl_st_numel(f->t[ROLE_ALPHA]) != 1)
         return dl_error_set("%s: %s has shape %s, expected a scalar", path, f->t[ROLE_ALPHA]->name,
@@ -307,7 +317,7 @@ static int check_shapes(const char *path, const dl_lora_module *c, const found *
 static float peft_alpha(const cJSON *meta, const dl_lora_module *c)
 {
     if (!meta) return 0;
-    const char *pre = c->part == DL_LORA_UNET ? "unet" : "text_encoder";
+    const char *pre = dl_lora_part_prefix(c->part);
     char key[64];
     snprintf(key, sizeof key, "%s.alpha_pattern", pre);
     const cJSON *pat = cJSON_GetObjectItemCaseSensitive(meta, key);
@@ -358,6 +368,28 @@ static int read_module(const dl_st_file *f, const found *fd, dl_lora_module *m, 
     return DL_OK;
 }
 
+/* The text-encoder keys say which architecture a file is for: SDXL files name a second text
+ * encoder (kohya lora_te1_ / lora_te2_, diffusers text_encoder_2.), SD 1.x/2.x kohya files have
+ * lora_te_. DL_ERR naming a key when the file is for the other architecture than the model. */
+static int check_arch(const dl_st_file *f, const cand_set *cs)
+{
+    const char *xl_key = NULL, *sd_key = NULL;
+    for (int t = 0; t < f->n_tensors; t++) {
+        const char *k = f->tensors[t].name;
+        if (!xl_key && (!strncmp(k, "lora_te1_", 9) || !strncmp(k, "lora_te2_", 9) || !strncmp(k, "text_encoder_2.", 15)))
+            xl_key = k;
+        if (!sd_key && !strncmp(k, "lora_te_", 8)) sd_key = k;
+    }
+    if (cs->xl && sd_key && !xl_key)
+        return dl_error_set("%s: a LoRA for SD 1.x/2.x (its text-encoder key %s; SDXL LoRAs name their text "
+                            "encoders lora_te1_ / lora_te2_), but the model is SDXL",
+                            f->path, sd_key);
+    if (!cs->xl && xl_key && !sd_key)
+        return dl_error_set("%s: a LoRA for SDXL (%s is for a second text encoder), but the model is SD 1.x/2.x",
+                            f->path, xl_key);
+    return DL_OK;
+}
+
 /* Match every key of f against cs; *fd [cs->n] receives the tensors. */
 static int scan(const dl_st_file *f, const cand_set *cs, found *fd, dl_lora_report *rep, int *n_mod)
 {
@@ -384,14 +416,15 @@ static int scan(const dl_st_file *f, const cand_set *cs, found *fd, dl_lora_repo
         if (peft) rep->peft = 1;
         else rep->kohya = 1;
     }
+    DL_TRY(check_arch(f, cs));
     *n_mod = 0;
     for (int i = 0; i < cs->n; i++)
         if (fd[i].t[0] || fd[i].t[1] || fd[i].t[2]) (*n_mod)++;
     if (*n_mod == 0) {
         if (rep->n_keys == 0) return dl_error_set("%s: the LoRA file holds no tensors", f->path);
-        return dl_error_set("%s: none of its %d keys match a layer of this model (first: %s); is it a LoRA for "
+        return dl_error_set("%s: none of its %d keys match a layer of this %s model (first: %s); is it a LoRA for "
                             "another architecture, or a kind danlu does not read (LoHa, LoKr, ...)?",
-                            f->path, rep->n_keys, rep->unmatched[0]);
+                            f->path, rep->n_keys, cs->xl ? "SDXL" : "SD 1.x/2.x", rep->unmatched[0]);
     }
     return DL_OK;
 }
@@ -402,23 +435,29 @@ static cJSON *adapter_meta(const dl_st_file *f)
     return s ? cJSON_Parse(s) : NULL;
 }
 
-/* Kohya names of the ldm (single-file) UNet layers, as some trainers write them. */
-static char (*ldm_aliases(const dl_model_config *cfg, const dl_lora_module *c, int n))[192]
+/* The other kohya name of each UNet layer: on SD 1.x/2.x the ldm (single-file) path's, as some
+ * trainers write them; on SDXL, where sd-scripts' names are the ldm paths, the diffusers path's
+ * (diffusers' convert_state_dict_to_kohya, and converters like it). */
+static char (*unet_aliases(const dl_model_config *cfg, const dl_lora_module *c, int n))[192]
 {
     char(*al)[192] = calloc((size_t)(n > 0 ? n : 1), sizeof *al);
     if (!al) return NULL;
-    static const char pre[] = "model.diffusion_model.";
+    const int xl = dl_lora_cfg_is_xl(cfg);
     for (int i = 0; i < n; i++) {
         if (c[i].part != DL_LORA_UNET) continue;
-        char w[200];
+        if (xl) {
+            dl_lora_kohya_name(DL_LORA_UNET, c[i].name, al[i], sizeof al[i]);
+            continue;
+        }
+        char w[200], nm[192];
         dl_ckpt_key key;
+        static const char pre[] = "model.diffusion_model.";
         snprintf(w, sizeof w, "%s.weight", c[i].name);
         if (dl_ckpt_map_single(cfg, DL_TEXT_HF, DL_PART_UNET, w, &key) != DL_OK) continue;
         const char *k = key.key;
         if (!strncmp(k, pre, sizeof pre - 1)) k += sizeof pre - 1;
         size_t len = strlen(k);
         if (len > 7 && !strcmp(k + len - 7, ".weight")) len -= 7;
-        char nm[192];
         snprintf(nm, sizeof nm, "%.*s", (int)len, k);
         dl_lora_kohya_name(DL_LORA_UNET, nm, al[i], sizeof al[i]);
     }
@@ -443,7 +482,8 @@ int dl_lora_load(const char *path, const dl_model_config *cfg, float multiplier,
     if (dl_lora_targets(cfg, &all, &cands, &n) != DL_OK) goto done;
     cs.c = cands;
     cs.n = n;
-    cs.alias = ldm_aliases(cfg, cands, n);
+    cs.alias = unet_aliases(cfg, cands, n);
+    cs.xl = dl_lora_cfg_is_xl(cfg);
     fd = calloc((size_t)(n > 0 ? n : 1), sizeof *fd);
     mods = calloc((size_t)(n > 0 ? n : 1), sizeof *mods);
     if (!fd || !mods || !cs.alias) {
@@ -456,7 +496,7 @@ int dl_lora_load(const char *path, const dl_model_config *cfg, float multiplier,
     for (int i = 0; i < n; i++) {
         if (!fd[i].t[0] && !fd[i].t[1] && !fd[i].t[2]) continue;
         int r;
-        if (check_shapes(path, &cands[i], &fd[i], &r) != DL_OK) goto done;
+        if (check_shapes(path, &cands[i], &fd[i], cs.xl, &r) != DL_OK) goto done;
         mods[j] = cands[i];
         mods[j].lora.r = r;
         mods[j].alpha = (float)r;
@@ -466,7 +506,7 @@ int dl_lora_load(const char *path, const dl_model_config *cfg, float multiplier,
     meta = adapter_meta(&f);
     for (int i = 0; i < n; i++) {
         if (!fd[i].t[0]) continue;
-        dl_lora_module *mm = dl_lora_net_find(net, cands[i].name);
+        dl_lora_module *mm = dl_lora_net_find(net, cands[i].kohya); /* unique: SDXL's text encoders share names */
         DL_ASSERT(mm);
         int peft = strstr(fd[i].t[ROLE_DOWN]->name, ".lora_down.") == NULL;
         if (read_module(&f, &fd[i], mm, meta, peft) != DL_OK) {
@@ -478,7 +518,10 @@ int dl_lora_load(const char *path, const dl_model_config *cfg, float multiplier,
     dl_lora_net_set_multiplier(net, multiplier);
     rep->n_modules = net->n;
     rep->n_unet = net->n_unet;
-    rep->n_text = net->n - net->n_unet;
+    for (int i = net->n_unet; i < net->n; i++) {
+        if (net->mods[i].part == DL_LORA_TEXT2) rep->n_text2++;
+        else rep->n_text++;
+    }
     ret = DL_OK;
 done:
     cJSON_Delete(meta);
@@ -497,6 +540,8 @@ int dl_lora_load_into(const char *path, dl_lora_net *net, dl_lora_report *rep_ou
     dl_st_file f;
     DL_TRY(dl_st_open(&f, path));
     cand_set cs = {.c = net->mods, .n = net->n};
+    for (int i = 0; i < net->n; i++) /* an SDXL network: its kohya names say so */
+        if (net->mods[i].part == DL_LORA_TEXT2 || !strncmp(net->mods[i].kohya, "lora_te1_", 9)) cs.xl = 1;
     found *fd = calloc((size_t)(net->n > 0 ? net->n : 1), sizeof *fd);
     cJSON *meta = NULL;
     int ret = DL_ERR, n_mod;
@@ -508,7 +553,7 @@ int dl_lora_load_into(const char *path, dl_lora_net *net, dl_lora_report *rep_ou
     for (int i = 0; i < net->n; i++) { /* check everything before changing anything */
         if (!fd[i].t[0] && !fd[i].t[1] && !fd[i].t[2]) continue;
         int r;
-        if (check_shapes(path, &net->mods[i], &fd[i], &r) != DL_OK) goto done;
+        if (check_shapes(path, &net->mods[i], &fd[i], cs.xl, &r) != DL_OK) goto done;
         if (r != net->mods[i].lora.r) {
             dl_error_set("%s: %s has rank %d but the network's module %s has rank %d (network_dim / conv_dim "
                          "must match the file)",
@@ -529,7 +574,8 @@ int dl_lora_load_into(const char *path, dl_lora_net *net, dl_lora_report *rep_ou
         m->lora.scale = m->alpha / (float)m->lora.r * net->multiplier;
         rep->n_modules++;
         if (m->part == DL_LORA_UNET) rep->n_unet++;
-        else rep->n_text++;
+        else if (m->part == DL_LORA_TEXT) rep->n_text++;
+        else rep->n_text2++;
     }
     ret = DL_OK;
 done:
@@ -541,8 +587,10 @@ done:
 
 void dl_lora_report_print(const dl_lora_report *rep, const char *path)
 {
-    fprintf(stderr, "%s: %d LoRA modules (%d UNet, %d text encoder) from %d of %d keys (%s%s%s)\n", path,
-            rep->n_modules, rep->n_unet, rep->n_text, rep->n_matched_keys, rep->n_keys,
+    char te2[48] = "";
+    if (rep->n_text2) snprintf(te2, sizeof te2, ", %d text encoder 2", rep->n_text2);
+    fprintf(stderr, "%s: %d LoRA modules (%d UNet, %d text encoder%s) from %d of %d keys (%s%s%s)\n", path,
+            rep->n_modules, rep->n_unet, rep->n_text, te2, rep->n_matched_keys, rep->n_keys,
             rep->kohya ? "kohya" : "", rep->kohya && rep->peft ? " + " : "", rep->peft ? "diffusers/PEFT" : "");
     if (rep->n_unmatched) {
         fprintf(stderr, "%s: %d keys matched no layer of the model:", path, rep->n_unmatched);

@@ -14,7 +14,12 @@
  *   Also read: the older "<name>.lora.down.weight" / ".lora.up.weight" keys, and text-encoder keys
  *   without "text_model." (text_encoder.encoder.layers.N..., as diffusers writes with transformers 5).
  * Reading also understands kohya names of ldm (single-file) layers such as
- * lora_unet_input_blocks_1_1_proj_in, as some trainers write them. */
+ * lora_unet_input_blocks_1_1_proj_in, as some trainers write them.
+ * SDXL: kohya files in sd-scripts' SDXL names (lora_unet_ + the SGM path, lora_te1_ / lora_te2_;
+ * lora_net.h), also with the UNet's diffusers paths (lora_unet_down_blocks_...), and diffusers
+ * files with "unet." / "text_encoder." / "text_encoder_2." keys (alphas from
+ * "text_encoder_2.lora_alpha" ...). A file whose text-encoder keys say the other architecture
+ * (lora_te_ on SDXL; lora_te1_, lora_te2_ or text_encoder_2. on SD 1.x/2.x) is an error. */
 #ifndef DANLU_LORA_IO_H
 #define DANLU_LORA_IO_H
 
@@ -41,7 +46,7 @@ int dl_lora_save(const char *path, const dl_lora_net *net, dl_lora_format fmt, d
 typedef struct dl_lora_report {
     int n_keys;                 /* tensors in the file */
     int n_matched_keys;         /* of them used */
-    int n_modules, n_unet, n_text; /* modules loaded */
+    int n_modules, n_unet, n_text, n_text2; /* modules loaded (n_text2: SDXL's second text encoder) */
     int kohya, peft;            /* 1 when keys of that layout were seen */
     int n_unmatched;            /* keys that matched no module of the model */
     char unmatched[DL_LORA_REPORT_KEYS][200]; /* the first of them */

@@ -35,11 +35,54 @@ const char *dl_lora_preset_name(dl_lora_preset p)
     return "?";
 }
 
-void dl_lora_kohya_name(dl_lora_part part, const char *name, char *out, size_t cap)
+static void kohya_join(const char *prefix, const char *name, char *out, size_t cap)
 {
-    snprintf(out, cap, "%s%s", part == DL_LORA_UNET ? "lora_unet_" : "lora_te_", name);
+    snprintf(out, cap, "%s%s", prefix, name);
     for (char *p = out; *p; p++)
         if (*p == '.') *p = '_';
+}
+
+void dl_lora_kohya_name(dl_lora_part part, const char *name, char *out, size_t cap)
+{
+    kohya_join(part == DL_LORA_UNET ? "lora_unet_" : part == DL_LORA_TEXT ? "lora_te_" : "lora_te2_", name, out, cap);
+}
+
+int dl_lora_cfg_is_xl(const dl_model_config *cfg) { return cfg->unet.addition_embed != DL_ADD_NONE; }
+
+const char *dl_lora_part_label(dl_lora_part part)
+{
+    return part == DL_LORA_UNET ? "UNet" : part == DL_LORA_TEXT ? "text encoder" : "text encoder 2";
+}
+
+const char *dl_lora_part_prefix(dl_lora_part part)
+{
+    return part == DL_LORA_UNET ? "unet" : part == DL_LORA_TEXT ? "text_encoder" : "text_encoder_2";
+}
+
+int dl_lora_kohya_name_for(const dl_model_config *cfg, dl_lora_part part, const char *name, char *out, size_t cap)
+{
+    if (!dl_lora_cfg_is_xl(cfg)) {
+        dl_lora_kohya_name(part, name, out, cap);
+        return DL_OK;
+    }
+    if (part != DL_LORA_UNET) {
+        kohya_join(part == DL_LORA_TEXT ? "lora_te1_" : "lora_te2_", name, out, cap);
+        return DL_OK;
+    }
+    /* sd-scripts trains SDXL on its own SGM-layout UNet: the module path is the single-file key */
+    static const char pre[] = "model.diffusion_model.";
+    char w[200];
+    dl_ckpt_key key;
+    snprintf(w, sizeof w, "%s.weight", name);
+    DL_TRY(dl_ckpt_map_single(cfg, DL_TEXT_HF, DL_PART_UNET, w, &key));
+    const char *k = key.key;
+    size_t len = strlen(k);
+    if (strncmp(k, pre, sizeof pre - 1) || len < sizeof pre - 1 + 7 || strcmp(k + len - 7, ".weight"))
+        return dl_error_set("UNet module %s maps to %s, not a model.diffusion_model.*.weight key", name, k);
+    char nm[192];
+    snprintf(nm, sizeof nm, "%.*s", (int)(len - 7 - (sizeof pre - 1)), k + sizeof pre - 1);
+    kohya_join("lora_unet_", nm, out, cap);
+    return DL_OK;
 }
 
 double dl_lora_kaiming_bound(int64_t fan_in)
@@ -133,11 +176,12 @@ static int collect_fn(void *user, dl_part part, const char *wname, int ndim, con
         c->mods = m;
         c->cap = cap;
     }
-    dl_lora_module *m = &c->mods[c->n++];
+    dl_lora_module *m = &c->mods[c->n];
     memset(m, 0, sizeof *m);
     snprintf(m->name, sizeof m->name, "%s", name);
-    m->part = part == DL_PART_UNET ? DL_LORA_UNET : DL_LORA_TEXT;
-    dl_lora_kohya_name(m->part, name, m->kohya, sizeof m->kohya);
+    m->part = part == DL_PART_UNET ? DL_LORA_UNET : part == DL_PART_TEXT ? DL_LORA_TEXT : DL_LORA_TEXT2;
+    DL_TRY(dl_lora_kohya_name_for(c->cfg, m->part, name, m->kohya, sizeof m->kohya));
+    c->n++;
     m->out = (int)shape[0];
     m->in = (int)shape[1];
     m->k = k;
@@ -156,6 +200,7 @@ int dl_lora_targets(const dl_model_config *cfg, const dl_lora_spec *spec, dl_lor
     *n = 0;
     if (spec->unet && dl_model_weights(cfg, DL_PART_UNET, collect_fn, &c) != DL_OK) goto fail;
     if (spec->text && dl_model_weights(cfg, DL_PART_TEXT, collect_fn, &c) != DL_OK) goto fail;
+    if (spec->text && dl_model_weights(cfg, DL_PART_TEXT2, collect_fn, &c) != DL_OK) goto fail; /* SDXL */
     *out = c.mods;
     *n = c.n;
     return DL_OK;
@@ -183,14 +228,14 @@ int dl_lora_net_from_modules(dl_lora_net *net, const dl_lora_module *mods, int n
     net->multiplier = multiplier;
     /* UNet modules first so each part's parameters are one contiguous range */
     int j = 0;
-    for (int pass = 0; pass < 2; pass++)
+    for (int pass = DL_LORA_UNET; pass <= DL_LORA_TEXT2; pass++)
         for (int i = 0; i < n; i++)
             if ((int)mods[i].part == pass) net->mods[j++] = mods[i];
     int64_t off = 0;
     for (int i = 0; i < n; i++) {
         dl_lora_module *m = &net->mods[i];
         if (m->part == DL_LORA_UNET) net->n_unet = i + 1;
-        if (i == net->n_unet && m->part == DL_LORA_TEXT) net->n_params_unet = off;
+        if (i == net->n_unet && m->part != DL_LORA_UNET) net->n_params_unet = off;
         DL_ASSERT(m->lora.r > 0 && m->in > 0 && m->out > 0 && m->k > 0);
         m->offset = off;
         off += round_up((int64_t)m->lora.r * m->k * m->k * m->in);
@@ -347,20 +392,23 @@ dl_lora_module *dl_lora_net_find(const dl_lora_net *net, const char *name)
 /* ------------------------------------------------------------------ attach / merge */
 
 /* The model layer of module m (exactly one of *lin, *conv set), shapes checked. */
-static int resolve(const dl_lora_module *m, dl_unet *u, dl_clip *te, dl_linear **lin, dl_conv **conv)
+static int resolve(const dl_lora_module *m, const dl_lora_models *md, dl_linear **lin, dl_conv **conv)
 {
     *lin = NULL;
     *conv = NULL;
     if (m->part == DL_LORA_UNET) {
+        dl_unet *u = md->unet;
         if (!u) return dl_error_set("LoRA module %s is for the UNet, but no UNet was given", m->kohya);
         const dl_unet_module *um = dl_unet_find(u, m->name);
         if (!um) return dl_error_set("LoRA module %s: the UNet has no layer %s", m->kohya, m->name);
         if (um->kind == DL_MODULE_LINEAR) *lin = um->linear;
         else *conv = um->conv;
     } else {
-        if (!te) return dl_error_set("LoRA module %s is for the text encoder, but no text encoder was given", m->kohya);
+        dl_clip *te = m->part == DL_LORA_TEXT ? md->te : md->te2;
+        const char *what = dl_lora_part_label(m->part);
+        if (!te) return dl_error_set("LoRA module %s is for the %s, but no %s was given", m->kohya, what, what);
         *lin = dl_clip_find(te, m->name);
-        if (!*lin) return dl_error_set("LoRA module %s: the text encoder has no layer %s", m->kohya, m->name);
+        if (!*lin) return dl_error_set("LoRA module %s: the %s has no layer %s", m->kohya, what, m->name);
     }
     if (*lin) {
         if (m->is_conv || m->k != 1 || (*lin)->in != m->in || (*lin)->out != m->out)
@@ -376,21 +424,22 @@ static int resolve(const dl_lora_module *m, dl_unet *u, dl_clip *te, dl_linear *
 }
 
 /* Check every module resolves before changing anything. */
-static int resolve_all(dl_lora_net *net, dl_unet *u, dl_clip *te)
+static int resolve_all(dl_lora_net *net, const dl_lora_models *md)
 {
     dl_linear *lin;
     dl_conv *conv;
-    for (int i = 0; i < net->n; i++) DL_TRY(resolve(&net->mods[i], u, te, &lin, &conv));
+    for (int i = 0; i < net->n; i++) DL_TRY(resolve(&net->mods[i], md, &lin, &conv));
     return DL_OK;
 }
 
 int dl_lora_net_attach(dl_lora_net *net, dl_unet *u, dl_clip *te)
 {
-    DL_TRY(resolve_all(net, u, te));
+    const dl_lora_models md = {u, te, NULL}, *mp = &md;
+    DL_TRY(resolve_all(net, mp));
     for (int i = 0; i < net->n; i++) {
         dl_linear *lin;
         dl_conv *conv;
-        DL_ASSERT(resolve(&net->mods[i], u, te, &lin, &conv) == DL_OK);
+        DL_ASSERT(resolve(&net->mods[i], mp, &lin, &conv) == DL_OK);
         if (lin) lin->lora = &net->mods[i].lora;
         else conv->lora = &net->mods[i].lora;
     }
@@ -402,10 +451,11 @@ void dl_lora_net_detach(dl_lora_net *net, dl_unet *u, dl_clip *te)
     /* detaching runs in teardown paths: keep the message of the error being reported */
     char saved[1024];
     snprintf(saved, sizeof saved, "%s", dl_error_msg());
+    const dl_lora_models md = {u, te, NULL};
     for (int i = 0; i < net->n; i++) {
         dl_linear *lin;
         dl_conv *conv;
-        if (resolve(&net->mods[i], u, te, &lin, &conv) != DL_OK) continue;
+        if (resolve(&net->mods[i], &md, &lin, &conv) != DL_OK) continue;
         if (lin && lin->lora == &net->mods[i].lora) lin->lora = NULL;
         if (conv && conv->lora == &net->mods[i].lora) conv->lora = NULL;
     }
@@ -421,15 +471,15 @@ static void merge_one(const dl_ctx *ctx, dl_lora_module *m, dl_linear *lin, dl_c
     else dl_be(ctx)->lora_unmerge(ctx, m->out, K, m->lora.r, m->lora.scale, m->lora.A, m->lora.B, W);
 }
 
-int dl_lora_net_merge(const dl_ctx *ctx, dl_lora_net *net, dl_unet *u, dl_clip *te)
+int dl_lora_net_merge_into(const dl_ctx *ctx, dl_lora_net *net, const dl_lora_models *md)
 {
-    DL_TRY(resolve_all(net, u, te));
+    DL_TRY(resolve_all(net, md));
     for (int i = 0; i < net->n; i++) {
         dl_lora_module *m = &net->mods[i];
         if (m->lora.merged || m->lora.scale == 0.0f) continue;
         dl_linear *lin;
         dl_conv *conv;
-        DL_ASSERT(resolve(m, u, te, &lin, &conv) == DL_OK);
+        DL_ASSERT(resolve(m, md, &lin, &conv) == DL_OK);
         const dl_dtype wdt = lin ? lin->wdt : conv->wdt;
         if (wdt != DL_F32)
             return dl_error_set("cannot merge a LoRA into %s: its weights are kept as %s (merging needs a model "
@@ -440,15 +490,27 @@ int dl_lora_net_merge(const dl_ctx *ctx, dl_lora_net *net, dl_unet *u, dl_clip *
     return DL_OK;
 }
 
-void dl_lora_net_unmerge(const dl_ctx *ctx, dl_lora_net *net, dl_unet *u, dl_clip *te)
+void dl_lora_net_unmerge_from(const dl_ctx *ctx, dl_lora_net *net, const dl_lora_models *md)
 {
     for (int i = net->n - 1; i >= 0; i--) {
         dl_lora_module *m = &net->mods[i];
         if (!m->lora.merged) continue;
         dl_linear *lin;
         dl_conv *conv;
-        DL_ASSERT(resolve(m, u, te, &lin, &conv) == DL_OK);
+        DL_ASSERT(resolve(m, md, &lin, &conv) == DL_OK);
         merge_one(ctx, m, lin, conv, -1.0f);
         m->lora.merged = 0;
     }
+}
+
+int dl_lora_net_merge(const dl_ctx *ctx, dl_lora_net *net, dl_unet *u, dl_clip *te)
+{
+    const dl_lora_models md = {u, te, NULL};
+    return dl_lora_net_merge_into(ctx, net, &md);
+}
+
+void dl_lora_net_unmerge(const dl_ctx *ctx, dl_lora_net *net, dl_unet *u, dl_clip *te)
+{
+    const dl_lora_models md = {u, te, NULL};
+    dl_lora_net_unmerge_from(ctx, net, &md);
 }

@@ -16,7 +16,15 @@
  *   text       CLIPAttention q/k/v/out_proj and CLIPMLP fc1/fc2 of every layer (72 for SD 1.5);
  *              attn-only keeps q/k/v/out_proj.
  * Names: the diffusers / transformers module name, and the kohya name "lora_unet_" or
- * "lora_te_" + name with '.' -> '_'. */
+ * "lora_te_" + name with '.' -> '_'.
+ *
+ * SDXL (a UNet with the text_time added conditioning): the same rules over its UNet, and the
+ * text rule over both text encoders (DL_LORA_TEXT: CLIP ViT-L, DL_LORA_TEXT2: OpenCLIP bigG as
+ * CLIPTextModelWithProjection; its text_projection is not a target). kohya names are sd-scripts'
+ * SDXL ones (networks/lora.py over library/sdxl_original_unet.py): "lora_unet_" + the module's
+ * SGM (ldm) path, e.g. input_blocks.4.1.transformer_blocks.0.attn1.to_q,
+ * middle_block.0.in_layers.2, output_blocks.2.2.conv, and "lora_te1_" / "lora_te2_" + the
+ * transformers name (checked against sd-scripts' own module list: tests/gen/gen_sdxl_lora.py). */
 #ifndef DANLU_LORA_NET_H
 #define DANLU_LORA_NET_H
 
@@ -33,7 +41,8 @@
 extern "C" {
 #endif
 
-typedef enum { DL_LORA_UNET = 0, DL_LORA_TEXT = 1 } dl_lora_part;
+/* DL_LORA_TEXT: the text encoder (SDXL: the first); DL_LORA_TEXT2: SDXL's second. */
+typedef enum { DL_LORA_UNET = 0, DL_LORA_TEXT = 1, DL_LORA_TEXT2 = 2 } dl_lora_part;
 
 typedef enum {
     DL_LORA_PRESET_DEFAULT = 0, /* sd-scripts' default (transformer modules) */
@@ -55,7 +64,7 @@ typedef struct dl_lora_spec {
     float alpha;            /* network_alpha; <= 0 means alpha = rank (scale 1) */
     int conv_rank;          /* conv_dim; 0: no kxk conv adapters */
     float conv_alpha;       /* conv_alpha; <= 0 means alpha (sd-scripts: conv_alpha = alpha) */
-    int unet, text;         /* 1: adapters on that part */
+    int unet, text;         /* 1: adapters on that part (text: SDXL's both text encoders) */
     float multiplier;       /* scale = alpha / rank x multiplier (1 when training) */
     uint64_t seed;          /* Kaiming init of A */
 } dl_lora_spec;
@@ -77,7 +86,8 @@ typedef struct dl_lora_module {
 } dl_lora_module;
 
 typedef struct dl_lora_net {
-    int n, n_unet;          /* modules; the UNet's come first [0, n_unet), then the text encoder's */
+    int n, n_unet;          /* modules; the UNet's come first [0, n_unet), then the text encoder's
+                               (SDXL: the first text encoder's, then the second's) */
     dl_lora_module *mods;   /* [n] (malloc'd) */
     float multiplier;
     int64_t n_params;       /* floats in params (and grads) */
@@ -126,7 +136,8 @@ void dl_lora_net_zero_grads(dl_lora_net *net);
 
 /* Every module the preset targets in cfg (no allocation of weights): *out malloc'd array of
  * modules with names, shapes, alpha and lora.r filled; *n set. With DL_LORA_PRESET_ALL every
- * linear and conv of the UNet (rank/alpha as 0) and every text-encoder linear. */
+ * linear and conv of the UNet (rank/alpha as 0) and every text-encoder linear (SDXL: of both
+ * text encoders). */
 int dl_lora_targets(const dl_model_config *cfg, const dl_lora_spec *spec, dl_lora_module **out, int *n);
 
 /* torch.nn.init.kaiming_uniform_(A, a=sqrt(5)) bound for fan_in = k*k*in: 1/sqrt(fan_in). */
@@ -140,12 +151,22 @@ void dl_lora_net_init_weights(dl_lora_net *net, uint64_t seed);
 /* Set the multiplier: scale = alpha / r x multiplier on every module. Not while merged. */
 void dl_lora_net_set_multiplier(dl_lora_net *net, float multiplier);
 
-/* The module called name (diffusers/transformers name or kohya name), or NULL. */
+/* The module called name (diffusers/transformers name or kohya name), or NULL. On SDXL the two
+ * text encoders' modules share their transformers names (the first encoder's is returned); the
+ * kohya names are unique. */
 dl_lora_module *dl_lora_net_find(const dl_lora_net *net, const char *name);
+
+/* The networks adapters go into; a part may be NULL when the net has no module for it. */
+typedef struct dl_lora_models {
+    dl_unet *unet;
+    dl_clip *te;   /* the text encoder (SDXL: the first) */
+    dl_clip *te2;  /* SDXL's second text encoder */
+} dl_lora_models;
 
 /* Attach every adapter to its layer in u / te (either may be NULL when the net has no module
  * for that part) so dl_linear_fwd / dl_conv_fwd apply it at run time. DL_ERR names a module the
- * model does not have, or both shapes when they differ; on error nothing stays attached. */
+ * model does not have, or both shapes when they differ; on error nothing stays attached. A
+ * module of SDXL's second text encoder is DL_ERR here (merge it with dl_lora_net_merge_into). */
 int dl_lora_net_attach(dl_lora_net *net, dl_unet *u, dl_clip *te);
 /* Remove this net's adapters from the layers they are attached to. */
 void dl_lora_net_detach(dl_lora_net *net, dl_unet *u, dl_clip *te);
@@ -156,9 +177,24 @@ void dl_lora_net_detach(dl_lora_net *net, dl_unet *u, dl_clip *te);
 int dl_lora_net_merge(const dl_ctx *ctx, dl_lora_net *net, dl_unet *u, dl_clip *te);
 /* Subtract what dl_lora_net_merge added (weights restored up to fp32 rounding). */
 void dl_lora_net_unmerge(const dl_ctx *ctx, dl_lora_net *net, dl_unet *u, dl_clip *te);
+/* dl_lora_net_merge / _unmerge into the networks of m (SDXL: both text encoders). */
+int dl_lora_net_merge_into(const dl_ctx *ctx, dl_lora_net *net, const dl_lora_models *m);
+void dl_lora_net_unmerge_from(const dl_ctx *ctx, dl_lora_net *net, const dl_lora_models *m);
 
-/* "lora_unet_" / "lora_te_" + name with '.' -> '_' into out (cap bytes). */
+/* "lora_unet_" / "lora_te_" (DL_LORA_TEXT2: "lora_te2_") + name with '.' -> '_' into out (cap
+ * bytes): the SD 1.x/2.x kohya name, and on SDXL the kohya name of the UNet module's diffusers
+ * path that some converters write (lora_unet_down_blocks_1_attentions_0_...). */
 void dl_lora_kohya_name(dl_lora_part part, const char *name, char *out, size_t cap);
+/* The kohya name sd-scripts gives module name of part in a model of config cfg: as
+ * dl_lora_kohya_name on SD 1.x/2.x; on SDXL "lora_unet_" + the SGM path, "lora_te1_" /
+ * "lora_te2_" + name. DL_ERR (message) for a UNet name the SGM layout does not have. */
+int dl_lora_kohya_name_for(const dl_model_config *cfg, dl_lora_part part, const char *name, char *out, size_t cap);
+/* 1 when cfg is an SDXL model (its UNet has the text_time added conditioning). */
+int dl_lora_cfg_is_xl(const dl_model_config *cfg);
+/* "UNet", "text encoder", "text encoder 2"; the PEFT key prefixes "unet", "text_encoder",
+ * "text_encoder_2". */
+const char *dl_lora_part_label(dl_lora_part part);
+const char *dl_lora_part_prefix(dl_lora_part part);
 
 #ifdef __cplusplus
 }

@@ -304,6 +304,11 @@ static int weight_diff(dl_checkpoint *a, dl_checkpoint *b, dl_part part, const c
     return DL_OK;
 }
 
+static dl_part part_of(dl_lora_part p)
+{
+    return p == DL_LORA_UNET ? DL_PART_UNET : p == DL_LORA_TEXT ? DL_PART_TEXT : DL_PART_TEXT2;
+}
+
 int dl_lora_extract(dl_checkpoint *base, dl_checkpoint *tuned, const dl_extract_opts *o, dl_lora_file *out,
                     dl_extract_stats *st)
 {
@@ -312,6 +317,8 @@ int dl_lora_extract(dl_checkpoint *base, dl_checkpoint *tuned, const dl_extract_
     out->dtype = DL_F32;
     const char *d = dl_unet_config_diff(&base->cfg.unet, &tuned->cfg.unet);
     if (!d && !o->no_text) d = dl_clip_config_diff(&base->cfg.text, &tuned->cfg.text);
+    if (!d && !o->no_text && (base->cfg.text2.num_layers || tuned->cfg.text2.num_layers))
+        d = dl_clip_config_diff(&base->cfg.text2, &tuned->cfg.text2); /* SDXL's second text encoder */
     if (d)
         return dl_error_set("%s and %s are different architectures (%s differs): a LoRA is extracted between a model "
                             "and its fine-tune",
@@ -323,15 +330,16 @@ int dl_lora_extract(dl_checkpoint *base, dl_checkpoint *tuned, const dl_extract_
     int nt = 0;
     DL_TRY(dl_lora_targets(&base->cfg, &spec, &t, &nt));
     int ret = DL_ERR;
-    /* sd-scripts: the text encoder only when some module of it changed by more than min_diff */
+    /* sd-scripts: the text encoder(s) only when some module of them changed by more than min_diff
+     * (SDXL: both encoders together) */
     int text_changed = 0;
     for (int i = 0; i < nt && !o->no_text; i++) {
-        if (t[i].part != DL_LORA_TEXT) continue;
+        if (t[i].part == DL_LORA_UNET) continue;
         char w[200];
         snprintf(w, sizeof w, "%s.weight", t[i].name);
         double *df;
         int rows, cols, nd;
-        if (weight_diff(base, tuned, DL_PART_TEXT, w, &df, &rows, &cols, &nd) != DL_OK) goto done;
+        if (weight_diff(base, tuned, part_of(t[i].part), w, &df, &rows, &cols, &nd) != DL_OK) goto done;
         if (max_abs(df, (size_t)rows * cols) > o->min_diff) text_changed = 1;
         free(df);
         if (text_changed) break;
@@ -339,14 +347,12 @@ int dl_lora_extract(dl_checkpoint *base, dl_checkpoint *tuned, const dl_extract_
     st->text_skipped = !o->no_text && !text_changed;
     for (int i = 0; i < nt; i++) {
         const dl_lora_module *m = &t[i];
-        if (m->part == DL_LORA_TEXT && !text_changed) continue;
+        if (m->part != DL_LORA_UNET && !text_changed) continue;
         char w[200];
         snprintf(w, sizeof w, "%s.weight", m->name);
         double *df = NULL, *u = NULL, *s = NULL, *vt = NULL;
         int rows, cols, nd;
-        if (weight_diff(base, tuned, m->part == DL_LORA_UNET ? DL_PART_UNET : DL_PART_TEXT, w, &df, &rows, &cols, &nd) !=
-            DL_OK)
-            goto done;
+        if (weight_diff(base, tuned, part_of(m->part), w, &df, &rows, &cols, &nd) != DL_OK) goto done;
         const int rank = m->k == 1 ? o->rank : o->conv_rank, lim = rows < cols ? rows : cols;
         const double mx = max_abs(df, (size_t)rows * cols);
         if (mx <= o->module_threshold) {

@@ -249,8 +249,9 @@ int dl_ckpt_map_single(const dl_model_config *cfg, dl_text_layout tl, dl_part pa
 /* For callers that do not handle SDXL (dl_ckpt_options.allow_sdxl 0). */
 static int refuse_sdxl(const char *path)
 {
-    return dl_error_set("%s: an SDXL checkpoint: danlu runs its networks (danlu run) and samples from it (danlu "
-                        "sample, grid), but SDXL training, LoRA tools and conversion are not supported yet", path);
+    return dl_error_set("%s: an SDXL checkpoint: danlu runs its networks (danlu run), samples from it with LoRAs "
+                        "(danlu sample, grid) and converts it (danlu lora, convert), but SDXL training is not "
+                        "supported yet", path);
 }
 
 static int file_exists(const char *path)

@@ -14,8 +14,8 @@
  * SDXL: a checkpoint is SDXL when its UNet has the text_time added conditioning (unet/config.json's
  * addition_embed_type, or a single file's label_emb beside conditioner.embedders.* text
  * encoders). Its UNet, VAE and text encoders (CLIP ViT-L, "text_encoder"; OpenCLIP ViT-bigG with
- * its projection, "text_encoder_2", DL_PART_TEXT2) load; training and the LoRA and conversion
- * tools do not handle SDXL yet: dl_ckpt_open refuses SDXL unless the caller says it handles it.
+ * its projection, "text_encoder_2", DL_PART_TEXT2) load; training does not handle SDXL yet:
+ * dl_ckpt_open refuses SDXL unless the caller says it handles it.
  * Shapes asked for and reported are in the diffusers (PyTorch) convention:
  * linear [out, in], conv [Cout, Cin, kh, kw]; dl_ckpt_load_conv hands conv weights out in
  * danlu's [Cout, kh, kw, Cin]. Weights are read from F32, F16 or BF16 into fp32.
@@ -48,8 +48,8 @@ typedef struct dl_ckpt_options {
     /* Prediction type: -1 = from the folder's scheduler/scheduler_config.json (epsilon for a
      * single file: it cannot be seen in the weights), 0 = epsilon, 1 = v-prediction. */
     int prediction;
-    /* 1: the caller handles SDXL (danlu run, sample); 0: an SDXL checkpoint is DL_ERR saying what
-     * is not implemented yet (training, the LoRA and conversion tools). */
+    /* 1: the caller handles SDXL (danlu run, sample, the LoRA and conversion tools); 0: an SDXL
+     * checkpoint is DL_ERR saying what is not implemented yet (training). */
     int allow_sdxl;
     /* A diffusers unet/config.json to use for a single file's UNet instead of the config detected
      * from its tensors (heads and norm groups are not in the weights: detection assumes SD's 8

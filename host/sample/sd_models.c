@@ -203,10 +203,15 @@ int dl_sd_v_prediction(const dl_sd *sd) { return sd->cfg.unet.prediction == DL_P
 int dl_sd_is_sd2(const dl_sd *sd) { return sd->sd2; }
 int dl_sd_lora_count(const dl_sd *sd) { return sd->n_lora; }
 
+/* The networks a LoRA merges into (SDXL: both text encoders). */
+static dl_lora_models lora_models(dl_sd *sd)
+{
+    return (dl_lora_models){sd->unet, sd->clip, sd->have_clip2 ? &sd->clip2 : NULL};
+}
+
 int dl_sd_lora_add(dl_sd *sd, const char *path, float te_w, float unet_w, int verbose)
 {
     if (sd->view) return dl_error_set("%s: LoRA files are not merged into borrowed networks", path);
-    if (sd->xl) return dl_error_set("%s: SDXL LoRAs are not supported yet (sampling SDXL works without LoRAs)", path);
     dl_lora_net *v = realloc(sd->loras, sizeof *v * (size_t)(sd->n_lora + 1));
     if (!v) return dl_error_set("out of memory loading %s", path);
     sd->loras = v;
@@ -223,8 +228,8 @@ int dl_sd_lora_add(dl_sd *sd, const char *path, float te_w, float unet_w, int ve
         dl_lora_net_free(net);
         return dl_error_prefix("%s: ", path);
     }
-    if (dl_lora_net_merge(sd->ctx, net, net->n_unet > 0 ? sd->unet : NULL, net->n > net->n_unet ? sd->clip : NULL) !=
-        DL_OK) {
+    const dl_lora_models md = lora_models(sd);
+    if (dl_lora_net_merge_into(sd->ctx, net, &md) != DL_OK) {
         dl_lora_net_free(net);
         return dl_error_prefix("%s: ", path);
     }
@@ -236,7 +241,8 @@ void dl_sd_lora_clear(dl_sd *sd)
 {
     for (int k = sd->n_lora - 1; k >= 0; k--) {
         dl_lora_net *net = &sd->loras[k];
-        dl_lora_net_unmerge(sd->ctx, net, net->n_unet > 0 ? sd->unet : NULL, net->n > net->n_unet ? sd->clip : NULL);
+        const dl_lora_models md = lora_models(sd);
+        dl_lora_net_unmerge_from(sd->ctx, net, &md);
         dl_lora_net_free(net);
     }
     free(sd->loras);

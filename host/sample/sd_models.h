@@ -75,7 +75,7 @@ int dl_sd_vae_decode(dl_sd *sd, int N, int h, int w, const float *z, float *img)
 
 /* Read the LoRA file at path (kohya, LyCORIS LoCon or diffusers/PEFT layout; lora/lora_io.h)
  * and merge it into the weights with scale alpha / rank x unet_w on UNet modules and x te_w on
- * text-encoder modules. Several may be merged; dl_sd_lora_clear unmerges them all (in reverse
+ * text-encoder modules (SDXL: both text encoders). Several may be merged; dl_sd_lora_clear unmerges them all (in reverse
  * order; weights restored up to fp32 rounding). Keys that matched nothing are reported on
  * stderr when verbose; a file none of whose keys match, or whose shapes belong to another
  * architecture, is DL_ERR naming the file (nothing merged). */
