@@ -27,6 +27,11 @@ static float *rounded(size_t n, uint64_t seed, dl_dtype dt, uint16_t **lo)
     *lo = malloc(n * sizeof **lo);
     cr_assert(f && *lo);
     tu_fill_uniform(f, n, seed, -1.5f, 1.5f);
+    for (size_t i = 0; i + 3 < n; i += 7) { /* zeros of both signs and fp16 subnormals among them */
+        f[i] = 0.0f;
+        f[i + 1] = -0.0f;
+        f[i + 2] = (i & 8) ? 1e-6f : -3e-7f;
+    }
     cr_assert_eq(dl_convert_from_f32(*lo, dt, f, n), 0);
     cr_assert_eq(dl_convert_to_f32(f, *lo, dt, n), 0);
     return f;

@@ -22,14 +22,23 @@ int dl_dtype_parse(const char *name, dl_dtype *out)
     return -1;
 }
 
-/* fp16 -> fp32 of n values from a possibly unaligned source: F16C (8 at a time) where the build
- * has it (x86-64-v3 and up), the scalar conversion for the tail and elsewhere. Every value
- * converts exactly; F16C returns a signalling NaN quieted (the scalar path keeps its bits). */
+/* fp16 -> fp32 of n values from a possibly unaligned source: F16C (8 at a time, the tail through
+ * a padded copy) where the build has it (x86-64-v3 and up), the scalar conversion elsewhere.
+ * Every value converts exactly; F16C returns a signalling NaN quieted (the scalar path keeps
+ * its bits). Short runs are common (GEMM panels pack 14 or 32 weights at a time). */
 static void f16_to_f32(float *dst, const char *s, size_t n)
 {
     size_t i = 0;
 #ifdef __F16C__
     for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s + 2 * i))));
+    if (i < n) {
+        uint16_t h[8] = {0};
+        float f[8];
+        memcpy(h, s + 2 * i, 2 * (n - i));
+        _mm256_storeu_ps(f, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)h)));
+        memcpy(dst + i, f, 4 * (n - i));
+        return;
+    }
 #endif
     for (; i < n; i++) {
         uint16_t h;

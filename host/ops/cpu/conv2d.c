@@ -214,7 +214,7 @@ static void pack_w_phase(const void *user, int64_t m0, int mr, int64_t k0, int k
         const char *at = (const char *)c->w + ((((int64_t)co * k + c->phase->tkh[t]) * k + c->phase->tkw[t]) * Cin + m0) * es;
         const float *src = (const float *)at;
         if (c->wdt != DL_F32) {
-            dl_convert_to_f32(row, at, c->wdt, (size_t)mr);
+            dl_run16_to_f32(row, at, c->wdt, mr);
             src = row;
         }
         float *d = dst + kk * ks;

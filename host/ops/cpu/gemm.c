@@ -276,12 +276,14 @@ static void pack_rows_panel32_avx512(const void *A, int64_t lda, dl_dtype dt, in
         for (; k + 16 <= kc; k += 16)
             transpose16_to_panel32(a + ((size_t)r0 * lda + k) * es, lda, dt, dst + k * 32 + r0);
         for (int r = r0; k < kc && r < r0 + 16; r++) {
-            dl_convert_to_f32(row, a + ((size_t)r * lda + k) * es, dt, (size_t)(kc - k));
+            if (dt == DL_F32) memcpy(row, a + ((size_t)r * lda + k) * es, (size_t)(kc - k) * 4);
+            else dl_run16_to_f32(row, a + ((size_t)r * lda + k) * es, dt, kc - k);
             for (int q = k; q < kc; q++) dst[q * 32 + r] = row[q - k];
         }
     }
     for (int r = r0; r < mr; r++) {
-        dl_convert_to_f32(row, a + (size_t)r * lda * es, dt, (size_t)kc);
+        if (dt == DL_F32) memcpy(row, a + (size_t)r * lda * es, (size_t)kc * 4);
+        else dl_run16_to_f32(row, a + (size_t)r * lda * es, dt, kc);
         for (int k = 0; k < kc; k++) dst[k * 32 + r] = row[k];
     }
 }
@@ -290,24 +292,23 @@ static void pack_rows_panel32_avx512(const void *A, int64_t lda, dl_dtype dt, in
 /* pack_a_plain for fp16 / bf16: each run of values converted to fp32 first (kc, mr <= GEMM_KC). */
 static void pack_a_typed(const plain_a *p, int64_t m0, int mr, int64_t k0, int kc, float *dst, int64_t rs, int64_t ks)
 {
-    const size_t es = dl_dtype_size(p->dt);
     const char *a = p->A;
     float row[GEMM_KC];
     if (!p->transA) {
         for (int r = 0; r < mr; r++) {
-            const char *src = a + ((size_t)(m0 + r) * p->lda + k0) * es;
-            if (ks == 1) dl_convert_to_f32(dst + r * rs, src, p->dt, (size_t)kc);
+            const char *src = a + ((size_t)(m0 + r) * p->lda + k0) * 2;
+            if (ks == 1) dl_run16_to_f32(dst + r * rs, src, p->dt, kc);
             else {
-                dl_convert_to_f32(row, src, p->dt, (size_t)kc);
+                dl_run16_to_f32(row, src, p->dt, kc);
                 for (int k = 0; k < kc; k++) dst[k * ks + r * rs] = row[k];
             }
         }
     } else {
         for (int k = 0; k < kc; k++) {
-            const char *src = a + ((size_t)(k0 + k) * p->lda + m0) * es;
-            if (rs == 1) dl_convert_to_f32(dst + k * ks, src, p->dt, (size_t)mr);
+            const char *src = a + ((size_t)(k0 + k) * p->lda + m0) * 2;
+            if (rs == 1) dl_run16_to_f32(dst + k * ks, src, p->dt, mr);
             else {
-                dl_convert_to_f32(row, src, p->dt, (size_t)mr);
+                dl_run16_to_f32(row, src, p->dt, mr);
                 for (int r = 0; r < mr; r++) dst[k * ks + r * rs] = row[r];
             }
         }
