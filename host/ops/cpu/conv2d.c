@@ -206,20 +206,29 @@ static void pack_w_phase(const void *user, int64_t m0, int mr, int64_t k0, int k
     const wphase_src *c = user;
     const dl_conv2d_shape *s = c->s;
     const int Cout = s->Cout, Cin = s->Cin, k = s->k;
-    const size_t es = dl_dtype_size(c->wdt);
-    float row[64]; /* mr <= the widest micro-tile (32) */
-    DL_ASSERT(mr <= 64);
     int t = (int)(k0 / Cout), co = (int)(k0 % Cout);
-    for (int kk = 0; kk < kc; kk++) {
-        const char *at = (const char *)c->w + ((((int64_t)co * k + c->phase->tkh[t]) * k + c->phase->tkw[t]) * Cin + m0) * es;
-        const float *src = (const float *)at;
-        if (c->wdt != DL_F32) {
-            dl_run16_to_f32(row, at, c->wdt, mr);
-            src = row;
+    if (c->wdt == DL_F32) {
+        const float *w = c->w;
+        for (int kk = 0; kk < kc; kk++) {
+            const float *src = w + (((int64_t)co * k + c->phase->tkh[t]) * k + c->phase->tkw[t]) * Cin + m0;
+            float *d = dst + kk * ks;
+            if (rs == 1) for (int r = 0; r < mr; r++) d[r] = src[r];
+            else for (int r = 0; r < mr; r++) d[r * rs] = src[r];
+            if (++co == Cout) { co = 0; t++; }
         }
+        return;
+    }
+    const uint16_t *w = c->w; /* fp16 / bf16: each run converted on the way */
+    float row[64];            /* mr <= the widest micro-tile (32) */
+    DL_ASSERT(mr <= 64);
+    for (int kk = 0; kk < kc; kk++) {
+        const uint16_t *src = w + (((int64_t)co * k + c->phase->tkh[t]) * k + c->phase->tkw[t]) * Cin + m0;
         float *d = dst + kk * ks;
-        if (rs == 1) for (int r = 0; r < mr; r++) d[r] = src[r];
-        else for (int r = 0; r < mr; r++) d[r * rs] = src[r];
+        if (rs == 1) dl_run16_to_f32(d, src, c->wdt, mr);
+        else {
+            dl_run16_to_f32(row, src, c->wdt, mr);
+            for (int r = 0; r < mr; r++) d[r * rs] = row[r];
+        }
         if (++co == Cout) { co = 0; t++; }
     }
 }
