@@ -99,6 +99,26 @@ static void clip_bigg(dl_clip_config *c)
     c->projection_dim = 1280;
 }
 
+/* The tiny presets' VAE (two 32-wide levels) and text encoder (64 wide, 2 layers, 1000 tokens;
+ * tests/gen/gen_checkpoint.py), on top of the SD 1.5 defaults. */
+static void tiny_vae_text(dl_model_config *cfg, int vae_sample_size)
+{
+    dl_vae_config *v = &cfg->vae;
+    v->n_blocks = 2;
+    v->block_out_channels[0] = v->block_out_channels[1] = 32;
+    v->block_out_channels[2] = v->block_out_channels[3] = 0;
+    v->layers_per_block = 1;
+    v->sample_size = vae_sample_size;
+    dl_clip_config *t = &cfg->text;
+    t->vocab_size = 1000;
+    t->hidden_size = 64;
+    t->intermediate_size = 128;
+    t->num_layers = 2;
+    t->num_heads = 1;
+    t->bos_token_id = 998;
+    t->eos_token_id = 999;
+}
+
 int dl_model_config_preset(dl_model_config *cfg, const char *name)
 {
     memset(cfg, 0, sizeof *cfg);
@@ -137,20 +157,7 @@ int dl_model_config_preset(dl_model_config *cfg, const char *name)
         u->cross_attention_dim = 64;
         u->time_embed_dim = 128;
         u->sample_size = 8;
-        dl_vae_config *v = &cfg->vae;
-        v->n_blocks = 2;
-        v->block_out_channels[0] = v->block_out_channels[1] = 32;
-        v->block_out_channels[2] = v->block_out_channels[3] = 0;
-        v->layers_per_block = 1;
-        v->sample_size = 16;
-        dl_clip_config *t = &cfg->text;
-        t->vocab_size = 1000;
-        t->hidden_size = 64;
-        t->intermediate_size = 128;
-        t->num_layers = 2;
-        t->num_heads = 1;
-        t->bos_token_id = 998;
-        t->eos_token_id = 999;
+        tiny_vae_text(cfg, 16);
         return DL_OK;
     }
     if (!strcmp(name, "sdxl")) {
@@ -171,24 +178,10 @@ int dl_model_config_preset(dl_model_config *cfg, const char *name)
         u->time_embed_dim = 128;
         u->sample_size = 16;
         u->projection_class_embeddings_input_dim = 6 * 256 + 40; /* SDXL's 256-wide sinusoids */
-        dl_vae_config *v = &cfg->vae;
-        v->n_blocks = 2;
-        v->block_out_channels[0] = v->block_out_channels[1] = 32;
-        v->block_out_channels[2] = v->block_out_channels[3] = 0;
-        v->layers_per_block = 1;
-        v->scaling_factor = 0.13025f;
-        v->sample_size = 32;
-        dl_clip_config *t = &cfg->text;
-        t->vocab_size = 1000;
-        t->hidden_size = 64;
-        t->intermediate_size = 128;
-        t->num_layers = 2;
-        t->num_heads = 1;
-        t->max_positions = 77;
-        t->bos_token_id = 998;
-        t->eos_token_id = 999;
+        tiny_vae_text(cfg, 32);
+        cfg->vae.scaling_factor = 0.13025f;
         dl_clip_config *t2 = &cfg->text2; /* single-file detection: head dim 64 */
-        *t2 = *t;
+        *t2 = cfg->text;
         t2->act = DL_ACT_GELU;
         t2->projection_dim = 40; /* the UNet's pooled text embedding */
         return DL_OK;
