@@ -1485,8 +1485,8 @@ Test(backend_table, sticky_error_surfaces_at_synchronize)
 
 /* The emulated device's ordering trap, reached through the table: a copy on one stream and an op
  * on another that touch the same bytes with no event between are an error (sticky, named at the
- * next synchronize) — an upload read by the compute stream, and a download of what the compute
- * stream wrote. With the events (run_streams) the same exchange passes; on the CPU backend, which
+ * next synchronize) — an upload read by the compute stream, a download of what the compute stream
+ * wrote, and an upload over what the compute stream is still reading. With the events (run_streams) the same exchange passes; on the CPU backend, which
  * does every copy when it is enqueued, these orders are fine. */
 Test(backend_table, unordered_streams_are_caught)
 {
@@ -1497,10 +1497,10 @@ Test(backend_table, unordered_streams_are_caught)
         const int64_t n = 1000;
         float h[1000];
         for (int i = 0; i < n; i++) h[i] = (float)i;
-        for (int which = 0; which < 2; which++) {
+        for (int which = 0; which < 3; which++) {
             dl_ctx c2;
             cr_assert_eq(dl_ctx_init_backend(&c2, 1, be), DL_OK, "%s", dl_error_msg());
-            dl_be_stream *side = be->stream_create(&c2, which == 0 ? "upload" : "download");
+            dl_be_stream *side = be->stream_create(&c2, which == 1 ? "download" : "upload");
             float *x = be->alloc(&c2, n * sizeof(float)), *y = be->alloc(&c2, n * sizeof(float));
             cr_assert(side && x && y);
             int rc;
@@ -1508,16 +1508,23 @@ Test(backend_table, unordered_streams_are_caught)
                 cr_expect_eq(be->upload_on(&c2, side, x, h, sizeof h), DL_OK, "%s", dl_error_msg());
                 be->scale_forward(&c2, n, 2.0f, x, y);
                 rc = be->synchronize(&c2);
-            } else { /* written on the compute stream, downloaded on the side stream: no event */
+            } else if (which == 1) { /* written on the compute stream, downloaded on the side stream */
                 cr_expect_eq(be->upload(&c2, x, h, sizeof h), DL_OK);
                 be->scale_forward(&c2, n, 2.0f, x, y);
                 rc = be->download_on(&c2, side, h, y, sizeof h);
+                if (rc == DL_OK) rc = be->synchronize(&c2);
+            } else { /* read on the compute stream, overwritten by an upload on the side stream */
+                cr_expect_eq(be->upload(&c2, x, h, sizeof h), DL_OK);
+                cr_expect_eq(be->synchronize(&c2), DL_OK); /* the upload is ordered before both */
+                be->scale_forward(&c2, n, 2.0f, x, y);
+                rc = be->upload_on(&c2, side, x, h, sizeof h);
                 if (rc == DL_OK) rc = be->synchronize(&c2);
             }
             if (emu) {
                 cr_expect_eq(rc, DL_ERR, "%s: case %d: the unordered access was not caught", t->name, which);
                 const char *m = dl_error_msg();
-                cr_expect(strstr(m, "no event recorded") != NULL && strstr(m, which == 0 ? "upload" : "download"),
+                cr_expect(strstr(m, "no event recorded") != NULL && strstr(m, which == 1 ? "download" : "upload") &&
+                              strstr(m, which == 2 ? "reads" : "wrote"),
                           "%s: case %d: the message does not name the streams and the missing event: %s", t->name,
                           which, m);
                 cr_expect_eq(be->synchronize(&c2), DL_ERR, "%s: sticky", t->name);
