@@ -62,13 +62,16 @@ typedef struct cu_state {
     size_t grows;       /* scratch / ones growths since open */
     int failed;         /* sticky error */
     char err[1024];
+    dl_dtype compute;   /* the calling ctx's compute_dtype (set by ST at every entry): GEMMs' type */
 } cu_state;
 
 static cu_state *ST(const dl_ctx *ctx)
 {
     DL_ASSERTF(ctx && ctx->be_state, "cuda backend: ctx has no backend state (not opened with "
                                      "dl_ctx_init_backend, or the open failed)");
-    return (cu_state *)ctx->be_state;
+    cu_state *st = ctx->be_state;
+    st->compute = ctx->compute_dtype == DL_BF16 ? DL_BF16 : DL_F32;
+    return st;
 }
 
 /* Records the first device error of an op (its name and dl_error_msg()); 1 if rc failed. */
@@ -172,6 +175,7 @@ static void rm_gemm_b(cu_state *st, const char *entry, int ta, int tb, int64_t M
         .batch = bt.count, .stride_a = bt.sb, .stride_b = bt.sa, .stride_c = bt.sc,
         .epilogue = bias ? DL_DEV_EPI_BIAS : DL_DEV_EPI_DEFAULT,
         .bias = bias,
+        .compute = st->compute,
     };
     chk(st, entry, dl_dev_gemm(st->dev, st->s, &g, alpha, B, A, beta, C, st->gemm_ws, DL_DEV_GEMM_WORKSPACE));
 }
@@ -895,6 +899,7 @@ const dl_backend dl_backend_cuda = {
     .name = "cuda",
     .device_memory = 1,
     .weight_dtypes = (1u << DL_F16) | (1u << DL_BF16),
+    .compute_dtypes = 1u << DL_BF16,
     .open = cu_open,
     .close = cu_close,
     .alloc = cu_alloc,

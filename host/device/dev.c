@@ -156,6 +156,9 @@ dl_dev_status dl_dev_check_gemm(const dl_dev_gemm_desc *g)
     if (!ab_type_ok(g->ab_type) || !ab_type_ok(g->c_type))
         return dl_dev_fail(DL_DEV_ERR_NOT_SUPPORTED, "dl_dev_gemm: A/B type %s, C type %s (f32, bf16, f16 only)",
                            dl_dtype_name(g->ab_type), dl_dtype_name(g->c_type));
+    if (g->compute != DL_F32 && !(g->compute == DL_BF16 && g->ab_type == DL_F32))
+        return dl_dev_fail(DL_DEV_ERR_NOT_SUPPORTED, "dl_dev_gemm: compute type %s with A/B %s (f32, or bf16 on f32 "
+                           "data)", dl_dtype_name(g->compute), dl_dtype_name(g->ab_type));
     const int64_t arows = g->transa == DL_DEV_OP_N ? g->m : g->k, brows = g->transb == DL_DEV_OP_N ? g->k : g->n;
     if (g->lda < (arows > 1 ? arows : 1) || g->ldb < (brows > 1 ? brows : 1) || g->ldc < (g->m > 1 ? g->m : 1))
         return dl_dev_fail(DL_DEV_ERR_BAD_PARAM,

@@ -152,7 +152,8 @@ static dl_dev_status real_gemm(dl_dev *d, dl_dev_stream *s, const dl_dev_gemm_de
     cublasLtMatmulDesc_t op = NULL;
     cublasLtMatrixLayout_t la = NULL, lb = NULL, lc = NULL;
     cublasLtMatmulPreference_t pref = NULL;
-    dl_dev_status st = lt_st(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "cublasLtMatmulDescCreate");
+    dl_dev_status st = lt_st(cublasLtMatmulDescCreate(&op, g->compute == DL_BF16 ? CUBLAS_COMPUTE_32F_FAST_16BF : CUBLAS_COMPUTE_32F,
+                                                          CUDA_R_32F), "cublasLtMatmulDescCreate");
     cublasOperation_t ta = g->transa == DL_DEV_OP_T ? CUBLAS_OP_T : CUBLAS_OP_N;
     cublasOperation_t tb = g->transb == DL_DEV_OP_T ? CUBLAS_OP_T : CUBLAS_OP_N;
     if (st == DL_DEV_SUCCESS) {

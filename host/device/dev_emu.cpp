@@ -567,6 +567,7 @@ dl_dev_status emu_gemm(dl_dev *d, dl_dev_stream *s, const dl_dev_gemm_desc *g, f
     (void)ws;
     (void)ws_bytes;
     std::vector<float> oa((size_t)m * k), ob((size_t)n * k); /* op(A) rows, op(B) columns, k contiguous */
+    const bool bf16 = g->compute == DL_BF16; /* FAST_16BF: the fp32 inputs rounded to bf16 */
     for (int bi = 0; bi < batch; bi++) {
         const unsigned char *pa = X(e, (const unsigned char *)A) + (size_t)bi * g->stride_a * dl_dtype_size(g->ab_type);
         const unsigned char *pb = X(e, (const unsigned char *)B) + (size_t)bi * g->stride_b * dl_dtype_size(g->ab_type);
@@ -577,6 +578,10 @@ dl_dev_status emu_gemm(dl_dev *d, dl_dev_stream *s, const dl_dev_gemm_desc *g, f
         for (int64_t j = 0; j < n; j++)
             for (int64_t kk = 0; kk < k; kk++)
                 ob[j * k + kk] = ld(pb, g->ab_type, tb ? (size_t)(kk * g->ldb + j) : (size_t)(j * g->ldb + kk));
+        if (bf16) {
+            for (float &v : oa) v = dl_bf16_to_f32(dl_f32_to_bf16(v));
+            for (float &v : ob) v = dl_bf16_to_f32(dl_f32_to_bf16(v));
+        }
         const void *bias = has_bias ? X(e, g->bias) : nullptr;
         for (int64_t j = 0; j < n; j++)
             for (int64_t i = 0; i < m; i++) {

@@ -117,6 +117,9 @@ typedef struct dl_dev_gemm_desc {
     int64_t stride_a, stride_b, stride_c; /* elements between consecutive matrices */
     dl_dev_epilogue epilogue;
     const void *bias; /* [m], c_type, for the BIAS epilogues */
+    dl_dtype compute; /* DL_F32 (0): fp32 products; DL_BF16 with fp32 A/B: each element of A and B
+                         rounded to bf16, products accumulated in fp32 (cuBLASLt's
+                         CUBLAS_COMPUTE_32F_FAST_16BF: tensor cores on fp32 data) */
 } dl_dev_gemm_desc;
 /* Workspace: ws may be NULL when ws_bytes is 0 (the real one then runs the algorithms that need
  * none); DL_DEV_GEMM_WORKSPACE bytes is always enough. */
