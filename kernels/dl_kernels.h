@@ -238,6 +238,8 @@ int dl_cuda_clip_coef(const float *sumsq, float max_norm, float *coef, cudaStrea
 int dl_cuda_scale_by(int64_t n, const float *coef, float *x, cudaStream_t stream);
 /* y [n] = x [n] widened to fp32; x fp16 or bf16 (DL_F16 / DL_BF16), exact. */
 int dl_cuda_to_f32(dl_dtype dt, int64_t n, const void *x, float *y, cudaStream_t stream);
+/* y [n] = x [n] (fp32) rounded to bf16 (DL_BF16 only; round to nearest even). */
+int dl_cuda_from_f32(dl_dtype dt, int64_t n, const float *x, void *y, cudaStream_t stream);
 
 #ifdef __cplusplus
 }
