@@ -43,6 +43,19 @@
 
 // ---- 1- or 16-byte element moves: VEC elements of T as floats ---------------------------------
 
+/* A 16-byte global store. nvcc splits a plain float4 / uint4 store in these kernels into four
+ * 4-byte STG (seen in the SASS); __stcg (st.global.cg.v4) stays one STG.E.128 and keeps the
+ * written activations out of L1, which never reads them again. */
+/* GN_LDCG reads what other blocks wrote before their fence and ticket (at L2, never a stale L1
+ * line). */
+#ifdef __CUDACC__
+#define GN_ST16(p, v) __stcg((p), (v))
+#define GN_LDCG(p) __ldcg(p)
+#else
+#define GN_ST16(p, v) (*(p) = (v))
+#define GN_LDCG(p) (*(const volatile float *)(p))
+#endif
+
 template <typename T, int VEC> struct GnIO;
 template <> struct GnIO<float, 1> {
     static __device__ __forceinline__ void ld(const float *p, float (&f)[1]) { f[0] = *p; }
@@ -59,7 +72,7 @@ template <> struct GnIO<float, 4> {
     }
     static __device__ __forceinline__ void st(float *p, const float (&f)[4])
     {
-        *reinterpret_cast<float4 *>(p) = make_float4(f[0], f[1], f[2], f[3]);
+        GN_ST16(reinterpret_cast<float4 *>(p), make_float4(f[0], f[1], f[2], f[3]));
     }
 };
 template <> struct GnIO<__nv_bfloat16, 1> {
@@ -88,8 +101,8 @@ template <> struct GnIO<__nv_bfloat16, 8> {
     }
     static __device__ __forceinline__ void st(__nv_bfloat16 *p, const float (&f)[8])
     {
-        *reinterpret_cast<uint4 *>(p) = make_uint4(pack(f[0], f[1]), pack(f[2], f[3]), pack(f[4], f[5]),
-                                                   pack(f[6], f[7]));
+        GN_ST16(reinterpret_cast<uint4 *>(p),
+                make_uint4(pack(f[0], f[1]), pack(f[2], f[3]), pack(f[4], f[5]), pack(f[6], f[7])));
     }
 };
 
@@ -339,9 +352,9 @@ __global__ void __launch_bounds__(GN_THREADS, 1)
             for (int j = t; j < W; j += GN_THREADS) {
                 float s1 = 0.0f, s2 = 0.0f;
                 for (int i = 0; i < N; i++) {
-                    const volatile float *o = part + ((int64_t)i * C + c0 + j) * 2;
-                    s1 += o[0];
-                    s2 += o[1];
+                    const float *o = part + ((int64_t)i * C + c0 + j) * 2;
+                    s1 += GN_LDCG(o);
+                    s2 += GN_LDCG(o + 1);
                 }
                 if (dbeta) dbeta[c0 + j] = s1;
                 if (dgamma) dgamma[c0 + j] = s2;
