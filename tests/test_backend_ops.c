@@ -382,7 +382,7 @@ Test(backend_ops, attention_mma_dispatch)
 }
 
 /* The CUDA backend (fp32 tensors) on a device of compute capability 8.0 takes the mma kernels for
- * d 40 / 80 / 160: q, k, v (and o, dout) rounded to bf16, outputs widened back. Against the fp32
+ * d 40 / 64 / 80 / 160: q, k, v (and o, dout) rounded to bf16, outputs widened back. Against the fp32
  * CPU op the error is bf16's (inputs rounded: ~4e-3 relative), hence 2e-2; the mma call counter
  * proves which kernels ran. */
 static void backend_attn_case(const dl_ctx *ctx, dl_attention_shape s)
@@ -431,6 +431,7 @@ Test(backend_ops, backend_attention_on_sm80_takes_mma)
     dl_ctx ctx;
     cr_assert_eq(dl_ctx_init_backend(&ctx, 2, &dl_backend_cuda), DL_OK, "%s", dl_error_msg());
     backend_attn_case(&ctx, (dl_attention_shape){1, 48, 48, 2, 40, 1.0f / sqrtf(40.0f), 0});
+    backend_attn_case(&ctx, (dl_attention_shape){1, 20, 30, 2, 64, 1.0f / sqrtf(64.0f), 0});
     backend_attn_case(&ctx, (dl_attention_shape){2, 16, 77, 1, 80, 1.0f / sqrtf(80.0f), 0});
     backend_attn_case(&ctx, (dl_attention_shape){1, 12, 20, 1, 160, 1.0f / sqrtf(160.0f), 0});
     dl_ctx_free(&ctx);
