@@ -67,8 +67,8 @@ int dl_cuda_attention_forward_mma(dl_dtype dt, int N, int H, int Tq, int Tk, int
  * registers, dQ accumulated in fp32), the contract of dl_cuda_attention_backward plus: ws, scratch
  * of dl_cuda_attention_backward_mma_workspace_size() bytes (needed when dq is not NULL), and
  * deterministic != 0, which adds the dQ parts of the key blocks in a fixed order (same bits on
- * every run) instead of with atomics. bf16 only (-1 otherwise); d = 160 runs the portable
- * kernels (dl_cuda_attention_backward). kernels/attention_mma.cu. */
+ * every run) instead of with atomics. bf16 only (-1 otherwise); d = 160 splits the columns of
+ * dK, dV, dQ over two CTAs per key block. kernels/attention_mma.cu. */
 size_t dl_cuda_attention_backward_mma_workspace_size(int N, int H, int Tq, int Tk, int d);
 int dl_cuda_attention_backward_mma(dl_dtype dt, int N, int H, int Tq, int Tk, int d, float scale,
                                    const void *q, int64_t ldq, const void *k, int64_t ldk,

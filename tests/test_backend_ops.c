@@ -354,7 +354,7 @@ Test(backend_ops, attention_mma_dispatch)
         {1, 2, 40, 77, 40, 0, DL_BF16},   /* SD1.5 level 1 heads, cross-attention to 77 tokens */
         {1, 2, 33, 33, 64, 8, DL_BF16},   /* d 64, fused-projection ld */
         {2, 1, 20, 45, 80, 0, DL_BF16},   /* level 2 */
-        {1, 1, 17, 24, 160, 0, DL_BF16},  /* level 3 (its backward: the portable kernels inside) */
+        {1, 1, 17, 24, 160, 0, DL_BF16},  /* level 3 (backward: two CTAs per key block) */
     };
     env e = env_open_sm("86");
     cr_expect_eq(dl_dev_sm(e.dev), 86);
