@@ -74,6 +74,7 @@ void dl_dev_close(dl_dev *dev)
 }
 dl_dev_kind dl_dev_kind_of(const dl_dev *dev) { return dev->kind; }
 const char *dl_dev_name(const dl_dev *dev) { return dev->vt->name(dev); }
+int dl_dev_sm(const dl_dev *dev) { return dev->sm; }
 dl_dev_status dl_dev_synchronize(dl_dev *dev) { return dev->vt->synchronize(dev); }
 dl_dev_status dl_dev_mem_info(dl_dev *dev, size_t *free_bytes, size_t *total_bytes)
 {
@@ -297,18 +298,39 @@ dl_dev_status dl_dev_sdpa_backward(dl_dev *dev, dl_dev_stream *s, const dl_dev_s
     dl_dev_status st = dl_dev_check_sdpa(a);
     return st != DL_DEV_SUCCESS ? st : dev->vt->sdpa_backward(dev, s, 0, a, q, k, v, o, dout, lse, delta, dq, dk, dv);
 }
+int dl_dev_attention_uses_mma(const dl_dev *dev, const dl_dev_sdpa_desc *a)
+{
+    return dev->sm >= 80 && a->dt == DL_BF16 && (a->d == 40 || a->d == 64 || a->d == 80 || a->d == 160);
+}
+static unsigned long long g_attn_mma_calls; /* over every device of the process (atomic adds) */
+unsigned long long dl_dev_attention_mma_calls(const dl_dev *dev)
+{
+    return dev ? dev->attn_mma_calls : __atomic_load_n(&g_attn_mma_calls, __ATOMIC_RELAXED);
+}
+static dl_dev_status count_mma(const dl_dev *dev, unsigned long long before, dl_dev_status st)
+{
+    __atomic_fetch_add(&g_attn_mma_calls, dev->attn_mma_calls - before, __ATOMIC_RELAXED);
+    return st;
+}
 dl_dev_status dl_dev_attention_forward(dl_dev *dev, dl_dev_stream *s, const dl_dev_sdpa_desc *a, const void *q,
                                        const void *k, const void *v, void *o, float *lse)
 {
     dl_dev_status st = dl_dev_check_sdpa(a);
-    return st != DL_DEV_SUCCESS ? st : dev->vt->sdpa_forward(dev, s, 1, a, q, k, v, o, lse);
+    if (st != DL_DEV_SUCCESS) return st;
+    const unsigned long long before = dev->attn_mma_calls;
+    return count_mma(dev, before,
+                     dev->vt->sdpa_forward(dev, s, dl_dev_attention_uses_mma(dev, a) ? 2 : 1, a, q, k, v, o, lse));
 }
 dl_dev_status dl_dev_attention_backward(dl_dev *dev, dl_dev_stream *s, const dl_dev_sdpa_desc *a, const void *q,
                                         const void *k, const void *v, const void *o, const void *dout,
                                         const float *lse, float *delta, void *dq, void *dk, void *dv)
 {
     dl_dev_status st = dl_dev_check_sdpa(a);
-    return st != DL_DEV_SUCCESS ? st : dev->vt->sdpa_backward(dev, s, 1, a, q, k, v, o, dout, lse, delta, dq, dk, dv);
+    if (st != DL_DEV_SUCCESS) return st;
+    const unsigned long long before = dev->attn_mma_calls;
+    return count_mma(dev, before,
+                     dev->vt->sdpa_backward(dev, s, dl_dev_attention_uses_mma(dev, a) ? 2 : 1, a, q, k, v, o, dout,
+                                            lse, delta, dq, dk, dv));
 }
 
 /* ---- danlu's kernels ---- */
@@ -650,4 +672,10 @@ dl_dev_status dl_dev_to_f32(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int64_t 
     OPS_REQUIRE((dt == DL_F16 || dt == DL_BF16) && n >= 0 && (n == 0 || (x && y)),
                 "dl_dev_to_f32: dtype %s, n %lld, x %p, y %p", dl_dtype_name(dt), (long long)n, x, (void *)y);
     return dev->vt->to_f32(dev, s, dt, n, x, y);
+}
+dl_dev_status dl_dev_from_f32(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int64_t n, const float *x, void *y)
+{
+    OPS_REQUIRE(dt == DL_BF16 && n >= 0 && (n == 0 || (x && y)), "dl_dev_from_f32: dtype %s, n %lld, x %p, y %p",
+                dl_dtype_name(dt), (long long)n, (const void *)x, y);
+    return dev->vt->from_f32(dev, s, dt, n, x, y);
 }
