@@ -57,13 +57,15 @@ static void usage(FILE *f)
                "  --steps S             timed steps after the warm-up step (default 3)\n"
                "  --weights native|f32  frozen weights in the checkpoint's fp16/bf16 where the backend takes\n"
                "                        them, as the trainer holds them (default), or converted to fp32\n"
+               "  --precision fp32|bf16 the compute type (bf16: matrix products of bf16-rounded inputs with\n"
+               "                        fp32 accumulation, as --mixed_precision bf16; backends that have it)\n"
                "  --json PATH           write the figures as one JSON object\n");
 }
 
 int main(int argc, char **argv)
 {
     const char *model = NULL, *json = NULL, *backend = "cpu";
-    int threads = 0, steps = 3, size = 32, rank = 16, ckpt = 0, native = 1;
+    int threads = 0, steps = 3, size = 32, rank = 16, ckpt = 0, native = 1, bf16 = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) { usage(stdout); return 0; }
         if (i + 1 >= argc) { fprintf(stderr, PROG ": %s needs a value\n", argv[i]); return 2; }
@@ -77,6 +79,7 @@ int main(int argc, char **argv)
         else if (!strcmp(o, "--rank")) rank = atoi(v);
         else if (!strcmp(o, "--checkpointing")) ckpt = atoi(v);
         else if (!strcmp(o, "--weights") && (!strcmp(v, "native") || !strcmp(v, "f32"))) native = !strcmp(v, "native");
+        else if (!strcmp(o, "--precision") && (!strcmp(v, "fp32") || !strcmp(v, "bf16"))) bf16 = !strcmp(v, "bf16");
         else { fprintf(stderr, PROG ": unknown option %s\n", o); return 2; }
     }
     if (!model || steps < 1 || size < 8 || rank < 1) {
@@ -87,6 +90,11 @@ int main(int argc, char **argv)
     dl_ctx ctx;
     dl_checkpoint ck;
     if (dl_ctx_init_backend(&ctx, threads, be) != DL_OK || dl_ckpt_open(&ck, model, NULL) != DL_OK) die();
+    if (bf16 && !(be->compute_dtypes & (1u << DL_BF16))) {
+        fprintf(stderr, PROG ": --precision bf16: the %s backend multiplies in fp32 only\n", be->name);
+        return 2;
+    }
+    ctx.compute_dtype = bf16 ? DL_BF16 : DL_F32;
     if (native) { /* as the trainer: fp16 stays fp16 where computed from, in the file's mapping on the CPU */
         ck.weight_dtypes = be->weight_dtypes;
         ck.weights_in_place = !be->device_memory;
@@ -160,7 +168,7 @@ int main(int argc, char **argv)
     qsort(times, (size_t)steps, sizeof *times, bench_cmp_double);
     const double med = times[steps / 2], peak = bench_peak_rss_gib(), GiB = 1073741824.0;
     const double be_mem = (weights.cap + act.cap + scratch.cap + bufs) / GiB;
-    printf("device: %s\n", device);
+    printf("device: %s, compute %s\n", device, bf16 ? "bf16" : "fp32");
     printf("train step %dx%d latent (%dx%d px), rank %d, %d modules, checkpointing %s, threads %d: median %.3f s, "
            "best %.3f s, first %.3f s (load %.1f s), loss %.4f, peak RSS %.2f GiB (weights %.2f, activations %.2f, "
            "scratch %.2f GiB)\n",
@@ -172,8 +180,8 @@ int main(int argc, char **argv)
     if (json) {
         FILE *f = fopen(json, "w");
         if (!f) { fprintf(stderr, PROG ": cannot write %s\n", json); return 1; }
-        fprintf(f, "{\"what\": \"train_step\", \"backend\": \"%s\", \"precision\": \"fp32\", \"weights\": \"%s\", "
-                   "\"device\": ", be->name, native ? "native" : "f32");
+        fprintf(f, "{\"what\": \"train_step\", \"backend\": \"%s\", \"precision\": \"%s\", \"weights\": \"%s\", "
+                   "\"device\": ", be->name, bf16 ? "bf16" : "fp32", native ? "native" : "f32");
         bench_json_str(f, device);
         fprintf(f,
                 ", \"latent\": %d, \"rank\": %d, \"modules\": %d, \"checkpointing\": %d, \"threads\": %d, "

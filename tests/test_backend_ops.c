@@ -381,12 +381,14 @@ Test(backend_ops, attention_mma_dispatch)
     env_close(&e);
 }
 
-/* The CUDA backend (fp32 tensors) on a device of compute capability 8.0 takes the mma kernels for
- * d 40 / 64 / 80 / 160: q, k, v (and o, dout) rounded to bf16, outputs widened back. Against the fp32
- * CPU op the error is bf16's (inputs rounded: ~4e-3 relative), hence 2e-2; the mma call counter
- * proves which kernels ran. */
+/* The CUDA backend (fp32 tensors) with the bf16 compute type on a device of compute capability 8.0
+ * takes the mma kernels for d 40 / 64 / 80 / 160: q, k, v (and o, dout) rounded to bf16, outputs
+ * widened back. Against the fp32 CPU op the error is bf16's (inputs rounded: ~4e-3 relative), hence
+ * 2e-2; the mma call counter proves which kernels ran. With fp32 compute the same device runs the
+ * portable fp32 kernels (no mma call, fp32 accuracy). */
 static void backend_attn_case(const dl_ctx *ctx, dl_attention_shape s)
 {
+    const int mma = ctx->compute_dtype == DL_BF16;
     const dl_backend *be = &dl_backend_cuda;
     const size_t hd = (size_t)s.H * s.d, nq = (size_t)s.N * s.Tq * hd, nk = (size_t)s.N * s.Tk * hd,
                  nl = (size_t)s.N * s.H * s.Tq;
@@ -406,12 +408,14 @@ static void backend_attn_case(const dl_ctx *ctx, dl_attention_shape s)
     be->attention_forward(ctx, s, d[0], d[1], d[2], d[5], d[4]);
     be->attention_backward(ctx, s, d[0], d[1], d[2], d[5], d[4], d[3], d[6], d[7], d[8]);
     cr_assert_eq(be->synchronize(ctx), DL_OK, "%s", dl_error_msg());
-    cr_expect_eq(dl_dev_attention_mma_calls(NULL) - before, 2ull, "d %d: forward and backward on the mma kernels", s.d);
+    cr_expect_eq(dl_dev_attention_mma_calls(NULL) - before, mma ? 2ull : 0ull, "d %d: forward and backward %s the mma "
+                 "kernels", s.d, mma ? "on" : "not on");
     const char *names[9] = {"", "", "", "", "lse", "o", "dq", "dk", "dv"};
     for (int i = 4; i < 9; i++) {
         cr_assert_eq(be->download(ctx, got, d[i], n[i] * 4), DL_OK);
         const double err = rel_l2(got, h[i], n[i]);
-        cr_expect(err <= 2e-2, "d %d %s: relative L2 %.3g (bf16 inputs)", s.d, names[i], err);
+        cr_expect(err <= (mma ? 2e-2 : 1e-5), "d %d %s: relative L2 %.3g (%s inputs)", s.d, names[i], err,
+                  mma ? "bf16" : "fp32");
     }
     for (int i = 0; i < 9; i++) {
         be->free(ctx, d[i]);
@@ -430,10 +434,13 @@ Test(backend_ops, backend_attention_on_sm80_takes_mma)
     }
     dl_ctx ctx;
     cr_assert_eq(dl_ctx_init_backend(&ctx, 2, &dl_backend_cuda), DL_OK, "%s", dl_error_msg());
+    ctx.compute_dtype = DL_BF16;
     backend_attn_case(&ctx, (dl_attention_shape){1, 48, 48, 2, 40, 1.0f / sqrtf(40.0f), 0});
     backend_attn_case(&ctx, (dl_attention_shape){1, 20, 30, 2, 64, 1.0f / sqrtf(64.0f), 0});
     backend_attn_case(&ctx, (dl_attention_shape){2, 16, 77, 1, 80, 1.0f / sqrtf(80.0f), 0});
     backend_attn_case(&ctx, (dl_attention_shape){1, 12, 20, 1, 160, 1.0f / sqrtf(160.0f), 0});
+    ctx.compute_dtype = DL_F32;
+    backend_attn_case(&ctx, (dl_attention_shape){1, 20, 30, 2, 64, 1.0f / sqrtf(64.0f), 0});
     dl_ctx_free(&ctx);
     for (int i = 0; i < 2; i++) {
         if (saved[i]) setenv(keys[i], saved[i], 1);

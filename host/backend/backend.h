@@ -112,8 +112,10 @@ typedef struct dl_backend {
      * matrix products of linear_* and lora_linear_* (forward and backward, bias gradients too)
      * round their fp32 inputs to bf16 and accumulate in fp32, as torch's bf16 autocast
      * multiplies (on the GPU: tensor cores). Tensors, norms, element-wise ops, losses and the
-     * optimizer stay fp32; convolutions use the library's fp32 path and attention its fp32
-     * kernels (the causal text-encoder attention, built from GEMMs, takes the compute type). */
+     * optimizer stay fp32; convolutions use the library's fp32 path. The attention entries
+     * take it too: the causal text-encoder attention is built from GEMMs, and on a GPU of
+     * compute capability 8.0 or more the CUDA backend runs the others on its bf16 mma.sync
+     * kernels (inputs rounded to bf16, outputs widened back). */
 
     /* linear.h: y[M,out] = x[M,in] w^T + b; gradients dx, dw, db */
     void (*linear_forward)(const dl_ctx *ctx, int64_t M, int64_t in, int64_t out, const float *x,

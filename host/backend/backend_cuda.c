@@ -630,15 +630,17 @@ static void attn_probs(cu_state *st, const char *e, const dl_attention_shape *s,
     chk(st, e, dl_dev_softmax_forward(st->dev, st->s, (int64_t)s->H * s->Tq, s->Tk, s->scale, s->causal ? s->Tq : 0, P,
                                       P, lse_n));
 }
-/* On a device with compute capability ≥ 8.0 danlu's mma.sync kernels (bf16 only) run the head dims
- * of attn_kernel_path: the fp32 inputs are rounded to bf16 in scratch (SC_ATTN_BF16) and the
- * outputs widened back, DESIGN's CUDA numerics (bf16 matrix inputs, fp32 accumulation and
- * softmax; about 1e-2 relative against the fp32 CPU op). 1 when that path applies. */
+/* With the bf16 compute type (ctx->compute_dtype, --mixed_precision bf16) on a device with compute
+ * capability ≥ 8.0, danlu's mma.sync kernels (bf16 only) run the head dims of attn_kernel_path:
+ * the fp32 inputs are rounded to bf16 in scratch (SC_ATTN_BF16) and the outputs widened back,
+ * DESIGN's CUDA numerics (bf16 matrix inputs, fp32 accumulation and softmax; about 1e-2 relative
+ * against the fp32 CPU op). With fp32 compute the portable fp32 kernels run. 1 when the mma path
+ * applies. */
 static int attn_mma_path(const cu_state *st, const dl_attention_shape *s)
 {
     dl_dev_sdpa_desc a = sdpa_of(s);
     a.dt = DL_BF16;
-    return attn_kernel_path(s) && dl_dev_attention_uses_mma(st->dev, &a);
+    return st->compute == DL_BF16 && attn_kernel_path(s) && dl_dev_attention_uses_mma(st->dev, &a);
 }
 /* n fp32 values rounded to bf16 at dst (scratch); 1 after a failure */
 static int attn_narrow(cu_state *st, const char *e, const float *src, uint16_t *dst, size_t n)
