@@ -1606,6 +1606,62 @@ Test(backend_table, bf16_compute_rounds_matrix_inputs)
     }
 }
 
+/* Convolutions with the bf16 compute type: the forward and the input gradient convolve bf16 copies
+ * of their inputs into a bf16 output (torch autocast's numerics), widened back: the CPU's fp32 op
+ * on bf16-rounded inputs with its output rounded to bf16 (to 1e-3: an output may round the other
+ * way after a different summation order), not the fp32 result (~2e-3 away). The weight gradient
+ * stays fp32; the bias gradient is a GEMM (bf16-rounded dy). Without bf16 compute: fp32. */
+static void round_bf16(float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++) x[i] = dl_bf16_to_f32(dl_f32_to_bf16(x[i]));
+}
+Test(backend_table, bf16_compute_convolutions)
+{
+    const dl_conv2d_shape s = dl_conv2d_shape_make(2, 9, 7, 24, 40, 3, 1, 1);
+    const size_t nx = 2 * 9 * 7 * 24, nw = 40 * 9 * 24, ny = 2 * 9 * 7 * 40;
+    FOR_EACH_TARGET(t) {
+        const int bf16 = (t->be->compute_dtypes & (1u << DL_BF16)) != 0;
+        t->ctx.compute_dtype = DL_BF16;
+        float *x = hrand(nx, 11, -1, 1), *w = hrand(nw, 12, -0.2f, 0.2f), *b = hrand(40, 13, -1, 1);
+        float *dy = hrand(ny, 14, -1, 1);
+        float *xr = bf16_copy(x, nx), *wr = bf16_copy(w, nw), *dyr = bf16_copy(dy, ny);
+        float *y32 = hnew(ny), *yr = hnew(ny), *dx32 = hnew(nx), *dxr = hnew(nx), *dw32 = hnew(nw), *db32 = hnew(40),
+              *dbr = hnew(40), *unused = hnew(nw);
+        REF.conv2d_forward(cpu(), &s, x, w, DL_F32, b, y32);
+        REF.conv2d_forward(cpu(), &s, xr, wr, DL_F32, NULL, yr);
+        round_bf16(yr, ny);
+        for (size_t i = 0; i < ny; i++) yr[i] += b[i % 40];
+        REF.conv2d_backward(cpu(), &s, x, w, DL_F32, dy, dx32, dw32, db32);
+        REF.conv2d_backward(cpu(), &s, xr, wr, DL_F32, dyr, dxr, unused, dbr);
+        round_bf16(dxr, nx);
+        float *d_x = t_in(t, x, nx), *d_w = t_in(t, w, nw), *d_b = t_in(t, b, 40), *d_dy = t_in(t, dy, ny);
+        float *d_y = t_out(t, ny), *d_dx = t_out(t, nx), *d_dw = t_out(t, nw), *d_db = t_out(t, 40);
+        t->be->conv2d_forward(&t->ctx, &s, d_x, d_w, DL_F32, d_b, d_y);
+        t->be->conv2d_backward(&t->ctx, &s, d_x, d_w, DL_F32, d_dy, d_dx, d_dw, d_db);
+        cr_assert_eq(t->be->synchronize(&t->ctx), DL_OK, "%s: %s", t->name, dl_error_msg());
+        const double tol = strcmp(t->name, "cuda (real)") == 0 ? 3e-3 : 1e-3;
+        const struct { const char *what; const float *d, *r32, *rb; size_t n; int rounded; } o[] = {
+            {"y", d_y, y32, yr, ny, 1}, {"dx", d_dx, dx32, dxr, nx, 1}, {"dw", d_dw, dw32, dw32, nw, 0},
+            {"db", d_db, db32, dbr, 40, 1}};
+        for (int i = 0; i < 4; i++) {
+            const double e32 = rel_l2_dev(t, o[i].d, o[i].r32, o[i].n), eb = rel_l2_dev(t, o[i].d, o[i].rb, o[i].n);
+            fprintf(stderr, "backend_table: %s: compute bf16: conv %s: %.2e from the fp32 result, %.2e from the bf16 "
+                    "reference\n", t->name, o[i].what, e32, eb);
+            if (bf16 && o[i].rounded) {
+                cr_expect(eb <= (i == 3 ? 1e-5 : tol), "%s: conv %s: %.3g from the bf16 reference", t->name,
+                          o[i].what, eb);
+                cr_expect(e32 >= 5e-4, "%s: conv %s: %.3g from the fp32 result: bf16 was not applied", t->name,
+                          o[i].what, e32);
+            } else {
+                cr_expect(e32 <= 1e-5, "%s: conv %s: %.3g from the fp32 result", t->name, o[i].what, e32);
+            }
+        }
+        t->ctx.compute_dtype = DL_F32;
+        t_free_all(t);
+        hfree_all();
+    }
+}
+
 /* After every case ran once, running them again grows no scratch buffer (the steady state of a
  * training step allocates nothing). */
 Test(backend_table, steady_state_grows_no_scratch)

@@ -171,10 +171,10 @@ Test(train_backend, cuda_on_the_emulated_device_matches_cpu, .timeout = 900)
     cr_expect_eq(system(cmd), 0);
 }
 
-/* --mixed_precision bf16 (bf16 matrix products, fp32 tensors) on the emulated device: the losses
+/* --mixed_precision bf16 (bf16 matrix products and convolutions, fp32 tensors) on the emulated device: the losses
  * stay within 2e-2 of the CPU's fp32 run, two runs are identical bit for bit, and the CPU backend
  * refuses bf16 by name. */
-Test(train_backend, bf16_matrix_products_stay_close_and_deterministic, .timeout = 900)
+Test(train_backend, bf16_compute_stays_close_and_deterministic, .timeout = 900)
 {
     setenv("DANLU_CUDA_DEVICE", "emulated", 1);
     make_data();
@@ -196,7 +196,7 @@ Test(train_backend, bf16_matrix_products_stay_close_and_deterministic, .timeout 
     }
     const double dw = lora_distance(rb[0].output_path, rb[1].output_path);
     const double d32 = lora_distance(r32.output_path, rb[0].output_path);
-    fprintf(stderr, "train_backend: bf16 matrix products: losses %.2e from fp32 (relative), LoRA %.2e; run to run %g\n",
+    fprintf(stderr, "train_backend: bf16 compute: losses %.2e from fp32 (relative), LoRA %.2e; run to run %g\n",
             worst, d32, dw);
     cr_expect(worst <= 2e-2, "bf16 losses differ from fp32 by %.3g relative (bound 2e-2)", worst);
     cr_expect(worst > 0, "the bf16 run gave the fp32 losses exactly: bf16 was not applied");

@@ -111,11 +111,13 @@ typedef struct dl_backend {
      * Compute type: with ctx->compute_dtype DL_BF16 (a backend whose compute_dtypes has it), the
      * matrix products of linear_* and lora_linear_* (forward and backward, bias gradients too)
      * round their fp32 inputs to bf16 and accumulate in fp32, as torch's bf16 autocast
-     * multiplies (on the GPU: tensor cores). Tensors, norms, element-wise ops, losses and the
-     * optimizer stay fp32; convolutions use the library's fp32 path. The attention entries
-     * take it too: the causal text-encoder attention is built from GEMMs, and on a GPU of
-     * compute capability 8.0 or more the CUDA backend runs the others on its bf16 mma.sync
-     * kernels (inputs rounded to bf16, outputs widened back). */
+     * multiplies (on the GPU: tensor cores). Convolutions' forwards and input gradients convolve
+     * bf16 copies of their inputs into a bf16 output widened back (autocast's conv outputs are
+     * bf16; a LoCon forward that adds into its output, and weight gradients, stay fp32). The
+     * attention entries take it too: the causal text-encoder attention is built from GEMMs, and
+     * on a GPU of compute capability 8.0 or more the CUDA backend runs the others on its bf16
+     * mma.sync kernels (inputs rounded to bf16, outputs widened back). Tensors, norms,
+     * element-wise ops, losses and the optimizer stay fp32. */
 
     /* linear.h: y[M,out] = x[M,in] w^T + b; gradients dx, dw, db */
     void (*linear_forward)(const dl_ctx *ctx, int64_t M, int64_t in, int64_t out, const float *x,

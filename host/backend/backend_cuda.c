@@ -40,6 +40,7 @@ enum {
     SC_ATTN_DP,   /* attention fallback backward: dP then dS [H, Tq, Tk] */
     SC_ATTN_BF16, /* attention on sm_80+: bf16 copies of q, k, v, o, dout and dq, dk, dv */
     SC_WEIGHT,    /* an fp16 / bf16 layer weight widened to fp32 for the op that reads it */
+    SC_CONV_BF16, /* conv with the bf16 compute type: bf16 copies of its two inputs and its output */
     SC_N
 };
 
@@ -480,10 +481,47 @@ static int conv_algo(cu_state *st, const char *e, dl_dev_conv_dir dir, const con
     if (*wsb && !(*ws = scratch(st, e, SC_CONV_WS, *wsb))) return -1;
     return algo;
 }
+/* With the bf16 compute type, a forward or backward-data convolution that does not blend into its
+ * output (beta 0) runs on bf16 copies of its two inputs with a bf16 output (cuDNN's bf16
+ * convolution, fp32 accumulation: tensor cores) widened back into the fp32 output, as torch's
+ * bf16 autocast convolves (its outputs are bf16). a is x (forward) or dy (backward data), out y or
+ * dx. 1 when it ran (or failed: the sticky error is set), 0 when the fp32 path should run. */
+static int conv_bf16(cu_state *st, const char *e, dl_dev_conv_dir dir, const conv_view *v, const float *a,
+                     const float *w, float beta, float *out)
+{
+    if (st->compute != DL_BF16 || beta != 0.0f || dir == DL_DEV_CONV_BWD_FILTER) return 0;
+    const size_t nx = conv_x_elems(v), nw = (size_t)v->wd.k * v->wd.c * v->wd.r * v->wd.s,
+                 ny = (size_t)v->yd.n * v->yd.c * v->yd.h * v->yd.w;
+    const size_t na = dir == DL_DEV_CONV_FWD ? nx : ny, no = dir == DL_DEV_CONV_FWD ? ny : nx;
+    const size_t pa = (na + 127) / 128 * 128, pw = (nw + 127) / 128 * 128; /* 256-byte aligned parts */
+    uint16_t *ab = scratch(st, e, SC_CONV_BF16, (pa + pw + no) * sizeof(uint16_t));
+    if (!ab) return 1;
+    uint16_t *wb = ab + pa, *ob = wb + pw;
+    conv_view vb = *v;
+    vb.xd.dt = vb.yd.dt = vb.wd.dt = DL_BF16;
+    if (chk(st, e, dl_dev_from_f32(st->dev, st->s, DL_BF16, (int64_t)na, a, ab)) ||
+        chk(st, e, dl_dev_from_f32(st->dev, st->s, DL_BF16, (int64_t)nw, w, wb)))
+        return 1;
+    void *ws;
+    size_t wsb;
+    const int algo = conv_algo(st, e, dir, &vb, &ws, &wsb);
+    if (algo < 0) return 1;
+    if (dir == DL_DEV_CONV_FWD) {
+        if (chk(st, e, dl_dev_conv_forward(st->dev, st->s, 1.0f, &vb.xd, ab, &vb.wd, wb, &vb.cd, algo, ws, wsb, 0.0f,
+                                           &vb.yd, ob)))
+            return 1;
+    } else if (chk(st, e, dl_dev_conv_backward_data(st->dev, st->s, 1.0f, &vb.wd, wb, &vb.yd, ab, &vb.cd, algo, ws,
+                                                      wsb, 0.0f, &vb.xd, ob))) {
+        return 1;
+    }
+    chk(st, e, dl_dev_to_f32(st->dev, st->s, DL_BF16, (int64_t)no, ob, out));
+    return 1;
+}
 /* y = conv(xin, w) (+ beta · y), xin from conv_input */
 static void conv_fwd(cu_state *st, const char *e, const conv_view *v, const float *xin, const float *w, float beta,
                      float *y)
 {
+    if (conv_bf16(st, e, DL_DEV_CONV_FWD, v, xin, w, beta, y)) return;
     void *ws;
     size_t wsb;
     const int algo = conv_algo(st, e, DL_DEV_CONV_FWD, v, &ws, &wsb);
@@ -495,6 +533,7 @@ static void conv_fwd(cu_state *st, const char *e, const conv_view *v, const floa
 static void conv_bwd_data(cu_state *st, const char *e, const conv_view *v, const float *w, const float *dy,
                           float beta, float *dxin)
 {
+    if (conv_bf16(st, e, DL_DEV_CONV_BWD_DATA, v, dy, w, beta, dxin)) return;
     void *ws;
     size_t wsb;
     const int algo = conv_algo(st, e, DL_DEV_CONV_BWD_DATA, v, &ws, &wsb);
