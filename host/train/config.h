@@ -60,6 +60,8 @@ typedef struct dl_train_config {
     double learning_rate;                /* default 2e-6 (sd-scripts) */
     double unet_lr;                      /* unset: learning_rate */
     double text_encoder_lr;              /* unset: learning_rate */
+    double text_encoder_lr2;             /* a second text_encoder_lr value (sd-scripts' nargs="*"),
+                                            unset (NaN) unless given; networks.lora does not use it */
     char *lr_scheduler;                  /* default "constant" */
     int lr_warmup_steps;
     int lr_scheduler_num_cycles;         /* default 1 */
@@ -92,6 +94,9 @@ typedef struct dl_train_config {
     int caption_dropout_every_n_epochs;
     double caption_tag_dropout_rate;
     int cache_latents, cache_latents_to_disk;
+    int cache_text_encoder_outputs;      /* sd-scripts' flag: an error when the text encoder trains or
+                                            captions change between epochs */
+    int cache_text_encoder_outputs_to_disk; /* implies cache_text_encoder_outputs */
     int enable_bucket;
     int min_bucket_reso, max_bucket_reso, bucket_reso_steps;
     int bucket_no_upscale;
