@@ -369,6 +369,7 @@ int dl_lora_net_create(dl_lora_net *net, const dl_model_config *cfg, const dl_lo
     int r = dl_lora_net_from_modules(net, mods, n, spec->multiplier);
     free(mods);
     if (r != DL_OK) return DL_ERR;
+    net->xl = dl_lora_cfg_is_xl(cfg);
     dl_lora_net_init_weights(net, spec->seed);
     return DL_OK;
 }

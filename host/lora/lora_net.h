@@ -98,6 +98,7 @@ typedef struct dl_lora_net {
                                dl_lora_net_to_backend moves them to a device; files are written
                                from and read into it (dl_lora_net_pull / _push) */
     const struct dl_ctx *dev; /* the device ctx params and grads live on, or NULL (host) */
+    int xl;                 /* made for an SDXL model (dl_lora_net_create; 0 from a module list) */
 } dl_lora_net;
 
 /* Moves params (uploaded from host) and grads (zeroed) to the memory of ctx's backend when it

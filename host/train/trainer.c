@@ -14,6 +14,7 @@
 #include "core/error.h"
 #include "core/rng.h"
 #include "io/image.h"
+#include "io/safetensors.h"
 #include "lora/ckpt_tools.h"
 #include "lora/lora_io.h"
 #include "lora/lora_net.h"
@@ -800,8 +801,9 @@ static int save_state(trainer *t, const char *path, int step, int epoch, int64_t
         .data_state = (uint8_t *)words, .data_state_len = sizeof words, .signature = t->signature,
         .config_json = t->config_json,
     };
-    const char *meta[] = {"ss_output_name", t->cfg->output_name};
-    return dl_train_state_save(path, &s, meta, 1);
+    const char *base = kv_get(&t->meta, "ss_base_model_version"); /* which model the state is for */
+    const char *meta[] = {"ss_output_name", t->cfg->output_name, "ss_base_model_version", base ? base : "unknown"};
+    return dl_train_state_save(path, &s, meta, 2);
 }
 
 /* What a save's file name ends with: ".safetensors", or "" for a diffusers folder. */
@@ -1532,6 +1534,23 @@ static int micro_step(trainer *t, float dloss, double *loss_out, int *epoch_out,
     return DL_OK;
 }
 
+/* A state saved by a run on the other architecture (SD 1.x/2.x vs SDXL) is refused by name; states
+ * without ss_base_model_version (older ones) are left to the network signature's check. */
+static int check_state_arch(trainer *t, const char *path)
+{
+    dl_st_file f;
+    if (dl_st_open(&f, path) != DL_OK) return dl_error_prefix("resume: ");
+    const char *v = dl_st_meta(&f, "ss_base_model_version");
+    const char *want = kv_get(&t->meta, "ss_base_model_version");
+    int rc = DL_OK;
+    if (v && want && strcmp(v, "unknown") && strcmp(v, want) &&
+        (!strncmp(v, "sdxl", 4) != !strncmp(want, "sdxl", 4)))
+        rc = dl_error_set("resume: %s: a state of a training run on %s (ss_base_model_version %s), but the model is %s",
+                          path, strncmp(v, "sdxl", 4) ? "SD 1.x/2.x" : "SDXL", v, t->xl ? "SDXL" : "SD 1.x/2.x");
+    dl_st_close(&f);
+    return rc;
+}
+
 int dl_train_run(const dl_train_config *cfg, const dl_trainer_opts *opts, dl_train_result *res)
 {
     static const dl_trainer_opts k_default = {.log = NULL, .tty = -1};
@@ -1627,6 +1646,7 @@ int dl_train_run(const dl_train_config *cfg, const dl_trainer_opts *opts, dl_tra
 
     int step = 0, epoch = 0;
     int64_t micro = 0;
+    if (have_rs && check_state_arch(t, cfg->resume) != DL_OK) goto out;
     if (have_rs) {
         if (rs.n_params != t->ps.n || strcmp(rs.signature, t->signature ? t->signature : "") != 0) {
             dl_error_set("resume: %s: the state's network (%s) differs from this configuration's (%s)", cfg->resume,
