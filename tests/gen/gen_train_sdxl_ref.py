@@ -15,10 +15,16 @@ The loop (sd-scripts' SDXL conditioning, torch's generators as danlu draws them)
             of the 12-layer ViT-L is the penultimate)
   pooled  = text_encoder_2(ids2).text_embeds (the projection of the EOS row after the final LN)
   tokenizer_2 pads with "!"
-  torch.manual_seed(seed); per step: noise = randn_like(latents); t = randint(0, 1000, (1,));
+  torch.manual_seed(seed); per step: noise = randn_like(latents) (float32, as danlu draws it);
+  t = randint(0, 1000, (1,));
   noisy = DDPMScheduler.add_noise; pred = unet(noisy, t, context, added_cond_kwargs={text_embeds:
   pooled, time_ids}); loss = mse(pred, noise); backward; clip_grad_norm_(1.0); AdamW(lr,
   weight_decay 0.01); LambdaLR cosine with warmup.
+The VAE and the text encoders run in float32 (their outputs agree with danlu's to ~1e-7), the
+UNet, the LoRA, the loss and AdamW in float64: a float32 run of this loop is itself up to 6e-3
+(relative L2) away from the float64 one in a few cross-attention to_q / to_k lora_up tensors,
+where AdamW's normalisation magnifies rounding in gradient entries near zero (danlu's fp32 run is
+1.2e-3 away there, 2.6e-5 over all LoRA weights), so float64 is the reference to bound against.
 LoRA on sd-scripts' default SDXL UNet targets (every Linear of every Transformer2DModel: proj_in,
 proj_out, attn1/attn2 to_q/k/v/out.0, ff.net.0.proj, ff.net.2), rank 4, alpha 2, starting from
 random A and B written as a kohya file with sd-scripts' SDXL names (lora_unet_ + the SGM path,
@@ -90,8 +96,8 @@ class LoRA(torch.nn.Module):
         super().__init__()
         self.base, self.name = base, name
         fin, fout = base.in_features, base.out_features
-        self.down = torch.nn.Parameter((torch.rand(RANK, fin, generator=gen) * 2 - 1) / fin ** 0.5)
-        self.up = torch.nn.Parameter((torch.rand(fout, RANK, generator=gen) * 2 - 1) * 0.05)
+        self.down = torch.nn.Parameter(((torch.rand(RANK, fin, generator=gen) * 2 - 1) / fin ** 0.5).double())
+        self.up = torch.nn.Parameter(((torch.rand(fout, RANK, generator=gen) * 2 - 1) * 0.05).double())
         self.scale = ALPHA / RANK
 
     def forward(self, x):
@@ -134,6 +140,8 @@ def main():
         context = torch.cat([h1, o2.hidden_states[-2]], dim=-1)
         pooled = o2.text_embeds
         time_ids = torch.tensor([time_ids_sd_scripts(img.shape[1], img.shape[0], BW, BH, 0)], dtype=torch.float32)
+    unet.double()
+    latents, context, pooled, time_ids = (x.double() for x in (latents, context, pooled, time_ids))
     print("time ids", time_ids.tolist(), "context", tuple(context.shape), "pooled", tuple(pooled.shape))
 
     names = []
@@ -158,8 +166,8 @@ def main():
         t = {}
         for lo in loras:
             k = kohya_unet_name(lo.name, ucfg)
-            t[k + ".lora_down.weight"] = lo.down.detach().clone().contiguous()
-            t[k + ".lora_up.weight"] = lo.up.detach().clone().contiguous()
+            t[k + ".lora_down.weight"] = lo.down.detach().float().contiguous()
+            t[k + ".lora_up.weight"] = lo.up.detach().float().contiguous()
             t[k + ".alpha"] = torch.tensor(ALPHA)
         return t
 
@@ -173,11 +181,11 @@ def main():
     losses = []
     add = {"text_embeds": pooled, "time_ids": time_ids}
     for step in range(STEPS):
-        noise = torch.randn_like(latents)
+        noise = torch.randn_like(latents.float()).double()
         t = torch.randint(0, 1000, (1,)).long()
         noisy = sched.add_noise(latents, noise, t)
         pred = unet(noisy, t, context, added_cond_kwargs=add).sample
-        loss = F.mse_loss(pred.float(), noise.float(), reduction="none").mean([1, 2, 3]).mean()
+        loss = F.mse_loss(pred, noise, reduction="none").mean([1, 2, 3]).mean()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
