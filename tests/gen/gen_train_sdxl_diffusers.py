@@ -1,0 +1,148 @@
+"""Golden data for tests/test_train_sdxl_diffusers.c: `danlu train`'s own SDXL LoRA files loaded by
+diffusers' StableDiffusionXLPipeline.
+
+Usage: python tests/gen/gen_train_sdxl_diffusers.py PATH/TO/danlu   (a built danlu binary)
+
+1. Runs the real `danlu train` on the tiny SDXL pipeline (tests/golden/tiny_sdxl_pipe) and the
+   dataset of gen_train_sdxl_ref.py (tests/golden/train_sdxl/data, one 256x192 image in a 128x96
+   bucket) for three steps, twice: "unet" (a UNet LoRA on sd-scripts' SDXL targets) and "conv"
+   (the same plus LoCon on the resnets' and samplers' convs: network_args conv_dim / conv_alpha),
+   fp32 files in the kohya layout sd-scripts writes for SDXL (lora_unet_ + the SGM path). The
+   outputs are kept as tests/golden/train_sdxl/<run>.safetensors; the flags go in the golden
+   metadata ("<run>.args", with {model}, {data}, {out} for the paths).
+2. Loads each with StableDiffusionXLPipeline.load_lora_weights, failing on any missing,
+   unexpected or unused key or a count of injected LoRA layers other than the file's modules
+   (a UNet-only file makes diffusers say that no text-encoder keys were found: that one is the
+   truth and is let through), then runs the UNet in float64 on fixed inputs with SDXL's added
+   conditioning: tests/golden/train_sdxl_diffusers.safetensors holds
+     in.x [2, 8, 8, 4] (NHWC), in.t [2], in.ctx [2, 8, 192], in.text_embeds [2, 32], in.time_ids [2, 6]
+     base.unet [2, 8, 8, 4]    without LoRA
+     <run>.unet [2, 8, 8, 4]   with the run's LoRA (multiplier 1)
+Needs peft besides torch, diffusers and transformers.
+"""
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import warnings
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from gen_sdxl_lora import load_pipe  # noqa: E402
+from goldenlib import GOLDEN_DIR, Golden, KeyLog, count_lora_layers, nchw_to_nhwc  # noqa: E402
+
+REPO = os.path.normpath(os.path.join(GOLDEN_DIR, "..", ".."))
+MODEL = os.path.join(GOLDEN_DIR, "tiny_sdxl_pipe")
+OUT = os.path.join(GOLDEN_DIR, "train_sdxl")
+DATA = os.path.join(OUT, "data")
+COMMON = ["--pretrained_model_name_or_path", "{model}", "--train_data_dir", "{data}", "--output_dir", "{out}",
+          "--resolution", "128,96", "--enable_bucket", "--min_bucket_reso", "64", "--max_bucket_reso", "256",
+          "--bucket_reso_steps", "32", "--seed", "11", "--threads", "2", "--max_train_steps", "3",
+          "--learning_rate", "2e-2", "--network_dim", "2", "--network_alpha", "2", "--network_train_unet_only",
+          "--save_precision", "float"]
+RUNS = {
+    "unet": COMMON + ["--output_name", "unet"],
+    "conv": COMMON + ["--network_args", "conv_dim=2", "conv_alpha=1", "--output_name", "conv"],
+}
+
+
+def train(danlu, name, tmp):
+    # from the repository root with relative paths: the file's danlu.config names no local path
+    args = [a.format(model=os.path.relpath(MODEL, REPO), data=os.path.relpath(DATA, REPO), out=tmp)
+            for a in RUNS[name]]
+    cmd = [danlu, "train"] + args
+    print("$", " ".join(cmd))
+    subprocess.run(cmd, check=True, cwd=REPO)
+    dst = os.path.join(OUT, f"{name}.safetensors")
+    shutil.copyfile(os.path.join(tmp, f"{name}.safetensors"), dst)
+    return dst
+
+
+def load_checked(pipe, path, n_modules, label):
+    """pipe.load_lora_weights(path) failing on any missing / unexpected / unused / not-found key
+    and unless exactly n_modules LoRA layers were injected; the file has UNet keys only, so
+    diffusers' "No LoRA keys associated to CLIPTextModel(WithProjection)" is expected."""
+    log = KeyLog()
+    loggers = [logging.getLogger(n) for n in ("diffusers", "peft", "transformers")]
+    for lg in loggers:
+        lg.addHandler(log)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pipe.load_lora_weights(path, adapter_name=label)
+    for lg in loggers:
+        lg.removeHandler(log)
+    msgs = log.msgs + [str(w.message) for w in caught]
+    benign = lambda m: m.startswith("No LoRA keys associated to CLIPTextModel")
+    bad = [m for m in msgs if not benign(m)
+           and any(s in m.lower() for s in ("unexpected", "missing", "not found", "no lora", "unused"))]
+    if bad:
+        raise SystemExit(f"FAIL {label}: diffusers reported {bad}")
+    n_te = count_lora_layers(pipe.text_encoder) + count_lora_layers(pipe.text_encoder_2)
+    n = count_lora_layers(pipe.unet)
+    if n != n_modules or n_te:
+        raise SystemExit(f"FAIL {label}: {n} UNet and {n_te} text-encoder LoRA layers injected, the file has "
+                         f"{n_modules} UNet modules")
+    print(f"{label}: diffusers loaded {n} LoRA layers, no missing / unexpected keys")
+
+
+def run_unet_f64(unet, x, t, ctx, te, tid):
+    unet.to(torch.float64)
+    with torch.no_grad():
+        out = unet(x, t, encoder_hidden_states=ctx, added_cond_kwargs={"text_embeds": te, "time_ids": tid}).sample
+    return out
+
+
+def main():
+    if len(sys.argv) != 2:
+        sys.exit("usage: gen_train_sdxl_diffusers.py PATH/TO/danlu")
+    danlu = os.path.abspath(sys.argv[1])
+    pipe = load_pipe()  # float64
+    g = Golden("train_sdxl_diffusers", seed=99)
+    gen = torch.Generator().manual_seed(3)
+    N, H, W, T = 2, 8, 8, 8
+    x = torch.randn(N, 4, H, W, generator=gen).double()
+    t = torch.tensor([30.0, 700.0], dtype=torch.float64)
+    ctx = torch.randn(N, T, pipe.unet.config.cross_attention_dim, generator=gen).double()
+    te = torch.randn(N, pipe.text_encoder_2.config.projection_dim, generator=gen).double()
+    tid = torch.tensor([[192, 256, 0, 0, 96, 128], [1000, 600, 0, 96, 832, 1216]], dtype=torch.float64)
+    g.add("in", "x", nchw_to_nhwc(x))
+    g.add("in", "t", t)
+    g.add("in", "ctx", ctx)
+    g.add("in", "text_embeds", te)
+    g.add("in", "time_ids", tid)
+    out0 = run_unet_f64(pipe.unet, x, t, ctx, te, tid)
+    g.add("base", "unet", nchw_to_nhwc(out0))
+
+    meta = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in RUNS:
+            path = train(danlu, name, tmp)
+            sd = load_file(path)
+            assert all(k.startswith("lora_unet_") for k in sd), f"{name}: keys other than the UNet's"
+            with safe_open(path, "pt") as f:
+                md = f.metadata()
+            assert md.get("ss_base_model_version") == "sdxl_base_v1-0", md.get("ss_base_model_version")
+            n = sum(1 for k in sd if k.endswith(".lora_down.weight"))
+            load_checked(pipe, path, n, name)
+            out = run_unet_f64(pipe.unet, x, t, ctx, te, tid)
+            du = ((out - out0).norm() / out0.norm()).item()
+            print(f"{name}: {n} modules; the LoRA changes the UNet output by {du:.2e}; {os.path.getsize(path)} bytes")
+            assert du > 1e-3, f"{name}: the trained LoRA barely changes the UNet ({du:.2e})"
+            g.add(name, "unet", nchw_to_nhwc(out))
+            meta[f"{name}.args"] = json.dumps(RUNS[name])
+            meta[f"{name}.n_modules"] = str(n)
+            pipe.unload_lora_weights()
+    path = os.path.join(GOLDEN_DIR, "train_sdxl_diffusers.safetensors")
+    save_file(g.tensors, path, metadata={"generator": "tests/gen/gen_train_sdxl_diffusers.py", **meta})
+    print(f"wrote {path}: {len(g.tensors)} tensors, {os.path.getsize(path)} bytes")
+
+
+if __name__ == "__main__":
+    main()
