@@ -769,6 +769,18 @@ int dl_train_config_finish(dl_train_config *c)
         return dl_error_set("%s: needs sample_prompts", c->sample_every_n_steps ? "sample_every_n_steps" : "sample_every_n_epochs");
     if (c->cache_latents_to_disk) c->cache_latents = 1;
     if (c->cache_text_encoder_outputs_to_disk) c->cache_text_encoder_outputs = 1;
+    if (!c->caption_extension || !*c->caption_extension)
+        return dl_error_set("caption_extension: must not be empty");
+    if (c->finetune) {
+        if (!key_accepts("save_model_as", c->save_model_as, 0))
+            return dl_error_set("save_model_as: expected 'safetensors' or 'diffusers', got '%s'",
+                                c->save_model_as ? c->save_model_as : "");
+    }
+    return DL_OK;
+}
+
+int dl_train_config_check_run(const dl_train_config *c)
+{
     if (c->cache_text_encoder_outputs) { /* sd-scripts' two asserts */
         const int te_trains = c->finetune ? c->train_text_encoder : !c->network_train_unet_only;
         if (te_trains)
@@ -779,13 +791,6 @@ int dl_train_config_finish(dl_train_config *c)
             return dl_error_set("cache_text_encoder_outputs: captions that change between epochs (%s) cannot be "
                                 "cached", c->shuffle_caption ? "shuffle_caption"
                                           : c->caption_dropout_rate > 0 ? "caption_dropout_rate" : "caption_tag_dropout_rate");
-    }
-    if (!c->caption_extension || !*c->caption_extension)
-        return dl_error_set("caption_extension: must not be empty");
-    if (c->finetune) {
-        if (!key_accepts("save_model_as", c->save_model_as, 0))
-            return dl_error_set("save_model_as: expected 'safetensors' or 'diffusers', got '%s'",
-                                c->save_model_as ? c->save_model_as : "");
     }
     return DL_OK;
 }

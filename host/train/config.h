@@ -184,6 +184,11 @@ char *dl_train_config_to_json(const dl_train_config *c);
 /* Print "key: value" lines of the effective configuration. */
 void dl_train_config_print(const dl_train_config *c, FILE *f);
 
+/* Checks between options that a run makes (sd-scripts asserts them when training starts, so a
+ * flag alone still parses): cache_text_encoder_outputs with a text encoder that trains or with
+ * captions that change between epochs. DL_ERR names both options. */
+int dl_train_config_check_run(const dl_train_config *c);
+
 /* The learning rates actually used per group (unset -> learning_rate). */
 double dl_train_config_unet_lr(const dl_train_config *c);
 double dl_train_config_te_lr(const dl_train_config *c);

@@ -1556,6 +1556,7 @@ int dl_train_run(const dl_train_config *cfg, const dl_trainer_opts *opts, dl_tra
     static const dl_trainer_opts k_default = {.log = NULL, .tty = -1};
     if (!opts) opts = &k_default;
     memset(res, 0, sizeof *res);
+    DL_TRY(dl_train_config_check_run(cfg));
     trainer *t = calloc(1, sizeof *t);
     if (!t) return dl_error_set("out of memory");
     t->cfg = cfg;
@@ -1640,6 +1641,9 @@ int dl_train_run(const dl_train_config *cfg, const dl_trainer_opts *opts, dl_tra
     }
     t->unet_lr = dl_train_config_unet_lr(cfg);
     t->te_lr = dl_train_config_te_lr(cfg);
+    if (!isnan(cfg->text_encoder_lr2) && cfg->text_encoder_lr2 != cfg->text_encoder_lr)
+        say(t, "warning: text_encoder_lr: networks.lora takes the first value (%g) for every text encoder, as "
+               "sd-scripts does; the second (%g) is not used", cfg->text_encoder_lr, cfg->text_encoder_lr2);
     dl_rng_seed(&t->rng, t->seed);
     dl_torch_rng_seed(&t->noise_rng, t->seed);
     if (build_metadata(t) != DL_OK) goto out;
