@@ -1641,7 +1641,7 @@ int dl_train_run(const dl_train_config *cfg, const dl_trainer_opts *opts, dl_tra
     }
     t->unet_lr = dl_train_config_unet_lr(cfg);
     t->te_lr = dl_train_config_te_lr(cfg);
-    if (!isnan(cfg->text_encoder_lr2) && cfg->text_encoder_lr2 != cfg->text_encoder_lr)
+    if (t->train_te && !isnan(cfg->text_encoder_lr2) && cfg->text_encoder_lr2 != cfg->text_encoder_lr)
         say(t, "warning: text_encoder_lr: networks.lora takes the first value (%g) for every text encoder, as "
                "sd-scripts does; the second (%g) is not used", cfg->text_encoder_lr, cfg->text_encoder_lr2);
     dl_rng_seed(&t->rng, t->seed);
