@@ -32,7 +32,8 @@
 /* ---- the entries: every function pointer of dl_backend, by name and offset ------------------- */
 #define BACKEND_ENTRIES(X)                                                                               \
     X(open) X(close) X(alloc) X(free) X(upload) X(download) X(copy) X(fill) X(synchronize) X(describe)   \
-    X(mem_info)                                                                                        \
+    X(mem_info) X(stream_create) X(stream_destroy) X(event_create) X(event_destroy) X(event_record)      \
+    X(stream_wait) X(event_synchronize) X(upload_on) X(download_on) X(host_alloc) X(host_free)         \
     X(linear_forward) X(linear_backward) X(conv2d_forward) X(conv2d_backward) X(groupnorm_forward)       \
     X(groupnorm_backward) X(layernorm_forward) X(layernorm_backward) X(attention_forward)               \
     X(attention_backward) X(act_forward) X(act_backward) X(geglu_forward) X(geglu_backward)             \
@@ -432,6 +433,57 @@ static void run_memory(tgt *t, const tcase *c)
     } else {
         cr_assert_fail("run_memory: no check for %s", e);
     }
+}
+
+/* streams and events (p unused; every stream entry runs the same exchange): an upload stream
+ * copies page-locked input up, the compute stream waits for its event and scales it, a download
+ * stream waits for the compute stream's event and copies the result down, the host waits for
+ * that event and reads it. Three rounds reuse every buffer, so each round's copies are ordered
+ * after the previous round's uses only by the events. */
+static void run_streams(tgt *t, const tcase *c)
+{
+    (void)c;
+    const dl_backend *be = t->be;
+    const dl_ctx *ctx = &t->ctx;
+    const int64_t n = 4099;
+    float *h_in = be->host_alloc(ctx, n * sizeof(float)), *h_out = be->host_alloc(ctx, n * sizeof(float));
+    cr_assert(h_in && h_out, "%s: host_alloc: %s", t->name, dl_error_msg());
+    cr_expect((uintptr_t)h_in % 64 == 0 && (uintptr_t)h_out % 64 == 0, "%s: host_alloc alignment", t->name);
+    dl_be_stream *up = be->stream_create(ctx, "upload"), *down = be->stream_create(ctx, "download");
+    dl_be_event *e_up = be->event_create(ctx), *e_done = be->event_create(ctx), *e_down = be->event_create(ctx);
+    cr_assert(up && down && e_up && e_done && e_down, "%s: %s", t->name, dl_error_msg());
+    cr_expect(up != down && e_up != e_done, "%s: streams and events are distinct objects", t->name);
+    float *x = be->alloc(ctx, n * sizeof(float)), *y = be->alloc(ctx, n * sizeof(float));
+    cr_assert(x && y);
+    for (int64_t i = 0; i < n; i++) h_in[i] = (float)i * 0.5f - 7.0f;
+    for (int round = 0; round < 3; round++) {
+        for (int64_t i = 0; i < n; i++) h_in[i] += 1.0f; /* e_down of the last round ordered the upload */
+        cr_expect_eq(be->upload_on(ctx, up, x, h_in, n * sizeof(float)), DL_OK, "%s: %s", t->name, dl_error_msg());
+        cr_expect_eq(be->event_record(ctx, e_up, up), DL_OK, "%s", dl_error_msg());
+        cr_expect_eq(be->stream_wait(ctx, NULL, e_up), DL_OK, "%s", dl_error_msg());
+        be->scale_forward(ctx, n, 2.0f, x, y);
+        cr_expect_eq(be->event_record(ctx, e_done, NULL), DL_OK, "%s", dl_error_msg());
+        cr_expect_eq(be->stream_wait(ctx, down, e_done), DL_OK, "%s", dl_error_msg());
+        memset(h_out, 0, n * sizeof(float));
+        cr_expect_eq(be->download_on(ctx, down, h_out, y, n * sizeof(float)), DL_OK, "%s: %s", t->name,
+                     dl_error_msg());
+        cr_expect_eq(be->event_record(ctx, e_down, down), DL_OK, "%s", dl_error_msg());
+        cr_expect_eq(be->event_synchronize(ctx, e_down), DL_OK, "%s: %s", t->name, dl_error_msg());
+        int ok = 1;
+        for (int64_t i = 0; i < n; i++) ok &= h_out[i] == 2.0f * h_in[i];
+        cr_expect(ok, "%s: round %d: the result read after event_synchronize is not 2x the upload", t->name, round);
+    }
+    cr_expect_eq(be->synchronize(ctx), DL_OK, "%s: %s", t->name, dl_error_msg());
+    be->free(ctx, x);
+    be->free(ctx, y);
+    be->event_destroy(ctx, e_up);
+    be->event_destroy(ctx, e_done);
+    be->event_destroy(ctx, e_down);
+    be->stream_destroy(ctx, up);
+    be->stream_destroy(ctx, down);
+    be->host_free(ctx, h_in);
+    be->host_free(ctx, h_out);
+    cr_expect_eq(be->synchronize(ctx), DL_OK, "%s: %s", t->name, dl_error_msg());
 }
 
 /* linear_forward / linear_backward: p = {M, in, out}; nulls: b NULL (forward), db and dx NULL
@@ -1177,6 +1229,17 @@ static const tcase k_cases[] = {
     {"synchronize", run_memory, G_MEMORY, P(0), P(0), 0, 0},
     {"describe", run_memory, G_MEMORY, P(0), P(0), 0, 0},
     {"mem_info", run_memory, G_MEMORY, P(0), P(0), 0, 0},
+    {"stream_create", run_streams, G_MEMORY, P(0), P(0), 0, 0},
+    {"stream_destroy", run_streams, G_MEMORY, P(0), P(0), 0, 0},
+    {"event_create", run_streams, G_MEMORY, P(0), P(0), 0, 0},
+    {"event_destroy", run_streams, G_MEMORY, P(0), P(0), 0, 0},
+    {"event_record", run_streams, G_MEMORY, P(0), P(0), 0, 0},
+    {"stream_wait", run_streams, G_MEMORY, P(0), P(0), 0, 0},
+    {"event_synchronize", run_streams, G_MEMORY, P(0), P(0), 0, 0},
+    {"upload_on", run_streams, G_MEMORY, P(0), P(0), 0, 0},
+    {"download_on", run_streams, G_MEMORY, P(0), P(0), 0, 0},
+    {"host_alloc", run_streams, G_MEMORY, P(0), P(0), 0, 0},
+    {"host_free", run_streams, G_MEMORY, P(0), P(0), 0, 0},
 
     /* linear: odd sizes; SD1.5's 320 -> 1280 time-embedding / FF shapes, 768 -> 320 to_k */
     {"linear_forward", run_linear, G_DENSE, P(7, 13, 5), P(0), 0, 0},
@@ -1417,6 +1480,62 @@ Test(backend_table, sticky_error_surfaces_at_synchronize)
         cr_expect_eq(t->be->upload(&t->ctx, x, h, sizeof h), DL_ERR);
         cr_expect(isnan(dl_be_read_f32(&t->ctx, y)));
         t_free_all(t); /* free still works after the error */
+    }
+}
+
+/* The emulated device's ordering trap, reached through the table: a copy on one stream and an op
+ * on another that touch the same bytes with no event between are an error (sticky, named at the
+ * next synchronize) — an upload read by the compute stream, a download of what the compute stream
+ * wrote, and an upload over what the compute stream is still reading. With the events (run_streams) the same exchange passes; on the CPU backend, which
+ * does every copy when it is enqueued, these orders are fine. */
+Test(backend_table, unordered_streams_are_caught)
+{
+    FOR_EACH_TARGET(t) {
+        if (strcmp(t->name, "cuda (real)") == 0) continue; /* real hardware races silently */
+        const dl_backend *be = t->be;
+        const int emu = be == &dl_backend_cuda;
+        const int64_t n = 1000;
+        float h[1000];
+        for (int i = 0; i < n; i++) h[i] = (float)i;
+        for (int which = 0; which < 3; which++) {
+            dl_ctx c2;
+            cr_assert_eq(dl_ctx_init_backend(&c2, 1, be), DL_OK, "%s", dl_error_msg());
+            dl_be_stream *side = be->stream_create(&c2, which == 1 ? "download" : "upload");
+            float *x = be->alloc(&c2, n * sizeof(float)), *y = be->alloc(&c2, n * sizeof(float));
+            cr_assert(side && x && y);
+            int rc;
+            if (which == 0) { /* upload on the side stream, read by the compute stream: no event */
+                cr_expect_eq(be->upload_on(&c2, side, x, h, sizeof h), DL_OK, "%s", dl_error_msg());
+                be->scale_forward(&c2, n, 2.0f, x, y);
+                rc = be->synchronize(&c2);
+            } else if (which == 1) { /* written on the compute stream, downloaded on the side stream */
+                cr_expect_eq(be->upload(&c2, x, h, sizeof h), DL_OK);
+                be->scale_forward(&c2, n, 2.0f, x, y);
+                rc = be->download_on(&c2, side, h, y, sizeof h);
+                if (rc == DL_OK) rc = be->synchronize(&c2);
+            } else { /* read on the compute stream, overwritten by an upload on the side stream */
+                cr_expect_eq(be->upload(&c2, x, h, sizeof h), DL_OK);
+                cr_expect_eq(be->synchronize(&c2), DL_OK); /* the upload is ordered before both */
+                be->scale_forward(&c2, n, 2.0f, x, y);
+                rc = be->upload_on(&c2, side, x, h, sizeof h);
+                if (rc == DL_OK) rc = be->synchronize(&c2);
+            }
+            if (emu) {
+                cr_expect_eq(rc, DL_ERR, "%s: case %d: the unordered access was not caught", t->name, which);
+                const char *m = dl_error_msg();
+                cr_expect(strstr(m, "no event recorded") != NULL && strstr(m, which == 1 ? "download" : "upload") &&
+                              strstr(m, which == 2 ? "reads" : "wrote"),
+                          "%s: case %d: the message does not name the streams and the missing event: %s", t->name,
+                          which, m);
+                cr_expect_eq(be->synchronize(&c2), DL_ERR, "%s: sticky", t->name);
+            } else {
+                cr_expect_eq(rc, DL_OK, "%s: case %d: %s", t->name, which, dl_error_msg());
+            }
+            be->free(&c2, x);
+            be->free(&c2, y);
+            be->stream_destroy(&c2, side);
+            dl_ctx_free(&c2);
+        }
     }
 }
 

@@ -4,7 +4,9 @@
  * 1e-4 relative and its LoRA to 1e-4 (relative L2 over all parameters), and sampling with the
  * trained LoRA merged gives the CPU's picture within one 8-bit level. Every tensor of the run
  * lives in device memory that faults on a host dereference, so a host access to an activation,
- * gradient or optimizer state anywhere in the path crashes this test. */
+ * gradient or optimizer state anywhere in the path crashes this test. On a device backend the
+ * trainer prepares the next micro-batch while the device runs the current one: a run stopped
+ * and resumed there gives the uninterrupted run's losses and LoRA bit for bit. */
 #include "backend/backend.h"
 #include "core/error.h"
 #include "io/image.h"
@@ -160,6 +162,53 @@ Test(train_backend, cuda_on_the_emulated_device_matches_cpu, .timeout = 900)
     cr_expect(worst_px <= 1, "the sample differs by %d levels (bound 1)", worst_px);
     dl_train_result_free(&rc);
     dl_train_result_free(&rg);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_root);
+    cr_expect_eq(system(cmd), 0);
+}
+
+/* The next micro-batch is drawn, its images decoded and VAE-encoded (latents not cached), its
+ * captions encoded by the frozen text encoder and its noise drawn while the current step runs
+ * (prefetch, on device backends): a state saved in between must record the data order and the
+ * generators from before that draw. Stopped after 3 of 6 steps (accumulation 2, so a prefetched
+ * batch crosses both a step and an epoch boundary) and resumed, the run gives the uninterrupted
+ * run's losses and LoRA bit for bit. */
+Test(train_backend, resume_with_the_next_batch_prefetched_is_exact, .timeout = 900)
+{
+    setenv("DANLU_CUDA_DEVICE", "emulated", 1);
+    make_data();
+    char data[256], out[256];
+    snprintf(data, sizeof data, "%s/data", g_root);
+    snprintf(out, sizeof out, "%s/out", g_root);
+    dl_train_result r[3];
+    for (int run = 0; run < 3; run++) {
+        const char *a[] = {"train", "--pretrained_model_name_or_path", tu_path("tests/golden/tiny_pipe"),
+                           "--train_data_dir", data, "--output_dir", out, "--output_name", run ? "part" : "full",
+                           "--resolution", "32", "--seed", "3", "--threads", "2", "--backend", "cuda",
+                           "--max_train_steps", "6", "--train_batch_size", "2", "--gradient_accumulation_steps", "2",
+                           "--learning_rate", "2e-3", "--network_dim", "4", "--network_alpha", "2",
+                           "--network_train_unet_only", "--flip_aug", "--shuffle_caption", "--noise_offset", "0.05",
+                           "--mixed_precision", "no"};
+        dl_train_config c;
+        dl_train_config_defaults(&c);
+        cr_assert_eq(dl_train_config_parse_args(&c, (int)(sizeof a / sizeof *a), (char **)a, NULL), DL_OK, "%s",
+                     dl_error_msg());
+        if (run == 2) c.resume = strdup(r[1].output_path);
+        dl_trainer_opts o = {.log = NULL, .tty = 0, .stop_after = run == 1 ? 3 : 0};
+        cr_assert_eq(dl_train_run(&c, &o, &r[run]), DL_OK, "run %d: %s", run, dl_error_msg());
+        dl_train_config_free(&c);
+    }
+    cr_assert_eq(r[0].steps_done, 6);
+    cr_assert_eq(r[1].interrupted, 1);
+    cr_assert_eq(r[1].steps_done, 3);
+    cr_assert_eq(r[2].start_step, 3);
+    cr_assert_eq(r[2].steps_done, 6);
+    for (int i = 0; i < 3; i++) cr_expect_eq(r[1].losses[i], r[0].losses[i], "step %d", i + 1);
+    for (int i = 0; i < 3; i++)
+        cr_expect_eq(r[2].losses[i], r[0].losses[3 + i], "step %d: resumed %.9g, uninterrupted %.9g", 4 + i,
+                     r[2].losses[i], r[0].losses[3 + i]);
+    cr_expect_eq(lora_distance(r[0].output_path, r[2].output_path), 0.0, "the resumed LoRA differs");
+    for (int i = 0; i < 3; i++) dl_train_result_free(&r[i]);
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_root);
     cr_expect_eq(system(cmd), 0);

@@ -35,6 +35,10 @@
 extern "C" {
 #endif
 
+/* A stream and an event of a backend (see "Streams and events" below); opaque. */
+typedef struct dl_be_stream dl_be_stream;
+typedef struct dl_be_event dl_be_event;
+
 typedef struct dl_backend {
     const char *name;  /* "cpu", "cuda" */
     int device_memory; /* nonzero: tensors live in the backend's own memory, not host memory */
@@ -67,6 +71,34 @@ typedef struct dl_backend {
      * tell (the CPU; the emulated device without DANLU_EMU_MEMORY_MIB). Used to plan a run
      * before its first step. */
     int (*mem_info)(const dl_ctx *ctx, size_t *free_bytes, size_t *total_bytes);
+
+    /* Streams and events. The ctx's compute stream (stream argument NULL) runs every op and the
+     * upload / download / copy / fill above. More streams (stream_create) carry copies beside
+     * it: upload_on / download_on enqueue one on a stream and return at once. Work on one stream
+     * runs in the order it was enqueued; between streams only an event orders it:
+     * event_record(e, s) captures what s has enqueued so far, stream_wait(s2, e) makes what s2
+     * enqueues next wait for that, event_synchronize(e) makes the host wait for it. The host
+     * buffer of an upload_on must stay as it is, and that of a download_on unread, until an
+     * event recorded after the copy has been waited for; from host_alloc's page-locked memory
+     * such copies overlap compute on a GPU. On the emulated device a use on one stream of bytes
+     * another stream wrote, with no event or synchronisation between, is an error
+     * (DL_DEV_ERR_UNORDERED: sticky, surfacing at the next synchronize). The CPU backend does
+     * each copy when it is enqueued, so every order holds; its streams and events are tokens.
+     * Creation returns NULL with a message; destroy waits for the stream's work; record, wait
+     * and synchronize return DL_OK or the (sticky) error. */
+    struct dl_be_stream *(*stream_create)(const dl_ctx *ctx, const char *name);
+    void (*stream_destroy)(const dl_ctx *ctx, struct dl_be_stream *s);
+    struct dl_be_event *(*event_create)(const dl_ctx *ctx);
+    void (*event_destroy)(const dl_ctx *ctx, struct dl_be_event *e);
+    int (*event_record)(const dl_ctx *ctx, struct dl_be_event *e, struct dl_be_stream *s);
+    int (*stream_wait)(const dl_ctx *ctx, struct dl_be_stream *s, struct dl_be_event *e);
+    int (*event_synchronize)(const dl_ctx *ctx, struct dl_be_event *e);
+    int (*upload_on)(const dl_ctx *ctx, struct dl_be_stream *s, void *dst, const void *host_src, size_t bytes);
+    int (*download_on)(const dl_ctx *ctx, struct dl_be_stream *s, void *host_dst, const void *src, size_t bytes);
+    /* Page-locked host memory (cudaMallocHost; plain memory on the CPU and the emulated device),
+     * 64-byte aligned; NULL with a message. */
+    void *(*host_alloc)(const dl_ctx *ctx, size_t bytes);
+    void (*host_free)(const dl_ctx *ctx, void *p);
 
     /* Weights of linear and conv layers (w, and W of the LoRA entries) carry their element type
      * wdt: DL_F32 always, and the types whose bit (1u << dt) is set in weight_dtypes (frozen

@@ -42,6 +42,33 @@ static void cpu_describe(const dl_ctx *ctx, char *buf, size_t cap)
     snprintf(buf, cap, "cpu (%d threads)", ctx && ctx->pool ? dl_pool_nthreads(ctx->pool) : 1);
 }
 
+/* Streams and events: every copy is done when it is enqueued, so any order holds; a stream or an
+ * event is a token (a distinct non-NULL address per object). */
+static dl_be_stream *cpu_stream_create(const dl_ctx *ctx, const char *name)
+{
+    (void)ctx, (void)name;
+    dl_be_stream *s = malloc(1);
+    if (!s) dl_error_set("cpu backend: out of memory for a stream");
+    return s;
+}
+static void cpu_stream_destroy(const dl_ctx *ctx, dl_be_stream *s) { (void)ctx; free(s); }
+static dl_be_event *cpu_event_create(const dl_ctx *ctx)
+{
+    (void)ctx;
+    dl_be_event *e = malloc(1);
+    if (!e) dl_error_set("cpu backend: out of memory for an event");
+    return e;
+}
+static void cpu_event_destroy(const dl_ctx *ctx, dl_be_event *e) { (void)ctx; free(e); }
+static int cpu_event_record(const dl_ctx *ctx, dl_be_event *e, dl_be_stream *s) { (void)ctx, (void)e, (void)s; return DL_OK; }
+static int cpu_stream_wait(const dl_ctx *ctx, dl_be_stream *s, dl_be_event *e) { (void)ctx, (void)e, (void)s; return DL_OK; }
+static int cpu_event_sync(const dl_ctx *ctx, dl_be_event *e) { (void)ctx, (void)e; return DL_OK; }
+static int cpu_copy_on(const dl_ctx *ctx, dl_be_stream *s, void *dst, const void *src, size_t bytes)
+{
+    (void)s;
+    return cpu_copy(ctx, dst, src, bytes);
+}
+
 /* ---- the entries whose result stays in backend memory ---- */
 static void cpu_mse_loss_forward(const dl_ctx *ctx, int64_t N, int64_t D, const float *pred, const float *target,
                                  const float *weights, float *per_sample, float *loss)
@@ -73,6 +100,17 @@ const dl_backend dl_backend_cpu = {
     .synchronize = cpu_sync,
     .describe = cpu_describe,
     .mem_info = cpu_mem_info,
+    .stream_create = cpu_stream_create,
+    .stream_destroy = cpu_stream_destroy,
+    .event_create = cpu_event_create,
+    .event_destroy = cpu_event_destroy,
+    .event_record = cpu_event_record,
+    .stream_wait = cpu_stream_wait,
+    .event_synchronize = cpu_event_sync,
+    .upload_on = cpu_copy_on,
+    .download_on = cpu_copy_on,
+    .host_alloc = cpu_alloc,
+    .host_free = cpu_free,
     .embed_tokens = dl_cpu_embed_tokens,
     .embed_tokens_backward = dl_cpu_embed_tokens_backward,
     .linear_forward = dl_cpu_linear_forward_t,

@@ -1,5 +1,6 @@
 /* backend_cuda.c - the CUDA backend's op table over the device layer (device/dl_dev.h): every
- * entry of backend.h on device memory, fp32 tensors, one compute stream per ctx.
+ * entry of backend.h on device memory, fp32 tensors, one compute stream per ctx (and the
+ * streams and events the table hands out, for copies beside it).
  *
  * Paths (docs/device.md):
  *   - GEMMs (linear, LoRA, merge, bias gradients as dyᵀ·1, the attention fallback) are
@@ -281,6 +282,91 @@ static int cu_sync(const dl_ctx *ctx)
     if (!st->failed) chk(st, "synchronize", dl_dev_stream_synchronize(st->dev, st->s));
     return sticky(st);
 }
+/* Streams and events are the device layer's; NULL is the compute stream. */
+static dl_dev_stream *dev_stream(const cu_state *st, dl_be_stream *s) { return s ? (dl_dev_stream *)s : st->s; }
+static dl_be_stream *cu_stream_create(const dl_ctx *ctx, const char *name)
+{
+    cu_state *st = ST(ctx);
+    dl_dev_stream *s = NULL;
+    if (dl_dev_stream_create(st->dev, &s, name) != DL_DEV_SUCCESS) {
+        dl_error_prefix("cuda backend: creating stream '%s': ", name ? name : "");
+        return NULL;
+    }
+    return (dl_be_stream *)s;
+}
+static void cu_stream_destroy(const dl_ctx *ctx, dl_be_stream *s)
+{
+    cu_state *st = ST(ctx);
+    if (!s) return;
+    chk(st, "stream_destroy", dl_dev_stream_synchronize(st->dev, (dl_dev_stream *)s));
+    chk(st, "stream_destroy", dl_dev_stream_destroy(st->dev, (dl_dev_stream *)s));
+}
+static dl_be_event *cu_event_create(const dl_ctx *ctx)
+{
+    cu_state *st = ST(ctx);
+    dl_dev_event *e = NULL;
+    if (dl_dev_event_create(st->dev, &e) != DL_DEV_SUCCESS) {
+        dl_error_prefix("cuda backend: creating an event: ");
+        return NULL;
+    }
+    return (dl_be_event *)e;
+}
+static void cu_event_destroy(const dl_ctx *ctx, dl_be_event *e)
+{
+    cu_state *st = ST(ctx);
+    if (e) chk(st, "event_destroy", dl_dev_event_destroy(st->dev, (dl_dev_event *)e));
+}
+static int cu_event_record(const dl_ctx *ctx, dl_be_event *e, dl_be_stream *s)
+{
+    cu_state *st = ST(ctx);
+    DL_TRY(sticky(st));
+    chk(st, "event_record", dl_dev_event_record(st->dev, (dl_dev_event *)e, dev_stream(st, s)));
+    return sticky(st);
+}
+static int cu_stream_wait(const dl_ctx *ctx, dl_be_stream *s, dl_be_event *e)
+{
+    cu_state *st = ST(ctx);
+    DL_TRY(sticky(st));
+    chk(st, "stream_wait", dl_dev_stream_wait_event(st->dev, dev_stream(st, s), (dl_dev_event *)e));
+    return sticky(st);
+}
+static int cu_event_sync(const dl_ctx *ctx, dl_be_event *e)
+{
+    cu_state *st = ST(ctx);
+    DL_TRY(sticky(st));
+    chk(st, "event_synchronize", dl_dev_event_synchronize(st->dev, (dl_dev_event *)e));
+    return sticky(st);
+}
+static int cu_upload_on(const dl_ctx *ctx, dl_be_stream *s, void *dst, const void *src, size_t bytes)
+{
+    cu_state *st = ST(ctx);
+    DL_TRY(sticky(st));
+    if (bytes) chk(st, "upload_on", dl_dev_memcpy_h2d(st->dev, dst, src, bytes, dev_stream(st, s)));
+    return sticky(st);
+}
+static int cu_download_on(const dl_ctx *ctx, dl_be_stream *s, void *dst, const void *src, size_t bytes)
+{
+    cu_state *st = ST(ctx);
+    DL_TRY(sticky(st));
+    if (bytes) chk(st, "download_on", dl_dev_memcpy_d2h(st->dev, dst, src, bytes, dev_stream(st, s)));
+    return sticky(st);
+}
+static void *cu_host_alloc(const dl_ctx *ctx, size_t bytes)
+{
+    cu_state *st = ST(ctx);
+    void *p = NULL;
+    if (dl_dev_host_alloc(st->dev, &p, bytes) != DL_DEV_SUCCESS) {
+        dl_error_prefix("cuda backend: cannot allocate %zu bytes of page-locked host memory: ", bytes);
+        return NULL;
+    }
+    return p;
+}
+static void cu_host_free(const dl_ctx *ctx, void *p)
+{
+    cu_state *st = ST(ctx);
+    chk(st, "host_free", dl_dev_host_free(st->dev, p));
+}
+
 static int cu_mem_info(const dl_ctx *ctx, size_t *free_bytes, size_t *total_bytes)
 {
     cu_state *st = ST(ctx);
@@ -820,6 +906,17 @@ const dl_backend dl_backend_cuda = {
     .synchronize = cu_sync,
     .describe = cu_describe,
     .mem_info = cu_mem_info,
+    .stream_create = cu_stream_create,
+    .stream_destroy = cu_stream_destroy,
+    .event_create = cu_event_create,
+    .event_destroy = cu_event_destroy,
+    .event_record = cu_event_record,
+    .stream_wait = cu_stream_wait,
+    .event_synchronize = cu_event_sync,
+    .upload_on = cu_upload_on,
+    .download_on = cu_download_on,
+    .host_alloc = cu_host_alloc,
+    .host_free = cu_host_free,
     .linear_forward = cu_linear_forward,
     .linear_backward = cu_linear_backward,
     .conv2d_forward = cu_conv2d_forward,

@@ -8,6 +8,7 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 
 const char *dl_dev_status_name(dl_dev_status st)
 {
@@ -85,6 +86,27 @@ dl_dev_status dl_dev_mem_info(dl_dev *dev, size_t *free_bytes, size_t *total_byt
 
 dl_dev_status dl_dev_malloc(dl_dev *dev, void **p, size_t bytes) { return dev->vt->malloc_(dev, p, bytes); }
 dl_dev_status dl_dev_free(dl_dev *dev, void *p) { return p ? dev->vt->free_(dev, p) : DL_DEV_SUCCESS; }
+dl_dev_status dl_dev_host_alloc(dl_dev *dev, void **p, size_t bytes)
+{
+    *p = NULL;
+#ifdef DANLU_DEV_HAVE_REAL
+    if (dev->kind == DL_DEV_REAL) return dl_dev_cuda_host_alloc(p, bytes);
+#endif
+    (void)dev;
+    if (!(*p = aligned_alloc(64, bytes ? (bytes + 63) / 64 * 64 : 64)))
+        return dl_dev_fail(DL_DEV_ERR_ALLOC, "dl_dev_host_alloc: out of host memory (%zu bytes)", bytes);
+    return DL_DEV_SUCCESS;
+}
+dl_dev_status dl_dev_host_free(dl_dev *dev, void *p)
+{
+    if (!p) return DL_DEV_SUCCESS;
+#ifdef DANLU_DEV_HAVE_REAL
+    if (dev->kind == DL_DEV_REAL) return dl_dev_cuda_host_free(p);
+#endif
+    (void)dev;
+    free(p);
+    return DL_DEV_SUCCESS;
+}
 dl_dev_status dl_dev_memcpy_h2d(dl_dev *dev, void *dst, const void *src, size_t bytes, dl_dev_stream *s)
 {
     return dev->vt->memcpy_(dev, dst, src, bytes, 0, s);

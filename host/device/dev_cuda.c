@@ -60,6 +60,13 @@ dl_dev_status dl_dev_cuda_mem_info(dl_dev *d, size_t *free_bytes, size_t *total_
     return rt(cudaMemGetInfo(free_bytes, total_bytes), "cudaMemGetInfo");
 }
 
+dl_dev_status dl_dev_cuda_host_alloc(void **p, size_t bytes)
+{
+    *p = NULL;
+    return rt(cudaMallocHost(p, bytes ? bytes : 1), "cudaMallocHost");
+}
+dl_dev_status dl_dev_cuda_host_free(void *p) { return rt(cudaFreeHost(p), "cudaFreeHost"); }
+
 static void real_close(dl_dev *d)
 {
     Real *r = R(d);

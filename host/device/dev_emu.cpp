@@ -96,6 +96,7 @@ struct Alloc {
     size_t size, span; /* requested bytes; pages taken (with the guard page) */
     int id;
     std::vector<WriteRec> writes;
+    std::vector<WriteRec> reads; /* ranges read since they were last written (op = the reader) */
 };
 struct EStream {
     dl_dev_stream base;
@@ -265,30 +266,59 @@ dl_dev_status check_args(Emu *e, EStream *s, const char *op, const Arg *args, in
                                al.id, al.size, (void *)it->first, w.op, w.stream, sname(e, w.stream),
                                std::max(w.lo, lo), std::min(w.hi, hi), s->base.id);
         }
+        if (!a.write) continue;
+        for (const WriteRec &r : al.reads) { /* a write over bytes another stream may still be reading */
+            if (r.hi <= lo || r.lo >= hi || r.stream == s->base.id) continue;
+            if (vc_at(s->vc, r.stream) >= r.clock) continue;
+            return dl_dev_fail(DL_DEV_ERR_UNORDERED,
+                               "%s on stream %d '%s' writes argument '%s' = bytes [%zu, %zu) of allocation #%d (%zu "
+                               "bytes at %p), which %s on stream %d '%s' reads (bytes [%zu, %zu)) with no event "
+                               "recorded after it and waited for by stream %d, nor a synchronisation, in between",
+                               op, s->base.id, sname(e, s->base.id), a.name, lo, hi, al.id, al.size,
+                               (void *)it->first, r.op, r.stream, sname(e, r.stream), std::max(r.lo, lo),
+                               std::min(r.hi, hi), s->base.id);
+        }
     }
     return DL_DEV_SUCCESS;
 }
 
-/* After the op ran: its clock, and the bytes it wrote now belong to (stream, clock). */
+/* Drops the parts of the records in v that overlap [lo, hi) (keeping what lies outside). */
+void cut_range(std::vector<WriteRec> &v, size_t lo, size_t hi)
+{
+    std::vector<WriteRec> keep;
+    keep.reserve(v.size() + 2);
+    for (const WriteRec &w : v) {
+        if (w.hi <= lo || w.lo >= hi) { keep.push_back(w); continue; }
+        if (w.lo < lo) keep.push_back(WriteRec{w.lo, lo, w.stream, w.clock, w.op});
+        if (w.hi > hi) keep.push_back(WriteRec{hi, w.hi, w.stream, w.clock, w.op});
+    }
+    v.swap(keep);
+}
+
+/* After the op ran: its clock; the bytes it wrote now belong to (stream, clock) and their reads
+ * are forgotten (check_args ordered every one of them before this write); the bytes it only read
+ * are recorded as read by (stream, clock), replacing this stream's earlier reads inside them. */
 void record_writes(Emu *e, EStream *s, const char *op, const Arg *args, int n)
 {
     const uint64_t clk = ++s->clock;
     for (int i = 0; i < n; i++) {
         const Arg &a = args[i];
-        if (!a.p || !a.bytes || !a.write) continue;
+        if (!a.p || !a.bytes) continue;
         auto it = e->allocs.upper_bound((uintptr_t)a.p);
         --it;
         Alloc &al = it->second;
         const size_t lo = (uintptr_t)a.p - it->first, hi = lo + a.bytes;
-        std::vector<WriteRec> keep;
-        keep.reserve(al.writes.size() + 2);
-        for (const WriteRec &w : al.writes) {
-            if (w.hi <= lo || w.lo >= hi) { keep.push_back(w); continue; }
-            if (w.lo < lo) keep.push_back(WriteRec{w.lo, lo, w.stream, w.clock, w.op});
-            if (w.hi > hi) keep.push_back(WriteRec{hi, w.hi, w.stream, w.clock, w.op});
+        if (a.write) {
+            cut_range(al.writes, lo, hi);
+            al.writes.push_back(WriteRec{lo, hi, s->base.id, clk, op});
+            cut_range(al.reads, lo, hi);
+            continue;
         }
-        keep.push_back(WriteRec{lo, hi, s->base.id, clk, op});
-        al.writes.swap(keep);
+        size_t k = 0;
+        for (const WriteRec &r : al.reads)
+            if (!(r.stream == s->base.id && r.lo >= lo && r.hi <= hi)) al.reads[k++] = r;
+        al.reads.resize(k);
+        al.reads.push_back(WriteRec{lo, hi, s->base.id, clk, op});
     }
 }
 

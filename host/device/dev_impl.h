@@ -147,6 +147,8 @@ dl_dev_status dl_dev_emu_mem_info(dl_dev *dev, size_t *free_bytes, size_t *total
 dl_dev *dl_dev_cuda_open(void);
 int dl_dev_cuda_present(void);
 dl_dev_status dl_dev_cuda_mem_info(dl_dev *dev, size_t *free_bytes, size_t *total_bytes);
+dl_dev_status dl_dev_cuda_host_alloc(void **p, size_t bytes);
+dl_dev_status dl_dev_cuda_host_free(void *p);
 #endif
 
 #ifdef __cplusplus

@@ -67,6 +67,10 @@ dl_dev_status dl_dev_mem_info(dl_dev *dev, size_t *free_bytes, size_t *total_byt
 dl_dev_status dl_dev_malloc(dl_dev *dev, void **p, size_t bytes);
 /* cudaFree (synchronises the device, as cudaFree does). NULL is a no-op. */
 dl_dev_status dl_dev_free(dl_dev *dev, void *p);
+/* cudaMallocHost / cudaFreeHost: page-locked host memory, from which copies run asynchronously
+ * and overlap kernels (the emulated device: ordinary 64-byte aligned memory). NULL is a no-op. */
+dl_dev_status dl_dev_host_alloc(dl_dev *dev, void **p, size_t bytes);
+dl_dev_status dl_dev_host_free(dl_dev *dev, void *p);
 dl_dev_status dl_dev_memcpy_h2d(dl_dev *dev, void *dst, const void *src, size_t bytes, dl_dev_stream *s);
 /* The host buffer holds the data once the stream is synchronised. */
 dl_dev_status dl_dev_memcpy_d2h(dl_dev *dev, void *dst, const void *src, size_t bytes, dl_dev_stream *s);

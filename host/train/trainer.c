@@ -198,6 +198,13 @@ typedef struct trainer {
      * the CPU backend; on a device backend, device memory that the host fills only by upload
      * (the batch's inputs) and reads only by download (the loss; params, m, v when saving) */
     int dev;                      /* 1: a device backend */
+    /* device backends: a micro-batch's inputs go up on a transfer stream into one of two sets
+     * (page-locked host arrays to device buffers), the set the micro-batch before last used;
+     * events order the upload after that step's reads (used) and the step after the upload (up) */
+    struct { float *noisy, *target, *tf, *w; } in[2]; /* [B, h, w, C] x2, [B] x2 */
+    int next_slot, used_rec[2];
+    dl_be_stream *xfer;
+    dl_be_event *up[2], *used[2];
     struct {
         float *img, *noisy, *target, *pred, *dpred, *context, *dcontext, *tf, *w, *m, *v, *scal;
         int32_t *ids;
@@ -206,6 +213,15 @@ typedef struct trainer {
     } d;
     dl_batch batch;
     int batch_ok;
+    struct {                      /* on a device backend, the next micro-batch is drawn and prepared
+                                   * on the host while the device runs the current one */
+        int ready;                /* batch, latents, noisy, target, tf, w (and ids / context) hold it */
+        int slot;                 /* the device input set it was uploaded into */
+        int epoch, epoch_end;     /* its epoch (1-based) and whether it ends the epoch */
+        dl_batcher_state bs;      /* the data order and generators from before it was drawn: what a */
+        dl_rng rng;               /* state saved while it waits records, so a resumed run draws */
+        dl_torch_rng noise_rng;   /* it again */
+    } pre;
     dl_unet_tape tape;            /* the UNet forward's record (in the trainer: no per-step malloc) */
     dl_clip_tape te_tape;         /* the text encoder forward's record (train_te) */
     dl_image_reader reader;       /* image decoding without per-step allocations (latents not cached) */
@@ -791,13 +807,15 @@ static int save_state(trainer *t, const char *path, int step, int epoch, int64_t
     uint64_t words[DL_BATCHER_STATE_WORDS];
     dl_batcher_state bs;
     dl_batcher_get_state(&t->batcher, &bs);
+    if (t->pre.ready) bs = t->pre.bs; /* a prefetched batch is not consumed yet */
     dl_batcher_state_pack(&bs, words);
     const float *params = pull_params(t);
     if (!params) return DL_ERR;
     DL_TRY(pull_moments(t));
     dl_train_state s = {
         .step = step, .epoch = epoch, .micro_step = micro, .n_params = t->ps.n,
-        .params = (float *)params, .m = t->m, .v = t->v, .rng = t->rng, .noise_rng = t->noise_rng,
+        .params = (float *)params, .m = t->m, .v = t->v, .rng = t->pre.ready ? t->pre.rng : t->rng,
+        .noise_rng = t->pre.ready ? t->pre.noise_rng : t->noise_rng,
         .data_state = (uint8_t *)words, .data_state_len = sizeof words, .signature = t->signature,
         .config_json = t->config_json,
     };
@@ -1229,6 +1247,14 @@ static void *xcalloc(size_t n, size_t sz, int *fail)
     if (!p) *fail = 1;
     return p;
 }
+/* A host array a transfer stream uploads from: page-locked on a device backend. */
+static void *xhost(trainer *t, size_t n, size_t sz, int *fail)
+{
+    if (!t->dev) return xcalloc(n, sz, fail);
+    void *p = dl_be(&t->ctx)->host_alloc(&t->ctx, (n ? n : 1) * sz);
+    if (!p) *fail = 1;
+    return p;
+}
 
 /* Before the first step, on a backend that knows its memory: does the step fit? If not, one
  * error that says what it needs, what is free and which options bring it down. */
@@ -1290,8 +1316,8 @@ static int setup_buffers(trainer *t)
     }
     {   /* the backend's copies of the batch buffers and the moments (setup below) */
         const size_t L = (size_t)B * t->max_lat_hw * C * sizeof(float), E = (size_t)B * T * t->Dc * sizeof(float);
-        const size_t bufs = (size_t)t->max_img_hw * 3 * sizeof(float) + 4 * L + E * (t->train_te ? 2 : 1) +
-                            2 * (size_t)t->ps.n * sizeof(float) + (size_t)B * (8 + 4 * T) + 16;
+        const size_t bufs = (size_t)t->max_img_hw * 3 * sizeof(float) + 6 * L + E * (t->train_te ? 2 : 1) +
+                            2 * (size_t)t->ps.n * sizeof(float) + (size_t)B * (16 + 4 * T) + 16;
         DL_TRY(plan_memory(t, act + 4096, scr + 4096, te ? te + 4096 : 0, bufs));
     }
     DL_TRY(dl_arena_init_on(&t->act, "activations", act + 4096, &t->ctx));
@@ -1305,16 +1331,17 @@ static int setup_buffers(trainer *t)
     t->vnoise = xcalloc(one, sizeof(float), &fail);
     t->latents = xcalloc(L, sizeof(float), &fail);
     t->noise = xcalloc(L, sizeof(float), &fail);
-    t->noisy = xcalloc(L, sizeof(float), &fail);
-    t->target = xcalloc(L, sizeof(float), &fail);
+    t->dev = dl_be(&t->ctx)->device_memory;
+    t->noisy = xhost(t, L, sizeof(float), &fail);
+    t->target = xhost(t, L, sizeof(float), &fail);
     t->pred = xcalloc(L, sizeof(float), &fail);
     t->dpred = xcalloc(L, sizeof(float), &fail);
     t->tmp = xcalloc(L, sizeof(float), &fail);
     t->context = xcalloc((size_t)B * T * t->Dc, sizeof(float), &fail);
     t->dcontext = t->train_te ? xcalloc((size_t)B * T * t->Dc, sizeof(float), &fail) : NULL;
-    t->tf = xcalloc((size_t)B, sizeof(float), &fail);
+    t->tf = xhost(t, (size_t)B, sizeof(float), &fail);
     t->t = xcalloc((size_t)B, sizeof(int64_t), &fail);
-    t->w = xcalloc((size_t)B, sizeof(float), &fail);
+    t->w = xhost(t, (size_t)B, sizeof(float), &fail);
     t->ids = xcalloc((size_t)B * T, sizeof(int32_t), &fail);
     t->m = xcalloc((size_t)t->ps.n, sizeof(float), &fail);
     t->v = xcalloc((size_t)t->ps.n, sizeof(float), &fail);
@@ -1326,18 +1353,23 @@ static int setup_buffers(trainer *t)
         t->eos = xcalloc((size_t)B, sizeof(int), &fail);
     }
     if (fail) return dl_error_set("out of memory allocating training buffers");
-    /* the backend's copies */
-    t->dev = dl_be(&t->ctx)->device_memory;
+    /* the backend's copies (the inputs on a device: two sets, a transfer stream and its events) */
 #define DEV(f, host, bytes) (t->d.f = t->dev ? dl_be_alloc(&t->ctx, (bytes)) : (host), fail |= !t->d.f)
     DEV(img, t->img, (size_t)t->max_img_hw * 3 * sizeof(float));
-    DEV(noisy, t->noisy, L * sizeof(float));
-    DEV(target, t->target, L * sizeof(float));
+    if (!t->dev) t->d.noisy = t->noisy, t->d.target = t->target, t->d.tf = t->tf, t->d.w = t->w;
+    for (int s = 0; t->dev && s < 2; s++) {
+        const dl_backend *be = dl_be(&t->ctx);
+        fail |= !(t->in[s].noisy = dl_be_alloc(&t->ctx, L * sizeof(float)));
+        fail |= !(t->in[s].target = dl_be_alloc(&t->ctx, L * sizeof(float)));
+        fail |= !(t->in[s].tf = dl_be_alloc(&t->ctx, (size_t)B * sizeof(float)));
+        fail |= !(t->in[s].w = dl_be_alloc(&t->ctx, (size_t)B * sizeof(float)));
+        fail |= !(t->up[s] = be->event_create(&t->ctx)) || !(t->used[s] = be->event_create(&t->ctx));
+        if (s == 0) fail |= !(t->xfer = be->stream_create(&t->ctx, "transfer"));
+    }
     DEV(pred, t->pred, L * sizeof(float));
     DEV(dpred, t->dpred, L * sizeof(float));
     DEV(context, t->context, (size_t)B * T * t->Dc * sizeof(float));
     if (t->train_te) DEV(dcontext, t->dcontext, (size_t)B * T * t->Dc * sizeof(float));
-    DEV(tf, t->tf, (size_t)B * sizeof(float));
-    DEV(w, t->w, (size_t)B * sizeof(float));
     DEV(ids, t->ids, (size_t)B * T * sizeof(int32_t));
     DEV(m, t->m, (size_t)(t->ps.n > 0 ? t->ps.n : 1) * sizeof(float));
     DEV(v, t->v, (size_t)(t->ps.n > 0 ? t->ps.n : 1) * sizeof(float));
@@ -1465,52 +1497,100 @@ static void teardown(trainer *t)
     dl_arena_free(&t->scratch);
     dl_arena_free(&t->te_arena);
     if (t->dev) {
-        void *db[] = {t->d.img, t->d.noisy, t->d.target, t->d.pred, t->d.dpred, t->d.context, t->d.dcontext, t->d.tf,
-                      t->d.w, t->d.ids, t->d.m, t->d.v, t->d.scal, t->d.text_embeds, t->d.time_ids, t->d.ids2};
+        const dl_backend *be = dl_be(&t->ctx);
+        void *db[] = {t->d.img, t->d.pred, t->d.dpred, t->d.context, t->d.dcontext, t->d.ids, t->d.m, t->d.v,
+                      t->d.scal, t->in[0].noisy, t->in[0].target, t->in[0].tf, t->in[0].w, t->in[1].noisy,
+                      t->in[1].target, t->in[1].tf, t->in[1].w, t->d.text_embeds, t->d.time_ids, t->d.ids2};
         for (size_t i = 0; i < sizeof db / sizeof *db; i++) dl_be_free(&t->ctx, db[i]);
+        for (int s = 0; s < 2; s++) {
+            if (t->up[s]) be->event_destroy(&t->ctx, t->up[s]);
+            if (t->used[s]) be->event_destroy(&t->ctx, t->used[s]);
+        }
+        if (t->xfer) be->stream_destroy(&t->ctx, t->xfer);
+        void *hb[] = {t->noisy, t->target, t->tf, t->w};
+        for (size_t i = 0; i < sizeof hb / sizeof *hb; i++)
+            if (hb[i]) be->host_free(&t->ctx, hb[i]);
+    } else {
+        free(t->noisy), free(t->target), free(t->tf), free(t->w);
     }
-    void *bufs[] = {t->img, t->mean, t->logvar, t->vnoise, t->latents, t->noise, t->noisy, t->target, t->pred,
-                    t->dpred, t->tmp, t->context, t->dcontext, t->tf, t->t, t->w, t->ids, t->m, t->v,
-                    t->scal, t->emb_cache, t->signature, t->config_json, t->pooled_cache, t->text_embeds,
-                    t->time_ids, t->ids2, t->eos};
+    void *bufs[] = {t->img, t->mean, t->logvar, t->vnoise, t->latents, t->noise, t->pred, t->dpred, t->tmp,
+                    t->context, t->dcontext, t->t, t->ids, t->m, t->v, t->scal, t->emb_cache, t->signature,
+                    t->config_json, t->pooled_cache, t->text_embeds, t->time_ids, t->ids2, t->eos};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) free(bufs[i]);
     kv_free(&t->meta);
     dl_prov_writer_free(&t->prov);
     if (t->ctx_ok) dl_ctx_free(&t->ctx);
 }
 
-/* ---- one micro-batch: forward, loss, backward (gradients added into net.grads) ---- */
-static int micro_step(trainer *t, float dloss, double *loss_out, int *epoch_out, int *epoch_end)
+/* ---- one micro-batch: drawn and prepared, then forward, loss, backward ---- */
+/* The next micro-batch into t->pre: its draw, latents, token ids (uploaded) or frozen text
+ * context, noise, noisy latents, target, timesteps and loss weights. Device work it needs (the
+ * frozen text encoder, VAE encoding) is enqueued after whatever runs now. */
+static int prep_batch(trainer *t)
 {
     dl_batch *b = &t->batch;
     dl_batcher_next(&t->batcher, &t->aug, b);
-    *epoch_out = (int)t->batcher.st.epoch + 1;
-    *epoch_end = t->batcher.st.pos >= t->batcher.n_batches;
+    t->pre.epoch = (int)t->batcher.st.epoch + 1;
+    t->pre.epoch_end = t->batcher.st.pos >= t->batcher.n_batches;
     const int n = b->n, h = b->reso.h / t->vae_f, w = b->reso.w / t->vae_f, C = t->C;
-    const int64_t D = (int64_t)h * w * C;
     DL_TRY(batch_latents(t, b));
-    size_t te_mark = 0;
     if (t->train_te) {
         for (int i = 0; i < n; i++)
             if (dl_tokenizer_encode_padded_w(t->tok, &t->tok_work, b->captions[i], t->ids + i * CTX_T) != DL_OK)
                 return dl_error_prefix("caption of %s: ", t->ds.items[b->items[i]].image_path);
         if (t->dev) DL_TRY(dl_be_upload(&t->ctx, t->d.ids, t->ids, sizeof(int32_t) * (size_t)n * CTX_T));
-        te_mark = dl_arena_mark(&t->te_arena);
-        dl_clip_train_forward(&t->ctx, &t->clip, &t->te_tape, n, CTX_T, t->d.ids, t->clip_layers, 1, t->d.context,
-                              t->cfg->gradient_checkpointing, &t->te_arena, &t->scratch);
     } else {
         DL_TRY(batch_context_frozen(t, b));
     }
     if (t->xl) DL_TRY(batch_time_ids(t, b));
+    const dl_backend *be = dl_be(&t->ctx);
+    const int s = t->pre.slot = t->next_slot;
+    if (t->dev) { /* the host arrays are free once the last upload from them is done */
+        t->next_slot ^= 1;
+        DL_TRY(be->event_synchronize(&t->ctx, t->up[s ^ 1]));
+    }
     dl_objective_batch(t->obj, &t->noise_rng, n, h, w, C, t->latents, t->t, t->noise, t->noisy, t->target, t->w,
                        t->tmp);
     for (int i = 0; i < n; i++) t->tf[i] = (float)t->t[i];
+    if (t->dev) { /* up into set s once the step that last read it is done */
+        const size_t lat = sizeof(float) * (size_t)n * h * w * C;
+        if (t->used_rec[s]) DL_TRY(be->stream_wait(&t->ctx, t->xfer, t->used[s]));
+        DL_TRY(be->upload_on(&t->ctx, t->xfer, t->in[s].noisy, t->noisy, lat));
+        DL_TRY(be->upload_on(&t->ctx, t->xfer, t->in[s].target, t->target, lat));
+        DL_TRY(be->upload_on(&t->ctx, t->xfer, t->in[s].tf, t->tf, sizeof(float) * (size_t)n));
+        if (dl_objective_weighted(t->obj))
+            DL_TRY(be->upload_on(&t->ctx, t->xfer, t->in[s].w, t->w, sizeof(float) * (size_t)n));
+        DL_TRY(be->event_record(&t->ctx, t->up[s], t->xfer));
+    }
+    t->pre.ready = 1;
+    return DL_OK;
+}
+
+/* One micro-batch: the prepared one (or one prepared now), its gradients added into the trained
+ * parameters' gradients. With prefetch, the next micro-batch is prepared on the host after this
+ * one's device work is enqueued and before its loss is read, so the two overlap on a GPU. */
+static int micro_step(trainer *t, float dloss, int prefetch, double *loss_out, int *epoch_out, int *epoch_end)
+{
+    if (!t->pre.ready) DL_TRY(prep_batch(t));
+    t->pre.ready = 0;
+    *epoch_out = t->pre.epoch;
+    *epoch_end = t->pre.epoch_end;
+    const dl_batch *b = &t->batch;
+    const int n = b->n, h = b->reso.h / t->vae_f, w = b->reso.w / t->vae_f, C = t->C;
+    const int64_t D = (int64_t)h * w * C;
+    const int first_item = b->items[0];
+    size_t te_mark = 0;
+    if (t->train_te) {
+        te_mark = dl_arena_mark(&t->te_arena);
+        dl_clip_train_forward(&t->ctx, &t->clip, &t->te_tape, n, CTX_T, t->d.ids, t->clip_layers, 1, t->d.context,
+                              t->cfg->gradient_checkpointing, &t->te_arena, &t->scratch);
+    }
     const int weighted = dl_objective_weighted(t->obj);
-    if (t->dev) { /* the batch's inputs go up; nothing else crosses until the loss comes back */
-        DL_TRY(dl_be_upload(&t->ctx, t->d.noisy, t->noisy, sizeof(float) * (size_t)(n * D)));
-        DL_TRY(dl_be_upload(&t->ctx, t->d.target, t->target, sizeof(float) * (size_t)(n * D)));
-        DL_TRY(dl_be_upload(&t->ctx, t->d.tf, t->tf, sizeof(float) * (size_t)n));
-        if (weighted) DL_TRY(dl_be_upload(&t->ctx, t->d.w, t->w, sizeof(float) * (size_t)n));
+    const int slot = t->pre.slot;
+    if (t->dev) { /* the inputs went up with the batch; nothing else crosses until the loss comes back */
+        DL_TRY(dl_be(&t->ctx)->stream_wait(&t->ctx, NULL, t->up[slot]));
+        t->d.noisy = t->in[slot].noisy, t->d.target = t->in[slot].target;
+        t->d.tf = t->in[slot].tf, t->d.w = t->in[slot].w;
     }
     size_t act_mark = dl_arena_mark(&t->act);
     dl_unet_tape *tape = &t->tape;
@@ -1526,10 +1606,20 @@ static int micro_step(trainer *t, float dloss, double *loss_out, int *epoch_out,
         dl_clip_backward(&t->ctx, &t->te_tape, t->d.dcontext, &t->scratch);
         dl_arena_release(&t->te_arena, te_mark);
     }
+    if (t->dev) { /* this input set may be written again once the step's reads are done */
+        DL_TRY(dl_be(&t->ctx)->event_record(&t->ctx, t->used[slot], NULL));
+        t->used_rec[slot] = 1;
+    }
+    if (prefetch) {
+        dl_batcher_get_state(&t->batcher, &t->pre.bs);
+        t->pre.rng = t->rng;
+        t->pre.noise_rng = t->noise_rng;
+        DL_TRY(prep_batch(t));
+    }
     const double loss = dl_be_read_f32(&t->ctx, t->d.scal + 0);
     if (isnan(loss) && dl_be_sync(&t->ctx) != DL_OK) return DL_ERR; /* a device error, not a diverged loss */
     if (!isfinite(loss)) return dl_error_set("the loss became %g at a batch of %s: lower the learning rate", loss,
-                                             t->ds.items[b->items[0]].image_path);
+                                             t->ds.items[first_item].image_path);
     *loss_out = loss;
     return DL_OK;
 }
@@ -1703,7 +1793,8 @@ int dl_train_run(const dl_train_config *cfg, const dl_trainer_opts *opts, dl_tra
         for (int a = 0; a < accum; a++) {
             double l = 0;
             int ee = 0;
-            if (micro_step(t, dloss, &l, &cur_epoch, &ee) != DL_OK) goto out_sig;
+            const int prefetch = t->dev && !(step + 1 >= t->total_steps && a == accum - 1);
+            if (micro_step(t, dloss, prefetch, &l, &cur_epoch, &ee) != DL_OK) goto out_sig;
             micro++;
             loss_sum += l;
             if (ee) { epoch_end = 1; break; } /* the epoch's last batch ends an accumulation early */
