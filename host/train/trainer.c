@@ -169,6 +169,9 @@ typedef struct trainer {
     float *time_ids;              /* [B, 6] */
     int32_t *ids2;                /* [B, 77] the second tokenizer's ids */
     int *eos;                     /* [B] where each ids2 row pools (dl_clip_eos_positions) */
+    float *dtext;                 /* [B, Dp] d loss / d text_embeds (train_te; backend memory) */
+    dl_clip_tape te_tape2, te_tape3; /* train_te: the second encoder to its penultimate layer, and to
+                                        its last hidden state for the pooled embedding */
     dl_objective *obj;
     dl_batcher batcher;
     int batcher_ok;
@@ -1216,9 +1219,6 @@ static int setup_network(trainer *t)
     spec.conv_rank = c->conv_dim;
     spec.conv_alpha = (float)c->conv_alpha;
     t->train_te = !c->network_train_unet_only;
-    if (t->xl && t->train_te)
-        return dl_error_set("%s: training SDXL's text encoders is not implemented yet; add network_train_unet_only "
-                            "(the UNet's LoRA trains, both text encoders stay frozen)", c->pretrained_model_name_or_path);
     spec.unet = !c->network_train_text_encoder_only;
     spec.text = t->train_te;
     spec.multiplier = 1.0f;
@@ -1230,7 +1230,8 @@ static int setup_network(trainer *t)
         if (dl_lora_load_into(c->network_weights, &t->net, &rep) != DL_OK) return dl_error_prefix("network_weights: ");
         if (t->log) dl_lora_report_print(&rep, c->network_weights);
     }
-    DL_TRY(dl_lora_net_attach(&t->net, &t->unet, t->train_te ? &t->clip : NULL));
+    const dl_lora_models md = {&t->unet, t->train_te ? &t->clip : NULL, t->train_te && t->xl ? &t->clip2 : NULL};
+    DL_TRY(dl_lora_net_attach_to(&t->net, &md));
     t->attached = 1;
     DL_TRY(dl_lora_net_to_backend(&t->ctx, &t->net)); /* parameters, gradients: backend memory */
     t->ps = (dl_param_set){.p = t->net.params, .g = t->net.grads, .n = t->net.n_params, .n_unet = t->net.n_params_unet};
@@ -1292,6 +1293,11 @@ static int setup_buffers(trainer *t)
     const int B = t->B, C = t->C, T = CTX_T;
     const int ckp = t->cfg->gradient_checkpointing;
     size_t act = 0, scr = 0, te = 0;
+    if (t->xl && t->train_te) { /* the added embedding back-propagated into text_embeds (before sizing) */
+        t->dtext = dl_be_alloc(&t->ctx, sizeof(float) * (size_t)B * t->Dp);
+        if (!t->dtext) return dl_error_prefix("allocating the training buffers on %s: ", dl_be(&t->ctx)->name);
+        t->unet.dtext_embeds = t->dtext;
+    }
     for (int i = 0; i < t->ds.buckets.n_used; i++) {
         dl_reso r = t->ds.buckets.used[i];
         int h = r.h / t->vae_f, w = r.w / t->vae_f;
@@ -1308,7 +1314,18 @@ static int setup_buffers(trainer *t)
         cs = (cs2 > cs ? cs2 : cs) + xl_encode_bytes(t, B);
     }
     if (cs > scr) scr = cs;
-    if (t->train_te) {
+    if (t->train_te && t->xl) { /* three passes (xl_train_te_forward) and their outputs and gradients */
+        dl_size_table tab;
+        const struct { const dl_clip *m; int layers, final_ln; } pass[3] = {
+            {&t->clip, t->clip.cfg.num_layers - 1, 0}, {&t->clip2, t->clip2.cfg.num_layers - 1, 0},
+            {&t->clip2, t->clip2.cfg.num_layers, 1}};
+        for (int p = 0; p < 3; p++) {
+            dl_clip_size_table(pass[p].m, B, T, pass[p].layers, pass[p].final_ln, ckp, &tab);
+            if (tab.scratch_train > scr) scr = tab.scratch_train;
+            te += tab.act + 64;
+        }
+        te += 2 * xl_encode_bytes(t, B);
+    } else if (t->train_te) {
         dl_size_table tab; /* the text encoder's training pass, checkpointed as the UNet's */
         dl_clip_size_table(&t->clip, B, T, t->clip_layers, 1, ckp, &tab);
         if (tab.scratch_train > scr) scr = tab.scratch_train;
@@ -1468,9 +1485,13 @@ static void teardown(trainer *t)
     if (t->prog_ok) dl_progress_finish(&t->prog);
     dl_train_prompts_free(t->prompts, t->n_prompts);
     dl_train_sampler_free(t->sampler);
-    if (t->attached) dl_lora_net_detach(&t->net, &t->unet, t->train_te ? &t->clip : NULL);
+    if (t->attached) {
+        const dl_lora_models md = {&t->unet, t->train_te ? &t->clip : NULL, t->train_te && t->xl ? &t->clip2 : NULL};
+        dl_lora_net_detach_from(&t->net, &md);
+    }
     if (t->net_ok) dl_lora_net_free(&t->net);
     if (t->ft_grads) dl_be_free(&t->ctx, t->ft_grads);
+    if (t->dtext) dl_be_free(&t->ctx, t->dtext);
     for (int i = 0; i < t->ft_n; i++) free(t->ft_t[i].name);
     free(t->ft_t);
     free(t->ft_host);
@@ -1522,6 +1543,45 @@ static void teardown(trainer *t)
     if (t->ctx_ok) dl_ctx_free(&t->ctx);
 }
 
+/* ---- SDXL with its text encoders training (sd-scripts' get_hidden_states_sdxl, differentiated) ---- */
+/* Three passes, each on its own tape in te_arena: the first encoder to its penultimate layer
+ * (h1), the second to its penultimate layer (h2) and to its last hidden state after the final
+ * layer norm (last, for the pooled embedding: the same weights, so their LoRAs' gradients from
+ * both passes add up as one pass's would). context = [h1, h2], text_embeds = pooled(last). out
+ * gets h1, h2, last for the backward. */
+static void xl_train_te_forward(trainer *t, int n, float *out[3])
+{
+    const int64_t M = (int64_t)n * CTX_T;
+    const int ckp = t->cfg->gradient_checkpointing;
+    out[0] = dl_alloc_f32(&t->te_arena, M * t->D1);                                 // [n, 77, D1]
+    out[1] = dl_alloc_f32(&t->te_arena, M * t->D2);                                 // [n, 77, D2]
+    out[2] = dl_alloc_f32(&t->te_arena, M * t->D2);                                 // [n, 77, D2]
+    dl_clip_train_forward(&t->ctx, &t->clip, &t->te_tape, n, CTX_T, t->d.ids, t->clip.cfg.num_layers - 1, 0, out[0],
+                          ckp, &t->te_arena, &t->scratch);
+    dl_clip_train_forward(&t->ctx, &t->clip2, &t->te_tape2, n, CTX_T, t->d.ids2, t->clip2.cfg.num_layers - 1, 0,
+                          out[1], ckp, &t->te_arena, &t->scratch);
+    dl_clip_train_forward(&t->ctx, &t->clip2, &t->te_tape3, n, CTX_T, t->d.ids2, t->clip2.cfg.num_layers, 1, out[2],
+                          ckp, &t->te_arena, &t->scratch);
+    dl_be(&t->ctx)->concat_channels_forward(&t->ctx, M, t->D1, t->D2, out[0], out[1], t->d.context);
+    dl_clip_eos_positions(&t->clip2.cfg, n, CTX_T, t->ids2, t->eos);
+    dl_clip_pooled(&t->ctx, &t->clip2, n, CTX_T, t->eos, out[2], t->d.text_embeds, &t->scratch);
+}
+
+/* From d context (d.dcontext) and d text_embeds (dtext, both written by the UNet's backward):
+ * the three passes back-propagated into the text encoders' LoRAs (gradients added); the
+ * gradients of their outputs are taken from te_arena (released by the caller). */
+static void xl_train_te_backward(trainer *t, int n)
+{
+    const int64_t M = (int64_t)n * CTX_T;
+    float *d1 = dl_alloc_f32(&t->te_arena, M * t->D1), *d2 = dl_alloc_f32(&t->te_arena, M * t->D2);
+    float *dlast = dl_alloc_f32(&t->te_arena, M * t->D2);
+    dl_be(&t->ctx)->concat_channels_backward(&t->ctx, M, t->D1, t->D2, t->d.dcontext, d1, d2);
+    dl_clip_backward(&t->ctx, &t->te_tape, d1, &t->scratch);
+    dl_clip_backward(&t->ctx, &t->te_tape2, d2, &t->scratch);
+    dl_clip_pooled_backward(&t->ctx, &t->clip2, n, CTX_T, t->eos, t->dtext, dlast, &t->scratch);
+    dl_clip_backward(&t->ctx, &t->te_tape3, dlast, &t->scratch);
+}
+
 /* ---- one micro-batch: drawn and prepared, then forward, loss, backward ---- */
 /* The next micro-batch into t->pre: its draw, latents, token ids (uploaded) or frozen text
  * context, noise, noisy latents, target, timesteps and loss weights. Device work it needs (the
@@ -1536,9 +1596,11 @@ static int prep_batch(trainer *t)
     DL_TRY(batch_latents(t, b));
     if (t->train_te) {
         for (int i = 0; i < n; i++)
-            if (dl_tokenizer_encode_padded_w(t->tok, &t->tok_work, b->captions[i], t->ids + i * CTX_T) != DL_OK)
+            if ((t->xl ? xl_tokenize(t, b->captions[i], t->ids + i * CTX_T, t->ids2 + i * CTX_T)
+                       : dl_tokenizer_encode_padded_w(t->tok, &t->tok_work, b->captions[i], t->ids + i * CTX_T)) != DL_OK)
                 return dl_error_prefix("caption of %s: ", t->ds.items[b->items[i]].image_path);
         if (t->dev) DL_TRY(dl_be_upload(&t->ctx, t->d.ids, t->ids, sizeof(int32_t) * (size_t)n * CTX_T));
+        if (t->dev && t->xl) DL_TRY(dl_be_upload(&t->ctx, t->d.ids2, t->ids2, sizeof(int32_t) * (size_t)n * CTX_T));
     } else {
         DL_TRY(batch_context_frozen(t, b));
     }
@@ -1580,8 +1642,11 @@ static int micro_step(trainer *t, float dloss, int prefetch, double *loss_out, i
     const int64_t D = (int64_t)h * w * C;
     const int first_item = b->items[0];
     size_t te_mark = 0;
-    if (t->train_te) {
-        te_mark = dl_arena_mark(&t->te_arena);
+    float *xl_out[3] = {NULL}; /* SDXL with its text encoders training: h1, h2, last (te_arena) */
+    if (t->train_te) te_mark = dl_arena_mark(&t->te_arena);
+    if (t->train_te && t->xl) {
+        xl_train_te_forward(t, n, xl_out);
+    } else if (t->train_te) {
         dl_clip_train_forward(&t->ctx, &t->clip, &t->te_tape, n, CTX_T, t->d.ids, t->clip_layers, 1, t->d.context,
                               t->cfg->gradient_checkpointing, &t->te_arena, &t->scratch);
     }
@@ -1602,10 +1667,9 @@ static int micro_step(trainer *t, float dloss, int prefetch, double *loss_out, i
     dl_be(&t->ctx)->mse_loss_backward(&t->ctx, n, D, t->d.pred, t->d.target, wts, dloss, t->d.dpred, NULL);
     dl_unet_backward(&t->ctx, tape, t->d.dpred, t->train_te ? t->d.dcontext : NULL, &t->scratch);
     dl_arena_release(&t->act, act_mark);
-    if (t->train_te) {
-        dl_clip_backward(&t->ctx, &t->te_tape, t->d.dcontext, &t->scratch);
-        dl_arena_release(&t->te_arena, te_mark);
-    }
+    if (t->train_te && t->xl) xl_train_te_backward(t, n);
+    else if (t->train_te) dl_clip_backward(&t->ctx, &t->te_tape, t->d.dcontext, &t->scratch);
+    if (t->train_te) dl_arena_release(&t->te_arena, te_mark);
     if (t->dev) { /* this input set may be written again once the step's reads are done */
         DL_TRY(dl_be(&t->ctx)->event_record(&t->ctx, t->used[slot], NULL));
         t->used_rec[slot] = 1;

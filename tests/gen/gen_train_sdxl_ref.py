@@ -34,8 +34,17 @@ It also writes the time ids sd-scripts' dataset gives for a table of image sizes
 flips ("time_ids.cases" [n, 5] = image w, h, bucket w, h, flipped; "time_ids.expected" [n, 6]),
 restating BucketManager.get_crop_ltrb (Python float arithmetic, floor division, int()).
 
-Writes tests/golden/train_sdxl/{init_lora,expected}.safetensors, train_sdxl/data/1_x/img.{png,txt}
-and tests/golden/train_sdxl_time_ids.safetensors."""
+A second run trains both text encoders' LoRAs too (sd-scripts without --network_train_unet_only):
+LoRA on every CLIPAttention q/k/v/out_proj and CLIPMLP fc1/fc2 of both encoders (random A and B,
+kohya names lora_te1_ / lora_te2_ + the transformers path), the encoders run inside the loop in
+float64 and their LoRAs get gradients through the context and, for the second, through the
+pooled embedding and the UNet's (frozen) added embedding; AdamW with two groups (learning_rate for
+the UNet, text_encoder_lr for both encoders, as networks.lora), clip_grad_norm_ over all. The
+first encoder's last layer does not reach the loss: torch leaves its LoRA without a gradient and
+AdamW skips it (danlu gives it a zero gradient, so weight decay shrinks it: not compared).
+
+Writes tests/golden/train_sdxl/{init_lora,expected,init_lora_te,expected_te}.safetensors,
+train_sdxl/data/1_x/img.{png,txt} and tests/golden/train_sdxl_time_ids.safetensors."""
 import os
 import sys
 
@@ -43,15 +52,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from gen_sdxl_lora import kohya_unet_name, load_pipe  # noqa: E402
+from gen_sdxl_lora import kohya_unet_name, load_pipe, te_path  # noqa: E402
 from goldenlib import GOLDEN_DIR  # noqa: E402
 
 OUT = os.path.join(GOLDEN_DIR, "train_sdxl")
 SEED, STEPS, LR, RANK, ALPHA, WARMUP = 7, 8, 2e-3, 4, 2.0, 2
+TE_LR = 1e-3
+TE_TARGETS = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "mlp.fc1", "mlp.fc2"]
 CAPTION = "red square, thing"
 BW, BH = 128, 96
 torch.set_num_threads(1)
@@ -197,6 +208,68 @@ def main():
     exp["losses"] = torch.tensor(losses, dtype=torch.float64)
     exp["time_ids"] = time_ids.double()
     save_file(exp, os.path.join(OUT, "expected.safetensors"), metadata=meta)
+
+    # ---- the text encoders train too
+    init = load_file(os.path.join(OUT, "init_lora.safetensors"))
+    with torch.no_grad():
+        for lo in loras:
+            k = kohya_unet_name(lo.name, ucfg)
+            lo.down.copy_(init[k + ".lora_down.weight"])
+            lo.up.copy_(init[k + ".lora_up.weight"])
+    te1.double(), te2.double()
+    gen_te = torch.Generator().manual_seed(321)
+    te_loras = []
+    for prefix, te in (("lora_te1_", te1), ("lora_te2_", te2)):
+        names = [n for n, m in te.named_modules() if isinstance(m, torch.nn.Linear) and any(n.endswith(t) for t in TE_TARGETS)]
+        for name in names:
+            parent = te.get_submodule(".".join(name.split(".")[:-1]))
+            leaf = name.split(".")[-1]
+            lo = LoRA(getattr(parent, leaf), name, gen_te)
+            lo.kohya = prefix + te_path(name).replace(".", "_")
+            setattr(parent, leaf, lo)
+            te_loras.append(lo)
+    print(len(te_loras), "text-encoder LoRA modules")
+
+    def all_tensors():
+        t = lora_tensors()
+        for lo in te_loras:
+            t[lo.kohya + ".lora_down.weight"] = lo.down.detach().float().contiguous()
+            t[lo.kohya + ".lora_up.weight"] = lo.up.detach().float().contiguous()
+            t[lo.kohya + ".alpha"] = torch.tensor(ALPHA)
+        return t
+
+    save_file(all_tensors(), os.path.join(OUT, "init_lora_te.safetensors"), metadata=meta)
+    te_params = [p for lo in te_loras for p in (lo.down, lo.up)]
+    opt = torch.optim.AdamW([{"params": params, "lr": LR}, {"params": te_params, "lr": TE_LR}], lr=LR)
+    lrs = get_scheduler("cosine", opt, num_warmup_steps=WARMUP, num_training_steps=STEPS)
+    torch.manual_seed(SEED)
+    losses = []
+    for step in range(STEPS):
+        noise = torch.randn_like(latents.float()).double()
+        t = torch.randint(0, 1000, (1,)).long()
+        noisy = sched.add_noise(latents, noise, t)
+        h1 = te1(ids1, output_hidden_states=True).hidden_states[-2]
+        o2 = te2(ids2, output_hidden_states=True)
+        context = torch.cat([h1, o2.hidden_states[-2]], dim=-1)
+        add = {"text_embeds": o2.text_embeds, "time_ids": time_ids}
+        pred = unet(noisy, t, context, added_cond_kwargs=add).sample
+        loss = F.mse_loss(pred, noise, reduction="none").mean([1, 2, 3]).mean()
+        loss.backward()
+        if step == 0:
+            last = te1.config.num_hidden_layers - 1
+            dead = [lo for lo in te_loras if lo.kohya.startswith(f"lora_te1_text_model_encoder_layers_{last}_")]
+            assert dead and all(lo.down.grad is None for lo in dead), "the first encoder's last layer got gradients"
+            g2 = [lo.up.grad.norm().item() for lo in te_loras if lo.kohya.startswith("lora_te2_")]
+            print("te2 LoRA gradients: min %.3g max %.3g" % (min(g2), max(g2)))
+        torch.nn.utils.clip_grad_norm_(params + te_params, 1.0)
+        opt.step()
+        lrs.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        print("te step", step + 1, "t", t.item(), "loss", loss.item())
+    exp = all_tensors()
+    exp["losses"] = torch.tensor(losses, dtype=torch.float64)
+    save_file(exp, os.path.join(OUT, "expected_te.safetensors"), metadata=meta)
     print("wrote", OUT)
 
 
