@@ -1,11 +1,12 @@
 /* test_train_sdxl_diffusers.c - the trainer's own SDXL LoRA files against diffusers: files written
- * by `danlu train` on the tiny SDXL pipeline (a UNet LoRA; the same with LoCon on the convs) were
- * loaded by StableDiffusionXLPipeline.load_lora_weights with no missing or unexpected keys and
- * every module injected (checked by the generator); here danlu's reader loads the same committed
- * files and its UNet, with SDXL's added conditioning, gives diffusers' outputs, and today's
- * trainer, run in process with the same flags, writes the same LoRA (bounded by what it does).
- * Golden data: tests/gen/gen_train_sdxl_diffusers.py (train_sdxl_diffusers.safetensors,
- * train_sdxl/{unet,conv}.safetensors; the dataset of gen_train_sdxl_ref.py). */
+ * by `danlu train` on the tiny SDXL pipeline (a UNet LoRA; the same with LoCon on the convs; the
+ * UNet's and both text encoders' LoRAs) were loaded by StableDiffusionXLPipeline.load_lora_weights
+ * with no missing or unexpected keys and every module injected (checked by the generator); here
+ * danlu's reader loads the same committed files and its UNet, with SDXL's added conditioning, and
+ * its two text encoders (penultimate hidden states, pooled embedding) give diffusers' outputs, and
+ * today's trainer, run in process with the same flags, writes the same LoRA (bounded by what it
+ * does). Golden data: tests/gen/gen_train_sdxl_diffusers.py (train_sdxl_diffusers.safetensors,
+ * train_sdxl/{unet,conv,te}.safetensors; the dataset of gen_train_sdxl_ref.py). */
 #include "testutil.h"
 #include "core/arena.h"
 #include "core/cpu_isa.h"
@@ -14,6 +15,7 @@
 #include "lora/lora_io.h"
 #include "lora/lora_net.h"
 #include "model/checkpoint.h"
+#include "model/clip.h"
 #include "model/unet.h"
 #include "train/config.h"
 #include "train/trainer.h"
@@ -39,15 +41,18 @@ TestSuite(train_sdxl_diffusers, .init = tu_tmpdir_init, .fini = tu_tmpdir_fini);
 #define TOL_RETRAIN_EFFECT 2e-2
 #define TOL_RETRAIN_WEIGHTS 1e-2
 
-static const char *const RUNS[] = {"unet", "conv"};
+static const char *const RUNS[] = {"unet", "conv", "te"};
+#define N_RUNS 3
 enum { N = 2, H = 8, W = 8, T = 8 };
 
 typedef struct rig {
     dl_checkpoint ck;
-    dl_arena w;
+    dl_arena w, w1, w2;
     dl_unet u;
+    dl_clip te1, te2;
     dl_st_file g;
     float *x, *t, *ctx, *te, *tid; /* the golden inputs */
+    int32_t ids[N * T];
 } rig;
 
 static void rig_open(rig *r)
@@ -59,7 +64,18 @@ static void rig_open(rig *r)
     cr_assert_eq(dl_unet_weights_bytes(&r->ck, &bytes), DL_OK, "%s", dl_error_msg());
     cr_assert_eq(dl_arena_init(&r->w, "weights", bytes), DL_OK);
     cr_assert_eq(dl_unet_load(&r->u, &r->ck, &r->w), DL_OK, "%s", dl_error_msg());
+    cr_assert_eq(dl_clip_weights_bytes(&r->ck, &bytes), DL_OK, "%s", dl_error_msg());
+    cr_assert_eq(dl_arena_init(&r->w1, "weights", bytes), DL_OK);
+    cr_assert_eq(dl_clip_load(&r->te1, &r->ck, &r->w1), DL_OK, "%s", dl_error_msg());
+    cr_assert_eq(dl_clip_weights_bytes_as(&r->ck, DL_PART_TEXT2, &bytes), DL_OK, "%s", dl_error_msg());
+    cr_assert_eq(dl_arena_init(&r->w2, "weights", bytes), DL_OK);
+    cr_assert_eq(dl_clip_load_as(&r->te2, &r->ck, DL_PART_TEXT2, &r->w2), DL_OK, "%s", dl_error_msg());
     tu_golden_open(&r->g, "train_sdxl_diffusers");
+    int64_t ni = 0;
+    float *fi = tu_golden_f32(&r->g, "in.ids", &ni);
+    cr_assert_eq(ni, N * T);
+    for (int i = 0; i < N * T; i++) r->ids[i] = (int32_t)fi[i];
+    free(fi);
     r->x = tu_golden_f32(&r->g, "in.x", NULL);
     r->t = tu_golden_f32(&r->g, "in.t", NULL);
     r->ctx = tu_golden_f32(&r->g, "in.ctx", NULL);
@@ -72,14 +88,26 @@ static void rig_close(rig *r)
     free(r->x), free(r->t), free(r->ctx), free(r->te), free(r->tid);
     dl_st_close(&r->g);
     dl_unet_free(&r->u);
-    dl_arena_free(&r->w);
+    dl_clip_free(&r->te1), dl_clip_free(&r->te2);
+    dl_arena_free(&r->w), dl_arena_free(&r->w1), dl_arena_free(&r->w2);
     dl_ckpt_close(&r->ck);
 }
 
+enum { D1 = 64, D2 = 128, DP = 32 }; /* tiny_sdxl_pipe's text encoders */
+
 /* The UNet's output [N, H, W, 4] on the golden inputs with the LoRA file at path attached (none
- * when NULL); the reader's report checked: every key used, n_modules (> 0) modules. */
+ * when NULL), and (when te is not NULL) the text encoders' on the golden ids: te[0] [N, T, D1]
+ * and te[1] [N, T, D2] penultimate hidden states, te[2] [N, DP] the pooled embedding. The
+ * reader's report checked: every key used, n_modules (> 0) modules. */
+static void unet_with_te(rig *r, const char *path, int n_modules, float *out, float *te[3]);
 static void unet_with(rig *r, const char *path, int n_modules, float *out)
 {
+    unet_with_te(r, path, n_modules, out, NULL);
+}
+
+static void unet_with_te(rig *r, const char *path, int n_modules, float *out, float *te[3])
+{
+    const dl_lora_models md = {&r->u, &r->te1, &r->te2};
     dl_lora_net net;
     dl_lora_report rep;
     if (path) {
@@ -88,16 +116,28 @@ static void unet_with(rig *r, const char *path, int n_modules, float *out)
                      rep.unmatched[0]);
         cr_expect_eq(rep.n_matched_keys, rep.n_keys, "%s", path);
         if (n_modules > 0) cr_expect_eq(rep.n_modules, n_modules, "%s: %d modules", path, rep.n_modules);
-        cr_expect(rep.n_text == 0 && rep.n_text2 == 0, "%s: text-encoder modules in a UNet-only LoRA", path);
-        cr_assert_eq(dl_lora_net_attach(&net, &r->u, NULL), DL_OK, "%s", dl_error_msg());
+        cr_assert_eq(dl_lora_net_attach_to(&net, &md), DL_OK, "%s", dl_error_msg());
     }
     dl_arena s;
-    cr_assert_eq(dl_arena_init(&s, "scratch", dl_unet_scratch_bytes(&r->u, N, H, W, T)), DL_OK);
+    size_t sb = dl_unet_scratch_bytes(&r->u, N, H, W, T), c1 = dl_clip_scratch_bytes(&r->te1, N, T),
+           c2 = dl_clip_scratch_bytes(&r->te2, N, T);
+    sb = sb > c1 ? sb : c1;
+    sb = (sb > c2 ? sb : c2) + (size_t)N * T * D2 * sizeof(float) + 64;
+    cr_assert_eq(dl_arena_init(&s, "scratch", sb), DL_OK);
     const dl_unet_added add = {r->te, r->tid};
     dl_unet_forward_added(tu_ctx(), &r->u, N, H, W, r->x, r->t, r->ctx, T, &add, out, &s);
+    if (te) {
+        dl_clip_forward(tu_ctx(), &r->te1, N, T, r->ids, r->te1.cfg.num_layers - 1, 0, te[0], &s);
+        dl_clip_forward(tu_ctx(), &r->te2, N, T, r->ids, r->te2.cfg.num_layers - 1, 0, te[1], &s);
+        float *last = dl_alloc_f32(&s, (int64_t)N * T * D2);
+        int pos[N];
+        dl_clip_eos_positions(&r->te2.cfg, N, T, r->ids, pos);
+        dl_clip_forward(tu_ctx(), &r->te2, N, T, r->ids, r->te2.cfg.num_layers, 1, last, &s);
+        dl_clip_pooled(tu_ctx(), &r->te2, N, T, pos, last, te[2], &s);
+    }
     dl_arena_free(&s);
     if (path) {
-        dl_lora_net_detach(&net, &r->u, NULL);
+        dl_lora_net_detach_from(&net, &md);
         dl_lora_net_free(&net);
     }
 }
@@ -114,19 +154,47 @@ Test(train_sdxl_diffusers, committed_outputs_match_diffusers, .timeout = 120)
     rig r;
     rig_open(&r);
     const size_t n = (size_t)N * H * W * 4;
-    float *out = tu_alloc_nan(n);
-    unet_with(&r, NULL, 0, out);
+    const size_t nte[3] = {(size_t)N * T * D1, (size_t)N * T * D2, (size_t)N * DP};
+    static const char *const te_name[3] = {"h1", "h2", "pooled"};
+    float *out = tu_alloc_nan(n), *te[3], *te0[3];
+    for (int i = 0; i < 3; i++) te[i] = tu_alloc_nan(nte[i]), te0[i] = tu_alloc_nan(nte[i]);
+    unet_with_te(&r, NULL, 0, out, te0);
     float *ref = tu_golden_f32(&r.g, "base.unet", NULL);
     tu_expect_close(out, ref, n, TOL_DIFFUSERS, "no LoRA: danlu UNet vs diffusers");
     const double e0 = tu_rel_l2(out, ref, n);
     free(ref);
-    for (int k = 0; k < 2; k++) {
+    for (int i = 0; i < 3; i++) {
+        char key[64];
+        snprintf(key, sizeof key, "base.%s", te_name[i]);
+        ref = tu_golden_f32(&r.g, key, NULL);
+        tu_expect_close(te0[i], ref, nte[i], TOL_DIFFUSERS, key);
+        free(ref);
+    }
+    for (int k = 0; k < N_RUNS; k++) {
         char key[64], path[1024];
         snprintf(key, sizeof key, "%s.n_modules", RUNS[k]);
         const char *nm = dl_st_meta(&r.g, key);
         cr_assert_not_null(nm, "golden has no %s", key);
         snprintf(path, sizeof path, "%s", committed(RUNS[k]));
-        unet_with(&r, path, atoi(nm), out);
+        unet_with_te(&r, path, atoi(nm), out, te);
+        double ete = 0, moved = 0;
+        for (int i = 0; i < 3; i++) { /* the text encoders with the LoRA vs diffusers' */
+            char tk[64];
+            snprintf(tk, sizeof tk, "%s.%s", RUNS[k], te_name[i]);
+            float *tr = tu_golden_f32(&r.g, tk, NULL);
+            tu_expect_close(te[i], tr, nte[i], TOL_DIFFUSERS, tk);
+            const double e = tu_rel_l2(te[i], tr, nte[i]), m = tu_rel_l2(te[i], te0[i], nte[i]);
+            if (e > ete) ete = e;
+            if (m > moved) moved = m;
+            free(tr);
+        }
+        if (!strcmp(RUNS[k], "te")) {
+            cr_expect(moved > 1e-3, "te: the trained LoRA barely changes the text encoders (%.2e)", moved);
+            cr_log_info("train_sdxl_diffusers te: text encoders with the trained LoRA vs diffusers rel L2 %.2e (the "
+                        "LoRA changes them by %.2e)", ete, moved);
+        } else {
+            cr_expect(moved == 0, "%s: a UNet-only LoRA changes the text encoders", RUNS[k]);
+        }
         snprintf(key, sizeof key, "%s.unet", RUNS[k]);
         ref = tu_golden_f32(&r.g, key, NULL);
         char lab[128];
@@ -137,6 +205,7 @@ Test(train_sdxl_diffusers, committed_outputs_match_diffusers, .timeout = 120)
         free(ref);
     }
     free(out);
+    for (int i = 0; i < 3; i++) free(te[i]), free(te0[i]);
     rig_close(&r);
 }
 
@@ -188,7 +257,7 @@ Test(train_sdxl_diffusers, trainer_reproduces_committed_outputs, .timeout = 300)
     const size_t n = (size_t)N * H * W * 4;
     float *base = tu_alloc_nan(n), *ua = tu_alloc_nan(n), *ub = tu_alloc_nan(n);
     unet_with(&r, NULL, 0, base);
-    for (int k = 0; k < 2; k++) {
+    for (int k = 0; k < N_RUNS; k++) {
         char key[64];
         snprintf(key, sizeof key, "%s.args", RUNS[k]);
         const char *js = dl_st_meta(&r.g, key);
