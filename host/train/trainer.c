@@ -1547,15 +1547,15 @@ static void teardown(trainer *t)
 /* Three passes, each on its own tape in te_arena: the first encoder to its penultimate layer
  * (h1), the second to its penultimate layer (h2) and to its last hidden state after the final
  * layer norm (last, for the pooled embedding: the same weights, so their LoRAs' gradients from
- * both passes add up as one pass's would). context = [h1, h2], text_embeds = pooled(last). out
- * gets h1, h2, last for the backward. */
-static void xl_train_te_forward(trainer *t, int n, float *out[3])
+ * both passes add up as one pass's would). context = [h1, h2], text_embeds = pooled(last); the
+ * outputs stay in te_arena (the tapes reference them) until the caller releases it. */
+static void xl_train_te_forward(trainer *t, int n)
 {
     const int64_t M = (int64_t)n * CTX_T;
     const int ckp = t->cfg->gradient_checkpointing;
-    out[0] = dl_alloc_f32(&t->te_arena, M * t->D1);                                 // [n, 77, D1]
-    out[1] = dl_alloc_f32(&t->te_arena, M * t->D2);                                 // [n, 77, D2]
-    out[2] = dl_alloc_f32(&t->te_arena, M * t->D2);                                 // [n, 77, D2]
+    float *out[3] = {dl_alloc_f32(&t->te_arena, M * t->D1),                         // h1 [n, 77, D1]
+                     dl_alloc_f32(&t->te_arena, M * t->D2),                         // h2 [n, 77, D2]
+                     dl_alloc_f32(&t->te_arena, M * t->D2)};                        // last [n, 77, D2]
     dl_clip_train_forward(&t->ctx, &t->clip, &t->te_tape, n, CTX_T, t->d.ids, t->clip.cfg.num_layers - 1, 0, out[0],
                           ckp, &t->te_arena, &t->scratch);
     dl_clip_train_forward(&t->ctx, &t->clip2, &t->te_tape2, n, CTX_T, t->d.ids2, t->clip2.cfg.num_layers - 1, 0,
@@ -1642,10 +1642,9 @@ static int micro_step(trainer *t, float dloss, int prefetch, double *loss_out, i
     const int64_t D = (int64_t)h * w * C;
     const int first_item = b->items[0];
     size_t te_mark = 0;
-    float *xl_out[3] = {NULL}; /* SDXL with its text encoders training: h1, h2, last (te_arena) */
     if (t->train_te) te_mark = dl_arena_mark(&t->te_arena);
     if (t->train_te && t->xl) {
-        xl_train_te_forward(t, n, xl_out);
+        xl_train_te_forward(t, n);
     } else if (t->train_te) {
         dl_clip_train_forward(&t->ctx, &t->clip, &t->te_tape, n, CTX_T, t->d.ids, t->clip_layers, 1, t->d.context,
                               t->cfg->gradient_checkpointing, &t->te_arena, &t->scratch);
