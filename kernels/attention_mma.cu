@@ -218,45 +218,48 @@ static __device__ __forceinline__ void attn_mma_acc_to_a(uint32_t (&pf)[NT / 2][
     }
 }
 
-/* acc (16 × D) += A (16 × NK, as NK / 16 k-step fragments) · B, B the first NK rows of a
- * swizzled [rows][D] tile read with ldmatrix.trans x4 over 32 rows (lane l gives row 32kp + l)
- * of one n8 tile. */
-template <class C, int NK>
-static __device__ __forceinline__ void attn_mma_ab_trans(float (&acc)[C::ND][4], const uint32_t (&af)[NK / 16][4],
-                                                         const unsigned char *Bt, int lane)
+/* acc (16 × 8·NO) += A (16 × NK, as NK / 16 k-step fragments) · B, B columns [8·nd0, 8·(nd0 + NO))
+ * of the first NK rows of a swizzled [rows][D] tile read with ldmatrix.trans x4 over 32 rows
+ * (lane l gives row 32kp + l) of one n8 tile. NO = C::ND, nd0 = 0: all D columns. */
+template <class C, int NK, int NO = C::ND>
+static __device__ __forceinline__ void attn_mma_ab_trans(float (&acc)[NO][4], const uint32_t (&af)[NK / 16][4],
+                                                         const unsigned char *Bt, int lane, int nd0 = 0)
 {
     DL_UNROLL
     for (int kp = 0; kp < NK / 32; kp++)
         DL_UNROLL
-        for (int nd = 0; nd < C::ND; nd++) {
+        for (int nd = 0; nd < NO; nd++) {
             uint32_t b[4];
-            dl_ldmatrix_x4_trans(b, Bt + C::swz(32 * kp + lane, nd));
+            dl_ldmatrix_x4_trans(b, Bt + C::swz(32 * kp + lane, nd0 + nd));
             dl_mma_m16n8k16_bf16(acc[nd], af[2 * kp], b, acc[nd]);
             dl_mma_m16n8k16_bf16(acc[nd], af[2 * kp + 1], b + 2, acc[nd]);
         }
 }
 
-/* Writes this warp's 16 × D accumulator rows (row g scaled by mul0, row g + 8 by mul1) as bf16 to
- * rows [r0, r0 + 16) of a swizzled tile that only this warp uses now, then stores those rows to
- * dst rows [t0, t0 + 16) (row t at dst + t·ld), rows ≥ T skipped; 16-byte stores when ALIGNED. */
-template <class C, bool ALIGNED>
-static __device__ __forceinline__ void attn_mma_store_rows(const float (&acc)[C::ND][4], float mul0, float mul1,
+/* Writes this warp's 16 × 8·NO accumulator rows (row g scaled by mul0, row g + 8 by mul1) as bf16
+ * to columns [8·nd0, 8·(nd0 + NO)) of rows [r0, r0 + 16) of a swizzled tile that only this warp
+ * uses now, then stores those columns of the rows to dst rows [t0, t0 + 16) (row t at dst + t·ld),
+ * rows ≥ T skipped; 16-byte stores when ALIGNED. NO = C::ND, nd0 = 0: all D columns. */
+template <class C, bool ALIGNED, int NO = C::ND>
+static __device__ __forceinline__ void attn_mma_store_rows(const float (&acc)[NO][4], float mul0, float mul1,
                                                            unsigned char *tile, int r0, dl_bf16 *dst, int64_t ld,
-                                                           int t0, int T, int lane)
+                                                           int t0, int T, int lane, int nd0 = 0)
 {
     const int g = lane >> 2, t = lane & 3;
     DL_UNROLL
-    for (int nd = 0; nd < C::ND; nd++) {
-        *(uint32_t *)(tile + C::swz(r0 + g, nd) + 4 * t) = attn_pack_bf16(acc[nd][0] * mul0, acc[nd][1] * mul0);
-        *(uint32_t *)(tile + C::swz(r0 + g + 8, nd) + 4 * t) = attn_pack_bf16(acc[nd][2] * mul1, acc[nd][3] * mul1);
+    for (int nd = 0; nd < NO; nd++) {
+        *(uint32_t *)(tile + C::swz(r0 + g, nd0 + nd) + 4 * t) =
+            attn_pack_bf16(acc[nd][0] * mul0, acc[nd][1] * mul0);
+        *(uint32_t *)(tile + C::swz(r0 + g + 8, nd0 + nd) + 4 * t) =
+            attn_pack_bf16(acc[nd][2] * mul1, acc[nd][3] * mul1);
     }
     __syncwarp();
-    constexpr int NCH = 16 * C::CH;
+    constexpr int NCH = 16 * NO; // 16-byte chunks (one per n8 tile and row)
     DL_UNROLL
     for (int it = 0; it < (NCH + 31) / 32; it++) {
         const int i = lane + 32 * it;
         if (NCH % 32 == 0 || i < NCH) {
-            const int r = i / C::CH, c = i - r * C::CH, row = t0 + r;
+            const int r = i / NO, c = nd0 + (i - r * NO), row = t0 + r;
             if (row < T) {
                 const uint4 val = *(const uint4 *)(tile + C::swz(r0 + r, c));
                 dl_bf16 *p = dst + (int64_t)row * ld + 8 * c;
@@ -485,8 +488,11 @@ extern "C" int dl_cuda_attention_forward_mma(dl_dtype dt, int N, int H, int Tq, 
  * dQ's fp32 buffer (workspace) is added to either with atomics (order free) or, deterministic,
  * in key-block order: a per-(n, h, query step) counter says which key block adds next, so every
  * run gives the same bits. A prep kernel computes delta = rowsum(dO ∘ O) and zeroes the buffer
- * and the counters; a final kernel writes dq = scale · buffer as bf16. d = 160 runs the portable
- * kernels: a warp's 16 × 160 dK and dV tiles alone would take 160 fp32 registers per lane. */
+ * and the counters; a final kernel writes dq = scale · buffer as bf16 (FlashAttention-2's three
+ * launches). d = 160: a warp's 16 × 160 dK and dV tiles alone would take 160 fp32 registers per
+ * lane, so two CTAs share each key block (DS = 2), each accumulating dK, dV and dQ for 80 of the
+ * columns and both computing Sᵀ and dPᵀ (7 GEMMs' work for 5, against spills or the portable
+ * kernels); in deterministic mode the CTAs of a step take turns in blockIdx order. */
 
 template <int D_>
 struct AttnMmaBwdCfg {
@@ -500,13 +506,15 @@ struct AttnMmaBwdCfg {
     static constexpr bool K8 = D % 16 != 0;
     static constexpr int NT = BM / 8;       // n8 tiles of Sᵀ and dPᵀ
     static constexpr int ND = D / 8;        // n8 tiles of dK, dV, dQ
-    static constexpr int NDH = (ND + 1) / 2; // n8 tiles of dQ per warp (at most)
+    static constexpr int DS = D > 80 ? 2 : 1; // CTAs per key block, each owning D / DS columns
+    static constexpr int NDO = ND / DS;     // n8 tiles of dK, dV, dQ a CTA owns
+    static constexpr int NDH = (NDO + 1) / 2; // n8 tiles of dQ per warp (at most)
     static constexpr int KV_BYTES = BN * D * 2, QT_BYTES = BM * D * 2, DS_BYTES = BN * BM * 2;
     static constexpr size_t OFF_V = KV_BYTES, OFF_Q = 2 * (size_t)KV_BYTES;
     static constexpr size_t OFF_DO = OFF_Q + 2 * (size_t)QT_BYTES, OFF_DS = OFF_DO + 2 * (size_t)QT_BYTES;
     static constexpr size_t OFF_ST = OFF_DS + DS_BYTES;
     static constexpr size_t SMEM = OFF_ST + 4 * BM * sizeof(float); // lse, delta: 2 stages each
-    static_assert(BN % 32 == 0 && BM % 32 == 0, "tile shape");
+    static_assert(BN % 32 == 0 && BM % 32 == 0 && ND % DS == 0, "tile shape");
     static __device__ __forceinline__ int swz(int r, int c) { return attn_swz<CH>(r, c); }
 };
 
@@ -522,10 +530,12 @@ static __device__ __forceinline__ void attn_mma_bwd_rowstats(float *Ls, float *E
     }
 }
 
-/* grid (ceil(Tk / BN), H, N), block THREADS, dynamic shared memory C::SMEM. q, k, v, dout: the
- * heads' inputs; lse, delta [N, H, Tq]; dq_acc [N·H, Tq, D] fp32 (zeroed), sem [N·H, ceil(Tq / BM)]
- * (zeroed, DET only); dk, dv may be NULL; dq_acc NULL skips dQ. sl = |scale|·log2 e, ksign flips
- * the K fragments when scale < 0 (as Q in the forward). */
+/* grid (ceil(Tk / BN)·DS, H, N), block THREADS, dynamic shared memory C::SMEM: CTA x owns key
+ * block x / DS and columns part x % DS (n8 tiles [NDO·part, NDO·(part + 1))) of dK, dV, dQ; with
+ * DS = 2 (d 160) both parts compute the whole Sᵀ and dPᵀ. q, k, v, dout: the heads' inputs; lse,
+ * delta [N, H, Tq]; dq_acc [N·H, Tq, D] fp32 (zeroed), sem [N·H, ceil(Tq / BM)] (zeroed, DET only:
+ * CTA x adds its dQ part of a step after CTA x − 1); dk, dv may be NULL; dq_acc NULL skips dQ.
+ * sl = |scale|·log2 e, ksign flips the K fragments when scale < 0 (as Q in the forward). */
 template <int D, bool ALIGNED, bool DET>
 __global__ void __launch_bounds__(AttnMmaBwdCfg<D>::THREADS)
 attention_backward_mma_kernel(const dl_bf16 *q, int64_t ldq, const dl_bf16 *k, int64_t ldk, const dl_bf16 *v,
@@ -540,7 +550,8 @@ attention_backward_mma_kernel(const dl_bf16 *q, int64_t ldq, const dl_bf16 *k, i
     unsigned char *Ss = smem + C::OFF_DS;                  // dSᵀ [BN][BM] bf16
     float *Ls = (float *)(smem + C::OFF_ST), *Es = Ls + 2 * C::BM; // 2 stages of [BM]
 
-    const int n = (int)blockIdx.z, h = (int)blockIdx.y, kb = (int)blockIdx.x, key0 = kb * C::BN;
+    const int n = (int)blockIdx.z, h = (int)blockIdx.y, kb = (int)blockIdx.x / C::DS, key0 = kb * C::BN;
+    const int nd0 = ((int)blockIdx.x % C::DS) * C::NDO; // first n8 tile of the columns this CTA owns
     const int tid = (int)threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
     const int wr = 16 * warp;
     const int64_t bh = (int64_t)n * H + h;
@@ -561,9 +572,9 @@ attention_backward_mma_kernel(const dl_bf16 *q, int64_t ldq, const dl_bf16 *k, i
     dl_cp_async_wait<0>();
     __syncthreads();
 
-    float dka[C::ND][4], dva[C::ND][4];
+    float dka[C::NDO][4], dva[C::NDO][4];
     DL_UNROLL
-    for (int nd = 0; nd < C::ND; nd++)
+    for (int nd = 0; nd < C::NDO; nd++)
         DL_UNROLL
         for (int e = 0; e < 4; e++) dka[nd][e] = dva[nd][e] = 0.0f;
     const bool key_ok[2] = {key0 + wr + g < Tk, key0 + wr + g + 8 < Tk};
@@ -601,7 +612,7 @@ attention_backward_mma_kernel(const dl_bf16 *q, int64_t ldq, const dl_bf16 *k, i
             }
         uint32_t af[C::NT / 2][4];
         attn_mma_acc_to_a<C::NT>(af, s);
-        attn_mma_ab_trans<C, C::BM>(dva, af, Dt, lane); /* dV += Pᵀ·dO */
+        attn_mma_ab_trans<C, C::BM, C::NDO>(dva, af, Dt, lane, nd0); /* dV += Pᵀ·dO */
 
         float dp[C::NT][4];
         attn_mma_load_afrags<C>(kvf, kvt, Vs, wr, lane, 0u);
@@ -611,7 +622,7 @@ attention_backward_mma_kernel(const dl_bf16 *q, int64_t ldq, const dl_bf16 *k, i
             DL_UNROLL
             for (int e = 0; e < 4; e++) dp[nt][e] = s[nt][e] * (dp[nt][e] - Et[8 * nt + 2 * t + (e & 1)]);
         attn_mma_acc_to_a<C::NT>(af, dp);
-        attn_mma_ab_trans<C, C::BM>(dka, af, Qt, lane); /* dK += dSᵀ·Q (× scale at the end) */
+        attn_mma_ab_trans<C, C::BM, C::NDO>(dka, af, Qt, lane, nd0); /* dK += dSᵀ·Q (× scale at the end) */
 
         if (dq_acc) { /* dSᵀ (bf16, as multiplied above) to shared memory, [key][query] */
             DL_UNROLL
@@ -638,8 +649,8 @@ attention_backward_mma_kernel(const dl_bf16 *q, int64_t ldq, const dl_bf16 *k, i
                 for (int e = 0; e < 4; e++) dqa[j][e] = 0.0f;
             DL_UNROLL
             for (int j = 0; j < C::NDH; j++) {
-                const int nd = dpar + 2 * j;
-                if (nd < C::ND) {
+                const int nd = nd0 + dpar + 2 * j;
+                if (dpar + 2 * j < C::NDO) {
                     DL_UNROLL
                     for (int kp = 0; kp < C::BN / 32; kp++) {
                         uint32_t b[4];
@@ -650,9 +661,9 @@ attention_backward_mma_kernel(const dl_bf16 *q, int64_t ldq, const dl_bf16 *k, i
                 }
             }
             int *sm = DET ? sem + bh * nsteps + i : NULL;
-            if (DET) { /* wait for key block kb - 1 to have added its part of this step */
+            if (DET) { /* wait for CTA x - 1 (key block, column part) to have added its part */
                 if (tid == 0)
-                    while (atomicAdd(sm, 0) != kb) {
+                    while (atomicAdd(sm, 0) != (int)blockIdx.x) {
                     }
                 __threadfence();
                 __syncthreads();
@@ -660,8 +671,8 @@ attention_backward_mma_kernel(const dl_bf16 *q, int64_t ldq, const dl_bf16 *k, i
             float *acc = dq_acc + (bh * Tq + q0 + 16 * qhalf) * D;
             DL_UNROLL
             for (int j = 0; j < C::NDH; j++) {
-                const int nd = dpar + 2 * j;
-                if (nd < C::ND)
+                const int nd = nd0 + dpar + 2 * j;
+                if (dpar + 2 * j < C::NDO)
                     DL_UNROLL
                     for (int hr = 0; hr < 2; hr++) { /* rows g, g + 8; columns 8nd + 2t, + 1 */
                         const int r = g + 8 * hr;
@@ -679,10 +690,10 @@ attention_backward_mma_kernel(const dl_bf16 *q, int64_t ldq, const dl_bf16 *k, i
                         }
                     }
             }
-            if (DET) { /* hand the step to key block kb + 1 */
+            if (DET) { /* hand the step to CTA x + 1 */
                 __threadfence();
                 __syncthreads();
-                if (tid == 0) atomicExch(sm, kb + 1);
+                if (tid == 0) atomicExch(sm, (int)blockIdx.x + 1);
             }
         }
     }
@@ -691,11 +702,11 @@ attention_backward_mma_kernel(const dl_bf16 *q, int64_t ldq, const dl_bf16 *k, i
      * for dQ: after the barrier) */
     __syncthreads();
     if (dv)
-        attn_mma_store_rows<C, ALIGNED>(dva, 1.0f, 1.0f, Vs, wr, dv + (int64_t)n * Tk * ldv + (int64_t)h * D, ldv,
-                                        key0 + wr, Tk, lane);
+        attn_mma_store_rows<C, ALIGNED, C::NDO>(dva, 1.0f, 1.0f, Vs, wr, dv + (int64_t)n * Tk * ldv + (int64_t)h * D,
+                                                ldv, key0 + wr, Tk, lane, nd0);
     if (dk)
-        attn_mma_store_rows<C, ALIGNED>(dka, scale, scale, Ks, wr, dk + (int64_t)n * Tk * ldk + (int64_t)h * D, ldk,
-                                        key0 + wr, Tk, lane);
+        attn_mma_store_rows<C, ALIGNED, C::NDO>(dka, scale, scale, Ks, wr, dk + (int64_t)n * Tk * ldk + (int64_t)h * D,
+                                                ldk, key0 + wr, Tk, lane, nd0);
 }
 
 /* delta [N, H, Tq] = Σ_c dO·O per row (one warp per row (n, h, t) in delta's order); zeroes the
@@ -761,7 +772,7 @@ static int attn_mma_backward_launch(int N, int H, int Tq, int Tk, float scale, c
     }
     const float sl = fabsf(scale) * 1.4426950408889634f;
     const uint32_t ksign = scale < 0.0f ? 0x80008000u : 0u;
-    dim3 grid((unsigned)((Tk + C::BN - 1) / C::BN), (unsigned)H, (unsigned)N);
+    dim3 grid((unsigned)((Tk + C::BN - 1) / C::BN * C::DS), (unsigned)H, (unsigned)N);
     DL_LAUNCH((attention_backward_mma_kernel<D, ALIGNED, DET>), grid, dim3(C::THREADS), C::SMEM, stream,
               (const dl_bf16 *)q, ldq, (const dl_bf16 *)k, ldk, (const dl_bf16 *)v, ldv, (const dl_bf16 *)dout, ldo,
               lse, delta, dq_acc, sem, (dl_bf16 *)dk, (dl_bf16 *)dv, H, Tq, Tk, scale, sl, ksign);
@@ -821,9 +832,9 @@ extern "C" int dl_cuda_attention_backward_mma(dl_dtype dt, int N, int H, int Tq,
     case 80:
         return attn_mma_backward_dispatch<80>(N, H, Tq, Tk, scale, q, ldq, k, ldk, v, ldv, o, dout, ldo, lse, delta,
                                               dq, dk, dv, deterministic, ws, stream);
-    case 160: /* see the section comment; the portable kernels are deterministic */
-        return dl_cuda_attention_backward(dt, N, H, Tq, Tk, d, scale, q, ldq, k, ldk, v, ldv, o, dout, ldo, lse,
-                                          delta, dq, dk, dv, stream);
+    case 160:
+        return attn_mma_backward_dispatch<160>(N, H, Tq, Tk, scale, q, ldq, k, ldk, v, ldv, o, dout, ldo, lse, delta,
+                                               dq, dk, dv, deterministic, ws, stream);
     default: return -1;
     }
 }

@@ -67,8 +67,8 @@ int dl_cuda_attention_forward_mma(dl_dtype dt, int N, int H, int Tq, int Tk, int
  * registers, dQ accumulated in fp32), the contract of dl_cuda_attention_backward plus: ws, scratch
  * of dl_cuda_attention_backward_mma_workspace_size() bytes (needed when dq is not NULL), and
  * deterministic != 0, which adds the dQ parts of the key blocks in a fixed order (same bits on
- * every run) instead of with atomics. bf16 only (-1 otherwise); d = 160 runs the portable
- * kernels (dl_cuda_attention_backward). kernels/attention_mma.cu. */
+ * every run) instead of with atomics. bf16 only (-1 otherwise); d = 160 splits the columns of
+ * dK, dV, dQ over two CTAs per key block. kernels/attention_mma.cu. */
 size_t dl_cuda_attention_backward_mma_workspace_size(int N, int H, int Tq, int Tk, int d);
 int dl_cuda_attention_backward_mma(dl_dtype dt, int N, int H, int Tq, int Tk, int d, float scale,
                                    const void *q, int64_t ldq, const void *k, int64_t ldk,
@@ -238,6 +238,8 @@ int dl_cuda_clip_coef(const float *sumsq, float max_norm, float *coef, cudaStrea
 int dl_cuda_scale_by(int64_t n, const float *coef, float *x, cudaStream_t stream);
 /* y [n] = x [n] widened to fp32; x fp16 or bf16 (DL_F16 / DL_BF16), exact. */
 int dl_cuda_to_f32(dl_dtype dt, int64_t n, const void *x, float *y, cudaStream_t stream);
+/* y [n] = x [n] (fp32) rounded to bf16 (DL_BF16 only; round to nearest even). */
+int dl_cuda_from_f32(dl_dtype dt, int64_t n, const float *x, void *y, cudaStream_t stream);
 
 #ifdef __cplusplus
 }

@@ -786,6 +786,13 @@ __global__ void ops_to_f32_kernel(int64_t n, const T *x, float *y)
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) y[i] = ops_widen(x[i]);
 }
 
+// y = x rounded to bf16 (nearest even), x fp32: the narrowing twin of ops_to_f32_kernel.
+__global__ void ops_f32_to_bf16_kernel(int64_t n, const float *x, __nv_bfloat16 *y)
+{
+    const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) y[i] = __float2bfloat16(x[i]);
+}
+
 // ---- launchers ---------------------------------------------------------------------------------
 
 static inline bool ops_dt_ok(dl_dtype dt) { return dt == DL_F32 || dt == DL_BF16; }
@@ -1282,5 +1289,14 @@ extern "C" int dl_cuda_to_f32(dl_dtype dt, int64_t n, const void *x, float *y, c
     else
         DL_LAUNCH(ops_to_f32_kernel<__nv_bfloat16>, dim3(ops_grid(n, OPS_THREADS)), dim3(OPS_THREADS), 0, stream, n,
                   (const __nv_bfloat16 *)x, y);
+    return 0;
+}
+
+extern "C" int dl_cuda_from_f32(dl_dtype dt, int64_t n, const float *x, void *y, cudaStream_t stream)
+{
+    if (dt != DL_BF16 || n < 0 || (n && (!x || !y))) return -1;
+    if (n == 0) return 0;
+    DL_LAUNCH(ops_f32_to_bf16_kernel, dim3(ops_grid(n, OPS_THREADS)), dim3(OPS_THREADS), 0, stream, n, x,
+              (__nv_bfloat16 *)y);
     return 0;
 }

@@ -4,7 +4,8 @@
 # spills and shared memory per kernel, and cuobjdump's SASS is counted per kernel for the
 # instructions that decide speed on NVIDIA tensor-core GPUs:
 #   HMMA (mma.sync / WMMA tensor-core MMA)   HGMMA (sm_90 wgmma)   LDSM (ldmatrix)
-#   LDGSTS (cp.async)   UTMALDG (TMA loads)   LDG.E.128 (16-byte global loads)   LDL/STL (local memory)
+#   LDGSTS (cp.async)   UTMALDG (TMA loads)   LDG.E.128 / STG.E.128 (16-byte global loads / stores)
+#   LDL/STL (local memory)
 # Prints a table per architecture and writes OUT/sass.json (OUT: $1, default build/sass).
 #
 # cuobjdump is not in the toolkit here: pip install nvidia-cuda-cuobjdump (any virtual
@@ -30,7 +31,7 @@ echo "[" >"$json"
 first=1
 for arch in $archs; do
   printf '\n==== sm_%s\n' "$arch"
-  printf '%-48s %5s %6s %6s %5s %5s %6s %6s %7s %8s %7s\n' kernel regs spillB smem HMMA HGMMA LDSM LDGSTS UTMALDG LDG.128 LDL/STL
+  printf '%-48s %5s %6s %6s %5s %5s %6s %6s %7s %8s %8s %7s\n' kernel regs spillB smem HMMA HGMMA LDSM LDGSTS UTMALDG LDG.128 STG.128 LDL/STL
   for cu in $files; do
     base=$(basename "$cu" .cu)
     cubin="$out/${base}.sm_${arch}.cubin"
@@ -44,11 +45,11 @@ for arch in $archs; do
       function flush() {
         if (fn == "") return
         regs = R[fn] == "" ? "?" : R[fn]; spill = S[fn] == "" ? 0 : S[fn]; smem = M[fn] == "" ? 0 : M[fn]
-        printf "%-48s %5s %6s %6s %5d %5d %6d %6d %7d %8d %7d\n", substr(short, 1, 48), regs, spill, smem,
-               c["HMMA"], c["HGMMA"], c["LDSM"], c["LDGSTS"], c["UTMALDG"], c["LDG128"], c["LOCAL"]
-        printf "%s{\"arch\":\"sm_%s\",\"kernel\":\"%s\",\"registers\":%s,\"spill_bytes\":%d,\"smem_bytes\":%d,\"HMMA\":%d,\"HGMMA\":%d,\"LDSM\":%d,\"LDGSTS\":%d,\"UTMALDG\":%d,\"LDG128\":%d,\"local\":%d}\n",
+        printf "%-48s %5s %6s %6s %5d %5d %6d %6d %7d %8d %8d %7d\n", substr(short, 1, 48), regs, spill, smem,
+               c["HMMA"], c["HGMMA"], c["LDSM"], c["LDGSTS"], c["UTMALDG"], c["LDG128"], c["STG128"], c["LOCAL"]
+        printf "%s{\"arch\":\"sm_%s\",\"kernel\":\"%s\",\"registers\":%s,\"spill_bytes\":%d,\"smem_bytes\":%d,\"HMMA\":%d,\"HGMMA\":%d,\"LDSM\":%d,\"LDGSTS\":%d,\"UTMALDG\":%d,\"LDG128\":%d,\"STG128\":%d,\"local\":%d}\n",
                (first == 1 && nk == 0) ? "" : ",", arch, short, regs == "?" ? "null" : regs, spill, smem, c["HMMA"], c["HGMMA"],
-               c["LDSM"], c["LDGSTS"], c["UTMALDG"], c["LDG128"], c["LOCAL"] > "/dev/stderr"
+               c["LDSM"], c["LDGSTS"], c["UTMALDG"], c["LDG128"], c["STG128"], c["LOCAL"] > "/dev/stderr"
         nk++
       }
       BEGIN {
@@ -70,6 +71,7 @@ for arch in $archs; do
         if ($0 ~ /[ \t]LDGSTS/) c["LDGSTS"]++
         if ($0 ~ /[ \t]UTMALDG/) c["UTMALDG"]++
         if ($0 ~ /[ \t]LDG\.E\.128/ || $0 ~ /[ \t]LDG\.E\.[A-Z0-9.]*128/) c["LDG128"]++
+        if ($0 ~ /[ \t]STG\.E\.[A-Z0-9.]*128/) c["STG128"]++
         if ($0 ~ /[ \t](LDL|STL)[ .]/) c["LOCAL"]++
       }
       END { flush() }

@@ -7,6 +7,7 @@
  * at reduced spatial/token sizes (emulation is slow). DANLU_BACKEND_OPS_TIME=1 prints GFLOP/s.
  * The emulated device's traps (host dereference faults, unordered cross-stream access) are
  * provoked at the end. */
+#include "backend/backend.h"
 #include "device/dl_dev.h"
 #include "ops/cpu/attention.h"
 #include "ops/cpu/conv2d.h"
@@ -328,6 +329,116 @@ Test(backend_ops, attention_sdpa_and_kernels)
             run_attn(&e, &cases[i], 1);
         }
         env_close(&e);
+    }
+}
+
+/* The sm_80+ dispatch: an emulated device that claims compute capability 8.6 (DANLU_EMU_SM) runs
+ * bf16 attention at every head dim of the mma kernels through them (forward and backward: two
+ * calls counted per case, results against the CPU op at bf16 tolerance); f32 stays on the
+ * portable kernels there, and the default emulated device (7.5) runs bf16 on them too. */
+static env env_open_sm(const char *sm)
+{
+    const char *old = getenv("DANLU_EMU_SM");
+    char *keep = old ? strdup(old) : NULL;
+    if (sm) setenv("DANLU_EMU_SM", sm, 1);
+    else unsetenv("DANLU_EMU_SM");
+    env e = env_open(DL_DEV_EMULATED);
+    if (keep) setenv("DANLU_EMU_SM", keep, 1);
+    else unsetenv("DANLU_EMU_SM");
+    free(keep);
+    return e;
+}
+Test(backend_ops, attention_mma_dispatch)
+{
+    const attn_case mma[] = {
+        {1, 2, 40, 77, 40, 0, DL_BF16},   /* SD1.5 level 1 heads, cross-attention to 77 tokens */
+        {1, 2, 33, 33, 64, 8, DL_BF16},   /* d 64, fused-projection ld */
+        {2, 1, 20, 45, 80, 0, DL_BF16},   /* level 2 */
+        {1, 1, 17, 24, 160, 0, DL_BF16},  /* level 3 (backward: two CTAs per key block) */
+    };
+    env e = env_open_sm("86");
+    cr_expect_eq(dl_dev_sm(e.dev), 86);
+    for (size_t i = 0; i < sizeof mma / sizeof mma[0]; i++) {
+        const dl_dev_sdpa_desc a = {DL_BF16, 1, 1, 1, 1, mma[i].d, 1.0f, mma[i].d, mma[i].d, mma[i].d, mma[i].d};
+        cr_expect(dl_dev_attention_uses_mma(e.dev, &a), "d %d", mma[i].d);
+        const unsigned long long before = dl_dev_attention_mma_calls(e.dev);
+        run_attn(&e, &mma[i], 1);
+        cr_expect_eq(dl_dev_attention_mma_calls(e.dev) - before, 2ull, "d %d: the mma kernels ran", mma[i].d);
+    }
+    const attn_case f32 = {1, 2, 24, 30, 64, 0, DL_F32};
+    unsigned long long before = dl_dev_attention_mma_calls(e.dev);
+    run_attn(&e, &f32, 1);
+    cr_expect_eq(dl_dev_attention_mma_calls(e.dev), before, "f32 runs the portable kernels");
+    env_close(&e);
+
+    e = env_open_sm(NULL);
+    cr_expect_eq(dl_dev_sm(e.dev), 75);
+    const dl_dev_sdpa_desc a = {DL_BF16, 1, 1, 1, 1, 64, 1.0f, 64, 64, 64, 64};
+    cr_expect(!dl_dev_attention_uses_mma(e.dev, &a));
+    before = dl_dev_attention_mma_calls(e.dev);
+    run_attn(&e, &mma[1], 1);
+    cr_expect_eq(dl_dev_attention_mma_calls(e.dev), before, "sm 7.5: the portable kernels");
+    env_close(&e);
+}
+
+/* The CUDA backend (fp32 tensors) on a device of compute capability 8.0 takes the mma kernels for
+ * d 40 / 64 / 80 / 160: q, k, v (and o, dout) rounded to bf16, outputs widened back. Against the fp32
+ * CPU op the error is bf16's (inputs rounded: ~4e-3 relative), hence 2e-2; the mma call counter
+ * proves which kernels ran. */
+static void backend_attn_case(const dl_ctx *ctx, dl_attention_shape s)
+{
+    const dl_backend *be = &dl_backend_cuda;
+    const size_t hd = (size_t)s.H * s.d, nq = (size_t)s.N * s.Tq * hd, nk = (size_t)s.N * s.Tk * hd,
+                 nl = (size_t)s.N * s.H * s.Tq;
+    const size_t n[10] = {nq, nk, nk, nq, nl, nq, nq, nk, nk, 0};
+    float *h[9], *d[9], *got = malloc(nq * 4 > nk * 4 ? nq * 4 : nk * 4);
+    for (int i = 0; i < 9; i++) {
+        h[i] = malloc(n[i] * 4);
+        fill(h[i], n[i], 300 + (uint64_t)i, -1, 1);
+        d[i] = be->alloc(ctx, n[i] * 4);
+        cr_assert(d[i]);
+        be->upload(ctx, d[i], h[i], n[i] * 4); /* outputs uploaded as noise: overwritten */
+    }
+    /* 0 q, 1 k, 2 v, 3 dout, 4 lse, 5 o, 6 dq, 7 dk, 8 dv */
+    dl_cpu_attention_forward(tu_ctx(), s, h[0], h[1], h[2], h[5], h[4]);
+    dl_cpu_attention_backward(tu_ctx(), s, h[0], h[1], h[2], h[5], h[4], h[3], h[6], h[7], h[8]);
+    const unsigned long long before = dl_dev_attention_mma_calls(NULL);
+    be->attention_forward(ctx, s, d[0], d[1], d[2], d[5], d[4]);
+    be->attention_backward(ctx, s, d[0], d[1], d[2], d[5], d[4], d[3], d[6], d[7], d[8]);
+    cr_assert_eq(be->synchronize(ctx), DL_OK, "%s", dl_error_msg());
+    cr_expect_eq(dl_dev_attention_mma_calls(NULL) - before, 2ull, "d %d: forward and backward on the mma kernels", s.d);
+    const char *names[9] = {"", "", "", "", "lse", "o", "dq", "dk", "dv"};
+    for (int i = 4; i < 9; i++) {
+        cr_assert_eq(be->download(ctx, got, d[i], n[i] * 4), DL_OK);
+        const double err = rel_l2(got, h[i], n[i]);
+        cr_expect(err <= 2e-2, "d %d %s: relative L2 %.3g (bf16 inputs)", s.d, names[i], err);
+    }
+    for (int i = 0; i < 9; i++) {
+        be->free(ctx, d[i]);
+        free(h[i]);
+    }
+    free(got);
+}
+Test(backend_ops, backend_attention_on_sm80_takes_mma)
+{
+    const char *keys[2] = {"DANLU_CUDA_DEVICE", "DANLU_EMU_SM"}, *vals[2] = {"emulated", "80"};
+    char *saved[2];
+    for (int i = 0; i < 2; i++) {
+        const char *o = getenv(keys[i]);
+        saved[i] = o ? strdup(o) : NULL;
+        setenv(keys[i], vals[i], 1);
+    }
+    dl_ctx ctx;
+    cr_assert_eq(dl_ctx_init_backend(&ctx, 2, &dl_backend_cuda), DL_OK, "%s", dl_error_msg());
+    backend_attn_case(&ctx, (dl_attention_shape){1, 48, 48, 2, 40, 1.0f / sqrtf(40.0f), 0});
+    backend_attn_case(&ctx, (dl_attention_shape){1, 20, 30, 2, 64, 1.0f / sqrtf(64.0f), 0});
+    backend_attn_case(&ctx, (dl_attention_shape){2, 16, 77, 1, 80, 1.0f / sqrtf(80.0f), 0});
+    backend_attn_case(&ctx, (dl_attention_shape){1, 12, 20, 1, 160, 1.0f / sqrtf(160.0f), 0});
+    dl_ctx_free(&ctx);
+    for (int i = 0; i < 2; i++) {
+        if (saved[i]) setenv(keys[i], saved[i], 1);
+        else unsetenv(keys[i]);
+        free(saved[i]);
     }
 }
 

@@ -1539,6 +1539,73 @@ Test(backend_table, unordered_streams_are_caught)
     }
 }
 
+/* The bf16 compute type: with ctx->compute_dtype DL_BF16, a backend that lists it multiplies
+ * linear layers' inputs rounded to bf16 with fp32 accumulation. The result is the CPU's fp32 op on
+ * bf16-rounded copies of the inputs (to 1e-5: summation order), and not the fp32 result (which it
+ * misses by bf16's rounding, ~1e-3), forward and backward (dx from dy and w, dw from dy and x,
+ * db summed from bf16-rounded dy). Backends without it keep fp32 whatever the ctx says. */
+static float *bf16_copy(const float *x, size_t n)
+{
+    float *y = hnew(n);
+    for (size_t i = 0; i < n; i++) y[i] = dl_bf16_to_f32(dl_f32_to_bf16(x[i]));
+    return y;
+}
+static double rel_l2_dev(tgt *t, const float *d, const float *ref, size_t n)
+{
+    float *h = hnew(n);
+    cr_assert_eq(t->be->download(&t->ctx, h, d, n * sizeof(float)), DL_OK, "%s", dl_error_msg());
+    return tu_rel_l2(h, ref, n);
+}
+Test(backend_table, bf16_compute_rounds_matrix_inputs)
+{
+    const int64_t M = 24, in = 320, out = 72;
+    FOR_EACH_TARGET(t) {
+        const int bf16 = (t->be->compute_dtypes & (1u << DL_BF16)) != 0;
+        cr_expect(bf16 == (t->be == &dl_backend_cuda), "%s: compute_dtypes %#x", t->name, t->be->compute_dtypes);
+        t->ctx.compute_dtype = DL_BF16;
+        float *x = hrand((size_t)(M * in), 1, -1, 1), *w = hrand((size_t)(out * in), 2, -0.1f, 0.1f);
+        float *b = hrand((size_t)out, 3, -1, 1), *dy = hrand((size_t)(M * out), 4, -1, 1);
+        float *xr = bf16_copy(x, (size_t)(M * in)), *wr = bf16_copy(w, (size_t)(out * in));
+        float *dyr = bf16_copy(dy, (size_t)(M * out));
+        float *y32 = hnew((size_t)(M * out)), *yr = hnew((size_t)(M * out));
+        REF.linear_forward(cpu(), M, in, out, x, w, DL_F32, b, y32);
+        REF.linear_forward(cpu(), M, in, out, xr, wr, DL_F32, b, yr);
+        float *dx32 = hnew((size_t)(M * in)), *dw32 = hnew((size_t)(out * in)), *db32 = hnew((size_t)out);
+        float *dxr = hnew((size_t)(M * in)), *dwr = hnew((size_t)(out * in)), *dbr = hnew((size_t)out);
+        REF.linear_backward(cpu(), M, in, out, x, w, DL_F32, dy, dx32, dw32, db32);
+        REF.linear_backward(cpu(), M, in, out, xr, wr, DL_F32, dyr, dxr, dwr, dbr);
+        float *dx = t_in(t, x, (size_t)(M * in)), *dw_ = t_in(t, w, (size_t)(out * in)), *db_ = t_in(t, b, (size_t)out);
+        float *ddy = t_in(t, dy, (size_t)(M * out)), *dyo = t_out(t, (size_t)(M * out));
+        float *gx = t_out(t, (size_t)(M * in)), *gw = t_out(t, (size_t)(out * in)), *gb = t_out(t, (size_t)out);
+        t->be->linear_forward(&t->ctx, M, in, out, dx, dw_, DL_F32, db_, dyo);
+        t->be->linear_backward(&t->ctx, M, in, out, dx, dw_, DL_F32, ddy, gx, gw, gb);
+        cr_assert_eq(t->be->synchronize(&t->ctx), DL_OK, "%s: %s", t->name, dl_error_msg());
+        /* the real GPU's conversion may round differently from round-to-nearest-even */
+        const double tol = strcmp(t->name, "cuda (real)") == 0 ? 2e-3 : 1e-5;
+        const struct { const char *what; const float *d, *r32, *rb; int64_t n; } o[] = {
+            {"y", dyo, y32, yr, M * out}, {"dx", gx, dx32, dxr, M * in}, {"dw", gw, dw32, dwr, out * in},
+            {"db", gb, db32, dbr, out}};
+        for (int i = 0; i < 4; i++) {
+            const double e32 = rel_l2_dev(t, o[i].d, o[i].r32, (size_t)o[i].n);
+            const double eb = rel_l2_dev(t, o[i].d, o[i].rb, (size_t)o[i].n);
+            fprintf(stderr, "backend_table: %s: compute bf16: %s: %.2e from the fp32 result, %.2e from fp32 on bf16 inputs\n",
+                    t->name, o[i].what, e32, eb);
+            if (bf16) {
+                cr_expect(eb <= tol, "%s: %s: %.3g from the product of bf16-rounded inputs (bound %.1g)", t->name,
+                          o[i].what, eb, tol);
+                cr_expect(e32 >= 1e-4, "%s: %s: %.3g from the fp32 result: the inputs were not rounded", t->name,
+                          o[i].what, e32);
+            } else {
+                cr_expect(e32 <= 1e-5, "%s: %s: %.3g from the fp32 result without bf16 compute", t->name, o[i].what,
+                          e32);
+            }
+        }
+        t->ctx.compute_dtype = DL_F32;
+        t_free_all(t);
+        hfree_all();
+    }
+}
+
 /* After every case ran once, running them again grows no scratch buffer (the steady state of a
  * training step allocates nothing). */
 Test(backend_table, steady_state_grows_no_scratch)

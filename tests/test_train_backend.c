@@ -56,7 +56,7 @@ static void make_data(void)
     }
 }
 
-static void configure(const char *backend, const char *outname, dl_train_config *c)
+static void configure_p(const char *backend, const char *outname, const char *precision, dl_train_config *c)
 {
     char data[256], out[256];
     snprintf(data, sizeof data, "%s/data", g_root);
@@ -66,10 +66,14 @@ static void configure(const char *backend, const char *outname, dl_train_config 
                        "--threads", "2", "--backend", backend, "--max_train_steps", "4", "--train_batch_size", "2",
                        "--learning_rate", "2e-3", "--network_dim", "4", "--network_alpha", "2",
                        "--min_snr_gamma", "5", "--max_grad_norm", "0.05", "--cache_latents",
-                       "--mixed_precision", "no"};
+                       "--mixed_precision", precision};
     const int n = (int)(sizeof a / sizeof *a);
     dl_train_config_defaults(c);
     cr_assert_eq(dl_train_config_parse_args(c, n, (char **)a, NULL), DL_OK, "%s", dl_error_msg());
+}
+static void configure(const char *backend, const char *outname, dl_train_config *c)
+{
+    configure_p(backend, outname, "no", c);
 }
 
 static void train_on(const char *backend, dl_train_result *r)
@@ -162,6 +166,59 @@ Test(train_backend, cuda_on_the_emulated_device_matches_cpu, .timeout = 900)
     cr_expect(worst_px <= 1, "the sample differs by %d levels (bound 1)", worst_px);
     dl_train_result_free(&rc);
     dl_train_result_free(&rg);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_root);
+    cr_expect_eq(system(cmd), 0);
+}
+
+/* --mixed_precision bf16 (bf16 matrix products, fp32 tensors) on the emulated device: the losses
+ * stay within 2e-2 of the CPU's fp32 run, two runs are identical bit for bit, and the CPU backend
+ * refuses bf16 by name. */
+Test(train_backend, bf16_matrix_products_stay_close_and_deterministic, .timeout = 900)
+{
+    setenv("DANLU_CUDA_DEVICE", "emulated", 1);
+    make_data();
+    dl_train_result r32, rb[2];
+    train_on("cpu", &r32);
+    for (int run = 0; run < 2; run++) {
+        dl_train_config c;
+        configure_p("cuda", run ? "bf16-b" : "bf16-a", "bf16", &c);
+        dl_trainer_opts o = {.log = NULL, .tty = 0};
+        cr_assert_eq(dl_train_run(&c, &o, &rb[run]), DL_OK, "bf16 run %d: %s", run, dl_error_msg());
+        dl_train_config_free(&c);
+    }
+    double worst = 0;
+    for (int i = 0; i < 4; i++) {
+        const double d = fabs(rb[0].losses[i] - r32.losses[i]) / fabs(r32.losses[i]);
+        if (d > worst) worst = d;
+        cr_expect_eq(rb[1].losses[i], rb[0].losses[i], "step %d: two bf16 runs differ (%.9g, %.9g)", i + 1,
+                     rb[0].losses[i], rb[1].losses[i]);
+    }
+    const double dw = lora_distance(rb[0].output_path, rb[1].output_path);
+    const double d32 = lora_distance(r32.output_path, rb[0].output_path);
+    fprintf(stderr, "train_backend: bf16 matrix products: losses %.2e from fp32 (relative), LoRA %.2e; run to run %g\n",
+            worst, d32, dw);
+    cr_expect(worst <= 2e-2, "bf16 losses differ from fp32 by %.3g relative (bound 2e-2)", worst);
+    cr_expect(worst > 0, "the bf16 run gave the fp32 losses exactly: bf16 was not applied");
+    cr_expect_eq(dw, 0.0, "two bf16 runs gave different LoRAs");
+    dl_st_file f;
+    cr_assert_eq(dl_st_open(&f, rb[0].output_path), DL_OK, "%s", dl_error_msg());
+    const char *mp = dl_st_meta(&f, "ss_mixed_precision");
+    cr_expect(mp && strcmp(mp, "bf16") == 0, "ss_mixed_precision %s", mp ? mp : "(none)");
+    dl_st_close(&f);
+    dl_train_result_free(&r32);
+    dl_train_result_free(&rb[0]);
+    dl_train_result_free(&rb[1]);
+
+    dl_train_config c; /* the CPU multiplies in fp32 only */
+    configure_p("cpu", "bf16-cpu", "bf16", &c);
+    dl_trainer_opts o = {.log = NULL, .tty = 0};
+    dl_train_result r;
+    cr_expect_eq(dl_train_run(&c, &o, &r), DL_ERR);
+    cr_expect(strstr(dl_error_msg(), "mixed_precision bf16") && strstr(dl_error_msg(), "cpu backend"), "%s",
+              dl_error_msg());
+    dl_train_result_free(&r);
+    dl_train_config_free(&c);
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_root);
     cr_expect_eq(system(cmd), 0);

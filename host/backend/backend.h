@@ -44,6 +44,8 @@ typedef struct dl_backend {
     int device_memory; /* nonzero: tensors live in the backend's own memory, not host memory */
     unsigned weight_dtypes; /* bits 1u << DL_F16 / DL_BF16: linear/conv weights it computes from
                                in that type (see "Weights" below); 0: fp32 weights only */
+    unsigned compute_dtypes; /* bits 1u << dt: compute types it takes from ctx->compute_dtype
+                                besides fp32 (see "Compute type" below); 0: fp32 only */
 
     /* ---- the backend's state, memory and ordering --------------------------------------------
      * open: sets up ctx->be_state (device, stream, workspace) for dl_ctx_init_backend; DL_OK or
@@ -104,7 +106,14 @@ typedef struct dl_backend {
      * wdt: DL_F32 always, and the types whose bit (1u << dt) is set in weight_dtypes (frozen
      * weights kept in the checkpoint's fp16 / bf16: half the memory, no conversion at load).
      * Every other tensor is fp32. A weight gradient (dw) needs wdt == DL_F32; lora_merge and
-     * lora_unmerge take fp32 weights only. */
+     * lora_unmerge take fp32 weights only.
+     *
+     * Compute type: with ctx->compute_dtype DL_BF16 (a backend whose compute_dtypes has it), the
+     * matrix products of linear_* and lora_linear_* (forward and backward, bias gradients too)
+     * round their fp32 inputs to bf16 and accumulate in fp32, as torch's bf16 autocast
+     * multiplies (on the GPU: tensor cores). Tensors, norms, element-wise ops, losses and the
+     * optimizer stay fp32; convolutions use the library's fp32 path and attention its fp32
+     * kernels (the causal text-encoder attention, built from GEMMs, takes the compute type). */
 
     /* linear.h: y[M,out] = x[M,in] w^T + b; gradients dx, dw, db */
     void (*linear_forward)(const dl_ctx *ctx, int64_t M, int64_t in, int64_t out, const float *x,

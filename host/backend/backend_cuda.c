@@ -23,6 +23,7 @@
 #include "core/error.h"
 #include "device/dl_dev.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,6 +38,7 @@ enum {
     SC_DELTA,     /* attention kernel backward: rowwise dO·O [N, H, Tq] */
     SC_ATTN_P,    /* attention fallback: S then P [H, Tq, Tk] of one sample */
     SC_ATTN_DP,   /* attention fallback backward: dP then dS [H, Tq, Tk] */
+    SC_ATTN_BF16, /* attention on sm_80+: bf16 copies of q, k, v, o, dout and dq, dk, dv */
     SC_WEIGHT,    /* an fp16 / bf16 layer weight widened to fp32 for the op that reads it */
     SC_N
 };
@@ -62,13 +64,16 @@ typedef struct cu_state {
     size_t grows;       /* scratch / ones growths since open */
     int failed;         /* sticky error */
     char err[1024];
+    dl_dtype compute;   /* the calling ctx's compute_dtype (set by ST at every entry): GEMMs' type */
 } cu_state;
 
 static cu_state *ST(const dl_ctx *ctx)
 {
     DL_ASSERTF(ctx && ctx->be_state, "cuda backend: ctx has no backend state (not opened with "
                                      "dl_ctx_init_backend, or the open failed)");
-    return (cu_state *)ctx->be_state;
+    cu_state *st = ctx->be_state;
+    st->compute = ctx->compute_dtype == DL_BF16 ? DL_BF16 : DL_F32;
+    return st;
 }
 
 /* Records the first device error of an op (its name and dl_error_msg()); 1 if rc failed. */
@@ -172,6 +177,7 @@ static void rm_gemm_b(cu_state *st, const char *entry, int ta, int tb, int64_t M
         .batch = bt.count, .stride_a = bt.sb, .stride_b = bt.sa, .stride_c = bt.sc,
         .epilogue = bias ? DL_DEV_EPI_BIAS : DL_DEV_EPI_DEFAULT,
         .bias = bias,
+        .compute = st->compute,
     };
     chk(st, entry, dl_dev_gemm(st->dev, st->s, &g, alpha, B, A, beta, C, st->gemm_ws, DL_DEV_GEMM_WORKSPACE));
 }
@@ -624,6 +630,60 @@ static void attn_probs(cu_state *st, const char *e, const dl_attention_shape *s,
     chk(st, e, dl_dev_softmax_forward(st->dev, st->s, (int64_t)s->H * s->Tq, s->Tk, s->scale, s->causal ? s->Tq : 0, P,
                                       P, lse_n));
 }
+/* On a device with compute capability ≥ 8.0 danlu's mma.sync kernels (bf16 only) run the head dims
+ * of attn_kernel_path: the fp32 inputs are rounded to bf16 in scratch (SC_ATTN_BF16) and the
+ * outputs widened back, DESIGN's CUDA numerics (bf16 matrix inputs, fp32 accumulation and
+ * softmax; about 1e-2 relative against the fp32 CPU op). 1 when that path applies. */
+static int attn_mma_path(const cu_state *st, const dl_attention_shape *s)
+{
+    dl_dev_sdpa_desc a = sdpa_of(s);
+    a.dt = DL_BF16;
+    return attn_kernel_path(s) && dl_dev_attention_uses_mma(st->dev, &a);
+}
+/* n fp32 values rounded to bf16 at dst (scratch); 1 after a failure */
+static int attn_narrow(cu_state *st, const char *e, const float *src, uint16_t *dst, size_t n)
+{
+    return chk(st, e, dl_dev_from_f32(st->dev, st->s, DL_BF16, (int64_t)n, src, dst));
+}
+static void cu_attention_forward_mma(cu_state *st, const dl_attention_shape *s, const float *q, const float *k,
+                                     const float *v, float *o, float *lse)
+{
+    const char *e = "attention_forward";
+    const size_t hd = (size_t)s->H * s->d, nq = (size_t)s->N * s->Tq * hd, nk = (size_t)s->N * s->Tk * hd;
+    float *l = lse ? lse : scratch(st, e, SC_STATS, (size_t)s->N * s->H * s->Tq * sizeof(float));
+    uint16_t *b = scratch(st, e, SC_ATTN_BF16, (2 * nq + 2 * nk) * sizeof(uint16_t));
+    if (!l || !b) return;
+    uint16_t *qb = b, *ob = b + nq, *kb = ob + nq, *vb = kb + nk; // q, o [N, Tq, H·d]; k, v [N, Tk, H·d]
+    if (attn_narrow(st, e, q, qb, nq) || attn_narrow(st, e, k, kb, nk) || attn_narrow(st, e, v, vb, nk)) return;
+    dl_dev_sdpa_desc a = sdpa_of(s);
+    a.dt = DL_BF16;
+    if (chk(st, e, dl_dev_attention_forward(st->dev, st->s, &a, qb, kb, vb, ob, l))) return;
+    chk(st, e, dl_dev_to_f32(st->dev, st->s, DL_BF16, (int64_t)nq, ob, o));
+}
+static void cu_attention_backward_mma(cu_state *st, const dl_attention_shape *s, const float *q, const float *k,
+                                      const float *v, const float *o, const float *lse, const float *dout, float *dq,
+                                      float *dk, float *dv)
+{
+    const char *e = "attention_backward";
+    const size_t hd = (size_t)s->H * s->d, nq = (size_t)s->N * s->Tq * hd, nk = (size_t)s->N * s->Tk * hd;
+    float *delta = scratch(st, e, SC_DELTA, (size_t)s->N * s->H * s->Tq * sizeof(float));
+    uint16_t *b = scratch(st, e, SC_ATTN_BF16, (4 * nq + 4 * nk) * sizeof(uint16_t));
+    if (!delta || !b) return;
+    // q, o, dout, dq [N, Tq, H·d]; k, v, dk, dv [N, Tk, H·d]
+    uint16_t *qb = b, *ob = qb + nq, *db = ob + nq, *dqb = db + nq;
+    uint16_t *kb = dqb + nq, *vb = kb + nk, *dkb = vb + nk, *dvb = dkb + nk;
+    if (attn_narrow(st, e, q, qb, nq) || attn_narrow(st, e, k, kb, nk) || attn_narrow(st, e, v, vb, nk) ||
+        attn_narrow(st, e, o, ob, nq) || attn_narrow(st, e, dout, db, nq))
+        return;
+    dl_dev_sdpa_desc a = sdpa_of(s);
+    a.dt = DL_BF16;
+    if (chk(st, e, dl_dev_attention_backward(st->dev, st->s, &a, qb, kb, vb, ob, db, lse, delta, dq ? dqb : NULL,
+                                             dk ? dkb : NULL, dv ? dvb : NULL)))
+        return;
+    if (dq && chk(st, e, dl_dev_to_f32(st->dev, st->s, DL_BF16, (int64_t)nq, dqb, dq))) return;
+    if (dk && chk(st, e, dl_dev_to_f32(st->dev, st->s, DL_BF16, (int64_t)nk, dkb, dk))) return;
+    if (dv) chk(st, e, dl_dev_to_f32(st->dev, st->s, DL_BF16, (int64_t)nk, dvb, dv));
+}
 static void cu_attention_forward(const dl_ctx *ctx, dl_attention_shape s, const float *q, const float *k,
                                  const float *v, float *o, float *lse)
 {
@@ -631,6 +691,10 @@ static void cu_attention_forward(const dl_ctx *ctx, dl_attention_shape s, const 
     const char *e = "attention_forward";
     DL_ASSERTF(!s.causal || s.Tq == s.Tk, "attention: causal needs Tq == Tk (%d, %d)", s.Tq, s.Tk);
     const size_t nl = (size_t)s.N * s.H * s.Tq;
+    if (attn_mma_path(st, &s)) {
+        cu_attention_forward_mma(st, &s, q, k, v, o, lse);
+        return;
+    }
     if (attn_kernel_path(&s)) {
         float *l = lse ? lse : scratch(st, e, SC_STATS, nl * sizeof(float));
         const dl_dev_sdpa_desc a = sdpa_of(&s);
@@ -654,6 +718,10 @@ static void cu_attention_backward(const dl_ctx *ctx, dl_attention_shape s, const
     cu_state *st = ST(ctx);
     const char *e = "attention_backward";
     DL_ASSERTF(!s.causal || s.Tq == s.Tk, "attention: causal needs Tq == Tk (%d, %d)", s.Tq, s.Tk);
+    if (attn_mma_path(st, &s)) {
+        cu_attention_backward_mma(st, &s, q, k, v, o, lse, dout, dq, dk, dv);
+        return;
+    }
     if (attn_kernel_path(&s)) {
         float *delta = scratch(st, e, SC_DELTA, (size_t)s.N * s.H * s.Tq * sizeof(float));
         const dl_dev_sdpa_desc a = sdpa_of(&s);
@@ -895,6 +963,7 @@ const dl_backend dl_backend_cuda = {
     .name = "cuda",
     .device_memory = 1,
     .weight_dtypes = (1u << DL_F16) | (1u << DL_BF16),
+    .compute_dtypes = 1u << DL_BF16,
     .open = cu_open,
     .close = cu_close,
     .alloc = cu_alloc,

@@ -48,6 +48,9 @@ typedef struct dl_ctx {
     const struct dl_backend *be; /* the op table networks call (backend/backend.h); NULL: CPU */
     void *be_state;    /* the backend's own state (its device, stream, workspace), or NULL */
     int conv_algo;     /* dl_conv_algo (0: auto) */
+    int compute_dtype; /* dl_dtype the matrix products of linear layers, LoRA and attention multiply
+                          in: DL_F32 (0), or a type in the backend's compute_dtypes (DL_BF16:
+                          inputs rounded to bf16, fp32 accumulation); tensors stay fp32 */
 } dl_ctx;
 
 /* Shared workspace slots, one per (op, buffer). Callers of other ops in brackets. */

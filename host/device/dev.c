@@ -74,6 +74,7 @@ void dl_dev_close(dl_dev *dev)
 }
 dl_dev_kind dl_dev_kind_of(const dl_dev *dev) { return dev->kind; }
 const char *dl_dev_name(const dl_dev *dev) { return dev->vt->name(dev); }
+int dl_dev_sm(const dl_dev *dev) { return dev->sm; }
 dl_dev_status dl_dev_synchronize(dl_dev *dev) { return dev->vt->synchronize(dev); }
 dl_dev_status dl_dev_mem_info(dl_dev *dev, size_t *free_bytes, size_t *total_bytes)
 {
@@ -156,6 +157,9 @@ dl_dev_status dl_dev_check_gemm(const dl_dev_gemm_desc *g)
     if (!ab_type_ok(g->ab_type) || !ab_type_ok(g->c_type))
         return dl_dev_fail(DL_DEV_ERR_NOT_SUPPORTED, "dl_dev_gemm: A/B type %s, C type %s (f32, bf16, f16 only)",
                            dl_dtype_name(g->ab_type), dl_dtype_name(g->c_type));
+    if (g->compute != DL_F32 && !(g->compute == DL_BF16 && g->ab_type == DL_F32))
+        return dl_dev_fail(DL_DEV_ERR_NOT_SUPPORTED, "dl_dev_gemm: compute type %s with A/B %s (f32, or bf16 on f32 "
+                           "data)", dl_dtype_name(g->compute), dl_dtype_name(g->ab_type));
     const int64_t arows = g->transa == DL_DEV_OP_N ? g->m : g->k, brows = g->transb == DL_DEV_OP_N ? g->k : g->n;
     if (g->lda < (arows > 1 ? arows : 1) || g->ldb < (brows > 1 ? brows : 1) || g->ldc < (g->m > 1 ? g->m : 1))
         return dl_dev_fail(DL_DEV_ERR_BAD_PARAM,
@@ -294,18 +298,39 @@ dl_dev_status dl_dev_sdpa_backward(dl_dev *dev, dl_dev_stream *s, const dl_dev_s
     dl_dev_status st = dl_dev_check_sdpa(a);
     return st != DL_DEV_SUCCESS ? st : dev->vt->sdpa_backward(dev, s, 0, a, q, k, v, o, dout, lse, delta, dq, dk, dv);
 }
+int dl_dev_attention_uses_mma(const dl_dev *dev, const dl_dev_sdpa_desc *a)
+{
+    return dev->sm >= 80 && a->dt == DL_BF16 && (a->d == 40 || a->d == 64 || a->d == 80 || a->d == 160);
+}
+static unsigned long long g_attn_mma_calls; /* over every device of the process (atomic adds) */
+unsigned long long dl_dev_attention_mma_calls(const dl_dev *dev)
+{
+    return dev ? dev->attn_mma_calls : __atomic_load_n(&g_attn_mma_calls, __ATOMIC_RELAXED);
+}
+static dl_dev_status count_mma(const dl_dev *dev, unsigned long long before, dl_dev_status st)
+{
+    __atomic_fetch_add(&g_attn_mma_calls, dev->attn_mma_calls - before, __ATOMIC_RELAXED);
+    return st;
+}
 dl_dev_status dl_dev_attention_forward(dl_dev *dev, dl_dev_stream *s, const dl_dev_sdpa_desc *a, const void *q,
                                        const void *k, const void *v, void *o, float *lse)
 {
     dl_dev_status st = dl_dev_check_sdpa(a);
-    return st != DL_DEV_SUCCESS ? st : dev->vt->sdpa_forward(dev, s, 1, a, q, k, v, o, lse);
+    if (st != DL_DEV_SUCCESS) return st;
+    const unsigned long long before = dev->attn_mma_calls;
+    return count_mma(dev, before,
+                     dev->vt->sdpa_forward(dev, s, dl_dev_attention_uses_mma(dev, a) ? 2 : 1, a, q, k, v, o, lse));
 }
 dl_dev_status dl_dev_attention_backward(dl_dev *dev, dl_dev_stream *s, const dl_dev_sdpa_desc *a, const void *q,
                                         const void *k, const void *v, const void *o, const void *dout,
                                         const float *lse, float *delta, void *dq, void *dk, void *dv)
 {
     dl_dev_status st = dl_dev_check_sdpa(a);
-    return st != DL_DEV_SUCCESS ? st : dev->vt->sdpa_backward(dev, s, 1, a, q, k, v, o, dout, lse, delta, dq, dk, dv);
+    if (st != DL_DEV_SUCCESS) return st;
+    const unsigned long long before = dev->attn_mma_calls;
+    return count_mma(dev, before,
+                     dev->vt->sdpa_backward(dev, s, dl_dev_attention_uses_mma(dev, a) ? 2 : 1, a, q, k, v, o, dout,
+                                            lse, delta, dq, dk, dv));
 }
 
 /* ---- danlu's kernels ---- */
@@ -647,4 +672,10 @@ dl_dev_status dl_dev_to_f32(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int64_t 
     OPS_REQUIRE((dt == DL_F16 || dt == DL_BF16) && n >= 0 && (n == 0 || (x && y)),
                 "dl_dev_to_f32: dtype %s, n %lld, x %p, y %p", dl_dtype_name(dt), (long long)n, x, (void *)y);
     return dev->vt->to_f32(dev, s, dt, n, x, y);
+}
+dl_dev_status dl_dev_from_f32(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int64_t n, const float *x, void *y)
+{
+    OPS_REQUIRE(dt == DL_BF16 && n >= 0 && (n == 0 || (x && y)), "dl_dev_from_f32: dtype %s, n %lld, x %p, y %p",
+                dl_dtype_name(dt), (long long)n, (const void *)x, y);
+    return dev->vt->from_f32(dev, s, dt, n, x, y);
 }

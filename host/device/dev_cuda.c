@@ -152,7 +152,8 @@ static dl_dev_status real_gemm(dl_dev *d, dl_dev_stream *s, const dl_dev_gemm_de
     cublasLtMatmulDesc_t op = NULL;
     cublasLtMatrixLayout_t la = NULL, lb = NULL, lc = NULL;
     cublasLtMatmulPreference_t pref = NULL;
-    dl_dev_status st = lt_st(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "cublasLtMatmulDescCreate");
+    dl_dev_status st = lt_st(cublasLtMatmulDescCreate(&op, g->compute == DL_BF16 ? CUBLAS_COMPUTE_32F_FAST_16BF : CUBLAS_COMPUTE_32F,
+                                                          CUDA_R_32F), "cublasLtMatmulDescCreate");
     cublasOperation_t ta = g->transa == DL_DEV_OP_T ? CUBLAS_OP_T : CUBLAS_OP_N;
     cublasOperation_t tb = g->transb == DL_DEV_OP_T ? CUBLAS_OP_T : CUBLAS_OP_N;
     if (st == DL_DEV_SUCCESS) {
@@ -328,11 +329,17 @@ static dl_dev_status kcheck(const char *op, int rc)
     if (rc) return dl_dev_fail(DL_DEV_ERR_NOT_SUPPORTED, "%s: the launcher refuses its arguments", op);
     return rt(cudaGetLastError(), op);
 }
+/* kernel 2: the sm_80+ mma kernels (dev.c checked bf16, the head dim and the device), falling
+ * back to the portable ones when the mma launcher refuses (shared memory the device cannot give);
+ * 1 (and 0, until the cuDNN SDPA graph is wired): the portable kernels. */
 static dl_dev_status real_sdpa_forward(dl_dev *d, dl_dev_stream *s, int kernel, const dl_dev_sdpa_desc *a,
                                        const void *q, const void *k, const void *v, void *o, float *lse)
 {
-    (void)d;
-    (void)kernel; /* both run danlu's kernels until the cuDNN SDPA graph is wired */
+    if (kernel == 2 && dl_cuda_attention_forward_mma(a->dt, a->N, a->H, a->Tq, a->Tk, a->d, a->scale, q, a->ldq, k,
+                                                     a->ldk, v, a->ldv, o, a->ldo, lse, CS(s)) == 0) {
+        d->attn_mma_calls++;
+        return rt(cudaGetLastError(), "dl_dev_attention_forward");
+    }
     return kcheck("dl_dev_attention_forward",
                   dl_cuda_attention_forward(a->dt, a->N, a->H, a->Tq, a->Tk, a->d, a->scale, q, a->ldq, k, a->ldk, v,
                                             a->ldv, o, a->ldo, lse, CS(s)));
@@ -341,8 +348,21 @@ static dl_dev_status real_sdpa_backward(dl_dev *d, dl_dev_stream *s, int kernel,
                                         const void *q, const void *k, const void *v, const void *o, const void *dout,
                                         const float *lse, float *delta, void *dq, void *dk, void *dv)
 {
-    (void)d;
-    (void)kernel;
+    if (kernel == 2) {
+        /* dQ's fp32 accumulator and the deterministic mode's counters, stream-ordered */
+        const size_t wsb = dq ? dl_cuda_attention_backward_mma_workspace_size(a->N, a->H, a->Tq, a->Tk, a->d) : 0;
+        void *ws = NULL;
+        if (wsb && cudaMallocAsync(&ws, wsb, CS(s)) != cudaSuccess)
+            return rt(cudaGetLastError(), "dl_dev_attention_backward: cudaMallocAsync of the dQ accumulator");
+        const int rc = dl_cuda_attention_backward_mma(a->dt, a->N, a->H, a->Tq, a->Tk, a->d, a->scale, q, a->ldq, k,
+                                                      a->ldk, v, a->ldv, o, dout, a->ldo, lse, delta, dq, dk, dv, 1,
+                                                      ws, CS(s));
+        if (ws) cudaFreeAsync(ws, CS(s));
+        if (rc == 0) {
+            d->attn_mma_calls++;
+            return rt(cudaGetLastError(), "dl_dev_attention_backward");
+        }
+    }
     return kcheck("dl_dev_attention_backward",
                   dl_cuda_attention_backward(a->dt, a->N, a->H, a->Tq, a->Tk, a->d, a->scale, q, a->ldq, k, a->ldk, v,
                                              a->ldv, o, dout, a->ldo, lse, delta, dq, dk, dv, CS(s)));
@@ -575,6 +595,11 @@ static dl_dev_status real_to_f32(dl_dev *d, dl_dev_stream *s, dl_dtype dt, int64
     (void)d;
     return kcheck("dl_dev_to_f32", dl_cuda_to_f32(dt, n, x, y, CS(s)));
 }
+static dl_dev_status real_from_f32(dl_dev *d, dl_dev_stream *s, dl_dtype dt, int64_t n, const float *x, void *y)
+{
+    (void)d;
+    return kcheck("dl_dev_from_f32", dl_cuda_from_f32(dt, n, x, y, CS(s)));
+}
 
 static const dl_dev_vt kRealVt = {
     real_close, real_name, real_sync, real_malloc, real_free, real_memcpy, real_memset,
@@ -587,6 +612,7 @@ static const dl_dev_vt kRealVt = {
     real_upsample_forward, real_upsample_backward, real_pad2d, real_timestep_embedding, real_layernorm_forward,
     real_layernorm_backward, real_embed_tokens, real_embed_tokens_backward, real_softmax_forward, real_softmax_backward, real_mse_forward,
     real_mse_backward, real_adamw_step, real_sumsq, real_clip_coef, real_scale_by, real_to_f32,
+    real_from_f32,
 };
 
 dl_dev *dl_dev_cuda_open(void)
@@ -607,5 +633,6 @@ dl_dev *dl_dev_cuda_open(void)
         return NULL;
     }
     snprintf(r->name, sizeof r->name, "%s", p.name);
+    r->head.sm = 10 * p.major + p.minor;
     return &r->head;
 }

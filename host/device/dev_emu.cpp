@@ -18,6 +18,9 @@
  * test binary. */
 #define dl_cuda_attention_forward dl_emu_k_attention_forward
 #define dl_cuda_attention_backward dl_emu_k_attention_backward
+#define dl_cuda_attention_forward_mma dl_emu_k_attention_forward_mma
+#define dl_cuda_attention_backward_mma dl_emu_k_attention_backward_mma
+#define dl_cuda_attention_backward_mma_workspace_size dl_emu_k_attention_backward_mma_workspace_size
 #define dl_cuda_groupnorm_workspace_size dl_emu_k_groupnorm_workspace_size
 #define dl_cuda_groupnorm_forward dl_emu_k_groupnorm_forward
 #define dl_cuda_groupnorm_backward dl_emu_k_groupnorm_backward
@@ -57,9 +60,12 @@
 #define dl_cuda_clip_coef dl_emu_k_clip_coef
 #define dl_cuda_scale_by dl_emu_k_scale_by
 #define dl_cuda_to_f32 dl_emu_k_to_f32
+#define dl_cuda_from_f32 dl_emu_k_from_f32
 #include "ops/cpu/activation.h" /* ops.cu's dl_act, outside the namespace */
+#include "mma.cuh"                 /* the PTX lane-layout model, outside the namespace */
 namespace dlk {
 #include "attention.cu"
+#include "attention_mma.cu"
 #include "groupnorm.cu"
 #include "lora.cu"
 #include "ops.cu"
@@ -567,6 +573,7 @@ dl_dev_status emu_gemm(dl_dev *d, dl_dev_stream *s, const dl_dev_gemm_desc *g, f
     (void)ws;
     (void)ws_bytes;
     std::vector<float> oa((size_t)m * k), ob((size_t)n * k); /* op(A) rows, op(B) columns, k contiguous */
+    const bool bf16 = g->compute == DL_BF16; /* FAST_16BF: the fp32 inputs rounded to bf16 */
     for (int bi = 0; bi < batch; bi++) {
         const unsigned char *pa = X(e, (const unsigned char *)A) + (size_t)bi * g->stride_a * dl_dtype_size(g->ab_type);
         const unsigned char *pb = X(e, (const unsigned char *)B) + (size_t)bi * g->stride_b * dl_dtype_size(g->ab_type);
@@ -577,6 +584,10 @@ dl_dev_status emu_gemm(dl_dev *d, dl_dev_stream *s, const dl_dev_gemm_desc *g, f
         for (int64_t j = 0; j < n; j++)
             for (int64_t kk = 0; kk < k; kk++)
                 ob[j * k + kk] = ld(pb, g->ab_type, tb ? (size_t)(kk * g->ldb + j) : (size_t)(j * g->ldb + kk));
+        if (bf16) {
+            for (float &v : oa) v = dl_bf16_to_f32(dl_f32_to_bf16(v));
+            for (float &v : ob) v = dl_bf16_to_f32(dl_f32_to_bf16(v));
+        }
         const void *bias = has_bias ? X(e, g->bias) : nullptr;
         for (int64_t j = 0; j < n; j++)
             for (int64_t i = 0; i < m; i++) {
@@ -721,7 +732,11 @@ dl_dev_status emu_sdpa_forward(dl_dev *d, dl_dev_stream *s, int kernel, const dl
     };
     dl_dev_status st = check_args(e, S(s), op, args, 5);
     if (st != DL_DEV_SUCCESS) return st;
-    if (kernel) {
+    if (kernel == 2 && dlk::dl_cuda_attention_forward_mma(t, N, H, Tq, Tk, D, a->scale, X(e, q), a->ldq, X(e, k),
+                                                          a->ldk, X(e, v), a->ldv, X(e, o), a->ldo, X(e, lse),
+                                                          nullptr) == 0) {
+        e->head.attn_mma_calls++; /* the sm_80+ kernels (dl_dev_sm ≥ 80, bf16) */
+    } else if (kernel) {
         int rc = dlk::dl_cuda_attention_forward(t, N, H, Tq, Tk, D, a->scale, X(e, q), a->ldq, X(e, k), a->ldk,
                                                 X(e, v), a->ldv, X(e, o), a->ldo, X(e, lse), nullptr);
         if (rc) return dl_dev_fail(DL_DEV_ERR_NOT_SUPPORTED, "%s: the kernel refuses (dtype %s, d %d)", op,
@@ -778,7 +793,15 @@ dl_dev_status emu_sdpa_backward(dl_dev *d, dl_dev_stream *s, int kernel, const d
     };
     dl_dev_status st = check_args(e, S(s), op, args, 10);
     if (st != DL_DEV_SUCCESS) return st;
-    if (kernel) {
+    std::vector<uint64_t> mma_ws; /* dQ's fp32 accumulator and counters (the real device: cudaMallocAsync) */
+    if (kernel == 2 && dq)
+        mma_ws.resize((dlk::dl_cuda_attention_backward_mma_workspace_size(N, H, Tq, Tk, D) + 7) / 8);
+    if (kernel == 2 && dlk::dl_cuda_attention_backward_mma(t, N, H, Tq, Tk, D, a->scale, X(e, q), a->ldq, X(e, k),
+                                                           a->ldk, X(e, v), a->ldv, X(e, o), X(e, dout), a->ldo,
+                                                           X(e, lse), X(e, delta), X(e, dq), X(e, dk), X(e, dv), 1,
+                                                           mma_ws.empty() ? nullptr : mma_ws.data(), nullptr) == 0) {
+        e->head.attn_mma_calls++;
+    } else if (kernel) {
         int rc = dlk::dl_cuda_attention_backward(t, N, H, Tq, Tk, D, a->scale, X(e, q), a->ldq, X(e, k), a->ldk,
                                                  X(e, v), a->ldv, X(e, o), X(e, dout), a->ldo, X(e, lse),
                                                  X(e, delta), X(e, dq), X(e, dk), X(e, dv), nullptr);
@@ -1228,6 +1251,13 @@ dl_dev_status emu_to_f32(dl_dev *d, dl_dev_stream *s, dl_dtype dt, int64_t n, co
                       [&](Emu *e) { return dlk::dl_cuda_to_f32(dt, n, X(e, x), X(e, y), nullptr); });
 }
 
+dl_dev_status emu_from_f32(dl_dev *d, dl_dev_stream *s, dl_dtype dt, int64_t n, const float *x, void *y)
+{
+    Arg a[2] = {{"x", x, (size_t)n * 4, false}, {"y", y, (size_t)n * 2, true}};
+    return run_kernel(d, s, "dl_dev_from_f32", a, 2,
+                      [&](Emu *e) { return dlk::dl_cuda_from_f32(dt, n, X(e, x), X(e, y), nullptr); });
+}
+
 const dl_dev_vt kEmuVt = {
     emu_close, emu_name, emu_synchronize, emu_malloc, emu_free, emu_memcpy, emu_memset,
     emu_stream_create, emu_stream_destroy, emu_stream_synchronize, emu_event_create, emu_event_destroy,
@@ -1238,7 +1268,7 @@ const dl_dev_vt kEmuVt = {
     emu_add_bcast_forward, emu_add_bcast_backward, emu_concat_forward, emu_concat_backward, emu_upsample_forward,
     emu_upsample_backward, emu_pad2d, emu_timestep_embedding, emu_layernorm_forward, emu_layernorm_backward,
     emu_embed_tokens, emu_embed_tokens_backward, emu_softmax_forward, emu_softmax_backward, emu_mse_forward, emu_mse_backward, emu_adamw_step,
-    emu_sumsq, emu_clip_coef, emu_scale_by, emu_to_f32,
+    emu_sumsq, emu_clip_coef, emu_scale_by, emu_to_f32, emu_from_f32,
 };
 
 } // namespace
@@ -1268,6 +1298,8 @@ extern "C" dl_dev *dl_dev_emu_open(void)
     e->dev = (unsigned char *)dv;
     e->shadow = (unsigned char *)sh;
     e->free_list[0] = kHeap;
+    const char *sm = getenv("DANLU_EMU_SM"); /* the compute capability it claims (dl_dev_sm) */
+    e->head.sm = sm && *sm ? atoi(sm) : 75;
     const char *lim = getenv("DANLU_EMU_MEMORY_MIB");
     if (lim && *lim) e->limit = (size_t)strtoull(lim, nullptr, 10) << 20;
     register_heap(e);

@@ -44,7 +44,8 @@ typedef struct dl_dev_vt {
                           const dl_dev_tensor_desc *xd, const void *x, const dl_dev_filter_desc *wd, const void *w,
                           const dl_dev_tensor_desc *yd, const void *y, const dl_dev_conv_desc *c, int algo, void *ws,
                           size_t ws_bytes, float beta, void *out);
-    /* kernel: 0 the library SDPA, 1 danlu's attention kernels */
+    /* kernel: 0 the library SDPA, 1 danlu's portable attention kernels, 2 its sm_80+ mma kernels
+     * (dev.c picks 2 when dl_dev_attention_uses_mma) */
     dl_dev_status (*sdpa_forward)(dl_dev *dev, dl_dev_stream *s, int kernel, const dl_dev_sdpa_desc *a,
                                   const void *q, const void *k, const void *v, void *o, float *lse);
     dl_dev_status (*sdpa_backward)(dl_dev *dev, dl_dev_stream *s, int kernel, const dl_dev_sdpa_desc *a,
@@ -122,11 +123,14 @@ typedef struct dl_dev_vt {
     dl_dev_status (*clip_coef)(dl_dev *dev, dl_dev_stream *s, const float *sumsq, float max_norm, float *coef);
     dl_dev_status (*scale_by)(dl_dev *dev, dl_dev_stream *s, int64_t n, const float *coef, float *x);
     dl_dev_status (*to_f32)(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int64_t n, const void *x, float *y);
+    dl_dev_status (*from_f32)(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int64_t n, const float *x, void *y);
 } dl_dev_vt;
 
 struct dl_dev {
     const dl_dev_vt *vt;
     dl_dev_kind kind;
+    int sm;                               /* compute capability, 10·major + minor (set at open) */
+    unsigned long long attn_mma_calls;    /* attention calls that ran the mma kernels */
 };
 
 /* Shared argument checks (dev.c): DL_DEV_SUCCESS or DL_DEV_ERR_BAD_PARAM with a message. */

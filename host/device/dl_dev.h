@@ -56,6 +56,10 @@ dl_dev *dl_dev_open(dl_dev_kind kind);
 void dl_dev_close(dl_dev *dev);
 dl_dev_kind dl_dev_kind_of(const dl_dev *dev);
 const char *dl_dev_name(const dl_dev *dev); /* "emulated" or the GPU's name */
+/* Compute capability as 10·major + minor (86 for sm_86). Real: the GPU's; emulated: what the
+ * emulated device claims to be, DANLU_EMU_SM at open (default 75: no sm_80 kernels), so tests
+ * can run the sm_80+ dispatch without a GPU. */
+int dl_dev_sm(const dl_dev *dev);
 /* Waits for all streams (cudaDeviceSynchronize). */
 dl_dev_status dl_dev_synchronize(dl_dev *dev);
 /* cudaMemGetInfo: free and total bytes of the device's memory (for progress lines). The emulated
@@ -117,6 +121,9 @@ typedef struct dl_dev_gemm_desc {
     int64_t stride_a, stride_b, stride_c; /* elements between consecutive matrices */
     dl_dev_epilogue epilogue;
     const void *bias; /* [m], c_type, for the BIAS epilogues */
+    dl_dtype compute; /* DL_F32 (0): fp32 products; DL_BF16 with fp32 A/B: each element of A and B
+                         rounded to bf16, products accumulated in fp32 (cuBLASLt's
+                         CUBLAS_COMPUTE_32F_FAST_16BF: tensor cores on fp32 data) */
 } dl_dev_gemm_desc;
 /* Workspace: ws may be NULL when ws_bytes is 0 (the real one then runs the algorithms that need
  * none); DL_DEV_GEMM_WORKSPACE bytes is always enough. */
@@ -186,6 +193,14 @@ dl_dev_status dl_dev_groupnorm_backward(dl_dev *dev, dl_dev_stream *s, dl_dtype 
                                         int silu, const void *x, const float *gamma, const float *beta,
                                         const float *mean, const float *rstd, const void *dy, void *dx,
                                         float *dgamma, float *dbeta, void *ws);
+/* Which of danlu's attention kernels dl_dev_attention_* runs: the FlashAttention-2-style
+ * mma.sync kernels (kernels/attention_mma.cu) when dl_dev_attention_uses_mma(dev, a) (bf16,
+ * d in {40, 64, 80, 160}, dl_dev_sm ≥ 80; their backward deterministic, its fp32 dQ buffer taken
+ * by the device: cudaMallocAsync on the stream), else the portable kernels (kernels/attention.cu,
+ * f32 or bf16). dl_dev_attention_mma_calls counts the calls that ran the mma kernels on dev
+ * (NULL: on every device of the process). */
+int dl_dev_attention_uses_mma(const dl_dev *dev, const dl_dev_sdpa_desc *a);
+unsigned long long dl_dev_attention_mma_calls(const dl_dev *dev);
 dl_dev_status dl_dev_attention_forward(dl_dev *dev, dl_dev_stream *s, const dl_dev_sdpa_desc *a, const void *q,
                                        const void *k, const void *v, void *o, float *lse);
 dl_dev_status dl_dev_attention_backward(dl_dev *dev, dl_dev_stream *s, const dl_dev_sdpa_desc *a, const void *q,
@@ -294,6 +309,8 @@ dl_dev_status dl_dev_clip_coef(dl_dev *dev, dl_dev_stream *s, const float *sumsq
 dl_dev_status dl_dev_scale_by(dl_dev *dev, dl_dev_stream *s, int64_t n, const float *coef, float *x);
 /* y [n] = x [n] (fp16 or bf16) widened to fp32, exactly. */
 dl_dev_status dl_dev_to_f32(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int64_t n, const void *x, float *y);
+/* y [n] = x [n] (fp32) rounded to bf16 (dt DL_BF16 only), nearest even. */
+dl_dev_status dl_dev_from_f32(dl_dev *dev, dl_dev_stream *s, dl_dtype dt, int64_t n, const float *x, void *y);
 
 #ifdef __cplusplus
 }

@@ -308,7 +308,7 @@ static const dl_backend measure_backend = {
     .lora_unmerge = m_lora_merge,
 };
 
-static const dl_ctx measure_ctx = {NULL, NULL, &measure_backend, NULL, DL_CONV_AUTO};
+static const dl_ctx measure_ctx = {NULL, NULL, &measure_backend, NULL, DL_CONV_AUTO, DL_F32};
 
 const dl_ctx *dl_measure_ctx(void) { return &measure_ctx; }
 

@@ -113,8 +113,9 @@ static const key_def k_keys[] = {
         "micro-batches whose gradients add up to one optimizer step"),
     KEY("gradient_checkpointing", K_BOOL, gradient_checkpointing, "false", 0, 1, 0, G_MEM, NULL, NULL,
         "recompute activations in the backward pass to save memory"),
-    KEY("mixed_precision", K_STR, mixed_precision, "no", 0, 0, 0, G_MEM, "NAME", "no|fp32",
-        "compute precision (fp32 on every backend today; fp16 and bf16 are to come on the CUDA backend)"),
+    KEY("mixed_precision", K_STR, mixed_precision, "no", 0, 0, 0, G_MEM, "NAME", "no|fp32|bf16",
+        "compute precision: fp32, or bf16 matrix products of the linear layers and LoRA with fp32 "
+        "tensors (backends that have it: cuda); fp16 is to come"),
     KEY("seed", K_I64, seed, "-1", -1, 9007199254740992.0, 0, G_TRAIN, "N", NULL,
         "random seed of the whole run; -1: draw one and print it"),
     KEY("noise_offset", K_DBL, noise_offset, NULL, 0, 1, 1, G_TRAIN, "X", NULL,
@@ -760,8 +761,8 @@ int dl_train_config_finish(dl_train_config *c)
         return dl_error_set("lr_scheduler: unknown '%s' (constant, constant_with_warmup, linear, cosine, "
                             "cosine_with_restarts, polynomial)", c->lr_scheduler);
     if (!key_accepts("mixed_precision", c->mixed_precision, 0))
-        return dl_error_set("mixed_precision: '%s' is not available yet: danlu trains in fp32 ('no') on every "
-                            "backend (bf16/fp16 tensors on the CUDA backend are to come)", c->mixed_precision);
+        return dl_error_set("mixed_precision: '%s' is not available: danlu trains in fp32 ('no') on every backend "
+                            "and with bf16 matrix products ('bf16') on the CUDA backend", c->mixed_precision);
     if (!key_accepts("save_precision", c->save_precision, 0)) return dl_error_set("save_precision: expected float, fp32, fp16 or bf16, got '%s'", c->save_precision);
     c->save_dtype = !strcmp(c->save_precision, "fp16") ? DL_SAVE_FP16
                   : !strcmp(c->save_precision, "bf16") ? DL_SAVE_BF16 : DL_SAVE_FP32;

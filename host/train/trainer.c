@@ -520,7 +520,7 @@ static int build_metadata(trainer *t)
         }
         kv_add(m, "ss_network_train_unet_only", "%s", py_bool(!t->train_te));
     }
-    kv_add(m, "ss_mixed_precision", "no");
+    kv_add(m, "ss_mixed_precision", "%s", strcmp(c->mixed_precision, "bf16") == 0 ? "bf16" : "no");
     kv_add(m, "ss_full_fp16", "False");
     kv_add(m, "ss_v2", "%s", py_bool(t->ck.sd2 && !t->xl));
     kv_add(m, "ss_base_model_version", "%s",
@@ -1731,10 +1731,18 @@ int dl_train_run(const dl_train_config *cfg, const dl_trainer_opts *opts, dl_tra
     }
     if (dl_ctx_init_backend(&t->ctx, cfg->threads, dl_backend_find(cfg->backend)) != DL_OK) goto out;
     t->ctx_ok = 1;
+    if (strcmp(cfg->mixed_precision, "bf16") == 0) {
+        if (!(dl_be(&t->ctx)->compute_dtypes & (1u << DL_BF16))) {
+            dl_error_set("mixed_precision bf16: the %s backend multiplies in fp32 only (bf16 runs on --backend cuda)",
+                         dl_be(&t->ctx)->name);
+            goto out;
+        }
+        t->ctx.compute_dtype = DL_BF16;
+    }
     {
         char desc[256];
         dl_be(&t->ctx)->describe(&t->ctx, desc, sizeof desc);
-        say(t, "backend: %s", desc);
+        say(t, "backend: %s%s", desc, t->ctx.compute_dtype == DL_BF16 ? ", bf16 matrix products" : "");
     }
     t->seed = cfg->seed >= 0 ? (uint64_t)cfg->seed : ((uint64_t)time(NULL) ^ ((uint64_t)getpid() << 16)) & 0xffffffffu;
     if (cfg->seed < 0) say(t, "seed: %" PRIu64 " (none given)", t->seed);

@@ -9,7 +9,12 @@
 #include "launch.cuh"
 #include "mma.cuh"
 
-enum { MMA_PROBE_OK = 0, MMA_PROBE_SWAP_A = 1, MMA_PROBE_NO_WAIT = 2 };
+/* OK: the PTX ISA's mappings. The rest are planted mapping bugs the emulator's model must catch:
+ * SWAP_A: A registers 1 and 2 exchanged; NO_WAIT: cp.async data read without waiting; SWAP_B: B
+ * registers 0 and 1 (k 0-7 and 8-15) exchanged; NO_TRANS: B as [k][n] read with plain ldmatrix
+ * (the .trans dropped); SWAP_D: accumulator rows g and g + 8 stored the wrong way round. */
+enum { MMA_PROBE_OK = 0, MMA_PROBE_SWAP_A = 1, MMA_PROBE_NO_WAIT = 2, MMA_PROBE_SWAP_B = 3, MMA_PROBE_NO_TRANS = 4,
+       MMA_PROBE_SWAP_D = 5 };
 
 /* D [16][8] = A [16][16] (row-major) x B [16][8] + C [16][8], bf16 (or fp16) inputs, fp32 out.
  * B_is_kn: B given as [k][n] row-major (read with ldmatrix .trans); else as B^T [n][k]. */
@@ -35,13 +40,27 @@ __global__ void mma_probe_kernel(const uint16_t *A, const uint16_t *B, int B_is_
         a[1] = a[2];
         a[2] = x;
     }
-    if (B_is_kn) /* [k][n]: matrix 0 is k 0-7, matrix 1 k 8-15 (lanes 0-15 give row k = l) */
+    if (B_is_kn && variant == MMA_PROBE_NO_TRANS)
+        dl_ldmatrix_x2(b, sB + (l & 15) * 8);
+    else if (B_is_kn) /* [k][n]: matrix 0 is k 0-7, matrix 1 k 8-15 (lanes 0-15 give row k = l) */
         dl_ldmatrix_x2_trans(b, sB + (l & 15) * 8);
     else /* B^T [n][k]: matrix 0 is k 0-7 of the 8 rows n, matrix 1 k 8-15 */
         dl_ldmatrix_x2(b, sB + (l & 7) * 16 + 8 * ((l >> 3) & 1));
+    if (variant == MMA_PROBE_SWAP_B) {
+        uint32_t x = b[0];
+        b[0] = b[1];
+        b[1] = x;
+    }
     float c[4] = {C[g * 8 + 2 * t], C[g * 8 + 2 * t + 1], C[(g + 8) * 8 + 2 * t], C[(g + 8) * 8 + 2 * t + 1]}, d[4];
     if (BF16) dl_mma_m16n8k16_bf16(d, a, b, c);
     else dl_mma_m16n8k16_f16(d, a, b, c);
+    if (variant == MMA_PROBE_SWAP_D) {
+        float x0 = d[0], x1 = d[1];
+        d[0] = d[2];
+        d[1] = d[3];
+        d[2] = x0;
+        d[3] = x1;
+    }
     D[g * 8 + 2 * t] = d[0];
     D[g * 8 + 2 * t + 1] = d[1];
     D[(g + 8) * 8 + 2 * t] = d[2];

@@ -123,12 +123,16 @@ Test(kernels_attention_mma, bwd_d64_self) { run_bwd("bwd d64 65x65", {1, 2, 65, 
 Test(kernels_attention_mma, bwd_d64_deterministic_ld) { run_bwd("bwd d64 33x77 pad 8 det", {1, 2, 33, 77, 64, 8, 1.0f, 204}, 1); }
 Test(kernels_attention_mma, bwd_d80_unaligned) { run_bwd("bwd d80 30x45 pad 3", {1, 2, 30, 45, 80, 3, 1.0f, 205}, 0); }
 Test(kernels_attention_mma, bwd_d80_negative_scale_det) { run_bwd("bwd d80 20x70 scale -2 det", {1, 1, 20, 70, 80, 0, -2.0f, 206}, 1); }
-Test(kernels_attention_mma, bwd_d160_portable) { run_bwd("bwd d160 9x33", {1, 1, 9, 33, 160, 0, 1.0f, 207}, 0); }
+// d 160: two CTAs per key block, each with half of dK, dV, dQ's columns
+Test(kernels_attention_mma, bwd_d160_two_key_blocks) { run_bwd("bwd d160 40x77 pad 8", {1, 2, 40, 77, 160, 8, 1.0f, 207}, 0); }
+Test(kernels_attention_mma, bwd_d160_deterministic) { run_bwd("bwd d160 70x130 det", {2, 1, 70, 130, 160, 0, 1.0f, 208}, 1); }
+Test(kernels_attention_mma, bwd_d160_unaligned_negative_scale) { run_bwd("bwd d160 9x33 pad 3 scale -2", {1, 1, 9, 33, 160, 3, -2.0f, 209}, 0); }
 
 Test(kernels_attention_mma, bwd_random_interleaving)
 {
     simt::set_order("random", 2024);
     run_bwd("random bwd d40 20x70 det", {1, 1, 20, 70, 40, 0, 1.0f, 210}, 1);
     run_bwd("random bwd d64 40x33", {1, 1, 40, 33, 64, 8, 1.0f, 211}, 0);
+    run_bwd("random bwd d160 20x70 det", {1, 1, 20, 70, 160, 0, 1.0f, 212}, 1);
     simt::set_order(NULL);
 }

@@ -93,6 +93,24 @@ Test(mma, a_wrong_fragment_mapping_gives_a_wrong_tile)
     cr_expect(e > 1e-2, "swapped A fragment registers still gave the right tile (worst error %g)", e);
 }
 
+/* More planted mapping bugs, each a wrong tile under the model (C is random, so even a swap of
+ * accumulator rows changes D) */
+Test(mma, wrong_b_fragment_mapping_gives_a_wrong_tile)
+{
+    double e = run(1, 0, MMA_PROBE_SWAP_B, 9);
+    cr_expect(e > 1e-2, "swapped B fragment registers still gave the right tile (worst error %g)", e);
+}
+Test(mma, ldmatrix_without_trans_gives_a_wrong_tile)
+{
+    double e = run(1, 1, MMA_PROBE_NO_TRANS, 10);
+    cr_expect(e > 1e-2, "B [k][n] read without .trans still gave the right tile (worst error %g)", e);
+}
+Test(mma, wrong_accumulator_rows_give_a_wrong_tile)
+{
+    double e = run(0, 0, MMA_PROBE_SWAP_D, 11);
+    cr_expect(e > 1e-2, "accumulator rows g / g + 8 exchanged still gave the right tile (worst error %g)", e);
+}
+
 Test(mma, reading_before_the_cp_async_wait_sees_nan)
 {
     double e = run(1, 0, MMA_PROBE_NO_WAIT, 8);
