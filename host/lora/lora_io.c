@@ -368,11 +368,35 @@ static int read_module(const dl_st_file *f, const found *fd, dl_lora_module *m, 
     return DL_OK;
 }
 
-/* The text-encoder keys say which architecture a file is for: SDXL files name a second text
- * encoder (kohya lora_te1_ / lora_te2_, diffusers text_encoder_2.), SD 1.x/2.x kohya files have
- * lora_te_. DL_ERR naming a key when the file is for the other architecture than the model. */
+/* The architecture a file's metadata names (sd-scripts' ss_base_model_version, the model spec's
+ * modelspec.architecture): 1 SDXL, 0 SD 1.x/2.x, -1 none said; *what gets the key and value. */
+static int meta_arch(const dl_st_file *f, char *what, size_t cap)
+{
+    const char *v = dl_st_meta(f, "ss_base_model_version");
+    if (v && (!strncmp(v, "sdxl", 4) || !strncmp(v, "sd_v1", 5) || !strncmp(v, "sd_v2", 5))) {
+        snprintf(what, cap, "ss_base_model_version %s", v);
+        return !strncmp(v, "sdxl", 4);
+    }
+    v = dl_st_meta(f, "modelspec.architecture");
+    if (v && (!strncmp(v, "stable-diffusion-xl-v1", 22) || !strncmp(v, "stable-diffusion-v1", 19) ||
+              !strncmp(v, "stable-diffusion-v2", 19))) {
+        snprintf(what, cap, "modelspec.architecture %s", v);
+        return !strncmp(v, "stable-diffusion-xl", 19);
+    }
+    return -1;
+}
+
+/* Which architecture a file is for: what its metadata says (sd-scripts and danlu write it), and
+ * its text-encoder keys: SDXL files name a second text encoder (kohya lora_te1_ / lora_te2_,
+ * diffusers text_encoder_2.), SD 1.x/2.x kohya files have lora_te_. DL_ERR naming the key when
+ * the file is for the other architecture than the model. */
 static int check_arch(const dl_st_file *f, const cand_set *cs)
 {
+    char what[160];
+    const int file_xl = meta_arch(f, what, sizeof what);
+    if (file_xl >= 0 && file_xl != cs->xl)
+        return dl_error_set("%s: a LoRA for %s (its metadata: %s), but the model is %s", f->path,
+                            file_xl ? "SDXL" : "SD 1.x/2.x", what, cs->xl ? "SDXL" : "SD 1.x/2.x");
     const char *xl_key = NULL, *sd_key = NULL;
     for (int t = 0; t < f->n_tensors; t++) {
         const char *k = f->tensors[t].name;
@@ -540,6 +564,7 @@ int dl_lora_load_into(const char *path, dl_lora_net *net, dl_lora_report *rep_ou
     dl_st_file f;
     DL_TRY(dl_st_open(&f, path));
     cand_set cs = {.c = net->mods, .n = net->n};
+    cs.xl = net->xl;
     for (int i = 0; i < net->n; i++) /* an SDXL network: its kohya names say so */
         if (net->mods[i].part == DL_LORA_TEXT2 || !strncmp(net->mods[i].kohya, "lora_te1_", 9)) cs.xl = 1;
     found *fd = calloc((size_t)(net->n > 0 ? net->n : 1), sizeof *fd);

@@ -369,6 +369,7 @@ int dl_lora_net_create(dl_lora_net *net, const dl_model_config *cfg, const dl_lo
     int r = dl_lora_net_from_modules(net, mods, n, spec->multiplier);
     free(mods);
     if (r != DL_OK) return DL_ERR;
+    net->xl = dl_lora_cfg_is_xl(cfg);
     dl_lora_net_init_weights(net, spec->seed);
     return DL_OK;
 }
@@ -434,7 +435,12 @@ static int resolve_all(dl_lora_net *net, const dl_lora_models *md)
 
 int dl_lora_net_attach(dl_lora_net *net, dl_unet *u, dl_clip *te)
 {
-    const dl_lora_models md = {u, te, NULL}, *mp = &md;
+    const dl_lora_models md = {u, te, NULL};
+    return dl_lora_net_attach_to(net, &md);
+}
+
+int dl_lora_net_attach_to(dl_lora_net *net, const dl_lora_models *mp)
+{
     DL_TRY(resolve_all(net, mp));
     for (int i = 0; i < net->n; i++) {
         dl_linear *lin;
@@ -448,14 +454,19 @@ int dl_lora_net_attach(dl_lora_net *net, dl_unet *u, dl_clip *te)
 
 void dl_lora_net_detach(dl_lora_net *net, dl_unet *u, dl_clip *te)
 {
+    const dl_lora_models md = {u, te, NULL};
+    dl_lora_net_detach_from(net, &md);
+}
+
+void dl_lora_net_detach_from(dl_lora_net *net, const dl_lora_models *md)
+{
     /* detaching runs in teardown paths: keep the message of the error being reported */
     char saved[1024];
     snprintf(saved, sizeof saved, "%s", dl_error_msg());
-    const dl_lora_models md = {u, te, NULL};
     for (int i = 0; i < net->n; i++) {
         dl_linear *lin;
         dl_conv *conv;
-        if (resolve(&net->mods[i], &md, &lin, &conv) != DL_OK) continue;
+        if (resolve(&net->mods[i], md, &lin, &conv) != DL_OK) continue;
         if (lin && lin->lora == &net->mods[i].lora) lin->lora = NULL;
         if (conv && conv->lora == &net->mods[i].lora) conv->lora = NULL;
     }

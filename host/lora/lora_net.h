@@ -98,6 +98,7 @@ typedef struct dl_lora_net {
                                dl_lora_net_to_backend moves them to a device; files are written
                                from and read into it (dl_lora_net_pull / _push) */
     const struct dl_ctx *dev; /* the device ctx params and grads live on, or NULL (host) */
+    int xl;                 /* made for an SDXL model (dl_lora_net_create; 0 from a module list) */
 } dl_lora_net;
 
 /* Moves params (uploaded from host) and grads (zeroed) to the memory of ctx's backend when it
@@ -168,8 +169,11 @@ typedef struct dl_lora_models {
  * model does not have, or both shapes when they differ; on error nothing stays attached. A
  * module of SDXL's second text encoder is DL_ERR here (merge it with dl_lora_net_merge_into). */
 int dl_lora_net_attach(dl_lora_net *net, dl_unet *u, dl_clip *te);
+/* The same into the networks of m, SDXL's second text encoder included (training it). */
+int dl_lora_net_attach_to(dl_lora_net *net, const dl_lora_models *m);
 /* Remove this net's adapters from the layers they are attached to. */
 void dl_lora_net_detach(dl_lora_net *net, dl_unet *u, dl_clip *te);
+void dl_lora_net_detach_from(dl_lora_net *net, const dl_lora_models *m);
 
 /* Fold scale x B·A into the weights of u / te (W [out, k, k, in] += s B A). Several nets may be
  * merged one after another (each with its multiplier); unmerge them in reverse order. DL_ERR

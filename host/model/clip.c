@@ -399,6 +399,23 @@ void dl_clip_eos_positions(const dl_clip_config *c, int N, int T, const int32_t 
     }
 }
 
+void dl_clip_pooled_backward(const dl_ctx *ctx, const dl_clip *m, int N, int T, const int *pos, const float *dout,
+                             float *dhidden, dl_arena *scratch)
+{
+    const int C = m->cfg.hidden_size;
+    DL_ASSERTF(m->cfg.projection_dim > 0 && m->proj.w, "text encoder without text_projection");
+    const size_t mark = dl_arena_mark(scratch);
+    float *drows = dl_alloc_f32(scratch, (int64_t)N * C);                           // [N, C]
+    dl_linear_bwd(ctx, &m->proj, N, NULL, dout, drows, scratch);                    // frozen: dx only
+    dl_be(ctx)->fill(ctx, dhidden, 0, sizeof(float) * (size_t)N * T * C);
+    for (int n = 0; n < N; n++) {
+        DL_ASSERTF(pos[n] >= 0 && pos[n] < T, "pooled position %d of %d", pos[n], T);
+        dl_be(ctx)->copy(ctx, dhidden + ((size_t)n * T + (size_t)pos[n]) * C, drows + (size_t)n * C,
+                         sizeof(float) * (size_t)C);
+    }
+    dl_arena_release(scratch, mark);
+}
+
 void dl_clip_pooled(const dl_ctx *ctx, const dl_clip *m, int N, int T, const int *pos, const float *hidden,
                     float *out, dl_arena *scratch)
 {

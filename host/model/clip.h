@@ -94,6 +94,10 @@ void dl_clip_eos_positions(const dl_clip_config *c, int N, int T, const int32_t 
  * floats. */
 void dl_clip_pooled(const dl_ctx *ctx, const dl_clip *m, int N, int T, const int *pos, const float *hidden,
                     float *out, dl_arena *scratch);
+/* Its backward from dout [N, P]: dhidden [N, T, C] overwritten, zero but at each pos[n] (the
+ * projection is frozen). Backend memory as dl_clip_pooled; scratch takes N x C floats. */
+void dl_clip_pooled_backward(const dl_ctx *ctx, const dl_clip *m, int N, int T, const int *pos, const float *dout,
+                             float *dhidden, dl_arena *scratch);
 
 /* Every weight of a text encoder of this config, in transformers names and PyTorch shapes: the
  * loader in listing mode (dl_model_weights' text part). Stops with DL_ERR when fn does. */

@@ -244,7 +244,7 @@ static int node_trains(const void *self, const dl_node *nd)
     const dl_unet *u = self;
     switch (nd->kind) {
     case DL_NODE_TIME_EMBED: return time_embed_trains(u);
-    case DL_NODE_ADD_EMBED: return 0; /* not back-propagated: SDXL's added embedding is frozen */
+    case DL_NODE_ADD_EMBED: return u->dtext_embeds != NULL; /* frozen, back-propagated into text_embeds */
     case DL_NODE_RESNET: return dl_resnet_trains(nd->block);
     case DL_NODE_TRANSFORMER: return dl_transformer_trains(nd->block);
     case DL_NODE_CONV_IN:
@@ -331,27 +331,74 @@ static void time_embed_bwd(const dl_ctx *ctx, const dl_unet *u, int N, const flo
  * text_embeds [N, Dt], sinusoid_A(time_ids [N, K]) [N, K*A]))), each time id's sinusoid as
  * diffusers' add_time_proj = Timesteps(A, flip_sin_to_cos, freq_shift); add_embedding is
  * linear_1 [Td, P] -> SiLU -> linear_2 [Td, Td], P = Dt + K*A. */
-static void add_embed_fwd(const dl_ctx *ctx, const dl_unet *u, const dl_pass_in *in, const float *temb, float *y,
-                          dl_arena *scratch)
+/* What the added embedding's backward reads (saved only when it is back-propagated). */
+typedef struct add_saved {
+    float *cat;         /* [N, P] linear_1's input */
+    float *h;           /* [N, Td] linear_1's output (before its SiLU) */
+    float *pre;         /* [N, Td] temb + linear_2's output (before the final SiLU) */
+} add_saved;
+
+static size_t add_layout(const dl_unet *u, int N, uintptr_t base, add_saved *sv)
+{
+    const int P = u->cfg.projection_class_embeddings_input_dim, Td = u->cfg.time_embed_dim;
+    dl_slab s = {base, 0};
+    sv->cat = dl_slab_take(&s, (int64_t)N * P);
+    sv->h = dl_slab_take(&s, (int64_t)N * Td);
+    sv->pre = dl_slab_take(&s, (int64_t)N * Td);
+    return s.off;
+}
+
+static float *add_embed_fwd(const dl_ctx *ctx, const dl_unet *u, const dl_pass_in *in, const float *temb, float *y,
+                            dl_arena *save, dl_arena *scratch)
 {
     const dl_unet_config *c = &u->cfg;
     const int N = in->N, A = c->addition_time_embed_dim, K = c->addition_time_ids, Td = c->time_embed_dim;
     const int P = c->projection_class_embeddings_input_dim, Dt = dl_unet_text_embeds_dim(c);
     DL_ASSERTF(in->text_embeds && in->time_ids && temb,
                "an SDXL UNet (addition_embed_type text_time) needs text_embeds and time_ids");
+    add_saved sv = {0};
+    float *base = NULL;
+    if (u->dtext_embeds && save) { /* back-propagated: keep the backward's inputs */
+        base = dl_alloc_f32(save, (int64_t)(add_layout(u, N, 0, &sv) / sizeof(float)));
+        add_layout(u, N, (uintptr_t)base, &sv);
+    }
     size_t mark = dl_arena_mark(scratch);
     float *sinus = dl_alloc_f32(scratch, (int64_t)N * K * A);                        // [N*K, A] = [N, K*A]
     dl_be(ctx)->timestep_embedding(ctx, (int64_t)N * K, A, in->time_ids, c->flip_sin_to_cos, (float)c->freq_shift,
                                    1.0f, 10000.0f, sinus);                           // [N, K*A]
-    float *cat = dl_alloc_f32(scratch, (int64_t)N * P);                              // [N, P]
+    float *cat = sv.cat ? sv.cat : dl_alloc_f32(scratch, (int64_t)N * P);            // [N, P]
     dl_be(ctx)->concat_channels_forward(ctx, N, Dt, (int64_t)K * A, in->text_embeds, sinus, cat);
     float *h = dl_alloc_f32(scratch, (int64_t)N * Td);                               // [N, Td]
-    dl_linear_fwd(ctx, &u->add_linear_1, N, cat, h, scratch);                        // [N, Td]
-    dl_be(ctx)->act_forward(ctx, DL_ACT_SILU, (int64_t)N * Td, h, h);                // [N, Td]
-    float *aug = dl_alloc_f32(scratch, (int64_t)N * Td);                             // [N, Td]
+    dl_linear_fwd(ctx, &u->add_linear_1, N, cat, sv.h ? sv.h : h, scratch);          // [N, Td]
+    dl_be(ctx)->act_forward(ctx, DL_ACT_SILU, (int64_t)N * Td, sv.h ? sv.h : h, h);  // [N, Td]
+    float *aug = sv.pre ? sv.pre : dl_alloc_f32(scratch, (int64_t)N * Td);           // [N, Td]
     dl_linear_fwd(ctx, &u->add_linear_2, N, h, aug, scratch);                        // aug [N, Td]
     dl_be(ctx)->add_forward(ctx, (int64_t)N * Td, temb, aug, aug);                   // temb + aug
     dl_be(ctx)->act_forward(ctx, DL_ACT_SILU, (int64_t)N * Td, aug, y);              // [N, Td]
+    dl_arena_release(scratch, mark);
+    return base;
+}
+
+/* From dy = d y [N, Td] (gathered from every resnet): d text_embeds [N, Dt] into u->dtext_embeds
+ * (overwritten) through the final SiLU, linear_2, SiLU and linear_1 (all frozen); the time
+ * embedding below is frozen and the time ids take no gradient. saved: add_embed_fwd's return. */
+static void add_embed_bwd(const dl_ctx *ctx, const dl_unet *u, int N, const float *saved, const float *dy,
+                          dl_arena *scratch)
+{
+    const dl_unet_config *c = &u->cfg;
+    const int Td = c->time_embed_dim, P = c->projection_class_embeddings_input_dim, Dt = dl_unet_text_embeds_dim(c);
+    const int64_t n = (int64_t)N * Td;
+    add_saved sv;
+    add_layout(u, N, (uintptr_t)saved, &sv);
+    size_t mark = dl_arena_mark(scratch);
+    float *dpre = dl_alloc_f32(scratch, n), *a = dl_alloc_f32(scratch, n), *da = dl_alloc_f32(scratch, n);
+    float *dcat = dl_alloc_f32(scratch, (int64_t)N * P);                             // [N, P]
+    dl_be(ctx)->act_backward(ctx, DL_ACT_SILU, n, sv.pre, dy, dpre);                 // d(temb + aug) = d aug
+    dl_be(ctx)->act_forward(ctx, DL_ACT_SILU, n, sv.h, a);                           // linear_2's input again
+    dl_linear_bwd(ctx, &u->add_linear_2, N, a, dpre, da, scratch);                   // [N, Td]
+    dl_be(ctx)->act_backward(ctx, DL_ACT_SILU, n, sv.h, da, dpre);                   // d h
+    dl_linear_bwd(ctx, &u->add_linear_1, N, sv.cat, dpre, dcat, scratch);            // [N, P]
+    dl_be(ctx)->concat_channels_backward(ctx, N, Dt, P - Dt, dcat, u->dtext_embeds, NULL);
     dl_arena_release(scratch, mark);
 }
 
@@ -364,7 +411,7 @@ static float *node_forward(const dl_ctx *ctx, const void *self, const dl_node *n
     case DL_NODE_CONV_IN:
     case DL_NODE_DOWNSAMPLE: dl_conv_fwd(ctx, nd->block, N, h, w, x, y, NULL, NULL, scratch); return NULL;
     case DL_NODE_TIME_EMBED: return time_embed_fwd(ctx, u, N, in->t, y, save, scratch);
-    case DL_NODE_ADD_EMBED: add_embed_fwd(ctx, u, in, in->side, y, scratch); return NULL;
+    case DL_NODE_ADD_EMBED: return add_embed_fwd(ctx, u, in, in->side, y, save, scratch);
     case DL_NODE_RESNET:
         return dl_resnet_forward(ctx, nd->block, N, h, w, x, skip, nd->cskip, in->side, y, save, scratch);
     case DL_NODE_TRANSFORMER:
@@ -388,7 +435,10 @@ static void node_backward(const dl_ctx *ctx, const void *self, const dl_node *nd
         DL_ASSERTF(time_embed_trains(u), "the time embedding is frozen here");
         time_embed_bwd(ctx, u, N, saved, dy, scratch);
         return;
-    case DL_NODE_ADD_EMBED: DL_ASSERTF(0, "the added embedding is not back-propagated"); return;
+    case DL_NODE_ADD_EMBED:
+        DL_ASSERTF(u->dtext_embeds, "the added embedding is back-propagated only into text_embeds");
+        add_embed_bwd(ctx, u, N, saved, dy, scratch);
+        return;
     case DL_NODE_RESNET:
         dl_resnet_backward(ctx, nd->block, N, h, w, x, nd->cskip, in->side, saved, dy, dx, dside, scratch);
         return;

@@ -81,6 +81,10 @@ typedef struct dl_unet {
     dl_unet_module *modules;    /* every linear and conv, in load (= forward) order */
     dl_names names;             /* the layers' names */
     dl_graph graph;             /* the node list, built from cfg by dl_unet_load */
+    float *dtext_embeds;        /* SDXL training: when set (backend memory, [N, Dt]), the added
+                                   embedding is back-propagated (its weights stay frozen) and the
+                                   backward overwrites d loss / d text_embeds there; set it before
+                                   sizing and the forward (what the forward saves depends on it) */
 } dl_unet;
 
 /* *bytes = what dl_unet_load(ck) will take from its weights arena: the loader run against a

@@ -91,8 +91,9 @@ static const key_def k_keys[] = {
         "learning rate of every trained weight without a rate of its own"),
     KEY("unet_lr", K_DBL, unet_lr, NULL, 0, 10, 1, G_OPT, "X", NULL,
         "learning rate of what trains in the UNet instead of learning_rate"),
-    KEY("text_encoder_lr", K_DBL, text_encoder_lr, NULL, 0, 10, 1, G_OPT, "X", NULL,
-        "learning rate of what trains in the text encoder instead of learning_rate"),
+    KEY("text_encoder_lr", K_DBL, text_encoder_lr, NULL, 0, 10, 1, G_OPT, "X [X]", NULL,
+        "learning rate of what trains in the text encoder(s) instead of learning_rate (a second value, "
+        "as sd-scripts reads it for SDXL, is not used by networks.lora)"),
     KEY("lr_scheduler", K_STR, lr_scheduler, "constant", 0, 0, 0, G_OPT, "NAME",
         "constant|constant_with_warmup|linear|cosine|cosine_with_restarts|polynomial",
         "how the learning rate changes over the steps"),
@@ -162,6 +163,11 @@ static const key_def k_keys[] = {
         "encode every image with the VAE once, before training (not with random_crop)"),
     KEY("cache_latents_to_disk", K_BOOL, cache_latents_to_disk, "false", 0, 1, 0, G_MEM, NULL, NULL,
         "keep the cached latents in files beside the images (implies cache_latents)"),
+    KEY("cache_text_encoder_outputs", K_BOOL, cache_text_encoder_outputs, "false", 0, 1, 0, G_MEM, NULL, NULL,
+        "encode every caption once, before training (danlu does so whenever captions and text encoders are "
+        "fixed; set, it is an error when they are not)"),
+    KEY("cache_text_encoder_outputs_to_disk", K_BOOL, cache_text_encoder_outputs_to_disk, "false", 0, 1, 0, G_MEM,
+        NULL, NULL, "the same as cache_text_encoder_outputs (the outputs are kept in memory, not in files)"),
     KEY("enable_bucket", K_BOOL, enable_bucket, "false", 0, 1, 0, G_BUCKET, NULL, NULL,
         "group images by aspect ratio; each batch comes from one bucket"),
     KEY("min_bucket_reso", K_INT, min_bucket_reso, "256", 64, 8192, 0, G_BUCKET, "N", NULL,
@@ -373,6 +379,19 @@ static int set_text(dl_train_config *c, const key_def *k, const char *value, con
     }
 }
 
+/* text_encoder_lr takes several values as sd-scripts' (nargs="*": one per text encoder of SDXL);
+ * the first is the key's, the second is kept in text_encoder_lr2 (networks.lora uses only the
+ * first, for both of SDXL's text encoders), any further ones are checked and not kept. */
+static int is_te_lr(const key_def *k) { return k->off == OFF(text_encoder_lr); }
+
+static int set_te_lr_extra(dl_train_config *c, const key_def *k, double v, const char *where)
+{
+    if (!(v >= k->lo && v <= k->hi))
+        return dl_error_set("%s%s: out of range: %g (must be in [%g, %g])", where, k->name, v, k->lo, k->hi);
+    if (isnan(c->text_encoder_lr2)) c->text_encoder_lr2 = v;
+    return DL_OK;
+}
+
 void dl_train_config_defaults(dl_train_config *c) { dl_train_config_defaults_for(c, 0); }
 
 void dl_train_config_defaults_for(dl_train_config *c, int finetune)
@@ -389,6 +408,7 @@ void dl_train_config_defaults_for(dl_train_config *c, int finetune)
         }
     }
     c->conv_alpha = 1;
+    c->text_encoder_lr2 = NAN;
     c->adam_beta1 = 0.9;
     c->adam_beta2 = 0.999;
     c->adam_eps = 1e-8;
@@ -407,11 +427,24 @@ int dl_train_config_set(dl_train_config *c, const char *key, const char *value)
 {
     const key_def *k = find_key_for(c, key);
     if (!k) return dl_error_set("unknown option '%s'", key);
+    if (is_te_lr(k)) c->text_encoder_lr2 = NAN;
     return set_text(c, k, value, "");
 }
 
 static int apply_json_value(dl_train_config *c, const key_def *k, const cJSON *v, const char *where)
 {
+    if (is_te_lr(k)) {
+        c->text_encoder_lr2 = NAN;
+        if (cJSON_IsArray(v)) { /* [] is None, [a] or [a, b] as sd-scripts' list */
+            set_unset(c, k);
+            int i = 0;
+            for (const cJSON *e = v->child; e; e = e->next, i++) {
+                if (!cJSON_IsNumber(e)) return dl_error_set("%s%s: expected a number or a list of numbers", where, k->name);
+                DL_TRY(i == 0 ? set_number(c, k, e->valuedouble, where) : set_te_lr_extra(c, k, e->valuedouble, where));
+            }
+            return DL_OK;
+        }
+    }
     if (cJSON_IsNull(v)) {
         if (k->kind == K_STR || k->kind == K_LIST || k->optional) { set_unset(c, k); return DL_OK; }
         return dl_error_set("%s%s: must not be null", where, k->name);
@@ -581,6 +614,18 @@ int dl_train_config_parse_args(dl_train_config *c, int argc, char **argv, FILE *
             while (i + 1 < argc && strncmp(argv[i + 1], "--", 2) != 0) DL_TRY(set_text(c, k, argv[++i], "--"));
             continue;
         }
+        if (is_te_lr(k)) c->text_encoder_lr2 = NAN;
+        if (is_te_lr(k) && !eq) { /* nargs="*": none (None), one, or one per text encoder */
+            if (i + 1 >= argc || !strncmp(argv[i + 1], "--", 2)) { set_unset(c, k); continue; }
+            DL_TRY(set_text(c, k, argv[++i], "--"));
+            while (i + 1 < argc && strncmp(argv[i + 1], "--", 2) != 0) {
+                double v;
+                if (parse_double(argv[++i], &v) != DL_OK)
+                    return dl_error_set("--%s: expected a number, got '%s'", name, argv[i]);
+                DL_TRY(set_te_lr_extra(c, k, v, "--"));
+            }
+            continue;
+        }
         if (eq) { DL_TRY(set_text(c, k, eq + 1, "--")); continue; }
         if (k->kind == K_BOOL) {
             int b;
@@ -725,12 +770,29 @@ int dl_train_config_finish(dl_train_config *c)
     if ((c->sample_every_n_steps || c->sample_every_n_epochs) && !c->sample_prompts)
         return dl_error_set("%s: needs sample_prompts", c->sample_every_n_steps ? "sample_every_n_steps" : "sample_every_n_epochs");
     if (c->cache_latents_to_disk) c->cache_latents = 1;
+    if (c->cache_text_encoder_outputs_to_disk) c->cache_text_encoder_outputs = 1;
     if (!c->caption_extension || !*c->caption_extension)
         return dl_error_set("caption_extension: must not be empty");
     if (c->finetune) {
         if (!key_accepts("save_model_as", c->save_model_as, 0))
             return dl_error_set("save_model_as: expected 'safetensors' or 'diffusers', got '%s'",
                                 c->save_model_as ? c->save_model_as : "");
+    }
+    return DL_OK;
+}
+
+int dl_train_config_check_run(const dl_train_config *c)
+{
+    if (c->cache_text_encoder_outputs) { /* sd-scripts' two asserts */
+        const int te_trains = c->finetune ? c->train_text_encoder : !c->network_train_unet_only;
+        if (te_trains)
+            return dl_error_set("cache_text_encoder_outputs: the text encoder cannot be trained while its outputs are "
+                                "cached (as sd-scripts); %s, or drop cache_text_encoder_outputs",
+                                c->finetune ? "drop train_text_encoder" : "add network_train_unet_only");
+        if (c->shuffle_caption || c->caption_dropout_rate > 0 || c->caption_tag_dropout_rate > 0)
+            return dl_error_set("cache_text_encoder_outputs: captions that change between epochs (%s) cannot be "
+                                "cached", c->shuffle_caption ? "shuffle_caption"
+                                          : c->caption_dropout_rate > 0 ? "caption_dropout_rate" : "caption_tag_dropout_rate");
     }
     return DL_OK;
 }
@@ -764,6 +826,12 @@ static cJSON *key_json(const dl_train_config *c, const key_def *k)
     }
     case K_DBL: {
         double v = *(const double *)(base + k->off);
+        if (is_te_lr(k) && !isnan(v) && !isnan(c->text_encoder_lr2)) {
+            cJSON *a = cJSON_CreateArray();
+            cJSON_AddItemToArray(a, cJSON_CreateNumber(v));
+            cJSON_AddItemToArray(a, cJSON_CreateNumber(c->text_encoder_lr2));
+            return a;
+        }
         return isnan(v) ? cJSON_CreateNull() : cJSON_CreateNumber(v);
     }
     case K_LIST: {

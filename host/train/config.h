@@ -60,6 +60,8 @@ typedef struct dl_train_config {
     double learning_rate;                /* default 2e-6 (sd-scripts) */
     double unet_lr;                      /* unset: learning_rate */
     double text_encoder_lr;              /* unset: learning_rate */
+    double text_encoder_lr2;             /* a second text_encoder_lr value (sd-scripts' nargs="*"),
+                                            unset (NaN) unless given; networks.lora does not use it */
     char *lr_scheduler;                  /* default "constant" */
     int lr_warmup_steps;
     int lr_scheduler_num_cycles;         /* default 1 */
@@ -92,6 +94,9 @@ typedef struct dl_train_config {
     int caption_dropout_every_n_epochs;
     double caption_tag_dropout_rate;
     int cache_latents, cache_latents_to_disk;
+    int cache_text_encoder_outputs;      /* sd-scripts' flag: an error when the text encoder trains or
+                                            captions change between epochs */
+    int cache_text_encoder_outputs_to_disk; /* implies cache_text_encoder_outputs */
     int enable_bucket;
     int min_bucket_reso, max_bucket_reso, bucket_reso_steps;
     int bucket_no_upscale;
@@ -178,6 +183,11 @@ int dl_train_config_finish(dl_train_config *c);
 char *dl_train_config_to_json(const dl_train_config *c);
 /* Print "key: value" lines of the effective configuration. */
 void dl_train_config_print(const dl_train_config *c, FILE *f);
+
+/* Checks between options that a run makes (sd-scripts asserts them when training starts, so a
+ * flag alone still parses): cache_text_encoder_outputs with a text encoder that trains or with
+ * captions that change between epochs. DL_ERR names both options. */
+int dl_train_config_check_run(const dl_train_config *c);
 
 /* The learning rates actually used per group (unset -> learning_rate). */
 double dl_train_config_unet_lr(const dl_train_config *c);

@@ -14,6 +14,7 @@
 #include "core/error.h"
 #include "core/rng.h"
 #include "io/image.h"
+#include "io/safetensors.h"
 #include "lora/ckpt_tools.h"
 #include "lora/lora_io.h"
 #include "lora/lora_net.h"
@@ -153,6 +154,24 @@ typedef struct trainer {
     float *ft_host;               /* a host copy of w_unet for files (NULL on the CPU: the arena itself) */
     dl_param_set ps;              /* what the optimizer updates: the LoRA's, or the UNet's weights */
     int train_te;
+    /* SDXL (ck.sdxl): the second text encoder and its tokenizer. The UNet's context is the two
+     * encoders' penultimate hidden states side by side [.., 77, D1 + D2]; it also takes the
+     * second's pooled, projected embedding and six time ids per image (original size, crop
+     * top-left, target size), as sd-scripts' sdxl_train_network.py */
+    int xl;
+    dl_tokenizer *tok2;           /* pads with "!" */
+    dl_arena w_clip2;
+    dl_clip clip2;
+    int have_clip2;
+    int D1, D2, Dp;               /* widths of the text encoders' hidden states and of the pooled embedding */
+    float *pooled_cache;          /* [n_items, Dp] beside emb_cache */
+    float *text_embeds;           /* [B, Dp] */
+    float *time_ids;              /* [B, 6] */
+    int32_t *ids2;                /* [B, 77] the second tokenizer's ids */
+    int *eos;                     /* [B] where each ids2 row pools (dl_clip_eos_positions) */
+    float *dtext;                 /* [B, Dp] d loss / d text_embeds (train_te; backend memory) */
+    dl_clip_tape te_tape2, te_tape3; /* train_te: the second encoder to its penultimate layer, and to
+                                        its last hidden state for the pooled embedding */
     dl_objective *obj;
     dl_batcher batcher;
     int batcher_ok;
@@ -192,6 +211,8 @@ typedef struct trainer {
     struct {
         float *img, *noisy, *target, *pred, *dpred, *context, *dcontext, *tf, *w, *m, *v, *scal;
         int32_t *ids;
+        float *text_embeds, *time_ids; /* SDXL */
+        int32_t *ids2;
     } d;
     dl_batch batch;
     int batch_ok;
@@ -313,10 +334,101 @@ static int batch_latents(trainer *t, const dl_batch *b)
     return DL_OK;
 }
 
+/* ---- SDXL's conditioning ---- */
+/* Scratch an SDXL encoding of n captions takes beside the text encoders' own: both penultimate
+ * hidden states and the second encoder's last one. */
+static size_t xl_encode_bytes(const trainer *t, int n)
+{
+    return (size_t)n * CTX_T * (t->D1 + 2 * t->D2) * sizeof(float) + 3 * 64;
+}
+
+/* Both text encoders on ids [n, 77] and ids2 [n, 77] (backend memory; ids2_host for the pooling
+ * positions) as sd-scripts' get_hidden_states_sdxl: context [n, 77, D1 + D2] = the first's and
+ * the second's penultimate hidden states (before the final layer norm) side by side, pooled
+ * [n, Dp] = the second's text_projection of its last hidden state (after the final layer norm)
+ * at each sequence's EOS. */
+static void xl_encode(trainer *t, int n, const int32_t *ids, const int32_t *ids2, const int32_t *ids2_host,
+                      float *context, float *pooled)
+{
+    const int64_t M = (int64_t)n * CTX_T;
+    const size_t mark = dl_arena_mark(&t->scratch);
+    float *h1 = dl_alloc_f32(&t->scratch, M * t->D1), *h2 = dl_alloc_f32(&t->scratch, M * t->D2);
+    float *last = dl_alloc_f32(&t->scratch, M * t->D2);
+    dl_clip_forward(&t->ctx, &t->clip, n, CTX_T, ids, t->clip.cfg.num_layers - 1, 0, h1, &t->scratch);
+    dl_clip_forward(&t->ctx, &t->clip2, n, CTX_T, ids2, t->clip2.cfg.num_layers - 1, 0, h2, &t->scratch);
+    dl_be(&t->ctx)->concat_channels_forward(&t->ctx, M, t->D1, t->D2, h1, h2, context);
+    dl_clip_forward(&t->ctx, &t->clip2, n, CTX_T, ids2, t->clip2.cfg.num_layers, 1, last, &t->scratch);
+    dl_clip_eos_positions(&t->clip2.cfg, n, CTX_T, ids2_host, t->eos);
+    dl_clip_pooled(&t->ctx, &t->clip2, n, CTX_T, t->eos, last, pooled, &t->scratch);
+    dl_arena_release(&t->scratch, mark);
+}
+
+/* One caption through both tokenizers into ids [77] and ids2 [77]. */
+static int xl_tokenize(trainer *t, const char *caption, int32_t *ids, int32_t *ids2)
+{
+    DL_TRY(dl_tokenizer_encode_padded_w(t->tok, &t->tok_work, caption, ids));
+    return dl_tokenizer_encode_padded_w(t->tok2, &t->tok_work, caption, ids2);
+}
+
+/* The time ids of one image, as sd-scripts' dataset gives them for SDXL: the image's size before
+ * any resize (h, w), the crop top-left that BucketManager.get_crop_ltrb computes from the bucket
+ * and that size (Stability AI's rule: the image fitted inside the bucket and centred, whatever
+ * crop the training image itself gets; mirrored with the image under flip_aug), and the bucket
+ * size (h, w). out [6]: original h, w, crop top, left, target h, w. */
+void dl_train_xl_time_ids(int img_w, int img_h, int bucket_w, int bucket_h, int flipped, float out[6])
+{
+    const double bar = (double)bucket_w / bucket_h, iar = (double)img_w / img_h;
+    double rw, rh; /* the image resized to fit inside the bucket */
+    if (bar > iar) rw = bucket_h * iar, rh = bucket_h;
+    else rw = bucket_w, rh = bucket_w / iar;
+    const double left = floor((bucket_w - rw) / 2), top = floor((bucket_h - rh) / 2), right = left + rw;
+    const double crop_left = flipped ? bucket_w - right : left; /* int() of a value >= 0: floor */
+    out[0] = (float)img_h, out[1] = (float)img_w;
+    out[2] = (float)floor(top), out[3] = (float)floor(crop_left);
+    out[4] = (float)bucket_h, out[5] = (float)bucket_w;
+}
+
+/* The batch's time ids [n, 6] and, uploaded, d.time_ids. */
+static int batch_time_ids(trainer *t, const dl_batch *b)
+{
+    for (int i = 0; i < b->n; i++) {
+        const dl_dataset_item *it = &t->ds.items[b->items[i]];
+        dl_train_xl_time_ids(it->w, it->h, b->reso.w, b->reso.h, b->flip[i], t->time_ids + 6 * i);
+    }
+    if (t->dev) DL_TRY(dl_be_upload(&t->ctx, t->d.time_ids, t->time_ids, sizeof(float) * 6 * (size_t)b->n));
+    return DL_OK;
+}
+
+/* SDXL: context [n, 77, D1 + D2] and pooled text embeddings [n, Dp] of the batch (text encoders
+ * frozen), from the caches or encoded now. */
+static int batch_context_xl(trainer *t, const dl_batch *b)
+{
+    const int64_t E = (int64_t)CTX_T * t->Dc;
+    if (t->emb_cache) {
+        for (int i = 0; i < b->n; i++) {
+            const int64_t it = b->items[i];
+            DL_TRY(dl_be_upload(&t->ctx, t->d.context + i * E, t->emb_cache + it * E, sizeof(float) * (size_t)E));
+            DL_TRY(dl_be_upload(&t->ctx, t->d.text_embeds + i * t->Dp, t->pooled_cache + it * t->Dp,
+                                sizeof(float) * (size_t)t->Dp));
+        }
+        return DL_OK;
+    }
+    for (int i = 0; i < b->n; i++)
+        if (xl_tokenize(t, b->captions[i], t->ids + i * CTX_T, t->ids2 + i * CTX_T) != DL_OK)
+            return dl_error_prefix("caption of %s: ", t->ds.items[b->items[i]].image_path);
+    if (t->dev) {
+        DL_TRY(dl_be_upload(&t->ctx, t->d.ids, t->ids, sizeof(int32_t) * (size_t)b->n * CTX_T));
+        DL_TRY(dl_be_upload(&t->ctx, t->d.ids2, t->ids2, sizeof(int32_t) * (size_t)b->n * CTX_T));
+    }
+    xl_encode(t, b->n, t->d.ids, t->d.ids2, t->ids2, t->d.context, t->d.text_embeds);
+    return DL_OK;
+}
+
 /* Context [n, 77, Dc] of the batch (text encoder frozen). */
 static int batch_context_frozen(trainer *t, const dl_batch *b)
 {
     const int64_t E = (int64_t)CTX_T * t->Dc;
+    if (t->xl) return batch_context_xl(t, b);
     if (t->emb_cache) {
         for (int i = 0; i < b->n; i++)
             DL_TRY(dl_be_upload(&t->ctx, t->d.context + i * E, t->emb_cache + (int64_t)b->items[i] * E,
@@ -373,7 +485,7 @@ static int build_metadata(trainer *t)
     kv_add(m, "ss_output_name", "%s", c->output_name);
     fmt_py_float(f1, sizeof f1, c->learning_rate);
     kv_add(m, "ss_learning_rate", "%s", f1);
-    if (isnan(c->text_encoder_lr)) kv_add(m, "ss_text_encoder_lr", "None");
+    if (isnan(c->text_encoder_lr)) kv_add(m, "ss_text_encoder_lr", "None"); /* the first value: networks.lora's */
     else { fmt_py_float(f1, sizeof f1, c->text_encoder_lr); kv_add(m, "ss_text_encoder_lr", "%s", f1); }
     if (isnan(c->unet_lr)) kv_add(m, "ss_unet_lr", "None");
     else { fmt_py_float(f1, sizeof f1, c->unet_lr); kv_add(m, "ss_unet_lr", "%s", f1); }
@@ -410,8 +522,9 @@ static int build_metadata(trainer *t)
     }
     kv_add(m, "ss_mixed_precision", "%s", strcmp(c->mixed_precision, "bf16") == 0 ? "bf16" : "no");
     kv_add(m, "ss_full_fp16", "False");
-    kv_add(m, "ss_v2", "%s", py_bool(t->ck.sd2));
-    kv_add(m, "ss_base_model_version", "%s", t->ck.sd2 ? (t->v_pred ? "sd_v2_768_v" : "sd_v2_512") : "sd_v1");
+    kv_add(m, "ss_v2", "%s", py_bool(t->ck.sd2 && !t->xl));
+    kv_add(m, "ss_base_model_version", "%s",
+           t->xl ? "sdxl_base_v1-0" : t->ck.sd2 ? (t->v_pred ? "sd_v2_768_v" : "sd_v2_512") : "sd_v1");
     kv_add(m, "ss_v_parameterization", "%s", py_bool(t->v_pred));
     kv_add(m, "ss_resolution", "(%d, %d)", c->res_w, c->res_h);
     kv_add(m, "ss_clip_skip", "%d", c->clip_skip);
@@ -532,9 +645,12 @@ static int build_metadata(trainer *t)
     /* modelspec (Stability AI model spec 1.0.0) */
     kv_add(m, "modelspec.sai_model_spec", "1.0.0");
     kv_add(m, "modelspec.architecture", "%s%s",
-           t->ck.sd2 ? (t->v_pred ? "stable-diffusion-v2-768-v" : "stable-diffusion-v2-512") : "stable-diffusion-v1",
+           t->xl ? "stable-diffusion-xl-v1-base"
+           : t->ck.sd2 ? (t->v_pred ? "stable-diffusion-v2-768-v" : "stable-diffusion-v2-512") : "stable-diffusion-v1",
            t->ft ? "" : "/lora");
-    kv_add(m, "modelspec.implementation", "diffusers");
+    /* sd-scripts: Stability AI's implementation for SDXL LoRAs, diffusers' otherwise */
+    kv_add(m, "modelspec.implementation", "%s",
+           t->xl && !t->ft ? "https://github.com/Stability-AI/generative-models" : "diffusers");
     kv_add(m, "modelspec.title", "%s", c->output_name);
     kv_add(m, "modelspec.resolution", "%dx%d", c->res_w, c->res_h);
     kv_add(m, "modelspec.prediction_type", "%s", t->v_pred ? "v" : "epsilon");
@@ -706,8 +822,9 @@ static int save_state(trainer *t, const char *path, int step, int epoch, int64_t
         .data_state = (uint8_t *)words, .data_state_len = sizeof words, .signature = t->signature,
         .config_json = t->config_json,
     };
-    const char *meta[] = {"ss_output_name", t->cfg->output_name};
-    return dl_train_state_save(path, &s, meta, 1);
+    const char *base = kv_get(&t->meta, "ss_base_model_version"); /* which model the state is for */
+    const char *meta[] = {"ss_output_name", t->cfg->output_name, "ss_base_model_version", base ? base : "unknown"};
+    return dl_train_state_save(path, &s, meta, 2);
 }
 
 /* What a save's file name ends with: ".safetensors", or "" for a diffusers folder. */
@@ -853,6 +970,11 @@ static void release_unused_networks(trainer *t)
         dl_clip_free(&t->clip);
         dl_arena_free(&t->w_clip);
         t->have_clip = 0;
+        if (t->have_clip2) {
+            dl_clip_free(&t->clip2);
+            dl_arena_free(&t->w_clip2);
+            t->have_clip2 = 0;
+        }
         say(t, "text embeddings cached: text encoder weights released");
     }
 }
@@ -880,10 +1002,40 @@ static void ft_placed(void *user, const char *name, int ndim, const int64_t *sha
     e->part = t->ft_part;
 }
 
+/* SDXL: the second tokenizer (the model's tokenizer_2/, else the first's vocabulary; pads with
+ * "!" as SDXL's) and the checks that the two text encoders fit the UNet; tp is the first
+ * tokenizer's path. */
+static int setup_xl_text(trainer *t, const char *tp)
+{
+    const dl_train_config *c = t->cfg;
+    const dl_model_config *mc = &t->ck.cfg;
+    const dl_unet_config *u = &mc->unet;
+    if (!mc->text2.num_layers)
+        return dl_error_set("%s: an SDXL model without its second text encoder (text_encoder_2/ or "
+                            "conditioner.embedders.1.model.*) cannot be trained", c->pretrained_model_name_or_path);
+    if (mc->text.hidden_size + mc->text2.hidden_size != u->cross_attention_dim ||
+        mc->text2.projection_dim != dl_unet_text_embeds_dim(u) || u->addition_time_ids != 6)
+        return dl_error_set("%s: the text encoders (widths %d + %d, pooled %d) do not fit the UNet (cross attention "
+                            "%d, pooled %d, %d time ids; SDXL base takes 6, the refiner is not supported)",
+                            c->pretrained_model_name_or_path, mc->text.hidden_size, mc->text2.hidden_size,
+                            mc->text2.projection_dim, u->cross_attention_dim, dl_unet_text_embeds_dim(u),
+                            u->addition_time_ids);
+    if (mc->text.num_layers < 2 || mc->text2.num_layers < 2)
+        return dl_error_set("%s: SDXL's conditioning reads each text encoder's penultimate layer; they have %d and %d",
+                            c->pretrained_model_name_or_path, mc->text.num_layers, mc->text2.num_layers);
+    const char *tp2 = !c->tokenizer && t->ck.tokenizer2_dir ? t->ck.tokenizer2_dir : tp;
+    DL_TRY(dl_tokenizer_load(&t->tok2, tp2));
+    DL_TRY(dl_tokenizer_set_pad(t->tok2, "!"));
+    if (dl_tokenizer_vocab_size(t->tok2) > mc->text2.vocab_size)
+        return dl_error_set("%s: the tokenizer has %d tokens but the second text encoder only %d", tp2,
+                            dl_tokenizer_vocab_size(t->tok2), mc->text2.vocab_size);
+    return DL_OK;
+}
+
 static int setup_model(trainer *t)
 {
     const dl_train_config *c = t->cfg;
-    dl_ckpt_options opt = {.prediction = c->v_parameterization ? 1 : -1};
+    dl_ckpt_options opt = {.prediction = c->v_parameterization ? 1 : -1, .allow_sdxl = 1};
     struct stat st;
     if (stat(c->pretrained_model_name_or_path, &st) != 0)
         return dl_error_set("pretrained_model_name_or_path: %s: %s", c->pretrained_model_name_or_path, strerror(errno));
@@ -904,12 +1056,15 @@ static int setup_model(trainer *t)
     if (dl_tokenizer_vocab_size(t->tok) > mc->text.vocab_size)
         return dl_error_set("%s: the tokenizer has %d tokens but the text encoder only %d", tp,
                             dl_tokenizer_vocab_size(t->tok), mc->text.vocab_size);
+    t->xl = t->ck.sdxl;
+    if (t->xl) DL_TRY(setup_xl_text(t, tp));
     /* full fine-tuning: the weights that train load fp32 and writable (their loaders with
      * gradients ignore the kept types; measured so), the UNet's and, with train_text_encoder, the
      * text encoder's after them in the same arena (one parameter set); the rest stays frozen */
     const int te_ft = t->ft && c->train_text_encoder;
-    size_t wc, wu, wv; /* measured by running each loader against a measuring arena */
+    size_t wc, wu, wv, wc2 = 0; /* measured by running each loader against a measuring arena */
     if (dl_vae_weights_bytes(&t->ck, &wv) != DL_OK) goto fail;
+    if (t->xl && dl_clip_weights_bytes_as(&t->ck, DL_PART_TEXT2, &wc2) != DL_OK) goto fail;
     {
         const unsigned keep_dt = t->ck.weight_dtypes;
         const int keep_in_place = t->ck.weights_in_place;
@@ -923,17 +1078,24 @@ static int setup_model(trainer *t)
     size_t fr, tot;
     const size_t wt = wu + (te_ft ? wc : 0);  /* the weights that train (UNet first) */
     const size_t wg = t->ft ? wt : 0;         /* full fine-tuning: their gradients beside them */
+    wc += wc2; /* SDXL: both text encoders (the second in an arena of its own) */
     if (dl_be(&t->ctx)->mem_info(&t->ctx, &fr, &tot) == DL_OK && wc + wu + wg + wv > fr)
-        return dl_error_set("the model's weights need %.1f MiB on %s (UNet %.1f, text encoder %.1f, VAE %.1f%s) "
+        return dl_error_set("the model's weights need %.1f MiB on %s (UNet %.1f, text encoder%s %.1f, VAE %.1f%s) "
                             "and %.1f MiB of its %.1f MiB are free", MIB(wc + wu + wg + wv), dl_be(&t->ctx)->name,
-                            MIB(wu), MIB(wc), MIB(wv), wg ? ", the gradients of what trains as much again" : "",
-                            MIB(fr), MIB(tot));
+                            MIB(wu), t->xl ? "s" : "", MIB(wc), MIB(wv),
+                            wg ? ", the gradients of what trains as much again" : "", MIB(fr), MIB(tot));
+    wc -= wc2;
     if (!te_ft) DL_TRY(dl_arena_init_on(&t->w_clip, "text encoder weights", wc, &t->ctx));
     DL_TRY(dl_arena_init_on(&t->w_unet, te_ft ? "UNet and text encoder weights" : "UNet weights", wt, &t->ctx));
     DL_TRY(dl_arena_init_on(&t->w_vae, "VAE weights", wv, &t->ctx));
     if (!te_ft) {
         if (dl_clip_load(&t->clip, &t->ck, &t->w_clip) != DL_OK) goto fail;
         t->have_clip = 1;
+    }
+    if (t->xl) {
+        DL_TRY(dl_arena_init_on(&t->w_clip2, "text encoder 2 weights", wc2, &t->ctx));
+        if (dl_clip_load_as(&t->clip2, &t->ck, DL_PART_TEXT2, &t->w_clip2) != DL_OK) goto fail;
+        t->have_clip2 = 1;
     }
     if (t->ft) { /* the weights train in place: zero padding, gradients at the same offsets */
         if (!(t->ft_grads = dl_be_alloc(&t->ctx, wt > 0 ? wt : 1))) return dl_error_prefix("the gradients: ");
@@ -961,6 +1123,15 @@ static int setup_model(trainer *t)
     t->vae_f = 1 << (mc->vae.n_blocks - 1);
     t->C = mc->vae.latent_channels;
     t->Dc = mc->text.hidden_size;
+    if (t->xl) {
+        t->D1 = mc->text.hidden_size, t->D2 = mc->text2.hidden_size, t->Dp = mc->text2.projection_dim;
+        t->Dc = t->D1 + t->D2;
+        t->clip_layers = mc->text.num_layers - 1;
+        if (c->clip_skip != 1) /* sd-scripts warns likewise and reads hidden_states[11] / [-2] */
+            say(t, "warning: clip_skip %d does not apply to SDXL: both text encoders' penultimate layers are "
+                   "used (sd-scripts ignores it too)", c->clip_skip);
+        return DL_OK;
+    }
     if (c->clip_skip > mc->text.num_layers)
         return dl_error_set("clip_skip: %d is more than the text encoder's %d layers", c->clip_skip, mc->text.num_layers);
     t->clip_layers = mc->text.num_layers - c->clip_skip + 1;
@@ -1059,7 +1230,8 @@ static int setup_network(trainer *t)
         if (dl_lora_load_into(c->network_weights, &t->net, &rep) != DL_OK) return dl_error_prefix("network_weights: ");
         if (t->log) dl_lora_report_print(&rep, c->network_weights);
     }
-    DL_TRY(dl_lora_net_attach(&t->net, &t->unet, t->train_te ? &t->clip : NULL));
+    const dl_lora_models md = {&t->unet, t->train_te ? &t->clip : NULL, t->train_te && t->xl ? &t->clip2 : NULL};
+    DL_TRY(dl_lora_net_attach_to(&t->net, &md));
     t->attached = 1;
     DL_TRY(dl_lora_net_to_backend(&t->ctx, &t->net)); /* parameters, gradients: backend memory */
     t->ps = (dl_param_set){.p = t->net.params, .g = t->net.grads, .n = t->net.n_params, .n_unet = t->net.n_params_unet};
@@ -1121,6 +1293,11 @@ static int setup_buffers(trainer *t)
     const int B = t->B, C = t->C, T = CTX_T;
     const int ckp = t->cfg->gradient_checkpointing;
     size_t act = 0, scr = 0, te = 0;
+    if (t->xl && t->train_te) { /* the added embedding back-propagated into text_embeds (before sizing) */
+        t->dtext = dl_be_alloc(&t->ctx, sizeof(float) * (size_t)B * t->Dp);
+        if (!t->dtext) return dl_error_prefix("allocating the training buffers on %s: ", dl_be(&t->ctx)->name);
+        t->unet.dtext_embeds = t->dtext;
+    }
     for (int i = 0; i < t->ds.buckets.n_used; i++) {
         dl_reso r = t->ds.buckets.used[i];
         int h = r.h / t->vae_f, w = r.w / t->vae_f;
@@ -1132,8 +1309,23 @@ static int setup_buffers(trainer *t)
         if (v > scr) scr = v;
     }
     size_t cs = dl_clip_scratch_bytes(&t->clip, B, T);
+    if (t->xl) { /* both encoders one after the other, their outputs held beside */
+        const size_t cs2 = dl_clip_scratch_bytes(&t->clip2, B, T);
+        cs = (cs2 > cs ? cs2 : cs) + xl_encode_bytes(t, B);
+    }
     if (cs > scr) scr = cs;
-    if (t->train_te) {
+    if (t->train_te && t->xl) { /* three passes (xl_train_te_forward) and their outputs and gradients */
+        dl_size_table tab;
+        const struct { const dl_clip *m; int layers, final_ln; } pass[3] = {
+            {&t->clip, t->clip.cfg.num_layers - 1, 0}, {&t->clip2, t->clip2.cfg.num_layers - 1, 0},
+            {&t->clip2, t->clip2.cfg.num_layers, 1}};
+        for (int p = 0; p < 3; p++) {
+            dl_clip_size_table(pass[p].m, B, T, pass[p].layers, pass[p].final_ln, ckp, &tab);
+            if (tab.scratch_train > scr) scr = tab.scratch_train;
+            te += tab.act + 64;
+        }
+        te += 2 * xl_encode_bytes(t, B);
+    } else if (t->train_te) {
         dl_size_table tab; /* the text encoder's training pass, checkpointed as the UNet's */
         dl_clip_size_table(&t->clip, B, T, t->clip_layers, 1, ckp, &tab);
         if (tab.scratch_train > scr) scr = tab.scratch_train;
@@ -1171,6 +1363,12 @@ static int setup_buffers(trainer *t)
     t->m = xcalloc((size_t)t->ps.n, sizeof(float), &fail);
     t->v = xcalloc((size_t)t->ps.n, sizeof(float), &fail);
     t->scal = xcalloc(4, sizeof(float), &fail);
+    if (t->xl) {
+        t->text_embeds = xcalloc((size_t)B * t->Dp, sizeof(float), &fail);
+        t->time_ids = xcalloc((size_t)B * 6, sizeof(float), &fail);
+        t->ids2 = xcalloc((size_t)B * T, sizeof(int32_t), &fail);
+        t->eos = xcalloc((size_t)B, sizeof(int), &fail);
+    }
     if (fail) return dl_error_set("out of memory allocating training buffers");
     /* the backend's copies (the inputs on a device: two sets, a transfer stream and its events) */
 #define DEV(f, host, bytes) (t->d.f = t->dev ? dl_be_alloc(&t->ctx, (bytes)) : (host), fail |= !t->d.f)
@@ -1193,6 +1391,11 @@ static int setup_buffers(trainer *t)
     DEV(m, t->m, (size_t)(t->ps.n > 0 ? t->ps.n : 1) * sizeof(float));
     DEV(v, t->v, (size_t)(t->ps.n > 0 ? t->ps.n : 1) * sizeof(float));
     DEV(scal, t->scal, 4 * sizeof(float));
+    if (t->xl) {
+        DEV(text_embeds, t->text_embeds, (size_t)B * t->Dp * sizeof(float));
+        DEV(time_ids, t->time_ids, (size_t)B * 6 * sizeof(float));
+        DEV(ids2, t->ids2, (size_t)B * T * sizeof(int32_t));
+    }
 #undef DEV
     if (fail) return dl_error_prefix("allocating the training buffers on %s: ", dl_be(&t->ctx)->name);
     t->ps.m = t->d.m, t->ps.v = t->d.v;
@@ -1208,7 +1411,8 @@ static int setup_buffers(trainer *t)
         size_t longest = dl_caption_out_cap(dl_caption_full_len(&t->aug.caption, t->batcher.max_caption));
         DL_TRY(dl_tok_work_reserve(&t->tok_work, longest));
         for (int i = 0; i < t->ds.n_items; i++)
-            if (dl_tokenizer_encode_padded_w(t->tok, &t->tok_work, t->ds.items[i].caption, t->ids) != DL_OK)
+            if ((t->xl ? xl_tokenize(t, t->ds.items[i].caption, t->ids, t->ids2)
+                       : dl_tokenizer_encode_padded_w(t->tok, &t->tok_work, t->ds.items[i].caption, t->ids)) != DL_OK)
                 return dl_error_prefix("caption of %s: ", t->ds.items[i].image_path);
     }
     return DL_OK;
@@ -1233,7 +1437,29 @@ static int setup_caches(trainer *t)
         DL_TRY(rc);
         t->lc_ok = 1;
     }
-    if (!t->train_te && t->static_captions) {
+    if (!t->train_te && t->static_captions && t->xl) {
+        const int64_t E = (int64_t)CTX_T * t->Dc;
+        t->emb_cache = malloc(sizeof(float) * (size_t)(E * t->ds.n_items));
+        t->pooled_cache = malloc(sizeof(float) * (size_t)t->Dp * (size_t)t->ds.n_items);
+        if (!t->emb_cache || !t->pooled_cache) return dl_error_set("out of memory caching text embeddings");
+        for (int i = 0; i < t->ds.n_items; i++) {
+            if (xl_tokenize(t, t->ds.items[i].caption, t->ids, t->ids2) != DL_OK)
+                return dl_error_prefix("caption of %s: ", t->ds.items[i].image_path);
+            if (t->dev) {
+                DL_TRY(dl_be_upload(&t->ctx, t->d.ids, t->ids, sizeof(int32_t) * CTX_T));
+                DL_TRY(dl_be_upload(&t->ctx, t->d.ids2, t->ids2, sizeof(int32_t) * CTX_T));
+            }
+            float *ctx_out = t->dev ? t->d.context : t->emb_cache + i * E;
+            float *pool_out = t->dev ? t->d.text_embeds : t->pooled_cache + (int64_t)i * t->Dp;
+            xl_encode(t, 1, t->d.ids, t->d.ids2, t->ids2, ctx_out, pool_out);
+            if (t->dev) {
+                DL_TRY(dl_be_download(&t->ctx, t->emb_cache + i * E, t->d.context, sizeof(float) * (size_t)E));
+                DL_TRY(dl_be_download(&t->ctx, t->pooled_cache + (int64_t)i * t->Dp, t->d.text_embeds,
+                                      sizeof(float) * (size_t)t->Dp));
+            }
+        }
+        say(t, "cached both text encoders' outputs for %d captions", t->ds.n_items);
+    } else if (!t->train_te && t->static_captions) {
         const int64_t E = (int64_t)CTX_T * t->Dc;
         t->emb_cache = malloc(sizeof(float) * (size_t)(E * t->ds.n_items));
         if (!t->emb_cache) return dl_error_set("out of memory caching text embeddings");
@@ -1259,9 +1485,13 @@ static void teardown(trainer *t)
     if (t->prog_ok) dl_progress_finish(&t->prog);
     dl_train_prompts_free(t->prompts, t->n_prompts);
     dl_train_sampler_free(t->sampler);
-    if (t->attached) dl_lora_net_detach(&t->net, &t->unet, t->train_te ? &t->clip : NULL);
+    if (t->attached) {
+        const dl_lora_models md = {&t->unet, t->train_te ? &t->clip : NULL, t->train_te && t->xl ? &t->clip2 : NULL};
+        dl_lora_net_detach_from(&t->net, &md);
+    }
     if (t->net_ok) dl_lora_net_free(&t->net);
     if (t->ft_grads) dl_be_free(&t->ctx, t->ft_grads);
+    if (t->dtext) dl_be_free(&t->ctx, t->dtext);
     for (int i = 0; i < t->ft_n; i++) free(t->ft_t[i].name);
     free(t->ft_t);
     free(t->ft_host);
@@ -1274,6 +1504,9 @@ static void teardown(trainer *t)
     if (t->ds_ok) dl_dataset_free(&t->ds);
     if (t->obj) dl_objective_free(t->obj);
     if (t->have_clip) dl_clip_free(&t->clip);
+    if (t->have_clip2) dl_clip_free(&t->clip2);
+    if (t->tok2) dl_tokenizer_free(t->tok2);
+    dl_arena_free(&t->w_clip2);
     if (t->have_unet) dl_unet_free(&t->unet);
     if (t->have_vae) dl_vae_free(&t->vae);
     if (t->tok) dl_tokenizer_free(t->tok);
@@ -1288,7 +1521,7 @@ static void teardown(trainer *t)
         const dl_backend *be = dl_be(&t->ctx);
         void *db[] = {t->d.img, t->d.pred, t->d.dpred, t->d.context, t->d.dcontext, t->d.ids, t->d.m, t->d.v,
                       t->d.scal, t->in[0].noisy, t->in[0].target, t->in[0].tf, t->in[0].w, t->in[1].noisy,
-                      t->in[1].target, t->in[1].tf, t->in[1].w};
+                      t->in[1].target, t->in[1].tf, t->in[1].w, t->d.text_embeds, t->d.time_ids, t->d.ids2};
         for (size_t i = 0; i < sizeof db / sizeof *db; i++) dl_be_free(&t->ctx, db[i]);
         for (int s = 0; s < 2; s++) {
             if (t->up[s]) be->event_destroy(&t->ctx, t->up[s]);
@@ -1303,11 +1536,50 @@ static void teardown(trainer *t)
     }
     void *bufs[] = {t->img, t->mean, t->logvar, t->vnoise, t->latents, t->noise, t->pred, t->dpred, t->tmp,
                     t->context, t->dcontext, t->t, t->ids, t->m, t->v, t->scal, t->emb_cache, t->signature,
-                    t->config_json};
+                    t->config_json, t->pooled_cache, t->text_embeds, t->time_ids, t->ids2, t->eos};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) free(bufs[i]);
     kv_free(&t->meta);
     dl_prov_writer_free(&t->prov);
     if (t->ctx_ok) dl_ctx_free(&t->ctx);
+}
+
+/* ---- SDXL with its text encoders training (sd-scripts' get_hidden_states_sdxl, differentiated) ---- */
+/* Three passes, each on its own tape in te_arena: the first encoder to its penultimate layer
+ * (h1), the second to its penultimate layer (h2) and to its last hidden state after the final
+ * layer norm (last, for the pooled embedding: the same weights, so their LoRAs' gradients from
+ * both passes add up as one pass's would). context = [h1, h2], text_embeds = pooled(last); the
+ * outputs stay in te_arena (the tapes reference them) until the caller releases it. */
+static void xl_train_te_forward(trainer *t, int n)
+{
+    const int64_t M = (int64_t)n * CTX_T;
+    const int ckp = t->cfg->gradient_checkpointing;
+    float *out[3] = {dl_alloc_f32(&t->te_arena, M * t->D1),                         // h1 [n, 77, D1]
+                     dl_alloc_f32(&t->te_arena, M * t->D2),                         // h2 [n, 77, D2]
+                     dl_alloc_f32(&t->te_arena, M * t->D2)};                        // last [n, 77, D2]
+    dl_clip_train_forward(&t->ctx, &t->clip, &t->te_tape, n, CTX_T, t->d.ids, t->clip.cfg.num_layers - 1, 0, out[0],
+                          ckp, &t->te_arena, &t->scratch);
+    dl_clip_train_forward(&t->ctx, &t->clip2, &t->te_tape2, n, CTX_T, t->d.ids2, t->clip2.cfg.num_layers - 1, 0,
+                          out[1], ckp, &t->te_arena, &t->scratch);
+    dl_clip_train_forward(&t->ctx, &t->clip2, &t->te_tape3, n, CTX_T, t->d.ids2, t->clip2.cfg.num_layers, 1, out[2],
+                          ckp, &t->te_arena, &t->scratch);
+    dl_be(&t->ctx)->concat_channels_forward(&t->ctx, M, t->D1, t->D2, out[0], out[1], t->d.context);
+    dl_clip_eos_positions(&t->clip2.cfg, n, CTX_T, t->ids2, t->eos);
+    dl_clip_pooled(&t->ctx, &t->clip2, n, CTX_T, t->eos, out[2], t->d.text_embeds, &t->scratch);
+}
+
+/* From d context (d.dcontext) and d text_embeds (dtext, both written by the UNet's backward):
+ * the three passes back-propagated into the text encoders' LoRAs (gradients added); the
+ * gradients of their outputs are taken from te_arena (released by the caller). */
+static void xl_train_te_backward(trainer *t, int n)
+{
+    const int64_t M = (int64_t)n * CTX_T;
+    float *d1 = dl_alloc_f32(&t->te_arena, M * t->D1), *d2 = dl_alloc_f32(&t->te_arena, M * t->D2);
+    float *dlast = dl_alloc_f32(&t->te_arena, M * t->D2);
+    dl_be(&t->ctx)->concat_channels_backward(&t->ctx, M, t->D1, t->D2, t->d.dcontext, d1, d2);
+    dl_clip_backward(&t->ctx, &t->te_tape, d1, &t->scratch);
+    dl_clip_backward(&t->ctx, &t->te_tape2, d2, &t->scratch);
+    dl_clip_pooled_backward(&t->ctx, &t->clip2, n, CTX_T, t->eos, t->dtext, dlast, &t->scratch);
+    dl_clip_backward(&t->ctx, &t->te_tape3, dlast, &t->scratch);
 }
 
 /* ---- one micro-batch: drawn and prepared, then forward, loss, backward ---- */
@@ -1324,12 +1596,15 @@ static int prep_batch(trainer *t)
     DL_TRY(batch_latents(t, b));
     if (t->train_te) {
         for (int i = 0; i < n; i++)
-            if (dl_tokenizer_encode_padded_w(t->tok, &t->tok_work, b->captions[i], t->ids + i * CTX_T) != DL_OK)
+            if ((t->xl ? xl_tokenize(t, b->captions[i], t->ids + i * CTX_T, t->ids2 + i * CTX_T)
+                       : dl_tokenizer_encode_padded_w(t->tok, &t->tok_work, b->captions[i], t->ids + i * CTX_T)) != DL_OK)
                 return dl_error_prefix("caption of %s: ", t->ds.items[b->items[i]].image_path);
         if (t->dev) DL_TRY(dl_be_upload(&t->ctx, t->d.ids, t->ids, sizeof(int32_t) * (size_t)n * CTX_T));
+        if (t->dev && t->xl) DL_TRY(dl_be_upload(&t->ctx, t->d.ids2, t->ids2, sizeof(int32_t) * (size_t)n * CTX_T));
     } else {
         DL_TRY(batch_context_frozen(t, b));
     }
+    if (t->xl) DL_TRY(batch_time_ids(t, b));
     const dl_backend *be = dl_be(&t->ctx);
     const int s = t->pre.slot = t->next_slot;
     if (t->dev) { /* the host arrays are free once the last upload from them is done */
@@ -1367,8 +1642,10 @@ static int micro_step(trainer *t, float dloss, int prefetch, double *loss_out, i
     const int64_t D = (int64_t)h * w * C;
     const int first_item = b->items[0];
     size_t te_mark = 0;
-    if (t->train_te) {
-        te_mark = dl_arena_mark(&t->te_arena);
+    if (t->train_te) te_mark = dl_arena_mark(&t->te_arena);
+    if (t->train_te && t->xl) {
+        xl_train_te_forward(t, n);
+    } else if (t->train_te) {
         dl_clip_train_forward(&t->ctx, &t->clip, &t->te_tape, n, CTX_T, t->d.ids, t->clip_layers, 1, t->d.context,
                               t->cfg->gradient_checkpointing, &t->te_arena, &t->scratch);
     }
@@ -1381,17 +1658,17 @@ static int micro_step(trainer *t, float dloss, int prefetch, double *loss_out, i
     }
     size_t act_mark = dl_arena_mark(&t->act);
     dl_unet_tape *tape = &t->tape;
-    dl_unet_train_forward(&t->ctx, &t->unet, tape, n, h, w, t->d.noisy, t->d.tf, t->d.context, CTX_T, t->d.pred,
-                          t->cfg->gradient_checkpointing, &t->act, &t->scratch);
+    const dl_unet_added add = {t->d.text_embeds, t->d.time_ids}; /* SDXL's; NULL otherwise */
+    dl_unet_train_forward_added(&t->ctx, &t->unet, tape, n, h, w, t->d.noisy, t->d.tf, t->d.context, CTX_T,
+                                t->xl ? &add : NULL, t->d.pred, t->cfg->gradient_checkpointing, &t->act, &t->scratch);
     const float *wts = weighted ? t->d.w : NULL;
     dl_be(&t->ctx)->mse_loss_forward(&t->ctx, n, D, t->d.pred, t->d.target, wts, NULL, t->d.scal + 0);
     dl_be(&t->ctx)->mse_loss_backward(&t->ctx, n, D, t->d.pred, t->d.target, wts, dloss, t->d.dpred, NULL);
     dl_unet_backward(&t->ctx, tape, t->d.dpred, t->train_te ? t->d.dcontext : NULL, &t->scratch);
     dl_arena_release(&t->act, act_mark);
-    if (t->train_te) {
-        dl_clip_backward(&t->ctx, &t->te_tape, t->d.dcontext, &t->scratch);
-        dl_arena_release(&t->te_arena, te_mark);
-    }
+    if (t->train_te && t->xl) xl_train_te_backward(t, n);
+    else if (t->train_te) dl_clip_backward(&t->ctx, &t->te_tape, t->d.dcontext, &t->scratch);
+    if (t->train_te) dl_arena_release(&t->te_arena, te_mark);
     if (t->dev) { /* this input set may be written again once the step's reads are done */
         DL_TRY(dl_be(&t->ctx)->event_record(&t->ctx, t->used[slot], NULL));
         t->used_rec[slot] = 1;
@@ -1410,11 +1687,29 @@ static int micro_step(trainer *t, float dloss, int prefetch, double *loss_out, i
     return DL_OK;
 }
 
+/* A state saved by a run on the other architecture (SD 1.x/2.x vs SDXL) is refused by name; states
+ * without ss_base_model_version (older ones) are left to the network signature's check. */
+static int check_state_arch(trainer *t, const char *path)
+{
+    dl_st_file f;
+    if (dl_st_open(&f, path) != DL_OK) return dl_error_prefix("resume: ");
+    const char *v = dl_st_meta(&f, "ss_base_model_version");
+    const char *want = kv_get(&t->meta, "ss_base_model_version");
+    int rc = DL_OK;
+    if (v && want && strcmp(v, "unknown") && strcmp(v, want) &&
+        (!strncmp(v, "sdxl", 4) != !strncmp(want, "sdxl", 4)))
+        rc = dl_error_set("resume: %s: a state of a training run on %s (ss_base_model_version %s), but the model is %s",
+                          path, strncmp(v, "sdxl", 4) ? "SD 1.x/2.x" : "SDXL", v, t->xl ? "SDXL" : "SD 1.x/2.x");
+    dl_st_close(&f);
+    return rc;
+}
+
 int dl_train_run(const dl_train_config *cfg, const dl_trainer_opts *opts, dl_train_result *res)
 {
     static const dl_trainer_opts k_default = {.log = NULL, .tty = -1};
     if (!opts) opts = &k_default;
     memset(res, 0, sizeof *res);
+    DL_TRY(dl_train_config_check_run(cfg));
     trainer *t = calloc(1, sizeof *t);
     if (!t) return dl_error_set("out of memory");
     t->cfg = cfg;
@@ -1476,6 +1771,11 @@ int dl_train_run(const dl_train_config *cfg, const dl_trainer_opts *opts, dl_tra
     }
     if (setup_buffers(t) != DL_OK) goto out;
     if (setup_caches(t) != DL_OK) goto out;
+    if (cfg->sample_prompts && t->xl) {
+        dl_error_set("sample_prompts: sample images during SDXL training are not implemented yet; sample the saved "
+                     "LoRA with danlu sample");
+        goto out;
+    }
     if (cfg->sample_prompts) {
         if (dl_train_sampler_check(cfg->sample_sampler) != DL_OK) goto out;
         if (dl_train_prompts_load(cfg->sample_prompts, &t->prompts, &t->n_prompts) != DL_OK) goto out;
@@ -1502,12 +1802,16 @@ int dl_train_run(const dl_train_config *cfg, const dl_trainer_opts *opts, dl_tra
     }
     t->unet_lr = dl_train_config_unet_lr(cfg);
     t->te_lr = dl_train_config_te_lr(cfg);
+    if (t->train_te && !isnan(cfg->text_encoder_lr2) && cfg->text_encoder_lr2 != cfg->text_encoder_lr)
+        say(t, "warning: text_encoder_lr: networks.lora takes the first value (%g) for every text encoder, as "
+               "sd-scripts does; the second (%g) is not used", cfg->text_encoder_lr, cfg->text_encoder_lr2);
     dl_rng_seed(&t->rng, t->seed);
     dl_torch_rng_seed(&t->noise_rng, t->seed);
     if (build_metadata(t) != DL_OK) goto out;
 
     int step = 0, epoch = 0;
     int64_t micro = 0;
+    if (have_rs && check_state_arch(t, cfg->resume) != DL_OK) goto out;
     if (have_rs) {
         if (rs.n_params != t->ps.n || strcmp(rs.signature, t->signature ? t->signature : "") != 0) {
             dl_error_set("resume: %s: the state's network (%s) differs from this configuration's (%s)", cfg->resume,

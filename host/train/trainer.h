@@ -38,6 +38,12 @@ typedef struct dl_train_result {
 int dl_train_run(const dl_train_config *cfg, const dl_trainer_opts *opts, dl_train_result *res);
 void dl_train_result_free(dl_train_result *res);
 
+/* SDXL's six time ids of one training image, as sd-scripts' dataset gives them: out [6] = the
+ * image's size before resizing (height, width), the crop top-left that sd-scripts' BucketManager.
+ * get_crop_ltrb derives from the bucket and that size (the image fitted inside the bucket and
+ * centred; its left mirrored when the image is flipped), and the bucket's size (height, width). */
+void dl_train_xl_time_ids(int img_w, int img_h, int bucket_w, int bucket_h, int flipped, float out[6]);
+
 #ifdef __cplusplus
 }
 #endif

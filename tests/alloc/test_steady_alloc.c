@@ -6,7 +6,8 @@
  * and flips, captions shuffled with tag dropout behind kept tokens, the text encoder trained
  * (so tokenized every step), batch 2 with gradient accumulation 2; (c) `danlu finetune` (every
  * UNet and text-encoder weight trains), latents cached, batch 2, accumulation 2, gradient
- * checkpointing. Also
+ * checkpointing; (d) SDXL (tests/golden/tiny_sdxl_pipe) as (b) (both text encoders trained, the
+ * pooled embedding and each image's time ids every step), and cached (the UNet's LoRA only). Also
  * checks the counter
  * itself (the main thread and pool threads). A plain program: exit status 0 when all pass.
  * To find an allocation: DANLU_ALLOC_TRACE=1 prints the stack of every counted call, with a
@@ -146,13 +147,15 @@ static void rm_rf(const char *dir)
 }
 
 /* ---- one run ---- */
+static const char *g_model = "tests/golden/tiny_pipe"; /* the base model of the runs, in the source tree */
+
 /* ft: `danlu finetune` (every UNet weight trains) instead of `danlu train` (a LoRA) */
 static void run_case(const char *name, const char *src_dir, const char **extra, int epochs, int ft)
 {
     char data[256], out[256], model[512], ep[16];
     snprintf(data, sizeof data, "%s/data", g_dir);
     snprintf(out, sizeof out, "%s/out-%s", g_dir, name);
-    snprintf(model, sizeof model, "%s/tests/golden/tiny_pipe", src_dir);
+    snprintf(model, sizeof model, "%s/%s", src_dir, g_model);
     snprintf(ep, sizeof ep, "%d", epochs);
     const char *a[64] = {ft ? "finetune" : "train", "--pretrained_model_name_or_path", model, "--train_data_dir",
                          data, "--output_dir", out, "--resolution", "96", "--enable_bucket", "--min_bucket_reso",
@@ -216,6 +219,16 @@ int main(int argc, char **argv)
     static const char *finetune[] = {"--cache_latents", "--train_batch_size", "2", "--gradient_accumulation_steps", "2",
                                      "--gradient_checkpointing", "--train_text_encoder", NULL};
     run_case("finetune", src, finetune, 3, 1);
+    /* SDXL (the tiny SDXL pipeline): both text encoders trained (three passes, the pooled
+     * embedding's gradient through the added embedding), the time ids of each image */
+    g_model = "tests/golden/tiny_sdxl_pipe";
+    static const char *xl[] = {"--random_crop", "--flip_aug", "--shuffle_caption", "--caption_tag_dropout_rate", "0.3",
+                               "--keep_tokens", "1", "--train_batch_size", "2", "--gradient_accumulation_steps", "2",
+                               "--text_encoder_lr", "1e-3", NULL};
+    run_case("sdxl", src, xl, 3, 0);
+    static const char *xl_cached[] = {"--cache_latents", "--cache_text_encoder_outputs", "--network_train_unet_only",
+                                      "--train_batch_size", "2", NULL};
+    run_case("sdxl-cached", src, xl_cached, 3, 0);
     rm_rf(g_dir);
     printf(g_fail ? "test_steady_alloc: FAILED\n" : "test_steady_alloc: passed\n");
     return g_fail;
