@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 work=${1:-base-model-work}
 bin=${BIN:-build/release}
 danlu=$bin/danlu
-VAE_STEPS=${VAE_STEPS:-400} VAE_LR=${VAE_LR:-1e-3}
+VAE_STEPS=${VAE_STEPS:-900} VAE_LR=${VAE_LR:-2e-3}
 UNET_STEPS=${UNET_STEPS:-1000} UNET_LR=${UNET_LR:-5e-4}
 BATCH=${BATCH:-8} THREADS=${THREADS:-0}
 mkdir -p "$work"
