@@ -396,8 +396,8 @@ Test(cli_help, listed_values_are_the_accepted_ones)
 
 #define REQ "--pretrained_model_name_or_path", "m.safetensors", "--train_data_dir", "d", "--output_dir", "o"
 
-/* The command the train/finetune tests below look at: 0 `danlu train`, 1 `danlu finetune` (one
- * key table; each test runs in its own process). */
+/* The command the train/finetune tests below look at: 0 `danlu train`, 1 `danlu finetune`,
+ * DL_TRAIN_VAE `danlu train-vae` (one key table; each test runs in its own process). */
 static int g_ft;
 
 /* Parse the required keys, --sample_prompts (so the sampling keys are valid) and extra. */
@@ -405,8 +405,13 @@ static int train_parse(dl_train_config *c, const char *name, const char *value, 
 {
     char flag[160];
     snprintf(flag, sizeof flag, "--%s", name);
-    const char *argv[] = {g_ft ? "finetune" : "train", REQ, "--sample_prompts", "p.txt", flag, value, NULL};
+    const char *argv[] = {g_ft == DL_TRAIN_VAE ? "train-vae" : g_ft ? "finetune" : "train", REQ, "--sample_prompts",
+                          "p.txt", flag, value, NULL};
     dl_train_config_defaults_for(c, g_ft);
+    if (g_ft == DL_TRAIN_VAE) { /* no sample images: without --sample_prompts */
+        argv[7] = flag, argv[8] = value;
+        return dl_train_config_parse_args(c, value ? 9 : 8, (char **)argv, warn);
+    }
     return dl_train_config_parse_args(c, value ? 11 : 10, (char **)argv, warn);
 }
 
@@ -529,7 +534,9 @@ static int key_of_command(const char *name)
 
 static void help_lists_every_key_with_its_default(void)
 {
-    char *help = g_ft ? capture_help(dl_cmd_finetune, "finetune") : capture_help(dl_cmd_train, "train");
+    char *help = g_ft == DL_TRAIN_VAE ? capture_help(dl_cmd_train_vae, "train-vae")
+                 : g_ft             ? capture_help(dl_cmd_finetune, "finetune")
+                                    : capture_help(dl_cmd_train, "train");
     dl_train_config d;
     dl_train_config_defaults_for(&d, g_ft);
     cJSON *root;
@@ -641,6 +648,41 @@ Test(cli_help, finetune_accepts_every_listed_option)
     cr_expect_eq(dl_cmd_finetune(4, argv, o), 0);
     fclose(o);
     cr_expect(buf && strstr(buf, "--save_model_as NAME") && !strstr(buf, "--network_dim"));
+    free(buf);
+}
+
+Test(cli_help, train_vae_lists_every_key_with_its_default)
+{
+    g_ft = DL_TRAIN_VAE;
+    help_lists_every_key_with_its_default();
+}
+
+/* train-vae: its keys accepted; the LoRA trainer's, finetune's own and those that mean nothing to
+ * a VAE (captions, text encoder, noise schedule, samples) refused as unknown; --help anywhere */
+Test(cli_help, train_vae_accepts_every_listed_option)
+{
+    g_ft = DL_TRAIN_VAE;
+    for (int i = 0; i < dl_train_config_n_keys(); i++) {
+        const dl_train_key *k = dl_train_config_key(i);
+        if (dl_train_key_applies(k, DL_TRAIN_VAE)) {
+            train_expect_accepted(k);
+            continue;
+        }
+        dl_train_config c;
+        cr_expect_neq(train_parse(&c, k->name, k->kind == DL_TKEY_BOOL ? NULL : "1", NULL), DL_OK, "--%s accepted",
+                      k->name);
+        cr_expect(strstr(dl_error_msg(), "unknown option") && strstr(dl_error_msg(), k->name), "--%s: %s", k->name,
+                  dl_error_msg());
+        dl_train_config_free(&c);
+    }
+    char *argv[] = {"train-vae", "--max_train_steps", "8", "-h", NULL};
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *o = open_memstream(&buf, &len);
+    cr_expect_eq(dl_cmd_train_vae(4, argv, o), 0);
+    fclose(o);
+    cr_expect(buf && strstr(buf, "--kl_weight X") && strstr(buf, "--save_model_as NAME") &&
+              !strstr(buf, "--network_dim") && !strstr(buf, "--clip_skip"));
     free(buf);
 }
 

@@ -6,6 +6,7 @@
 #include "core/error.h"
 #include "train/config.h"
 #include "train/trainer.h"
+#include "train/vae_trainer.h"
 
 #include <string.h>
 
@@ -48,7 +49,17 @@ static int is_key_of(const char *name, int ft)
 
 static void train_usage(FILE *f, int ft)
 {
-    if (ft)
+    if (ft == DL_TRAIN_VAE)
+        fprintf(f,
+                "usage: danlu train-vae [--config FILE.json] [--option value | --option=value | --flag] ...\n\n"
+                "Trains every weight of a checkpoint's VAE (AutoencoderKL: encoder, decoder, quant convs) on a folder\n"
+                "of images with loss = per-pixel MSE of the reconstruction + kl_weight x KL of the posterior (per\n"
+                "sample, batch mean), the latent sampled from the posterior with the run's seeded generator; saves\n"
+                "the whole checkpoint with the trained VAE (--save_model_as safetensors: one file in the SD layout;\n"
+                "diffusers: a folder). Options are those of danlu finetune that concern images and the optimizer,\n"
+                "named as in kohya-ss/sd-scripts; they are also the keys of the JSON file; flags override the file.\n"
+                "Captions, the text encoder, the noise schedule and sample images do not apply.\n");
+    else if (ft)
         fprintf(f,
                 "usage: danlu finetune [--config FILE.json] [--option value | --option=value | --flag] ...\n\n"
                 "Fine-tunes every weight of a Stable Diffusion 1.x/2.x checkpoint's UNet on a folder of images and\n"
@@ -97,7 +108,7 @@ static void train_usage(FILE *f, int ft)
 
 static int run_command(int argc, char **argv, FILE *out, int ft)
 {
-    const char *cmd = ft ? "finetune" : "train";
+    const char *cmd = ft == DL_TRAIN_VAE ? "train-vae" : ft ? "finetune" : "train";
     dl_optset help = {dl_opt_help_table, 1, NULL, 0, NULL};
     for (int i = 1; i < argc; i++)
         if (dl_opt_find(&help, 1, argv[i], NULL)) { train_usage(out, ft); return 0; }
@@ -113,7 +124,7 @@ static int run_command(int argc, char **argv, FILE *out, int ft)
     dl_train_config_print(&cfg, stderr);
     dl_trainer_opts opts = {.log = stderr, .tty = -1};
     dl_train_result res;
-    int rc = dl_train_run(&cfg, &opts, &res);
+    int rc = ft == DL_TRAIN_VAE ? dl_vae_train_run(&cfg, &opts, &res) : dl_train_run(&cfg, &opts, &res);
     dl_train_config_free(&cfg);
     if (rc != DL_OK) {
         fprintf(stderr, "danlu %s: %s\n", cmd, dl_error_msg());
@@ -128,3 +139,5 @@ static int run_command(int argc, char **argv, FILE *out, int ft)
 int dl_cmd_train(int argc, char **argv, FILE *out) { return run_command(argc, argv, out, 0); }
 
 int dl_cmd_finetune(int argc, char **argv, FILE *out) { return run_command(argc, argv, out, 1); }
+
+int dl_cmd_train_vae(int argc, char **argv, FILE *out) { return run_command(argc, argv, out, DL_TRAIN_VAE); }

@@ -25,6 +25,8 @@ int dl_cmd_train(int argc, char **argv, FILE *out);
 /* danlu finetune [--config FILE.json] [--option value ...]: full fine-tuning of the UNet, saved as a
  * checkpoint (sd-scripts' fine_tune.py option names). */
 int dl_cmd_finetune(int argc, char **argv, FILE *out);
+/* `danlu train-vae`: every weight of a checkpoint's VAE (reconstruction + KL), saved in the checkpoint. */
+int dl_cmd_train_vae(int argc, char **argv, FILE *out);
 
 /* danlu lora merge|resize|extract ...: the LoRA tools (lora/lora_tools.h, lora/ckpt_tools.h);
  * dl_cmd_lora dispatches, the others take argv[0] = the subcommand name. */

@@ -16,6 +16,7 @@ static const command k_commands[] = {
     {"tokenize", dl_cmd_tokenize, "print the CLIP token ids of a prompt"},
     {"train", dl_cmd_train, "train a LoRA on a folder of images and captions (sd-scripts options)"},
     {"finetune", dl_cmd_finetune, "fine-tune every UNet weight and save a checkpoint (sd-scripts' fine_tune.py)"},
+    {"train-vae", dl_cmd_train_vae, "train every VAE weight (reconstruction + KL) and save it in the checkpoint"},
     {"sample", dl_cmd_sample, "generate images (txt2img / img2img) with samplers, CFG and LoRAs"},
     {"grid", dl_cmd_grid, "an X/Y grid of images (LoRA files, weights, prompts, CFG) in one PNG"},
     {"lora", dl_cmd_lora, "LoRA tools: merge (into a checkpoint or LoRAs into one), resize, extract"},

@@ -150,9 +150,16 @@ int dl_vae_weights_bytes(dl_checkpoint *ck, size_t *bytes)
 
 int dl_vae_load(dl_vae *m, dl_checkpoint *ck, dl_arena *weights)
 {
+    return dl_vae_load_trainable(m, ck, weights, NULL);
+}
+
+int dl_vae_load_trainable(dl_vae *m, dl_checkpoint *ck, dl_arena *weights, const dl_trainable *tr)
+{
     memset(m, 0, sizeof *m);
     m->cfg = ck->cfg.vae;
-    dl_netload nl = {{.ck = ck, .part = DL_PART_VAE, .arena = weights}, &m->names, m, NULL};
+    dl_netload nl = {{.ck = ck, .part = DL_PART_VAE, .arena = weights, .grads = tr ? tr->grads : NULL,
+                      .placed = tr ? tr->placed : NULL, .placed_user = tr ? tr->user : NULL},
+                     &m->names, m, NULL};
     if (load_all(m, &nl, ck->path) == DL_OK) return DL_OK;
     dl_vae_free(m);
     return DL_ERR;
@@ -245,17 +252,18 @@ static void attn_backward(const dl_ctx *ctx, const dl_vae_attn *a, int N, int S,
     size_t mark = dl_arena_mark(scratch);
     float *d_o = dl_alloc_f32(scratch, M * C), *dq = dl_alloc_f32(scratch, M * C);  // [N, S, C]
     float *dk = dl_alloc_f32(scratch, M * C), *dv = dl_alloc_f32(scratch, M * C);   // [N, S, C]
-    float *dh = dx ? dl_alloc_f32(scratch, M * C) : NULL, *t = dx ? dl_alloc_f32(scratch, M * C) : NULL;
+    const int below = dx || dl_norm_trains(&a->norm);                               // d h matters
+    float *dh = below ? dl_alloc_f32(scratch, M * C) : NULL, *t = below ? dl_alloc_f32(scratch, M * C) : NULL;
     dl_linear_bwd(ctx, &a->out, M, sv.o, dy, d_o, scratch);                          // d o
     dl_be(ctx)->attention_backward(ctx, attn_shape(N, S, C), sv.q, sv.k, sv.v, sv.o, sv.lse, d_o, dq, dk, dv);
     dl_linear_bwd(ctx, &a->q, M, sv.h, dq, dh, scratch);                             // d h
     dl_linear_bwd(ctx, &a->k, M, sv.h, dk, t, scratch);
-    if (dx) dl_be(ctx)->axpy(ctx, M * C, 1.0f, t, dh);
+    if (below) dl_be(ctx)->axpy(ctx, M * C, 1.0f, t, dh);
     dl_linear_bwd(ctx, &a->v, M, sv.h, dv, t, scratch);
-    if (dx) {
+    if (below) {
         dl_be(ctx)->axpy(ctx, M * C, 1.0f, t, dh);
-        dl_groupnorm_bwd(ctx, &a->norm, N, S, x, sv.mean, sv.rstd, dh, dx, 0, scratch);       // d x (norm path)
-        dl_be(ctx)->axpy(ctx, M * C, 1.0f, dy, dx);                                  // + the residual
+        dl_groupnorm_bwd(ctx, &a->norm, N, S, x, sv.mean, sv.rstd, dh, dx, 0, scratch); // d x (norm path), dgamma
+        if (dx) dl_be(ctx)->axpy(ctx, M * C, 1.0f, dy, dx);                          // + the residual
     }
     dl_arena_release(scratch, mark);
 }
@@ -268,14 +276,18 @@ static int node_trains(const void *self, const dl_node *nd)
     switch (nd->kind) {
     case DL_NODE_CONV_IN:
     case DL_NODE_DOWNSAMPLE:
-    case DL_NODE_UPSAMPLE: return ((const dl_conv *)nd->block)->lora != NULL;
+    case DL_NODE_UPSAMPLE: return dl_conv_trains(nd->block);
     case DL_NODE_RESNET: return dl_resnet_trains(nd->block);
     case DL_NODE_ATTENTION: {
         const dl_vae_attn *a = nd->block;
-        return a->q.lora || a->k.lora || a->v.lora || a->out.lora;
+        return dl_linear_trains(&a->q) || dl_linear_trains(&a->k) || dl_linear_trains(&a->v) ||
+               dl_linear_trains(&a->out) || dl_norm_trains(&a->norm);
     }
-    case DL_NODE_OUT: return ((const dl_vae_coder *)nd->block)->conv_out.lora != NULL;
-    case DL_NODE_LINEAR: return ((const dl_linear *)nd->block)->lora != NULL;
+    case DL_NODE_OUT: {
+        const dl_vae_coder *c = nd->block;
+        return dl_conv_trains(&c->conv_out) || dl_norm_trains(&c->norm_out);
+    }
+    case DL_NODE_LINEAR: return dl_linear_trains(nd->block);
     default: return 0;
     }
 }

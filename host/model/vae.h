@@ -51,6 +51,10 @@ int dl_vae_weights_bytes(dl_checkpoint *ck, size_t *bytes);
 /* Load encoder and decoder from ck (exactly dl_vae_weights_bytes of weights). DL_ERR names a
  * missing or mis-shaped tensor (m then holds nothing to free). */
 int dl_vae_load(dl_vae *m, dl_checkpoint *ck, dl_arena *weights);
+/* The same with every weight trainable (full training, danlu train-vae; tr NULL: dl_vae_load):
+ * fp32 in the arena, gradients at the same offsets in tr->grads, each tensor reported to
+ * tr->placed (model/module.h: dl_trainable). */
+int dl_vae_load_trainable(dl_vae *m, dl_checkpoint *ck, dl_arena *weights, const dl_trainable *tr);
 void dl_vae_free(dl_vae *m);
 /* Scratch bytes for encoding or decoding N images of H x W pixels: both walks run against a
  * measuring arena on a VAE of this config loaded in listing mode. */

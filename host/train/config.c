@@ -41,7 +41,7 @@ static const char *const k_groups[G_COUNT] = {
  * JSON and of the printed configuration. */
 #define KEY(name, kind, field, def, lo, hi, opt, grp, meta, values, help) \
     {name, kind, OFF(field), def, lo, hi, opt, 0, grp, 0, meta, values, help}
-/* an option of one command only (DL_TKEY_LORA: train, DL_TKEY_FT: finetune) */
+/* an option of some commands only (DL_TKEY_LORA: train, DL_TKEY_FT: finetune, DL_TKEY_VAE: train-vae; or'd) */
 #define KEY_ONLY(only, name, kind, field, def, lo, hi, opt, grp, meta, values, help) \
     {name, kind, OFF(field), def, lo, hi, opt, 0, grp, only, meta, values, help}
 #define REQUIRED(name, field, grp, meta, help) {name, K_STR, OFF(field), NULL, 0, 0, 0, 1, grp, 0, meta, NULL, help}
@@ -76,11 +76,13 @@ static const key_def k_keys[] = {
         "start from the weights of this LoRA file"),
     KEY_ONLY(DL_TKEY_LORA, "lora_format", K_STR, lora_format, "kohya", 0, 0, 0, G_SAVE, "NAME", "kohya|peft",
         "tensor names of the saved LoRA: kohya (lora_unet_*, lora_te_*) or peft (diffusers)"),
-    KEY_ONLY(DL_TKEY_FT, "save_model_as", K_STR, save_model_as, "safetensors", 0, 0, 0, G_SAVE, "NAME",
+    KEY_ONLY(DL_TKEY_FT | DL_TKEY_VAE, "save_model_as", K_STR, save_model_as, "safetensors", 0, 0, 0, G_SAVE, "NAME",
              "safetensors|diffusers",
              "layout of the saved model: safetensors (one file, the SD layout) or diffusers (a folder)"),
     KEY_ONLY(DL_TKEY_FT, "train_text_encoder", K_BOOL, train_text_encoder, "false", 0, 1, 0, G_NET, NULL, NULL,
              "train the text encoder's weights too (its learning rate: text_encoder_lr)"),
+    KEY_ONLY(DL_TKEY_VAE, "kl_weight", K_DBL, kl_weight, "1e-6", 0, 1e6, 0, G_OPT, "X", NULL,
+             "weight of the KL term (per-sample sum over the latent, batch mean) beside the per-pixel MSE"),
     KEY("train_batch_size", K_INT, train_batch_size, "1", 1, 4096, 0, G_TRAIN, "N", NULL,
         "images per micro-batch"),
     KEY("max_train_steps", K_INT, max_train_steps, "1600", 1, 1e9, 0, G_TRAIN, "N", NULL,
@@ -220,9 +222,23 @@ const char *dl_train_config_ignored(int i) { return i >= 0 && i < N_IGNORED ? k_
 int dl_train_config_n_groups(void) { return G_COUNT; }
 const char *dl_train_config_group_name(int g) { return g >= 0 && g < G_COUNT ? k_groups[g] : NULL; }
 
+/* Keys of every command that mean nothing to train-vae (text, noise schedule, latent caches,
+ * sample images): unknown there. */
+static const char *const k_not_vae[] = {
+    "v_parameterization", "clip_skip", "unet_lr", "text_encoder_lr", "noise_offset", "min_snr_gamma",
+    "sample_every_n_steps", "sample_every_n_epochs", "sample_prompts", "sample_sampler", "keep_tokens",
+    "shuffle_caption", "caption_dropout_rate", "caption_dropout_every_n_epochs", "caption_tag_dropout_rate",
+    "cache_latents", "cache_latents_to_disk", "tokenizer",
+};
+
 int dl_train_key_applies(const dl_train_key *k, int finetune)
 {
-    return !k->only || k->only == (finetune ? DL_TKEY_FT : DL_TKEY_LORA);
+    const int bit = finetune == DL_TRAIN_VAE ? DL_TKEY_VAE : finetune ? DL_TKEY_FT : DL_TKEY_LORA;
+    if (k->only) return (k->only & bit) != 0;
+    if (bit == DL_TKEY_VAE)
+        for (size_t i = 0; i < sizeof k_not_vae / sizeof *k_not_vae; i++)
+            if (!strcmp(k->name, k_not_vae[i])) return 0;
+    return 1;
 }
 
 /* A key of any command (its accepted values), or NULL. */
@@ -397,7 +413,7 @@ void dl_train_config_defaults(dl_train_config *c) { dl_train_config_defaults_for
 void dl_train_config_defaults_for(dl_train_config *c, int finetune)
 {
     memset(c, 0, sizeof *c);
-    c->finetune = finetune != 0;
+    c->finetune = finetune == DL_TRAIN_VAE ? DL_TRAIN_VAE : finetune != 0;
     for (int i = 0; i < N_KEYS; i++) {
         const key_def *k = &k_keys[i];
         if (k->def) {

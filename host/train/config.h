@@ -27,8 +27,9 @@ typedef enum dl_save_precision {
  * given are marked "unset": NaN for doubles, 0 for ints (0 means off for them). */
 typedef struct dl_train_config {
     int finetune;                        /* the command: 0 `danlu train` (a LoRA), 1 `danlu finetune`
-                                            (every UNet weight); set by dl_train_config_defaults_for,
-                                            not a key. Keys of the other command are unknown. */
+                                            (every UNet weight), DL_TRAIN_VAE `danlu train-vae` (every
+                                            VAE weight); set by dl_train_config_defaults_for, not a
+                                            key. Keys of the other commands are unknown. */
     /* model and data */
     char *pretrained_model_name_or_path; /* required: .safetensors file or diffusers folder */
     char *train_data_dir;                /* required: images + captions, N_name subfolders */
@@ -53,6 +54,7 @@ typedef struct dl_train_config {
     /* full fine-tuning (danlu finetune) */
     char *save_model_as;                 /* "safetensors" (single file, default) or "diffusers" (a folder) */
     int train_text_encoder;              /* also train the text encoder (not implemented: refused) */
+    double kl_weight;                    /* train-vae: weight of the KL term (default 1e-6) */
     /* optimisation */
     int train_batch_size;                /* default 1 */
     int max_train_steps;                 /* default 1600 */
@@ -124,15 +126,18 @@ typedef struct dl_train_key {
     int optional;           /* a number that may be unset (null in JSON, "none" on the command line) */
     int required;           /* must be given */
     int group;              /* help heading: dl_train_config_group_name(group) */
-    int only;               /* 0: every command; DL_TKEY_LORA: `danlu train` only; DL_TKEY_FT: `danlu finetune` only */
+    int only;               /* 0: every command; else the commands it belongs to, or'd: DL_TKEY_LORA
+                               `danlu train`, DL_TKEY_FT `danlu finetune`, DL_TKEY_VAE `danlu train-vae` */
     const char *meta;       /* value placeholder in the help ("N", "PATH"); NULL for booleans */
     const char *values;     /* accepted values, '|'-separated (lists: the accepted KEY of KEY=VALUE);
                                NULL: any */
     const char *help;       /* one-line meaning */
 } dl_train_key;
 
-enum { DL_TKEY_LORA = 1, DL_TKEY_FT = 2 };
-/* 1 when key k is an option of the command (finetune 0: train, 1: finetune). */
+enum { DL_TKEY_LORA = 1, DL_TKEY_FT = 2, DL_TKEY_VAE = 4 };
+#define DL_TRAIN_VAE 2 /* dl_train_config.finetune of `danlu train-vae` */
+/* 1 when key k is an option of the command (finetune 0: train, 1: finetune, DL_TRAIN_VAE:
+ * train-vae; keys of every command that mean nothing to the VAE are not its options). */
 int dl_train_key_applies(const dl_train_key *k, int finetune);
 
 int dl_train_config_n_keys(void);
@@ -149,7 +154,8 @@ const char *dl_train_config_group_name(int g);
 
 /* Fill every field with sd-scripts' default, for `danlu train`. */
 void dl_train_config_defaults(dl_train_config *c);
-/* The same for a command: finetune 0 `danlu train`, 1 `danlu finetune` (c->finetune set). */
+/* The same for a command: finetune 0 `danlu train`, 1 `danlu finetune`, DL_TRAIN_VAE `danlu
+ * train-vae` (c->finetune set). */
 void dl_train_config_defaults_for(dl_train_config *c, int finetune);
 void dl_train_config_free(dl_train_config *c);
 
