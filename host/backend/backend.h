@@ -255,6 +255,10 @@ void *dl_be_alloc(const dl_ctx *ctx, size_t bytes);
 void dl_be_free(const dl_ctx *ctx, void *p);
 int dl_be_upload(const dl_ctx *ctx, void *dst, const void *host_src, size_t bytes);
 int dl_be_download(const dl_ctx *ctx, void *host_dst, const void *src, size_t bytes);
+/* ctx's compute type from sd-scripts' mixed_precision value: "no" / "fp32" (or NULL) fp32, "bf16"
+ * the bf16 compute type where ctx's backend lists it in compute_dtypes. DL_ERR naming the value
+ * and the backend otherwise. */
+int dl_be_set_precision(dl_ctx *ctx, const char *mixed_precision);
 /* One float read back (the loss, a norm): waits for the stream. NAN with a message on error. */
 float dl_be_read_f32(const dl_ctx *ctx, const float *src);
 

@@ -179,6 +179,21 @@ int dl_be_download(const dl_ctx *ctx, void *host_dst, const void *src, size_t by
 {
     return dl_be(ctx)->download(ctx, host_dst, src, bytes);
 }
+int dl_be_set_precision(dl_ctx *ctx, const char *mp)
+{
+    const dl_backend *be = dl_be(ctx);
+    if (!mp || !strcmp(mp, "no") || !strcmp(mp, "fp32")) {
+        ctx->compute_dtype = DL_F32;
+        return DL_OK;
+    }
+    if (strcmp(mp, "bf16") != 0)
+        return dl_error_set("mixed_precision %s: not available (no, fp32 or bf16)", mp);
+    if (!(be->compute_dtypes & (1u << DL_BF16)))
+        return dl_error_set("mixed_precision bf16: the %s backend multiplies in fp32 only (bf16 runs on --backend "
+                            "cuda)", be->name);
+    ctx->compute_dtype = DL_BF16;
+    return DL_OK;
+}
 float dl_be_read_f32(const dl_ctx *ctx, const float *src)
 {
     float v;

@@ -1731,18 +1731,11 @@ int dl_train_run(const dl_train_config *cfg, const dl_trainer_opts *opts, dl_tra
     }
     if (dl_ctx_init_backend(&t->ctx, cfg->threads, dl_backend_find(cfg->backend)) != DL_OK) goto out;
     t->ctx_ok = 1;
-    if (strcmp(cfg->mixed_precision, "bf16") == 0) {
-        if (!(dl_be(&t->ctx)->compute_dtypes & (1u << DL_BF16))) {
-            dl_error_set("mixed_precision bf16: the %s backend multiplies in fp32 only (bf16 runs on --backend cuda)",
-                         dl_be(&t->ctx)->name);
-            goto out;
-        }
-        t->ctx.compute_dtype = DL_BF16;
-    }
+    if (dl_be_set_precision(&t->ctx, cfg->mixed_precision) != DL_OK) goto out;
     {
         char desc[256];
         dl_be(&t->ctx)->describe(&t->ctx, desc, sizeof desc);
-        say(t, "backend: %s%s", desc, t->ctx.compute_dtype == DL_BF16 ? ", bf16 matrix products" : "");
+        say(t, "backend: %s%s", desc, t->ctx.compute_dtype == DL_BF16 ? ", bf16 matrix products and convolutions" : "");
     }
     t->seed = cfg->seed >= 0 ? (uint64_t)cfg->seed : ((uint64_t)time(NULL) ^ ((uint64_t)getpid() << 16)) & 0xffffffffu;
     if (cfg->seed < 0) say(t, "seed: %" PRIu64 " (none given)", t->seed);

@@ -514,10 +514,11 @@ static int run(vtrainer *t, const dl_trainer_opts *opts, dl_train_result *res, c
     int have_rs = 0, rc = DL_ERR;
     DL_TRY(dl_ctx_init_backend(&t->ctx, cfg->threads, dl_backend_find(cfg->backend)));
     t->ctx_ok = 1;
+    DL_TRY(dl_be_set_precision(&t->ctx, cfg->mixed_precision));
     {
         char desc[256];
         dl_be(&t->ctx)->describe(&t->ctx, desc, sizeof desc);
-        say(t, "backend: %s", desc);
+        say(t, "backend: %s%s", desc, t->ctx.compute_dtype == DL_BF16 ? ", bf16 matrix products and convolutions" : "");
     }
     t->seed = cfg->seed >= 0 ? (uint64_t)cfg->seed : ((uint64_t)time(NULL) ^ ((uint64_t)getpid() << 16)) & 0xffffffffu;
     if (cfg->seed < 0) say(t, "seed: %" PRIu64 " (none given)", t->seed);
