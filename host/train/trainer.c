@@ -4,6 +4,7 @@
  * updates (train/param_set.h) and in what a save writes (a LoRA file, or the whole model as a
  * checkpoint through lora/ckpt_tools.h). */
 #include "train/trainer.h"
+#include "train/outputs.h"
 #include "train/train_sample.h"
 
 #include "backend/backend.h"
@@ -261,30 +262,6 @@ static void say(trainer *t, const char *fmt, ...)
     va_end(ap);
     if (t->prog_ok) dl_progress_note(&t->prog, "%s", buf);
     else { fprintf(t->log, "%s\n", buf); fflush(t->log); }
-}
-
-static char *path_join(const char *dir, const char *name)
-{
-    char *p = NULL;
-    if (asprintf(&p, "%s/%s", dir, name) < 0) return NULL;
-    return p;
-}
-
-static int mkdir_p(const char *path)
-{
-    char buf[4096];
-    snprintf(buf, sizeof buf, "%s", path);
-    for (char *p = buf + 1; *p; p++)
-        if (*p == '/') {
-            *p = 0;
-            if (mkdir(buf, 0777) != 0 && errno != EEXIST) return dl_error_set("%s: cannot create: %s", buf, strerror(errno));
-            *p = '/';
-        }
-    if (mkdir(buf, 0777) != 0 && errno != EEXIST) return dl_error_set("%s: cannot create: %s", buf, strerror(errno));
-    struct stat st;
-    if (stat(buf, &st) != 0 || !S_ISDIR(st.st_mode)) return dl_error_set("%s: not a directory", buf);
-    if (access(buf, W_OK) != 0) return dl_error_set("output_dir %s: not writable: %s", buf, strerror(errno));
-    return DL_OK;
 }
 
 /* ---- latents ---- */
@@ -834,19 +811,6 @@ static const char *model_ext(const trainer *t)
 }
 
 /* Remove a save: a file, or a diffusers folder and everything in it. 0 when removed. */
-static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb, (void)flag, (void)ftw;
-    return remove(p);
-}
-static int remove_save(const char *path)
-{
-    struct stat st;
-    if (lstat(path, &st) != 0) return -1;
-    if (S_ISDIR(st.st_mode)) return nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-    return unlink(path);
-}
-
 static char *out_file(trainer *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static char *out_file(trainer *t, const char *fmt, ...)
 {
@@ -855,7 +819,7 @@ static char *out_file(trainer *t, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(name, sizeof name, fmt, ap);
     va_end(ap);
-    return path_join(t->cfg->output_dir, name);
+    return dl_train_out_file(t->cfg->output_dir, "%s", name);
 }
 
 static void write_plot(trainer *t)
@@ -887,7 +851,7 @@ static int save_numbered(trainer *t, const char *stem, const char *old_stem, int
     if (old_stem) {
         char *old = out_file(t, "%s%s", old_stem, model_ext(t));
         char *olds = out_file(t, "%s-state.safetensors", old_stem);
-        if (old && remove_save(old) == 0) say(t, "removed %s", old);
+        if (old && dl_train_remove_save(old) == 0) say(t, "removed %s", old);
         if (olds) unlink(olds);
         free(old);
         free(olds);
@@ -896,32 +860,12 @@ static int save_numbered(trainer *t, const char *stem, const char *old_stem, int
     return DL_OK;
 }
 
-/* A step save: <name>-stepNNNNNNNN, keeping the last save_last_n_steps steps' worth. */
-static int save_step(trainer *t, int step, int epoch, int64_t micro, char **state_path)
+/* A step (by_epoch 0) or epoch save, with the keep-last-N rule (outputs.h). */
+static int save_at(trainer *t, int by_epoch, int step, int epoch, int64_t micro, char **state_path)
 {
-    const dl_train_config *c = t->cfg;
     char stem[600], old[600];
-    snprintf(stem, sizeof stem, "%s-step%08d", c->output_name, step);
-    int rm = 0;
-    if (c->save_last_n_steps > 0 && c->save_every_n_steps > 0) {
-        rm = step - c->save_last_n_steps - 1;
-        rm -= rm % c->save_every_n_steps;
-    }
-    snprintf(old, sizeof old, "%s-step%08d", c->output_name, rm);
-    return save_numbered(t, stem, rm > 0 ? old : NULL, step, epoch, micro, state_path);
-}
-
-/* An epoch save: <name>-NNNNNN, keeping the last save_last_n_epochs saves. */
-static int save_epoch(trainer *t, int step, int epoch, int64_t micro, char **state_path)
-{
-    const dl_train_config *c = t->cfg;
-    char stem[600], old[600];
-    snprintf(stem, sizeof stem, "%s-%06d", c->output_name, epoch);
-    int rm = 0;
-    if (c->save_last_n_epochs > 0 && c->save_every_n_epochs > 0)
-        rm = epoch - c->save_every_n_epochs * c->save_last_n_epochs;
-    snprintf(old, sizeof old, "%s-%06d", c->output_name, rm);
-    return save_numbered(t, stem, rm > 0 ? old : NULL, step, epoch, micro, state_path);
+    const int drop = dl_train_save_stems(t->cfg, by_epoch, by_epoch ? epoch : step, stem, old, sizeof stem);
+    return save_numbered(t, stem, drop ? old : NULL, step, epoch, micro, state_path);
 }
 
 /* ---- sample images with the LoRA as it is now ---- */
@@ -937,10 +881,10 @@ static int sample_now(trainer *t, int step, int epoch, int by_epoch)
 static int sample_now_timed(trainer *t, int step, int epoch, int by_epoch)
 {
     const dl_train_config *c = t->cfg;
-    char *dir = path_join(c->output_dir, "sample");
+    char *dir = dl_train_out_file(c->output_dir, "sample");
     int rc = DL_ERR;
     if (!dir) { dl_error_set("out of memory"); goto done; }
-    if (mkdir_p(dir) != DL_OK) goto done;
+    if (dl_train_mkdir_p(dir) != DL_OK) goto done;
     char prefix[1200];
     if (by_epoch) snprintf(prefix, sizeof prefix, "%s_e%06d", c->output_name, epoch);
     else snprintf(prefix, sizeof prefix, "%s_%06d", c->output_name, step);
@@ -1427,7 +1371,7 @@ static int setup_caches(trainer *t)
                                   .pool = t->ctx.pool, .log = t->log};
         char *dir = NULL;
         if (c->cache_latents_to_disk) {
-            dir = path_join(c->output_dir, "latent_cache");
+            dir = dl_train_out_file(c->output_dir, "latent_cache");
             lc.disk_dir = dir;
         }
         /* the cache encodes at the key of (seed, item): a run with another seed re-encodes */
@@ -1740,7 +1684,7 @@ int dl_train_run(const dl_train_config *cfg, const dl_trainer_opts *opts, dl_tra
     t->seed = cfg->seed >= 0 ? (uint64_t)cfg->seed : ((uint64_t)time(NULL) ^ ((uint64_t)getpid() << 16)) & 0xffffffffu;
     if (cfg->seed < 0) say(t, "seed: %" PRIu64 " (none given)", t->seed);
     t->config_json = dl_train_config_to_json(cfg);
-    if (mkdir_p(cfg->output_dir) != DL_OK) goto out;
+    if (dl_train_mkdir_p(cfg->output_dir) != DL_OK) goto out;
     if (cfg->resume) {
         if (dl_train_state_load(cfg->resume, &rs) != DL_OK) { dl_error_prefix("resume: "); goto out; }
         have_rs = 1;
@@ -1880,10 +1824,10 @@ int dl_train_run(const dl_train_config *cfg, const dl_trainer_opts *opts, dl_tra
         dl_phases_add(&t->phases, "steps", dl_now_seconds() - ts);
         if (step < t->total_steps) {
             if (cfg->save_every_n_steps > 0 && step % cfg->save_every_n_steps == 0 &&
-                save_step(t, step, epoch, micro, &state_path) != DL_OK)
+                save_at(t, 0, step, epoch, micro, &state_path) != DL_OK)
                 goto out_sig;
             if (epoch_end && cfg->save_every_n_epochs > 0 && epoch % cfg->save_every_n_epochs == 0 &&
-                save_epoch(t, step, epoch, micro, &state_path) != DL_OK)
+                save_at(t, 1, step, epoch, micro, &state_path) != DL_OK)
                 goto out_sig;
         }
         if (t->sampler && cfg->sample_every_n_steps > 0 && step % cfg->sample_every_n_steps == 0 &&

@@ -16,6 +16,7 @@
 #include "train/dataset.h"
 #include "train/image_prep.h"
 #include "train/lr_schedule.h"
+#include "train/outputs.h"
 #include "train/param_set.h"
 #include "train/plot.h"
 #include "train/progress.h"
@@ -107,29 +108,7 @@ static char *out_file(vtrainer *t, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(name, sizeof name, fmt, ap);
     va_end(ap);
-    char *p = NULL;
-    if (asprintf(&p, "%s/%s", t->cfg->output_dir, name) < 0) return NULL;
-    return p;
-}
-
-static int make_dir(const char *path)
-{
-    char buf[4096];
-    snprintf(buf, sizeof buf, "%s", path);
-    for (char *p = buf + 1;; p++) {
-        const int end = !*p;
-        if (*p == '/' || end) {
-            *p = 0;
-            if (mkdir(buf, 0777) != 0 && errno != EEXIST)
-                return dl_error_set("output_dir %s: cannot create: %s", buf, strerror(errno));
-            if (end) break;
-            *p = '/';
-        }
-    }
-    struct stat st;
-    if (stat(buf, &st) != 0 || !S_ISDIR(st.st_mode)) return dl_error_set("output_dir %s: not a directory", buf);
-    if (access(buf, W_OK) != 0) return dl_error_set("output_dir %s: not writable: %s", buf, strerror(errno));
-    return DL_OK;
+    return dl_train_out_file(t->cfg->output_dir, "%s", name);
 }
 
 /* ---- setup ---- */
@@ -385,12 +364,6 @@ static int save_state(vtrainer *t, const char *path, int step, int epoch, int64_
     return dl_train_state_save(path, &s, meta, 1);
 }
 
-static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb, (void)flag, (void)ftw;
-    return remove(p);
-}
-
 /* <stem> (model) and, with save_state, <stem>-state.safetensors; then the save old_stem (NULL:
  * none) that the keep-last-N rule drops is removed. */
 static int save_numbered(vtrainer *t, const char *stem, const char *old_stem, int step, int epoch, int64_t micro,
@@ -410,10 +383,7 @@ static int save_numbered(vtrainer *t, const char *stem, const char *old_stem, in
     }
     if (old_stem) {
         char *old = out_file(t, "%s%s", old_stem, model_ext(t)), *olds = out_file(t, "%s-state.safetensors", old_stem);
-        struct stat st;
-        if (old && lstat(old, &st) == 0 &&
-            (S_ISDIR(st.st_mode) ? nftw(old, rm_entry, 16, FTW_DEPTH | FTW_PHYS) : unlink(old)) == 0)
-            say(t, "removed %s", old);
+        if (old && dl_train_remove_save(old) == 0) say(t, "removed %s", old);
         if (olds) unlink(olds);
         free(old), free(olds);
     }
@@ -428,17 +398,12 @@ static int save_periodic(vtrainer *t, int step, int epoch, int epoch_end, int64_
     const dl_train_config *c = t->cfg;
     char stem[600], old[600];
     if (c->save_every_n_steps > 0 && step % c->save_every_n_steps == 0) {
-        int rm = 0;
-        if (c->save_last_n_steps > 0) rm = step - c->save_last_n_steps - 1, rm -= rm % c->save_every_n_steps;
-        snprintf(stem, sizeof stem, "%s-step%08d", c->output_name, step);
-        snprintf(old, sizeof old, "%s-step%08d", c->output_name, rm);
-        DL_TRY(save_numbered(t, stem, rm > 0 ? old : NULL, step, epoch, micro, state_path));
+        const int drop = dl_train_save_stems(c, 0, step, stem, old, sizeof stem);
+        DL_TRY(save_numbered(t, stem, drop ? old : NULL, step, epoch, micro, state_path));
     }
     if (epoch_end && c->save_every_n_epochs > 0 && epoch % c->save_every_n_epochs == 0) {
-        int rm = c->save_last_n_epochs > 0 ? epoch - c->save_every_n_epochs * c->save_last_n_epochs : 0;
-        snprintf(stem, sizeof stem, "%s-%06d", c->output_name, epoch);
-        snprintf(old, sizeof old, "%s-%06d", c->output_name, rm);
-        DL_TRY(save_numbered(t, stem, rm > 0 ? old : NULL, step, epoch, micro, state_path));
+        const int drop = dl_train_save_stems(c, 1, epoch, stem, old, sizeof stem);
+        DL_TRY(save_numbered(t, stem, drop ? old : NULL, step, epoch, micro, state_path));
     }
     return DL_OK;
 }
@@ -523,7 +488,7 @@ static int run(vtrainer *t, const dl_trainer_opts *opts, dl_train_result *res, c
     t->seed = cfg->seed >= 0 ? (uint64_t)cfg->seed : ((uint64_t)time(NULL) ^ ((uint64_t)getpid() << 16)) & 0xffffffffu;
     if (cfg->seed < 0) say(t, "seed: %" PRIu64 " (none given)", t->seed);
     if (!(t->config_json = dl_train_config_to_json(cfg))) return dl_error_set("out of memory");
-    DL_TRY(make_dir(cfg->output_dir));
+    DL_TRY(dl_train_mkdir_p(cfg->output_dir));
     if (cfg->resume) {
         if (dl_train_state_load(cfg->resume, &rs) != DL_OK) return dl_error_prefix("resume: ");
         have_rs = 1;
